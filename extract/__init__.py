@@ -1,0 +1,43 @@
+"""Stage one: image indexes, image decoding and frozen Keras feature extractors (no HDF5 here).
+
+Importing this package does not import Keras; models are built on first use.
+"""
+
+from . import applications  # noqa: F401  (registers vgg16, vgg19)
+from .applications import keras_cache_dir
+from .errors import (
+    ExtractError,
+    ExtractorConfigError,
+    ImageReadError,
+    IndexValidationError,
+    UnknownExtractorError,
+    WeightsUnavailableError,
+)
+from .extractor import POOLINGS, Extractor
+from .fingerprint import canonical_json, file_sha256, fingerprint
+from .images import load_image, read_batch
+from .index import ImageIndex, read_index
+from .registry import extractor_from_spec, get_extractor, known_extractors, register_extractor
+
+__all__ = [
+    "POOLINGS",
+    "ExtractError",
+    "Extractor",
+    "ExtractorConfigError",
+    "ImageIndex",
+    "ImageReadError",
+    "IndexValidationError",
+    "UnknownExtractorError",
+    "WeightsUnavailableError",
+    "canonical_json",
+    "extractor_from_spec",
+    "file_sha256",
+    "fingerprint",
+    "get_extractor",
+    "keras_cache_dir",
+    "known_extractors",
+    "load_image",
+    "read_batch",
+    "read_index",
+    "register_extractor",
+]

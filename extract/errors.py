@@ -1,0 +1,28 @@
+"""The extraction stage's exceptions: one base, each also deriving from the builtin it refines."""
+
+
+class ExtractError(Exception):
+    """Base class for every error raised by `extract`."""
+
+
+class IndexValidationError(ExtractError, ValueError):
+    """The image index (CSV or folder) is malformed; the message names the row."""
+
+
+class ImageReadError(ExtractError, OSError):
+    """One image could not be read or decoded; extraction records it as a failed row."""
+
+
+class WeightsUnavailableError(ExtractError, RuntimeError):
+    """Pretrained weights were asked for but cannot be had (offline, missing file)."""
+
+
+class UnknownExtractorError(ExtractError, KeyError):
+    """No extractor is registered under that name."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ExtractorConfigError(ExtractError, ValueError):
+    """An extractor argument is out of range (pooling, input size, layer name...)."""

@@ -1,0 +1,164 @@
+"""The extractor base class: a config, a lazily built frozen Keras model, and one compiled forward pass.
+
+`extractor(uint8 batch) -> float32 (n, d)`; preprocessing lives inside the model, so callers pass raw RGB.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+
+from .errors import ExtractorConfigError
+from .fingerprint import file_sha256, fingerprint
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("flatten", "avg", "max")
+PRECISIONS = ("float32", "bfloat16", "float16")
+MIN_INPUT_SIZE = 32
+
+
+class Extractor:
+    """Base class: subclasses implement `_build_base()` and declare their keyword arguments.
+
+    `__init__` stores its arguments and nothing else; the model is built on first use. Bump `VERSION` whenever
+    the features an extractor returns change for the same config: it is part of the fingerprint.
+    """
+
+    name = "base"
+    VERSION = 1
+    # config keys that do not change a feature value, so they stay out of the fingerprint
+    NON_IDENTITY_KEYS = ("batch_size",)
+
+    def __init__(self, **config):
+        self._config = dict(config)
+        self._model = None
+        self._weights_sha256 = None
+
+    # --- config -----------------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __getattr__(self, key):
+        # config values read as attributes: extractor.pooling, extractor.input_size, ...
+        config = self.__dict__.get("_config", {})
+        if key in config:
+            return config[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __getstate__(self):
+        # pickles without the Keras model; it is rebuilt lazily after loading
+        return {"_config": self._config, "_model": None, "_weights_sha256": self._weights_sha256}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+    def validate(self) -> None:
+        """Check the arguments without building anything; raise ExtractorConfigError."""
+        pooling = self._config.get("pooling", "flatten")
+        if pooling not in POOLINGS:
+            raise ExtractorConfigError(f"`pooling` must be one of 'flatten', 'avg', 'max'. Received: pooling={pooling!r}")
+        precision = self._config.get("precision", "float32")
+        if precision not in PRECISIONS:
+            raise ExtractorConfigError(
+                f"`precision` must be one of 'float32', 'bfloat16', 'float16'. Received: precision={precision!r}"
+            )
+        batch_size = self._config.get("batch_size", 32)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ExtractorConfigError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+
+    # --- identity ---------------------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """The JSON-able spec stored with features and heads: name, version and config."""
+        config = {k: v for k, v in self.get_config().items() if k not in self.NON_IDENTITY_KEYS}
+        spec = {"name": self.name, "version": self.VERSION, "config": config}
+        sha = self.weights_sha256()
+        if sha is not None:
+            spec["weights_sha256"] = sha
+        return spec
+
+    def fingerprint(self) -> str:
+        """sha256 of the spec; a weights file counts by its content, not its path."""
+        spec = self.spec()
+        if "weights_sha256" in spec:
+            spec["config"]["weights"] = "file"
+        return fingerprint(spec)
+
+    def weights_file(self):
+        """The local weights file this extractor loads, or None (imagenet, none)."""
+        weights = self._config.get("weights")
+        if weights in (None, "none", "imagenet"):
+            return None
+        return weights
+
+    def weights_sha256(self) -> str | None:
+        path = self.weights_file()
+        if path is None:
+            return None
+        if self._weights_sha256 is None:
+            try:
+                self._weights_sha256 = file_sha256(path)
+            except FileNotFoundError as err:
+                from .errors import WeightsUnavailableError
+
+                raise WeightsUnavailableError(f"the weights file {path} does not exist") from err
+        return self._weights_sha256
+
+    # --- the model --------------------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The frozen Keras model (built on first access): float RGB in 0..255 -> (n, d)."""
+        if self._model is None:
+            self.validate()
+            self._model = self._build()
+            self._model.trainable = False
+            logger.info("built %s: %d features", self.name, self.output_dim)
+        return self._model
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = self._config.get("input_size", 224)
+        return (size, size, self._config.get("channels", 3))
+
+    @property
+    def output_dim(self) -> int:
+        return int(np.prod(self.model.output_shape[1:]))
+
+    def _build(self):
+        raise NotImplementedError
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features for a batch of raw images.
+
+        Parameters
+        ----------
+        images : ndarray of shape (n, height, width, channels), uint8 (or float in 0..255)
+
+        Returns
+        -------
+        ndarray of shape (n, output_dim), float32
+        """
+        model = self.model
+        batch_size = self._config.get("batch_size", 32)
+        expected = self.input_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ExtractorConfigError(
+                f"images must have shape (n, {expected[0]}, {expected[1]}, {expected[2]}). Received: {images.shape}"
+            )
+        out = np.empty((len(images), self.output_dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size].astype(np.float32)
+            n = len(chunk)
+            if n < batch_size:  # pad so the compiled function always sees one shape and never retraces
+                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
+            # predict_on_batch reuses the model's one compiled predict function (no per-call predict() loop)
+            result = model.predict_on_batch(chunk)
+            out[start : start + n] = np.asarray(result, dtype=np.float32).reshape(batch_size, -1)[:n]
+        return out

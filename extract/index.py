@@ -1,0 +1,179 @@
+"""The image index: which files to extract, in which order, with their labels and splits.
+
+Built from a CSV (`filename` required; `label`, `split` optional; extra columns kept) or from class folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from .errors import IndexValidationError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """Rows to extract, in index order (never shuffled).
+
+    Attributes
+    ----------
+    root : Path
+        The images root; every id is a path relative to it.
+    frame : pandas.DataFrame
+        One row per image with the columns `id`, `label` ("" when unlabelled), `split` ("" when none) and any
+        extra columns of the CSV.
+    source : str
+        Where the index came from (the CSV path or the folder), for messages.
+    """
+
+    root: Path
+    frame: pd.DataFrame
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.frame["id"].tolist()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.frame["label"].tolist()
+
+    @property
+    def split(self) -> list[str]:
+        return self.frame["split"].tolist()
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.root / i for i in self.ids]
+
+    @property
+    def classes(self) -> list[str]:
+        """The sorted distinct non-empty labels."""
+        return sorted({lab for lab in self.labels if lab})
+
+    @property
+    def has_labels(self) -> bool:
+        return any(self.labels)
+
+    def sha256(self) -> str:
+        """Hash of the rows (id, label, split): a changed index never reuses another index's store."""
+        h = hashlib.sha256()
+        for row in self.frame[["id", "label", "split"]].itertuples(index=False):
+            h.update("\x1f".join(row).encode("utf-8") + b"\x1e")
+        return h.hexdigest()
+
+
+def read_index(source, images_root=None) -> ImageIndex:
+    """Read an index from a CSV file or from a folder of class subfolders.
+
+    Parameters
+    ----------
+    source : str or Path
+        A CSV with a `filename` column, or a folder laid out as `root/<class>/*` or
+        `root/{train,val,test}/<class>/*`.
+    images_root : str or Path, optional
+        The folder the CSV's filenames are relative to; defaults to the CSV's own folder.
+
+    Returns
+    -------
+    ImageIndex
+    """
+    source = Path(source)
+    if source.is_dir():
+        if images_root is not None and Path(images_root).resolve() != source.resolve():
+            raise IndexValidationError(
+                f"`images_root` is only used with a CSV index; {source} is a folder. Received: images_root={images_root}"
+            )
+        return _index_from_folders(source)
+    if not source.exists():
+        raise IndexValidationError(f"the index {source} does not exist (give a CSV file or a folder of class folders)")
+    root = Path(images_root) if images_root is not None else source.parent
+    if not root.is_dir():
+        raise IndexValidationError(f"the images root {root} is not a folder")
+    return _index_from_csv(source, root)
+
+
+def _index_from_csv(csv_path: Path, root: Path) -> ImageIndex:
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise IndexValidationError(f"{csv_path} is not a readable CSV: {err}") from err
+    df.columns = [str(c).strip() for c in df.columns]
+    if "filename" not in df.columns:
+        raise IndexValidationError(
+            f"{csv_path}: the CSV must have a `filename` column. Received columns: {list(df.columns)}"
+        )
+    if "id" in df.columns:
+        raise IndexValidationError(f"{csv_path}: the column name `id` is reserved; rename it")
+    if len(df) == 0:
+        raise IndexValidationError(f"{csv_path}: the index has no rows")
+    frame = pd.DataFrame({"id": df["filename"].str.strip()})
+    frame["label"] = df["label"].str.strip() if "label" in df.columns else ""
+    frame["split"] = df["split"].str.strip().str.lower().replace(_SPLIT_ALIASES) if "split" in df.columns else ""
+    extra = df.drop(columns=[c for c in ("filename", "label", "split") if c in df.columns])
+    frame = pd.concat([frame, extra.reset_index(drop=True)], axis=1)
+    _validate(frame, csv_path, root, label_required="label" in df.columns)
+    frame["id"] = [_normalise(i) for i in frame["id"]]
+    return ImageIndex(root=root, frame=frame, source=str(csv_path))
+
+
+def _normalise(rel: str) -> str:
+    return PurePosixPath(rel.replace("\\", "/")).as_posix()
+
+
+def _validate(frame: pd.DataFrame, csv_path: Path, root: Path, label_required: bool) -> None:
+    """Raise IndexValidationError naming the first bad row (rows count from 2: line 1 is the header)."""
+    root_resolved = root.resolve()
+    seen: dict[str, int] = {}
+    for pos, (rel, label, split) in enumerate(zip(frame["id"], frame["label"], frame["split"])):
+        line = pos + 2
+        where = f"{csv_path}, line {line}"
+        if not rel:
+            raise IndexValidationError(f"{where}: empty filename")
+        norm = _normalise(rel)
+        if PurePosixPath(norm).is_absolute() or not (root_resolved / norm).resolve().is_relative_to(root_resolved):
+            raise IndexValidationError(f"{where}: the path {rel!r} escapes the images root {root}")
+        if norm in seen:
+            raise IndexValidationError(f"{where}: duplicate filename {rel!r} (first seen on line {seen[norm]})")
+        seen[norm] = line
+        if label_required and not label:
+            raise IndexValidationError(f"{where}: blank label for {rel!r}")
+        if split and split not in SPLIT_NAMES:
+            raise IndexValidationError(
+                f"{where}: `split` must be one of 'train', 'val', 'test' or empty. Received: split={split!r}"
+            )
+
+
+def _index_from_folders(root: Path) -> ImageIndex:
+    split_dirs = [root / s for s in SPLIT_NAMES if (root / s).is_dir()]
+    rows = []
+    if split_dirs:
+        for split_dir in split_dirs:
+            rows += _class_rows(root, split_dir, split_dir.name)
+    else:
+        rows = _class_rows(root, root, "")
+    if not rows:
+        raise IndexValidationError(
+            f"{root}: no images found; expected root/<class>/<image> or root/{{train,val,test}}/<class>/<image>"
+        )
+    frame = pd.DataFrame(rows, columns=["id", "label", "split"])
+    return ImageIndex(root=root, frame=frame, source=str(root))
+
+
+def _class_rows(root: Path, base: Path, split: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                rows.append((f.relative_to(root).as_posix(), class_dir.name, split))
+    return rows

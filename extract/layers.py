@@ -1,0 +1,119 @@
+"""Keras building blocks shared by the extractors: in-graph preprocessing, pooling heads, seeded init.
+
+Everything uses `keras.ops`, so it runs under the tensorflow, jax and torch backends alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from .errors import ExtractorConfigError
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def caffe_preprocess_layer():
+    """The VGG "caffe" preprocessing (RGB->BGR, ImageNet mean subtracted, not scaled) as a Keras layer."""
+    return _layer_classes()["CaffePreprocess"]()
+
+
+def rescale_layer():
+    """Scale 0..255 to 0..1 (the CAE and the small CNNs are trained on that range)."""
+    return _keras().layers.Rescaling(1.0 / 255, name="rescale")
+
+
+_CLASSES: dict = {}
+
+
+def _layer_classes() -> dict:
+    """Define (once, lazily: keras is imported on first use) and register the custom layers."""
+    if _CLASSES:
+        return _CLASSES
+    keras = _keras()
+
+    @keras.saving.register_keras_serializable(package="featurehead")
+    class CaffePreprocess(keras.layers.Layer):
+        """RGB in 0..255 -> BGR minus the ImageNet channel means (keras.applications.vgg16.preprocess_input)."""
+
+        def __init__(self, **kwargs):
+            kwargs.setdefault("name", "caffe_preprocess")
+            super().__init__(**kwargs)
+
+        def call(self, x):
+            x = keras.ops.flip(keras.ops.cast(x, self.compute_dtype), axis=-1)
+            return x - keras.ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    _CLASSES["CaffePreprocess"] = CaffePreprocess
+    return _CLASSES
+
+
+def pooling_layer(pooling: str, rank: int):
+    """The layer that turns a feature map into a vector: flatten, global avg or global max."""
+    keras = _keras()
+    if pooling == "flatten" or rank == 2:
+        if pooling != "flatten":
+            raise ExtractorConfigError(
+                f"`pooling` must be 'flatten' for a layer whose output is already a vector. Received: pooling={pooling!r}"
+            )
+        return keras.layers.Flatten(name="features")
+    if rank != 4:
+        raise ExtractorConfigError(f"global pooling needs a 4-d feature map. Received: rank {rank}")
+    return {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[pooling](
+        name="features"
+    )
+
+
+def seeded_init(model, seed: int) -> None:
+    """Overwrite every weight with a numpy-seeded Glorot-uniform init (biases zero).
+
+    The same seed gives the same weights under every backend, so a random-init store, its resume and a
+    `predict` all see identical features.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for w in layer.get_weights():
+            if w.ndim >= 2:
+                receptive = int(np.prod(w.shape[:-2])) if w.ndim > 2 else 1
+                fan_in, fan_out = w.shape[-2] * receptive, w.shape[-1] * receptive
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                values.append(rng.uniform(-limit, limit, size=w.shape).astype(w.dtype))
+            else:
+                values.append(np.zeros_like(w))
+        if values:
+            layer.set_weights(values)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Build layers under a mixed-precision policy, then restore the previous global policy."""
+    keras = _keras()
+    previous = keras.config.dtype_policy()
+    if precision != "float32":
+        keras.config.set_dtype_policy(f"mixed_{precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def cut_at_layer(model, layer: str | None):
+    """A sub-model of `model` ending at the layer named `layer` (never cut by index)."""
+    keras = _keras()
+    if layer is None:
+        return model
+    names = [lay.name for lay in model.layers]
+    if layer not in names:
+        raise ExtractorConfigError(f"`layer` must be one of the model's layers {names}. Received: layer={layer!r}")
+    return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")

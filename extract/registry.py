@@ -1,0 +1,49 @@
+"""The extractor registry: extractors are looked up by name, and their config rebuilds them."""
+
+from __future__ import annotations
+
+from .errors import UnknownExtractorError
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_extractor(name: str):
+    """Class decorator that registers an extractor class under `name` (also set as `cls.name`)."""
+
+    def decorator(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"an extractor named {name!r} is already registered: {_REGISTRY[name]!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def known_extractors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_extractor_class(name: str) -> type:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownExtractorError(
+            f"`model` must be one of {', '.join(repr(n) for n in known_extractors())}. Received: model={name!r}"
+        ) from None
+
+
+def get_extractor(name: str, **config):
+    """Build the extractor registered as `name` with `config` (no model is built yet)."""
+    return get_extractor_class(name)(**config)
+
+
+def extractor_from_spec(spec: dict):
+    """Rebuild an extractor from the spec stored in a feature store or a head bundle."""
+    cls = get_extractor_class(spec["name"])
+    if spec.get("version") != cls.VERSION:
+        raise UnknownExtractorError(
+            f"the features were made by {spec['name']} version {spec.get('version')}, but this featurehead has "
+            f"version {cls.VERSION}; re-extract with this version"
+        )
+    return cls.from_config(spec["config"])

@@ -1,0 +1,253 @@
+"""The `featurehead` command line: one subcommand per pipelines function, no logic of its own.
+
+Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """\
+typical session:
+  featurehead extract index.csv --images-root imgs/ --model vgg16 --out feats.h5
+  featurehead train feats.h5 --head logreg --out head/
+  featurehead evaluate head/ feats.h5 --out report/
+  featurehead predict head/ new.csv --images-root new_imgs/ --out predictions.csv
+Every command that writes something prints that path as the last line of standard output.
+"""
+
+
+def _add_extractor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("extractor")
+    g.add_argument("--model", default="vgg16", help="registered extractor: vgg16, vgg19 (default: vgg16)")
+    g.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (default; Keras cache, else download), a local .h5/.weights.h5 file, or 'none' (random init)",
+    )
+    g.add_argument("--layer", default=None, help="cut the model at this named layer (e.g. block4_pool; default: the last)")
+    g.add_argument("--pooling", default="flatten", choices=["flatten", "avg", "max"], help="default: flatten")
+    g.add_argument("--input-size", type=int, default=224, help="square input side in pixels, >= 32 (default: 224)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"], help="default: float32")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights none (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurehead",
+        description="Transfer learning on images: a frozen CNN writes features to an HDF5 store once; "
+        "cheap classifier heads train on the store as often as you like.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("extract", help="run a frozen CNN over an image index into an HDF5 feature store")
+    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
+    p.add_argument("--out", default=None, help="store file (default: next to the index, named by model and fingerprint)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
+    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    _add_extractor_args(p)
+
+    p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures")
+    p.add_argument("store")
+
+    p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle")
+    p.add_argument("store")
+    p.add_argument("--head", default="logreg", choices=["logreg", "mlp", "sgd"], help="default: logreg")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--C", type=float, default=None, help="logreg: inverse regularisation strength")
+    p.add_argument("--hidden", default=None, help="mlp: hidden sizes, comma-separated (default: 1000,500,150)")
+    p.add_argument("--dropout", type=float, default=None, help="mlp: dropout after each hidden layer (default: 0.5)")
+    p.add_argument("--learning-rate", type=float, default=None, help="mlp: Adam learning rate (default: 1e-3)")
+    p.add_argument("--epochs", type=int, default=None, help="mlp/sgd: maximum epochs")
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="held out when the store has no split column")
+    p.add_argument("--random-state", type=int, default=0)
+
+    p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
+    p.add_argument("head", help="head bundle directory")
+    p.add_argument("index", help="a CSV (filename column) or a folder of images in class subfolders")
+    p.add_argument("--images-root", default=None)
+    p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index)")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+
+    p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store")
+    p.add_argument("head")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--split", default=None, help="evaluate only this split (train/val/test)")
+
+    p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits")
+    p.add_argument("--workdir", default="featurehead-demo", help="where images, store and heads go (default: ./featurehead-demo)")
+    p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (falls back to random init offline), a file, or none")
+    p.add_argument("--epochs", type=int, default=30, help="MLP epochs (default: 30, with early stopping)")
+    return parser
+
+
+def _progress(args, desc):
+    if args.quiet:
+        return None
+    from functools import partial
+
+    from tqdm import tqdm
+
+    return partial(tqdm, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+
+
+def _extractor_from_args(args):
+    from extract import get_extractor
+
+    weights = "none" if args.weights.lower() == "none" else args.weights
+    return get_extractor(
+        args.model,
+        weights=weights,
+        layer=args.layer,
+        pooling=args.pooling,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        seed=args.seed,
+    )
+
+
+def cmd_extract(args) -> int:
+    from extract import read_index
+
+    from .extraction import run_extract
+    from .inspection import write_failures_csv
+
+    index = read_index(args.index, args.images_root)  # validated before any model is built
+    extractor = _extractor_from_args(args)
+    extractor.validate()
+    result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
+                         progress=_progress(args, f"extract {extractor.name}"))
+    if result.up_to_date:
+        print(f"up to date: {result.n_rows} rows already extracted with fingerprint {result.fingerprint[:12]}")
+    else:
+        print(f"extracted {result.n_extracted} rows ({extractor.weights_source()})")
+    code = 0
+    if result.n_failed:
+        failed = write_failures_csv(result.store)
+        print(f"{result.n_failed} of {result.n_rows} rows failed; the list is in {failed} and `featurehead inspect {result.store}`")
+        code = 1
+    print(result.store)
+    return code
+
+
+def cmd_inspect(args) -> int:
+    from .inspection import describe_store
+
+    print(describe_store(args.store))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .heads import run_train
+
+    params = {}
+    if args.C is not None:
+        params["C"] = args.C
+    if args.hidden is not None:
+        params["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+    for key in ("dropout", "learning_rate", "epochs"):
+        if getattr(args, key) is not None:
+            params[key if args.head != "sgd" or key != "epochs" else "max_iter"] = getattr(args, key)
+    result = run_train(args.store, args.out, head=args.head, params=params,
+                       validation_fraction=args.validation_fraction, random_state=args.random_state)
+    val = result.metrics.get("validation")
+    summary = f"trained {args.head} on {result.n_train} rows in {result.fit_seconds:.1f}s"
+    if val:
+        summary += f"; validation accuracy {val['accuracy']:.4f} on {result.n_val} rows"
+    print(summary)
+    print(result.bundle)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .heads import run_predict
+
+    out = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
+                      progress=_progress(args, "extract"))
+    import pandas as pd
+
+    frame = pd.read_csv(out, keep_default_na=False)
+    failed = int((~frame["ok"].astype(bool)).sum())
+    print(f"predicted {len(frame) - failed} of {len(frame)} rows")
+    if failed:
+        print(f"{failed} rows failed; they are marked ok=False in {out}")
+    print(out)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from classify import format_metrics
+
+    from .heads import run_evaluate
+
+    metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
+    print(format_metrics(metrics))
+    print(Path(args.out))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    weights = "none" if args.weights.lower() == "none" else args.weights
+    result = run_demo(args.workdir, input_size=args.input_size, weights=weights, epochs=args.epochs,
+                      progress=_progress(args, "extract digits"))
+    for note in result.notes:
+        print(f"NOTE: {note}")
+    print(f"weights: {result.weights}")
+    print(f"features: {result.store}")
+    for head, acc in result.accuracy.items():
+        print(f"{head:>7} head: test accuracy {acc:.4f}  (bundle {result.bundles[head]}, report {result.reports[head]})")
+    print(result.workdir)
+    return 0
+
+
+COMMANDS = {
+    "extract": cmd_extract,
+    "inspect": cmd_inspect,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
+
+
+def _expected_errors() -> tuple:
+    import classify
+    import extract
+    import features_store
+
+    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, FileNotFoundError,
+            ValueError)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _expected_errors() as err:
+        message = " ".join(str(err).split())
+        print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"featurehead {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

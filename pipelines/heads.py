@@ -1,0 +1,155 @@
+"""Stage two runners: train a head on a store, evaluate it, and predict new images through its extractor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import classify
+import features_store
+from extract import extractor_from_spec, read_index
+
+from .extraction import default_store_path, run_extract
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    bundle: Path
+    metrics: dict
+    n_train: int
+    n_val: int
+    fit_seconds: float
+
+
+def split_rows(meta, *, validation_fraction: float = 0.2, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pick train and validation rows among the ok, labelled rows (pure: no files).
+
+    A store `split` column wins: train on "train", validate on "val" (or "test" when there is no "val").
+    Otherwise a stratified, seeded split of the original images; augmented views follow their source row,
+    so no view of a training image is ever validated on.
+    """
+    from sklearn.model_selection import train_test_split
+
+    usable = meta.ok & (meta.codes >= 0)
+    if usable.sum() < 2:
+        raise ValueError(f"the store has {int(usable.sum())} usable labelled rows; training needs at least 2")
+    if np.isin(meta.split[usable], ("train", "val", "test")).any():
+        train = usable & (meta.split == "train")
+        held = "val" if (usable & (meta.split == "val")).any() else "test"
+        val = usable & (meta.split == held) & (meta.view == 0)
+        if not train.any():
+            raise ValueError("the store's `split` column has no 'train' rows")
+        return np.flatnonzero(train), np.flatnonzero(val)
+    originals = np.flatnonzero(usable & (meta.view == 0))
+    labels = meta.codes[originals]
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    n_val = max(int(round(validation_fraction * len(originals))), len(np.unique(labels)) if stratify is not None else 1)
+    train_src, val_src = train_test_split(originals, test_size=n_val, stratify=stratify, random_state=random_state)
+    train = usable & np.isin(meta.source, train_src)
+    return np.flatnonzero(train), np.sort(val_src)
+
+
+def run_train(
+    store,
+    out,
+    *,
+    head: str = "logreg",
+    params: dict | None = None,
+    validation_fraction: float = 0.2,
+    random_state: int = 0,
+) -> TrainResult:
+    """Train a head on a complete store and save it as a bundle with its validation metrics."""
+    store = Path(store)
+    info = features_store.read_info(store)
+    meta = features_store.read_meta(store)
+    train_rows, val_rows = split_rows(meta, validation_fraction=validation_fraction, random_state=random_state)
+    params = dict(params or {})
+    if head != "logreg":
+        params.setdefault("random_state", random_state)
+    estimator = classify.make_head(head, **params)
+    X = features_store.read_features(store, train_rows)
+    t0 = time.perf_counter()
+    estimator.fit(X, meta.labels[train_rows])
+    fit_seconds = time.perf_counter() - t0
+    del X
+    metrics = {"fit_seconds": round(fit_seconds, 3), "n_train": int(len(train_rows))}
+    if len(val_rows):
+        metrics["validation"] = classify.evaluate(
+            estimator, features_store.read_features(store, val_rows), meta.labels[val_rows]
+        )
+    bundle = classify.save_bundle(
+        estimator,
+        out,
+        extractor=info.extractor,
+        fingerprint=info.fingerprint,
+        classes=[str(c) for c in estimator.classes_],
+        n_features=info.n_features,
+        metrics=metrics,
+        params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
+        extra={"trained_on": str(store)},
+    )
+    history = getattr(_final_step(estimator), "history_", None)
+    if history:
+        classify.plot_history(history, Path(bundle) / "history.png")
+    return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds)
+
+
+def _final_step(estimator):
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+
+
+def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
+    """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot."""
+    bundle = classify.load_bundle(bundle_path)
+    info = features_store.read_info(store)
+    bundle.check_fingerprint(info.fingerprint)
+    X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
+    keep = y != ""
+    if not keep.any():
+        raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
+    metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+    return metrics
+
+
+def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> Path:
+    """Predict every row of an index with a bundle, extracting with exactly the bundle's extractor.
+
+    A store of the same extractor and index is reused (cache first). Failed rows are kept, marked `ok=False`.
+    """
+    bundle = classify.load_bundle(bundle_path)
+    index = read_index(index_source, images_root)
+    extractor = extractor_from_spec(bundle.manifest["extractor"])
+    store = Path(store) if store is not None else default_store_path(index, extractor)
+    result = run_extract(index, extractor, store, progress=progress)
+    bundle.check_fingerprint(result.fingerprint)
+    meta = features_store.read_meta(store)
+    rows = np.flatnonzero(meta.view == 0)
+    ok_rows = rows[meta.ok[rows]]
+    classes = list(bundle.manifest["classes"])
+    proba = np.full((len(rows), len(classes)), np.nan)
+    if len(ok_rows):
+        proba[meta.ok[rows]] = bundle.predict_proba(features_store.read_features(store, ok_rows))
+    frame = pd.DataFrame({"filename": meta.ids[rows], "ok": meta.ok[rows]})
+    best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
+    frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
+    frame["probability"] = np.where(frame["ok"], proba[np.arange(len(rows)), best], np.nan)
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = proba[:, j]
+    frame["error"] = meta.errors[rows]
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False, float_format="%.6g")
+    return out_csv

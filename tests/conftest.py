@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny real image files and indexes in tmp_path (no mocks)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def make_image(path, size=32, seed=0, mode="RGB", fmt=None):
+    """Write a small random image; returns its path."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    # two classes that differ in brightness, so heads have something to learn
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """root/<class>/<n>.png|jpg: 2 classes x 4 images, 32x32, class 'b' brighter."""
+    root = tmp_path / "imgs"
+    for c, (label, offset) in enumerate((("a", 0), ("b", 120))):
+        for i in range(4):
+            rng = np.random.default_rng(10 * c + i)
+            arr = np.clip(rng.integers(0, 120, (32, 32, 3)) + offset, 0, 255).astype(np.uint8)
+            ext = "png" if i % 2 == 0 else "jpg"
+            path = root / label / f"{i}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    return root
+
+
+@pytest.fixture
+def csv_index(image_folder):
+    """index.csv next to the class folders, listing every image with its label."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
+    lines = ["filename,label"] + [f"{r},{r.split('/')[0]}" for r in rows]
+    path = image_folder / "index.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path

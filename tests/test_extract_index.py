@@ -1,0 +1,83 @@
+import pytest
+
+from extract import IndexValidationError, read_index
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_csv_index_keeps_order_labels_and_extra_columns(tmp_path):
+    csv = write_csv(tmp_path / "i.csv", "filename,label,split,weight\nb.png,cat,train,1\na.png,dog,test,2\n")
+    index = read_index(csv)
+    assert index.ids == ["b.png", "a.png"]
+    assert index.labels == ["cat", "dog"]
+    assert index.split == ["train", "test"]
+    assert index.frame["weight"].tolist() == ["1", "2"]
+    assert index.classes == ["cat", "dog"]
+    assert index.root == tmp_path
+
+
+def test_csv_without_label_is_unlabelled(tmp_path):
+    index = read_index(write_csv(tmp_path / "i.csv", "filename\nx.png\ny.png\n"))
+    assert index.labels == ["", ""] and not index.has_labels
+
+
+def test_images_root_overrides_csv_folder(tmp_path):
+    (tmp_path / "pics").mkdir()
+    index = read_index(write_csv(tmp_path / "i.csv", "filename\nx.png\n"), images_root=tmp_path / "pics")
+    assert index.paths == [tmp_path / "pics" / "x.png"]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        pytest.param("name,label\nx.png,a\n", "must have a `filename` column", id="missing-column"),
+        pytest.param("filename,label\n", "no rows", id="empty"),
+        pytest.param("filename,label\nx.png,a\ny.png,b\nx.png,c\n", "line 4: duplicate filename 'x.png'.*line 2", id="duplicate"),
+        pytest.param("filename,label\nx.png,a\ny.png,\n", "line 3: blank label", id="blank-label"),
+        pytest.param("filename,label\n../outside.png,a\n", "line 2: the path '../outside.png' escapes", id="escape"),
+        pytest.param("filename,label\n/etc/passwd,a\n", "escapes the images root", id="absolute"),
+        pytest.param("filename,label,split\nx.png,a,holdout\n", "`split` must be one of", id="bad-split"),
+        pytest.param("filename,label\n,a\n", "line 2: empty filename", id="empty-filename"),
+    ],
+)
+def test_csv_validation_errors_name_the_row(tmp_path, text, match):
+    with pytest.raises(IndexValidationError, match=match):
+        read_index(write_csv(tmp_path / "i.csv", text))
+
+
+def test_missing_index_file(tmp_path):
+    with pytest.raises(IndexValidationError, match="does not exist"):
+        read_index(tmp_path / "nope.csv")
+
+
+def test_class_folders(image_folder):
+    index = read_index(image_folder)
+    assert len(index) == 8
+    assert index.classes == ["a", "b"]
+    assert index.ids[0] == "a/0.png" and set(index.split) == {""}
+
+
+def test_split_folders(tmp_path, image_folder):
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(image_folder / "a", root / "train" / "a")
+    shutil.copytree(image_folder / "b", root / "test" / "b")
+    index = read_index(root)
+    assert index.split == ["train"] * 4 + ["test"] * 4
+    assert index.ids[0] == "train/a/0.png"
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(IndexValidationError, match="no images found"):
+        read_index(tmp_path)
+
+
+def test_sha256_changes_with_rows(tmp_path):
+    a = read_index(write_csv(tmp_path / "a.csv", "filename,label\nx.png,1\n"))
+    b = read_index(write_csv(tmp_path / "b.csv", "filename,label\nx.png,2\n"))
+    c = read_index(write_csv(tmp_path / "c.csv", "filename,label\nx.png,1\n"))
+    assert a.sha256() == c.sha256() != b.sha256()

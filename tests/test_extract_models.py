@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+
+import extract
+from extract import (
+    ExtractorConfigError,
+    UnknownExtractorError,
+    WeightsUnavailableError,
+    extractor_from_spec,
+    get_extractor,
+)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("model", ["vgg16", "vgg19"])
+@pytest.mark.parametrize(
+    "pooling, layer, dim",
+    [
+        pytest.param("flatten", None, 512, id="flatten"),
+        pytest.param("avg", None, 512, id="avg"),
+        pytest.param("max", None, 512, id="max"),
+        pytest.param("flatten", "block4_pool", 2 * 2 * 512, id="block4_pool"),
+        pytest.param("avg", "block3_conv3", 256, id="block3_conv3-avg"),
+    ],
+)
+def test_output_shapes_at_32px(model, pooling, layer, dim, batch):
+    e = get_extractor(model, weights="none", input_size=32, pooling=pooling, layer=layer, batch_size=2)
+    out = e(batch)  # 3 rows with batch_size 2: the last batch is padded
+    assert out.shape == (3, dim) and out.dtype == np.float32
+    assert e.output_dim == dim
+    assert np.isfinite(out).all()
+
+
+def test_vgg16_flatten_gives_25088_at_224():
+    e = get_extractor("vgg16", weights="none", input_size=224, batch_size=2)
+    x = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    assert e(x).shape == (2, 25088)
+
+
+def test_padding_and_batching_do_not_change_values(batch):
+    a = get_extractor("vgg16", weights="none", input_size=32, batch_size=2)(batch)
+    b = get_extractor("vgg16", weights="none", input_size=32, batch_size=8)(batch)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_seeded_random_init_is_deterministic_and_seed_dependent(batch):
+    a = get_extractor("vgg16", weights="none", input_size=32, seed=3)(batch)
+    b = get_extractor("vgg16", weights="none", input_size=32, seed=3)(batch)
+    c = get_extractor("vgg16", weights="none", input_size=32, seed=4)(batch)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_preprocessing_is_vgg_caffe_mode_inside_the_graph():
+    import keras
+
+    from extract.layers import caffe_preprocess_layer
+
+    x = np.random.default_rng(2).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    ours = keras.ops.convert_to_numpy(caffe_preprocess_layer()(x))
+    reference = keras.applications.vgg16.preprocess_input(x.copy())
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-4)
+
+
+def test_weights_file_round_trip(tmp_path, batch):
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    base.save_weights(path)
+    e = get_extractor("vgg16", weights=str(path), input_size=32)
+    ours = e(batch)
+    reference = base.predict_on_batch(keras.applications.vgg16.preprocess_input(batch.astype("float32")))
+    np.testing.assert_allclose(ours, np.asarray(reference).reshape(3, -1), rtol=1e-4, atol=1e-4)
+    assert e.spec()["weights_sha256"] == extract.file_sha256(path)
+    assert "sha256" in e.weights_source()
+
+
+def test_config_round_trip():
+    e = get_extractor("vgg19", weights="none", layer="block4_pool", pooling="avg", input_size=48, seed=7, batch_size=5)
+    again = type(e).from_config(e.get_config())
+    assert again.get_config() == e.get_config()
+    assert again.fingerprint() == e.fingerprint()
+    assert extractor_from_spec(e.spec()).fingerprint() == e.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"model": "vgg19"}, id="model"),
+        pytest.param({"layer": "block4_pool"}, id="layer"),
+        pytest.param({"pooling": "avg"}, id="pooling"),
+        pytest.param({"input_size": 64}, id="input_size"),
+        pytest.param({"seed": 1}, id="seed"),
+        pytest.param({"precision": "bfloat16"}, id="precision"),
+        pytest.param({"weights": "imagenet"}, id="weights"),
+    ],
+)
+def test_fingerprint_changes_with_anything_that_changes_values(change):
+    base = dict(model="vgg16", weights="none", input_size=32)
+    a = get_extractor(base.pop("model"), **base)
+    kwargs = dict(model="vgg16", weights="none", input_size=32) | change
+    b = get_extractor(kwargs.pop("model"), **kwargs)
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_fingerprint_stable_and_ignores_batch_size():
+    a = get_extractor("vgg16", weights="none", input_size=32, batch_size=4)
+    b = get_extractor("vgg16", weights="none", input_size=32, batch_size=64)
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.fingerprint()) == 64
+
+
+def test_fingerprint_changes_with_version(monkeypatch):
+    e = get_extractor("vgg16", weights="none", input_size=32)
+    before = e.fingerprint()
+    monkeypatch.setattr(type(e), "VERSION", type(e).VERSION + 1)
+    assert e.fingerprint() != before
+
+
+def test_weights_file_counts_by_content(tmp_path):
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.save_weights(tmp_path / "a.weights.h5")
+    (tmp_path / "b.weights.h5").write_bytes((tmp_path / "a.weights.h5").read_bytes())
+    a = get_extractor("vgg16", weights=str(tmp_path / "a.weights.h5"), input_size=32)
+    b = get_extractor("vgg16", weights=str(tmp_path / "b.weights.h5"), input_size=32)
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UnknownExtractorError, match=r"`model` must be one of .*'vgg16'.*Received: model='resnet'"):
+        get_extractor("resnet")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        pytest.param({"pooling": "mean"}, ExtractorConfigError, "Received: pooling='mean'", id="pooling"),
+        pytest.param({"input_size": 16}, ExtractorConfigError, "`input_size` must be an integer >= 32", id="size"),
+        pytest.param({"batch_size": 0}, ExtractorConfigError, "Received: batch_size=0", id="batch"),
+        pytest.param({"weights": "/no/such.h5"}, WeightsUnavailableError, "does not exist", id="weights-file"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    e = get_extractor("vgg16", **({"weights": "none"} | kwargs))
+    with pytest.raises(error, match=match):
+        e.validate()
+
+
+def test_unknown_layer_is_named():
+    e = get_extractor("vgg16", weights="none", input_size=32, layer="block9_pool")
+    with pytest.raises(ExtractorConfigError, match="Received: layer='block9_pool'"):
+        e.model  # noqa: B018
+
+
+def test_pickles_without_the_model(batch):
+    import pickle
+
+    e = get_extractor("vgg16", weights="none", input_size=32)
+    before = e(batch)
+    clone = pickle.loads(pickle.dumps(e))
+    assert clone._model is None
+    np.testing.assert_array_equal(clone(batch), before)
+
+
+def test_offline_imagenet_fails_fast_with_alternatives(tmp_path, monkeypatch):
+    # a real offline condition: an empty Keras cache and a proxy that refuses every connection
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    e = get_extractor("vgg16", weights="imagenet", input_size=32)
+    with pytest.raises(WeightsUnavailableError) as info:
+        e.model  # noqa: B018
+    message = str(info.value)
+    assert str(tmp_path / "keras" / "models") in message
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "--weights PATH" in message and "--weights none" in message
+
+
+@pytest.mark.network
+def test_imagenet_weights_load_when_they_can_be_had():
+    e = get_extractor("vgg16", weights="imagenet", input_size=32)
+    try:
+        e.model  # noqa: B018
+    except WeightsUnavailableError as err:
+        pytest.skip(f"ImageNet weights cannot be had here: {str(err)[:80]}")
+    assert e.output_dim == 512

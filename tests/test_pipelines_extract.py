@@ -1,0 +1,143 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import features_store
+from extract import ImageReadError, get_extractor, read_index
+from pipelines.extraction import default_store_path, run_extract
+
+
+def small_vgg(**kw):
+    return get_extractor("vgg16", **({"weights": "none", "input_size": 32, "batch_size": 3} | kw))
+
+
+def test_store_round_trip_matches_direct_extraction(csv_index):
+    index = read_index(csv_index)
+    extractor = small_vgg()
+    result = run_extract(index, extractor)
+    assert result.store == default_store_path(index, extractor)
+    assert result.store.name.startswith("index.vgg16-") and not result.up_to_date
+    X, y, ids = features_store.load(result.store)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in index.paths])
+    np.testing.assert_allclose(X, small_vgg()(images), rtol=1e-5, atol=1e-5)
+    assert ids.tolist() == index.ids and y.tolist() == index.labels
+    info = features_store.read_info(result.store)
+    assert info.complete and info.fingerprint == extractor.fingerprint()
+    assert info.extractor == extractor.spec() and info.index_sha256 == index.sha256()
+    with h5py.File(result.store, "r") as f:  # plain h5py reads it
+        assert f["features"].shape == (8, 512) and f.attrs["complete"]
+
+
+def test_cache_hit_does_no_model_work(csv_index):
+    index = read_index(csv_index)
+    first = run_extract(index, small_vgg())
+    again = small_vgg()
+    result = run_extract(index, again)
+    assert result.up_to_date and result.n_extracted == 0 and result.store == first.store
+    assert again._model is None  # the model was never built
+
+
+def test_other_fingerprint_is_refused_before_building(csv_index, tmp_path):
+    index = read_index(csv_index)
+    out = tmp_path / "s.h5"
+    run_extract(index, small_vgg(), out)
+    other = small_vgg(pooling="avg")
+    with pytest.raises(features_store.StoreMismatchError, match="another extractor"):
+        run_extract(index, other, out)
+    assert other._model is None
+
+
+def test_changed_index_is_refused(csv_index, tmp_path):
+    out = tmp_path / "s.h5"
+    run_extract(read_index(csv_index), small_vgg(), out)
+    csv_index.write_text(csv_index.read_text().replace(",b\n", ",c\n"))
+    with pytest.raises(features_store.StoreMismatchError, match="another index"):
+        run_extract(read_index(csv_index), small_vgg(), out)
+
+
+def test_bad_images_are_failed_rows_and_the_run_goes_on(csv_index, tmp_path):
+    root = csv_index.parent
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    text = csv_index.read_text() + "a/broken.png,a\na/empty.jpg,a\na/missing.png,a\n"
+    csv_index.write_text(text)
+    result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "s.h5")
+    assert result.n_failed == 3 and result.n_rows == 11
+    errors = dict(features_store.read_errors(result.store))
+    assert set(errors) == {"a/broken.png", "a/empty.jpg", "a/missing.png"}
+    assert "empty file" in errors["a/empty.jpg"] and "not found" in errors["a/missing.png"]
+    X, _, ids = features_store.load(result.store)
+    assert len(X) == 8 and np.isfinite(X).all()
+
+
+def test_strict_stops_at_first_failure(csv_index, tmp_path):
+    csv_index.write_text(csv_index.read_text() + "a/missing.png,a\n")
+    with pytest.raises(ImageReadError, match="a/missing.png: file not found"):
+        run_extract(read_index(csv_index), small_vgg(), tmp_path / "s.h5", strict=True)
+
+
+def test_progress_callback_sees_every_row(csv_index, tmp_path):
+    seen = []
+
+    class Bar:
+        def __init__(self, total, initial):
+            seen.append(("start", total, initial))
+
+        def update(self, n):
+            seen.append(n)
+
+        def close(self):
+            seen.append("closed")
+
+    run_extract(read_index(csv_index), small_vgg(), tmp_path / "s.h5", progress=Bar)
+    assert seen[0] == ("start", 8, 0) and sum(n for n in seen[1:-1]) == 8 and seen[-1] == "closed"
+
+
+def _many_images(tmp_path, n):
+    root = tmp_path / "many"
+    rows = ["filename,label"]
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        path = root / f"{i % 3}" / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path)
+        rows.append(f"{i % 3}/{i:03d}.png,{i % 3}")
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    return root / "index.csv"
+
+
+def test_resume_after_sigkill_equals_a_clean_run(tmp_path):
+    csv = _many_images(tmp_path, 60)
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "extract", str(csv), "--weights", "none",
+           "--input-size", "32", "--batch-size", "2", "--workers", "1", "--out", str(out)]
+    env = dict(os.environ)
+    kills = 0
+    for delay in (0.0, 0.4, 1.1):  # after the store appears: at once, and mid-run
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        with h5py.File(out, "r"):  # never garbage: it opens after every kill
+            pass
+        info = features_store.read_info(out)
+        assert info.n_done <= info.n_rows
+    assert kills >= 1
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    clean = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "clean.h5")
+    a, b = features_store.read_meta(out), features_store.read_meta(clean.store)
+    assert a.ids.tolist() == b.ids.tolist() and a.ok.all() and b.ok.all()
+    np.testing.assert_allclose(features_store.read_features(out), features_store.read_features(clean.store),
+                               rtol=1e-5, atol=1e-6)
