@@ -1,0 +1,260 @@
+"""The feature cache: one appendable HDF5 file of feature rows per extractor fingerprint, keyed by image.
+
+A path's key is its resolved path, size and mtime (an edited file misses); an in-memory image's key is its bytes.
+Processes share a file through an `fcntl` lock file; the row counter moves only after the rows are flushed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from features_store import schema
+from features_store.errors import StoreMismatchError
+from features_store.plan import chunk_rows
+from features_store.reader import take_rows
+
+logger = logging.getLogger(__name__)
+
+CACHE_SCHEMA_VERSION = 1
+KEY_DTYPE = "S64"  # hex sha256; fixed length, so a lookup reads the keys as one numpy array
+COUNTERS = ("n_rows", "n_extracted", "n_hits")
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a cache file holds and how it was used (zeros when the file does not exist yet)."""
+
+    path: str
+    fingerprint: str
+    n_rows: int
+    n_features: int
+    n_extracted: int
+    n_hits: int
+
+
+def cache_path(cache_dir: str | os.PathLike, fingerprint: str) -> Path:
+    """The cache file of one extractor fingerprint under `cache_dir`."""
+    if not isinstance(fingerprint, str) or len(fingerprint) < 16:
+        raise ValueError(f"`fingerprint` must be a hex digest string. Received: fingerprint={fingerprint!r}")
+    return Path(cache_dir) / f"features-{fingerprint[:16]}.h5"
+
+
+def path_keys(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Cache keys of image files: sha256 of the resolved path, the size and the mtime in ns.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+
+    Returns
+    -------
+    ndarray of shape (n,), dtype S64
+        One key per path; ``b""`` for a path that cannot be stat-ed (it is never found nor cached).
+    """
+    keys = []
+    for path in paths:
+        try:
+            resolved = Path(path).resolve()
+            st = resolved.stat()
+        except OSError:
+            keys.append(b"")
+            continue
+        raw = f"{resolved}\x00{st.st_size}\x00{st.st_mtime_ns}".encode("utf-8", "surrogateescape")
+        keys.append(hashlib.sha256(raw).hexdigest().encode("ascii"))
+    return np.array(keys, dtype=KEY_DTYPE).reshape(len(keys))
+
+
+def array_keys(images: np.ndarray) -> np.ndarray:
+    """Cache keys of in-memory images: sha256 of each image's shape, dtype and bytes.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, ...)
+
+    Returns
+    -------
+    ndarray of shape (n,), dtype S64
+    """
+    head = f"{images.shape[1:]}{images.dtype.str}".encode()
+    keys = [hashlib.sha256(head + np.ascontiguousarray(im).tobytes()).hexdigest().encode() for im in images]
+    return np.array(keys, dtype=KEY_DTYPE).reshape(len(keys))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # One exclusive fcntl lock per cache file, held only while it is open; h5py's own (process-wide, non
+    # blocking) file locking is switched off, so two processes queue here instead of failing.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open(path: Path, fingerprint: str) -> h5py.File | None:
+    """Open an existing cache file for update; a damaged one is moved aside (never read) and None returned."""
+    if not path.exists():
+        return None
+    try:
+        f = h5py.File(path, "r+", locking=False)
+    except OSError as err:
+        aside = f"{path}.damaged-{time.time_ns()}"
+        os.replace(path, aside)
+        logger.warning("feature cache %s could not be opened (%s); moved it to %s and starting afresh", path, err, aside)
+        return None
+    stored = f.attrs.get("fingerprint", b"")
+    stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+    if stored != fingerprint:
+        f.close()
+        raise StoreMismatchError(
+            f"{path} caches features of fingerprint {stored[:12]}, not {fingerprint[:12]}; delete it or use "
+            "another cache_dir."
+        )
+    return f
+
+
+def _create(path: Path, fingerprint: str, n_features: int, extractor: dict) -> h5py.File:
+    rows = chunk_rows(n_features)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with h5py.File(tmp, "w", locking=False) as f:
+        f.create_dataset("features", shape=(rows, n_features), maxshape=(None, n_features), dtype=np.float32,
+                         chunks=(rows, n_features))
+        f.create_dataset("keys", shape=(rows,), maxshape=(None,), dtype=KEY_DTYPE, chunks=(rows,))
+        f.create_dataset("names", shape=(rows,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(rows,))
+        f.attrs["cache_schema_version"] = np.int64(CACHE_SCHEMA_VERSION)
+        f.attrs["fingerprint"] = fingerprint
+        f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
+        for counter in COUNTERS:
+            f.attrs[counter] = np.int64(0)
+    os.replace(tmp, path)  # never a half-created file under the real name
+    return h5py.File(path, "r+", locking=False)
+
+
+def _row_of(f: h5py.File) -> dict[bytes, int]:
+    n = int(f.attrs["n_rows"])  # rows past n_rows may hold anything: they were never committed
+    return {key: row for row, key in enumerate(f["keys"][:n].tolist())}
+
+
+def lookup(cache_dir: str | os.PathLike, fingerprint: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Find cached rows and count the hits.
+
+    Parameters
+    ----------
+    cache_dir : str or path-like
+    fingerprint : str
+        The extractor's fingerprint.
+    keys : ndarray of shape (n,), dtype S64
+        From `path_keys` or `array_keys`.
+
+    Returns
+    -------
+    features : ndarray of shape (n_found, n_features), dtype float32
+        The cached rows of the found keys, in the order of `keys`.
+    found : ndarray of shape (n,), dtype bool
+    """
+    keys = np.asarray(keys, dtype=KEY_DTYPE)
+    path = cache_path(cache_dir, fingerprint)
+    with _locked(path):
+        f = _open(path, fingerprint)
+        if f is None:
+            return np.empty((0, 0), np.float32), np.zeros(len(keys), bool)
+        with f:
+            index = _row_of(f)
+            rows = np.array([index.get(k, -1) if k else -1 for k in keys.tolist()], dtype=np.int64)
+            found = rows >= 0
+            unique, inverse = np.unique(rows[found], return_inverse=True)
+            features = take_rows(f["features"], unique)[inverse]
+            f.attrs.modify("n_hits", np.int64(int(f.attrs["n_hits"]) + int(found.sum())))
+    return features, found
+
+
+def append(
+    cache_dir: str | os.PathLike,
+    fingerprint: str,
+    keys: np.ndarray,
+    features: np.ndarray,
+    *,
+    extractor: dict,
+    names: Sequence[str] | None = None,
+) -> int:
+    """Add freshly extracted rows; keys already cached (by another process, say) are skipped.
+
+    Parameters
+    ----------
+    cache_dir : str or path-like
+    fingerprint : str
+    keys : ndarray of shape (n,), dtype S64
+    features : ndarray of shape (n, n_features)
+        Only rows that were extracted successfully.
+    extractor : dict
+        The extractor's JSON-able spec, stored when the file is created.
+    names : sequence of str of length n, default=None
+        Human-readable ids (the paths), stored for inspection only.
+
+    Returns
+    -------
+    int
+        Rows added. `n_extracted` grows by ``n``, `n_rows` by the rows added.
+    """
+    keys = np.asarray(keys, dtype=KEY_DTYPE)
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(keys):
+        raise ValueError(f"`features` must have shape ({len(keys)}, n_features). Received: shape {x.shape}")
+    names = [""] * len(keys) if names is None else [str(n) for n in names]
+    path = cache_path(cache_dir, fingerprint)
+    with _locked(path):
+        f = _open(path, fingerprint) or _create(path, fingerprint, x.shape[1], extractor)
+        with f:
+            return _append_rows(f, keys, x, names)
+
+
+def _append_rows(f: h5py.File, keys: np.ndarray, x: np.ndarray, names: list[str]) -> int:
+    if f["features"].shape[1] != x.shape[1]:
+        raise StoreMismatchError(f"{f.filename} holds {f['features'].shape[1]} features per row, "
+                                 f"not {x.shape[1]}; delete it or use another cache_dir.")
+    index, new, seen = _row_of(f), [], set()
+    for i, key in enumerate(keys.tolist()):
+        if key and key not in index and key not in seen:
+            new.append(i)
+            seen.add(key)
+    n, m = int(f.attrs["n_rows"]), len(new)
+    if m:
+        chunk = f["features"].chunks[0]
+        capacity = -(-(n + m) // chunk) * chunk  # grow in whole chunks, never a row at a time
+        if capacity > f["features"].shape[0]:
+            for name in ("features", "keys", "names"):
+                f[name].resize(capacity, axis=0)
+        f["features"][n:n + m] = x[new]
+        f["keys"][n:n + m] = keys[new]
+        f["names"][n:n + m] = np.array([names[i] for i in new], dtype=object)
+        f.flush()  # rows first; only then the counter that makes them visible
+    f.attrs.modify("n_rows", np.int64(n + m))
+    f.attrs.modify("n_extracted", np.int64(int(f.attrs["n_extracted"]) + len(keys)))
+    f.flush()
+    return m
+
+
+def cache_info(cache_dir: str | os.PathLike, fingerprint: str) -> CacheInfo:
+    """The counters of one fingerprint's cache file: rows held, rows extracted into it, rows served from it."""
+    path = cache_path(cache_dir, fingerprint)
+    with _locked(path):
+        f = _open(path, fingerprint)
+        if f is None:
+            return CacheInfo(str(path), fingerprint, 0, 0, 0, 0)
+        with f:
+            counters = {c: int(f.attrs[c]) for c in COUNTERS}
+            return CacheInfo(str(path), fingerprint, n_features=int(f["features"].shape[1]), **counters)

@@ -1,0 +1,109 @@
+"""Loading `(X, y, ids)` from a store, whole (`load`) or streamed in bounded memory (`iter_batches`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from features_store import schema
+from features_store.reader import StoreMeta, info_of, meta_of, open_store, take_rows, visible_rows
+
+
+def _selected(meta: StoreMeta, split: str | Sequence[str] | None, ok_only: bool, views: bool) -> np.ndarray:
+    keep = np.ones(len(meta.ids), dtype=bool)
+    if split is not None:
+        wanted = [split] if isinstance(split, str) else list(split)
+        schema.check_split(wanted)
+        keep &= np.isin(meta.split, wanted)
+    if ok_only:
+        keep &= meta.ok
+    if not views:
+        keep &= meta.view == 0
+    return np.flatnonzero(keep)
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    split: str | Sequence[str] | None = None,
+    ok_only: bool = True,
+    views: bool = True,
+    fingerprint: str | None = None,
+    allow_incomplete: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Load the selected rows as `(X, y, ids)`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store file.
+    split : str or sequence of str, default=None
+        Keep rows of these split values ("train", "val", "test", ""); None keeps all.
+    ok_only : bool, default=True
+        Drop the rows whose extraction failed.
+    views : bool, default=True
+        Keep augmented views; False keeps only the originals (view 0).
+    fingerprint : str, default=None
+        When given, refuse a store written by another extractor.
+    allow_incomplete : bool, default=False
+        Read a partial store, whose visible rows are `[0, n_done)`.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), dtype float32
+    y : ndarray of shape (n_samples,), dtype str
+        Class names; "" for unlabelled rows.
+    ids : ndarray of shape (n_samples,), dtype str
+    """
+    with open_store(path) as f:
+        n = visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=allow_incomplete)
+        meta = meta_of(f, n)
+        rows = _selected(meta, split, ok_only, views)
+        return take_rows(f["features"], rows), meta.labels[rows], meta.ids[rows]
+
+
+def iter_batches(
+    path: str | os.PathLike,
+    batch_size: int,
+    *,
+    split: str | Sequence[str] | None = None,
+    ok_only: bool = True,
+    views: bool = True,
+    fingerprint: str | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Stream the selected rows as `(X, y, ids)` batches, in row order, one slab read at a time.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A complete store file.
+    batch_size : int
+        Rows per batch; the last batch may be shorter.
+    split, ok_only, views, fingerprint
+        As in `load`.
+
+    Yields
+    ------
+    X : ndarray of shape (batch_size, n_features), dtype float32
+    y : ndarray of shape (batch_size,), dtype str
+    ids : ndarray of shape (batch_size,), dtype str
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    with open_store(path) as f:  # fail here, not at the first `next()`
+        visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=False)
+    if split is not None:
+        schema.check_split([split] if isinstance(split, str) else list(split))
+    return _batches(path, batch_size, split, ok_only, views, fingerprint)
+
+
+def _batches(path, batch_size, split, ok_only, views, fingerprint):
+    with open_store(path) as f:
+        n = visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=False)
+        meta = meta_of(f, n)
+        rows = _selected(meta, split, ok_only, views)
+        for lo in range(0, len(rows), batch_size):
+            batch = rows[lo:lo + batch_size]
+            yield take_rows(f["features"], batch), meta.labels[batch], meta.ids[batch]

@@ -1,0 +1,101 @@
+"""Pure planning for the feature store: chunk sizes, batch plans, file names and store comparison.
+
+Nothing here touches a file, so all of it is tested on plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+def chunk_rows(n_features: int, itemsize: int = 4, target_bytes: int = 1 << 20) -> int:
+    """Number of whole rows per chunk so that a chunk holds about `target_bytes`.
+
+    Parameters
+    ----------
+    n_features : int
+        Row width D.
+    itemsize : int, default=4
+        Bytes per value (4 for float32, 2 for float16).
+    target_bytes : int, default=1 MiB
+        Wanted chunk size in bytes.
+
+    Returns
+    -------
+    int
+        Rows per chunk, at least 1.
+    """
+    _check_positive("n_features", n_features)
+    _check_positive("itemsize", itemsize)
+    _check_positive("target_bytes", target_bytes)
+    return max(1, target_bytes // (n_features * itemsize))
+
+
+def batch_plan(n_rows: int, batch_size: int, start: int = 0) -> list[tuple[int, int]]:
+    """Split rows `[start, n_rows)` into consecutive `(start, stop)` batches.
+
+    Parameters
+    ----------
+    n_rows : int
+        Total number of rows (may be 0).
+    batch_size : int
+        Rows per batch; the last batch may be shorter.
+    start : int, default=0
+        First row to plan, usually the store's `n_done` when resuming.
+
+    Returns
+    -------
+    list of tuple of (int, int)
+        Half-open row ranges; empty when `start == n_rows`.
+    """
+    _check_positive("batch_size", batch_size)
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
+        raise ValueError(f"`n_rows` must be a non-negative integer. Received: n_rows={n_rows!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= n_rows:
+        raise ValueError(f"`start` must be an integer in [0, n_rows={n_rows}]. Received: start={start!r}")
+    return [(lo, min(lo + batch_size, n_rows)) for lo in range(start, n_rows, batch_size)]
+
+
+def default_store_name(stem: str, model_name: str, fingerprint: str) -> str:
+    """File name of the store for an index `stem` and an extractor.
+
+    Parameters
+    ----------
+    stem : str
+        Stem of the index (for example the CSV name without suffix).
+    model_name : str
+        Extractor name, such as ``"vgg16"``.
+    fingerprint : str
+        Extractor fingerprint; its first 10 characters go into the name.
+
+    Returns
+    -------
+    str
+        ``f"{stem}.{model_name}-{fingerprint[:10]}.h5"``.
+    """
+    return f"{stem}.{model_name}-{fingerprint[:10]}.h5"
+
+
+def mismatches(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
+    """Describe each key whose stored value differs from the asked one.
+
+    Parameters
+    ----------
+    stored, asked : mapping
+        Same keys (for example fingerprint, index_sha256, n_rows, n_features, dtype).
+
+    Returns
+    -------
+    list of str
+        One ``"key: stored=..., asked=..."`` line per difference; empty when all match.
+    """
+    return [
+        f"{key}: stored={stored[key]!r}, asked={asked[key]!r}"
+        for key in asked
+        if stored.get(key) != asked[key]
+    ]
