@@ -1,0 +1,38 @@
+"""Classifier heads on extracted features: estimators, their evaluation, plots and bundles.
+
+Knows scikit-learn and Keras only; Keras is imported lazily, so importing this package stays TensorFlow-free.
+"""
+
+from classify.bundle import Bundle, load_bundle, save_bundle, save_model_bundle
+from classify.errors import (
+    BundleExistsError,
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleMismatchError,
+    BundleNotFoundError,
+    ClassifyError,
+)
+from classify.heads import fit_out_of_core, make_head
+from classify.metrics import evaluate, format_metrics
+from classify.mlp import KerasMLPClassifier
+from classify.plots import plot_confusion_matrix, plot_history
+
+__all__ = [
+    "Bundle",
+    "BundleExistsError",
+    "BundleFormatError",
+    "BundleIntegrityError",
+    "BundleMismatchError",
+    "BundleNotFoundError",
+    "ClassifyError",
+    "KerasMLPClassifier",
+    "evaluate",
+    "fit_out_of_core",
+    "format_metrics",
+    "load_bundle",
+    "make_head",
+    "plot_confusion_matrix",
+    "plot_history",
+    "save_bundle",
+    "save_model_bundle",
+]

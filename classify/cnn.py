@@ -1,0 +1,153 @@
+"""The seed's small CNN (conv-conv-pool-dropout-flatten features + a dense classifier), its transfer twin, its trainer.
+
+Layer names are stable, so the feature block is cut by name (``features_flatten``). Keras is imported lazily.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from classify.errors import ClassifyError
+
+FEATURE_LAYER = "features_flatten"
+OPTIMIZERS = ("adam", "adadelta", "sgd", "rmsprop")
+
+
+class CNNConfigError(ClassifyError, ValueError):
+    """A CNN argument is out of range (classes, optimizer, feature layer...)."""
+
+
+def build_cnn(input_shape: Sequence[int], n_classes: int, *, filters: int = 32, kernel_size: int = 3,
+              dense_units: int = 128, dropout: tuple[float, float] = (0.25, 0.5), preprocessing: Sequence = (),
+              seed: int | None = None):
+    """The Keras MNIST-transfer CNN: features ``features_conv1/2 -> features_pool -> features_dropout ->
+    features_flatten``, then classification ``classifier_dense -> classifier_dropout -> predictions``.
+
+    Parameters
+    ----------
+    input_shape : (height, width, channels)
+        What the model receives (before `preprocessing`).
+    n_classes : int
+        Softmax outputs.
+    filters, kernel_size, dense_units : int
+    dropout : (float, float)
+        After the pooling, and after the dense layer.
+    preprocessing : sequence of keras layers
+        Applied first, inside the model (e.g. rescaling 0..255 -> 0..1 and grayscale), so callers pass raw pixels.
+    seed : int, optional
+        Seeds the initial weights and dropout (``keras.utils.set_random_seed``, process-global).
+
+    Returns
+    -------
+    keras.Model (uncompiled)
+    """
+    import keras
+
+    _check_classes(n_classes)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = inputs
+    for layer in preprocessing:
+        x = layer(x)
+    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv1")(x)
+    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv2")(x)
+    x = keras.layers.MaxPooling2D(2, name="features_pool")(x)
+    x = keras.layers.Dropout(dropout[0], name="features_dropout")(x)
+    x = keras.layers.Flatten(name=FEATURE_LAYER)(x)
+    outputs = classification_block(x, n_classes, dense_units=dense_units, dropout=dropout[1])
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def classification_block(x, n_classes: int, *, dense_units: int = 128, dropout: float = 0.5):
+    """Dense(relu) -> Dropout -> Dense(softmax), applied to the tensor `x`."""
+    import keras
+
+    x = keras.layers.Dense(dense_units, activation="relu", name="classifier_dense")(x)
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
+    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)
+
+
+def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, dense_units: int = 128,
+                   dropout: float = 0.5, seed: int | None = None):
+    """`base` cut at `feature_layer` (by name) and frozen, topped with a new classification block.
+
+    Returns
+    -------
+    keras.Model (uncompiled); only the new block is trainable.
+    """
+    import keras
+
+    _check_classes(n_classes)
+    names = [layer.name for layer in base.layers]
+    if feature_layer not in names:
+        raise CNNConfigError(f"`feature_layer` must be one of the base's layers {names}. Received: feature_layer={feature_layer!r}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    features = keras.Model(base.inputs, base.get_layer(feature_layer).output, name="frozen_features")
+    features.trainable = False
+    inputs = keras.Input(tuple(base.inputs[0].shape[1:]), name="image")
+    # training=False keeps the frozen block's dropout off, as a frozen extractor sees it
+    outputs = classification_block(features(inputs, training=False), n_classes, dense_units=dense_units, dropout=dropout)
+    return keras.Model(inputs, outputs, name="transfer_cnn")
+
+
+def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optimizer: str = "adam",
+              learning_rate: float | None = None, validation_data=None, callbacks: Sequence = ()) -> dict:
+    """Compile `model` (sparse categorical cross-entropy, accuracy) and fit it; return the history.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, height, width, channels), or a keras.utils.PyDataset of (x, y) batches
+    y : ndarray of shape (n,), int class codes; None when `x` is a PyDataset
+    optimizer : {"adam", "adadelta", "sgd", "rmsprop"}
+    learning_rate : float, optional
+        None keeps the Keras default of the optimizer.
+
+    Returns
+    -------
+    dict of str to list of float
+        The Keras history, plus ``epoch_seconds``: the wall time of each epoch.
+    """
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    timer = epoch_timer()
+    fit_kwargs = {} if y is None else {"batch_size": batch_size}
+    history = model.fit(x, y, epochs=epochs, validation_data=validation_data, callbacks=[timer, *callbacks],
+                        verbose=0, **fit_kwargs)
+    return {**{k: [float(v) for v in vals] for k, vals in history.history.items()}, "epoch_seconds": timer.seconds}
+
+
+def make_optimizer(name: str, learning_rate: float | None = None):
+    """A fresh Keras optimizer by name (``learning_rate=None``: the Keras default)."""
+    import keras
+
+    if name not in OPTIMIZERS:
+        raise CNNConfigError(f"`optimizer` must be one of {', '.join(map(repr, OPTIMIZERS))}. Received: optimizer={name!r}")
+    classes = {"adam": keras.optimizers.Adam, "adadelta": keras.optimizers.Adadelta, "sgd": keras.optimizers.SGD,
+               "rmsprop": keras.optimizers.RMSprop}
+    return classes[name]() if learning_rate is None else classes[name](learning_rate=learning_rate)
+
+
+def epoch_timer():
+    """A Keras callback whose ``seconds`` lists the wall time of each epoch."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def _check_classes(n_classes) -> None:
+    if not isinstance(n_classes, int) or n_classes < 2:
+        raise CNNConfigError(f"`n_classes` must be an integer >= 2. Received: n_classes={n_classes!r}")

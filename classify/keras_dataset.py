@@ -1,0 +1,138 @@
+"""Out-of-core training of the Keras MLP head: a `keras.utils.PyDataset` over a factory of `(X, y)` batches.
+
+Knows no file format: the caller passes a zero-argument callable that starts a fresh pass over the batches
+(for a feature store, `features_store.iter_batches` wrapped in a lambda).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+BatchFactory = Callable[[], Iterable[tuple[Any, Any]]]
+
+_CLASSES: dict = {}
+
+
+def feature_batches(batches: BatchFactory, *, n_batches: int, classes: Any):
+    """A Keras `PyDataset` that yields ``(X float32, class codes int32)`` from `batches`, in order.
+
+    Parameters
+    ----------
+    batches : callable
+        ``batches()`` returns an iterable of ``(ndarray of shape (n_batch, n_features), ndarray of shape
+        (n_batch,))`` pairs: one whole pass over the data, in the same order every time.
+    n_batches : int
+        How many pairs one pass yields (Keras needs the epoch length up front).
+    classes : array-like of shape (n_classes,)
+        Sorted class labels; a batch label is coded by its position in `classes`.
+
+    Returns
+    -------
+    keras.utils.PyDataset
+    """
+    if not callable(batches):
+        raise ValueError(f"`batches` must be a zero-argument callable. Received: batches of type {type(batches).__name__}")
+    if isinstance(n_batches, bool) or not isinstance(n_batches, numbers.Integral) or n_batches < 1:
+        raise ValueError(f"`n_batches` must be a positive integer. Received: n_batches={n_batches!r}")
+    return _dataset_class()(batches, int(n_batches), np.asarray(classes))
+
+
+def _dataset_class():
+    """Define the PyDataset subclass once, on first use (Keras is imported lazily)."""
+    if _CLASSES:
+        return _CLASSES["FeatureBatches"]
+    import keras
+
+    class FeatureBatches(keras.utils.PyDataset):
+        """Sequential access is one `next()` per batch; any other index restarts the pass and skips ahead."""
+
+        def __init__(self, batches: BatchFactory, n_batches: int, classes: np.ndarray) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self._batches, self._n, self._classes = batches, n_batches, classes
+            self._iter, self._next = None, 0
+
+        def __len__(self) -> int:
+            return self._n
+
+        def __getitem__(self, idx: int):
+            if self._iter is None or idx != self._next:
+                self._iter, self._next = iter(self._batches()), 0
+                for _ in range(idx):
+                    next(self._iter)
+            try:
+                X, y = next(self._iter)
+            except StopIteration:
+                raise IndexError(f"`batches` yielded fewer than n_batches={self._n} batches") from None
+            self._next = idx + 1
+            return np.asarray(X, dtype=np.float32), encode_labels(y, self._classes)
+
+        def on_epoch_end(self) -> None:
+            self._iter = None
+
+    _CLASSES["FeatureBatches"] = FeatureBatches
+    return FeatureBatches
+
+
+def encode_labels(y: Any, classes: np.ndarray) -> np.ndarray:
+    """Codes of `y` in the sorted `classes`; an unknown label raises ValueError."""
+    y = np.asarray(y)
+    codes = np.searchsorted(classes, y)
+    bad = (codes >= len(classes)) | (classes[np.minimum(codes, len(classes) - 1)] != y)
+    if bad.any():
+        raise ValueError(f"batch labels must be among `classes` {classes.tolist()}. Received: {y[bad][0]!r}")
+    return codes.astype(np.int32)
+
+
+def fit_mlp_batches(
+    estimator: Any,
+    batches: BatchFactory,
+    classes: Any,
+    n_features: int,
+    *,
+    n_batches: int,
+    validation: BatchFactory | None = None,
+    n_validation_batches: int | None = None,
+) -> Any:
+    """Train a `KerasMLPClassifier` from batches, never holding more than one batch of features.
+
+    Its `epochs`, `learning_rate`, `hidden_layer_sizes`, `dropout`, `random_state` and a dict `class_weight`
+    apply; `batch_size` is the batches' own size. Early stopping needs `validation` batches.
+
+    Returns
+    -------
+    estimator : KerasMLPClassifier
+        Fitted in place (`classes_`, `n_features_in_`, `model_`, `history_`).
+    """
+    from classify.mlp import build_mlp
+
+    import keras
+
+    hidden = estimator._check_params()
+    classes = np.unique(np.asarray(classes))
+    if len(classes) < 2:
+        raise ValueError(f"`classes` must hold at least 2 classes. Received: classes={classes.tolist()}")
+    if estimator.class_weight is not None and not isinstance(estimator.class_weight, dict):
+        raise ValueError("out-of-core training needs `class_weight` as a dict (the class counts are not known "
+                         f"up front). Received: class_weight={estimator.class_weight!r}")
+    estimator.classes_, estimator.n_features_in_ = classes, int(n_features)
+    seed = estimator._seed()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    estimator.model_ = build_mlp(int(n_features), len(classes), hidden, estimator.dropout)
+    estimator.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=estimator.learning_rate),
+                             loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    kwargs = {}
+    if estimator.class_weight is not None:
+        kwargs["class_weight"] = {int(encode_labels([c], classes)[0]): float(w) for c, w in estimator.class_weight.items()}
+    if validation is not None and estimator.early_stopping:
+        kwargs["validation_data"] = feature_batches(validation, n_batches=n_validation_batches, classes=classes)
+        kwargs["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=estimator.patience,
+                                                             restore_best_weights=True)]
+    data = feature_batches(batches, n_batches=n_batches, classes=classes)
+    history = estimator.model_.fit(data, epochs=estimator.epochs, verbose=estimator.verbose, **kwargs)
+    estimator.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+    return estimator

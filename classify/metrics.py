@@ -1,0 +1,73 @@
+"""Evaluation of a fitted head: accuracy, macro-F1, per-class scores and the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def evaluate(estimator: Any, X: Any, y: Any) -> dict:
+    """Score a fitted classifier on (X, y), as JSON-able plain values.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+        Anything with ``predict`` (and ideally ``classes_``).
+    X : array-like of shape (n_samples, n_features)
+        Features.
+    y : array-like of shape (n_samples,)
+        True labels.
+
+    Returns
+    -------
+    metrics : dict
+        ``accuracy``, ``macro_f1``, ``per_class`` ({class: {precision, recall, f1, support}}),
+        ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
+        ``n_samples``.
+    """
+    y = np.asarray(y)
+    y_pred = estimator.predict(X)
+    labels = getattr(estimator, "classes_", None)
+    if labels is None:
+        labels = np.unique(np.concatenate([y, y_pred]))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, y_pred, labels=labels, zero_division=0
+    )
+    names = [str(c) for c in labels]
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(names, precision, recall, f1, support)
+    }
+    return {
+        "accuracy": float(accuracy_score(y, y_pred)),
+        "macro_f1": float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
+        "classes": names,
+        "n_samples": int(len(y)),
+    }
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short plain-text table of `evaluate`'s output.
+
+    Parameters
+    ----------
+    metrics : dict
+        As returned by `evaluate`.
+
+    Returns
+    -------
+    text : str
+        Accuracy and macro-F1 on the first line, then per-class precision, recall and support.
+    """
+    width = max([len("class"), *(len(c) for c in metrics["per_class"])])
+    lines = [
+        f"accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  n={metrics['n_samples']}",
+        f"{'class':<{width}}  precision  recall  support",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<{width}}  {row['precision']:>9.3f}  {row['recall']:>6.3f}  {row['support']:>7d}")
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""The Keras dropout MLP head with the scikit-learn classifier API.
+
+Keras is imported lazily, inside the methods, so that importing this module stays TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state, compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+logger = logging.getLogger(__name__)
+
+# Rows per forward pass in `predict_proba`: big enough to amortise the call, small enough for 25088-d rows.
+_PREDICT_CHUNK = 1024
+
+
+class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
+    """A Dense-ReLU-Dropout multilayer perceptron trained with Keras.
+
+    The network is built in `fit` from ``X.shape[1]`` and the classes: one ``Dense(relu)`` followed by
+    ``Dropout(dropout)`` per hidden layer, then a softmax output, trained with Adam on the sparse categorical
+    cross-entropy.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or sequence of int, default=(1000, 500, 150)
+        Units of each hidden layer.
+    dropout : float, default=0.5
+        Dropout rate after each hidden layer, in [0, 1).
+    learning_rate : float, default=1e-3
+        Adam learning rate.
+    epochs : int, default=50
+        Maximum number of passes over the training data.
+    batch_size : int, default=32
+        Samples per gradient step.
+    early_stopping : bool, default=True
+        Hold out a stratified `validation_fraction` of the data and stop when its loss stops improving for
+        `patience` epochs, restoring the best weights. Falls back to plain training, with a logged warning,
+        when a class has too few samples to split.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping, in (0, 1).
+    patience : int, default=5
+        Epochs without improvement of the validation loss before stopping.
+    class_weight : dict, "balanced" or None, default=None
+        Weights associated with classes, as in scikit-learn; multiplied into `sample_weight`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds Keras (``keras.utils.set_random_seed``, which is process-global) and the validation split, so
+        two fits with the same int give the same model.
+    verbose : int, default=0
+        Keras ``fit`` verbosity.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Number of features seen during `fit`.
+    model_ : keras.Model
+        The trained network.
+    history_ : dict of str to list of float
+        Per-epoch training (and validation) loss and accuracy.
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (1000, 500, 150),
+        *,
+        dropout: float = 0.5,
+        learning_rate: float = 1e-3,
+        epochs: int = 50,
+        batch_size: int = 32,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        patience: int = 5,
+        class_weight: dict | str | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> KerasMLPClassifier:
+        """Build the network for ``X.shape[1]`` features and the classes of `y`, and train it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features; float32 is used as is, anything else is converted to float32.
+        y : array-like of shape (n_samples,)
+            Class labels (strings or integers).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Per-sample weights.
+
+        Returns
+        -------
+        self : KerasMLPClassifier
+            The fitted estimator.
+        """
+        hidden = self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes. "
+                f"Received: 1 class ({encoder.classes_[0]!r})"
+            )
+        self.classes_ = encoder.classes_
+        codes = encoder.transform(y).astype(np.int32)
+        weights = self._sample_weights(y, sample_weight)
+
+        import keras
+
+        seed = self._seed()
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        self.model_ = build_mlp(X.shape[1], len(self.classes_), hidden, self.dropout)
+        self.model_.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            weighted_metrics=["accuracy"],
+        )
+        history = self.model_.fit(
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            verbose=self.verbose,
+            **self._fit_data(keras, X, codes, weights, seed),
+        )
+        self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+        return self
+
+    def fit_batches(
+        self, batches: Any, classes: Any, n_features: int, *, n_batches: int, validation: Any = None,
+        n_validation_batches: int | None = None,
+    ) -> KerasMLPClassifier:
+        """Train from a zero-argument factory of ``(X, y)`` batches (out of core; see `classify.keras_dataset`).
+
+        Returns
+        -------
+        self : KerasMLPClassifier
+        """
+        from classify.keras_dataset import fit_mlp_batches
+
+        return fit_mlp_batches(self, batches, classes, n_features, n_batches=n_batches, validation=validation,
+                               n_validation_batches=n_validation_batches)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Probabilities, columns in the order of `classes_`.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        from keras import ops
+
+        chunks = [
+            ops.convert_to_numpy(self.model_(X[start : start + _PREDICT_CHUNK], training=False))
+            for start in range(0, X.shape[0], _PREDICT_CHUNK)
+        ]
+        proba = np.concatenate(chunks).astype(np.float64)
+        # softmax in float32 sums to 1 only to ~1e-7; renormalise the small (n, k) array
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Predicted labels, from `classes_`.
+        """
+        check_is_fitted(self)
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
+        if "model_" in state:
+            state["model_"] = _model_to_bytes(state["model_"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("model_"), bytes):
+            state = {**state, "model_": _model_from_bytes(state["model_"])}
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def _check_params(self) -> tuple[int, ...]:
+        """Validate the parameters (without touching them) and return the hidden sizes as a tuple."""
+        sizes = self.hidden_layer_sizes
+        hidden = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
+        if not all(isinstance(n, numbers.Integral) and n > 0 for n in hidden):
+            raise ValueError(
+                f"`hidden_layer_sizes` must be positive integers. Received: hidden_layer_sizes={sizes!r}"
+            )
+        checks = {
+            "dropout": 0 <= self.dropout < 1,
+            "learning_rate": self.learning_rate > 0,
+            "epochs": isinstance(self.epochs, numbers.Integral) and self.epochs > 0,
+            "batch_size": isinstance(self.batch_size, numbers.Integral) and self.batch_size > 0,
+            "validation_fraction": 0 < self.validation_fraction < 1,
+            "patience": isinstance(self.patience, numbers.Integral) and self.patience >= 0,
+        }
+        expected = {
+            "dropout": "in [0, 1)",
+            "learning_rate": "> 0",
+            "epochs": "a positive integer",
+            "batch_size": "a positive integer",
+            "validation_fraction": "in (0, 1)",
+            "patience": "a non-negative integer",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"`{name}` must be {expected[name]}. Received: {name}={getattr(self, name)!r}")
+        return hidden
+
+    def _sample_weights(self, y: np.ndarray, sample_weight: Any) -> np.ndarray:
+        """One float32 weight per sample: `sample_weight` times the `class_weight` weights (ones by default)."""
+        if sample_weight is None:
+            weights = np.ones(len(y), dtype=np.float32)
+        else:
+            weights = check_array(sample_weight, ensure_2d=False, dtype=np.float32, input_name="sample_weight")
+            if weights.shape != (len(y),):
+                raise ValueError(
+                    f"`sample_weight` must have shape ({len(y)},). Received: sample_weight.shape={weights.shape}"
+                )
+            if np.any(weights < 0):
+                raise ValueError(f"`sample_weight` must be non-negative. Received: min={weights.min()}")
+            if not np.any(weights > 0):
+                raise ValueError("`sample_weight` must have a non-zero weight. Received: all weights are zero")
+        if self.class_weight is not None:
+            weights = weights * compute_sample_weight(self.class_weight, y).astype(np.float32)
+        return weights
+
+    def _seed(self) -> int | None:
+        if self.random_state is None:
+            return None
+        if isinstance(self.random_state, numbers.Integral):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None):
+        """The data keyword arguments of ``model.fit``: with a held-out split and EarlyStopping when possible."""
+        plain = {"x": X, "y": codes, "sample_weight": weights}
+        if not self.early_stopping:
+            return plain
+        try:
+            train, val = train_test_split(
+                np.arange(len(codes)), test_size=self.validation_fraction, stratify=codes, random_state=seed
+            )
+        except ValueError as err:
+            logger.warning("early stopping disabled: cannot hold out a stratified validation split (%s)", err)
+            return plain
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=self.patience, restore_best_weights=True
+        )
+        return {
+            "x": X[train],
+            "y": codes[train],
+            "sample_weight": weights[train],
+            "validation_data": (X[val], codes[val], weights[val]),
+            "callbacks": [stop],
+        }
+
+
+def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int], dropout: float):
+    """Build the uncompiled Dense(relu) + Dropout network with a softmax output.
+
+    Parameters
+    ----------
+    n_features : int
+        Input dimension.
+    n_classes : int
+        Output units.
+    hidden_layer_sizes : sequence of int
+        Units of each hidden layer.
+    dropout : float
+        Dropout rate after each hidden layer.
+
+    Returns
+    -------
+    model : keras.Model
+        A functional model mapping ``(batch, n_features)`` to ``(batch, n_classes)`` probabilities.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = inputs
+    for i, units in enumerate(hidden_layer_sizes, start=1):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="proba")(x)
+    return keras.Model(inputs, outputs, name="mlp_head")
+
+
+def _model_to_bytes(model: Any) -> bytes:
+    """The `.keras` archive of `model`, as bytes (Keras only saves to files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _model_from_bytes(data: bytes) -> Any:
+    """Inverse of `_model_to_bytes`. Not compiled: a refit rebuilds and compiles a new network."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as f:
+            f.write(data)
+        return keras.saving.load_model(path, compile=False)

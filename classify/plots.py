@@ -1,0 +1,84 @@
+"""PNG plots of a head's evaluation and training: the confusion matrix and the loss/accuracy curves.
+
+Figures are built with `matplotlib.figure.Figure` on the Agg canvas, never through pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_confusion_matrix(metrics: dict, path: str | os.PathLike) -> Path:
+    """Write the confusion matrix of `evaluate`'s output as a PNG, each cell annotated with its count.
+
+    Parameters
+    ----------
+    metrics : dict
+        As returned by `classify.evaluate`: ``confusion_matrix`` and ``classes`` are used.
+    path : str or PathLike
+        The PNG file to write.
+
+    Returns
+    -------
+    path : Path
+        The written file.
+    """
+    matrix = np.asarray(metrics["confusion_matrix"])
+    classes = metrics["classes"]
+    fig, canvas = _figure(size=(1.0 + 0.6 * len(classes), 1.0 + 0.5 * len(classes)))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    return _save(fig, canvas, path)
+
+
+def plot_history(history: dict, path: str | os.PathLike) -> Path:
+    """Write the per-epoch loss and accuracy curves of a Keras history as a PNG.
+
+    Parameters
+    ----------
+    history : dict of str to list of float
+        For example ``KerasMLPClassifier.history_``: ``loss``, ``accuracy`` and their ``val_`` twins.
+    path : str or PathLike
+        The PNG file to write.
+
+    Returns
+    -------
+    path : Path
+        The written file.
+    """
+    fig, canvas = _figure(size=(10, 4))
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        for key in (metric, f"val_{metric}"):
+            if key in history:
+                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    return _save(fig, canvas, path)
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, FigureCanvasAgg(fig)
+
+
+def _save(fig, canvas, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(path)
+    return path

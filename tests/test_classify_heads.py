@@ -1,0 +1,103 @@
+"""make_head, fit_out_of_core, evaluate/format_metrics and the plots."""
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import Pipeline
+
+from classify import (
+    KerasMLPClassifier,
+    evaluate,
+    fit_out_of_core,
+    format_metrics,
+    make_head,
+    plot_confusion_matrix,
+    plot_history,
+)
+
+
+@pytest.fixture
+def data():
+    X, y = make_classification(n_samples=120, n_features=20, n_informative=5, n_classes=3, random_state=0)
+    return X.astype(np.float32), y
+
+
+def test_make_head_logreg_routes_params_and_keeps_float32(data):
+    head = make_head("logreg", C=0.5, random_state=0)
+    assert isinstance(head, Pipeline)
+    clf = head[-1]
+    assert isinstance(clf, LogisticRegression)
+    assert (clf.C, clf.max_iter, clf.random_state) == (0.5, 1000, 0)
+    head.fit(*data)
+    assert head[:-1].transform(data[0]).dtype == np.float32
+    assert clf.coef_.dtype == np.float32  # lbfgs ran on float32, no float64 copy of X
+    assert head.score(*data) > 0.6
+
+
+def test_make_head_mlp_and_sgd():
+    mlp = make_head("mlp", epochs=3, hidden_layer_sizes=(8,))
+    assert isinstance(mlp[0], StandardScaler)
+    mlp = mlp[-1]
+    assert isinstance(mlp, KerasMLPClassifier)
+    assert (mlp.epochs, mlp.hidden_layer_sizes) == (3, (8,))
+    sgd = make_head("sgd", alpha=1e-3)
+    assert isinstance(sgd, SGDClassifier)
+    assert (sgd.loss, sgd.alpha) == ("log_loss", 1e-3)
+
+
+def test_make_head_unknown_name():
+    with pytest.raises(ValueError, match=r"`head` must be one of 'logreg', 'mlp', 'sgd'. Received: head='x'"):
+        make_head("x")
+
+
+def test_fit_out_of_core(data):
+    X, y = data
+
+    def batches():
+        return ((X[i : i + 25], y[i : i + 25]) for i in range(0, len(X), 25))
+
+    sgd = make_head("sgd", random_state=0)
+    pipe = fit_out_of_core(sgd, batches, classes=[0, 1, 2], epochs=5)
+    assert [name for name, _ in pipe.steps] == ["scale", "clf"]
+    np.testing.assert_allclose(pipe["scale"].mean_, X.mean(axis=0), rtol=1e-4, atol=1e-5)
+    assert pipe.score(X, y) > 0.5
+    assert not hasattr(sgd, "coef_")  # the given estimator is cloned, never fitted in place
+    plain = fit_out_of_core(sgd, list(batches()), classes=[0, 1, 2], epochs=2, scaler=False)
+    assert plain["scale"] == "passthrough"
+    assert plain.predict(X).shape == (120,)
+
+
+def test_fit_out_of_core_refuses_a_one_shot_iterator(data):
+    with pytest.raises(ValueError, match="`batches` must be a zero-argument callable or a re-iterable"):
+        fit_out_of_core(make_head("sgd"), iter([data]), classes=[0, 1, 2])
+
+
+def test_evaluate_and_format(data):
+    X, y = data
+    names = np.array(["cat", "dog", "eel"])[y]
+    head = make_head("logreg").fit(X, names)
+    metrics = evaluate(head, X, names)
+    assert set(metrics) == {"accuracy", "macro_f1", "per_class", "confusion_matrix", "classes", "n_samples"}
+    assert metrics["classes"] == ["cat", "dog", "eel"]
+    assert metrics["n_samples"] == 120
+    assert set(metrics["per_class"]["dog"]) == {"precision", "recall", "f1", "support"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 120
+    assert metrics["accuracy"] == pytest.approx(head.score(X, names))
+    text = format_metrics(metrics)
+    assert text.splitlines()[0].startswith("accuracy ")
+    assert "macro-F1" in text and "precision" in text and "recall" in text
+    assert len(text.splitlines()) == 2 + 3
+
+
+def test_plots_write_pngs(tmp_path, data):
+    X, y = data
+    metrics = evaluate(make_head("logreg").fit(X, y), X, y)
+    path = plot_confusion_matrix(metrics, tmp_path / "plots" / "confusion.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.4, 0.8], "val_accuracy": [0.3, 0.7]}
+    assert plot_history(history, tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
+    import matplotlib.pyplot as plt  # no figure leaked into pyplot's global state
+
+    assert plt.get_fignums() == []

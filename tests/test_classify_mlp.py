@@ -1,0 +1,175 @@
+"""KerasMLPClassifier: shapes, learning, dropout, clone, pickling in a fresh process, float32."""
+
+import subprocess
+import sys
+import tracemalloc
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.model_selection import GridSearchCV
+
+from classify import KerasMLPClassifier
+
+SMALL = dict(hidden_layer_sizes=(16,), epochs=5, learning_rate=0.01, random_state=0)
+
+
+@pytest.fixture
+def data():
+    X, y = make_classification(
+        n_samples=120, n_features=20, n_informative=5, n_classes=3, class_sep=2.0, random_state=0
+    )
+    return X.astype(np.float32), y
+
+
+@pytest.fixture
+def fitted(data):
+    return KerasMLPClassifier(**SMALL).fit(*data)
+
+
+def test_fit_predict_shapes(data, fitted):
+    X, y = data
+    assert fitted.n_features_in_ == 20
+    np.testing.assert_array_equal(fitted.classes_, [0, 1, 2])
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (120, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert fitted.predict(X).shape == (120,)
+    assert set(fitted.history_) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(isinstance(v, float) for v in fitted.history_["loss"])
+
+
+def test_learns_better_than_chance(data):
+    X, y = data
+    clf = KerasMLPClassifier((32,), dropout=0.1, epochs=30, learning_rate=0.01, random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.8
+
+
+def test_string_labels(data):
+    X, y = data
+    names = np.array(["cat", "dog", "eel"])[y]
+    clf = KerasMLPClassifier(**SMALL).fit(X, names)
+    np.testing.assert_array_equal(clf.classes_, ["cat", "dog", "eel"])
+    assert set(clf.predict(X)) <= {"cat", "dog", "eel"}
+
+
+def test_dropout_layers_in_model(data, fitted):
+    X, _ = data
+    clf = KerasMLPClassifier((16, 8), dropout=0.3, epochs=1, random_state=0).fit(*data)
+    rates = [layer.rate for layer in clf.model_.layers if type(layer).__name__ == "Dropout"]
+    assert rates == [0.3, 0.3]
+    units = [layer.units for layer in clf.model_.layers if type(layer).__name__ == "Dense"]
+    assert units == [16, 8, 3]
+    # dropout is active in training mode only
+    from keras import ops
+
+    train = ops.convert_to_numpy(fitted.model_(X, training=True))
+    infer = ops.convert_to_numpy(fitted.model_(X, training=False))
+    assert not np.allclose(train, infer)
+
+
+def test_same_random_state_same_predictions(data, fitted):
+    X, y = data
+    again = KerasMLPClassifier(**SMALL).fit(X, y)
+    np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_clone_keeps_every_param():
+    params = dict(
+        hidden_layer_sizes=(7, 5),
+        dropout=0.2,
+        learning_rate=0.05,
+        epochs=3,
+        batch_size=8,
+        early_stopping=False,
+        validation_fraction=0.25,
+        patience=2,
+        class_weight="balanced",
+        random_state=3,
+        verbose=0,
+    )
+    assert clone(KerasMLPClassifier(**params)).get_params() == params
+
+
+def test_grid_search_over_epochs_changes_fits(data):
+    X, y = data
+    base = KerasMLPClassifier((8,), early_stopping=False, random_state=0)
+    grid = GridSearchCV(base, {"epochs": [1, 4]}, cv=2).fit(X, y)
+    assert [p["epochs"] for p in grid.cv_results_["params"]] == [1, 4]
+    best = grid.best_estimator_
+    assert len(best.history_["loss"]) == grid.best_params_["epochs"]
+    assert base.get_params()["epochs"] == 50 and not hasattr(base, "model_")
+
+
+def test_early_stopping_falls_back_with_a_warning(data, caplog):
+    X, y = data
+    y = y.copy()
+    y[0] = 3  # a class with one sample cannot be split
+    with caplog.at_level("WARNING", logger="classify.mlp"):
+        clf = KerasMLPClassifier((8,), epochs=2, random_state=0).fit(X, y)
+    assert "early stopping disabled" in caplog.text
+    assert "val_loss" not in clf.history_
+
+
+def test_class_weight_and_sample_weight(data):
+    X, y = data
+    clf = KerasMLPClassifier((8,), epochs=2, class_weight="balanced", random_state=0)
+    clf.fit(X, y, sample_weight=np.full(len(y), 0.5))
+    assert clf.predict(X).shape == (120,)
+    with pytest.raises(ValueError, match="sample_weight.*non-zero weight"):
+        clf.fit(X, y, sample_weight=np.zeros(len(y)))
+
+
+@pytest.mark.parametrize(
+    "param, value",
+    [
+        pytest.param("dropout", 1.0, id="dropout"),
+        pytest.param("epochs", 0, id="epochs"),
+        pytest.param("hidden_layer_sizes", (8, 0), id="hidden"),
+        pytest.param("validation_fraction", 0.0, id="validation_fraction"),
+    ],
+)
+def test_bad_params_raise_in_fit(data, param, value):
+    clf = KerasMLPClassifier(**{param: value})  # __init__ never validates
+    with pytest.raises(ValueError, match=f"`{param}` must be .* Received: {param}="):
+        clf.fit(*data)
+
+
+def test_one_class_is_refused(data):
+    X, _ = data
+    with pytest.raises(ValueError, match="at least 2 classes. Received: 1 class"):
+        KerasMLPClassifier(**SMALL).fit(X, np.zeros(len(X)))
+
+
+def test_joblib_round_trip_in_a_fresh_process(tmp_path, data, fitted):
+    X, _ = data
+    np.save(tmp_path / "X.npy", X)
+    joblib.dump(fitted, tmp_path / "head.joblib")
+    script = (
+        "import sys, joblib, numpy as np; d = sys.argv[1]; "
+        "clf = joblib.load(d + '/head.joblib'); "
+        "np.save(d + '/proba.npy', clf.predict_proba(np.load(d + '/X.npy')))"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), fitted.predict_proba(X))
+
+
+def test_pickle_leaves_the_fitted_estimator_intact(data, fitted):
+    X, _ = data
+    before = fitted.predict_proba(X)
+    joblib.hash(fitted)  # pickles it
+    np.testing.assert_array_equal(fitted.predict_proba(X), before)
+
+
+def test_float32_is_kept_without_a_float64_copy(fitted):
+    X = np.random.default_rng(0).normal(size=(20000, 20)).astype(np.float32)
+    assert fitted.model_.inputs[0].dtype == "float32"
+    tracemalloc.start()
+    try:
+        fitted.predict_proba(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * X.nbytes  # a float64 copy alone would be 2 * X.nbytes
