@@ -5,7 +5,8 @@ Nothing here touches a file, so all of it is tested on plain data.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def _check_positive(name: str, value: Any) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -66,7 +67,7 @@ class StoreWriter:
         attrs: dict | None = None,
         dtype: str = "float32",
         compression: str | None = None,
-    ) -> "StoreWriter":
+    ) -> StoreWriter:
         """Create the store at `path`, or resume the partial (or complete) store already there.
 
         Parameters
@@ -209,7 +210,7 @@ class StoreWriter:
                 logger.info("%s: rows from %d on were not durable and will be redone", self.path, self._n_done)
             self._file.close()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from sklearn.preprocessing import StandardScaler
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from classify import (
     KerasMLPClassifier,
