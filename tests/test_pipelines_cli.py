@@ -1,0 +1,171 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import features_store
+from pipelines.cli import main
+
+FAST = ["--weights", "none", "--input-size", "32", "--batch-size", "4"]
+
+
+def run(capsys, *argv):
+    code = main(["-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err.strip()
+
+
+@pytest.fixture
+def store(csv_index, tmp_path, capsys):
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", tmp_path / "feats.h5")
+    assert code == 0
+    return tmp_path / "feats.h5"
+
+
+def test_help_lists_commands_without_importing_keras():
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys; from pipelines.cli import main\n"
+                           "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                           "print('keras' in sys.modules, 'tensorflow' in sys.modules)"],
+                          capture_output=True, text=True)
+    assert "extract" in proc.stdout and "predict" in proc.stdout and "demo" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_extract_prints_the_store_last_then_is_up_to_date(csv_index, tmp_path, capsys):
+    out = tmp_path / "feats.h5"
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 0 and lines[-1] == str(out) and "random-init" in lines[0]
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 0 and lines[0].startswith("up to date") and lines[-1] == str(out)
+
+
+def test_extract_default_out_is_next_to_the_index(csv_index, capsys):
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST)
+    assert code == 0 and lines[-1].startswith(str(csv_index.parent / "index.vgg16-"))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        pytest.param("name\nx.png\n", "must have a `filename` column", id="column"),
+        pytest.param("filename,label\n", "no rows", id="empty"),
+        pytest.param("filename,label\na/0.png,a\na/0.png,a\n", "line 3: duplicate filename", id="duplicate"),
+        pytest.param("filename,label\n../x.png,a\n", "escapes the images root", id="escape"),
+    ],
+)
+def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, text, match):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(text)
+    code, lines, err = run(capsys, "extract", csv, "--images-root", image_folder, *FAST)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert pytest.importorskip("re").search(match, err)
+
+
+def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsys):
+    (csv_index.parent / "a" / "bad.png").write_bytes(b"nope")
+    csv_index.write_text(csv_index.read_text() + "a/bad.png,a\n")
+    out = tmp_path / "f.h5"
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 1 and lines[-1] == str(out)
+    assert any(line.startswith("1 of 9 rows failed") and "f.h5.failed.csv" in line for line in lines)
+    failed = pd.read_csv(str(out) + ".failed.csv")
+    assert failed["id"].tolist() == ["a/bad.png"]
+
+
+def test_strict_is_exit_2(csv_index, tmp_path, capsys):
+    csv_index.write_text(csv_index.read_text() + "a/missing.png,a\n")
+    code, _, err = run(capsys, "extract", csv_index, *FAST, "--strict", "--out", tmp_path / "s.h5")
+    assert code == 2 and "a/missing.png: file not found" in err
+
+
+def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", "--out", tmp_path / "s.h5")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err and "--weights none" in err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_bad_option_value_is_exit_2(csv_index, capsys):
+    code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "16")
+    assert code == 2 and "`input_size` must be an integer >= 32" in err
+
+
+def test_inspect(store, capsys):
+    code, lines, _ = run(capsys, "inspect", store)
+    text = "\n".join(lines)
+    assert code == 0 and "complete" in text and "rows:        8 (0 failed)" in text
+    assert '"name": "vgg16"' in text and "features" in text and "(8, 512)" in text
+
+
+def test_inspect_of_a_non_store_is_exit_2(tmp_path, capsys):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"garbage")
+    code, _, err = run(capsys, "inspect", junk)
+    assert code == 2 and str(junk) in err
+
+
+@pytest.mark.parametrize("head, extra", [("logreg", []), ("mlp", ["--epochs", "2", "--hidden", "16,8"])])
+def test_train_evaluate_predict(store, csv_index, tmp_path, capsys, head, extra):
+    bundle = tmp_path / f"head-{head}"
+    code, lines, _ = run(capsys, "train", store, "--head", head, "--out", bundle, *extra)
+    assert code == 0 and lines[-1] == str(bundle) and (bundle / "manifest.json").exists()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["fingerprint"] == features_store.read_info(store).fingerprint
+    assert manifest["classes"] == ["a", "b"] and manifest["n_features"] == 512
+
+    report = tmp_path / "report"
+    code, lines, _ = run(capsys, "evaluate", bundle, store, "--out", report)
+    assert code == 0 and lines[-1] == str(report)
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "confusion_matrix", "per_class"} <= set(metrics)
+    assert (report / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    (csv_index.parent / "b" / "bad.png").write_bytes(b"")
+    csv_index.write_text(csv_index.read_text() + "b/bad.png,b\n")
+    preds = tmp_path / "p.csv"
+    code, lines, _ = run(capsys, "predict", bundle, csv_index, "--out", preds)
+    assert code == 1 and lines[-1] == str(preds)
+    frame = pd.read_csv(preds, keep_default_na=False)
+    assert frame["filename"].tolist()[-1] == "b/bad.png" and len(frame) == 9
+    assert frame["ok"].tolist() == [True] * 8 + [False]
+    assert {"predicted", "probability", "p_a", "p_b", "error"} <= set(frame.columns)
+    np.testing.assert_allclose(frame.loc[:7, ["p_a", "p_b"]].astype(float).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    model = bundle / "head.joblib"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    code, _, err = run(capsys, "predict", bundle, csv_index, "--out", tmp_path / "p.csv")
+    assert code == 2 and "sha256" in err
+
+
+def test_predict_refuses_features_of_another_extractor(store, csv_index, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    other = tmp_path / "other.h5"
+    assert run(capsys, "extract", csv_index, *FAST, "--pooling", "avg", "--out", other)[0] == 0
+    code, _, err = run(capsys, "evaluate", bundle, other, "--out", tmp_path / "r")
+    assert code == 2 and "re-extract" in err
+    code, _, err = run(capsys, "predict", bundle, csv_index, "--store", other, "--out", tmp_path / "p.csv")
+    assert code == 2 and "another extractor" in err
+
+
+def test_demo_runs_end_to_end_offline(tmp_path, capsys):
+    code, lines, _ = run(capsys, "demo", "--workdir", tmp_path / "d", "--weights", "none", "--input-size", "32",
+                         "--epochs", "2")
+    text = "\n".join(lines)
+    assert code == 0 and lines[-1] == str(tmp_path / "d")
+    assert "random-init" in text and "NOT pretrained" in text
+    assert "logreg head: test accuracy" in text and "mlp head: test accuracy" in text
+    assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
