@@ -1,0 +1,142 @@
+"""Any saved Keras model (a `.keras` file) cut at a named layer, as a frozen extractor registered as "keras".
+
+The model receives raw RGB in 0..255, shape (input_size, input_size, 3): its own preprocessing must be inside it
+(models trained by `featurehead pretrain-cae` / `pretrain-cnn` have theirs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ExtractorConfigError, WeightsUnavailableError
+from .extractor import Extractor
+from .layers import cut_at_layer, pooling_layer
+from .registry import register_extractor
+
+
+def load_saved_model(path):
+    """Load a `.keras` (or legacy `.h5`) model without its optimizer, with featurehead's custom layers known.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        The file does not exist or is not a loadable Keras model.
+    """
+    import keras
+
+    from .autoencoder import register_layers
+    from .layers import _layer_classes
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"the saved model {path} does not exist")
+    register_layers()
+    _layer_classes()
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError) as err:
+        raise WeightsUnavailableError(f"{path} is not a loadable Keras model: {str(err).splitlines()[0][:200]}") from err
+
+
+def model_input_size(model) -> int | None:
+    """The square input side of a one-input RGB model (None when its spatial size is not fixed)."""
+    if len(model.inputs) != 1:
+        raise ExtractorConfigError(f"the saved model must have one input. Received: {len(model.inputs)} inputs")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or shape[-1] != 3 or shape[0] != shape[1]:
+        raise ExtractorConfigError(
+            f"the saved model's input must be square raw RGB, shape (size, size, 3). Received: input shape {shape}"
+        )
+    return shape[0]
+
+
+@register_extractor("keras")
+class SavedModelExtractor(Extractor):
+    """A saved Keras model (`weights` = the `.keras` file) cut at the layer named `layer`, frozen.
+
+    Parameters
+    ----------
+    weights : str
+        Path of the saved model; its sha256 is part of the fingerprint.
+    layer : str, optional
+        Cut the model at this layer (by name, never by index); None keeps the model's output.
+    pooling : {"flatten", "avg", "max"}
+    input_size : int, optional
+        None derives it from the model; a value must match the model's fixed input size.
+    precision : {"float32"}
+        A saved model keeps the dtypes it was saved with.
+    seed : int
+        Accepted for a uniform CLI; unused (nothing is randomly initialised) and not part of the fingerprint.
+    batch_size : int
+    """
+
+    VERSION = 1
+    NON_IDENTITY_KEYS = ("batch_size", "seed")
+    default_layer = None
+
+    def __init__(self, *, weights=None, layer=None, pooling="flatten", input_size=None, precision="float32", seed=0,
+                 batch_size=32):
+        super().__init__(
+            weights="none" if weights is None else str(weights),
+            layer=self.default_layer if layer is None else layer,
+            pooling=pooling,
+            input_size=input_size,
+            precision=precision,
+            seed=seed,
+            batch_size=batch_size,
+        )
+
+    def validate(self) -> None:
+        super().validate()
+        weights = self._config["weights"]
+        if self.weights_file() is None:
+            raise ExtractorConfigError(
+                f"`weights` must be the path of a saved Keras model (.keras) for model {self.name!r}. "
+                f"Received: weights={weights!r}"
+            )
+        if not Path(weights).is_file():
+            raise WeightsUnavailableError(f"the saved model {weights} does not exist")
+        if self._config["precision"] != "float32":
+            raise ExtractorConfigError(
+                f"`precision` must be 'float32' for model {self.name!r} (a saved model keeps its own dtypes). "
+                f"Received: precision={self._config['precision']!r}"
+            )
+        size = self._config["input_size"]
+        if size is not None and (not isinstance(size, int) or size < 1):
+            raise ExtractorConfigError(f"`input_size` must be a positive integer or None. Received: input_size={size!r}")
+
+    def weights_source(self) -> str:
+        return f"saved model {self._config['weights']} (sha256 {self.weights_sha256()[:12]}), layer {self._config['layer']!r}"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = self._config["input_size"]
+        if size is None:
+            size = self.model.inputs[0].shape[1]
+        return (size, size, 3)
+
+    def _build(self):
+        import keras
+
+        loaded = load_saved_model(self._config["weights"])
+        size = self._resolve_input_size(model_input_size(loaded))
+        base = cut_at_layer(loaded, self._config["layer"])
+        inputs = keras.Input((size, size, 3), name="image")
+        x = base(inputs)
+        x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
+        x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
+        return keras.Model(inputs, x, name=f"{self.name}_extractor")
+
+    def _resolve_input_size(self, model_size: int | None) -> int:
+        asked = self._config["input_size"]
+        if model_size is None and asked is None:
+            raise ExtractorConfigError(
+                f"`input_size` must be given: the model in {self._config['weights']} has no fixed input size. "
+                "Received: input_size=None"
+            )
+        if model_size is not None and asked is not None and asked != model_size:
+            raise ExtractorConfigError(
+                f"`input_size` must match the input size of the model in {self._config['weights']} ({model_size}) "
+                f"or be omitted. Received: input_size={asked}"
+            )
+        return model_size if model_size is not None else asked

@@ -1,0 +1,90 @@
+"""CLI subcommands for CAE pre-training, saved-model bases, class-split transfer.
+
+`pretrain-cae` and `pretrain-cnn` each call one runner of `pipelines.pretrain`; their models then serve as
+frozen extractors through `featurehead extract --model cae|keras --weights MODEL.keras [--layer NAME]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
+    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to")
+    p.add_argument("--out", required=True, help="the .keras model file to write (plots go next to it)")
+    p.add_argument("--input-size", type=int, default=28, help="square input side in pixels (default: 28)")
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1: grayscale inside the model (default), 3: RGB")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"default: {epochs}")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"default: {batch_size}")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the optimizer's Keras default")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
+    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+
+
+def add_parsers(sub) -> None:
+    """Add this module's subcommands to the `featurehead` parser."""
+    p = sub.add_parser("pretrain-cae", help="train a convolutional autoencoder on images without labels")
+    _add_training_args(p, epochs=10, batch_size=32)
+    p.add_argument("--filters", default="8,4", help="filters per encoder level, comma-separated (default: 8,4)")
+    p.set_defaults(func=cmd_pretrain_cae)
+
+    p = sub.add_parser("pretrain-cnn", help="train the small CNN on some classes (a base for --model keras)")
+    _add_training_args(p, epochs=5, batch_size=128)
+    p.add_argument("--classes", default=None, help="labels to train on, comma-separated (default: all)")
+    p.add_argument("--base", default=None, help="a saved model whose feature block is frozen; only a new head trains")
+    p.add_argument("--feature-layer", default="features_flatten", help="where --base is cut (default: features_flatten)")
+    p.set_defaults(func=cmd_pretrain_cnn)
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError as err:
+        raise ValueError(f"`filters` must be comma-separated integers. Received: filters={text!r}") from err
+
+
+def cmd_pretrain_cae(args) -> int:
+    from extract import read_index
+
+    from .cli import _progress
+    from .pretrain import CAEConfig, run_pretrain_cae
+
+    index = read_index(args.index, args.images_root)
+    config = CAEConfig(input_size=args.input_size, channels=args.channels, filters=_ints(args.filters),
+                       epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                       learning_rate=args.learning_rate, seed=args.seed)
+    result = run_pretrain_cae(index, args.out, config, progress=_progress(args, "pretrain-cae"), workers=args.workers)
+    print(f"trained a CAE on {result.n_train} images for {config.epochs} epochs; final loss {result.history['loss'][-1]:.4f}")
+    print(f"loss curve: {result.loss_plot}")
+    print(f"reconstructions: {result.reconstructions}")
+    print(f"use it: featurehead extract INDEX --model cae --weights {result.model} --input-size {config.input_size}")
+    print(result.model)
+    return 0
+
+
+def cmd_pretrain_cnn(args) -> int:
+    from extract import read_index
+
+    from .cli import _progress
+    from .pretrain import CNNConfig, run_pretrain_cnn
+
+    index = read_index(args.index, args.images_root)
+    config = CNNConfig(input_size=args.input_size, channels=args.channels, epochs=args.epochs,
+                       batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
+                       seed=args.seed)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    result = run_pretrain_cnn(index, args.out, config, classes=classes, base=args.base,
+                              feature_layer=args.feature_layer, progress=_progress(args, "pretrain-cnn"),
+                              workers=args.workers)
+    kind = f"a new head on the frozen base {args.base}" if args.base else "the small CNN"
+    print(f"trained {kind} on {result.n_train} images of classes {','.join(result.classes)}")
+    for split, acc in result.accuracy.items():
+        print(f"{split} accuracy: {acc:.4f}")
+    print(f"loss curve: {result.loss_plot}")
+    if not args.base:
+        print(f"use it: featurehead extract INDEX --model keras --weights {result.model} --layer features_flatten "
+              f"--input-size {config.input_size}")
+    print(result.model)
+    return 0

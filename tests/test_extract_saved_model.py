@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+
+import extract
+import features_store
+from extract import ExtractorConfigError, WeightsUnavailableError, extractor_from_spec, get_extractor
+from extract.autoencoder import preprocessing_layers
+from pipelines.extraction import run_extract
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def cnn_file(tmp_path):
+    from classify.cnn import build_cnn
+
+    path = tmp_path / "base.keras"
+    build_cnn((16, 16, 3), 3, filters=4, dense_units=8, preprocessing=preprocessing_layers(1), seed=0).save(path)
+    return path
+
+
+def test_a_saved_cnn_cut_at_its_feature_block(cnn_file, batch):
+    import keras
+
+    e = get_extractor("keras", weights=str(cnn_file), layer="features_flatten", batch_size=2)
+    out = e(batch)  # the input size comes from the model
+    assert e.input_shape == (16, 16, 3) and out.shape == (3, 6 * 6 * 4) and e.output_dim == 144
+    model = keras.saving.load_model(cnn_file)
+    reference = keras.Model(model.inputs, model.get_layer("features_flatten").output).predict_on_batch(
+        batch.astype("float32")
+    )
+    np.testing.assert_allclose(out, np.asarray(reference), rtol=1e-5, atol=1e-6)
+    assert "features_flatten" in e.weights_source()
+
+
+def test_no_layer_keeps_the_model_output(cnn_file, batch):
+    out = get_extractor("keras", weights=str(cnn_file))(batch)
+    assert out.shape == (3, 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # the softmax
+
+
+def test_global_pooling_of_a_feature_map(cnn_file, batch):
+    assert get_extractor("keras", weights=str(cnn_file), layer="features_pool", pooling="avg")(batch).shape == (3, 4)
+
+
+def test_through_run_extract_into_a_store(cnn_file, csv_index, tmp_path):
+    index = extract.read_index(csv_index)
+    e = get_extractor("keras", weights=str(cnn_file), layer="features_flatten", input_size=16)
+    result = run_extract(index, e, tmp_path / "base.h5", workers=1)
+    X, y, _ = features_store.load(result.store)
+    assert X.shape == (8, 144) and result.n_failed == 0
+    assert features_store.read_info(result.store).fingerprint == e.fingerprint()
+
+
+def test_config_round_trip_and_fingerprint(cnn_file, tmp_path):
+    from classify.cnn import build_cnn
+
+    e = get_extractor("keras", weights=str(cnn_file), layer="features_flatten", seed=5, batch_size=8)
+    assert type(e).from_config(e.get_config()).get_config() == e.get_config()
+    assert extractor_from_spec(e.spec()).fingerprint() == e.fingerprint()
+    assert get_extractor("keras", weights=str(cnn_file), layer="features_flatten").fingerprint() == e.fingerprint()
+    assert get_extractor("keras", weights=str(cnn_file), layer="features_pool").fingerprint() != e.fingerprint()
+    build_cnn((16, 16, 3), 3, filters=4, dense_units=8, preprocessing=preprocessing_layers(1), seed=1).save(cnn_file)
+    assert get_extractor("keras", weights=str(cnn_file), layer="features_flatten").fingerprint() != e.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        pytest.param({"layer": "features_flaten"}, ExtractorConfigError,
+                     r"`layer` must be one of the model's layers .*'features_flatten'.*Received: layer='features_flaten'", id="layer"),
+        pytest.param({"input_size": 32}, ExtractorConfigError,
+                     r"`input_size` must match the input size of the model in .* \(16\) or be omitted\. Received: input_size=32", id="size"),
+        pytest.param({"precision": "bfloat16"}, ExtractorConfigError,
+                     r"`precision` must be 'float32' for model 'keras' .*Received: precision='bfloat16'", id="precision"),
+    ],
+)
+def test_errors_on_a_real_model(cnn_file, batch, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        get_extractor("keras", weights=str(cnn_file), **kwargs)(batch)
+
+
+def test_missing_and_unloadable_files(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match=r"the saved model .*nope\.keras does not exist"):
+        get_extractor("keras", weights=str(tmp_path / "nope.keras")).validate()
+    with pytest.raises(WeightsUnavailableError, match=r"the weights file .*nope\.keras does not exist"):
+        get_extractor("keras", weights=str(tmp_path / "nope.keras")).fingerprint()
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(WeightsUnavailableError, match=r"junk\.keras is not a loadable Keras model"):
+        get_extractor("keras", weights=str(junk)).model  # noqa: B018
+
+
+def test_a_model_without_rgb_input_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((16, 16, 1))
+    path = tmp_path / "gray.keras"
+    keras.Model(inputs, keras.layers.Flatten(name="flat")(inputs)).save(path)
+    with pytest.raises(ExtractorConfigError, match=r"input must be square raw RGB, shape \(size, size, 3\)\. Received: input shape \(16, 16, 1\)"):
+        get_extractor("keras", weights=str(path)).model  # noqa: B018
+
+
+def test_a_fully_convolutional_model_needs_input_size(tmp_path, batch):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    path = tmp_path / "fcn.keras"
+    keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs)).save(path)
+    with pytest.raises(ExtractorConfigError, match=r"`input_size` must be given: .* has no fixed input size\. Received: input_size=None"):
+        get_extractor("keras", weights=str(path)).model  # noqa: B018
+    assert get_extractor("keras", weights=str(path), input_size=16, pooling="max")(batch).shape == (3, 2)

@@ -1,0 +1,115 @@
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import features_store
+from extract import read_index
+from extract.autoencoder import build_autoencoder
+from pipelines.cli import main
+from pipelines.pretrain import CAEConfig, CNNConfig, class_rows, image_batches
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
+    out = tmp_path / "models" / "cae.keras"
+    code = main(["-q", "pretrain-cae", str(csv_index), "--out", str(out), "--input-size", "16", "--filters", "4,2",
+                 "--epochs", "2", "--batch-size", "3", "--workers", "1"])
+    assert code == 0 and last_line(capsys) == str(out)
+    assert out.is_file() and (out.parent / "reconstructions.png").is_file() and (out.parent / "cae_loss.png").is_file()
+
+    store = tmp_path / "cae.h5"
+    code = main(["-q", "extract", str(csv_index), "--model", "cae", "--weights", str(out), "--input-size", "16",
+                 "--out", str(store), "--workers", "1"])
+    assert code == 0 and last_line(capsys) == str(store)
+    X, _, _ = features_store.load(store)
+    assert X.shape == (8, 4 * 4 * 2)
+
+
+def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_path, capsys):
+    base = tmp_path / "base.keras"
+    args = ["--input-size", "16", "--epochs", "1", "--batch-size", "4", "--workers", "1"]
+    assert main(["-q", "pretrain-cnn", str(csv_index), "--classes", "b,a", "--out", str(base), *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(base) and "classes b,a" in lines[0]
+    assert (tmp_path / "base_loss.png").is_file()
+
+    head = tmp_path / "head.keras"
+    assert main(["-q", "pretrain-cnn", str(csv_index), "--base", str(base), "--out", str(head), *args]) == 0
+    assert last_line(capsys) == str(head) and head.is_file()
+
+    store = tmp_path / "base.h5"
+    code = main(["-q", "extract", str(csv_index), "--model", "keras", "--weights", str(base), "--layer",
+                 "features_flatten", "--input-size", "16", "--out", str(store), "--workers", "1"])
+    assert code == 0 and last_line(capsys) == str(store)
+    assert features_store.read_info(store).n_features == 6 * 6 * 32
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.h5"], r"`out` must be a \.keras file\. Received: out='.*cae\.h5'", id="suffix"),
+        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--input-size", "30"],
+                     r"`input_size` must be a positive integer divisible by 2 \*\* len\(filters\) = 4\. Received: input_size=30", id="size"),
+        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--filters", "8,x"],
+                     r"`filters` must be comma-separated integers\. Received: filters='8,x'", id="filters"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
+                     r"`classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: classes=\['a', 'z'\]", id="classes"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--base", "{tmp}/none.keras"],
+                     r"the saved model .*none\.keras does not exist", id="base"),
+        pytest.param(["extract", "{index}", "--model", "keras", "--weights", "{tmp}/none.keras"],
+                     r"the saved model .*none\.keras does not exist", id="extract-missing"),
+        pytest.param(["extract", "{index}", "--model", "cae", "--weights", "{tmp}/cae.keras"],
+                     r"`input_size` must match the input size of the model in .*cae\.keras \(16\) or be omitted\. Received: input_size=224", id="extract-size"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(csv_index, tmp_path, capsys, argv, match):
+    build_autoencoder(input_size=16).save(tmp_path / "cae.keras")
+    argv = [a.format(index=csv_index, tmp=tmp_path) for a in argv]
+    assert main(["-q", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(match, err), err
+
+
+def test_class_rows_follow_the_split_column(tmp_path):
+    rows = [("x0.png", "a", "train"), ("x1.png", "b", "train"), ("x2.png", "c", "train"), ("x3.png", "a", "val"),
+            ("x4.png", "b", "test"), ("x5.png", "c", "test")]
+    csv = tmp_path / "index.csv"
+    csv.write_text("filename,label,split\n" + "".join(f"{f},{lab},{s}\n" for f, lab, s in rows))
+    classes, picked = class_rows(read_index(csv), ["b", "a"])
+    assert classes == ["b", "a"]
+    assert picked["train"].tolist() == [0, 1] and picked["val"].tolist() == [3] and picked["test"].tolist() == [4]
+    with pytest.raises(ValueError, match=r"the index has no 'train' rows of the classes \['c', 'b'\]"):
+        csv.write_text("filename,label,split\nx0.png,a,train\nx1.png,b,val\nx2.png,c,test\n")
+        class_rows(read_index(csv), ["c", "b"])
+
+
+def test_image_batches_stream_and_drop_unreadable_images(csv_index):
+    index = read_index(csv_index)
+    paths = index.paths + [Path(csv_index)]  # the CSV is not an image
+    data = image_batches(paths, 8, batch_size=3, channels=1, workers=1)
+    try:
+        assert len(data) == 3 and [data.batch_length(i) for i in range(3)] == [3, 3, 3]
+        x, y = data[0]
+        assert x.shape == (3, 8, 8, 3) and x.dtype == np.float32 and y.shape == (3, 8, 8, 1) and y.max() <= 1.0
+        x, y = data[2]
+        assert x.shape == (2, 8, 8, 3)  # the CSV is dropped
+    finally:
+        data.close()
+    codes = np.arange(8)
+    data = image_batches(index.paths, 8, codes, batch_size=5, shuffle=True, seed=0, workers=1)
+    try:
+        seen = np.concatenate([data[i][1] for i in range(len(data))])
+        assert sorted(seen) == list(range(8)) and seen.tolist() != list(range(8))
+    finally:
+        data.close()
+
+
+@pytest.mark.parametrize("config", [CAEConfig(filters=(6, 3, 2), epochs=3), CNNConfig(optimizer="adadelta")])
+def test_config_round_trip(config):
+    assert type(config).from_dict(config.to_dict()) == config
