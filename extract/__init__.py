@@ -4,6 +4,7 @@ Importing this package does not import Keras; models are built on first use.
 """
 
 from . import applications  # noqa: F401  (registers vgg16, vgg19)
+from . import autoencoder, saved_model  # noqa: F401  (registers cae, keras)
 from .applications import keras_cache_dir
 from .errors import (
     ExtractError,
