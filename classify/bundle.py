@@ -20,8 +20,13 @@ from typing import Any
 import joblib
 import numpy as np
 
-from classify.errors import BundleExistsError, BundleFormatError, BundleIntegrityError, BundleMismatchError
-from classify.errors import BundleNotFoundError
+from classify.errors import (
+    BundleExistsError,
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleMismatchError,
+    BundleNotFoundError,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -1,0 +1,124 @@
+"""CLI subcommands for augmentation, fine-tuning and the four-scenario guidance."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None:
+    """The augmentation options (Keras preprocessing-layer factors); with `views`, also extract's --augment K."""
+    g = p.add_argument_group("augmentation")
+    if views:
+        g.add_argument("--augment", type=int, default=0, metavar="K",
+                       help="also store K augmented views of each 'train' row (default: 0, none)")
+        g.add_argument("--augment-seed", type=int, default=0, help="seed of the views (row r uses seed and r)")
+        g.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="with --augment and an index without a split column: the seeded stratified 'val' share")
+    g.add_argument("--rotation", type=float, default=0.1, help="RandomRotation factor, fraction of a turn (0.1)")
+    g.add_argument("--zoom", type=float, default=0.1, help="RandomZoom factor (0.1)")
+    g.add_argument("--contrast", type=float, default=0.0, help="RandomContrast factor (0: off)")
+    g.add_argument("--flip", action="store_true", help="random horizontal flips")
+    g.add_argument("--translate", type=float, default=0.0, help="RandomTranslation factor (0: off)")
+    g.add_argument("--fill-mode", default="reflect", choices=["reflect", "wrap", "constant", "nearest"],
+                   help="fill outside the image (default: reflect)")
+
+
+def augmentation_from_args(args):
+    from extract.augment import Augmentation
+
+    return Augmentation(rotation=args.rotation, zoom=args.zoom, contrast=args.contrast, flip=args.flip,
+                        translate=args.translate, fill_mode=args.fill_mode)
+
+
+def views_from_args(args):
+    """The extract command's AugmentedViews, or None without --augment."""
+    if not args.augment:
+        return None
+    from .extraction import AugmentedViews
+
+    return AugmentedViews(args.augment, augmentation_from_args(args), seed=args.augment_seed,
+                          validation_fraction=args.validation_fraction)
+
+
+def _unfreeze(value: str):
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'all'. Received: {value!r}") from err
+
+
+def add_parsers(sub) -> None:
+    """Add this module's subcommands to the `featurehead` parser."""
+    p = sub.add_parser("augment-preview", help="write a PNG grid of a few images and their augmented views")
+    p.add_argument("index")
+    p.add_argument("--images-root", default=None)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n-images", type=int, default=4, help="images (grid rows; default: 4)")
+    p.add_argument("--views", type=int, default=4, help="views per image (default: 4)")
+    p.add_argument("--size", type=int, default=96, help="tile side in pixels (default: 96)")
+    p.add_argument("--seed", type=int, default=0)
+    add_augment_args(p)
+    p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("finetune", help="transplant an MLP head onto its base, unfreeze the top, train on images")
+    p.add_argument("head", help="head bundle directory (an MLP head)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--unfreeze", type=_unfreeze, help="train the top N base layers with weights, or 'all'")
+    g.add_argument("--unfreeze-from", default=None, help="train this base layer and all after it (e.g. block5_conv1)")
+    p.add_argument("--out", required=True, help="full-model bundle directory to write")
+    p.add_argument("--index", default=None, help="images index (default: the one of the head's training store)")
+    p.add_argument("--images-root", default=None)
+    p.add_argument("--augment", action="store_true", help="augment the training images on the fly")
+    p.add_argument("--learning-rate", type=float, default=1e-5, help="Adam learning rate (default: 1e-5)")
+    p.add_argument("--epochs", type=int, default=5, help="default: 5")
+    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    p.add_argument("--random-state", type=int, default=0)
+    add_augment_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("advise", help="which of the four transfer-learning strategies fits, and its commands")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--n-images", type=int, help="labelled training images per class (the smallest class)")
+    g.add_argument("--index", help="count the images per class of this index instead")
+    p.add_argument("--images-root", default=None)
+    p.add_argument("--similarity", required=True, choices=["high", "low"], help="similarity to ImageNet photos")
+    p.add_argument("--model", default="vgg16", help="base model of the suggested commands (default: vgg16)")
+    p.add_argument("--small-threshold", type=int, default=None, help="images per class below which data is small")
+    p.set_defaults(func=cmd_advise)
+
+
+def cmd_augment_preview(args) -> int:
+    from .extraction import run_augment_preview
+
+    out = run_augment_preview(args.index, args.out, augmentation_from_args(args), images_root=args.images_root,
+                              n_images=args.n_images, k=args.views, size=args.size, seed=args.seed)
+    print(out)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import run_finetune
+
+    result = run_finetune(args.head, args.out, unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
+                          index=args.index, images_root=args.images_root,
+                          augmentation=augmentation_from_args(args) if args.augment else None,
+                          learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
+                          random_state=args.random_state)
+    print(f"trained {len(result.unfrozen)} base layers + the head on {result.n_train} images "
+          f"in {result.fit_seconds:.1f}s")
+    print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "
+          f"after {result.accuracy_after:.4f}")
+    print(result.bundle)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from .advice import SMALL_PER_CLASS, format_advice, run_advise
+
+    threshold = args.small_threshold if args.small_threshold is not None else SMALL_PER_CLASS
+    advice = run_advise(n_images=args.n_images, similarity=args.similarity, index=args.index,
+                        images_root=args.images_root, model=args.model, small_threshold=threshold)
+    print(format_advice(advice, threshold))
+    return 0

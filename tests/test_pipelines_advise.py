@@ -1,0 +1,74 @@
+import pytest
+
+from pipelines.advice import SMALL_PER_CLASS, advise, choose_strategy, images_per_class, run_advise
+from pipelines.cli import main
+
+
+@pytest.mark.parametrize(
+    "n, similarity, key, strategy, command",
+    [
+        pytest.param(50, "high", ("small", "high"), "frozen base + linear head", "--head logreg", id="small-similar"),
+        pytest.param(50, "low", ("small", "low"), "freeze the early layers, train the rest, with augmentation",
+                     "--unfreeze-from block4_conv1 --augment", id="small-different"),
+        pytest.param(5000, "low", ("large", "low"), "train the full architecture", "--unfreeze all",
+                     id="large-different"),
+        pytest.param(5000, "high", ("large", "high"), "fine-tune the top blocks", "--unfreeze-from block5_conv1",
+                     id="large-similar"),
+        pytest.param(SMALL_PER_CLASS - 1, "high", ("small", "high"), "frozen base + linear head", "logreg",
+                     id="just-below"),
+        pytest.param(SMALL_PER_CLASS, "high", ("large", "high"), "fine-tune the top blocks", "finetune",
+                     id="at-threshold"),
+    ],
+)
+def test_the_four_scenarios(n, similarity, key, strategy, command):
+    assert choose_strategy(n, similarity) == key
+    advice = advise(n, similarity, index="data.csv")
+    assert advice.strategy == strategy
+    assert any(command in c for c in advice.commands)
+    assert advice.commands[0].startswith("featurehead ") and "data.csv" in advice.commands[0]
+
+
+def test_other_models_unfreeze_by_count():
+    assert any("--unfreeze 2" in c for c in advise(5000, "high", model="cae").commands)
+
+
+@pytest.mark.parametrize(
+    "n, similarity, match",
+    [
+        pytest.param(-1, "high", r"`n_images` must be a non-negative integer. Received: n_images=-1", id="neg"),
+        pytest.param(10, "medium", r"`similarity` must be one of 'high', 'low'. Received: similarity='medium'",
+                     id="sim"),
+    ],
+)
+def test_bad_input(n, similarity, match):
+    with pytest.raises(ValueError, match=match):
+        choose_strategy(n, similarity)
+
+
+def test_images_per_class_counts_the_smallest_training_class():
+    assert images_per_class(["a", "a", "b", "b", "b"], ["", "", "", "", ""]) == 2
+    assert images_per_class(["a", "a", "b", "b", "b"], ["train", "val", "train", "train", "test"]) == 1
+    with pytest.raises(ValueError, match="the index has no labelled rows to count"):
+        images_per_class(["", ""], ["", ""])
+
+
+def test_run_advise_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="give exactly one of `--n-images` and `--index`"):
+        run_advise(similarity="high")
+
+
+def test_cli_advise_counts_an_index(csv_index, capsys):
+    assert main(["advise", "--index", str(csv_index), "--similarity", "low"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images in the smallest class" in out and "with augmentation" in out
+    assert f"featurehead extract {csv_index} --model vgg16 --augment 4" in out
+
+
+def test_cli_advise_threshold_and_errors(capsys):
+    assert main(["advise", "--n-images", "300", "--similarity", "high", "--small-threshold", "100"]) == 0
+    assert "strategy: fine-tune the top blocks" in capsys.readouterr().out
+    assert main(["advise", "--n-images", "-5", "--similarity", "high"]) == 2
+    assert "`n_images` must be a non-negative integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["advise", "--n-images", "5", "--index", "x.csv", "--similarity", "high"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+import features_store
+from extract import get_extractor, read_index
+from extract.augment import Augmentation
+from pipelines.cli import main
+from pipelines.extraction import AugmentedViews, assign_split, default_store_path, run_extract
+from pipelines.heads import run_train, split_rows
+
+VIEWS = AugmentedViews(2, Augmentation(rotation=0.1, zoom=0.1, flip=True), seed=3)
+
+
+def small_vgg(**kw):
+    return get_extractor("vgg16", **({"weights": "none", "input_size": 32, "batch_size": 3} | kw))
+
+
+@pytest.fixture
+def split_index(image_folder):
+    """index.csv with a split column: 3 train + 1 val per class."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
+    lines = ["filename,label,split"] + [f"{r},{r[0]},{'val' if r[2] == '3' else 'train'}" for r in rows]
+    path = image_folder / "split.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_views_follow_the_originals_and_only_train_rows_get_them(split_index, tmp_path):
+    index = read_index(split_index)
+    result = run_extract(index, small_vgg(), tmp_path / "aug.h5", views=VIEWS)
+    meta = features_store.read_meta(result.store)
+    assert result.n_rows == 8 + 6 * 2
+    assert meta.view[:8].tolist() == [0] * 8 and meta.source[:8].tolist() == list(range(8))
+    views = meta.view > 0
+    assert (meta.split[meta.source[views]] == "train").all()  # never a view of a val/test row
+    assert (meta.ids[views] == meta.ids[meta.source[views]]).all()
+    assert (meta.labels[views] == meta.labels[meta.source[views]]).all()
+    plain = run_extract(index, small_vgg(), tmp_path / "plain.h5")
+    np.testing.assert_allclose(features_store.read_features(result.store, np.arange(8)),
+                               features_store.read_features(plain.store), rtol=1e-5, atol=1e-6)
+    X = features_store.read_features(result.store)
+    assert not np.allclose(X[8], X[0])  # a view is not its original
+
+
+def test_no_view_of_a_training_image_is_validated_on(csv_index, tmp_path):
+    result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "aug.h5", views=VIEWS)
+    meta = features_store.read_meta(result.store)
+    assert set(meta.split[:8]) == {"train", "val"}  # no split column: a seeded stratified one is assigned
+    train, val = split_rows(meta)
+    assert (meta.view[val] == 0).all() and len(val) == 2
+    assert not np.isin(meta.source[train], val).any()
+    assert (meta.view[train] > 0).sum() == 2 * 6
+    trained = run_train(result.store, tmp_path / "head")
+    assert trained.n_train == 6 * 3 and trained.n_val == 2
+
+
+def test_assign_split_is_seeded_and_stratified():
+    labels = ["a"] * 5 + ["b"] * 5 + [""]
+    split = assign_split(labels, validation_fraction=0.2, random_state=0)
+    assert split == assign_split(labels, validation_fraction=0.2, random_state=0)
+    assert split[-1] == "" and split.count("val") == 2
+    assert {lab for lab, s in zip(labels, split) if s == "val"} == {"a", "b"}
+    with pytest.raises(ValueError, match=r"`--augment` needs at least 2 labelled rows to split. Received: 1"):
+        assign_split(["a", ""])
+
+
+def test_views_are_identical_after_a_crash_and_resume(split_index, tmp_path):
+    index = read_index(split_index)
+
+    class Crash:
+        def __init__(self, total, initial):
+            self.seen = 0
+
+        def update(self, n):
+            self.seen += n
+            if self.seen >= 9:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(index, small_vgg(), tmp_path / "crashed.h5", views=VIEWS, progress=Crash)
+    partial = features_store.read_info(tmp_path / "crashed.h5")
+    assert not partial.complete and 0 < partial.n_done < partial.n_rows
+    resumed = run_extract(index, small_vgg(), tmp_path / "crashed.h5", views=VIEWS)
+    clean = run_extract(index, small_vgg(batch_size=4), tmp_path / "clean.h5", views=VIEWS)
+    assert resumed.n_extracted == resumed.n_rows - partial.n_done
+    np.testing.assert_allclose(features_store.read_features(resumed.store),
+                               features_store.read_features(clean.store), rtol=1e-5, atol=1e-5)
+
+
+def test_augmentation_is_part_of_the_store_identity(split_index, tmp_path):
+    index = read_index(split_index)
+    out = tmp_path / "aug.h5"
+    run_extract(index, small_vgg(), out, views=VIEWS)
+    other = AugmentedViews(2, Augmentation(rotation=0.2), seed=3)
+    with pytest.raises(features_store.StoreMismatchError, match="another augmentation"):
+        run_extract(index, small_vgg(), out, views=other)
+    with pytest.raises(features_store.StoreMismatchError, match="another augmentation"):
+        run_extract(index, small_vgg(), out)
+    paths = {default_store_path(index, small_vgg(), v) for v in (None, VIEWS, other)}
+    assert len(paths) == 3
+    assert run_extract(index, small_vgg(), out, views=VIEWS).up_to_date
+
+
+def test_an_index_split_without_train_rows_is_refused(image_folder, tmp_path):
+    csv = image_folder / "val.csv"
+    csv.write_text("filename,label,split\na/0.png,a,val\nb/0.png,b,test\n")
+    with pytest.raises(ValueError, match=r"augments only rows whose split is 'train'"):
+        run_extract(read_index(csv), small_vgg(), tmp_path / "s.h5", views=VIEWS)
+
+
+def test_cli_extract_augment(split_index, tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", "--augment", "1",
+                 "--rotation", "0.05", "--flip", "--out", str(out)])
+    assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    info = features_store.read_info(out)
+    assert info.n_rows == 8 + 6 and '"rotation":0.05' in info.attrs["augmentation"]
+
+
+def test_cli_extract_bad_augmentation_is_one_line(split_index, tmp_path, capsys):
+    code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", "--augment", "1",
+                 "--rotation", "1.5", "--out", str(tmp_path / "x.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "`rotation` must be a number in [0, 1). Received: rotation=1.5" in err
+
+
+def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code = main(["augment-preview", str(csv_index), "--out", str(out), "--n-images", "2", "--views", "3",
+                 "--size", "40", "--contrast", "0.2"])
+    assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    with Image.open(out) as grid:
+        assert grid.size == (4 * 42 + 2, 2 * 42 + 2)
+
+
+def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys):
+    csv = image_folder / "bad.csv"
+    csv.write_text("filename,label\nmissing.png,a\n")
+    assert main(["augment-preview", str(csv), "--out", str(tmp_path / "g.png")]) == 2
+    assert "none of the first 1 images could be read" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import classify
+import features_store
+from classify import KerasMLPClassifier
+from extract import get_extractor, read_index
+from pipelines.cli import main
+from pipelines.extraction import run_extract
+from pipelines.finetune import leaf_layers, plan_unfrozen, run_finetune, transplant
+from pipelines.heads import load_any_bundle, run_train
+
+MLP = {"hidden_layer_sizes": (8,), "epochs": 2, "early_stopping": False, "random_state": 0}
+
+
+def small_vgg():
+    return get_extractor("vgg16", weights="none", input_size=32, batch_size=4)
+
+
+@pytest.fixture
+def store(csv_index, tmp_path):
+    return run_extract(read_index(csv_index), small_vgg(), tmp_path / "s.h5").store
+
+
+@pytest.fixture
+def scaled_bundle(store, tmp_path):
+    """A StandardScaler + MLP head, saved with the store it was trained on."""
+    X, y, _ = features_store.load(store)
+    head = make_pipeline(StandardScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
+    info = features_store.read_info(store)
+    return classify.save_bundle(head, tmp_path / "head", extractor=info.extractor, fingerprint=info.fingerprint,
+                                classes=head.classes_, n_features=info.n_features,
+                                params={"validation_fraction": 0.25, "random_state": 0},
+                                extra={"trained_on": str(store)})
+
+
+def images_of(index):
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in index.paths]).astype(np.float32)
+
+
+def test_transplant_equals_the_bundle_before_training(scaled_bundle, store, csv_index):
+    bundle = classify.load_bundle(scaled_bundle)
+    model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)
+    mlp = bundle.estimator[-1].model_
+    head = model.layers[-1]
+    assert len(head.get_weights()) == len(mlp.get_weights())
+    for a, b in zip(head.get_weights(), mlp.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    expected = bundle.predict_proba(features_store.read_features(store))
+    got = np.asarray(model.predict_on_batch(images_of(read_index(csv_index))))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_only_the_unfrozen_layers_change(scaled_bundle, csv_index, tmp_path):
+    result = run_finetune(scaled_bundle, tmp_path / "ft", unfreeze=1, epochs=1, batch_size=4, learning_rate=1e-3)
+    assert result.unfrozen == ("block5_conv3",) and result.n_train == 6 and result.n_val == 2
+    tuned = load_any_bundle(result.bundle)
+    assert tuned.kind == "full"
+    fresh = {lay.name: lay.get_weights() for lay in leaf_layers(small_vgg().model) if lay.weights}
+    changed = {lay.name for lay in leaf_layers(tuned.estimator.layers[1])
+               if lay.weights and not all(np.array_equal(a, b) for a, b in zip(lay.get_weights(), fresh[lay.name]))}
+    assert changed == {"block5_conv3"}
+    old_head = classify.load_bundle(scaled_bundle).estimator[-1].model_.get_weights()
+    assert not np.array_equal(tuned.estimator.layers[-1].get_weights()[0], old_head[0])  # the head trains too
+    scaler = tuned.estimator.get_layer("head_scaler")
+    np.testing.assert_allclose(np.asarray(scaler.mean).ravel(),
+                               classify.load_bundle(scaled_bundle).estimator[0].mean_, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        pytest.param({"unfreeze": 0}, [], id="head-only"),
+        pytest.param({"unfreeze": 2}, ["c3", "d"], id="top-2-weighted"),
+        pytest.param({"unfreeze": "all"}, ["c1", "c2", "c3", "d"], id="all"),
+        pytest.param({"unfreeze_from": "pool1"}, ["c3", "d"], id="from-a-pool"),
+        pytest.param({"unfreeze_from": "c2"}, ["c2", "c3", "d"], id="from-c2"),
+    ],
+)
+def test_plan_unfrozen(kwargs, expected):
+    names = ["c1", "c2", "pool1", "c3", "flat", "d"]
+    weighted = [True, True, False, True, False, True]
+    assert plan_unfrozen(names, weighted, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param({}, "give exactly one of `--unfreeze` and `--unfreeze-from`", id="neither"),
+        pytest.param({"unfreeze": 1, "unfreeze_from": "c1"}, "give exactly one of", id="both"),
+        pytest.param({"unfreeze": 3}, r"`unfreeze` must be 'all' or an integer in \[0, 2\]", id="too-many"),
+        pytest.param({"unfreeze_from": "x"}, r"`unfreeze_from` must be one of the base's layers", id="unknown"),
+    ],
+)
+def test_plan_unfrozen_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan_unfrozen(["c1", "p", "c2"], [True, False, True], **kwargs)
+
+
+def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
+    assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
+                 "--out", str(tmp_path / "head")]) == 0
+    capsys.readouterr()
+    code = main(["-q", "finetune", str(tmp_path / "head"), "--unfreeze-from", "block5_conv3", "--epochs", "1",
+                 "--batch-size", "4", "--augment", "--out", str(tmp_path / "ft")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and out[-1] == str(tmp_path / "ft") and "before" in out[-2] and "after" in out[-2]
+    code = main(["-q", "predict", str(tmp_path / "ft"), str(csv_index), "--out", str(tmp_path / "p.csv")])
+    assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "p.csv")
+    frame = np.genfromtxt(tmp_path / "p.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert len(frame) == 8 and set(frame["predicted"]) <= {"a", "b"}
+
+
+def test_cli_finetune_refuses_a_logreg_head(store, tmp_path, capsys):
+    run_train(store, tmp_path / "logreg")
+    assert main(["finetune", str(tmp_path / "logreg"), "--unfreeze", "1", "--out", str(tmp_path / "ft")]) == 2
+    assert "`finetune` needs an MLP head (`featurehead train --head mlp`)" in capsys.readouterr().err
+
+
+def test_cli_finetune_needs_the_images(scaled_bundle, store, tmp_path, capsys):
+    store.unlink()
+    assert main(["finetune", str(scaled_bundle), "--unfreeze", "1", "--out", str(tmp_path / "ft")]) == 2
+    assert "give --index" in capsys.readouterr().err
+
+
+def test_full_bundle_checks_the_image_shape(scaled_bundle, tmp_path):
+    bundle = classify.load_bundle(scaled_bundle)
+    model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)
+    info = features_store.read_info(bundle.manifest["trained_on"])
+    path = classify.save_model_bundle(model, tmp_path / "full", extractor=info.extractor,
+                                      fingerprint=info.fingerprint, classes=bundle.classes)
+    full = load_any_bundle(path)
+    assert full.predict_proba(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"`X` must be images of shape \(n, 32, 32, 3\)"):
+        full.predict_proba(np.zeros((2, 64, 64, 3)))
+    with pytest.raises(ValueError, match=r"`classes` must name the model's 2 outputs"):
+        classify.save_model_bundle(model, tmp_path / "bad", extractor={}, fingerprint="", classes=["a"])
+
+
+def test_a_non_standard_scaler_is_refused(store, tmp_path):
+    from sklearn.preprocessing import MinMaxScaler
+
+    X, y, _ = features_store.load(store)
+    head = make_pipeline(MinMaxScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
+    with pytest.raises(ValueError, match=r"`finetune` can fold only a StandardScaler into the model"):
+        transplant(small_vgg().model, head, X.shape[1])
