@@ -10,6 +10,8 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ExtractorConfigError, WeightsUnavailableError
 from .extractor import MIN_INPUT_SIZE, Extractor
 from .layers import caffe_preprocess_layer, cut_at_layer, dtype_policy, pooling_layer, seeded_init
@@ -44,7 +46,7 @@ class KerasApplicationExtractor(Extractor):
     ):
         super().__init__(
             weights="none" if weights is None else str(weights),
-            layer=layer,
+            layer=list(layer) if isinstance(layer, tuple) else layer,
             pooling=pooling,
             input_size=input_size,
             precision=precision,
@@ -54,6 +56,13 @@ class KerasApplicationExtractor(Extractor):
 
     def validate(self) -> None:
         super().validate()
+        layer = self._config["layer"]
+        names = layer if isinstance(layer, list) else [layer]
+        if layer is not None and (not names or not all(isinstance(n, str) and n for n in names)
+                                  or len(set(names)) != len(names)):
+            raise ExtractorConfigError(
+                f"`layer` must be None, a layer name or a non-empty list of distinct layer names. Received: layer={layer!r}"
+            )
         size = self._config["input_size"]
         if not isinstance(size, int) or size < MIN_INPUT_SIZE:
             raise ExtractorConfigError(
@@ -91,12 +100,25 @@ class KerasApplicationExtractor(Extractor):
                     seeded_init(base, self._config["seed"])
                 else:
                     base.load_weights(weights)
-            base = cut_at_layer(base, self._config["layer"])
+            layer = self._config["layer"]
+            base = cut_at_layer(base, layer)
             inputs = keras.Input((size, size, 3), name="image")
             x = base(caffe_preprocess_layer()(inputs))
-            x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
+            if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
+                pooled = [pooling_layer(self._config["pooling"], len(out.shape), name=f"features_{name}")(t)
+                          for name, out, t in zip(layer, base.outputs, x)]
+                x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
+            else:
+                x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
+
+    def layer_dims(self) -> list[int]:
+        """Width of each layer's pooled block in the output, in the order of `layer` (builds the model)."""
+        layer = self._config["layer"]
+        if not isinstance(layer, list):
+            return [self.output_dim]
+        return [int(np.prod(self.model.get_layer(f"features_{name}").output.shape[1:])) for name in layer]
 
     def _load_imagenet(self, constructor, size):
         cached = keras_cache_dir() / self.weights_file_name

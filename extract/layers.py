@@ -58,7 +58,7 @@ def _layer_classes() -> dict:
     return _CLASSES
 
 
-def pooling_layer(pooling: str, rank: int):
+def pooling_layer(pooling: str, rank: int, name: str = "features"):
     """The layer that turns a feature map into a vector: flatten, global avg or global max."""
     keras = _keras()
     if pooling == "flatten" or rank == 2:
@@ -66,11 +66,11 @@ def pooling_layer(pooling: str, rank: int):
             raise ExtractorConfigError(
                 f"`pooling` must be 'flatten' for a layer whose output is already a vector. Received: pooling={pooling!r}"
             )
-        return keras.layers.Flatten(name="features")
+        return keras.layers.Flatten(name=name)
     if rank != 4:
         raise ExtractorConfigError(f"global pooling needs a 4-d feature map. Received: rank {rank}")
     return {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[pooling](
-        name="features"
+        name=name
     )
 
 
@@ -108,12 +108,20 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(previous)
 
 
-def cut_at_layer(model, layer: str | None):
-    """A sub-model of `model` ending at the layer named `layer` (never cut by index)."""
+def cut_at_layer(model, layer: str | list[str] | None):
+    """A sub-model of `model` ending at the layer named `layer` (never cut by index).
+
+    A list of names gives one model with one output per name, in the order given (one forward pass for all).
+    """
     keras = _keras()
     if layer is None:
         return model
     names = [lay.name for lay in model.layers]
-    if layer not in names:
-        raise ExtractorConfigError(f"`layer` must be one of the model's layers {names}. Received: layer={layer!r}")
-    return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")
+    wanted = layer if isinstance(layer, list) else [layer]
+    for name in wanted:
+        if name not in names:
+            raise ExtractorConfigError(f"`layer` must be one of the model's layers {names}. Received: layer={name!r}")
+    if not isinstance(layer, list):
+        return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")
+    outputs = [model.get_layer(name).output for name in wanted]
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_{len(wanted)}_layers")

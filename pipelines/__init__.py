@@ -15,6 +15,7 @@ _EXPORTS = {
     "split_rows": "heads",
     "describe_store": "inspection",
     "run_demo": "demo",
+    "ImageFeatureExtractor": "transformers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,198 @@
+"""The layer sweep: every listed layer extracted in one forward pass, each into its own store, each probed.
+
+A layer's store carries the fingerprint of the single-layer extractor, so `featurehead extract --layer L` and
+`featurehead train` treat it as their own. The probe is a cross-validated logistic regression.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import features_store
+from extract import ImageIndex, read_batch
+
+from .extraction import check_existing, default_store_path, label_codes, library_versions
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("layer", "dimension", "accuracy", "accuracy_std", "fit_seconds")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep wrote: the table (one row per layer), its CSV and plot, and each layer's store."""
+
+    table: pd.DataFrame
+    csv: Path
+    png: Path
+    stores: dict
+    n_extracted: int  # forward-pass rows computed by this run (0 when every store was complete)
+
+
+def layer_extractors(extractor, layers: list[str]) -> dict:
+    """One single-layer extractor per layer, with the rest of `extractor`'s config (pure: nothing is built)."""
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"`layers` must be a non-empty list of distinct layer names. Received: layers={layers!r}")
+    config = extractor.get_config()
+    return {layer: type(extractor).from_config({**config, "layer": layer}) for layer in layers}
+
+
+def run_sweep(
+    index: ImageIndex,
+    extractor,
+    layers: list[str],
+    out_dir=None,
+    *,
+    store_dir=None,
+    cv: int = 5,
+    workers: int = 4,
+    random_state: int = 0,
+    progress=None,
+) -> SweepResult:
+    """Extract `layers` in one pass, probe each with a cross-validated logistic regression, write the table.
+
+    Parameters
+    ----------
+    index : ImageIndex
+    extractor : extract.Extractor
+        Gives the model and every setting but `layer`.
+    layers : list of str
+    out_dir : str or Path, optional
+        Where sweep.csv and sweep.png go; defaults to ``<index stem>.sweep`` next to the index.
+    store_dir : str or Path, optional
+        Where the layer stores go; defaults to next to the index (the `featurehead extract` default).
+    cv : int
+        Folds of the probe (fewer when a class has fewer images).
+    workers : int
+        Image decoding threads.
+    random_state : int
+        Seed of the fold shuffling.
+    progress : callable, optional
+        A tqdm-like factory, as in `run_extract`.
+
+    Returns
+    -------
+    SweepResult
+    """
+    singles = layer_extractors(extractor, list(layers))
+    stores = {}
+    for layer, single in singles.items():
+        default = default_store_path(index, single)
+        stores[layer] = default if store_dir is None else Path(store_dir) / default.name
+    n_extracted = extract_layers(index, extractor, singles, stores, workers=workers, progress=progress)
+    rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "sweep.csv"
+    table.to_csv(csv, index=False, float_format="%.6g")
+    png = plot_sweep(table, out_dir / "sweep.png")
+    return SweepResult(table, csv, png, stores, n_extracted)
+
+
+def _default_out_dir(index: ImageIndex) -> Path:
+    src = Path(index.source)
+    return src.parent / f"{src.name if src.is_dir() else src.stem}.sweep"
+
+
+def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int = 4,
+                   progress=None) -> int:
+    """Fill the incomplete layer stores from ONE multi-output forward pass; return the rows computed."""
+    todo = [layer for layer in singles if not _complete(stores[layer], index, singles[layer])]
+    if not todo:
+        return 0
+    multi = type(extractor).from_config({**extractor.get_config(), "layer": todo})
+    multi.validate()
+    dims = dict(zip(todo, multi.layer_dims()))  # builds the one model
+    common = dict(index_sha256=index.sha256(), ids=index.ids, labels=label_codes(index.labels, index.classes),
+                  classes=index.classes, split=index.split, versions=library_versions(),
+                  attrs={"index_source": index.source, "images_root": str(index.root), "sweep_layers": ",".join(todo)})
+    with contextlib.ExitStack() as stack:
+        writers = {
+            layer: stack.enter_context(features_store.StoreWriter.open(
+                stores[layer], fingerprint=singles[layer].fingerprint(), extractor=singles[layer].spec(),
+                n_features=dims[layer], **common))
+            for layer in todo
+        }
+        done = _stream_layers(index, multi, writers, [dims[layer] for layer in todo], workers, progress)
+        for writer in writers.values():
+            writer.finish()
+    return done
+
+
+def _complete(store: Path, index: ImageIndex, single) -> bool:
+    info = check_existing(store, index, single.fingerprint())  # refuses a store of another extractor/index
+    return info is not None and info.complete
+
+
+def _stream_layers(index, multi, writers: dict, dims: list[int], workers: int, progress) -> int:
+    paths, size = index.paths, multi.input_shape[:2]
+    start = min(w.n_done for w in writers.values())
+    plan = features_store.batch_plan(len(paths), multi.batch_size, start)
+    bar = progress(total=len(paths), initial=start) if progress else None
+    bounds = np.cumsum(dims)[:-1]
+    with ThreadPoolExecutor(max_workers=workers) as decoders, ThreadPoolExecutor(max_workers=1) as ahead:
+        future = ahead.submit(read_batch, paths[plan[0][0]:plan[0][1]], size, decoders) if plan else None
+        for i, (lo, hi) in enumerate(plan):
+            images, ok, errors = future.result()
+            if i + 1 < len(plan):  # decode the next batch while the model runs on this one
+                future = ahead.submit(read_batch, paths[plan[i + 1][0]:plan[i + 1][1]], size, decoders)
+            features = np.full((hi - lo, sum(dims)), np.nan, dtype=np.float32)
+            if ok.any():
+                features[ok] = multi(images[ok])
+            for writer, part in zip(writers.values(), np.split(features, bounds, axis=1)):
+                skip = writer.n_done - lo  # a store resumed further than the others
+                if skip < hi - lo:
+                    writer.write(lo + max(skip, 0), part[max(skip, 0):], ok[max(skip, 0):], errors[max(skip, 0):])
+            if bar is not None:
+                bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    return len(paths) - start
+
+
+def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
+    """Cross-validated accuracy of the logistic-regression head on a store's ok, labelled original rows."""
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    import classify
+
+    X, y, _ = features_store.load(store, views=False)
+    X, y = X[y != ""], y[y != ""]
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        raise ValueError(f"{store}: the probe needs 2 classes with at least 2 images each. Received: counts {counts.tolist()}")
+    folds = StratifiedKFold(min(cv, int(counts.min())), shuffle=True, random_state=random_state)
+    t0 = time.perf_counter()
+    scores = cross_validate(classify.make_head("logreg"), X, y, cv=folds)
+    logger.info("probed %s in %.1fs", store, time.perf_counter() - t0)
+    return {"dimension": int(X.shape[1]), "accuracy": float(np.mean(scores["test_score"])),
+            "accuracy_std": float(np.std(scores["test_score"])), "fit_seconds": float(np.mean(scores["fit_time"]))}
+
+
+def plot_sweep(table: pd.DataFrame, path) -> Path:
+    """Accuracy ± std per layer, annotated with the dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(table)), 3.5))
+    ax.bar(table["layer"], table["accuracy"], yerr=table["accuracy_std"], capsize=4, color="tab:blue")
+    for x, (acc, dim) in enumerate(zip(table["accuracy"], table["dimension"])):
+        ax.annotate(f"d={dim}", (x, acc), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("CV accuracy (logistic regression)")
+    ax.set_title("layer sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

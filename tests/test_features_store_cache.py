@@ -1,0 +1,102 @@
+"""The path-keyed feature cache: keys, append/lookup round trip, counters, crash leftovers, damage, locking."""
+
+import multiprocessing
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from features_store import StoreMismatchError, cache
+
+FP = "ab" * 32
+SPEC = {"name": "test", "version": 1, "config": {}}
+
+
+def _rows(n, d=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def test_path_keys_follow_content_changes_and_skip_missing_files(tmp_path):
+    a = tmp_path / "a.png"
+    a.write_bytes(b"x")
+    first = cache.path_keys([a, str(a), tmp_path / "missing.png"])
+    assert first[0] == first[1] and first[2] == b"" and len(first[0]) == 64
+    os.utime(a, ns=(1, 1))
+    assert cache.path_keys([a])[0] != first[0]
+
+
+def test_array_keys_depend_on_the_pixels():
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    images[2, 0, 0, 0] = 1
+    keys = cache.array_keys(images)
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_append_then_lookup_round_trip_with_counters(tmp_path):
+    keys = cache.array_keys(np.arange(5, dtype=np.uint8).reshape(5, 1))
+    x = _rows(5)
+    assert cache.append(tmp_path, FP, keys[:3], x[:3], extractor=SPEC, names=["a", "b", "c"]) == 3
+    assert cache.append(tmp_path, FP, keys[1:], x[1:], extractor=SPEC) == 2  # two already there
+    features, found = cache.lookup(tmp_path, FP, keys[::-1])
+    assert found.all()
+    np.testing.assert_array_equal(features, x[::-1])
+    info = cache.cache_info(tmp_path, FP)
+    assert (info.n_rows, info.n_features, info.n_extracted, info.n_hits) == (5, 4, 7, 5)
+    with h5py.File(info.path, "r") as f:  # grown in whole chunks
+        assert f["features"].shape[0] % f["features"].chunks[0] == 0
+
+
+def test_rows_past_the_counter_are_never_returned(tmp_path):
+    keys = cache.array_keys(np.arange(3, dtype=np.uint8).reshape(3, 1))
+    cache.append(tmp_path, FP, keys[:1], _rows(1), extractor=SPEC)
+    with h5py.File(cache.cache_path(tmp_path, FP), "r+") as f:  # a crash after the rows, before the counter
+        f["keys"][1] = keys[1]
+        f["features"][1] = 123.0
+    features, found = cache.lookup(tmp_path, FP, keys)
+    assert found.tolist() == [True, False, False]
+    cache.append(tmp_path, FP, keys[1:2], _rows(1, seed=1), extractor=SPEC)
+    features, found = cache.lookup(tmp_path, FP, keys[1:2])
+    np.testing.assert_array_equal(features, _rows(1, seed=1))
+
+
+def test_a_damaged_file_is_moved_aside_and_never_read(tmp_path, caplog):
+    path = cache.cache_path(tmp_path, FP)
+    path.write_bytes(b"not hdf5 at all")
+    features, found = cache.lookup(tmp_path, FP, cache.array_keys(np.zeros((2, 1), np.uint8)))
+    assert not found.any() and not path.exists()
+    assert any(p.name.startswith(path.name + ".damaged-") for p in tmp_path.iterdir())
+    assert "moved it to" in caplog.text
+
+
+def test_refuses_another_fingerprint_and_bad_rows(tmp_path):
+    keys = cache.array_keys(np.zeros((1, 1), np.uint8))
+    cache.append(tmp_path, FP, keys, _rows(1), extractor=SPEC)
+    os.replace(cache.cache_path(tmp_path, FP), cache.cache_path(tmp_path, FP[:16] + "cd" * 24))
+    with pytest.raises(StoreMismatchError, match="caches features of fingerprint"):
+        cache.lookup(tmp_path, FP[:16] + "cd" * 24, keys)
+    with pytest.raises(ValueError, match=r"`features` must have shape \(1, n_features\)"):
+        cache.append(tmp_path, FP, keys, _rows(2), extractor=SPEC)
+    with pytest.raises(ValueError, match="`fingerprint` must be a hex digest string"):
+        cache.cache_path(tmp_path, "abc")
+    cache.append(tmp_path, FP, cache.array_keys(np.ones((1, 1), np.uint8)), _rows(1), extractor=SPEC)
+    with pytest.raises(StoreMismatchError, match="holds 4 features per row, not 5"):
+        cache.append(tmp_path, FP, cache.array_keys(np.full((1, 1), 2, np.uint8)), _rows(1, d=5), extractor=SPEC)
+
+
+def _append_worker(args):
+    root, start = args
+    keys = cache.array_keys(np.arange(40, dtype=np.uint8).reshape(40, 1))
+    x = np.repeat(np.arange(40, dtype=np.float32)[:, None], 4, axis=1)
+    for lo in range(start, 40, 5):  # overlapping key ranges, interleaved with the other process
+        cache.append(root, FP, keys[lo:lo + 10], x[lo:lo + 10], extractor=SPEC)
+        cache.lookup(root, FP, keys[:lo])
+
+
+def test_two_processes_share_one_file_without_duplicates(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_append_worker, [(str(tmp_path), 0), (str(tmp_path), 2)])
+    keys = cache.array_keys(np.arange(40, dtype=np.uint8).reshape(40, 1))
+    features, found = cache.lookup(tmp_path, FP, keys)
+    assert found.all() and cache.cache_info(tmp_path, FP).n_rows == 40
+    np.testing.assert_array_equal(features[:, 0], np.arange(40))

@@ -1,0 +1,63 @@
+"""The layer sweep: one multi-output forward pass, one store per layer with the single-layer fingerprint."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import features_store
+from extract import get_extractor, read_index
+from pipelines.cli import main
+from pipelines.sweep import layer_extractors, run_sweep
+
+SMALL = dict(weights="none", input_size=32, batch_size=3)
+LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
+
+
+def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path, capsys):
+    argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--batch-size", "3",
+            "--layers", ",".join(LAYERS), "--cv", "2", "--out", str(tmp_path / "sweep")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == str(tmp_path / "sweep" / "sweep.csv") and "one forward pass over 3 layers" in out[-2]
+    table = pd.read_csv(out[-1])
+    assert table["layer"].tolist() == LAYERS and table["dimension"].tolist() == [4096, 2048, 512]
+    assert set(table.columns) == {"layer", "dimension", "accuracy", "accuracy_std", "fit_seconds"}
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    index = read_index(csv_index)
+    for layer in LAYERS:  # each store is the single-layer extractor's own: `extract --layer` finds it
+        single = get_extractor("vgg16", **SMALL, layer=layer)
+        store = next(csv_index.parent.glob(f"index.vgg16-{single.fingerprint()[:10]}.h5"))
+        assert features_store.read_info(store).fingerprint == single.fingerprint()
+        X, _, _ = features_store.load(store)
+        np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-4, atol=1e-4)
+    assert main(argv[:-2] + ["--layer", "block3_pool"]) == 2
+    assert "`sweep` takes `--layers`, not `--layer`" in capsys.readouterr().err
+    assert main(["-q", "extract", str(csv_index), "--weights", "none", "--input-size", "32", "--layer", "block4_pool"]) == 0
+    assert capsys.readouterr().out.startswith("up to date")
+
+
+def _load(path):
+    from extract import load_image
+
+    return load_image(path, 32)
+
+
+def test_a_second_sweep_reuses_complete_stores(csv_index, tmp_path):
+    index = read_index(csv_index)
+    base = get_extractor("vgg16", **SMALL)
+    first = run_sweep(index, base, LAYERS[1:], tmp_path / "a", store_dir=tmp_path, cv=2)
+    assert first.n_extracted == len(index.ids)
+    second = run_sweep(index, base, LAYERS, tmp_path / "b", store_dir=tmp_path, cv=2)
+    assert second.n_extracted == len(index.ids)  # only block3_pool was missing
+    assert features_store.read_info(second.stores["block3_pool"]).attrs["sweep_layers"] == "block3_pool"
+    third = run_sweep(index, base, LAYERS, tmp_path / "c", store_dir=tmp_path, cv=2)
+    assert third.n_extracted == 0
+    pd.testing.assert_frame_equal(second.table[["layer", "dimension"]], third.table[["layer", "dimension"]])
+
+
+def test_layers_must_be_distinct_and_known(csv_index, tmp_path):
+    base = get_extractor("vgg16", **SMALL)
+    with pytest.raises(ValueError, match="`layers` must be a non-empty list of distinct layer names"):
+        layer_extractors(base, ["block3_pool", "block3_pool"])
+    with pytest.raises(ValueError, match="`layer` must be one of the model's layers"):
+        run_sweep(read_index(csv_index), base, ["nope"], tmp_path, store_dir=tmp_path)
