@@ -12,6 +12,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from classify.mlp import KerasMLPClassifier
+from classify.scaling import SlabStandardScaler
 
 HEADS = ("logreg", "mlp", "sgd")
 
@@ -24,8 +25,8 @@ def make_head(name: str, **params: Any) -> BaseEstimator:
     Parameters
     ----------
     name : {"logreg", "mlp", "sgd"}
-        "logreg": ``make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, **params))``;
-        "mlp": ``make_pipeline(StandardScaler(), KerasMLPClassifier(**params))``; "sgd": ``SGDClassifier(loss="log_loss", **params)``, meant for
+        "logreg": ``make_pipeline(SlabStandardScaler(), LogisticRegression(max_iter=1000, **params))``;
+        "mlp": ``make_pipeline(SlabStandardScaler(), KerasMLPClassifier(**params))``; "sgd": ``SGDClassifier(loss="log_loss", **params)``, meant for
         `fit_out_of_core`.
     **params
         Parameters of the classifier (LogisticRegression, KerasMLPClassifier or SGDClassifier); they override
@@ -37,12 +38,12 @@ def make_head(name: str, **params: Any) -> BaseEstimator:
         The unfitted head.
     """
     if name == "logreg":
-        # Both steps keep float32: StandardScaler copies X in its own dtype, and lbfgs LogisticRegression
+        # Both steps keep float32: the scaler fits in slabs and copies X in its own dtype, and lbfgs LogisticRegression
         # accepts float32 as is (check_array with dtype=[float64, float32]), so no float64 copy of X is made.
-        return make_pipeline(StandardScaler(), LogisticRegression(**{"max_iter": 1000, **params}))
+        return make_pipeline(SlabStandardScaler(), LogisticRegression(**{"max_iter": 1000, **params}))
     if name == "mlp":
         # scaled like logreg: unscaled CNN features (tiny or huge activations) stall Adam at the default rate
-        return make_pipeline(StandardScaler(), KerasMLPClassifier(**params))
+        return make_pipeline(SlabStandardScaler(), KerasMLPClassifier(**params))
     if name == "sgd":
         return SGDClassifier(**{"loss": "log_loss", **params})
     known = ", ".join(repr(h) for h in HEADS)

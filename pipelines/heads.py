@@ -76,11 +76,12 @@ def run_train(
     if head != "logreg":
         params.setdefault("random_state", random_state)
     estimator = classify.make_head(head, **params)
-    X = features_store.read_features(store, train_rows)
     t0 = time.perf_counter()
-    estimator.fit(X, meta.labels[train_rows])
+    if head == "sgd":  # out of core: one slab of the store in memory at a time
+        estimator = _fit_sgd_out_of_core(estimator, store, meta, train_rows, info.n_features, params)
+    else:
+        _fit_in_memory(estimator, features_store.read_features(store, train_rows), meta.labels[train_rows])
     fit_seconds = time.perf_counter() - t0
-    del X
     metrics = {"fit_seconds": round(fit_seconds, 3), "n_train": int(len(train_rows))}
     if len(val_rows):
         metrics["validation"] = classify.evaluate(
@@ -101,6 +102,30 @@ def run_train(
     if history:
         classify.plot_history(history, Path(bundle) / "history.png")
     return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds)
+
+
+def _fit_in_memory(estimator, X, y) -> None:
+    """Fit on an X read for this fit alone: its scaler may scale it in place (no second copy of X)."""
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else None
+    in_place = hasattr(first, "copy")
+    if in_place:
+        first.set_params(copy=False)
+    estimator.fit(X, y)
+    if in_place:
+        first.set_params(copy=True)  # the saved head must not scale its callers' arrays in place
+
+
+def _fit_sgd_out_of_core(estimator, store, meta, rows, n_features, params, slab_bytes=64 << 20):
+    """`partial_fit` over slabs of about `slab_bytes` of train rows; `max_iter` counts the passes."""
+    slab = features_store.chunk_rows(n_features, 4, slab_bytes)
+
+    def batches():
+        for lo in range(0, len(rows), slab):
+            part = rows[lo : lo + slab]
+            yield features_store.read_features(store, part), meta.labels[part]
+
+    epochs = int(params.get("max_iter", 5))
+    return classify.fit_out_of_core(estimator, batches, np.unique(meta.labels[rows]), epochs=epochs)
 
 
 def _final_step(estimator):
@@ -129,8 +154,36 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
 
     A store of the same extractor and index is reused (cache first). Failed rows are kept, marked `ok=False`.
     """
-    bundle = classify.load_bundle(bundle_path)
+    bundle = load_any_bundle(bundle_path)
     index = read_index(index_source, images_root)
+    classes = list(bundle.manifest["classes"])
+    if bundle.kind == "full":  # a fine-tuned model: images in, probabilities out; no store
+        ids, ok, errors, proba = _predict_images(bundle, index, progress)
+    else:
+        ids, ok, errors, proba = _predict_features(bundle, index, store, progress)
+    frame = pd.DataFrame({"filename": ids, "ok": ok})
+    best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
+    frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
+    frame["probability"] = np.where(frame["ok"], proba[np.arange(len(ids)), best], np.nan)
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = proba[:, j]
+    frame["error"] = errors
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False, float_format="%.6g")
+    return out_csv
+
+
+def load_any_bundle(bundle_path):
+    """`classify.load_bundle`, registering extract's custom Keras layers first when the bundle is a full model."""
+    if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
+        from extract.layers import caffe_preprocess_layer
+
+        caffe_preprocess_layer()  # defining the layer class registers it with Keras for loading
+    return classify.load_bundle(bundle_path)
+
+
+def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     store = Path(store) if store is not None else default_store_path(index, extractor)
     result = run_extract(index, extractor, store, progress=progress)
@@ -138,18 +191,26 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     meta = features_store.read_meta(store)
     rows = np.flatnonzero(meta.view == 0)
     ok_rows = rows[meta.ok[rows]]
-    classes = list(bundle.manifest["classes"])
-    proba = np.full((len(rows), len(classes)), np.nan)
+    proba = np.full((len(rows), len(bundle.classes)), np.nan)
     if len(ok_rows):
         proba[meta.ok[rows]] = bundle.predict_proba(features_store.read_features(store, ok_rows))
-    frame = pd.DataFrame({"filename": meta.ids[rows], "ok": meta.ok[rows]})
-    best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
-    frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
-    frame["probability"] = np.where(frame["ok"], proba[np.arange(len(rows)), best], np.nan)
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = proba[:, j]
-    frame["error"] = meta.errors[rows]
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_csv, index=False, float_format="%.6g")
-    return out_csv
+    return meta.ids[rows], meta.ok[rows], meta.errors[rows], proba
+
+
+def _predict_images(bundle, index, progress, batch_size: int = 32):
+    from extract import read_batch
+
+    size = tuple(bundle.manifest["input_shape"][:2])
+    paths = index.paths
+    proba = np.full((len(paths), len(bundle.classes)), np.nan)
+    ok, errors = np.zeros(len(paths), bool), [""] * len(paths)
+    bar = progress(total=len(paths), initial=0) if progress else None
+    for lo, hi in features_store.batch_plan(len(paths), batch_size):
+        images, ok[lo:hi], errors[lo:hi] = read_batch(paths[lo:hi], size)
+        if ok[lo:hi].any():
+            proba[lo:hi][ok[lo:hi]] = bundle.predict_proba(images[ok[lo:hi]])
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    return np.asarray(index.ids), ok, np.asarray(errors), proba

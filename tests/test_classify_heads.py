@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
@@ -101,3 +102,24 @@ def test_plots_write_pngs(tmp_path, data):
     import matplotlib.pyplot as plt  # no figure leaked into pyplot's global state
 
     assert plt.get_fignums() == []
+
+
+def test_slab_scaler_matches_standard_scaler():
+    from classify.scaling import SlabStandardScaler
+
+    slabs = []
+
+    class Counted(SlabStandardScaler):
+        slab_bytes = 8 * 20 * 64  # 64 rows of 20 features per slab
+
+        def partial_fit(self, X, y=None, sample_weight=None):
+            slabs.append(len(X))
+            return super().partial_fit(X, y, sample_weight)
+
+    X = np.random.default_rng(0).normal(3, 2, (300, 20)).astype(np.float32)
+    ours, theirs = Counted().fit(X), StandardScaler().fit(X)
+    assert slabs == [64, 64, 64, 64, 44]
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-6)
+    np.testing.assert_allclose(ours.var_, theirs.var_, rtol=1e-5)
+    assert ours.n_samples_seen_ == 300 and ours.transform(X).dtype == np.float32
+    assert clone(ours).get_params() == ours.get_params()
