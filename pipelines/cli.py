@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ Every command that writes something prints that path as the last line of standar
 
 def _add_extractor_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("extractor")
-    g.add_argument("--model", default="vgg16", help="registered extractor: vgg16, vgg19 (default: vgg16)")
+    g.add_argument("--model", default="vgg16", help="registered extractor: vgg16, vgg19, cae (with --weights cae.keras), "
+                   "keras (with --weights model.keras --layer NAME) (default: vgg16)")
     g.add_argument(
         "--weights",
         default="imagenet",
@@ -31,7 +31,8 @@ def _add_extractor_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--layer", default=None, help="cut the model at this named layer (e.g. block4_pool; default: the last)")
     g.add_argument("--pooling", default="flatten", choices=["flatten", "avg", "max"], help="default: flatten")
-    g.add_argument("--input-size", type=int, default=224, help="square input side in pixels, >= 32 (default: 224)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="square input side in pixels, >= 32 for VGG (default: 224 for vgg16/vgg19; a saved model's own)")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"], help="default: float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights none (default: 0)")
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
     p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
     _add_extractor_args(p)
+    from .cli_augment import add_augment_args
+
+    add_augment_args(p, views=True)
 
     p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures")
     p.add_argument("store")
@@ -90,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
     p.add_argument("--weights", default="imagenet", help="imagenet (falls back to random init offline), a file, or none")
     p.add_argument("--epochs", type=int, default=30, help="MLP epochs (default: 30, with early stopping)")
+
+    for module in _command_modules():
+        module.add_parsers(sub)
     return parser
+
+
+# Subcommands of the seed workflows and the scikit-learn composition live in their own modules; each has
+# `add_parsers(sub)` (setting `func` on its parsers with `set_defaults`) and imports nothing heavy at start-up.
+COMMAND_MODULES = ("pipelines.cli_workflows", "pipelines.cli_augment", "pipelines.cli_compose")
+
+
+def _command_modules():
+    from importlib import import_module
+
+    return [import_module(name) for name in COMMAND_MODULES]
 
 
 def _progress(args, desc):
@@ -107,16 +125,11 @@ def _extractor_from_args(args):
     from extract import get_extractor
 
     weights = "none" if args.weights.lower() == "none" else args.weights
-    return get_extractor(
-        args.model,
-        weights=weights,
-        layer=args.layer,
-        pooling=args.pooling,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        seed=args.seed,
-    )
+    config = dict(weights=weights, layer=args.layer, pooling=args.pooling, batch_size=args.batch_size,
+                  precision=args.precision, seed=args.seed)
+    if args.input_size is not None:  # else the extractor's own default (224 for VGG, a saved model's size)
+        config["input_size"] = args.input_size
+    return get_extractor(args.model, **config)
 
 
 def cmd_extract(args) -> int:
@@ -128,8 +141,10 @@ def cmd_extract(args) -> int:
     index = read_index(args.index, args.images_root)  # validated before any model is built
     extractor = _extractor_from_args(args)
     extractor.validate()
+    from .cli_augment import views_from_args
+
     result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
-                         progress=_progress(args, f"extract {extractor.name}"))
+                         progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args))
     if result.up_to_date:
         print(f"up to date: {result.n_rows} rows already extracted with fingerprint {result.fingerprint[:12]}")
     else:
@@ -239,7 +254,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        func = getattr(args, "func", None) or COMMANDS[args.command]
+        return func(args)
     except _expected_errors() as err:
         message = " ".join(str(err).split())
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
