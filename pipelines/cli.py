@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="store file (default: next to the index, named by model and fingerprint)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
-    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
     _add_extractor_args(p)
     from .cli_augment import add_augment_args
 

@@ -20,7 +20,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
     p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the optimizer's Keras default")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
-    p.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
 
 
 def add_parsers(sub) -> None:

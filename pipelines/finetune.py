@@ -205,8 +205,12 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
     codes = np.array([classes.index(lab) if lab in classes else -1 for lab in frame.labels], np.int32)
-    data = lambda rows, **kw: ImageRows([frame.paths[r] for r in rows], codes[rows], extractor.input_shape[:2],
-                                        batch_size=batch_size, seed=random_state, **kw)
+    paths = frame.paths  # a property that builds the list: read it once
+
+    def data(rows, **kw):
+        return ImageRows([paths[r] for r in rows], codes[rows], extractor.input_shape[:2],
+                         batch_size=batch_size, seed=random_state, **kw)
+
     val_data = data(val)
     before = _accuracy(model, val_data)
     keras.utils.set_random_seed(random_state)

@@ -14,6 +14,8 @@ import numpy as np
 
 from extract import ImageIndex, ImageReadError, read_batch
 
+from .extraction import default_workers
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ class PretrainResult:
 
 
 def image_batches(paths, size: int, targets=None, *, batch_size: int = 32, shuffle: bool = False, seed: int = 0,
-                  channels: int = 1, workers: int = 4):
+                  channels: int = 1, workers: int | None = None):
     """A `keras.utils.PyDataset` decoding `paths` batch by batch with `extract.read_batch`.
 
     Parameters
@@ -102,7 +104,7 @@ def image_batches(paths, size: int, targets=None, *, batch_size: int = 32, shuff
             super().__init__()
             self.order = np.arange(len(paths))
             self.rng = np.random.default_rng(seed)
-            self.decoders = ThreadPoolExecutor(max_workers=workers)
+            self.decoders = ThreadPoolExecutor(max_workers=workers or default_workers())
             if shuffle:
                 self.rng.shuffle(self.order)
 
@@ -161,7 +163,7 @@ def _check_out(out) -> Path:
 
 
 def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *, progress=None,
-                     workers: int = 4) -> PretrainResult:
+                     workers: int | None = None) -> PretrainResult:
     """Train a CAE on every image of `index` (labels ignored) and save it with its plots next to it.
 
     Writes `out` (the model), ``<stem>_loss.png`` and ``reconstructions.png`` (originals above
@@ -240,7 +242,7 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
 
 
 def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *, classes=None, base=None,
-                     feature_layer: str = "features_flatten", progress=None, workers: int = 4) -> PretrainResult:
+                     feature_layer: str = "features_flatten", progress=None, workers: int | None = None) -> PretrainResult:
     """Train the small CNN on the rows of `classes`, from scratch or as a new head on `base`'s frozen features.
 
     Trains on the "train" split (every chosen row when the index has none); reports the accuracy on the "val"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 import features_store
-from extract import ImageIndex, read_batch
+from extract import ImageIndex
 
-from .extraction import check_existing, default_store_path, label_codes, library_versions
+from .extraction import check_existing, decoded_batches, default_store_path, label_codes, library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def run_sweep(
     *,
     store_dir=None,
     cv: int = 5,
-    workers: int = 4,
+    workers: int | None = None,
     random_state: int = 0,
     progress=None,
 ) -> SweepResult:
@@ -103,7 +102,7 @@ def _default_out_dir(index: ImageIndex) -> Path:
     return src.parent / f"{src.name if src.is_dir() else src.stem}.sweep"
 
 
-def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int = 4,
+def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int | None = None,
                    progress=None) -> int:
     """Fill the incomplete layer stores from ONE multi-output forward pass; return the rows computed."""
     todo = [layer for layer in singles if not _complete(stores[layer], index, singles[layer])]
@@ -139,21 +138,16 @@ def _stream_layers(index, multi, writers: dict, dims: list[int], workers: int, p
     plan = features_store.batch_plan(len(paths), multi.batch_size, start)
     bar = progress(total=len(paths), initial=start) if progress else None
     bounds = np.cumsum(dims)[:-1]
-    with ThreadPoolExecutor(max_workers=workers) as decoders, ThreadPoolExecutor(max_workers=1) as ahead:
-        future = ahead.submit(read_batch, paths[plan[0][0]:plan[0][1]], size, decoders) if plan else None
-        for i, (lo, hi) in enumerate(plan):
-            images, ok, errors = future.result()
-            if i + 1 < len(plan):  # decode the next batch while the model runs on this one
-                future = ahead.submit(read_batch, paths[plan[i + 1][0]:plan[i + 1][1]], size, decoders)
-            features = np.full((hi - lo, sum(dims)), np.nan, dtype=np.float32)
-            if ok.any():
-                features[ok] = multi(images[ok])
-            for writer, part in zip(writers.values(), np.split(features, bounds, axis=1)):
-                skip = writer.n_done - lo  # a store resumed further than the others
-                if skip < hi - lo:
-                    writer.write(lo + max(skip, 0), part[max(skip, 0):], ok[max(skip, 0):], errors[max(skip, 0):])
-            if bar is not None:
-                bar.update(hi - lo)
+    for lo, hi, images, ok, errors in decoded_batches(paths, size, plan, workers):
+        features = np.full((hi - lo, sum(dims)), np.nan, dtype=np.float32)
+        if ok.any():
+            features[ok] = multi(images[ok])
+        for writer, part in zip(writers.values(), np.split(features, bounds, axis=1)):
+            skip = writer.n_done - lo  # a store resumed further than the others
+            if skip < hi - lo:
+                writer.write(lo + max(skip, 0), part[max(skip, 0):], ok[max(skip, 0):], errors[max(skip, 0):])
+        if bar is not None:
+            bar.update(hi - lo)
     if bar is not None:
         bar.close()
     return len(paths) - start

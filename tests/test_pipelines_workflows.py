@@ -42,9 +42,9 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
     assert main(["-q", "pretrain-cnn", str(csv_index), "--base", str(base), "--out", str(head), *args]) == 0
     assert last_line(capsys) == str(head) and head.is_file()
 
-    store = tmp_path / "base.h5"
+    store = tmp_path / "base.h5"  # --input-size omitted: the saved model's own (16)
     code = main(["-q", "extract", str(csv_index), "--model", "keras", "--weights", str(base), "--layer",
-                 "features_flatten", "--input-size", "16", "--out", str(store), "--workers", "1"])
+                 "features_flatten", "--out", str(store), "--workers", "1"])
     assert code == 0 and last_line(capsys) == str(store)
     assert features_store.read_info(store).n_features == 6 * 6 * 32
 
@@ -63,7 +63,7 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
                      r"the saved model .*none\.keras does not exist", id="base"),
         pytest.param(["extract", "{index}", "--model", "keras", "--weights", "{tmp}/none.keras"],
                      r"the saved model .*none\.keras does not exist", id="extract-missing"),
-        pytest.param(["extract", "{index}", "--model", "cae", "--weights", "{tmp}/cae.keras"],
+        pytest.param(["extract", "{index}", "--model", "cae", "--weights", "{tmp}/cae.keras", "--input-size", "224"],
                      r"`input_size` must match the input size of the model in .*cae\.keras \(16\) or be omitted\. Received: input_size=224", id="extract-size"),
     ],
 )
