@@ -107,9 +107,9 @@ def fit_mlp_batches(
     estimator : KerasMLPClassifier
         Fitted in place (`classes_`, `n_features_in_`, `model_`, `history_`).
     """
-    from classify.mlp import build_mlp
-
     import keras
+
+    from classify.mlp import build_mlp
 
     hidden = estimator._check_params()
     classes = np.unique(np.asarray(classes))

@@ -7,13 +7,13 @@ import argparse
 
 import numpy as np
 import pandas as pd
+from _digits import EXTRACTOR, digit_images
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from _digits import EXTRACTOR, digit_images
 from pipelines import ImageFeatureExtractor
 
 

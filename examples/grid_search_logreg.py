@@ -5,13 +5,13 @@
 
 import argparse
 
+from _digits import EXTRACTOR, digit_images
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _digits import EXTRACTOR, digit_images
 from pipelines import ImageFeatureExtractor
 
 

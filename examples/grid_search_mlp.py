@@ -5,12 +5,12 @@
 
 import argparse
 
+from _digits import EXTRACTOR, digit_images
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _digits import EXTRACTOR, digit_images
 from classify import KerasMLPClassifier
 from pipelines import ImageFeatureExtractor
 

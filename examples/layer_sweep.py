@@ -7,6 +7,7 @@
 import argparse
 
 from _digits import EXTRACTOR, digit_images
+
 from extract import get_extractor, read_index
 from pipelines.sweep import run_sweep
 

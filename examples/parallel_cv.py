@@ -6,12 +6,12 @@ both share the feature cache file through its lock.
 
 import argparse
 
+from _digits import EXTRACTOR, digit_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _digits import EXTRACTOR, digit_images
 from pipelines import ImageFeatureExtractor
 
 

@@ -9,11 +9,11 @@ import sys
 
 import joblib
 import numpy as np
+from _digits import EXTRACTOR, digit_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _digits import EXTRACTOR, digit_images
 from pipelines import ImageFeatureExtractor
 
 LOAD = "import sys, joblib, numpy as np; np.save(sys.argv[2], joblib.load(sys.argv[1]).predict_proba(sys.argv[3:]))"

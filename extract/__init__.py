@@ -3,8 +3,8 @@
 Importing this package does not import Keras; models are built on first use.
 """
 
-from . import applications  # noqa: F401  (registers vgg16, vgg19)
-from . import autoencoder, saved_model  # noqa: F401  (registers cae, keras)
+# importing these registers their extractors: vgg16, vgg19; cae; keras
+from . import applications, autoencoder, saved_model  # noqa: F401
 from .applications import keras_cache_dir
 from .errors import (
     ExtractError,

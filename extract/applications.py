@@ -85,7 +85,6 @@ class KerasApplicationExtractor(Extractor):
 
     def _build(self):
         import keras
-
         from keras import applications
 
         size = self._config["input_size"]
