@@ -7,7 +7,7 @@ training digits are drawn (stratified) from the train split, with and without K 
 (`extract.augment.row_views`: Keras RandomRotation/RandomZoom/RandomTranslation, seeded per row), and the
 head is scored on the untouched test split.
 
-    python examples/augmentation.py            # the table of docs/experiments_aug.md
+    python examples/augmentation.py            # the table of docs/experiments.md, section 1
     python examples/augmentation.py --quick    # 2 seeds, n in (100, 300), K=2: a smoke run
 """
 
