@@ -17,6 +17,8 @@ typical session:
   featurehead evaluate head/ feats.h5 --out report/
   featurehead predict head/ new.csv --images-root new_imgs/ --out predictions.csv
 Every command that writes something prints that path as the last line of standard output.
+Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr;
+set FEATUREHEAD_DEBUG=1 for the traceback).
 """
 
 
@@ -257,6 +259,8 @@ def main(argv=None) -> int:
         func = getattr(args, "func", None) or COMMANDS[args.command]
         return func(args)
     except _expected_errors() as err:
+        if os.environ.get("FEATUREHEAD_DEBUG"):  # the traceback, for bug reports
+            raise
         message = " ".join(str(err).split())
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
         return 2
