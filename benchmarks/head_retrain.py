@@ -94,6 +94,8 @@ def main(argv=None) -> int:
         "fit_peak_over_x_excluding_reader": round((rss["x_bytes"] + rss["fit_growth"]) / rss["x_bytes"], 2),
         # the same for `featurehead train`, which scales the X it read in place
         "train_peak_rss_over_x": round(rss_train["peak_over_baseline"] / rss_train["x_bytes"], 2),
+        "train_peak_over_x_excluding_reader": round((rss_train["x_bytes"] + rss_train["fit_growth"])
+                                                    / rss_train["x_bytes"], 2),
     }
     for key, value in result.items():
         print(f"{key:>20}: {value}")
