@@ -170,14 +170,18 @@ def cmd_inspect(args) -> int:
 def cmd_train(args) -> int:
     from .heads import run_train
 
-    params = {}
-    if args.C is not None:
-        params["C"] = args.C
-    if args.hidden is not None:
-        params["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(",") if h.strip())
-    for key in ("dropout", "learning_rate", "epochs"):
-        if getattr(args, key) is not None:
-            params[key if args.head != "sgd" or key != "epochs" else "max_iter"] = getattr(args, key)
+    given = {k: getattr(args, k) for k in ("C", "hidden", "dropout", "learning_rate", "epochs")
+             if getattr(args, k) is not None}
+    allowed = {"logreg": {"C"}, "mlp": {"hidden", "dropout", "learning_rate", "epochs"}, "sgd": {"epochs"}}[args.head]
+    for key in sorted(set(given) - allowed):
+        raise ValueError(f"`--{key.replace('_', '-')}` does not apply to --head {args.head}. Received: --head {args.head}")
+    names = {"hidden": "hidden_layer_sizes", "epochs": "max_iter" if args.head == "sgd" else "epochs"}
+    params = {names.get(k, k): v for k, v in given.items()}
+    if "hidden_layer_sizes" in params:
+        try:
+            params["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+        except ValueError:
+            raise ValueError(f"`--hidden` must be comma-separated integers. Received: --hidden {args.hidden}") from None
     result = run_train(args.store, args.out, head=args.head, params=params,
                        validation_fraction=args.validation_fraction, random_state=args.random_state)
     val = result.metrics.get("validation")

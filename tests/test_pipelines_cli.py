@@ -169,3 +169,16 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert "random-init" in text and "NOT pretrained" in text
     assert "logreg head: test accuracy" in text and "mlp head: test accuracy" in text
     assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        pytest.param(["--head", "logreg", "--dropout", "0.2"], "`--dropout` does not apply to --head logreg", id="dropout"),
+        pytest.param(["--head", "mlp", "--C", "2"], "`--C` does not apply to --head mlp", id="C"),
+        pytest.param(["--head", "mlp", "--hidden", "8,x"], "`--hidden` must be comma-separated integers", id="hidden"),
+    ],
+)
+def test_train_refuses_options_of_another_head(store, tmp_path, capsys, argv, match):
+    code, _, err = run(capsys, "train", store, "--out", tmp_path / "h", *argv)
+    assert code == 2 and match in err and not (tmp_path / "h").exists()
