@@ -133,6 +133,7 @@ def fit_mlp_batches(
         kwargs["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=estimator.patience,
                                                              restore_best_weights=True)]
     data = feature_batches(batches, n_batches=n_batches, classes=classes)
-    history = estimator.model_.fit(data, epochs=estimator.epochs, verbose=estimator.verbose, **kwargs)
+    # shuffle=False: the batches are a stream, and Keras's random batch order would re-read it per step
+    history = estimator.model_.fit(data, epochs=estimator.epochs, verbose=estimator.verbose, shuffle=False, **kwargs)
     estimator.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
     return estimator

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class Extractor:
 
     def __getstate__(self):
         # pickles without the Keras model; it is rebuilt lazily after loading
-        return {"_config": self._config, "_model": None, "_weights_sha256": self._weights_sha256}
+        return {"_config": self._config, "_model": None, "_weights_sha256": None}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
@@ -102,14 +103,16 @@ class Extractor:
         path = self.weights_file()
         if path is None:
             return None
-        if self._weights_sha256 is None:
-            try:
-                self._weights_sha256 = file_sha256(path)
-            except FileNotFoundError as err:
-                from .errors import WeightsUnavailableError
+        try:
+            stat = os.stat(path)
+            key = (str(path), stat.st_size, stat.st_mtime_ns)  # a rewritten file is hashed again
+            if self._weights_sha256 is None or self._weights_sha256[0] != key:
+                self._weights_sha256 = (key, file_sha256(path))
+        except FileNotFoundError as err:
+            from .errors import WeightsUnavailableError
 
-                raise WeightsUnavailableError(f"the weights file {path} does not exist") from err
-        return self._weights_sha256
+            raise WeightsUnavailableError(f"the weights file {path} does not exist") from err
+        return self._weights_sha256[1]
 
     # --- the model --------------------------------------------------------------------------------------
     @property

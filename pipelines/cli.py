@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("head")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--split", default=None, help="evaluate only this split (train/val/test)")
+    p.add_argument("--split", default=None,
+                   help="evaluate only this split (train/val/test); default: on the store the head was trained on, "
+                   "its held-out validation rows, else every row")
 
     p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits")
     p.add_argument("--workdir", default="featurehead-demo", help="where images, store and heads go (default: ./featurehead-demo)")
@@ -215,6 +217,7 @@ def cmd_evaluate(args) -> int:
     from .heads import run_evaluate
 
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
+    print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
     print(format_metrics(metrics))
     print(Path(args.out))
     return 0
@@ -251,8 +254,8 @@ def _expected_errors() -> tuple:
     import extract
     import features_store
 
-    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, FileNotFoundError,
-            ValueError)
+    # OSError: unwritable --out, an existing file where a folder is wanted, a full disk...
+    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, OSError, ValueError)
 
 
 def main(argv=None) -> int:

@@ -146,6 +146,12 @@ def check_existing(path: Path, index: ImageIndex, fingerprint: str, views: Augme
     if not path.exists():
         return None
     info = features_store.read_info(path)
+    stored_root = info.attrs.get("images_root")
+    if stored_root is not None and Path(stored_root).resolve() != index.root.resolve():
+        raise features_store.StoreMismatchError(
+            f"{path} holds features of the images under {stored_root}, not {index.root} (the same index, another "
+            "images root); use another --out or delete it"
+        )
     stored_aug = info.attrs.get("augmentation", "none")
     asked_aug = canonical_json(views.to_dict()) if views is not None else "none"
     if stored_aug != asked_aug:

@@ -116,12 +116,18 @@ def _fit_in_memory(estimator, X, y) -> None:
 
 
 def _fit_sgd_out_of_core(estimator, store, meta, rows, n_features, params, slab_bytes=64 << 20):
-    """`partial_fit` over slabs of about `slab_bytes` of train rows; `max_iter` counts the passes."""
+    """`partial_fit` over slabs of about `slab_bytes` of train rows; `max_iter` counts the passes.
+
+    Each pass visits the rows in a new seeded order (each slab read sorted), so a class-sorted store (class
+    folders) never feeds SGD one class at a time.
+    """
     slab = features_store.chunk_rows(n_features, 4, slab_bytes)
+    rng = np.random.default_rng(params.get("random_state", 0))
 
     def batches():
-        for lo in range(0, len(rows), slab):
-            part = rows[lo : lo + slab]
+        order = rng.permutation(rows)
+        for lo in range(0, len(order), slab):
+            part = np.sort(order[lo : lo + slab])
             yield features_store.read_features(store, part), meta.labels[part]
 
     epochs = int(params.get("max_iter", 5))
@@ -133,15 +139,29 @@ def _final_step(estimator):
 
 
 def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
-    """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot."""
+    """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
+
+    Without `split`, on the store the head was trained on, only its held-out validation rows count (never the
+    rows it was fitted on); on any other store, every row.
+    """
     bundle = classify.load_bundle(bundle_path)
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
-    X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
+    trained_on = bundle.manifest.get("trained_on")
+    if split is None and trained_on and Path(trained_on).resolve() == Path(store).resolve():
+        params = bundle.manifest.get("params") or {}
+        meta = features_store.read_meta(store)
+        _, rows = split_rows(meta, validation_fraction=params.get("validation_fraction", 0.2),
+                             random_state=params.get("random_state", 0))
+        X, y, evaluated = features_store.read_features(store, rows), meta.labels[rows], "held-out validation rows"
+    else:
+        X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
+        evaluated = f"split {split!r}" if split else "all rows"
     keep = y != ""
     if not keep.any():
         raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
     metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
+    metrics["evaluated_on"] = evaluated
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -159,7 +159,10 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
 
     import classify
 
-    X, y, _ = features_store.load(store, views=False)
+    meta = features_store.read_meta(store)
+    has_split = np.isin(meta.split, ("train", "val")).any()
+    # never choose a layer on the test images: with a split column, probe on train + val only
+    X, y, _ = features_store.load(store, views=False, split=("train", "val") if has_split else None)
     X, y = X[y != ""], y[y != ""]
     _, counts = np.unique(y, return_counts=True)
     if len(counts) < 2 or counts.min() < 2:

@@ -191,3 +191,22 @@ def test_imagenet_weights_load_when_they_can_be_had():
     except WeightsUnavailableError as err:
         pytest.skip(f"ImageNet weights cannot be had here: {str(err)[:80]}")
     assert e.output_dim == 512
+
+
+def test_fingerprint_follows_a_rewritten_weights_file(tmp_path):
+    import os
+    import pickle
+
+    import keras
+
+    path = tmp_path / "w.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    e = get_extractor("vgg16", weights=str(path), input_size=32)
+    before = e.fingerprint()
+    restored = pickle.loads(pickle.dumps(e))
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.layers[1].set_weights([w + 1 for w in base.layers[1].get_weights()])
+    base.save_weights(path)
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse clocks
+    assert e.fingerprint() != before
+    assert restored.fingerprint() == e.fingerprint()

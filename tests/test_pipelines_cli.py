@@ -125,6 +125,8 @@ def test_train_evaluate_predict(store, csv_index, tmp_path, capsys, head, extra)
     assert code == 0 and lines[-1] == str(report)
     metrics = json.loads((report / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "confusion_matrix", "per_class"} <= set(metrics)
+    # the store the head was trained on: only its held-out rows (2 of 8), never the rows it was fitted on
+    assert lines[0] == "evaluated on held-out validation rows (2 images)" and metrics["n_samples"] == 2
     assert (report / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
     (csv_index.parent / "b" / "bad.png").write_bytes(b"")

@@ -137,3 +137,26 @@ def test_train_sgd_head_out_of_core_from_the_cli(store, tmp_path, capsys):
     bundle = load_bundle(tmp_path / "sgd")
     X, _, _ = features_store.load(store)
     assert bundle.predict_proba(X).shape == (len(X), 2)
+
+
+def test_sgd_out_of_core_mixes_classes_of_a_class_sorted_store(tmp_path):
+    import classify
+    from pipelines.heads import _fit_sgd_out_of_core
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 8
+    labels = np.repeat([0, 1], n // 2)  # sorted by class, as class folders give
+    X = rng.normal(size=(n, d)).astype(np.float32) + labels[:, None] * 1.5
+    path = tmp_path / "sorted.h5"
+    with features_store.StoreWriter.open(path, fingerprint="f" * 64, extractor={"name": "t"}, index_sha256="i" * 64,
+                                         n_features=d, ids=[f"{i}.png" for i in range(n)], labels=labels,
+                                         classes=["a", "b"], split=[""] * n) as w:
+        w.write(0, X, np.ones(n, bool))
+        w.finish()
+    meta = features_store.read_meta(path)
+    scores = [
+        _fit_sgd_out_of_core(classify.make_head("sgd", random_state=seed), path, meta, np.arange(n), d,
+                             {"max_iter": 1, "random_state": seed}, slab_bytes=4 * d * 20).score(X, meta.labels)
+        for seed in range(3)
+    ]  # one pass in 20-row slabs: class-ordered slabs leave SGD biased to the last class (mean 0.86 measured)
+    assert np.mean(scores) > 0.93

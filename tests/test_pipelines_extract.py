@@ -114,17 +114,21 @@ def _many_images(tmp_path, n):
 
 
 def test_resume_after_sigkill_equals_a_clean_run(tmp_path):
-    csv = _many_images(tmp_path, 60)
+    csv = _many_images(tmp_path, 120)
     out = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "pipelines.cli", "-q", "extract", str(csv), "--weights", "none",
            "--input-size", "32", "--batch-size", "2", "--workers", "1", "--out", str(out)]
     env = dict(os.environ)
-    kills = 0
-    for delay in (0.0, 0.4, 1.1):  # after the store appears: at once, and mid-run
+    kills, partial = 0, []
+    for delay in (0.0, 0.5, 0.3, 0.8, 0.2, 1.0):  # after this run starts writing: at once, then mid-run
+        before = out.stat().st_mtime_ns if out.exists() else None
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # wait until this run writes (the store appears, or a resumed store changes), then a little longer
+        while proc.poll() is None and time.monotonic() < deadline and (
+            not out.exists() or out.stat().st_mtime_ns == before
+        ):
+            time.sleep(0.01)
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -134,10 +138,25 @@ def test_resume_after_sigkill_equals_a_clean_run(tmp_path):
             pass
         info = features_store.read_info(out)
         assert info.n_done <= info.n_rows
-    assert kills >= 1
+        if 0 < info.n_done < info.n_rows:
+            partial.append(info.n_done)
+        if info.complete or (kills >= 2 and partial):
+            break
+    assert kills >= 1 and partial, "no kill landed mid-run: the resume from a partial store was not exercised"
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     clean = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "clean.h5")
     a, b = features_store.read_meta(out), features_store.read_meta(clean.store)
     assert a.ids.tolist() == b.ids.tolist() and a.ok.all() and b.ok.all()
     np.testing.assert_allclose(features_store.read_features(out), features_store.read_features(clean.store),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_same_index_with_another_images_root_is_refused(csv_index, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy"
+    shutil.copytree(csv_index.parent, other)
+    out = tmp_path / "s.h5"
+    run_extract(read_index(csv_index), small_vgg(), out)
+    with pytest.raises(features_store.StoreMismatchError, match="another images root"):
+        run_extract(read_index(csv_index, images_root=other), small_vgg(), out)
