@@ -100,7 +100,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> KerasMLPClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> KerasMLPClassifier:
         """Build the network for ``X.shape[1]`` features and the classes of `y`, and train it.
 
         Parameters
@@ -111,6 +111,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             Class labels (strings or integers).
         sample_weight : array-like of shape (n_samples,), default=None
             Per-sample weights.
+        groups : array-like of shape (n_samples,), default=None
+            Rows of one group (an image and its augmented views) stay on the same side of the early-stopping
+            split, so the validation loss never sees a view of a training image.
 
         Returns
         -------
@@ -145,7 +148,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             batch_size=self.batch_size,
             epochs=self.epochs,
             verbose=self.verbose,
-            **self._fit_data(keras, X, codes, weights, seed),
+            **self._fit_data(keras, X, codes, weights, seed, groups),
         )
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
         return self
@@ -276,15 +279,14 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             return int(self.random_state)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None):
+    def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None,
+                  groups: Any = None):
         """The data keyword arguments of ``model.fit``: with a held-out split and EarlyStopping when possible."""
         plain = {"x": X, "y": codes, "sample_weight": weights}
         if not self.early_stopping:
             return plain
         try:
-            train, val = train_test_split(
-                np.arange(len(codes)), test_size=self.validation_fraction, stratify=codes, random_state=seed
-            )
+            train, val = _holdout(codes, groups, self.validation_fraction, seed)
         except ValueError as err:
             logger.warning("early stopping disabled: cannot hold out a stratified validation split (%s)", err)
             return plain
@@ -298,6 +300,19 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             "validation_data": (X[val], codes[val], weights[val]),
             "callbacks": [stop],
         }
+
+
+def _holdout(codes: np.ndarray, groups: Any, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of a stratified hold-out; with `groups`, whole groups go to one side."""
+    if groups is None:
+        return train_test_split(np.arange(len(codes)), test_size=fraction, stratify=codes, random_state=seed)
+    groups = np.asarray(groups)
+    if groups.shape != codes.shape:
+        raise ValueError(f"`groups` must have shape ({len(codes)},). Received: groups.shape={groups.shape}")
+    names, first = np.unique(groups, return_index=True)
+    _, held = train_test_split(names, test_size=fraction, stratify=codes[first], random_state=seed)
+    val = np.isin(groups, held)
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int], dropout: float):

@@ -80,7 +80,9 @@ def run_train(
     if head == "sgd":  # out of core: one slab of the store in memory at a time
         estimator = _fit_sgd_out_of_core(estimator, store, meta, train_rows, info.n_features, params)
     else:
-        _fit_in_memory(estimator, features_store.read_features(store, train_rows), meta.labels[train_rows])
+        groups = meta.source[train_rows] if head == "mlp" and (meta.view[train_rows] > 0).any() else None
+        _fit_in_memory(estimator, features_store.read_features(store, train_rows), meta.labels[train_rows],
+                       groups)
     fit_seconds = time.perf_counter() - t0
     metrics = {"fit_seconds": round(fit_seconds, 3), "n_train": int(len(train_rows))}
     if len(val_rows):
@@ -104,13 +106,17 @@ def run_train(
     return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds)
 
 
-def _fit_in_memory(estimator, X, y) -> None:
-    """Fit on an X read for this fit alone: its scaler may scale it in place (no second copy of X)."""
+def _fit_in_memory(estimator, X, y, groups=None) -> None:
+    """Fit on an X read for this fit alone: its scaler may scale it in place (no second copy of X).
+
+    `groups` (the source row of each augmented view) keeps an image and its views on one side of the MLP's
+    early-stopping split.
+    """
     first = estimator.steps[0][1] if hasattr(estimator, "steps") else None
     in_place = hasattr(first, "copy")
     if in_place:
         first.set_params(copy=False)
-    estimator.fit(X, y)
+    estimator.fit(X, y, **({} if groups is None else {f"{estimator.steps[-1][0]}__groups": groups}))
     if in_place:
         first.set_params(copy=True)  # the saved head must not scale its callers' arrays in place
 

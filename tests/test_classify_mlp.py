@@ -173,3 +173,15 @@ def test_float32_is_kept_without_a_float64_copy(fitted):
     finally:
         tracemalloc.stop()
     assert peak < 1.5 * X.nbytes  # a float64 copy alone would be 2 * X.nbytes
+
+
+def test_groups_keep_views_on_one_side_of_the_early_stopping_split():
+    from classify.mlp import _holdout
+
+    codes = np.repeat([0, 1], 30)
+    groups = np.repeat(np.arange(12), 5)  # 12 images, each with 4 views: 5 rows per group
+    train, val = _holdout(codes, groups, 0.25, seed=0)
+    assert set(groups[train]).isdisjoint(groups[val])
+    assert len(train) + len(val) == 60 and len(val) % 5 == 0 and len(set(codes[val])) == 2
+    with pytest.raises(ValueError, match=r"`groups` must have shape \(60,\)"):
+        _holdout(codes, groups[:10], 0.25, seed=0)

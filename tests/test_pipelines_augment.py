@@ -53,6 +53,10 @@ def test_no_view_of_a_training_image_is_validated_on(csv_index, tmp_path):
     assert (meta.view[train] > 0).sum() == 2 * 6
     trained = run_train(result.store, tmp_path / "head")
     assert trained.n_train == 6 * 3 and trained.n_val == 2
+    # the MLP's own early-stopping hold-out keeps each image with its views (groups = source rows)
+    mlp = run_train(result.store, tmp_path / "head-mlp", head="mlp",
+                    params={"epochs": 2, "hidden_layer_sizes": (8,), "validation_fraction": 0.34})
+    assert mlp.n_train == 6 * 3
 
 
 def test_assign_split_is_seeded_and_stratified():
