@@ -34,7 +34,7 @@ def views_from_args(args):
     """The extract command's AugmentedViews, or None without --augment."""
     if not args.augment:
         return None
-    from .extraction import AugmentedViews
+    from .views import AugmentedViews
 
     return AugmentedViews(args.augment, augmentation_from_args(args), seed=args.augment_seed,
                           validation_fraction=args.validation_fraction)
@@ -90,7 +90,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_augment_preview(args) -> int:
-    from .extraction import run_augment_preview
+    from .views import run_augment_preview
 
     out = run_augment_preview(args.index, args.out, augmentation_from_args(args), images_root=args.images_root,
                               n_images=args.n_images, k=args.views, size=args.size, seed=args.seed)

@@ -1,0 +1,120 @@
+"""Augmented views in the store: which rows get views, where they go, and the views' identity.
+
+Only training rows get views; views of row r are drawn from a seed of (seed, r), so a resumed run writes the
+same views. `pipelines.extraction` streams them; this module plans and draws them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from extract import ImageIndex, ImageReadError, canonical_json, read_batch
+from extract.augment import Augmentation, grid_image, row_views
+
+
+@dataclass(frozen=True)
+class AugmentedViews:
+    """`k` augmented views of every training row, stored after the originals (see `extract.augment.view_layout`).
+
+    Only rows whose split is "train" get views. When the index has no split column at all, a seeded stratified
+    train/val split of the labelled rows (`validation_fraction`, `seed`) is assigned and stored instead.
+    Views of row r are drawn from `view_seed(seed, r)`, so a resumed run writes identical views.
+    """
+
+    k: int
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+    validation_fraction: float = 0.2
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "augmentation": self.augmentation.to_dict(), "seed": self.seed,
+                "validation_fraction": self.validation_fraction}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> AugmentedViews:
+        return cls(**{**config, "augmentation": Augmentation.from_dict(config["augmentation"])})
+
+    def validate(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"`k` (--augment) must be a positive integer. Received: k={self.k!r}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"`validation_fraction` must be in (0, 1). Received: validation_fraction={self.validation_fraction!r}"
+            )
+        self.augmentation.validate()
+
+
+def store_identity(index: ImageIndex, views: AugmentedViews | None) -> str:
+    """The store's `index_sha256`: the index's own hash, combined with the augmentation when there is one."""
+    if views is None:
+        return index.sha256()
+    return hashlib.sha256((index.sha256() + canonical_json(views.to_dict())).encode()).hexdigest()
+
+
+def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int = 0) -> list[str]:
+    """A seeded, stratified "train"/"val" split of the labelled rows; unlabelled rows get "" (pure).
+
+    Stratified when every class has at least 2 rows, else plain random.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels, dtype=str)
+    labelled = np.flatnonzero(labels != "")
+    if len(labelled) < 2:
+        raise ValueError(f"`--augment` needs at least 2 labelled rows to split. Received: {len(labelled)}")
+    counts = np.unique(labels[labelled], return_counts=True)[1]
+    stratify = labels[labelled] if counts.min() >= 2 else None
+    n_val = max(1, int(round(validation_fraction * len(labelled))), len(counts) if stratify is not None else 1)
+    n_val = min(n_val, len(labelled) - 1)
+    _, val = train_test_split(labelled, test_size=n_val, stratify=stratify, random_state=random_state)
+    split = np.where(labels != "", "train", "").astype(object)
+    split[val] = "val"
+    return split.tolist()
+
+
+def training_split(index: ImageIndex, views: AugmentedViews) -> list[str]:
+    """The split column of an augmented store: the index's, or an assigned one when the index has none."""
+    split = index.split
+    if not any(split):
+        return assign_split(index.labels, validation_fraction=views.validation_fraction, random_state=views.seed)
+    if "train" not in split:
+        raise ValueError(
+            "`--augment` augments only rows whose split is 'train', and the index's `split` column has none. "
+            f"Received: splits {sorted(set(split))}"
+        )
+    return split
+
+
+def apply_views(images: np.ndarray, ok: np.ndarray, source: np.ndarray, view: np.ndarray, views: AugmentedViews):
+    """Replace the decoded originals of the view rows of one batch by their augmented views."""
+    out = images.copy()
+    for r in np.unique(source[(view > 0) & ok]):
+        rows = np.flatnonzero((source == r) & (view > 0))
+        every = row_views(images[rows[0]], views.augmentation, views.k, seed=views.seed, row=int(r))
+        out[rows] = every[view[rows] - 1]
+    return out
+
+
+def run_augment_preview(index_source, out, augmentation: Augmentation, *, images_root=None, n_images: int = 4,
+                        k: int = 4, size: int = 96, seed: int = 0) -> Path:
+    """Write a PNG grid: one row per image (the first `n_images` of the index), the original then `k` views."""
+    from PIL import Image
+
+    from extract import read_index
+
+    augmentation.validate()
+    index = read_index(index_source, images_root)
+    rows = list(range(min(n_images, len(index))))
+    images, ok, errors = read_batch([index.paths[r] for r in rows], size)
+    if not ok.any():
+        raise ImageReadError(f"none of the first {len(rows)} images could be read: {errors[0]}")
+    grid = [np.concatenate([images[r][None], row_views(images[r], augmentation, k, seed=seed, row=r)])
+            for r in rows if ok[r]]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid_image(grid)).save(out)
+    return out
