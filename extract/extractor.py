@@ -105,7 +105,7 @@ class Extractor:
             return None
         try:
             stat = os.stat(path)
-            key = (str(path), stat.st_size, stat.st_mtime_ns)  # a rewritten file is hashed again
+            key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)  # rewritten: hash again
             if self._weights_sha256 is None or self._weights_sha256[0] != key:
                 self._weights_sha256 = (key, file_sha256(path))
         except FileNotFoundError as err:
