@@ -129,11 +129,17 @@ class KerasApplicationExtractor(Extractor):
         except Exception as err:  # Keras raises a bare Exception on a failed download
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cached}) and could not be "
-                f"downloaded ({str(err).splitlines()[-1][:160]}); copy {self.weights_file_name} into {cached.parent}, "
+                f"downloaded ({_short_reason(err)}); copy {self.weights_file_name} into {cached.parent}, "
                 f"or use --weights PATH (a local .h5/.weights.h5 file) or --weights none (random init, not pretrained)"
             ) from err
         finally:
             socket.setdefaulttimeout(previous)
+
+
+def _short_reason(err: Exception) -> str:
+    """The useful tail of Keras's download error ("URL fetch failure on URL: None -- [Errno -2] ...")."""
+    text = str(err).splitlines()[-1] if str(err) else type(err).__name__
+    return text.rsplit(" -- ", 1)[-1][:160]
 
 
 @register_extractor("vgg16")
