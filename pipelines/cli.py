@@ -198,17 +198,13 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .heads import run_predict
 
-    out = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
-                      progress=_progress(args, "extract"))
-    import pandas as pd
-
-    frame = pd.read_csv(out, keep_default_na=False)
-    failed = int((~frame["ok"].astype(bool)).sum())
-    print(f"predicted {len(frame) - failed} of {len(frame)} rows")
-    if failed:
-        print(f"{failed} rows failed; they are marked ok=False in {out}")
-    print(out)
-    return 1 if failed else 0
+    result = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
+                         progress=_progress(args, "extract"))
+    print(f"predicted {result.n_rows - result.n_failed} of {result.n_rows} rows")
+    if result.n_failed:
+        print(f"{result.n_failed} rows failed; they are marked ok=False in {result.csv}")
+    print(result.csv)
+    return 1 if result.n_failed else 0
 
 
 def cmd_evaluate(args) -> int:

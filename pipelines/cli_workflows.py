@@ -59,7 +59,7 @@ def cmd_pretrain_cae(args) -> int:
     print(f"trained a CAE on {result.n_train} images for {config.epochs} epochs; final loss {result.history['loss'][-1]:.4f}")
     print(f"loss curve: {result.loss_plot}")
     print(f"reconstructions: {result.reconstructions}")
-    print(f"use it: featurehead extract INDEX --model cae --weights {result.model} --input-size {config.input_size}")
+    print(f"use it: featurehead extract INDEX --model cae --weights {result.model}")
     print(result.model)
     return 0
 
@@ -84,7 +84,6 @@ def cmd_pretrain_cnn(args) -> int:
         print(f"{split} accuracy: {acc:.4f}")
     print(f"loss curve: {result.loss_plot}")
     if not args.base:
-        print(f"use it: featurehead extract INDEX --model keras --weights {result.model} --layer features_flatten "
-              f"--input-size {config.input_size}")
+        print(f"use it: featurehead extract INDEX --model keras --weights {result.model} --layer features_flatten")
     print(result.model)
     return 0

@@ -175,7 +175,14 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     return metrics
 
 
-def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> Path:
+@dataclass(frozen=True)
+class PredictResult:
+    csv: Path
+    n_rows: int
+    n_failed: int
+
+
+def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> PredictResult:
     """Predict every row of an index with a bundle, extracting with exactly the bundle's extractor.
 
     A store of the same extractor and index is reused (cache first). Failed rows are kept, marked `ok=False`.
@@ -197,7 +204,7 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False, float_format="%.6g")
-    return out_csv
+    return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
 
 
 def load_any_bundle(bundle_path):
