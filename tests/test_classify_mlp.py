@@ -185,3 +185,22 @@ def test_groups_keep_views_on_one_side_of_the_early_stopping_split():
     assert len(train) + len(val) == 60 and len(val) % 5 == 0 and len(set(codes[val])) == 2
     with pytest.raises(ValueError, match=r"`groups` must have shape \(60,\)"):
         _holdout(codes, groups[:10], 0.25, seed=0)
+
+
+def test_predictions_do_not_depend_on_row_order(data, fitted):
+    # The rows run through the network in one canonical order, so a permutation gives the same bits.
+    X, _ = data
+    proba = fitted.predict_proba(X)
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(X))
+        np.testing.assert_array_equal(fitted.predict_proba(X[order]), proba[order])
+
+
+def test_predictions_hold_across_batch_compositions_at_float32_tolerance(data, fitted):
+    # Another batch composition may move the last float32 bits, never more than float32 round-off.
+    X, _ = data
+    proba = fitted.predict_proba(X)
+    one_by_one = np.concatenate([fitted.predict_proba(X[i : i + 1]) for i in range(0, len(X), 7)])
+    np.testing.assert_allclose(one_by_one, proba[::7], rtol=1e-5, atol=1e-7)
+    halves = np.concatenate([fitted.predict_proba(X[:50]), fitted.predict_proba(X[50:])])
+    np.testing.assert_allclose(halves, proba, rtol=1e-5, atol=1e-7)
