@@ -1,4 +1,8 @@
-"""The HDF5 feature store: one resumable, fingerprinted file of features per index and extractor."""
+"""The HDF5 feature store (schema 2): a directory of content-keyed, immutable shards behind an atomic manifest,
+and a view file, `features.h5`, that lists the current index's rows.
+
+`features_store` knows nothing of images or models: writers give it keys and arrays.
+"""
 
 from features_store.errors import (
     FeatureStoreError,
@@ -7,16 +11,32 @@ from features_store.errors import (
     StoreLockedError,
     StoreMismatchError,
     StoreNotFoundError,
+    StoreVersionError,
+    StoreWriteError,
 )
+from features_store.export import export
 from features_store.loader import iter_batches, load
+from features_store.manifest import Manifest, ShardRecord, read_manifest
 from features_store.plan import batch_plan, chunk_rows, default_store_name
-from features_store.reader import StoreInfo, StoreMeta, read_errors, read_features, read_info, read_meta
+from features_store.reader import (
+    StoreInfo,
+    StoreMeta,
+    read_errors,
+    read_features,
+    read_file_keys,
+    read_info,
+    read_meta,
+)
 from features_store.schema import SCHEMA_VERSION
-from features_store.writer import StoreWriter
+from features_store.shard import ShardWriter, shard_name
+from features_store.store import StoreSession, default_shard_rows, plan_shards
 
 __all__ = [
     "SCHEMA_VERSION",
     "FeatureStoreError",
+    "Manifest",
+    "ShardRecord",
+    "ShardWriter",
     "StoreDamagedError",
     "StoreIncompleteError",
     "StoreInfo",
@@ -24,14 +44,22 @@ __all__ = [
     "StoreMeta",
     "StoreMismatchError",
     "StoreNotFoundError",
-    "StoreWriter",
+    "StoreSession",
+    "StoreVersionError",
+    "StoreWriteError",
     "batch_plan",
     "chunk_rows",
+    "default_shard_rows",
     "default_store_name",
+    "export",
     "iter_batches",
     "load",
+    "plan_shards",
     "read_errors",
     "read_features",
+    "read_file_keys",
     "read_info",
+    "read_manifest",
     "read_meta",
+    "shard_name",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 from features_store import schema
 from features_store.errors import StoreMismatchError
 from features_store.plan import chunk_rows
-from features_store.reader import take_rows
+from features_store.view import take_rows
 
 logger = logging.getLogger(__name__)
 

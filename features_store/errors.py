@@ -23,3 +23,11 @@ class StoreDamagedError(FeatureStoreError, OSError):
 
 class StoreLockedError(FeatureStoreError, BlockingIOError):
     """Another process holds the store open for writing (or reading, when we want to write)."""
+
+
+class StoreWriteError(FeatureStoreError, OSError):
+    """Writing the store failed (full disk, quota, I/O error, read-only folder); nothing unwritten is claimed."""
+
+
+class StoreVersionError(FeatureStoreError, ValueError):
+    """The path holds a store of another schema version (a v1 single-file store)."""

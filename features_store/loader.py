@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from features_store import schema
-from features_store.reader import StoreMeta, info_of, meta_of, open_store, take_rows, visible_rows
+from features_store.reader import StoreMeta, open_view
 
 
 def _selected(meta: StoreMeta, split: str | Sequence[str] | None, ok_only: bool, views: bool) -> np.ndarray:
@@ -25,7 +25,7 @@ def _selected(meta: StoreMeta, split: str | Sequence[str] | None, ok_only: bool,
 
 
 def load(
-    path: str | os.PathLike,
+    store: str | os.PathLike,
     *,
     split: str | Sequence[str] | None = None,
     ok_only: bool = True,
@@ -37,8 +37,8 @@ def load(
 
     Parameters
     ----------
-    path : str or path-like
-        The store file.
+    store : str or path-like
+        The store directory.
     split : str or sequence of str, default=None
         Keep rows of these split values ("train", "val", "test", ""); None keeps all.
     ok_only : bool, default=True
@@ -48,7 +48,7 @@ def load(
     fingerprint : str, default=None
         When given, refuse a store written by another extractor.
     allow_incomplete : bool, default=False
-        Read a partial store, whose visible rows are `[0, n_done)`.
+        Read a partial store, whose visible rows are its done rows.
 
     Returns
     -------
@@ -57,15 +57,15 @@ def load(
         Class names; "" for unlabelled rows.
     ids : ndarray of shape (n_samples,), dtype str
     """
-    with open_store(path) as f:
-        n = visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=allow_incomplete)
-        meta = meta_of(f, n)
-        rows = _selected(meta, split, ok_only, views)
-        return take_rows(f["features"], rows), meta.labels[rows], meta.ids[rows]
+    view = open_view(store)
+    visible = view.visible(fingerprint=fingerprint, allow_incomplete=allow_incomplete)
+    meta = view.meta(visible)
+    rows = _selected(meta, split, ok_only, views)
+    return view.features(visible[rows]), meta.labels[rows], meta.ids[rows]
 
 
 def iter_batches(
-    path: str | os.PathLike,
+    store: str | os.PathLike,
     batch_size: int,
     *,
     split: str | Sequence[str] | None = None,
@@ -73,12 +73,12 @@ def iter_batches(
     views: bool = True,
     fingerprint: str | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Stream the selected rows as `(X, y, ids)` batches, in row order, one slab read at a time.
+    """Stream the selected rows as `(X, y, ids)` batches, in row order, one batch read at a time.
 
     Parameters
     ----------
-    path : str or path-like
-        A complete store file.
+    store : str or path-like
+        A complete store directory.
     batch_size : int
         Rows per batch; the last batch may be shorter.
     split, ok_only, views, fingerprint
@@ -92,18 +92,16 @@ def iter_batches(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    with open_store(path) as f:  # fail here, not at the first `next()`
-        visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=False)
+    view = open_view(store)  # fail here, not at the first `next()`
+    visible = view.visible(fingerprint=fingerprint, allow_incomplete=False)
     if split is not None:
         schema.check_split([split] if isinstance(split, str) else list(split))
-    return _batches(path, batch_size, split, ok_only, views, fingerprint)
+    meta = view.meta(visible)
+    rows = _selected(meta, split, ok_only, views)
+    return _batches(view, visible, meta, rows, batch_size)
 
 
-def _batches(path, batch_size, split, ok_only, views, fingerprint):
-    with open_store(path) as f:
-        n = visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=False)
-        meta = meta_of(f, n)
-        rows = _selected(meta, split, ok_only, views)
-        for lo in range(0, len(rows), batch_size):
-            batch = rows[lo:lo + batch_size]
-            yield take_rows(f["features"], batch), meta.labels[batch], meta.ids[batch]
+def _batches(view, visible, meta, rows, batch_size):
+    for lo in range(0, len(rows), batch_size):
+        batch = rows[lo : lo + batch_size]
+        yield view.features(visible[batch]), meta.labels[batch], meta.ids[batch]

@@ -63,7 +63,7 @@ def batch_plan(n_rows: int, batch_size: int, start: int = 0) -> list[tuple[int, 
 
 
 def default_store_name(stem: str, model_name: str, fingerprint: str) -> str:
-    """File name of the store for an index `stem` and an extractor.
+    """Directory name of the store for an index `stem` and an extractor.
 
     Parameters
     ----------
@@ -77,9 +77,9 @@ def default_store_name(stem: str, model_name: str, fingerprint: str) -> str:
     Returns
     -------
     str
-        ``f"{stem}.{model_name}-{fingerprint[:10]}.h5"``.
+        ``f"{stem}.{model_name}-{fingerprint[:10]}"`` (a store is a directory).
     """
-    return f"{stem}.{model_name}-{fingerprint[:10]}.h5"
+    return f"{stem}.{model_name}-{fingerprint[:10]}"
 
 
 def mismatches(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:

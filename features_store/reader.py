@@ -1,41 +1,38 @@
 """Reading a store: its summary (`read_info`), its per-row columns (`read_meta`), features and failures.
 
-Every function opens the file in a `with` block and returns plain values, never live h5py objects.
+Readers open the view file and read features from the shards directly (never through the virtual dataset). They
+refuse, with one line, a view whose shards are missing or incomplete. Every function returns plain values.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 from features_store import schema
-from features_store.errors import (
-    StoreDamagedError,
-    StoreIncompleteError,
-    StoreLockedError,
-    StoreMismatchError,
-    StoreNotFoundError,
-)
+from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
+from features_store.manifest import Manifest, check_store_path, read_manifest
+from features_store.shard import read_shard, shard_path, shard_versions
+from features_store.view import stored_labels, take_rows, view_columns
 
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """Summary of a store: its attributes and shapes, as plain values."""
+    """Summary of a store: its attributes and counts, as plain values."""
 
     path: str
     schema_version: int
     fingerprint: str
     extractor: dict
     index_sha256: str
-    n_rows: int
+    n_rows: int  # rows in the view
     n_features: int
-    n_done: int
+    n_done: int  # view rows whose features are stored (or whose image failed)
     n_failed: int
     complete: bool
     classes: tuple[str, ...]
@@ -43,8 +40,11 @@ class StoreInfo:
     versions: dict
     attrs: dict
     dtype: str
-    chunks: tuple
     split_counts: dict[str, int]
+    stored_rows: int  # every feature row held in shards, garbage included
+    garbage_rows: int  # stored rows that the view does not reference
+    shards: tuple[dict, ...]  # file, rows, failed, versions of each committed shard
+    features_layout: str
 
 
 @dataclass(frozen=True)
@@ -62,75 +62,124 @@ class StoreMeta:
     errors: np.ndarray
 
 
-@contextmanager
-def open_store(path: str | os.PathLike, mode: str = "r") -> Iterator[h5py.File]:
-    """Open `path` as a featurehead store, mapping failures to the store's errors."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise StoreNotFoundError(f"No feature store at {path}; run the extraction to create it.")
-    try:
-        f = h5py.File(path, mode)
-    except OSError as err:
-        if isinstance(err, BlockingIOError):
-            raise locked_error(path) from err
-        raise StoreDamagedError(
-            f"{path} cannot be opened as an HDF5 file ({err}); delete {path} and re-run the extraction."
-        ) from err
-    with f:
-        missing = [n for n in schema.DATASETS if n not in f] + [a for a in schema.ATTRS if a not in f.attrs]
-        if missing:
-            raise StoreDamagedError(
-                f"{path} is not a featurehead store (missing {missing[0]!r}); delete {path} or use another path."
-            )
-        yield f
-
-
-def locked_error(path: str) -> StoreLockedError:
-    """The error for a store that another process holds open."""
-    return StoreLockedError(
-        f"{path} is open in another process (an extraction still writing it?); wait for it to finish, "
-        "or stop it and re-run to resume."
-    )
-
-
 def _str(value: object) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def info_of(f: h5py.File) -> StoreInfo:
-    """Build the `StoreInfo` of an open store."""
-    a, features = f.attrs, f["features"]
-    split = f["split"].asstr()[:]
-    names, counts = np.unique(split, return_counts=True) if len(split) else ([], [])
-    return StoreInfo(
-        path=f.filename,
-        schema_version=int(a["schema_version"]),
-        fingerprint=_str(a["fingerprint"]),
-        extractor=json.loads(_str(a["extractor"])),
-        index_sha256=_str(a["index_sha256"]),
-        n_rows=int(features.shape[0]),
-        n_features=int(features.shape[1]),
-        n_done=int(a["n_done"]),
-        # The `ok` column is the truth; the attribute mirrors it for h5dump readers.
-        n_failed=int(np.count_nonzero(~f["ok"][: int(a["n_done"])].astype(bool))),
-        complete=bool(a["complete"]),
-        classes=tuple(f["classes"].asstr()[:].tolist()),
-        created=_str(a["created"]),
-        versions=json.loads(_str(a["versions"])),
-        attrs={k: _str(v) for k, v in a.items() if k not in schema.ATTRS},
-        dtype=str(features.dtype),
-        chunks=tuple(features.chunks or ()),
-        split_counts={str(n): int(c) for n, c in zip(names, counts)},
-    )
+class _View:
+    """The view file's columns and the shards it references, checked."""
+
+    def __init__(self, store: str | os.PathLike):
+        self.store = check_store_path(store)
+        self.manifest: Manifest | None = read_manifest(self.store)
+        path = os.path.join(self.store, schema.VIEW_FILE)
+        if self.manifest is None or not os.path.exists(path):
+            raise StoreNotFoundError(
+                f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."
+            )
+        try:
+            self.cols = view_columns(path)
+        except (OSError, KeyError) as err:
+            raise StoreDamagedError(
+                f"{path} is not a readable store view ({err}); re-run the extraction to rewrite it."
+            ) from err
+        self.attrs = self.cols["attrs"]
+        # a keyed row without a location is still to extract (failed images are stored rows, with ok=False)
+        self.pending = (self.cols["shard"] < 0) & (self.cols["keys"] != "")
+
+    def check_shards(self) -> None:
+        """Refuse a view that references a missing or incomplete shard (a virtual dataset would read NaN)."""
+        files = self.cols["shard_files"]
+        for s in np.unique(self.cols["shard"][self.cols["shard"] >= 0]):
+            path = shard_path(self.store, files[s])
+            if not os.path.exists(path):
+                raise StoreDamagedError(f"{self.store}: the shard {files[s]} that the view uses is missing; "
+                                        "re-run the extraction to rebuild it.")
+            try:
+                with h5py.File(path, "r") as f:
+                    complete = bool(f.attrs.get("complete", False))
+            except OSError as err:
+                raise StoreDamagedError(f"{self.store}: the shard {files[s]} cannot be read ({err}); "
+                                        "re-run the extraction to rebuild it.") from err
+            if not complete:
+                raise StoreDamagedError(f"{self.store}: the shard {files[s]} that the view uses is incomplete; "
+                                        "re-run the extraction to finish it.")
+
+    def visible(self, *, fingerprint: str | None, allow_incomplete: bool) -> np.ndarray:
+        """The rows that may be read: all of a complete view; its done rows when a partial one is allowed."""
+        if fingerprint is not None and fingerprint != self.manifest.fingerprint:
+            raise StoreMismatchError(
+                f"{self.store} holds features of fingerprint {self.manifest.fingerprint[:12]}, not {fingerprint[:12]}: "
+                "the features come from another extractor. Re-extract with this extractor or pick the right store."
+            )
+        n_pending = int(np.count_nonzero(self.pending))
+        if n_pending and not allow_incomplete:
+            raise StoreIncompleteError(
+                f"{self.store} is incomplete ({len(self.pending) - n_pending} of {len(self.pending)} rows); "
+                "re-run the extraction to resume it."
+            )
+        self.check_shards()
+        return np.flatnonzero(~self.pending)
+
+    def meta(self, rows: np.ndarray) -> StoreMeta:
+        c = self.cols
+        return StoreMeta(ids=c["ids"][rows], labels=stored_labels(c["labels"][rows], c["classes"]),
+                         codes=c["labels"][rows], classes=c["classes"], split=c["split"][rows], view=c["view"][rows],
+                         source=c["source"][rows], ok=c["ok"][rows], errors=c["errors"][rows])
+
+    def features(self, rows: np.ndarray) -> np.ndarray:
+        """Features of view rows `rows` (any order, repeats allowed), read from the shards; NaN for failed rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(rows), self.manifest.n_features), np.nan, dtype=np.float32)
+        shard, shard_row = self.cols["shard"][rows], self.cols["shard_row"][rows]
+        for s in np.unique(shard[shard >= 0]):
+            mine = np.flatnonzero(shard == s)
+            with h5py.File(shard_path(self.store, self.cols["shard_files"][s]), "r") as f:
+                out[mine] = take_rows(f["features"], shard_row[mine])
+        return out
+
+    def info(self) -> StoreInfo:
+        c, a, m = self.cols, self.attrs, self.manifest
+        names, counts = np.unique(c["split"], return_counts=True) if len(c["split"]) else ([], [])
+        live = {k for k, s in zip(c["keys"], c["shard"]) if s >= 0}
+        stored_live = 0
+        shards = []
+        for record in m.shards:
+            keys, _, _ = read_shard(shard_path(self.store, record.file), record.rows)
+            stored_live += sum(1 for k in keys if k in live)
+            shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})
+        n_pending = int(np.count_nonzero(self.pending))
+        return StoreInfo(
+            path=self.store, schema_version=int(a["schema_version"]), fingerprint=m.fingerprint,
+            extractor=m.extractor, index_sha256=_str(a.get("index_sha256", "")), n_rows=len(c["ids"]),
+            n_features=m.n_features, n_done=len(c["ids"]) - n_pending,
+            n_failed=int(np.count_nonzero(~c["ok"] & ~self.pending)), complete=n_pending == 0,
+            classes=tuple(c["classes"]), created=m.created, versions=json.loads(_str(a.get("versions", "{}"))),
+            attrs={k: _str(v) for k, v in a.items() if k not in schema.VIEW_ATTRS}, dtype=m.dtype,
+            split_counts={str(n): int(k) for n, k in zip(names, counts)}, stored_rows=m.stored_rows,
+            garbage_rows=m.stored_rows - stored_live, shards=tuple(shards),
+            features_layout=_str(a.get("features_layout", "")),
+        )
 
 
-def read_info(path: str | os.PathLike) -> StoreInfo:
+def _versions(store: str, file: str) -> dict:
+    try:
+        return shard_versions(shard_path(store, file))
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def open_view(store: str | os.PathLike) -> _View:
+    return _View(store)
+
+
+def read_info(store: str | os.PathLike) -> StoreInfo:
     """Read the summary of a store, complete or partial.
 
     Parameters
     ----------
-    path : str or path-like
-        The store file.
+    store : str or path-like
+        The store directory.
 
     Returns
     -------
@@ -139,80 +188,31 @@ def read_info(path: str | os.PathLike) -> StoreInfo:
     Raises
     ------
     StoreNotFoundError
-        When `path` does not exist.
+        When `store` does not exist or holds no view yet.
+    StoreVersionError
+        When `store` is a v1 single-file store.
     StoreDamagedError
-        When `path` is not HDF5 or not a featurehead store.
+        When the view or the manifest cannot be read.
     """
-    with open_store(path) as f:
-        return info_of(f)
+    return _View(store).info()
 
 
-def visible_rows(info: StoreInfo, *, fingerprint: str | None, allow_incomplete: bool) -> int:
-    """Check the store against the caller's wishes and return how many rows may be read."""
-    if fingerprint is not None and fingerprint != info.fingerprint:
-        raise StoreMismatchError(
-            f"{info.path} holds features of fingerprint {info.fingerprint[:12]}, not {fingerprint[:12]}: "
-            "the features come from another extractor. Re-extract with this extractor or pick the right store."
-        )
-    if info.complete:
-        return info.n_rows
-    if not allow_incomplete:
-        raise StoreIncompleteError(
-            f"{info.path} is incomplete ({info.n_done} of {info.n_rows} rows); "
-            "re-run the extraction to resume it."
-        )
-    return info.n_done
-
-
-def meta_of(f: h5py.File, n: int) -> StoreMeta:
-    """Read the first `n` rows of the per-row columns of an open store."""
-    classes = tuple(f["classes"].asstr()[:].tolist())
-    codes = f["labels"][:n].astype(np.int32)
-    names = np.array(list(classes) + [""], dtype=str)  # code -1 picks the trailing ""
-    return StoreMeta(
-        ids=f["ids"].asstr()[:n].astype(str),
-        labels=names[codes] if n else np.array([], dtype=str),
-        codes=codes,
-        classes=classes,
-        split=f["split"].asstr()[:n].astype(str),
-        view=f["view"][:n],
-        source=f["source"][:n],
-        ok=f["ok"][:n].astype(bool),
-        errors=f["errors"].asstr()[:n].astype(str),
-    )
-
-
-def read_meta(path: str | os.PathLike, *, allow_incomplete: bool = False) -> StoreMeta:
+def read_meta(store: str | os.PathLike, *, allow_incomplete: bool = False) -> StoreMeta:
     """Read the per-row columns of a store.
 
     Parameters
     ----------
-    path : str or path-like
-        The store file.
+    store : str or path-like
+        The store directory.
     allow_incomplete : bool, default=False
-        Read a partial store; only its durable rows `[0, n_done)` are returned.
+        Read a partial store; only its done rows are returned.
 
     Returns
     -------
     StoreMeta
-        Columns of shape (n_rows,), or (n_done,) for an allowed partial store.
     """
-    with open_store(path) as f:
-        n = visible_rows(info_of(f), fingerprint=None, allow_incomplete=allow_incomplete)
-        return meta_of(f, n)
-
-
-def take_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Read sorted unique `rows` of a 2-D dataset one chunk at a time, as float32."""
-    out = np.empty((len(rows), dset.shape[1]), dtype=np.float32)
-    if not len(rows):
-        return out
-    chunk = dset.chunks[0] if dset.chunks else len(rows)
-    groups = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows // chunk)) + 1)
-    for group in groups:
-        lo, hi = int(rows[group[0]]), int(rows[group[-1]]) + 1
-        out[group] = dset[lo:hi][rows[group] - lo]
-    return out
+    view = _View(store)
+    return view.meta(view.visible(fingerprint=None, allow_incomplete=allow_incomplete))
 
 
 def _as_rows(rows: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
@@ -228,7 +228,7 @@ def _as_rows(rows: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
 
 
 def read_features(
-    path: str | os.PathLike,
+    store: str | os.PathLike,
     rows: Sequence[int] | np.ndarray | None = None,
     *,
     fingerprint: str | None = None,
@@ -238,42 +238,52 @@ def read_features(
 
     Parameters
     ----------
-    path : str or path-like
-        The store file.
+    store : str or path-like
+        The store directory.
     rows : array-like of int of shape (n,), default=None
-        Row indices in any order (repeats allowed); None reads every visible row.
+        Positions among the visible rows (as in `read_meta`), in any order, repeats allowed; None reads all.
     fingerprint : str, default=None
         When given, refuse a store written by another extractor.
     allow_incomplete : bool, default=False
-        Read a partial store, whose visible rows are `[0, n_done)`.
+        Read a partial store, whose visible rows are its done rows.
 
     Returns
     -------
     ndarray of shape (n, n_features), dtype float32
+        NaN rows for images that failed.
     """
-    with open_store(path) as f:
-        n = visible_rows(info_of(f), fingerprint=fingerprint, allow_incomplete=allow_incomplete)
-        wanted = _as_rows(rows, n)
-        if len(wanted) < 2 or np.all(wanted[1:] > wanted[:-1]):  # sorted and unique: no second copy of X
-            return take_rows(f["features"], wanted)
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        return take_rows(f["features"], unique)[inverse]
+    view = _View(store)
+    visible = view.visible(fingerprint=fingerprint, allow_incomplete=allow_incomplete)
+    return view.features(visible[_as_rows(rows, len(visible))])
 
 
-def read_errors(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """List the failed rows among the durable ones, complete store or not.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The store file.
+def read_errors(store: str | os.PathLike) -> list[tuple[str, str]]:
+    """List the failed rows of the view (complete or not; pending rows are not failures).
 
     Returns
     -------
     list of tuple of (str, str)
         ``(id, reason)`` per failed row, in row order.
     """
-    with open_store(path) as f:
-        meta = meta_of(f, int(f.attrs["n_done"]))
-    failed = np.flatnonzero(~meta.ok)
-    return [(str(meta.ids[i]), str(meta.errors[i])) for i in failed]
+    view = _View(store)
+    c = view.cols
+    failed = np.flatnonzero(~c["ok"] & ~view.pending)
+    return [(str(c["ids"][i]), str(c["errors"][i])) for i in failed]
+
+
+def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tuple[int, int, str]]]:
+    """The images root and `id -> (size, mtime_ns, key)` of the last view's original rows, for the quick path.
+
+    Returns (None, {}) when the store has no readable view yet.
+    """
+    path = os.path.join(os.fspath(store), schema.VIEW_FILE)
+    if not os.path.isfile(path):
+        return None, {}
+    try:
+        c = view_columns(path)
+    except (OSError, KeyError):
+        return None, {}
+    keep = (c["view"] == 0) & (c["keys"] != "") & (c["size"] >= 0)
+    table = {str(i): (int(s), int(t), str(k)) for i, s, t, k in
+             zip(c["ids"][keep], c["size"][keep], c["mtime_ns"][keep], c["keys"][keep])}
+    return _str(c["attrs"].get("images_root", "")) or None, table

@@ -1,4 +1,13 @@
-"""The store's schema: version, dataset and attribute names, and the encodings of its columns."""
+"""The store's schema (version 2): file names, dataset and attribute names, and column encodings.
+
+A store is a directory::
+
+    STORE/
+      features.h5      the view: the current index's rows, in index order (plain h5py / h5dump open it)
+      manifest.json    the complete shards; replaced atomically, the single commit point
+      shards/*.h5      feature rows keyed by content; a complete shard is never written again
+      .lock            held by the one writer
+"""
 
 from __future__ import annotations
 
@@ -7,21 +16,29 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+VIEW_FILE = "features.h5"
+MANIFEST_FILE = "manifest.json"
+SHARDS_DIR = "shards"
+LOCK_FILE = ".lock"
 
 ERROR_BYTES = 256
+KEY_BYTES = 64  # a sha256 in hex
 SPLITS = ("train", "val", "test", "")
 DTYPES = ("float32", "float16")
-COMPRESSIONS = (None, "gzip", "lzf")
 
 STR_DTYPE = h5py.string_dtype("utf-8")
 ERROR_DTYPE = h5py.string_dtype("utf-8", ERROR_BYTES)
+KEY_DTYPE = h5py.string_dtype("ascii", KEY_BYTES)
 
-DATASETS = ("features", "ids", "labels", "classes", "split", "view", "source", "ok", "errors")
-ATTRS = (
-    "schema_version", "fingerprint", "extractor", "index_sha256", "versions",
-    "created", "n_done", "n_failed", "complete",
-)
+# datasets of the view file, one value per view row (plus `classes` and `shard_files`)
+VIEW_COLUMNS = ("ids", "keys", "labels", "split", "view", "source", "ok", "errors", "shard", "shard_row",
+                "size", "mtime_ns")
+VIEW_ATTRS = ("schema_version", "fingerprint", "extractor", "index_sha256", "versions", "created", "complete",
+              "n_failed", "images_root", "features_layout")
+# datasets of a shard file
+SHARD_DATASETS = ("keys", "features", "ok", "errors")
 
 
 def encode_errors(errors: Sequence[str]) -> np.ndarray:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 EPILOG = """\
 typical session:
-  featurehead extract index.csv --images-root imgs/ --model vgg16 --out feats.h5
-  featurehead train feats.h5 --head logreg --out head/
-  featurehead evaluate head/ feats.h5 --out report/
+  featurehead extract index.csv --images-root imgs/ --model vgg16 --out feats/
+  featurehead train feats/ --head logreg --out head/
+  featurehead evaluate head/ feats/ --out report/
   featurehead predict head/ new.csv --images-root new_imgs/ --out predictions.csv
+A store is a directory. Re-running extract after a relabel, a new split, an appended image or a moved
+--images-root extracts only the images it has not seen (by content); `featurehead compact` drops the rows
+that the index no longer uses.
 Every command that writes something prints that path as the last line of standard output.
 Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr;
 set FEATUREHEAD_DEBUG=1 for the traceback).
@@ -52,10 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("extract", help="run a frozen CNN over an image index into an HDF5 feature store")
+    p = sub.add_parser("extract", help="run a frozen CNN over an image index into a feature store (a directory)",
+                       description="Bring the store up to date with the index: images are keyed by their content, "
+                       "so only images the store has not seen go through the model; labels, splits and order are "
+                       "rewritten from the index every run.")
     p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
-    p.add_argument("--out", default=None, help="store file (default: next to the index, named by model and fingerprint)")
+    p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help="rows per shard file (default: 4096, or fewer when 4096 rows pass 1 GiB of features)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
     _add_extractor_args(p)
@@ -65,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures")
     p.add_argument("store")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (rows, stored_rows, garbage_rows, shards, failed, complete, fingerprint, ...)")
+
+    p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)")
+    p.add_argument("store")
+    p.add_argument("--shard-rows", type=int, default=None, help="rows per rewritten shard (default: as extract)")
+
+    p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="the HDF5 file to write")
 
     p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle")
     p.add_argument("store")
@@ -148,11 +166,14 @@ def cmd_extract(args) -> int:
     from .cli_augment import views_from_args
 
     result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
-                         progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args))
+                         progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args),
+                         shard_rows=args.shard_rows)
     if result.up_to_date:
-        print(f"up to date: {result.n_rows} rows already extracted with fingerprint {result.fingerprint[:12]}")
+        print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:
-        print(f"extracted {result.n_extracted} rows ({extractor.weights_source()})")
+        print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")
+    if result.garbage_rows:
+        print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
     code = 0
     if result.n_failed:
         failed = write_failures_csv(result.store)
@@ -163,9 +184,33 @@ def cmd_extract(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspection import describe_store
+    from .inspection import describe_store, store_summary
 
-    print(describe_store(args.store))
+    if args.json:
+        import json
+
+        print(json.dumps(store_summary(args.store), sort_keys=True))
+    else:
+        print(describe_store(args.store))
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from .inspection import compact_store
+
+    counts = compact_store(args.store, shard_rows=args.shard_rows)
+    print(f"compacted: {counts['rows_before']} -> {counts['rows_after']} stored rows, "
+          f"{counts['shards_before']} -> {counts['shards_after']} shards")
+    print(args.store)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import features_store
+
+    n = features_store.export(args.store, args.out)
+    print(f"exported {n} rows")
+    print(args.out)
     return 0
 
 
@@ -238,6 +283,8 @@ def cmd_demo(args) -> int:
 COMMANDS = {
     "extract": cmd_extract,
     "inspect": cmd_inspect,
+    "compact": cmd_compact,
+    "export": cmd_export,
     "train": cmd_train,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,

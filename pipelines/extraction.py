@@ -1,6 +1,9 @@
-"""The extraction runner: index -> decoded batches -> extractor -> feature store, resumable and cached.
+"""The extraction runner: index -> content keys -> only the missing rows through the model -> store shards -> view.
 
-Decoding runs in a thread pool one batch ahead of the forward pass, so the two overlap.
+A store (a directory, see `features_store`) keys its rows by image content. Each run hashes the index's files
+(size and mtime spare unchanged ones), asks the store which keys it lacks, extracts only those into new shards,
+and rewrites the view from the index. A relabel, a new split, a moved root or a removed image extracts nothing
+and builds no model. Decoding runs in a thread pool one batch ahead of the forward pass, so the two overlap.
 """
 
 from __future__ import annotations
@@ -8,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ import numpy as np
 import features_store
 from extract import ImageIndex, ImageReadError, canonical_json, read_batch
 from extract.augment import view_layout
+from extract.content import content_keys, content_seed, view_key
 
 from .views import AugmentedViews, apply_views, store_identity, training_split
 
@@ -30,21 +35,29 @@ class ExtractResult:
     store: Path
     n_rows: int
     n_failed: int
-    n_extracted: int  # rows computed by this run (0 on a cache hit)
+    n_extracted: int  # rows computed by this run (0 when everything was stored already)
     up_to_date: bool
     fingerprint: str
+    garbage_rows: int = 0
 
 
 def default_store_path(index: ImageIndex, extractor, views: AugmentedViews | None = None) -> Path:
-    """A store path next to the index, naming the model and a short fingerprint (and the augmentation)."""
+    """A store directory next to the index, naming the model and a short fingerprint (and the augmentation)."""
     src = Path(index.source)
     stem, parent = (src.name, src.parent) if src.is_dir() else (src.stem, src.parent)
     if views is not None:
-        stem = f"{stem}.aug{views.k}-{store_identity(index, views)[:8]}"
+        stem = f"{stem}.aug{views.k}-{views_identity(views)[:8]}"
     return parent / features_store.default_store_name(stem, extractor.name, extractor.fingerprint())
 
 
-def library_versions() -> dict:
+def views_identity(views: AugmentedViews) -> str:
+    import hashlib
+
+    return hashlib.sha256(canonical_json(views.to_dict()).encode()).hexdigest()
+
+
+def base_versions() -> dict:
+    """Versions known without importing Keras (a relabel run must not import it)."""
     import h5py
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "h5py": h5py.__version__}
@@ -54,11 +67,14 @@ def library_versions() -> dict:
         versions["featurehead"] = version("featurehead")
     except Exception:  # not installed as a distribution (running from a checkout)
         versions["featurehead"] = "unknown"
+    return versions
+
+
+def library_versions() -> dict:
+    """`base_versions` plus Keras and its backend: what wrote a shard."""
     import keras
 
-    versions["keras"] = keras.__version__
-    versions["keras_backend"] = keras.backend.backend()
-    return versions
+    return {**base_versions(), "keras": keras.__version__, "keras_backend": keras.backend.backend()}
 
 
 def label_codes(labels, classes) -> np.ndarray:
@@ -66,37 +82,189 @@ def label_codes(labels, classes) -> np.ndarray:
     return np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int32)
 
 
-def check_existing(path: Path, index: ImageIndex, fingerprint: str, views: AugmentedViews | None = None):
-    """Return the stored StoreInfo when `path` holds a store for this index and extractor, None if absent.
+@dataclass
+class RowPlan:
+    """The store rows of an index: each row's key, and how to compute a key's features."""
 
-    Raises StoreMismatchError before any model is built when the store belongs to something else.
+    keys: list[str]
+    source: np.ndarray
+    view: np.ndarray
+    split: list[str]
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    reasons: list[str]
+    todo: dict = field(default_factory=dict)  # key -> (path, view number, seed)
+
+
+def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, workers: int | None) -> RowPlan:
+    """Hash the index's files (sparing those unchanged since the store's last view) and lay out the rows."""
+    prev_root, known = (None, {})
+    if store.is_dir():
+        prev_root, known = features_store.read_file_keys(store)
+    if prev_root is None or Path(prev_root).resolve() != index.root.resolve():
+        known = {}  # another root: the same ids may be other files, so hash them all (extracting none)
+    content, size, mtime, reasons = content_keys(index.root, index.ids, known, workers=workers)
+    split = index.split if views is None else training_split(index, views)
+    source, view = view_layout(split, 0 if views is None else views.k)
+    aug = canonical_json(views.to_dict()) if views is not None else ""
+    paths = index.paths
+    keys, todo = [], {}
+    for r, v in zip(source.tolist(), view.tolist()):
+        base = content[r]
+        key = base if (v == 0 or not base) else view_key(base, v, aug)
+        keys.append(key)
+        if key and key not in todo:
+            todo[key] = (paths[r], v, content_seed(base))
+    return RowPlan(keys, source, view, list(split), size[source], mtime[source],
+                   [reasons[r] for r in source.tolist()], todo)
+
+
+@dataclass
+class Target:
+    """One store being filled by a run: its session, its missing keys and its shard writers as they go."""
+
+    session: features_store.StoreSession
+    missing: list[str]
+    shard_rows: int | None
+    versions: dict = field(default_factory=dict)
+    n_features: int | None = None
+    _plan: list = field(default_factory=list)
+    _writer: features_store.ShardWriter | None = None
+    _need: set = field(default_factory=set)
+
+    def start(self, n_features: int, versions: dict) -> set[str]:
+        """Plan the shards and return the keys still to compute (those not durable in a resumed shard)."""
+        self.n_features, self.versions = n_features, versions
+        rows = self.shard_rows or features_store.default_shard_rows(n_features)
+        self._plan = features_store.plan_shards(self.missing, rows)
+        self._need = set()
+        store = self.session.store
+        for keys in self._plan:
+            done = _durable_rows(store, self.session.fingerprint, keys)
+            self._need.update(keys[done:])
+        self._plan = list(reversed(self._plan))  # popped from the end
+        return self._need
+
+    def write(self, keys: Sequence[str], features: np.ndarray, ok: np.ndarray, errors: Sequence[str]) -> None:
+        """Route the rows this store needs, in order, into its shards, committing each shard as it fills."""
+        mine = [i for i, k in enumerate(keys) if k in self._need]
+        while mine:
+            writer = self._current()
+            expected = writer.keys[writer.n_done : writer.n_done + len(mine)]
+            take = len(expected)
+            if [keys[i] for i in mine[:take]] != expected:
+                raise RuntimeError(f"rows arrived out of plan order for shard {writer.name}")  # a bug, not input
+            sel = np.asarray(mine[:take])
+            writer.write(features[sel], ok[sel], [errors[i] for i in sel])
+            mine = mine[take:]
+            if writer.n_done == writer.n_rows:
+                self._close_current()
+
+    def _current(self) -> features_store.ShardWriter:
+        while self._writer is None:
+            keys = self._plan.pop()
+            writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions)
+            if writer.n_done == writer.n_rows:  # complete on disk but not committed (a crash in between)
+                self.session.commit(writer, self.versions)
+                writer.close()
+                continue
+            self._writer = writer
+        return self._writer
+
+    def _close_current(self) -> None:
+        try:
+            self.session.commit(self._writer, self.versions)
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> None:
+        """Commit every remaining planned shard (those complete on disk already)."""
+        while self._plan or self._writer is not None:
+            writer = self._current()
+            if writer.n_done != writer.n_rows:
+                raise RuntimeError(f"shard {writer.name} was left with {writer.n_rows - writer.n_done} rows unwritten")
+            self._close_current()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _durable_rows(store: str, fingerprint: str, keys: Sequence[str]) -> int:
+    """Rows of the planned shard of `keys` already durable on disk (0 when it does not exist yet)."""
+    import h5py
+
+    path = os.path.join(store, "shards", features_store.shard_name(fingerprint, keys))
+    if not os.path.exists(path):
+        return 0
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["n_done"])
+    except (OSError, KeyError):
+        return 0
+
+
+def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tuple[list[int], Callable]], *,
+                input_size: tuple[int, int], views: AugmentedViews | None, strict: bool, workers: int | None,
+                progress, batch_size: int) -> int:
+    """Compute the keys that any target lacks, once, and write each target's share; return the rows computed.
+
+    `build()` is called only when something is missing: it builds the model and returns the feature width of
+    each target and `compute(images) -> [features of each target]`.
     """
-    if not path.exists():
-        return None
-    info = features_store.read_info(path)
-    stored_root = info.attrs.get("images_root")
-    if stored_root is not None and Path(stored_root).resolve() != index.root.resolve():
-        raise features_store.StoreMismatchError(
-            f"{path} holds features of the images under {stored_root}, not {index.root} (the same index, another "
-            "images root); use another --out or delete it"
-        )
-    stored_aug = info.attrs.get("augmentation", "none")
-    asked_aug = canonical_json(views.to_dict()) if views is not None else "none"
-    if stored_aug != asked_aug:
-        raise features_store.StoreMismatchError(
-            f"{path} holds features of another augmentation (stored {stored_aug}, asked {asked_aug}); "
-            "use another --out or delete it"
-        )
-    asked = {"fingerprint": fingerprint, "index_sha256": store_identity(index, views)}
-    for key, value in asked.items():
-        stored = getattr(info, key)
-        if stored != value:
-            raise features_store.StoreMismatchError(
-                f"{path} holds features with another {key} ({stored[:12]}, asked {value[:12]}): "
-                f"it was written for {'another extractor' if key == 'fingerprint' else 'another index'}; "
-                f"use another --out or delete it"
-            )
-    return info
+    if not any(t.missing for t in targets):
+        return 0
+    dims, compute = build()
+    versions = library_versions()
+    need: set[str] = set()
+    for target, dim in zip(targets, dims):
+        need |= target.start(dim, versions)
+    # one order for all, the rows' order: each target's missing keys are a subsequence of it
+    keys = [k for k in dict.fromkeys(plan.keys) if k in need]
+    batches = features_store.batch_plan(len(keys), batch_size)
+    bar = progress(total=len(keys), initial=0) if progress else None
+    paths = [plan.todo[k][0] for k in keys]
+    try:
+        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers):
+            batch_keys = keys[lo:hi]
+            if strict and not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
+            if views is not None:
+                view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
+                seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
+                images = apply_views(images, ok, seeds, view, views)
+            outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
+            if ok.any():
+                for out, part in zip(outputs, compute(images[ok])):
+                    out[ok] = part
+            for target, out in zip(targets, outputs):
+                target.write(batch_keys, out, ok, errors)
+            if bar is not None:
+                bar.update(hi - lo)
+        for target in targets:
+            target.finish()
+    finally:
+        for target in targets:
+            target.close()
+        if bar is not None:
+            bar.close()
+    return len(keys)
+
+
+def view_args(index: ImageIndex, plan: RowPlan, views: AugmentedViews | None) -> dict:
+    """The `StoreSession.write_view` arguments of the current index."""
+    classes = index.classes
+    ids = np.asarray(index.ids, dtype=object)[plan.source]
+    attrs = {"index_source": index.source, "images_root": str(index.root)}
+    if views is not None:
+        attrs["augmentation"] = canonical_json(views.to_dict())
+    return dict(ids=ids.tolist(), keys=plan.keys, labels=label_codes(index.labels, classes)[plan.source],
+                classes=classes, split=np.asarray(plan.split, dtype=object)[plan.source].tolist(),
+                view=plan.view, source=plan.source, size=plan.size, mtime_ns=plan.mtime_ns, reasons=plan.reasons,
+                attrs=attrs, index_sha256=store_identity(index, views))
 
 
 def run_extract(
@@ -108,15 +276,17 @@ def run_extract(
     workers: int | None = None,
     progress=None,
     views: AugmentedViews | None = None,
+    shard_rows: int | None = None,
+    dtype: str = "float32",
 ) -> ExtractResult:
-    """Extract features for every row of `index` into one HDF5 store, resuming or reusing what is there.
+    """Bring the store `out` up to date with `index`: extract only the images it lacks, then rewrite its view.
 
     Parameters
     ----------
     index : ImageIndex
     extractor : extract.Extractor
     out : str or Path, optional
-        The store file; defaults to `default_store_path(index, extractor)`.
+        The store directory; defaults to `default_store_path(index, extractor)`.
     strict : bool
         Stop at the first image that fails instead of recording it as a failed row.
     workers : int, optional
@@ -125,8 +295,12 @@ def run_extract(
     progress : callable, optional
         `progress(total=..., initial=...)` returning an object with `update(n)` and `close()` (tqdm fits).
     views : AugmentedViews, optional
-        Also store `views.k` augmented views of each training row after the originals. The augmentation is part
-        of the store's identity (`index_sha256` and the `augmentation` attribute).
+        Also store `views.k` augmented views of each training row after the originals. Views are keyed by the
+        image's content, the view number and the augmentation, so they survive a relabel.
+    shard_rows : int, optional
+        Rows per shard; default `features_store.default_shard_rows` (4096, or fewer past 1 GiB of features).
+    dtype : {"float32", "float16"}
+        Storage type of the features.
 
     Returns
     -------
@@ -134,40 +308,32 @@ def run_extract(
     """
     if views is not None:
         views.validate()
+    if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
+        raise ValueError(f"`shard_rows` (--shard-rows) must be a positive integer. Received: {shard_rows!r}")
     out = Path(out) if out is not None else default_store_path(index, extractor, views)
     fp = extractor.fingerprint()
-    info = check_existing(out, index, fp, views)
-    if info is not None and info.complete:
-        logger.info("%s is up to date", out)
-        return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp)
-    extractor.validate()
-    classes = index.classes
-    split = index.split if views is None else training_split(index, views)
-    source, view = view_layout(split, 0 if views is None else views.k)
-    attrs = {"index_source": index.source, "images_root": str(index.root)}
-    if views is not None:
-        attrs["augmentation"] = canonical_json(views.to_dict())
-    with features_store.StoreWriter.open(
-        out,
-        fingerprint=fp,
-        extractor=extractor.spec(),
-        index_sha256=store_identity(index, views),
-        n_features=extractor.output_dim,
-        ids=np.asarray(index.ids, dtype=object)[source],
-        labels=label_codes(index.labels, classes)[source],
-        classes=classes,
-        split=np.asarray(split, dtype=object)[source],
-        view=view if views is not None else None,
-        source=source if views is not None else None,
-        versions=library_versions(),
-        attrs=attrs,
-    ) as writer:
-        start = writer.n_done
-        n_extracted = _stream(index, extractor, writer, start, strict=strict, workers=workers, progress=progress,
-                              source=source, view=view, views=views)
-        writer.finish()
+    if out.is_file():
+        features_store.read_manifest(out)  # a v1 single-file store: one line that says what to do
+    plan = plan_rows(index, out, views, workers)
+    with features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session:
+        target = Target(session, session.missing(plan.keys), shard_rows)
+        args = view_args(index, plan, views)
+        if target.missing or session.manifest is None:
+            extractor.validate()
+            session.ensure_manifest(extractor.output_dim)  # builds the model: something is to extract
+            # readers see "incomplete, re-run" until the new rows are in, never a stale view of another index
+            session.write_view(**args, versions=base_versions())
+
+        def build():
+            return [extractor.output_dim], lambda images: [extractor(images)]
+
+        n_extracted = fill_stores(plan, [target], build, input_size=extractor.input_shape[:2], views=views,
+                                  strict=strict, workers=workers, progress=progress,
+                                  batch_size=extractor.batch_size)
+        session.write_view(**args, versions=base_versions())
+        session.remove_orphans()
     info = features_store.read_info(out)
-    return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, False, fp)
+    return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows)
 
 
 def default_workers() -> int:
@@ -195,28 +361,3 @@ def decoded_batches(paths, size, plan, workers: int | None = None):
             if i + 1 < len(plan):
                 future = submit(*plan[i + 1])
             yield lo, hi, images, ok, errors
-
-
-def _stream(index, extractor, writer, start, *, strict, workers, progress, source, view, views) -> int:
-    all_paths = index.paths  # a property that builds the list: read it once
-    paths = [all_paths[r] for r in source]
-    plan = features_store.batch_plan(len(paths), extractor.batch_size, start)
-    bar = progress(total=len(paths), initial=start) if progress else None
-    done = 0
-    for lo, hi, images, ok, errors in decoded_batches(paths, extractor.input_shape[:2], plan, workers):
-        if strict and not ok.all():
-            bad = int(np.flatnonzero(~ok)[0])
-            bad_id = index.ids[source[lo + bad]]
-            raise ImageReadError(f"{bad_id}: {errors[bad]} (--strict stops at the first failure)")
-        if views is not None:
-            images = apply_views(images, ok, source[lo:hi], view[lo:hi], views)
-        features = np.full((hi - lo, writer.n_features), np.nan, dtype=np.float32)
-        if ok.any():
-            features[ok] = extractor(images[ok])
-        writer.write(lo, features, ok, errors)
-        done += hi - lo
-        if bar is not None:
-            bar.update(hi - lo)
-    if bar is not None:
-        bar.close()
-    return done

@@ -1,4 +1,5 @@
-"""A human-readable report of a feature store: schema, counts, extractor spec, completeness, failures."""
+"""A human-readable report of a feature store (schema, counts, extractor, shards, failures), its JSON summary,
+and compaction."""
 
 from __future__ import annotations
 
@@ -10,28 +11,46 @@ import h5py
 import features_store
 
 
-def describe_store(path, *, max_failures: int = 20) -> str:
+def store_summary(store) -> dict:
+    """The `featurehead inspect --json` object."""
+    info = features_store.read_info(store)
+    return {
+        "store": str(info.path), "schema_version": info.schema_version, "rows": info.n_rows,
+        "stored_rows": info.stored_rows, "garbage_rows": info.garbage_rows, "shards": len(info.shards),
+        "failed": info.n_failed, "complete": info.complete, "done": info.n_done, "fingerprint": info.fingerprint,
+        "extractor": info.extractor, "n_features": info.n_features, "dtype": info.dtype,
+        "classes": list(info.classes), "splits": info.split_counts, "features_layout": info.features_layout,
+        "versions": info.versions, "shard_versions": [s["versions"] for s in info.shards],
+        "created": info.created,
+    }
+
+
+def describe_store(store, *, max_failures: int = 20) -> str:
     """Return the text `featurehead inspect` prints."""
-    info = features_store.read_info(path)
+    info = features_store.read_info(store)
+    pending = info.n_rows - info.n_done
+    writers = sorted({json.dumps(s["versions"], sort_keys=True) for s in info.shards})
     lines = [
         f"store:       {info.path}",
-        f"schema:      featurehead v{info.schema_version}",
-        f"status:      {'complete' if info.complete else f'INCOMPLETE ({info.n_done} of {info.n_rows} rows); re-run extract to resume'}",
-        f"rows:        {info.n_rows} ({info.n_failed} failed)",
-        f"features:    {info.n_features} x {info.dtype}, chunks {info.chunks}",
+        f"schema:      featurehead v{info.schema_version} (a directory: features.h5, manifest.json, shards/)",
+        f"status:      {'complete' if info.complete else f'INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet); re-run extract to resume'}",
+        f"rows:        {info.n_rows} in the view ({info.n_failed} failed)",
+        f"stored:      {info.stored_rows} rows in {len(info.shards)} shards, {info.garbage_rows} garbage"
+        + (f" (`featurehead compact {info.path}` drops them)" if info.garbage_rows else ""),
+        f"features:    {info.n_features} x {info.dtype} ({info.features_layout} in features.h5)",
         f"classes:     {len(info.classes)}" + (f" ({', '.join(info.classes[:10])}{', ...' if len(info.classes) > 10 else ''})" if info.classes else ""),
         f"splits:      {', '.join(f'{k or (chr(39) * 2)}={v}' for k, v in sorted(info.split_counts.items()))}",
         f"fingerprint: {info.fingerprint}",
         f"extractor:   {json.dumps(info.extractor, sort_keys=True)}",
         f"created:     {info.created}",
-        f"versions:    {json.dumps(info.versions, sort_keys=True)}",
-        "datasets:",
+        f"shards by:   {'; '.join(writers) if writers else '-'}",
+        "datasets of features.h5:",
     ]
-    with h5py.File(path, "r") as f:
+    with h5py.File(Path(store) / "features.h5", "r") as f:
         for name, obj in f.items():
             if isinstance(obj, h5py.Dataset):
-                lines.append(f"  {name:<10} {str(obj.shape):<16} {obj.dtype}")
-    failures = features_store.read_errors(path)
+                lines.append(f"  {name:<12} {str(obj.shape):<16} {obj.dtype}")
+    failures = features_store.read_errors(store)
     if failures:
         lines.append(f"failures ({len(failures)}):")
         lines += [f"  {i}: {reason}" for i, reason in failures[:max_failures]]
@@ -40,12 +59,22 @@ def describe_store(path, *, max_failures: int = 20) -> str:
     return "\n".join(lines)
 
 
+def compact_store(store, *, shard_rows: int | None = None) -> dict:
+    """Drop the stored rows that the store's view does not use; return the counts before and after."""
+    manifest = features_store.read_manifest(store)
+    if manifest is None:
+        raise features_store.StoreNotFoundError(f"{store} holds no features yet; nothing to compact.")
+    with features_store.StoreSession.open(store, fingerprint=manifest.fingerprint, extractor=manifest.extractor,
+                                          dtype=manifest.dtype) as session:
+        return session.compact(shard_rows)
+
+
 def write_failures_csv(store, path=None) -> Path | None:
     """Write the failed rows of a store as `id,reason` next to it; return the path, or None if none failed."""
     failures = features_store.read_errors(store)
     if not failures:
         return None
-    path = Path(path) if path is not None else Path(str(store) + ".failed.csv")
+    path = Path(path) if path is not None else Path(str(Path(store)) + ".failed.csv")
     import csv
 
     with path.open("w", newline="") as f:

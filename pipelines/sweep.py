@@ -18,7 +18,7 @@ import pandas as pd
 import features_store
 from extract import ImageIndex
 
-from .extraction import check_existing, decoded_batches, default_store_path, label_codes, library_versions
+from .extraction import Target, base_versions, default_store_path, fill_stores, plan_rows, view_args
 
 logger = logging.getLogger(__name__)
 
@@ -104,53 +104,43 @@ def _default_out_dir(index: ImageIndex) -> Path:
 
 def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int | None = None,
                    progress=None) -> int:
-    """Fill the incomplete layer stores from ONE multi-output forward pass; return the rows computed."""
-    todo = [layer for layer in singles if not _complete(stores[layer], index, singles[layer])]
-    if not todo:
-        return 0
-    multi = type(extractor).from_config({**extractor.get_config(), "layer": todo})
-    multi.validate()
-    dims = dict(zip(todo, multi.layer_dims()))  # builds the one model
-    common = dict(index_sha256=index.sha256(), ids=index.ids, labels=label_codes(index.labels, index.classes),
-                  classes=index.classes, split=index.split, versions=library_versions(),
-                  attrs={"index_source": index.source, "images_root": str(index.root), "sweep_layers": ",".join(todo)})
+    """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed.
+
+    Each store extracts only the images it lacks; an image that any store lacks goes through the model once.
+    """
+    plan = plan_rows(index, Path(next(iter(stores.values()))), None, workers)
+    args = view_args(index, plan, None)
     with contextlib.ExitStack() as stack:
-        writers = {
-            layer: stack.enter_context(features_store.StoreWriter.open(
-                stores[layer], fingerprint=singles[layer].fingerprint(), extractor=singles[layer].spec(),
-                n_features=dims[layer], **common))
-            for layer in todo
+        sessions = {
+            layer: stack.enter_context(features_store.StoreSession.open(
+                stores[layer], fingerprint=single.fingerprint(), extractor=single.spec()))
+            for layer, single in singles.items()
         }
-        done = _stream_layers(index, multi, writers, [dims[layer] for layer in todo], workers, progress)
-        for writer in writers.values():
-            writer.finish()
+        targets = {layer: Target(session, session.missing(plan.keys), None) for layer, session in sessions.items()}
+        todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
+        multi = None
+
+        def build():
+            nonlocal multi
+            multi = type(extractor).from_config({**extractor.get_config(), "layer": todo})
+            multi.validate()
+            dims = multi.layer_dims()  # builds the one model
+            bounds = np.cumsum(dims)[:-1]
+            return dims, lambda images: np.split(multi(images), bounds, axis=1)
+
+        done = 0
+        if todo:
+            dims, compute = build()
+            for layer, dim in zip(todo, dims):
+                sessions[layer].ensure_manifest(dim)
+                sessions[layer].write_view(**args, versions=base_versions())
+            done = fill_stores(plan, [targets[layer] for layer in todo], lambda: (dims, compute),
+                               input_size=multi.input_shape[:2], views=None, strict=False, workers=workers,
+                               progress=progress, batch_size=multi.batch_size)
+        for layer, session in sessions.items():
+            session.write_view(**args, versions=base_versions())
+            session.remove_orphans()
     return done
-
-
-def _complete(store: Path, index: ImageIndex, single) -> bool:
-    info = check_existing(store, index, single.fingerprint())  # refuses a store of another extractor/index
-    return info is not None and info.complete
-
-
-def _stream_layers(index, multi, writers: dict, dims: list[int], workers: int, progress) -> int:
-    paths, size = index.paths, multi.input_shape[:2]
-    start = min(w.n_done for w in writers.values())
-    plan = features_store.batch_plan(len(paths), multi.batch_size, start)
-    bar = progress(total=len(paths), initial=start) if progress else None
-    bounds = np.cumsum(dims)[:-1]
-    for lo, hi, images, ok, errors in decoded_batches(paths, size, plan, workers):
-        features = np.full((hi - lo, sum(dims)), np.nan, dtype=np.float32)
-        if ok.any():
-            features[ok] = multi(images[ok])
-        for writer, part in zip(writers.values(), np.split(features, bounds, axis=1)):
-            skip = writer.n_done - lo  # a store resumed further than the others
-            if skip < hi - lo:
-                writer.write(lo + max(skip, 0), part[max(skip, 0):], ok[max(skip, 0):], errors[max(skip, 0):])
-        if bar is not None:
-            bar.update(hi - lo)
-    if bar is not None:
-        bar.close()
-    return len(paths) - start
 
 
 def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:

@@ -1,7 +1,7 @@
 """Augmented views in the store: which rows get views, where they go, and the views' identity.
 
-Only training rows get views; views of row r are drawn from a seed of (seed, r), so a resumed run writes the
-same views. `pipelines.extraction` streams them; this module plans and draws them.
+Only training rows get views; the views of an image are drawn from a seed of (seed, its content), so a resumed
+run, a relabel or a reordered index gives the same views. `pipelines.extraction` streams them; this module plans and draws them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class AugmentedViews:
 
     Only rows whose split is "train" get views. When the index has no split column at all, a seeded stratified
     train/val split of the labelled rows (`validation_fraction`, `seed`) is assigned and stored instead.
-    Views of row r are drawn from `view_seed(seed, r)`, so a resumed run writes identical views.
+    The views of an image are drawn from `view_seed(seed, content_seed(its key))`, so they follow the image.
     """
 
     k: int
@@ -90,7 +90,11 @@ def training_split(index: ImageIndex, views: AugmentedViews) -> list[str]:
 
 
 def apply_views(images: np.ndarray, ok: np.ndarray, source: np.ndarray, view: np.ndarray, views: AugmentedViews):
-    """Replace the decoded originals of the view rows of one batch by their augmented views."""
+    """Replace the decoded originals of the view rows of one batch by their augmented views.
+
+    `source` identifies each row's image and seeds its views: the extraction passes the image's content seed
+    (`extract.content.content_seed`), so views follow the image, whatever its row or label.
+    """
     out = images.copy()
     for r in np.unique(source[(view > 0) & ok]):
         rows = np.flatnonzero((source == r) & (view > 0))

@@ -1,0 +1,119 @@
+"""Durable, atomic file I/O for the store, and the translation of write failures into one clear line.
+
+- `atomic_write`: temporary file, fsync, rename, fsync of the folder; the old file stays intact on failure.
+- `reserve`: allocate a file's blocks up front (`posix_fallocate`), so later writes into it cannot hit a full disk.
+- `check_free`: refuse to start a write that the free space cannot hold.
+- `write_error`: an `OSError` of any write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES) as one `StoreWriteError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+
+from features_store.errors import StoreWriteError
+
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+MIB = 1 << 20
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so that a rename or a new file in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """fsync a file by name (Linux flushes the file's dirty pages whichever descriptor asks)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write `path` through `write(tmp_path)`, then fsync, rename over `path` and fsync its folder.
+
+    On any failure the temporary file is removed and the previous `path`, if any, is left untouched.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """`atomic_write` of a small byte string."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+
+
+def reserve(path: str | os.PathLike, nbytes: int) -> None:
+    """Allocate the first `nbytes` of `path` on disk; a no-op where the filesystem cannot (EOPNOTSUPP)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes free to this user in `folder`'s filesystem."""
+    return shutil.disk_usage(folder).free
+
+
+def check_free(folder: str | os.PathLike, nbytes: int, *, store: str, what: str) -> None:
+    """Raise StoreWriteError when `folder` has less than `nbytes` (plus 1 MiB of slack) free."""
+    free = free_bytes(folder)
+    if free < nbytes + MIB:
+        raise StoreWriteError(
+            f"{store}: not enough free space to write {what}: it needs {_mib(nbytes + MIB)}, "
+            f"{_mib(free)} is free. Free some space and re-run the same command: it resumes."
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.1f} MiB"
+
+
+def write_error(err: OSError, *, store: str, what: str, need: int | None = None) -> StoreWriteError:
+    """One line for a failed write: the store, what was written, why, and (for space) how much is needed."""
+    code = getattr(err, "errno", None)
+    why = os.strerror(code) if code else str(err).split("\n")[0]
+    if code in _SPACE_ERRNOS or "No space left" in str(err) or "too large" in str(err):
+        space = ""
+        try:
+            space = f" ({_mib(free_bytes(store))} free"
+            space += f", {_mib(need)} needed)" if need else ")"
+        except OSError:
+            pass
+        return StoreWriteError(
+            f"{store}: {why} while writing {what}{space}. Nothing unwritten is claimed: free some space "
+            "and re-run the same command to resume."
+        )
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreWriteError(f"{store}: cannot write {what} ({why}); the store needs a writable folder.")
+    return StoreWriteError(
+        f"{store}: {why} while writing {what}. Nothing unwritten is claimed: re-run the same command to resume."
+    )

@@ -1,0 +1,47 @@
+"""`export`: one self-contained HDF5 file with real datasets under the view's names, for readers with only h5py."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from features_store import durable, schema
+from features_store.reader import open_view
+
+_SLAB_BYTES = 64 << 20
+
+
+def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the store's view, features included, to the single file `out`; return its rows.
+
+    Every dataset of the view file is copied except the shard locations (`shard`, `shard_row`, `shard_files`),
+    and `features` is a real dataset. The file is written under a temporary name and renamed into place.
+    """
+    view = open_view(store)
+    visible = view.visible(fingerprint=None, allow_incomplete=False)
+    n, d = len(visible), view.manifest.n_features
+    dtype = np.dtype(view.manifest.dtype)
+    slab = max(1, _SLAB_BYTES // (d * 4))
+    out = os.fspath(out)
+    source_file = os.path.join(view.store, schema.VIEW_FILE)
+
+    def write(tmp: str) -> None:
+        with h5py.File(source_file, "r") as src, h5py.File(tmp, "w") as f:
+            for name in src:
+                if name not in ("features", "shard", "shard_row", "shard_files"):
+                    src.copy(src[name], f, name)
+            for key, value in src.attrs.items():
+                f.attrs[key] = value
+            f.attrs["features_layout"] = "exported"
+            chunks = (max(1, min(n, (1 << 20) // (d * dtype.itemsize))), d) if n else None
+            features = f.create_dataset("features", shape=(n, d), dtype=dtype, chunks=chunks)
+            for lo in range(0, n, slab):
+                features[lo : lo + slab] = view.features(visible[lo : lo + slab]).astype(dtype, copy=False)
+
+    try:
+        durable.atomic_write(out, write)
+    except OSError as err:
+        raise durable.write_error(err, store=os.path.dirname(os.path.abspath(out)), what=out) from err
+    return n

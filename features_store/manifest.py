@@ -1,0 +1,126 @@
+"""The manifest `STORE/manifest.json`: the store's identity and its complete shards; the one commit point.
+
+It is replaced atomically (temporary file, fsync, rename, fsync of the folder), so a crash leaves either the
+old list or the new one. Each shard's keys live in the shard itself (`keys`), which is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from features_store import schema
+from features_store.durable import atomic_write_bytes
+from features_store.errors import StoreDamagedError, StoreMismatchError, StoreNotFoundError, StoreVersionError
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One complete shard: its file (under `shards/`), its rows, failed rows and who wrote it."""
+
+    file: str
+    rows: int
+    failed: int
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "rows": self.rows, "failed": self.failed, "versions": self.versions}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The store's identity (one extractor fingerprint, one feature shape) and its complete shards."""
+
+    fingerprint: str
+    extractor: dict
+    n_features: int
+    dtype: str
+    created: str
+    shards: tuple[ShardRecord, ...] = ()
+    schema_version: int = schema.SCHEMA_VERSION
+
+    @property
+    def stored_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def with_shards(self, shards) -> Manifest:
+        return replace(self, shards=tuple(shards))
+
+    def to_json(self) -> bytes:
+        body = {"schema_version": self.schema_version, "fingerprint": self.fingerprint, "extractor": self.extractor,
+                "n_features": self.n_features, "dtype": self.dtype, "created": self.created,
+                "shards": [s.to_dict() for s in self.shards]}
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def new_manifest(fingerprint: str, extractor: dict, n_features: int, dtype: str) -> Manifest:
+    """An empty manifest for a new store."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return Manifest(str(fingerprint), dict(extractor), int(n_features), str(dtype), created)
+
+
+def manifest_path(store: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(store), schema.MANIFEST_FILE)
+
+
+def check_store_path(store: str | os.PathLike) -> str:
+    """Refuse what is not a v2 store directory with one line: a missing path, or a v1 single-file store."""
+    store = os.fspath(store)
+    if os.path.isfile(store):
+        raise StoreVersionError(
+            f"{store} is a featurehead v1 single-file store; stores are now directories keyed by image content. "
+            f"Re-extract into a directory: featurehead extract INDEX ... --out {_suggest(store)} "
+            "(v1 stores are not migrated: they do not record the images' content)."
+        )
+    if not os.path.isdir(store):
+        raise StoreNotFoundError(f"No feature store at {store}; run `featurehead extract ... --out {store}` to create it.")
+    return store
+
+
+def _suggest(path: str) -> str:
+    root, ext = os.path.splitext(path)
+    return root if ext in (".h5", ".hdf5") else f"{path}.store"
+
+
+def read_manifest(store: str | os.PathLike) -> Manifest | None:
+    """The store's manifest, or None when the directory holds none yet."""
+    store = check_store_path(store)
+    path = manifest_path(store)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            body = json.loads(f.read().decode("utf-8"))
+        if int(body["schema_version"]) != schema.SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{store} has schema version {body['schema_version']}, this featurehead reads "
+                f"{schema.SCHEMA_VERSION}; re-extract it into a new directory."
+            )
+        shards = tuple(ShardRecord(str(s["file"]), int(s["rows"]), int(s["failed"]), dict(s.get("versions", {})))
+                       for s in body["shards"])
+        return Manifest(str(body["fingerprint"]), dict(body["extractor"]), int(body["n_features"]),
+                        str(body["dtype"]), str(body["created"]), shards)
+    except StoreVersionError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreDamagedError(f"{path} is not a readable store manifest ({err}); re-extract into a new directory.") from err
+
+
+def commit_manifest(store: str | os.PathLike, manifest: Manifest) -> None:
+    """Replace the manifest atomically; after this returns, the listed shards are the store's."""
+    atomic_write_bytes(manifest_path(store), manifest.to_json())
+
+
+def check_identity(store: str, manifest: Manifest, fingerprint: str, n_features: int | None, dtype: str) -> None:
+    """Refuse, with one line, a writer of another extractor, feature width or dtype."""
+    if manifest.fingerprint != fingerprint:
+        raise StoreMismatchError(
+            f"{store} holds features of another extractor (fingerprint {manifest.fingerprint[:12]}, asked "
+            f"{fingerprint[:12]}: {manifest.extractor.get('name', '?')}); use another --out for this extractor."
+        )
+    if n_features is not None and manifest.n_features != n_features:
+        raise StoreMismatchError(f"{store} holds {manifest.n_features} features per row, not {n_features}.")
+    if manifest.dtype != dtype:
+        raise StoreMismatchError(f"{store} stores {manifest.dtype} features, not {dtype}; use another --out.")

@@ -1,0 +1,238 @@
+"""Shards `STORE/shards/*.h5`: feature rows keyed by content, written once, durably, in key order.
+
+A shard is created whole (its keys written, its rows allocated and reserved on disk) under a temporary name and
+renamed into place. Rows are then written in order; each batch is flushed and fsynced before the progress
+counter `n_done` moves, so a crash at any moment leaves a shard that resumes from its durable rows. A complete
+shard is never opened for writing again. Its name is a hash of the fingerprint and its keys, so planning the same
+keys twice names the same file: a shard is an idempotent unit of work (the Dask issue builds on this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import h5py
+import numpy as np
+
+from features_store import durable, schema
+from features_store.errors import StoreDamagedError, StoreMismatchError, StoreWriteError
+
+logger = logging.getLogger(__name__)
+
+# bytes per row besides the features: the key, the ok flag and the error reason
+_ROW_OVERHEAD = schema.KEY_BYTES + 1 + schema.ERROR_BYTES
+_FILE_OVERHEAD = 64 << 10
+
+
+def shard_name(fingerprint: str, keys: Sequence[str]) -> str:
+    """The file name of the shard holding `keys` under `fingerprint`: the same keys always name the same file."""
+    h = hashlib.sha256(fingerprint.encode("ascii"))
+    for key in keys:
+        h.update(key.encode("ascii") + b"\n")
+    return f"shard-{h.hexdigest()[:24]}.h5"
+
+
+def shard_bytes(n_rows: int, n_features: int, dtype: str) -> int:
+    """Disk space of a shard of `n_rows` rows (reserved up front)."""
+    return n_rows * (n_features * np.dtype(dtype).itemsize + _ROW_OVERHEAD) + _FILE_OVERHEAD
+
+
+def shards_dir(store: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(store), schema.SHARDS_DIR)
+
+
+def shard_path(store: str | os.PathLike, name: str) -> str:
+    return os.path.join(shards_dir(store), name)
+
+
+def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:
+    # Early allocation and no fill: writing rows later never allocates file space or touches HDF5 metadata,
+    # which is what makes a SIGKILL at any moment harmless.
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _create(store: str, name: str, keys: Sequence[str], fingerprint: str, n_features: int, dtype: str,
+            versions: dict) -> None:
+    folder = shards_dir(store)
+    need = shard_bytes(len(keys), n_features, dtype)
+    durable.check_free(folder, need, store=store, what=f"shard {name} ({len(keys)} rows)")
+    path = shard_path(store, name)
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("keys", data=np.array(keys, dtype="S64"), dtype=schema.KEY_DTYPE)
+            _preallocated(f, "features", (len(keys), n_features), np.dtype(dtype))
+            _preallocated(f, "ok", (len(keys),), np.bool_)
+            _preallocated(f, "errors", (len(keys),), schema.ERROR_DTYPE)
+            f.attrs["schema_version"] = np.int64(schema.SCHEMA_VERSION)
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["versions"] = json.dumps(versions, sort_keys=True)
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["n_done"] = np.int64(0)  # final dtypes now, so that updates rewrite them in place
+            f.attrs["complete"] = np.bool_(False)
+        durable.reserve(tmp, os.path.getsize(tmp))  # the rows' blocks are on disk before any row is written
+
+    try:
+        durable.atomic_write(path, write)
+    except StoreWriteError:
+        raise
+    except OSError as err:
+        raise durable.write_error(err, store=store, what=f"shard {name}", need=need) from err
+
+
+class ShardWriter:
+    """Write the rows of one shard, in key order; use `ShardWriter.open` to create or resume one."""
+
+    def __init__(self, store: str, name: str) -> None:
+        self.store, self.name, self.path = store, name, shard_path(store, name)
+        try:
+            self._file = h5py.File(self.path, "r+")
+        except OSError as err:
+            raise durable.write_error(err, store=store, what=f"shard {name}") from err
+        self.keys = self._file["keys"].asstr()[:].tolist()
+        self.n_rows, self.n_features = (int(s) for s in self._file["features"].shape)
+        self._dtype = self._file["features"].dtype
+        self._n_done = int(self._file.attrs["n_done"])
+        self._fd = self._file.id.get_vfd_handle()
+
+    @classmethod
+    def open(cls, store: str | os.PathLike, keys: Sequence[str], *, fingerprint: str, n_features: int,
+             dtype: str = "float32", versions: dict | None = None) -> ShardWriter:
+        """Create the shard of `keys`, or resume the one already on disk.
+
+        Parameters
+        ----------
+        store : str or path-like
+            The store directory.
+        keys : sequence of str
+            The rows' keys (64 hex characters each), in the order their rows will be written.
+        fingerprint : str
+            The store's extractor fingerprint.
+        n_features : int
+            Row width.
+        dtype : {"float32", "float16"}, default="float32"
+        versions : dict, default=None
+            The backend and library versions of the writer, kept in the shard.
+
+        Returns
+        -------
+        ShardWriter
+            Its `n_done` is the row to resume from (`n_rows` for a complete shard).
+        """
+        store, keys = os.fspath(store), [str(k) for k in keys]
+        if not keys:
+            raise ValueError("`keys` must not be empty. Received: keys=[]")
+        name = shard_name(fingerprint, keys)
+        path = shard_path(store, name)
+        if not os.path.exists(path):
+            try:
+                os.makedirs(shards_dir(store), exist_ok=True)
+            except OSError as err:
+                raise durable.write_error(err, store=store, what="the shards folder") from err
+            _create(store, name, keys, fingerprint, int(n_features), dtype, dict(versions or {}))
+        writer = cls(store, name)
+        if writer.keys != keys or writer.n_features != n_features or str(writer._dtype) != dtype:
+            writer.close()
+            raise StoreMismatchError(f"{path} holds other keys or another shape; delete it and re-run.")
+        return writer
+
+    @property
+    def n_done(self) -> int:
+        """Durable rows: rows `[0, n_done)` are final."""
+        return self._n_done
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._file.attrs["complete"])
+
+    def write(self, features: np.ndarray, ok: np.ndarray, errors: Sequence[str] | None = None) -> None:
+        """Write the next rows, `[n_done, n_done + n)`, durably.
+
+        Parameters
+        ----------
+        features : ndarray of shape (n, n_features)
+            Rows with ``ok=False`` are stored as NaN.
+        ok : ndarray of shape (n,), dtype bool
+        errors : sequence of str of length n, default=None
+            The reason of each failed row.
+        """
+        x, ok = np.asarray(features), np.asarray(ok, dtype=bool)
+        n = len(ok)
+        if x.shape != (n, self.n_features) or self._n_done + n > self.n_rows:
+            raise ValueError(f"`features` must have shape (n, {self.n_features}) with n <= "
+                             f"{self.n_rows - self._n_done} rows left. Received: shape {x.shape}")
+        x = x.astype(self._dtype, copy=True)
+        x[~ok] = np.nan
+        reasons = [""] * n if errors is None else ["" if good else str(r) for good, r in zip(ok, errors)]
+        lo, hi = self._n_done, self._n_done + n
+        try:
+            self._file["features"][lo:hi] = x
+            self._file["ok"][lo:hi] = ok
+            self._file["errors"][lo:hi] = schema.encode_errors(reasons)
+            self._sync()  # the rows are on disk before the counter says so
+            self._file.attrs.modify("n_done", np.int64(hi))
+            self._sync()
+        except OSError as err:
+            raise durable.write_error(err, store=self.store, what=f"rows {lo}-{hi} of shard {self.name}") from err
+        self._n_done = hi
+
+    def finish(self) -> None:
+        """Mark the shard complete (every row written); it is never written again."""
+        if self._n_done != self.n_rows:
+            raise ValueError(f"`finish()` needs all {self.n_rows} rows written. Received: n_done={self._n_done}")
+        try:
+            self._file.attrs.modify("complete", np.bool_(True))
+            self._sync()
+        except OSError as err:
+            raise durable.write_error(err, store=self.store, what=f"shard {self.name}") from err
+
+    def failed(self) -> int:
+        return int(np.count_nonzero(~self._file["ok"][: self._n_done]))
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            try:
+                self._file.close()
+            except OSError:  # a failed write already raised its one line; closing must not add a second
+                logger.debug("closing %s failed", self.path, exc_info=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The keys, ok flags and error reasons of a complete shard; refuse a missing or incomplete one."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                raise StoreDamagedError(f"{path} is an incomplete shard; re-run the extraction to finish it.")
+            keys = f["keys"].asstr()[:].tolist()
+            ok, errors = f["ok"][:].astype(bool), f["errors"].asstr()[:].astype(str)
+    except FileNotFoundError as err:
+        raise StoreDamagedError(f"the shard {path} is missing; re-run the extraction to rebuild it.") from err
+    except OSError as err:
+        raise StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.") from err
+    if expected_rows is not None and len(keys) != expected_rows:
+        raise StoreDamagedError(f"the shard {path} holds {len(keys)} rows, the manifest says {expected_rows}.")
+    return keys, ok, errors
+
+
+def shard_versions(path: str) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["versions"])

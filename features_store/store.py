@@ -1,0 +1,311 @@
+"""`StoreSession`: the one writer of a store directory. It finds which keys are missing, writes shards for them,
+commits each shard to the manifest, rewrites the view, and compacts away rows that no view references.
+
+The store is given keys and arrays; it knows nothing of images or models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import h5py
+import numpy as np
+
+from features_store import durable, schema
+from features_store.errors import StoreWriteError
+from features_store.lock import writer_lock
+from features_store.manifest import (
+    Manifest,
+    ShardRecord,
+    check_identity,
+    check_store_path,
+    commit_manifest,
+    new_manifest,
+    read_manifest,
+)
+from features_store.shard import ShardWriter, read_shard, shard_path, shards_dir
+from features_store.view import take_rows, view_columns, write_view
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARD_ROWS = 4096
+SHARD_BYTES = 1 << 30
+PENDING = "not extracted yet (re-run the extraction to finish the store)"
+
+
+def default_shard_rows(n_features: int, itemsize: int = 4) -> int:
+    """Rows per shard: 4096, or fewer when 4096 rows would pass 1 GiB of features."""
+    return max(1, min(DEFAULT_SHARD_ROWS, SHARD_BYTES // (n_features * itemsize)))
+
+
+def plan_shards(keys: Sequence[str], shard_rows: int) -> list[list[str]]:
+    """Split `keys` (in order) into shards of `shard_rows` keys; the same keys always give the same plan."""
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"`shard_rows` must be a positive integer. Received: shard_rows={shard_rows!r}")
+    keys = list(keys)
+    return [keys[lo : lo + shard_rows] for lo in range(0, len(keys), shard_rows)]
+
+
+class StoreSession:
+    """The writer of one store; get one with `StoreSession.open`, which holds the store's lock."""
+
+    def __init__(self, store: str, manifest: Manifest | None, fingerprint: str, extractor: dict, dtype: str):
+        self.store, self.manifest = store, manifest
+        self.fingerprint, self.extractor, self.dtype = fingerprint, extractor, dtype
+        self._locations: dict[str, tuple[int, int, bool, str]] | None = None
+
+    @classmethod
+    @contextmanager
+    def open(cls, store: str | os.PathLike, *, fingerprint: str, extractor: dict,
+             dtype: str = "float32") -> Iterator[StoreSession]:
+        """Open (creating the directory if needed) and lock the store for writing.
+
+        Raises
+        ------
+        StoreVersionError
+            When `store` is a v1 single-file store.
+        StoreMismatchError
+            When the store holds another extractor's features or another dtype.
+        StoreLockedError
+            When another process writes the store.
+        StoreWriteError
+            When the folder cannot be written.
+        """
+        store = os.fspath(store)
+        if dtype not in schema.DTYPES:
+            raise ValueError(f"`dtype` must be one of 'float32', 'float16'. Received: dtype={dtype!r}")
+        if not os.path.isdir(store):
+            if os.path.isfile(store):
+                check_store_path(store)  # a v1 single-file store: one line saying what to do
+            try:
+                os.makedirs(store)
+            except OSError as err:
+                raise durable.write_error(err, store=store, what="the store directory") from err
+        if not os.access(store, os.W_OK) or _read_only_mount(store):
+            raise StoreWriteError(f"{store}: the folder is read-only; the store needs a writable folder "
+                                  "(copy the store elsewhere to extend it, or read it as it is).")
+        try:
+            lock = writer_lock(store)
+            lock.__enter__()
+        except OSError as err:
+            if isinstance(err, BlockingIOError):
+                raise
+            raise durable.write_error(err, store=store, what="the lock file") from err
+        try:
+            manifest = read_manifest(store)
+            if manifest is not None:
+                check_identity(store, manifest, fingerprint, None, dtype)
+            yield cls(store, manifest, fingerprint, extractor, dtype)
+        finally:
+            lock.__exit__(None, None, None)
+
+    # --- what is stored ---------------------------------------------------------------------------------
+    def locations(self) -> dict[str, tuple[int, int, bool, str]]:
+        """`key -> (shard index, row, ok, error)` of every stored row (the first copy of a key wins)."""
+        if self._locations is None:
+            self._locations = {}
+            for s, record in enumerate(self.manifest.shards if self.manifest else ()):
+                self._add_shard(s, record)
+        return self._locations
+
+    def _add_shard(self, s: int, record: ShardRecord) -> None:
+        keys, ok, errors = read_shard(shard_path(self.store, record.file), record.rows)
+        for r, key in enumerate(keys):
+            self._locations.setdefault(key, (s, r, bool(ok[r]), str(errors[r])))
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """The distinct non-empty `keys` not stored yet, in their first order."""
+        stored = self.locations()
+        seen: set[str] = set()
+        out = []
+        for key in keys:
+            if key and key not in stored and key not in seen:
+                seen.add(key)
+                out.append(key)
+        return out
+
+    @property
+    def n_features(self) -> int | None:
+        return self.manifest.n_features if self.manifest else None
+
+    # --- writing shards ---------------------------------------------------------------------------------
+    def shard_writer(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None) -> ShardWriter:
+        """Create or resume the shard of `keys` (not yet committed)."""
+        if self.manifest is None:
+            self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
+        check_identity(self.store, self.manifest, self.fingerprint, n_features, self.dtype)
+        return ShardWriter.open(self.store, keys, fingerprint=self.fingerprint, n_features=n_features,
+                                dtype=self.dtype, versions=versions)
+
+    def commit(self, writer: ShardWriter, versions: dict | None = None) -> None:
+        """Mark the shard complete and list it in the manifest (atomically): its rows now belong to the store."""
+        if not writer.complete:
+            writer.finish()
+        if any(s.file == writer.name for s in self.manifest.shards):
+            return  # committed already: a shard is listed once
+        record = ShardRecord(writer.name, writer.n_rows, writer.failed(), dict(versions or {}))
+        manifest = self.manifest.with_shards([*self.manifest.shards, record])
+        try:
+            commit_manifest(self.store, manifest)
+        except OSError as err:
+            raise durable.write_error(err, store=self.store, what="the manifest") from err
+        self.manifest = manifest
+        if self._locations is not None:
+            self._add_shard(len(manifest.shards) - 1, record)
+
+    def ensure_manifest(self, n_features: int) -> None:
+        """Commit an empty manifest for a new store that has nothing to extract (every image failed)."""
+        if self.manifest is None:
+            self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
+            commit_manifest(self.store, self.manifest)
+
+    def remove_orphans(self, keep: Sequence[str] = ()) -> int:
+        """Delete shard files that no manifest lists (partial shards of another plan, temporary files)."""
+        folder = shards_dir(self.store)
+        if not os.path.isdir(folder):
+            return 0
+        listed = {s.file for s in self.manifest.shards} if self.manifest else set()
+        removed = 0
+        for name in os.listdir(folder):
+            if name not in listed and name not in set(keep):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+        return removed
+
+    # --- the view ---------------------------------------------------------------------------------------
+    def write_view(self, *, ids, keys, labels, classes, split, view=None, source=None, size=None, mtime_ns=None,
+                   reasons=None, attrs=None, index_sha256: str = "", versions=None) -> dict[str, Any]:
+        """Rewrite `features.h5` for the current index from the stored rows; return its counts.
+
+        Parameters
+        ----------
+        ids, keys : sequence of str of length n
+            Each row's id and content key ("" when the file could not be read: the row fails with `reasons`).
+        labels : array-like of int of shape (n,)
+            Codes into `classes`, -1 for unlabelled.
+        classes, split, view, source
+            As in a v1 store.
+        size, mtime_ns : array-like of int of shape (n,), default=None
+            The files' stat when their keys were computed (-1 unknown).
+        reasons : sequence of str of length n, default=None
+            Why a keyless row failed.
+        attrs : dict of str to str
+            Extra root attributes.
+
+        Returns
+        -------
+        dict
+            ``rows``, ``failed``, ``pending`` and ``complete``, and the ``layout`` of `features`.
+        """
+        n = len(ids)
+        keys = [str(k) for k in keys]
+        shard, row = np.full(n, -1, np.int32), np.full(n, -1, np.int64)
+        ok, errors = np.zeros(n, bool), [""] * n
+        reasons = reasons if reasons is not None else [""] * n
+        stored = self.locations()
+        pending = 0
+        for i, key in enumerate(keys):
+            loc = stored.get(key) if key else None
+            if loc is not None:
+                shard[i], row[i], ok[i], errors[i] = loc
+            elif key:
+                pending += 1
+                errors[i] = PENDING
+            else:
+                errors[i] = reasons[i] or "no content key"
+        unset = np.full(n, -1, np.int64)
+        columns = {"ids": list(ids), "keys": keys, "labels": labels, "classes": list(classes), "split": list(split),
+                   "view": np.zeros(n, np.int16) if view is None else view,
+                   "source": np.arange(n) if source is None else source, "ok": ok, "errors": errors,
+                   "shard": shard, "shard_row": row, "size": unset if size is None else size,
+                   "mtime_ns": unset if mtime_ns is None else mtime_ns}
+        layout = write_view(self.store, self.manifest, columns, complete=pending == 0, attrs=dict(attrs or {}),
+                            index_sha256=index_sha256, versions=dict(versions or {}))
+        return {"rows": n, "failed": int(np.count_nonzero(~ok)) - pending, "pending": pending,
+                "complete": pending == 0, "layout": layout}
+
+    # --- compaction -------------------------------------------------------------------------------------
+    def compact(self, shard_rows: int | None = None) -> dict[str, int]:
+        """Drop the stored rows that the view does not reference; return the rows and shards before and after.
+
+        Shards whose every row is referenced are kept as they are; the live rows of the others are copied into
+        new shards, the manifest and the view are committed, and only then are the old files deleted.
+        """
+        view_path = os.path.join(self.store, schema.VIEW_FILE)
+        if self.manifest is None or not os.path.exists(view_path):
+            return {"rows_before": 0, "rows_after": 0, "shards_before": 0, "shards_after": 0}
+        cols = view_columns(view_path)
+        live = {k for k, s in zip(cols["keys"], cols["shard"]) if s >= 0}
+        before = self.manifest
+        keep, rewrite = [], []
+        seen: set[str] = set()
+        for record in before.shards:
+            keys, _, _ = read_shard(shard_path(self.store, record.file), record.rows)
+            wanted = [k for k in keys if k in live and k not in seen]
+            seen.update(wanted)
+            (keep if len(wanted) == len(keys) else rewrite).append((record, keys, wanted))
+        if not rewrite:
+            return {"rows_before": before.stored_rows, "rows_after": before.stored_rows,
+                    "shards_before": len(before.shards), "shards_after": len(before.shards)}
+        self.manifest = before.with_shards([r for r, _, _ in keep])
+        self._locations = None
+        moved = [(record, keys, wanted) for record, keys, wanted in rewrite if wanted]
+        shard_rows = shard_rows or default_shard_rows(before.n_features, np.dtype(before.dtype).itemsize)
+        pool = [(record, keys.index(k), k) for record, keys, wanted in moved for k in wanted]
+        for part in plan_shards([k for _, _, k in pool], shard_rows):
+            picked = pool[: len(part)]
+            pool = pool[len(part):]
+            with self.shard_writer(part, n_features=before.n_features) as writer:
+                if writer.n_done < len(part):
+                    x, ok, err = _gather(self.store, picked[writer.n_done:])
+                    writer.write(x, ok, err)
+                self.commit(writer, versions={"compacted": "true"})
+        commit_manifest(self.store, self.manifest)
+        attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
+        self.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
+                        split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],
+                        mtime_ns=cols["mtime_ns"], reasons=cols["errors"], attrs=attrs,
+                        index_sha256=str(cols["attrs"].get("index_sha256", "")),
+                        versions=_json_attr(cols["attrs"].get("versions")))
+        self.remove_orphans()
+        return {"rows_before": before.stored_rows, "rows_after": self.manifest.stored_rows,
+                "shards_before": len(before.shards), "shards_after": len(self.manifest.shards)}
+
+
+def _gather(store: str, picked) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    xs, oks, errs = [], [], []
+    by_file: dict[str, list[int]] = {}
+    for record, r, _ in picked:
+        by_file.setdefault(record.file, []).append(r)
+    order = []
+    for file, rows in by_file.items():
+        with h5py.File(shard_path(store, file), "r") as f:
+            rows_a = np.asarray(rows)
+            xs.append(take_rows(f["features"], rows_a))
+            oks.append(f["ok"][:][rows_a].astype(bool))
+            errs += f["errors"].asstr()[:][rows_a].astype(str).tolist()
+        order += [(file, r) for r in rows]
+    position = {fr: i for i, fr in enumerate(order)}
+    idx = [position[(record.file, r)] for record, r, _ in picked]
+    x, ok = np.concatenate(xs)[idx], np.concatenate(oks)[idx]
+    return x, ok, [errs[i] for i in idx]
+
+
+def _json_attr(value) -> dict:
+    import json
+
+    try:
+        return json.loads(value) if value else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def _read_only_mount(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
