@@ -36,7 +36,7 @@ KEY_DTYPE = h5py.string_dtype("ascii", KEY_BYTES)
 VIEW_COLUMNS = ("ids", "keys", "labels", "split", "view", "source", "ok", "errors", "shard", "shard_row",
                 "size", "mtime_ns")
 VIEW_ATTRS = ("schema_version", "fingerprint", "extractor", "index_sha256", "versions", "created", "complete",
-              "n_failed", "images_root", "features_layout")
+              "n_failed", "features_layout")
 # datasets of a shard file
 SHARD_DATASETS = ("keys", "features", "ok", "errors")
 

@@ -1,0 +1,202 @@
+"""Store v2 under faults: a full disk (a real tmpfs as root, and an injected file-size limit everywhere), a second
+writer, a read-only folder, a missing shard, SIGKILL. Each ends in one line and a store that resumes to exactly
+the clean run."""
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import features_store as fs
+
+N, D = 300, 1024  # 4 KiB of features per row: 1.2 MB in all, in shards of 64 rows
+
+WRITER = f"""
+import sys, time
+import numpy as np
+import features_store as fs
+from features_store.errors import FeatureStoreError
+
+store, sleep = sys.argv[1], float(sys.argv[2])
+keys = [__import__("hashlib").sha256(str(i).encode()).hexdigest() for i in range({N})]
+try:
+    with fs.StoreSession.open(store, fingerprint="c" * 64, extractor={{"name": "faults"}}) as s:
+        for part in fs.plan_shards(s.missing(keys), 64):
+            with s.shard_writer(part, n_features={D}) as w:
+                for lo in range(w.n_done, w.n_rows, 8):
+                    rows = np.array([keys.index(k) for k in part[lo:lo + 8]])
+                    x = np.sin(rows[:, None] * 0.01 + np.arange({D})[None, :]).astype(np.float32)
+                    w.write(x, rows % 37 != 5, [f"row {{r}} failed" for r in rows])
+                    print(w.n_done, flush=True)
+                    time.sleep(sleep)
+                s.commit(w)
+        s.write_view(ids=[f"{{i}}.png" for i in range({N})], keys=keys, labels=np.arange({N}) % 3,
+                     classes=["a", "b", "c"], split=["train"] * {N})
+except FeatureStoreError as err:
+    print(f"writer: error: {{err}}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def expected():
+    rows = np.arange(N)
+    x = np.sin(rows[:, None] * 0.01 + np.arange(D)[None, :]).astype(np.float32)
+    x[rows % 37 == 5] = np.nan
+    return x
+
+
+def run(store, *, sleep=0.0, fsize=None, kill_after=None, timeout=120):
+    def limit():
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), str(sleep)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    if kill_after is not None:
+        for line in proc.stdout:  # progress lines, not a clock
+            if int(line) >= kill_after:
+                break
+        proc.kill()
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def assert_clean(store):
+    np.testing.assert_array_equal(fs.read_features(store), expected())
+    info = fs.read_info(store)
+    assert info.complete and info.n_rows == info.stored_rows == N and info.garbage_rows == 0
+    assert info.n_failed == int(np.count_nonzero(np.arange(N) % 37 == 5))
+
+
+def test_an_injected_write_failure_is_one_line_and_the_rerun_equals_a_clean_run(tmp_path):
+    store = tmp_path / "store"
+    # 200 KiB per file: the second shard (256 KiB of features) cannot be reserved
+    code, err = run(store, fsize=200 << 10)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert str(store) in lines[0] and "re-run" in lines[0] and ("too large" in lines[0] or "space" in lines[0])
+    assert fs.read_manifest(store) is None or fs.read_manifest(store).stored_rows < N  # nothing unwritten claimed
+    code, err = run(store)
+    assert code == 0, err
+    assert_clean(store)
+
+
+def test_sigkill_at_many_moments_resumes_to_exactly_the_clean_run(tmp_path):
+    store = tmp_path / "store"
+    for kill_after in (8, 72, 136, 200, 264):
+        run(store, sleep=0.003, kill_after=kill_after)
+        manifest = fs.read_manifest(store)
+        if manifest is not None:  # what the manifest lists is complete and durable
+            for record in manifest.shards:
+                with h5py.File(store / "shards" / record.file, "r") as f:
+                    assert f.attrs["complete"] and int(f.attrs["n_done"]) == record.rows
+    code, err = run(store)
+    assert code == 0, err
+    assert_clean(store)
+    assert sorted(os.listdir(store / "shards")) == sorted(s.file for s in fs.read_manifest(store).shards)
+
+
+def test_a_second_writer_is_refused_with_one_line(tmp_path):
+    store = tmp_path / "store"
+    with fs.StoreSession.open(store, fingerprint="c" * 64, extractor={"name": "faults"}):
+        code, err = run(store)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "another process" in err, err
+    code, err = run(store)
+    assert code == 0, err
+    assert_clean(store)
+
+
+def test_another_extractor_is_refused(tmp_path):
+    store = tmp_path / "store"
+    assert run(store)[0] == 0
+    with pytest.raises(fs.StoreMismatchError, match="another extractor"):
+        with fs.StoreSession.open(store, fingerprint="d" * 64, extractor={"name": "other"}):
+            pass
+
+
+def test_a_missing_or_incomplete_shard_is_refused_not_read_as_nan(tmp_path):
+    store = tmp_path / "store"
+    assert run(store)[0] == 0
+    first = fs.read_manifest(store).shards[0].file
+    shutil.copy(store / "shards" / first, tmp_path / "kept.h5")
+    os.remove(store / "shards" / first)
+    with pytest.raises(fs.StoreDamagedError, match="missing"):
+        fs.read_features(store)
+    with h5py.File(store / "features.h5", "r") as f:  # what an outside tool would see: the NaN fill value
+        assert np.isnan(f["features"][0]).all()
+    shutil.copy(tmp_path / "kept.h5", store / "shards" / first)
+    with h5py.File(store / "shards" / first, "r+") as f:
+        f.attrs.modify("complete", False)
+    with pytest.raises(fs.StoreDamagedError, match="incomplete"):
+        fs.load(store)
+
+
+def test_a_moved_store_reads_from_any_working_directory(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    assert run(store)[0] == 0
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(store, moved)
+    shutil.rmtree(store)
+    monkeypatch.chdir(tmp_path)
+    with h5py.File(moved / "features.h5", "r") as f:  # plain h5py, through the virtual dataset
+        assert f["features"].is_virtual
+        np.testing.assert_array_equal(f["features"][:], expected())
+    np.testing.assert_array_equal(fs.read_features(moved), expected())
+
+
+def test_a_read_only_folder_is_one_line_and_still_readable(tmp_path):
+    store = tmp_path / "store"
+    assert run(store)[0] == 0
+    if os.geteuid() == 0:  # root ignores permission bits: use a read-only bind mount
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(store), str(ro)], capture_output=True).returncode:
+            pytest.skip("cannot bind-mount read-only here")
+        try:
+            _check_read_only(ro)
+        finally:
+            subprocess.run(["umount", str(ro)], check=True)
+    else:
+        os.chmod(store, 0o555)
+        try:
+            _check_read_only(store)
+        finally:
+            os.chmod(store, 0o755)
+
+
+def _check_read_only(store):
+    with pytest.raises(fs.StoreWriteError, match="read-only"):
+        with fs.StoreSession.open(store, fingerprint="c" * 64, extractor={"name": "faults"}):
+            pass
+    assert_clean(store)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        store = mnt / "store"
+        code, err = run(store)  # 1.2 MB of features cannot fit in 1 MiB
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert "space" in lines[0] and str(store) in lines[0]
+        stored = fs.read_manifest(store).stored_rows if fs.read_manifest(store) else 0
+        assert stored < N
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)  # space is freed
+        code, err = run(store)
+        assert code == 0, err
+        assert_clean(store)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

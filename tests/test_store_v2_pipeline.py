@@ -1,0 +1,241 @@
+"""Store v2 through extraction: what users do every week (relabel, append, remove, move, edit) extracts only
+what the store lacks, and the view always follows the index."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import features_store
+from extract import get_extractor, read_index
+from extract.augment import Augmentation
+from pipelines.cli import main
+from pipelines.extraction import run_extract
+from pipelines.views import AugmentedViews
+
+TOL = dict(rtol=1e-5, atol=1e-6)  # float32 network, other batch compositions
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return get_extractor("vgg16", weights="none", input_size=32, batch_size=3)
+
+
+def by_id(store):
+    X, _, ids = features_store.load(store, ok_only=False)
+    return dict(zip(ids.tolist(), X))
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows, columns=["filename", "label", "split"]).to_csv(path, index=False)
+    return path
+
+
+def base_rows(root):
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*") if p.suffix != ".csv")
+    return [(f, f.split("/")[0], "train" if f[2] in "01" else "test") for f in files]
+
+
+def test_relabel_and_new_columns_rewrite_only_the_view_without_keras(image_folder, tmp_path, vgg):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    first = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert first.n_extracted == 8 and len(features_store.read_info(store).shards) == 3
+    before = by_id(store)
+    rows = [(f, "zebra" if i % 3 == 0 else lab, "val" if i == 1 else split)
+            for i, (f, lab, split) in enumerate(base_rows(image_folder))]
+    frame = pd.DataFrame(rows, columns=["filename", "label", "split"]).assign(site=["x"] * 8)
+    frame.to_csv(csv, index=False)
+    script = ("import sys; from pipelines.cli import main; rc = main(sys.argv[1:]); "
+              "print('keras loaded' if {'keras', 'tensorflow'} & set(sys.modules) else 'no keras'); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", script, "-q", "extract", str(csv), "--model", "vgg16",
+                          "--weights", "none", "--input-size", "32", "--out", str(store)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "up to date" in out.stdout and out.stdout.strip().endswith("no keras")
+    meta = features_store.read_meta(store)
+    assert sorted(set(meta.labels)) == ["a", "b", "zebra"] and (meta.split == "val").sum() == 1
+    after = by_id(store)
+    for i in before:
+        np.testing.assert_array_equal(after[i], before[i])  # the same stored rows
+    info = features_store.read_info(store)
+    assert (info.stored_rows, info.garbage_rows, info.n_rows) == (8, 0, 8)
+
+
+def test_append_extracts_only_the_new_images(image_folder, tmp_path, vgg):
+    rows = base_rows(image_folder)
+    csv = write_csv(image_folder / "index.csv", rows[:6])
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store)
+    before = by_id(store)
+    write_csv(csv, rows)
+    again = run_extract(read_index(csv), vgg, store)
+    assert again.n_extracted == 2 and again.n_rows == 8
+    after = by_id(store)
+    for i in before:
+        np.testing.assert_array_equal(after[i], before[i])
+    clean = run_extract(read_index(csv), vgg, tmp_path / "clean")
+    for i, x in by_id(clean.store).items():
+        np.testing.assert_allclose(after[i], x, **TOL)
+
+
+def test_removed_rows_become_garbage_until_compact(image_folder, tmp_path, vgg):
+    rows = base_rows(image_folder)
+    csv = write_csv(image_folder / "index.csv", rows)
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store, shard_rows=3)
+    before = by_id(store)
+    write_csv(csv, rows[2:])
+    again = run_extract(read_index(csv), vgg, store)
+    assert (again.n_extracted, again.n_rows, again.garbage_rows) == (0, 6, 2)
+    assert main(["-q", "compact", str(store)]) == 0
+    info = features_store.read_info(store)
+    assert (info.stored_rows, info.garbage_rows, info.n_rows) == (6, 0, 6)
+    assert len(os.listdir(store / "shards")) == len(info.shards)
+    after = by_id(store)
+    assert set(after) == {r[0] for r in rows[2:]}
+    for i in after:
+        np.testing.assert_array_equal(after[i], before[i])
+
+
+def test_a_moved_copy_of_the_images_extracts_nothing(image_folder, tmp_path, vgg):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store)
+    before = by_id(store)
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved, copy_function=shutil.copy)  # new mtimes too
+    again = run_extract(read_index(moved / "index.csv"), vgg, store)
+    assert again.n_extracted == 0 and again.up_to_date
+    assert features_store.read_info(store).attrs["images_root"] == str(moved)
+    for i, x in by_id(store).items():
+        np.testing.assert_array_equal(x, before[i])
+
+
+def test_an_image_edited_in_place_is_the_only_one_extracted_again(image_folder, tmp_path, vgg):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store)
+    before = by_id(store)
+    edited = "a/0.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image_folder / edited)
+    again = run_extract(read_index(csv), vgg, store)
+    assert (again.n_extracted, again.garbage_rows) == (1, 1)
+    after = by_id(store)
+    assert not np.allclose(after[edited], before[edited])
+    fresh = vgg(np.full((1, 32, 32, 3), 200, np.uint8))[0]
+    np.testing.assert_allclose(after[edited], fresh, **TOL)
+    for i in set(before) - {edited}:
+        np.testing.assert_array_equal(after[i], before[i])
+
+
+def test_the_same_bytes_under_two_names_are_extracted_once(image_folder, tmp_path, vgg):
+    shutil.copy(image_folder / "a" / "0.png", image_folder / "a" / "copy.png")
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    result = run_extract(read_index(csv), vgg, tmp_path / "store")
+    info = features_store.read_info(result.store)
+    assert (result.n_extracted, info.n_rows, info.stored_rows) == (8, 9, 8)
+    got = by_id(result.store)
+    np.testing.assert_array_equal(got["a/copy.png"], got["a/0.png"])
+
+
+def test_an_unreadable_image_is_a_failed_row_that_a_fixed_file_replaces(image_folder, tmp_path, vgg):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    (image_folder / "b" / "1.jpg").write_bytes(b"not a jpeg")
+    store = tmp_path / "store"
+    first = run_extract(read_index(csv), vgg, store)
+    assert first.n_failed == 1 and features_store.read_errors(store)[0][0] == "b/1.jpg"
+    assert run_extract(read_index(csv), vgg, store).n_extracted == 0  # the same bytes fail the same way
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image_folder / "b" / "1.jpg", format="JPEG")
+    fixed = run_extract(read_index(csv), vgg, store)
+    assert (fixed.n_extracted, fixed.n_failed) == (1, 0)
+
+
+def test_augmented_views_survive_a_relabel(image_folder, tmp_path, vgg):
+    rows = base_rows(image_folder)
+    csv = write_csv(image_folder / "index.csv", rows)
+    views = AugmentedViews(2, Augmentation(rotation=0.1, flip=True), seed=3)
+    store = tmp_path / "store"
+    first = run_extract(read_index(csv), vgg, store, views=views)
+    assert first.n_rows == 8 + 2 * 4
+    X0 = features_store.read_features(store)
+    write_csv(csv, [(f, "other" if lab == "a" else lab, split) for f, lab, split in rows])
+    again = run_extract(read_index(csv), vgg, store, views=views)
+    assert again.n_extracted == 0
+    np.testing.assert_array_equal(features_store.read_features(store), X0)
+    assert "other" in set(features_store.read_meta(store).labels)
+
+
+def test_inspect_json_export_and_a_v1_file(image_folder, tmp_path, vgg, capsys):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store, shard_rows=5)
+    capsys.readouterr()
+    assert main(["inspect", str(store), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"rows": 8, "stored_rows": 8, "garbage_rows": 0, "shards": 2, "failed": 0, "complete": True}.items() \
+        <= summary.items()
+    assert summary["fingerprint"] == vgg.fingerprint()
+    assert summary["shard_versions"][0]["keras_backend"]
+    assert main(["-q", "export", str(store), "--out", str(tmp_path / "one.h5")]) == 0
+    with h5py.File(tmp_path / "one.h5", "r") as f:
+        assert not f["features"].is_virtual and "shard" not in f
+        np.testing.assert_array_equal(f["features"][:], features_store.read_features(store))
+        assert f["ids"].asstr()[:].tolist() == features_store.read_meta(store).ids.tolist()
+    v1 = tmp_path / "old.h5"
+    with h5py.File(v1, "w") as f:
+        f.attrs["schema_version"] = 1
+    capsys.readouterr()
+    assert main(["train", str(v1), "--out", str(tmp_path / "head")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "v1 single-file store" in err[0] and "--out" in err[0]
+
+
+def _cli(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    # TensorFlow's C++ start-up notes are not ours
+    noise = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ")
+    return out.returncode, [line for line in out.stderr.splitlines() if not line.startswith(noise)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp_path, vgg):
+    root = tmp_path / "imgs"
+    for i in range(60):
+        path = root / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    csv = write_csv(tmp_path / "index.csv", [(f"imgs/{i}.png", "ab"[i % 2], "") for i in range(60)])
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        store = mnt / "store"
+        args = ["-q", "extract", str(csv), "--model", "vgg16", "--weights", "none", "--input-size", "64",
+                "--shard-rows", "16", "--out", str(store)]  # 60 rows x 8 KiB of features do not fit
+        code, err = _cli(*args)
+        assert 0 < code < 128 and len(err) == 1, err
+        assert str(store) in err[0] and "free" in err[0] and "re-run" in err[0]
+        with pytest.raises(features_store.StoreIncompleteError):
+            features_store.read_features(store)  # never zeros, never "up to date"
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)  # space is freed
+        code, err = _cli(*args)
+        assert code == 0, err
+        got = by_id(store)
+        clean = run_extract(read_index(csv), get_extractor("vgg16", weights="none", input_size=64), tmp_path / "clean")
+        want = by_id(clean.store)
+        assert set(got) == set(want)
+        for i in want:
+            np.testing.assert_allclose(got[i], want[i], **TOL)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
