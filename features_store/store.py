@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
-from features_store.errors import StoreWriteError
+from features_store.errors import StoreDamagedError, StoreWriteError
 from features_store.lock import writer_lock
 from features_store.manifest import (
     Manifest,
@@ -27,7 +27,7 @@ from features_store.manifest import (
     new_manifest,
     read_manifest,
 )
-from features_store.shard import ShardWriter, read_shard, shard_path, shards_dir
+from features_store.shard import ShardWriter, read_shard, shard_name, shard_path, shards_dir
 from features_store.view import take_rows, view_columns, write_view
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,27 @@ class StoreSession:
         if any(s.file == writer.name for s in self.manifest.shards):
             return  # committed already: a shard is listed once
         record = ShardRecord(writer.name, writer.n_rows, writer.failed(), dict(versions or {}))
+        manifest = self.manifest.with_shards([*self.manifest.shards, record])
+        try:
+            commit_manifest(self.store, manifest)
+        except OSError as err:
+            raise durable.write_error(err, store=self.store, what="the manifest") from err
+        self.manifest = manifest
+        if self._locations is not None:
+            self._add_shard(len(manifest.shards) - 1, record)
+
+    def commit_shard(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None) -> None:
+        """Commit the shard of `keys` that another process (a Dask worker) completed; the file is only read."""
+        if self.manifest is None:
+            self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
+        check_identity(self.store, self.manifest, self.fingerprint, n_features, self.dtype)
+        name = shard_name(self.fingerprint, list(keys))
+        if any(s.file == name for s in self.manifest.shards):
+            return
+        stored, ok, _ = read_shard(shard_path(self.store, name), len(keys))  # refuses an incomplete shard
+        if stored != list(keys):
+            raise StoreDamagedError(f"{shard_path(self.store, name)} holds other keys than planned; delete it and re-run.")
+        record = ShardRecord(name, len(keys), int(np.count_nonzero(~ok)), dict(versions or {}))
         manifest = self.manifest.with_shards([*self.manifest.shards, record])
         try:
             commit_manifest(self.store, manifest)

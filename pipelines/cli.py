@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
     p.add_argument("--shard-rows", type=int, default=None,
                    help="rows per shard file (default: 4096, or fewer when 4096 rows pass 1 GiB of features)")
+    p.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
+                   help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
+                   "joins a running scheduler (workers must see the store and images at the same paths)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
     _add_extractor_args(p)
@@ -165,9 +168,22 @@ def cmd_extract(args) -> int:
     extractor.validate()
     from .cli_augment import views_from_args
 
-    result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
-                         progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args),
-                         shard_rows=args.shard_rows)
+    client = None
+    if args.dask:
+        from .distributed import client_from_spec
+
+        client = client_from_spec(args.dask)
+    try:
+        result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
+                             progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args),
+                             shard_rows=args.shard_rows, client=client)
+    finally:
+        if client is not None and args.dask.startswith("local:"):
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+        elif client is not None:
+            client.close()
     if result.up_to_date:
         print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:

@@ -278,6 +278,7 @@ def run_extract(
     views: AugmentedViews | None = None,
     shard_rows: int | None = None,
     dtype: str = "float32",
+    client=None,
 ) -> ExtractResult:
     """Bring the store `out` up to date with `index`: extract only the images it lacks, then rewrite its view.
 
@@ -301,6 +302,9 @@ def run_extract(
         Rows per shard; default `features_store.default_shard_rows` (4096, or fewer past 1 GiB of features).
     dtype : {"float32", "float16"}
         Storage type of the features.
+    client : distributed.Client, optional
+        Extract the shards as Dask tasks on this client's workers (see `pipelines.distributed`); the workers must
+        see `out` and the images at the same paths (a shared filesystem on a real cluster).
 
     Returns
     -------
@@ -318,6 +322,21 @@ def run_extract(
     with features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session:
         target = Target(session, session.missing(plan.keys), shard_rows)
         args = view_args(index, plan, views)
+        if client is not None:
+            from .distributed import fill_store_on_dask
+
+            if target.missing and session.manifest is not None:
+                session.write_view(**args, versions=base_versions())  # "incomplete" until the new rows are in
+            extractor.validate()
+            n_extracted = fill_store_on_dask(client, session, plan, target.missing, extractor, views=views,
+                                             shard_rows=shard_rows, dtype=dtype, strict=strict, progress=progress)
+            if session.manifest is None:  # nothing could be read: the width comes from the model here
+                session.ensure_manifest(extractor.output_dim)
+            session.write_view(**args, versions=base_versions())
+            session.remove_orphans()
+            info = features_store.read_info(out)
+            return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp,
+                                 info.garbage_rows)
         if target.missing or session.manifest is None:
             extractor.validate()
             session.ensure_manifest(extractor.output_dim)  # builds the model: something is to extract

@@ -1,0 +1,124 @@
+"""Distributed extraction on Dask: each shard of the store is one idempotent task.
+
+The driver hashes the index, plans the missing keys into shards (`features_store.plan_shards`, the same plan as a
+single-process run), and submits one `extract_shard` task per shard. A worker writes only its own shard file, in
+place, resuming from that shard's durable rows; it builds its model once and keeps it for every shard it runs.
+Only the driver commits shards to the manifest and writes the view. A task that runs twice finds its shard
+complete and returns at once; a task whose worker was killed runs again elsewhere and resumes the shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import features_store
+
+logger = logging.getLogger(__name__)
+
+# One model per worker process and extractor fingerprint: built by the first shard, reused by the others.
+_WORKER_MODELS: dict[str, object] = {}  # key: class and fingerprint
+
+
+def client_from_spec(spec: str):
+    """A `distributed.Client` for `--dask`: ``local:N`` starts a LocalCluster of N one-thread worker processes,
+    ``tcp://HOST:PORT`` connects to a running scheduler."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ValueError("`--dask` needs dask.distributed: pip install 'featurehead[dask]'") from err
+    if spec.startswith("local:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster)
+    if spec.startswith(("tcp://", "tls://", "ucx://")):
+        return Client(spec, timeout="30s")
+    raise ValueError(f"`--dask` must be local:N or a scheduler address such as tcp://HOST:8786. Received: {spec}")
+
+
+def _worker_extractor(extractor):
+    key = f"{type(extractor).__module__}.{type(extractor).__qualname__}:{extractor.fingerprint()}"
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = extractor
+    return _WORKER_MODELS[key]
+
+
+def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, int, int]], extractor, views,
+                  dtype: str, strict: bool, decode_workers: int | None) -> dict:
+    """Write (or finish) the shard of `keys` on this worker; return its name, rows and failed rows.
+
+    `items[i]` is `(path, view number, content seed)` of `keys[i]`. Idempotent: a complete shard is returned as is.
+    """
+    from extract import ImageReadError
+
+    from .extraction import decoded_batches, library_versions
+    from .views import apply_views
+
+    extractor = _worker_extractor(extractor)
+    versions = {**library_versions(), "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    n_features = extractor.output_dim  # builds the model once per worker process
+    with features_store.ShardWriter.open(store, keys, fingerprint=extractor.fingerprint(), n_features=n_features,
+                                         dtype=dtype, versions=versions) as writer:
+        start = writer.n_done
+        todo = items[start:]
+        paths = [p for p, _, _ in todo]
+        plan = features_store.batch_plan(len(todo), extractor.batch_size)
+        for lo, hi, images, ok, errors in decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers):
+            if strict and not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
+            if views is not None:
+                view = np.array([v for _, v, _ in todo[lo:hi]], np.int16)
+                seeds = np.array([s for _, _, s in todo[lo:hi]], np.int64)
+                images = apply_views(images, ok, seeds, view, views)
+            features = np.full((hi - lo, n_features), np.nan, np.float32)
+            if ok.any():
+                features[ok] = extractor(images[ok])
+            writer.write(features, ok, errors)
+        if not writer.complete:
+            writer.finish()
+        return {"name": writer.name, "rows": writer.n_rows, "written": writer.n_rows - start,
+                "failed": writer.failed(), "n_features": n_features, "versions": versions}
+
+
+def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, views, shard_rows: int | None,
+                       dtype: str, strict: bool, progress) -> int:
+    """Extract the `missing` keys of one store as shard tasks on `client`; commit each as it completes."""
+    from distributed import as_completed
+
+    if not missing:
+        return 0
+    n_features = session.n_features
+    rows = shard_rows or features_store.default_shard_rows(n_features or 4096)
+    shards = features_store.plan_shards(missing, rows)
+    futures = {}
+    for keys in shards:
+        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2])) for k in keys]
+        future = client.submit(extract_shard, str(session.store), keys, items, extractor, views, dtype,
+                               strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}",
+                               pure=False)  # a dead worker's task is rescheduled by the scheduler itself
+        futures[future] = keys
+    bar = progress(total=len(missing), initial=0) if progress else None
+    done = 0
+    try:
+        for future in as_completed(futures):
+            result = future.result()  # a task's error (bad input, a full disk) is raised here, as one line
+            session.commit_shard(futures[future], n_features=result["n_features"], versions=result["versions"])
+            done += result["written"]
+            if bar is not None:
+                bar.update(result["rows"])
+    finally:
+        for future in futures:
+            future.cancel()
+        if bar is not None:
+            bar.close()
+    return done

@@ -1,0 +1,136 @@
+"""Extraction on Dask (`LocalCluster`, 2 one-thread worker processes): the same store as a single process, a
+worker SIGKILLed mid-shard, a restarted driver, and a shard task run twice."""
+
+import hashlib
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+distributed = pytest.importorskip("distributed")
+
+import features_store  # noqa: E402
+from extract import get_extractor, read_index  # noqa: E402
+from extract.applications import VGG16Extractor  # noqa: E402
+from pipelines.distributed import extract_shard  # noqa: E402
+from pipelines.extraction import plan_rows, run_extract  # noqa: E402
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+SMALL = dict(weights="none", input_size=32, batch_size=4)
+
+
+class BlockingVGG16(VGG16Extractor):
+    """VGG16 (same name, config and fingerprint) that, once in the whole cluster, blocks on its second batch
+    after publishing its pid, so that the test can SIGKILL the worker in the middle of a shard."""
+
+    def __init__(self, marker_dir=None, **config):
+        super().__init__(**config)
+        self.__dict__["marker_dir"] = marker_dir
+
+    def __getstate__(self):  # the marker travels to the workers; it is not part of the config or fingerprint
+        return {**super().__getstate__(), "marker_dir": self.__dict__.get("marker_dir")}
+
+    def __call__(self, images):
+        calls = self.__dict__["_calls"] = self.__dict__.get("_calls", 0) + 1
+        marker_dir = self.__dict__.get("marker_dir")
+        if calls == 2 and marker_dir is not None:
+            try:  # only one process wins the rename
+                os.rename(os.path.join(marker_dir, "block"), os.path.join(marker_dir, f"blocked-{os.getpid()}"))
+            except FileNotFoundError:
+                return super().__call__(images)
+            while True:
+                time.sleep(1)
+        return super().__call__(images)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture
+def index(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    lines = ["filename,label"]
+    for i in range(24):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        lines.append(f"{i}.png,{'ab'[i % 2]}")
+    (root / "index.csv").write_text("\n".join(lines) + "\n")
+    return read_index(root / "index.csv")
+
+
+def by_id(store):
+    X, _, ids = features_store.load(store, ok_only=False)
+    return dict(zip(ids.tolist(), X))
+
+
+def assert_same_store(a, b):
+    fa, fb = by_id(a), by_id(b)
+    assert set(fa) == set(fb)
+    for i in fa:
+        np.testing.assert_allclose(fa[i], fb[i], **TOL)
+    ia, ib = features_store.read_info(a), features_store.read_info(b)
+    assert (ia.n_rows, ia.stored_rows, ia.n_failed, ia.complete) == (ib.n_rows, ib.stored_rows, ib.n_failed, True)
+    files = sorted(s["file"] for s in ia.shards)
+    assert len(set(files)) == len(files) == len(os.listdir(a / "shards"))  # each shard listed once, no stray file
+
+
+def test_dask_run_equals_a_single_process_run(client, index, tmp_path):
+    (index.root / "7.png").write_bytes(b"broken")  # a failed row is counted the same way
+    single = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "single", shard_rows=8)
+    dask = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8, client=client)
+    assert (dask.n_extracted, dask.n_failed) == (single.n_extracted, single.n_failed) == (24, 1)
+    assert_same_store(dask.store, single.store)
+    workers = {s["versions"]["worker"] for s in features_store.read_info(dask.store).shards}
+    assert len(workers) >= 1
+
+
+def test_a_worker_killed_mid_shard_costs_nothing(client, index, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (markers / "block").touch()
+    extractor = BlockingVGG16(str(markers), **SMALL, seed=1)  # a model no worker has built yet
+    assert extractor.fingerprint() == get_extractor("vgg16", **SMALL, seed=1).fingerprint()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_extract, index, extractor, tmp_path / "dask", shard_rows=8, client=client)
+        deadline = time.monotonic() + 120
+        while not (blocked := [p for p in os.listdir(markers) if p.startswith("blocked-")]):
+            assert time.monotonic() < deadline and not run.done(), "no worker blocked"
+            time.sleep(0.2)
+        os.kill(int(blocked[0].split("-")[1]), signal.SIGKILL)  # the worker dies in the middle of a shard
+        result = run.result(timeout=300)
+    assert result.n_rows == 24 and result.n_failed == 0
+    assert not os.path.exists(f"/proc/{blocked[0].split('-')[1]}")  # the worker really died
+    clean = run_extract(index, get_extractor("vgg16", **SMALL, seed=1), tmp_path / "clean", shard_rows=8)
+    assert_same_store(result.store, clean.store)
+
+
+def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent(client, index, tmp_path):
+    extractor = get_extractor("vgg16", **SMALL)
+    store = tmp_path / "dask"
+    plan = plan_rows(index, store, None, None)
+    shards = features_store.plan_shards(list(dict.fromkeys(plan.keys)), 8)
+    items = [(str(plan.todo[k][0]), 0, int(plan.todo[k][2])) for k in shards[0]]
+    args = (str(store), shards[0], items, extractor, None, "float32", False, 1)
+    store.mkdir()
+    # the driver died after a worker completed shard 0 but before committing it: the task ran, nothing else did
+    first = client.submit(extract_shard, *args, pure=False).result()
+    path = store / "shards" / first["name"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    again = client.submit(extract_shard, *args, pure=False).result()  # the same task, run twice
+    assert (first["written"], again["written"]) == (8, 0)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the same file
+    result = run_extract(index, extractor, store, shard_rows=8, client=client)  # the driver, run again
+    assert result.n_extracted == 16  # only the shards not done
+    names = [s["file"] for s in features_store.read_info(store).shards]
+    assert names.count(first["name"]) == 1
+    clean = run_extract(index, extractor, tmp_path / "clean", shard_rows=8)
+    assert_same_store(store, clean.store)
