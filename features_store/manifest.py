@@ -69,6 +69,8 @@ def check_store_path(store: str | os.PathLike) -> str:
     """Refuse what is not a v2 store directory with one line: a missing path, or a v1 single-file store."""
     store = os.fspath(store)
     if os.path.isfile(store):
+        if not _is_v1_store(store):
+            raise StoreNotFoundError(f"{store} is a file, not a feature store (a store is a directory).")
         raise StoreVersionError(
             f"{store} is a featurehead v1 single-file store; stores are now directories keyed by image content. "
             f"Re-extract into a directory: featurehead extract INDEX ... --out {_suggest(store)} "
@@ -77,6 +79,16 @@ def check_store_path(store: str | os.PathLike) -> str:
     if not os.path.isdir(store):
         raise StoreNotFoundError(f"No feature store at {store}; run `featurehead extract ... --out {store}` to create it.")
     return store
+
+
+def _is_v1_store(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "schema_version" in f.attrs
+    except OSError:
+        return False
 
 
 def _suggest(path: str) -> str:

@@ -1,0 +1,124 @@
+"""Store v2 units on real files: shard planning and naming, the view's features layout, compaction, commits."""
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import features_store as fs
+from features_store import view as view_module
+
+FP = "f" * 64
+
+
+def keys(n, salt=""):
+    return [hashlib.sha256(f"{salt}{i}".encode()).hexdigest() for i in range(n)]
+
+
+def rows(k):
+    idx = np.array([int(x[:8], 16) % 1000 for x in k], dtype=np.float32)
+    return np.stack([idx, idx + 0.5, -idx], axis=1)
+
+
+def fill(store, k, shard_rows):
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        for part in fs.plan_shards(s.missing(k), shard_rows):
+            with s.shard_writer(part, n_features=3) as w:
+                w.write(rows(part), np.ones(len(part), bool))
+                s.commit(w)
+
+
+def view(store, k, **kw):
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        return s.write_view(ids=[f"{x[:6]}.png" for x in k], keys=k, labels=np.zeros(len(k), int), classes=["a"],
+                            split=[""] * len(k), **kw)
+
+
+def test_plans_and_shard_names_are_deterministic():
+    k = keys(10)
+    assert fs.plan_shards(k, 4) == [k[:4], k[4:8], k[8:]]
+    assert fs.shard_name(FP, k[:4]) == fs.shard_name(FP, list(k[:4]))
+    assert fs.shard_name(FP, k[:4]) != fs.shard_name("e" * 64, k[:4]) != fs.shard_name(FP, k[1:5])
+    assert fs.default_shard_rows(512) == 4096 and fs.default_shard_rows(25088) == 4096
+    assert fs.default_shard_rows(1 << 20) == 256  # 4 MiB rows: 1 GiB per shard
+    with pytest.raises(ValueError, match="shard_rows"):
+        fs.plan_shards(k, 0)
+
+
+def test_an_ordered_view_is_virtual_and_a_shuffled_one_is_materialised(tmp_path, monkeypatch):
+    monkeypatch.setattr(view_module, "MAX_MAPPINGS", 8)  # the real threshold is 1024 runs; the logic is the same
+    store, k = tmp_path / "store", keys(60)
+    fill(store, k, 16)
+    assert view(store, k)["layout"] == "virtual"
+    with h5py.File(store / "features.h5", "r") as f:
+        assert f["features"].is_virtual and len(f["features"].virtual_sources()) == 4
+        np.testing.assert_array_equal(f["features"][:], rows(k))
+    shuffled = [k[i] for i in np.random.default_rng(0).permutation(60)]
+    assert view(store, shuffled)["layout"] == "materialised"
+    with h5py.File(store / "features.h5", "r") as f:
+        assert not f["features"].is_virtual
+        np.testing.assert_array_equal(f["features"][:], rows(shuffled))
+    np.testing.assert_array_equal(fs.read_features(store), rows(shuffled))
+    np.testing.assert_array_equal(fs.read_features(store, [5, 1, 5]), rows(shuffled)[[5, 1, 5]])
+    assert fs.read_info(store).features_layout == "materialised"
+
+
+def test_pending_keys_make_the_view_incomplete_until_they_are_stored(tmp_path):
+    store, k = tmp_path / "store", keys(10)
+    fill(store, k[:6], 4)
+    counts = view(store, k)
+    assert (counts["pending"], counts["complete"]) == (4, False)
+    with pytest.raises(fs.StoreIncompleteError, match="6 of 10"):
+        fs.load(store)
+    np.testing.assert_array_equal(fs.read_features(store, allow_incomplete=True), rows(k[:6]))
+    info = fs.read_info(store)
+    assert (info.n_rows, info.n_done, info.complete, info.n_failed) == (10, 6, False, 0)
+    fill(store, k, 4)
+    assert view(store, k)["complete"]
+    np.testing.assert_array_equal(fs.load(store)[0], rows(k))
+
+
+def test_keyless_rows_fail_with_their_reason_and_do_not_block_completion(tmp_path):
+    store, k = tmp_path / "store", keys(4)
+    fill(store, k, 4)
+    view(store, k[:3] + [""], reasons=["", "", "", "cannot read the file: No such file"])
+    info = fs.read_info(store)
+    assert info.complete and info.n_failed == 1
+    assert fs.read_errors(store) == [(f"{''[:6]}.png", "cannot read the file: No such file")]
+    X, _, ids = fs.load(store)
+    assert len(ids) == 3 and np.isnan(fs.read_features(store)[3]).all()
+
+
+def test_compaction_keeps_whole_shards_rewrites_the_rest_and_commits_first(tmp_path):
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k, 4)
+    before = {s.file for s in fs.read_manifest(store).shards}
+    live = k[:4] + k[5:7]  # shard 0 whole, shard 1 in part, shard 2 gone
+    view(store, live)
+    assert fs.read_info(store).garbage_rows == 6
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        counts = s.compact()
+    assert counts == {"rows_before": 12, "rows_after": 6, "shards_before": 3, "shards_after": 2}
+    after = {s.file for s in fs.read_manifest(store).shards}
+    assert len(before & after) == 1  # the whole shard is kept as it is
+    assert sorted(p.name for p in (store / "shards").iterdir()) == sorted(after)
+    np.testing.assert_array_equal(fs.read_features(store), rows(live))
+    info = fs.read_info(store)
+    assert (info.stored_rows, info.garbage_rows, info.complete) == (6, 0, True)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["schema_version"] == 2 and len(manifest["shards"]) == 2
+
+
+def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
+    store, k = tmp_path / "store", keys(6)
+    fill(store, k, 6)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        with s.shard_writer(k, n_features=3) as w:  # the same keys: the same, complete file
+            assert w.complete and w.n_done == 6
+            s.commit(w)
+        with s.shard_writer(keys(3, "orphan"), n_features=3) as w:
+            w.write(rows(keys(2, "orphan")), np.ones(2, bool))  # a partial shard of a plan that changed
+        assert s.remove_orphans() == 1
+    assert len(fs.read_manifest(store).shards) == 1
