@@ -27,18 +27,24 @@ def content_seed(content_key: str) -> int:
     return int(content_key[:12], 16)
 
 
+def _unreadable(err: OSError) -> tuple[str, int, int, str]:
+    if isinstance(err, FileNotFoundError):
+        return "", -1, -1, "file not found"
+    return "", -1, -1, f"cannot read the file: {err.strerror or err}"
+
+
 def _stat_key(path: Path, known: tuple[int, int, str] | None) -> tuple[str, int, int, str]:
     try:
         st = os.stat(path)
     except OSError as err:
-        return "", -1, -1, f"cannot read the file: {err.strerror or err}"
+        return _unreadable(err)
     if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
         return known[2], st.st_size, st.st_mtime_ns, ""
     try:
         key = file_sha256(path)
         after = os.stat(path)
     except OSError as err:
-        return "", -1, -1, f"cannot read the file: {err.strerror or err}"
+        return _unreadable(err)
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):  # written while we read it
         return key, -1, -1, ""
     return key, st.st_size, st.st_mtime_ns, ""

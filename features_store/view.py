@@ -78,8 +78,9 @@ def write_view(
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
-            for name in ("ids", "split", "errors"):
+            for name in ("ids", "split"):
                 f.create_dataset(name, data=np.asarray(columns[name], dtype=object), dtype=schema.STR_DTYPE)
+            f.create_dataset("errors", data=schema.encode_errors(columns["errors"]), dtype=schema.ERROR_DTYPE)
             f.create_dataset("classes", data=np.asarray(columns["classes"], dtype=object), dtype=schema.STR_DTYPE)
             f.create_dataset("keys", data=np.asarray(columns["keys"], dtype="S64"), dtype=schema.KEY_DTYPE)
             f.create_dataset("labels", data=np.asarray(columns["labels"], np.int32))

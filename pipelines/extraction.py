@@ -93,7 +93,7 @@ class RowPlan:
     size: np.ndarray
     mtime_ns: np.ndarray
     reasons: list[str]
-    todo: dict = field(default_factory=dict)  # key -> (path, view number, seed)
+    todo: dict = field(default_factory=dict)  # key -> (path, view number, seed, id)
 
 
 def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, workers: int | None) -> RowPlan:
@@ -107,14 +107,14 @@ def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, work
     split = index.split if views is None else training_split(index, views)
     source, view = view_layout(split, 0 if views is None else views.k)
     aug = canonical_json(views.to_dict()) if views is not None else ""
-    paths = index.paths
+    paths, ids = index.paths, index.ids
     keys, todo = [], {}
     for r, v in zip(source.tolist(), view.tolist()):
         base = content[r]
         key = base if (v == 0 or not base) else view_key(base, v, aug)
         keys.append(key)
         if key and key not in todo:
-            todo[key] = (paths[r], v, content_seed(base))
+            todo[key] = (paths[r], v, content_seed(base), ids[r])
     return RowPlan(keys, source, view, list(split), size[source], mtime[source],
                    [reasons[r] for r in source.tolist()], todo)
 
@@ -231,7 +231,7 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
             batch_keys = keys[lo:hi]
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
-                raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
+                raise ImageReadError(f"{plan.todo[batch_keys[bad]][3]}: {errors[bad]} (--strict stops at the first failure)")
             if views is not None:
                 view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
                 seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
@@ -319,6 +319,9 @@ def run_extract(
     if out.is_file():
         features_store.read_manifest(out)  # a v1 single-file store: one line that says what to do
     plan = plan_rows(index, out, views, workers)
+    if strict and any(plan.reasons):
+        bad = next(i for i, reason in enumerate(plan.reasons) if reason)
+        raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
     with features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session:
         target = Target(session, session.missing(plan.keys), shard_rows)
         args = view_args(index, plan, views)

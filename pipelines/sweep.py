@@ -110,6 +110,7 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
     """
     plan = plan_rows(index, Path(next(iter(stores.values()))), None, workers)
     args = view_args(index, plan, None)
+    args["attrs"]["sweep_layers"] = ",".join(singles)
     with contextlib.ExitStack() as stack:
         sessions = {
             layer: stack.enter_context(features_store.StoreSession.open(

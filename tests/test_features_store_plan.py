@@ -64,7 +64,7 @@ def test_batch_plan_rejects_bad_n_rows():
 
 
 def test_default_store_name():
-    assert default_store_name("flowers", "vgg16", "0123456789abcdef") == "flowers.vgg16-0123456789.h5"
+    assert default_store_name("flowers", "vgg16", "0123456789abcdef") == "flowers.vgg16-0123456789"
 
 
 def test_mismatches_names_each_difference():
