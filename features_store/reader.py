@@ -141,19 +141,21 @@ class _View:
     def info(self) -> StoreInfo:
         c, a, m = self.cols, self.attrs, self.manifest
         names, counts = np.unique(c["split"], return_counts=True) if len(c["split"]) else ([], [])
-        live = {k for k, s in zip(c["keys"], c["shard"]) if s >= 0}
-        stored_live = 0
+        wanted = set(c["keys"].tolist()) - {""}
+        stored_live, stored = 0, set()
         shards = []
         for record in m.shards:
             keys, _, _ = read_shard(shard_path(self.store, record.file), record.rows)
-            stored_live += sum(1 for k in keys if k in live)
+            stored_live += sum(1 for k in keys if k in wanted)
+            stored.update(keys)
             shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})
-        n_pending = int(np.count_nonzero(self.pending))
+        # rows still to extract, counted against the manifest now (a crashed run committed shards after the view)
+        n_pending = int(sum(1 for k, p in zip(c["keys"], self.pending) if p and k not in stored))
         return StoreInfo(
             path=self.store, schema_version=int(a["schema_version"]), fingerprint=m.fingerprint,
             extractor=m.extractor, index_sha256=_str(a.get("index_sha256", "")), n_rows=len(c["ids"]),
             n_features=m.n_features, n_done=len(c["ids"]) - n_pending,
-            n_failed=int(np.count_nonzero(~c["ok"] & ~self.pending)), complete=n_pending == 0,
+            n_failed=int(np.count_nonzero(~c["ok"] & ~self.pending)), complete=not self.pending.any(),
             classes=tuple(c["classes"]), created=m.created, versions=json.loads(_str(a.get("versions", "{}"))),
             attrs={k: _str(v) for k, v in a.items() if k not in schema.VIEW_ATTRS}, dtype=m.dtype,
             split_counts={str(n): int(k) for n, k in zip(names, counts)}, stored_rows=m.stored_rows,

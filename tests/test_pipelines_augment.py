@@ -29,7 +29,7 @@ def split_index(image_folder):
 
 def test_views_follow_the_originals_and_only_train_rows_get_them(split_index, tmp_path):
     index = read_index(split_index)
-    result = run_extract(index, small_vgg(), tmp_path / "aug.h5", views=VIEWS)
+    result = run_extract(index, small_vgg(), tmp_path / "aug", views=VIEWS)
     meta = features_store.read_meta(result.store)
     assert result.n_rows == 8 + 6 * 2
     assert meta.view[:8].tolist() == [0] * 8 and meta.source[:8].tolist() == list(range(8))
@@ -37,7 +37,7 @@ def test_views_follow_the_originals_and_only_train_rows_get_them(split_index, tm
     assert (meta.split[meta.source[views]] == "train").all()  # never a view of a val/test row
     assert (meta.ids[views] == meta.ids[meta.source[views]]).all()
     assert (meta.labels[views] == meta.labels[meta.source[views]]).all()
-    plain = run_extract(index, small_vgg(), tmp_path / "plain.h5")
+    plain = run_extract(index, small_vgg(), tmp_path / "plain")
     np.testing.assert_allclose(features_store.read_features(result.store, np.arange(8)),
                                features_store.read_features(plain.store), rtol=1e-5, atol=1e-6)
     X = features_store.read_features(result.store)
@@ -45,7 +45,7 @@ def test_views_follow_the_originals_and_only_train_rows_get_them(split_index, tm
 
 
 def test_no_view_of_a_training_image_is_validated_on(csv_index, tmp_path):
-    result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "aug.h5", views=VIEWS)
+    result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "aug", views=VIEWS)
     meta = features_store.read_meta(result.store)
     assert set(meta.split[:8]) == {"train", "val"}  # no split column: a seeded stratified one is assigned
     train, val = split_rows(meta)
@@ -86,39 +86,43 @@ def test_views_are_identical_after_a_crash_and_resume(split_index, tmp_path):
             pass
 
     with pytest.raises(KeyboardInterrupt):
-        run_extract(index, small_vgg(), tmp_path / "crashed.h5", views=VIEWS, progress=Crash)
-    partial = features_store.read_info(tmp_path / "crashed.h5")
+        run_extract(index, small_vgg(), tmp_path / "crashed", views=VIEWS, progress=Crash, shard_rows=4)
+    partial = features_store.read_info(tmp_path / "crashed")
     assert not partial.complete and 0 < partial.n_done < partial.n_rows
-    resumed = run_extract(index, small_vgg(), tmp_path / "crashed.h5", views=VIEWS)
-    clean = run_extract(index, small_vgg(batch_size=4), tmp_path / "clean.h5", views=VIEWS)
-    assert resumed.n_extracted == resumed.n_rows - partial.n_done
+    with pytest.raises(features_store.StoreIncompleteError):
+        features_store.load(tmp_path / "crashed")
+    resumed = run_extract(index, small_vgg(), tmp_path / "crashed", views=VIEWS, shard_rows=4)
+    clean = run_extract(index, small_vgg(batch_size=4), tmp_path / "clean", views=VIEWS)
+    assert 0 < resumed.n_extracted <= resumed.n_rows - partial.n_done  # committed shards are not redone
     np.testing.assert_allclose(features_store.read_features(resumed.store),
                                features_store.read_features(clean.store), rtol=1e-5, atol=1e-5)
 
 
 def test_augmentation_is_part_of_the_store_identity(split_index, tmp_path):
     index = read_index(split_index)
-    out = tmp_path / "aug.h5"
+    out = tmp_path / "aug"
     run_extract(index, small_vgg(), out, views=VIEWS)
+    X = features_store.read_features(out)
     other = AugmentedViews(2, Augmentation(rotation=0.2), seed=3)
-    with pytest.raises(features_store.StoreMismatchError, match="another augmentation"):
-        run_extract(index, small_vgg(), out, views=other)
-    with pytest.raises(features_store.StoreMismatchError, match="another augmentation"):
-        run_extract(index, small_vgg(), out)
+    # views are keyed by (content, view, augmentation): another augmentation extracts only its own views
+    assert run_extract(index, small_vgg(), out, views=other).n_extracted == 6 * 2
+    plain = run_extract(index, small_vgg(), out)
+    assert (plain.n_extracted, plain.n_rows) == (0, 8)
     paths = {default_store_path(index, small_vgg(), v) for v in (None, VIEWS, other)}
     assert len(paths) == 3
-    assert run_extract(index, small_vgg(), out, views=VIEWS).up_to_date
+    assert run_extract(index, small_vgg(), out, views=VIEWS).up_to_date  # its views are still stored
+    np.testing.assert_array_equal(features_store.read_features(out), X)
 
 
 def test_an_index_split_without_train_rows_is_refused(image_folder, tmp_path):
     csv = image_folder / "val.csv"
     csv.write_text("filename,label,split\na/0.png,a,val\nb/0.png,b,test\n")
     with pytest.raises(ValueError, match=r"augments only rows whose split is 'train'"):
-        run_extract(read_index(csv), small_vgg(), tmp_path / "s.h5", views=VIEWS)
+        run_extract(read_index(csv), small_vgg(), tmp_path / "s", views=VIEWS)
 
 
 def test_cli_extract_augment(split_index, tmp_path, capsys):
-    out = tmp_path / "cli.h5"
+    out = tmp_path / "cli"
     code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", "--augment", "1",
                  "--rotation", "0.05", "--flip", "--out", str(out)])
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
@@ -128,7 +132,7 @@ def test_cli_extract_augment(split_index, tmp_path, capsys):
 
 def test_cli_extract_bad_augmentation_is_one_line(split_index, tmp_path, capsys):
     code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", "--augment", "1",
-                 "--rotation", "1.5", "--out", str(tmp_path / "x.h5")])
+                 "--rotation", "1.5", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "`rotation` must be a number in [0, 1). Received: rotation=1.5" in err
