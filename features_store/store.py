@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -78,7 +79,8 @@ class StoreSession:
         store = os.fspath(store)
         if dtype not in schema.DTYPES:
             raise ValueError(f"`dtype` must be one of 'float32', 'float16'. Received: dtype={dtype!r}")
-        if not os.path.isdir(store):
+        created = not os.path.isdir(store)
+        if created:
             if os.path.isfile(store):
                 check_store_path(store)  # a v1 single-file store: one line saying what to do
             try:
@@ -100,6 +102,10 @@ class StoreSession:
             if manifest is not None:
                 check_identity(store, manifest, fingerprint, None, dtype)
             yield cls(store, manifest, fingerprint, extractor, dtype)
+        except BaseException:
+            if created and not os.path.exists(os.path.join(store, schema.MANIFEST_FILE)):
+                shutil.rmtree(store, ignore_errors=True)  # a run that failed before its first row leaves nothing
+            raise
         finally:
             lock.__exit__(None, None, None)
 

@@ -20,9 +20,9 @@ def run(capsys, *argv):
 
 @pytest.fixture
 def store(csv_index, tmp_path, capsys):
-    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", tmp_path / "feats.h5")
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", tmp_path / "feats")
     assert code == 0
-    return tmp_path / "feats.h5"
+    return tmp_path / "feats"
 
 
 def test_help_lists_commands_without_importing_keras():
@@ -36,7 +36,7 @@ def test_help_lists_commands_without_importing_keras():
 
 
 def test_extract_prints_the_store_last_then_is_up_to_date(csv_index, tmp_path, capsys):
-    out = tmp_path / "feats.h5"
+    out = tmp_path / "feats"
     code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
     assert code == 0 and lines[-1] == str(out) and "random-init" in lines[0]
     code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
@@ -68,17 +68,17 @@ def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, t
 def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsys):
     (csv_index.parent / "a" / "bad.png").write_bytes(b"nope")
     csv_index.write_text(csv_index.read_text() + "a/bad.png,a\n")
-    out = tmp_path / "f.h5"
+    out = tmp_path / "f"
     code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
     assert code == 1 and lines[-1] == str(out)
-    assert any(line.startswith("1 of 9 rows failed") and "f.h5.failed.csv" in line for line in lines)
+    assert any(line.startswith("1 of 9 rows failed") and "f.failed.csv" in line for line in lines)
     failed = pd.read_csv(str(out) + ".failed.csv")
     assert failed["id"].tolist() == ["a/bad.png"]
 
 
 def test_strict_is_exit_2(csv_index, tmp_path, capsys):
     csv_index.write_text(csv_index.read_text() + "a/missing.png,a\n")
-    code, _, err = run(capsys, "extract", csv_index, *FAST, "--strict", "--out", tmp_path / "s.h5")
+    code, _, err = run(capsys, "extract", csv_index, *FAST, "--strict", "--out", tmp_path / "s")
     assert code == 2 and "a/missing.png: file not found" in err
 
 
@@ -86,10 +86,10 @@ def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, c
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", "--out", tmp_path / "s.h5")
+    code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", "--out", tmp_path / "s")
     assert code == 2 and len(err.splitlines()) == 1
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err and "--weights none" in err
-    assert not (tmp_path / "s.h5").exists()
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop" in err and "--weights none" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_bad_option_value_is_exit_2(csv_index, capsys):
@@ -100,12 +100,12 @@ def test_bad_option_value_is_exit_2(csv_index, capsys):
 def test_inspect(store, capsys):
     code, lines, _ = run(capsys, "inspect", store)
     text = "\n".join(lines)
-    assert code == 0 and "complete" in text and "rows:        8 (0 failed)" in text
+    assert code == 0 and "complete" in text and "rows:        8 in the view (0 failed)" in text and "8 rows in 1 shards, 0 garbage" in text
     assert '"name": "vgg16"' in text and "features" in text and "(8, 512)" in text
 
 
 def test_inspect_of_a_non_store_is_exit_2(tmp_path, capsys):
-    junk = tmp_path / "junk.h5"
+    junk = tmp_path / "junk"
     junk.write_bytes(b"garbage")
     code, _, err = run(capsys, "inspect", junk)
     assert code == 2 and str(junk) in err
@@ -155,7 +155,7 @@ def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
 def test_predict_refuses_features_of_another_extractor(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    other = tmp_path / "other.h5"
+    other = tmp_path / "other"
     assert run(capsys, "extract", csv_index, *FAST, "--pooling", "avg", "--out", other)[0] == 0
     code, _, err = run(capsys, "evaluate", bundle, other, "--out", tmp_path / "r")
     assert code == 2 and "re-extract" in err
