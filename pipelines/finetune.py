@@ -161,7 +161,7 @@ def finetune_rows(bundle, index, store):
     classes = list(bundle.manifest["classes"])
     params = bundle.manifest.get("params") or {}
     kw = {"validation_fraction": params.get("validation_fraction", 0.2), "random_state": params.get("random_state", 0)}
-    if store is not None and Path(store).is_file():
+    if store is not None and Path(store).is_dir():
         meta = features_store.read_meta(store)
         originals = meta.view == 0
         if meta.ids[originals].tolist() == index.ids:
@@ -234,7 +234,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
 def _image_source(store, index, images_root):
     if index is not None:
         return index, images_root
-    if store is None or not Path(store).is_file():
+    if store is None or not Path(store).is_dir():
         raise FileNotFoundError(f"the head's training store {store} is not there to say where the images are; "
                                 "give --index (and --images-root)")
     attrs = features_store.read_info(store).attrs

@@ -110,7 +110,6 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
     """
     plan = plan_rows(index, Path(next(iter(stores.values()))), None, workers)
     args = view_args(index, plan, None)
-    args["attrs"]["sweep_layers"] = ",".join(singles)
     with contextlib.ExitStack() as stack:
         sessions = {
             layer: stack.enter_context(features_store.StoreSession.open(
@@ -134,14 +133,27 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
             dims, compute = build()
             for layer, dim in zip(todo, dims):
                 sessions[layer].ensure_manifest(dim)
-                sessions[layer].write_view(**args, versions=base_versions())
+                sessions[layer].write_view(**_with_sweep_attr(args, stores[layer], layer, todo),
+                                           versions=base_versions())
             done = fill_stores(plan, [targets[layer] for layer in todo], lambda: (dims, compute),
                                input_size=multi.input_shape[:2], views=None, strict=False, workers=workers,
                                progress=progress, batch_size=multi.batch_size)
         for layer, session in sessions.items():
-            session.write_view(**args, versions=base_versions())
+            session.write_view(**_with_sweep_attr(args, stores[layer], layer, todo), versions=base_versions())
             session.remove_orphans()
     return done
+
+
+def _with_sweep_attr(args: dict, store: Path, layer: str, todo: list[str]) -> dict:
+    """The view arguments with `sweep_layers`: the layers extracted together in the pass that filled the store."""
+    if layer in todo:
+        together = ",".join(todo)
+    else:
+        try:
+            together = features_store.read_info(store).attrs.get("sweep_layers", layer)
+        except features_store.FeatureStoreError:
+            together = layer
+    return {**args, "attrs": {**args["attrs"], "sweep_layers": together}}
 
 
 def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:

@@ -93,7 +93,7 @@ def test_cae_config_round_trip_and_fingerprint_follows_the_file_content(cae_file
 def test_cae_through_run_extract_into_a_store(cae_file, csv_index, tmp_path):
     index = extract.read_index(csv_index)
     e = get_extractor("cae", weights=str(cae_file), input_size=28)
-    result = run_extract(index, e, tmp_path / "cae.h5", workers=1)
+    result = run_extract(index, e, tmp_path / "cae", workers=1)
     assert result.n_rows == 8 and result.n_failed == 0
     X, y, _ = features_store.load(result.store)
     assert X.shape == (8, 196) and set(y) == {"a", "b"}

@@ -49,7 +49,7 @@ def test_global_pooling_of_a_feature_map(cnn_file, batch):
 def test_through_run_extract_into_a_store(cnn_file, csv_index, tmp_path):
     index = extract.read_index(csv_index)
     e = get_extractor("keras", weights=str(cnn_file), layer="features_flatten", input_size=16)
-    result = run_extract(index, e, tmp_path / "base.h5", workers=1)
+    result = run_extract(index, e, tmp_path / "base", workers=1)
     X, y, _ = features_store.load(result.store)
     assert X.shape == (8, 144) and result.n_failed == 0
     assert features_store.read_info(result.store).fingerprint == e.fingerprint()

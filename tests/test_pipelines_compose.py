@@ -108,7 +108,7 @@ def test_the_fitted_pipeline_predicts_the_same_in_a_fresh_process(images, tmp_pa
 
 @pytest.fixture
 def store(csv_index, tmp_path):
-    return run_extract(read_index(csv_index), get_extractor("vgg16", **SMALL), tmp_path / "feats.h5").store
+    return run_extract(read_index(csv_index), get_extractor("vgg16", **SMALL), tmp_path / "feats").store
 
 
 def test_the_mlp_trains_from_store_batches(store):
@@ -147,12 +147,14 @@ def test_sgd_out_of_core_mixes_classes_of_a_class_sorted_store(tmp_path):
     n, d = 400, 8
     labels = np.repeat([0, 1], n // 2)  # sorted by class, as class folders give
     X = rng.normal(size=(n, d)).astype(np.float32) + labels[:, None] * 1.5
-    path = tmp_path / "sorted.h5"
-    with features_store.StoreWriter.open(path, fingerprint="f" * 64, extractor={"name": "t"}, index_sha256="i" * 64,
-                                         n_features=d, ids=[f"{i}.png" for i in range(n)], labels=labels,
-                                         classes=["a", "b"], split=[""] * n) as w:
-        w.write(0, X, np.ones(n, bool))
-        w.finish()
+    path = tmp_path / "sorted"
+    keys = [f"{i:064x}" for i in range(n)]
+    with features_store.StoreSession.open(path, fingerprint="f" * 64, extractor={"name": "t"}) as session:
+        with session.shard_writer(keys, n_features=d) as w:
+            w.write(X, np.ones(n, bool))
+            session.commit(w)
+        session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=["a", "b"],
+                           split=[""] * n)
     meta = features_store.read_meta(path)
     scores = [
         _fit_sgd_out_of_core(classify.make_head("sgd", random_state=seed), path, meta, np.arange(n), d,

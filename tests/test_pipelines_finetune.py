@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,7 +24,7 @@ def small_vgg():
 
 @pytest.fixture
 def store(csv_index, tmp_path):
-    return run_extract(read_index(csv_index), small_vgg(), tmp_path / "s.h5").store
+    return run_extract(read_index(csv_index), small_vgg(), tmp_path / "s").store
 
 
 @pytest.fixture
@@ -121,7 +123,7 @@ def test_cli_finetune_refuses_a_logreg_head(store, tmp_path, capsys):
 
 
 def test_cli_finetune_needs_the_images(scaled_bundle, store, tmp_path, capsys):
-    store.unlink()
+    shutil.rmtree(store)
     assert main(["finetune", str(scaled_bundle), "--unfreeze", "1", "--out", str(tmp_path / "ft")]) == 2
     assert "give --index" in capsys.readouterr().err
 

@@ -26,7 +26,7 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
     index = read_index(csv_index)
     for layer in LAYERS:  # each store is the single-layer extractor's own: `extract --layer` finds it
         single = get_extractor("vgg16", **SMALL, layer=layer)
-        store = next(csv_index.parent.glob(f"index.vgg16-{single.fingerprint()[:10]}.h5"))
+        store = next(csv_index.parent.glob(f"index.vgg16-{single.fingerprint()[:10]}"))
         assert features_store.read_info(store).fingerprint == single.fingerprint()
         X, _, _ = features_store.load(store)
         np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-4, atol=1e-4)

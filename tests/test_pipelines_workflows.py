@@ -22,7 +22,7 @@ def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
     assert code == 0 and last_line(capsys) == str(out)
     assert out.is_file() and (out.parent / "reconstructions.png").is_file() and (out.parent / "cae_loss.png").is_file()
 
-    store = tmp_path / "cae.h5"
+    store = tmp_path / "cae"
     code = main(["-q", "extract", str(csv_index), "--model", "cae", "--weights", str(out), "--input-size", "16",
                  "--out", str(store), "--workers", "1"])
     assert code == 0 and last_line(capsys) == str(store)
@@ -42,7 +42,7 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
     assert main(["-q", "pretrain-cnn", str(csv_index), "--base", str(base), "--out", str(head), *args]) == 0
     assert last_line(capsys) == str(head) and head.is_file()
 
-    store = tmp_path / "base.h5"  # --input-size omitted: the saved model's own (16)
+    store = tmp_path / "base"  # --input-size omitted: the saved model's own (16)
     code = main(["-q", "extract", str(csv_index), "--model", "keras", "--weights", str(base), "--layer",
                  "features_flatten", "--out", str(store), "--workers", "1"])
     assert code == 0 and last_line(capsys) == str(store)
