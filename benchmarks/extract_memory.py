@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,8 +85,8 @@ def main(argv=None) -> int:
         folder = work / f"n{n}"
         make_images(folder, n)
         # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure each in its own runner
-        for name, extra in (("seed", []), ("featurehead", [str(folder / "store.h5")])):
-            (folder / "store.h5").unlink(missing_ok=True)
+        for name, extra in (("seed", []), ("featurehead", [str(folder / "store")])):
+            shutil.rmtree(folder / "store", ignore_errors=True)
             runner = subprocess.run(
                 [sys.executable, __file__, "--_child", name, str(folder), *extra], env=env, capture_output=True, text=True
             )

@@ -62,7 +62,7 @@ def run(args, workdir: Path):
     index = read_index(subset_index(workdir, n_pool, args.n_test))
     extractor, note = choose_extractor(input_size=args.input_size, batch_size=16, weights=args.weights)
     t0 = time.perf_counter()
-    store = run_extract(index, extractor, workdir / "feats.h5").store
+    store = run_extract(index, extractor, workdir / "feats").store
     extract_s = time.perf_counter() - t0
     X_pool, y_pool, _ = features_store.load(store, split="train")
     X_test, y_test, _ = features_store.load(store, split="test")

@@ -80,14 +80,14 @@ def strategy_commands(key: tuple[str, str], *, index: str = "INDEX", model: str 
     vgg = model in ("vgg16", "vgg19")
     top_block = "--unfreeze-from block5_conv1" if vgg else "--unfreeze 2"
     late_blocks = "--unfreeze-from block4_conv1" if vgg else "--unfreeze 4"
-    extract = f"featurehead extract {index} --model {model} --out feats.h5"
-    mlp = "featurehead train feats.h5 --head mlp --out head-mlp/"
+    extract = f"featurehead extract {index} --model {model} --out feats/"
+    mlp = "featurehead train feats/ --head mlp --out head-mlp/"
     if key == ("small", "high"):
-        return (extract, "featurehead train feats.h5 --head logreg --out head/",
-                "featurehead evaluate head/ feats.h5 --out report/")
+        return (extract, "featurehead train feats/ --head logreg --out head/",
+                "featurehead evaluate head/ feats/ --out report/")
     if key == ("small", "low"):
         return (f"featurehead augment-preview {index} --rotation 0.1 --zoom 0.1 --out augment.png",
-                f"featurehead extract {index} --model {model} --augment 4 --rotation 0.1 --zoom 0.1 --out feats.h5",
+                f"featurehead extract {index} --model {model} --augment 4 --rotation 0.1 --zoom 0.1 --out feats/",
                 mlp, f"featurehead finetune head-mlp/ {late_blocks} --augment --epochs 10 --out finetuned/")
     if key == ("large", "low"):
         return (extract, mlp,

@@ -80,7 +80,7 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     result = DemoResult(workdir=workdir, weights=extractor.weights_source(), store=Path())
     if note:
         result.notes.append(note)
-    extraction = run_extract(index, extractor, workdir / "digits.vgg16.h5", progress=progress)
+    extraction = run_extract(index, extractor, workdir / "digits.vgg16", progress=progress)
     result.store = extraction.store
     for head, params in (("logreg", {}), ("mlp", {"epochs": epochs})):
         trained = run_train(extraction.store, workdir / f"head-{head}", head=head, params=params)
