@@ -210,11 +210,11 @@ def _cli(*args):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp_path, vgg):
     root = tmp_path / "imgs"
-    for i in range(40):
+    for i in range(60):
         path = root / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
-    csv = write_csv(tmp_path / "index.csv", [(f"imgs/{i}.png", "ab"[i % 2], "") for i in range(40)])
+    csv = write_csv(tmp_path / "index.csv", [(f"imgs/{i}.png", "ab"[i % 2], "") for i in range(60)])
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)], capture_output=True).returncode:
@@ -222,7 +222,7 @@ def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp
     try:
         store = mnt / "store"
         args = ["-q", "extract", str(csv), "--model", "vgg16", "--weights", "none", "--input-size", "64",
-                "--shard-rows", "16", "--out", str(store)]  # 40 rows x 8 KiB of features and 1 MiB of slack do not fit
+                "--shard-rows", "16", "--out", str(store)]  # 60 rows x 8 KiB of features do not fit
         code, err = _cli(*args)
         assert 0 < code < 128 and len(err) == 1, err
         assert str(store) in err[0] and "free" in err[0] and "re-run" in err[0]
