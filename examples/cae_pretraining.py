@@ -38,7 +38,7 @@ def features(index, workdir: Path, seed: int, epochs: int) -> tuple[dict, dict]:
     build_autoencoder(seed=seed).save(random_init)  # the same encoder, before training
     out = {}
     for name, path in (("CAE code", cae.model), ("random-init encoder", random_init)):
-        store = run_extract(index, get_extractor("cae", weights=str(path), input_size=SIZE), workdir / f"{path.stem}.h5",
+        store = run_extract(index, get_extractor("cae", weights=str(path), input_size=SIZE), workdir / path.stem,
                             workers=2).store
         out[name] = features_store.read_features(store)
     images, ok, _ = read_batch(index.paths, SIZE)

@@ -1,11 +1,10 @@
-"""Pure planning for the feature store: chunk sizes, batch plans, file names and store comparison.
+"""Pure planning for the feature store: chunk sizes, batch plans and store names.
 
 Nothing here touches a file, so all of it is tested on plain data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 
@@ -47,7 +46,7 @@ def batch_plan(n_rows: int, batch_size: int, start: int = 0) -> list[tuple[int, 
     batch_size : int
         Rows per batch; the last batch may be shorter.
     start : int, default=0
-        First row to plan, usually the store's `n_done` when resuming.
+        First row to plan (rows before it are done).
 
     Returns
     -------
@@ -80,23 +79,3 @@ def default_store_name(stem: str, model_name: str, fingerprint: str) -> str:
         ``f"{stem}.{model_name}-{fingerprint[:10]}"`` (a store is a directory).
     """
     return f"{stem}.{model_name}-{fingerprint[:10]}"
-
-
-def mismatches(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
-    """Describe each key whose stored value differs from the asked one.
-
-    Parameters
-    ----------
-    stored, asked : mapping
-        Same keys (for example fingerprint, index_sha256, n_rows, n_features, dtype).
-
-    Returns
-    -------
-    list of str
-        One ``"key: stored=..., asked=..."`` line per difference; empty when all match.
-    """
-    return [
-        f"{key}: stored={stored[key]!r}, asked={asked[key]!r}"
-        for key in asked
-        if stored.get(key) != asked[key]
-    ]

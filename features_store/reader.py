@@ -115,8 +115,8 @@ class _View:
         n_pending = int(np.count_nonzero(self.pending))
         if n_pending and not allow_incomplete:
             raise StoreIncompleteError(
-                f"{self.store} is incomplete ({len(self.pending) - n_pending} of {len(self.pending)} rows); "
-                "re-run the extraction to resume it."
+                f"{self.store} is incomplete (its view was written with {len(self.pending) - n_pending} of "
+                f"{len(self.pending)} rows extracted); re-run the extraction to resume it."
             )
         self.check_shards()
         return np.flatnonzero(~self.pending)

@@ -277,7 +277,7 @@ def run_extract(
     progress=None,
     views: AugmentedViews | None = None,
     shard_rows: int | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     client=None,
 ) -> ExtractResult:
     """Bring the store `out` up to date with `index`: extract only the images it lacks, then rewrite its view.
@@ -300,8 +300,8 @@ def run_extract(
         image's content, the view number and the augmentation, so they survive a relabel.
     shard_rows : int, optional
         Rows per shard; default `features_store.default_shard_rows` (4096, or fewer past 1 GiB of features).
-    dtype : {"float32", "float16"}
-        Storage type of the features.
+    dtype : {"float32", "float16"}, optional
+        Storage type of the features; default the existing store's own, float32 for a new store.
     client : distributed.Client, optional
         Extract the shards as Dask tasks on this client's workers (see `pipelines.distributed`); the workers must
         see `out` and the images at the same paths (a shared filesystem on a real cluster).
@@ -318,6 +318,9 @@ def run_extract(
     fp = extractor.fingerprint()
     if out.is_file():
         features_store.read_manifest(out)  # a v1 single-file store: one line that says what to do
+    if dtype is None:
+        manifest = features_store.read_manifest(out) if out.is_dir() else None
+        dtype = manifest.dtype if manifest is not None else "float32"
     plan = plan_rows(index, out, views, workers)
     if strict and any(plan.reasons):
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)

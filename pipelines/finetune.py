@@ -21,7 +21,7 @@ import features_store
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
-from .heads import split_rows
+from .heads import split_rows, training_view_changed
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ def finetune_rows(bundle, index, store):
     classes = list(bundle.manifest["classes"])
     params = bundle.manifest.get("params") or {}
     kw = {"validation_fraction": params.get("validation_fraction", 0.2), "random_state": params.get("random_state", 0)}
-    if store is not None and Path(store).is_dir():
+    if store is not None and Path(store).is_dir() and not training_view_changed(bundle.manifest,
+                                                                                features_store.read_info(store)):
         meta = features_store.read_meta(store)
         originals = meta.view == 0
         if meta.ids[originals].tolist() == index.ids:
@@ -192,7 +193,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     if bundle.kind != "sklearn":
         raise ValueError(f"`finetune` needs a head bundle (kind 'sklearn'). Received: kind={bundle.kind!r}")
     store = bundle.manifest.get("trained_on")
-    index, images_root = _image_source(store, index, images_root)
+    index, images_root = _image_source(bundle, store, index, images_root)
     frame = read_index(index, images_root)
     train, val, classes = finetune_rows(bundle, frame, store)
     extractor = extractor_from_spec(bundle.manifest["extractor"])
@@ -231,14 +232,17 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     return FinetuneResult(Path(path), before, after, len(train), len(val), tuple(unfrozen), fit_seconds)
 
 
-def _image_source(store, index, images_root):
+def _image_source(bundle, store, index, images_root):
     if index is not None:
         return index, images_root
     if store is None or not Path(store).is_dir():
         raise FileNotFoundError(f"the head's training store {store} is not there to say where the images are; "
                                 "give --index (and --images-root)")
-    attrs = features_store.read_info(store).attrs
-    return attrs["index_source"], images_root or attrs.get("images_root")
+    info = features_store.read_info(store)
+    if training_view_changed(bundle.manifest, info):
+        raise ValueError(f"the head's training store {store} now lists another index than the head was trained on; "
+                         "give --index (and --images-root)")
+    return info.attrs["index_source"], images_root or info.attrs.get("images_root")
 
 
 def _accuracy(model, data) -> float:

@@ -98,7 +98,8 @@ def run_train(
         n_features=info.n_features,
         metrics=metrics,
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
-        extra={"trained_on": str(store)},
+        # a store's view can change after training (a relabel, another index): record which one this was
+        extra={"trained_on": str(store), "trained_index_sha256": info.index_sha256},
     )
     history = getattr(_final_step(estimator), "history_", None)
     if history:
@@ -148,13 +149,20 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
 
     Without `split`, on the store the head was trained on, only its held-out validation rows count (never the
-    rows it was fitted on); on any other store, every row.
+    rows it was fitted on); on any other store, every row. The training store is refused when its view has
+    changed since training (another index, labels or split: its held-out rows are no longer known).
     """
     bundle = classify.load_bundle(bundle_path)
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
     trained_on = bundle.manifest.get("trained_on")
     if split is None and trained_on and Path(trained_on).resolve() == Path(store).resolve():
+        if training_view_changed(bundle.manifest, info):
+            raise ValueError(
+                f"{store} now lists another index than the one {Path(bundle_path).name} was trained on (its ids, "
+                "labels or split changed since), so its held-out rows are unknown; re-extract the training index "
+                "into it (nothing is extracted again), or evaluate with --split or on another store"
+            )
         params = bundle.manifest.get("params") or {}
         meta = features_store.read_meta(store)
         _, rows = split_rows(meta, validation_fraction=params.get("validation_fraction", 0.2),
@@ -175,6 +183,12 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     return metrics
 
 
+def training_view_changed(manifest: dict, info: features_store.StoreInfo) -> bool:
+    """Whether the store's view is no longer the one a head was trained on (bundles of before v2 cannot say)."""
+    trained = manifest.get("trained_index_sha256")
+    return bool(trained) and trained != info.index_sha256
+
+
 @dataclass(frozen=True)
 class PredictResult:
     csv: Path
@@ -185,7 +199,9 @@ class PredictResult:
 def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> PredictResult:
     """Predict every row of an index with a bundle, extracting with exactly the bundle's extractor.
 
-    A store of the same extractor and index is reused (cache first). Failed rows are kept, marked `ok=False`.
+    The store (`store`, default: the directory next to the index) is brought up to date first: images whose
+    content it holds under the bundle's extractor are not extracted again, and its view becomes this index's.
+    Failed rows are kept, marked `ok=False`.
     """
     bundle = load_any_bundle(bundle_path)
     index = read_index(index_source, images_root)
@@ -219,7 +235,10 @@ def load_any_bundle(bundle_path):
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     store = Path(store) if store is not None else default_store_path(index, extractor)
-    result = run_extract(index, extractor, store, progress=progress)
+    # an existing store keeps its own storage type (a float16 store is reused, not refused as float32)
+    manifest = features_store.read_manifest(store) if store.is_dir() else None
+    dtype = manifest.dtype if manifest is not None else "float32"
+    result = run_extract(index, extractor, store, progress=progress, dtype=dtype)
     bundle.check_fingerprint(result.fingerprint)
     meta = features_store.read_meta(store)
     rows = np.flatnonzero(meta.view == 0)

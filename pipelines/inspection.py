@@ -33,7 +33,7 @@ def describe_store(store, *, max_failures: int = 20) -> str:
     lines = [
         f"store:       {info.path}",
         f"schema:      featurehead v{info.schema_version} (a directory: features.h5, manifest.json, shards/)",
-        f"status:      {'complete' if info.complete else f'INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet); re-run extract to resume'}",
+        f"status:      {_status(info, pending)}",
         f"rows:        {info.n_rows} in the view ({info.n_failed} failed)",
         f"stored:      {info.stored_rows} rows in {len(info.shards)} shards, {info.garbage_rows} garbage"
         + (f" (`featurehead compact {info.path}` drops them)" if info.garbage_rows else ""),
@@ -57,6 +57,14 @@ def describe_store(store, *, max_failures: int = 20) -> str:
         if len(failures) > max_failures:
             lines.append(f"  ... and {len(failures) - max_failures} more (read the `errors` dataset)")
     return "\n".join(lines)
+
+
+def _status(info, pending: int) -> str:
+    if info.complete:
+        return "complete"
+    if pending == 0:  # a run stopped after its last shard, before rewriting the view
+        return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
+    return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet); re-run extract to resume"
 
 
 def compact_store(store, *, shard_rows: int | None = None) -> dict:

@@ -1,7 +1,12 @@
+"""Pure planning: chunk sizes (the transformer cache, the SGD slabs), batch plans, shard plans and names."""
+
+import hashlib
+
 import pytest
 
-from features_store import batch_plan, chunk_rows, default_store_name
-from features_store.plan import mismatches
+from features_store import batch_plan, chunk_rows, default_shard_rows, default_store_name, plan_shards, shard_name
+
+KEYS = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(10)]
 
 
 @pytest.mark.parametrize(
@@ -67,10 +72,46 @@ def test_default_store_name():
     assert default_store_name("flowers", "vgg16", "0123456789abcdef") == "flowers.vgg16-0123456789"
 
 
-def test_mismatches_names_each_difference():
-    stored = {"fingerprint": "aaa", "n_rows": 10, "n_features": 4}
-    assert mismatches(stored, dict(stored)) == []
-    assert mismatches(stored, {"fingerprint": "bbb", "n_rows": 10, "n_features": 8}) == [
-        "fingerprint: stored='aaa', asked='bbb'",
-        "n_features: stored=4, asked=8",
-    ]
+@pytest.mark.parametrize(
+    "n_keys, shard_rows, sizes",
+    [
+        pytest.param(10, 4, [4, 4, 2], id="last-short"),
+        pytest.param(8, 4, [4, 4], id="exact"),
+        pytest.param(3, 4096, [3], id="one-shard"),
+        pytest.param(0, 4, [], id="nothing-missing"),
+        pytest.param(3, 1, [1, 1, 1], id="a-row-per-shard"),
+    ],
+)
+def test_plan_shards(n_keys, shard_rows, sizes):
+    plan = plan_shards(KEYS[:n_keys], shard_rows)
+    assert [len(part) for part in plan] == sizes
+    assert [k for part in plan for k in part] == KEYS[:n_keys]  # every key once, in order
+    assert plan_shards(iter(KEYS[:n_keys]), shard_rows) == plan  # the same keys always give the same plan
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
+def test_plan_shards_rejects_bad_shard_rows(bad):
+    with pytest.raises(ValueError, match=rf"`shard_rows` must be a positive integer. Received: shard_rows={bad!r}"):
+        plan_shards(KEYS, bad)
+
+
+@pytest.mark.parametrize(
+    "n_features, itemsize, expected",
+    [
+        pytest.param(512, 4, 4096, id="vgg-avg"),
+        pytest.param(25088, 4, 4096, id="vgg-flatten-under-1GiB"),
+        pytest.param(1 << 18, 4, 1024, id="capped-at-1GiB"),
+        pytest.param(1 << 18, 2, 2048, id="float16-doubles-rows"),
+        pytest.param(1 << 31, 4, 1, id="at-least-one-row"),
+    ],
+)
+def test_default_shard_rows(n_features, itemsize, expected):
+    assert default_shard_rows(n_features, itemsize) == expected
+
+
+def test_shard_names_are_keyed_by_fingerprint_and_keys():
+    name = shard_name("f" * 64, KEYS[:4])
+    assert name.startswith("shard-") and name.endswith(".h5") and len(name) == len("shard-.h5") + 24
+    assert shard_name("f" * 64, list(KEYS[:4])) == name  # a resumed run finds the same file
+    assert name not in {shard_name("e" * 64, KEYS[:4]), shard_name("f" * 64, KEYS[1:5]),
+                        shard_name("f" * 64, KEYS[:4][::-1])}

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 import features_store as fs
-from features_store import SCHEMA_VERSION, StoreDamagedError, StoreMismatchError, StoreNotFoundError
+from features_store import (
+    SCHEMA_VERSION,
+    StoreDamagedError,
+    StoreIncompleteError,
+    StoreMismatchError,
+    StoreNotFoundError,
+    StoreVersionError,
+)
 
 N, D = 12, 6
 FAILED = {3: "cannot identify image file 'b.png'", 7: "truncated JPEG"}
@@ -92,6 +99,22 @@ def test_read_features_rows_in_the_order_asked(store):
     np.testing.assert_array_equal(fs.read_features(store, asked), expected_features()[asked])
 
 
+def test_a_reordered_view_reads_the_same_stored_rows_in_its_order(store, args):
+    order = [5, 11, 0, 3, 9, 1, 8, 2, 10, 4, 7, 6]  # the index reordered: no row is extracted again
+    reordered = {k: (np.asarray(v)[order].tolist() if k in ("ids", "keys", "split") else np.asarray(v)[order])
+                 for k, v in args.items() if k in ("ids", "keys", "labels", "split", "view", "source")}
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "vgg16"}) as session:
+        assert session.missing(reordered["keys"]) == []
+        session.write_view(**{**args, **reordered})
+    np.testing.assert_array_equal(fs.read_features(store), expected_features()[order])
+    asked = [11, 0, 0, 6, 3]
+    np.testing.assert_array_equal(fs.read_features(store, asked), expected_features()[order][asked])
+    assert fs.read_meta(store).ids.tolist() == [args["ids"][i] for i in order]
+    with h5py.File(store / "features.h5", "r") as f:  # the virtual dataset maps each run of rows
+        np.testing.assert_array_equal(f["features"][:], expected_features()[order])
+    assert fs.read_info(store).stored_rows == N
+
+
 def test_read_features_rejects_rows_out_of_range(store):
     with pytest.raises(IndexError, match=r"`rows` must lie in \[0, 12\)"):
         fs.read_features(store, [0, 12])
@@ -158,6 +181,71 @@ def test_fingerprint_check_on_read(store):
     fs.read_features(store, fingerprint=FP)
     with pytest.raises(StoreMismatchError, match="another extractor"):
         fs.load(store, fingerprint="0" * 64)
+    with pytest.raises(StoreMismatchError, match="another extractor"):
+        next(fs.iter_batches(store, 4, fingerprint="0" * 64))
+
+
+def test_a_writer_of_another_extractor_is_refused_and_changes_nothing(store):
+    before = sorted(p.name for p in (store / "shards").iterdir())
+    with pytest.raises(StoreMismatchError, match="another extractor"):
+        with fs.StoreSession.open(store, fingerprint="0" * 64, extractor={"name": "vgg19"}):
+            pass
+    assert sorted(p.name for p in (store / "shards").iterdir()) == before
+    np.testing.assert_array_equal(fs.read_features(store, fingerprint=FP), expected_features())
+
+
+def test_an_incomplete_store_is_refused_unless_allowed(tmp_path, args):
+    path = tmp_path / "partial"
+    with fs.StoreSession.open(path, fingerprint=FP, extractor={"name": "vgg16"}) as session:
+        first = fs.plan_shards(KEYS, 5)[0]
+        with session.shard_writer(first, n_features=D) as writer:
+            writer.write(*rows(0, 5))
+            session.commit(writer)
+        with session.shard_writer(KEYS[5:10], n_features=D) as writer:
+            writer.write(*rows(5, 8))  # written, not committed: still pending in the view
+        session.write_view(**args)
+    info = fs.read_info(path)
+    assert not info.complete and (info.n_rows, info.n_done, info.n_failed) == (N, 5, 1)
+    for read in (fs.read_features, fs.read_meta, fs.load, lambda p: fs.iter_batches(p, 4), fs.export):
+        with pytest.raises(StoreIncompleteError, match=r"incomplete \(its view was written with 5 of 12 rows extracted\); re-run"):
+            read(path) if read is not fs.export else read(path, tmp_path / "x.h5")
+    np.testing.assert_array_equal(fs.read_features(path, allow_incomplete=True), expected_features()[:5])
+    np.testing.assert_array_equal(fs.read_features(path, [4, 0, 4], allow_incomplete=True),
+                                  expected_features()[[4, 0, 4]])
+    assert fs.read_meta(path, allow_incomplete=True).ids.tolist() == args["ids"][:5]
+    X, _, ids = fs.load(path, allow_incomplete=True)  # ok rows only: row 3 failed
+    assert ids.tolist() == [args["ids"][i] for i in (0, 1, 2, 4)]
+    np.testing.assert_array_equal(X, expected_features()[[0, 1, 2, 4]])
+    assert fs.read_errors(path) == [("img/03.png", FAILED[3])]  # pending rows are not failures
+
+    write_store(path, args)  # the re-run resumes the part-written shard and completes the store
+    assert fs.read_info(path).complete and fs.read_info(path).stored_rows == N
+    np.testing.assert_array_equal(fs.read_features(path), expected_features())
+
+
+def test_a_v1_single_file_store_is_refused_with_one_line(tmp_path):
+    old = tmp_path / "flowers.vgg16-0123456789.h5"
+    with h5py.File(old, "w") as f:  # what v1 wrote: one file with the features and the columns
+        f.create_dataset("features", data=np.zeros((2, D), np.float32))
+        f.attrs["schema_version"] = 1
+    size = old.stat().st_size
+    for call in (fs.read_info, fs.read_meta, fs.load, lambda p: fs.read_features(p),
+                 lambda p: fs.StoreSession.open(p, fingerprint=FP, extractor={}).__enter__()):
+        with pytest.raises(StoreVersionError) as err:
+            call(old)
+        message = str(err.value)
+        assert len(message.splitlines()) == 1 and "v1 single-file store" in message
+        assert f"--out {tmp_path / 'flowers.vgg16-0123456789'} " in message
+    assert old.is_file() and old.stat().st_size == size  # left untouched
+
+
+def test_export_writes_one_self_contained_file(store, tmp_path, args):
+    out = tmp_path / "exported.h5"
+    assert fs.export(store, out) == N
+    with h5py.File(out, "r") as f:
+        assert not f["features"].is_virtual and "shard" not in f and "shard_files" not in f
+        np.testing.assert_array_equal(f["features"][:], expected_features())
+        assert f["ids"].asstr()[:].tolist() == args["ids"] and f.attrs["features_layout"] == "exported"
 
 
 def test_damaged_view_and_foreign_or_missing_paths(tmp_path, store):

@@ -141,6 +141,35 @@ def test_train_evaluate_predict(store, csv_index, tmp_path, capsys, head, extra)
     np.testing.assert_allclose(frame.loc[:7, ["p_a", "p_b"]].astype(float).sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_evaluate_refuses_a_training_store_whose_view_changed(store, csv_index, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    # the training store now lists another index (relabelled): the same images, nothing extracted again
+    relabelled = csv_index.parent / "relabelled.csv"
+    relabelled.write_text(csv_index.read_text().replace(",a\n", ",b\n", 2))
+    code, lines, _ = run(capsys, "extract", relabelled, *FAST, "--out", store)
+    assert code == 0 and lines[0].startswith("up to date")
+    code, _, err = run(capsys, "evaluate", bundle, store, "--out", tmp_path / "r")
+    assert code == 2 and len(err.splitlines()) == 1 and "held-out rows are unknown" in err
+    code, lines, _ = run(capsys, "evaluate", bundle, store, "--split", "", "--out", tmp_path / "r")
+    assert code == 0 and lines[0] == "evaluated on all rows (8 images)"  # an explicit choice is the user's
+    assert run(capsys, "extract", csv_index, *FAST, "--out", store)[0] == 0  # the training index again
+    code, lines, _ = run(capsys, "evaluate", bundle, store, "--out", tmp_path / "r")
+    assert code == 0 and lines[0] == "evaluated on held-out validation rows (2 images)"
+
+
+def test_predict_reuses_a_float16_store(csv_index, tmp_path):
+    from extract import get_extractor, read_index
+    from pipelines.extraction import run_extract
+    from pipelines.heads import run_predict, run_train
+
+    extractor = get_extractor("vgg16", weights="none", input_size=32, batch_size=4)
+    half = run_extract(read_index(csv_index), extractor, tmp_path / "half", dtype="float16").store
+    run_train(half, tmp_path / "h")
+    result = run_predict(tmp_path / "h", csv_index, tmp_path / "p.csv", store=half)
+    assert (result.n_rows, result.n_failed) == (8, 0) and features_store.read_info(half).dtype == "float16"
+
+
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0

@@ -134,3 +134,19 @@ def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent
     assert names.count(first["name"]) == 1
     clean = run_extract(index, extractor, tmp_path / "clean", shard_rows=8)
     assert_same_store(store, clean.store)
+
+
+def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsys):
+    from pipelines.cli import main
+
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    out = tmp_path / "cli"
+    argv = ["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
+            "--batch-size", "4", "--shard-rows", "8", "--dask", address, "--out", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    workers = {s["versions"]["worker"] for s in features_store.read_info(out).shards}
+    assert all(":" in w for w in workers) and len(features_store.read_info(out).shards) == 3
+    assert main(argv[:-4] + ["--dask", "local:0", "--out", str(out)]) == 2
+    assert "positive number of workers" in capsys.readouterr().err

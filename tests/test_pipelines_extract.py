@@ -23,10 +23,11 @@ def test_store_round_trip_matches_direct_extraction(csv_index):
     extractor = small_vgg()
     result = run_extract(index, extractor)
     assert result.store == default_store_path(index, extractor)
-    assert result.store.name.startswith("index.vgg16-") and not result.up_to_date
+    assert result.store.name == f"index.vgg16-{extractor.fingerprint()[:10]}" and not result.up_to_date
+    assert result.store.is_dir() and (result.store / "features.h5").is_file()  # a store is a directory
     X, y, ids = features_store.load(result.store)
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in index.paths])
-    np.testing.assert_allclose(X, small_vgg()(images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(X, small_vgg()(images), rtol=1e-5, atol=1e-6)  # other batches: float32 tolerance
     assert ids.tolist() == index.ids and y.tolist() == index.labels
     info = features_store.read_info(result.store)
     assert info.complete and info.fingerprint == extractor.fingerprint()
@@ -65,6 +66,28 @@ def test_a_relabelled_index_reuses_the_store_and_builds_no_model(csv_index, tmp_
     assert result.up_to_date and result.n_extracted == 0 and again._model is None
     assert sorted(set(features_store.read_meta(out).labels)) == ["a", "c"]
     np.testing.assert_array_equal(features_store.read_features(out), X)
+
+
+def test_a_reordered_and_resplit_index_reuses_the_store(csv_index, tmp_path):
+    out = tmp_path / "s"
+    run_extract(read_index(csv_index), small_vgg(), out)
+    X, ids = features_store.read_features(out), features_store.read_meta(out).ids.tolist()
+    before = features_store.read_info(out).index_sha256
+    lines = csv_index.read_text().strip().splitlines()
+    rows = lines[1:][::-1]  # reversed, with a split column that the first index had not
+    resplit = csv_index.parent / "resplit.csv"
+    resplit.write_text("filename,label,split\n" + "".join(f"{r},{'val' if i % 4 == 0 else 'train'}\n"
+                                                         for i, r in enumerate(rows)))
+    again = small_vgg()
+    index = read_index(resplit)
+    result = run_extract(index, again, out)
+    assert result.up_to_date and result.n_extracted == 0 and again._model is None
+    info = features_store.read_info(out)
+    assert info.index_sha256 == index.sha256() != before and info.split_counts == {"train": 6, "val": 2}
+    order = [ids.index(i) for i in index.ids]
+    assert features_store.read_meta(out).ids.tolist() == index.ids
+    np.testing.assert_array_equal(features_store.read_features(out), X[order])  # the same stored rows
+    assert info.stored_rows == 8 and info.garbage_rows == 0
 
 
 def test_bad_images_are_failed_rows_and_the_run_goes_on(csv_index, tmp_path):
@@ -177,5 +200,20 @@ def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):
     shutil.copytree(csv_index.parent, other)
     out = tmp_path / "s"
     run_extract(read_index(csv_index), small_vgg(), out)
-    result = run_extract(read_index(csv_index, images_root=other), small_vgg(), out)
-    assert result.n_extracted == 0 and features_store.read_info(out).attrs["images_root"] == str(other)
+    X = features_store.read_features(out)
+    again = small_vgg()
+    result = run_extract(read_index(csv_index, images_root=other), again, out)
+    assert result.up_to_date and result.n_extracted == 0 and again._model is None
+    assert features_store.read_info(out).attrs["images_root"] == str(other)
+    np.testing.assert_array_equal(features_store.read_features(out), X)
+
+
+def test_a_v1_single_file_store_is_refused_with_one_line(csv_index, tmp_path):
+    old = tmp_path / "index.vgg16-0123456789.h5"
+    with h5py.File(old, "w") as f:
+        f.attrs["schema_version"] = 1
+    extractor = small_vgg()
+    with pytest.raises(features_store.StoreVersionError) as err:
+        run_extract(read_index(csv_index), extractor, old)
+    assert len(str(err.value).splitlines()) == 1 and f"--out {tmp_path / 'index.vgg16-0123456789'} " in str(err.value)
+    assert extractor._model is None and old.is_file()

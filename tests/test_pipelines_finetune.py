@@ -128,6 +128,18 @@ def test_cli_finetune_needs_the_images(scaled_bundle, store, tmp_path, capsys):
     assert "give --index" in capsys.readouterr().err
 
 
+def test_cli_finetune_refuses_a_training_store_that_lists_another_index(store, csv_index, tmp_path, capsys):
+    run_train(store, tmp_path / "head", head="mlp", params={"hidden_layer_sizes": (8,), "epochs": 1})
+    subset = csv_index.parent / "subset.csv"
+    subset.write_text("".join(csv_index.read_text().splitlines(keepends=True)[:5]))
+    assert run_extract(read_index(subset), small_vgg(), store).n_extracted == 0  # the view is now the subset's
+    argv = ["finetune", str(tmp_path / "head"), "--unfreeze", "1", "--out", str(tmp_path / "ft")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "now lists another index than the head was trained on; give --index" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ft").exists()
+
+
 def test_full_bundle_checks_the_image_shape(scaled_bundle, tmp_path):
     bundle = classify.load_bundle(scaled_bundle)
     model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)

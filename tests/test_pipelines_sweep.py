@@ -29,7 +29,7 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
         store = next(csv_index.parent.glob(f"index.vgg16-{single.fingerprint()[:10]}"))
         assert features_store.read_info(store).fingerprint == single.fingerprint()
         X, _, _ = features_store.load(store)
-        np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-5, atol=1e-6)
     assert main(argv[:-2] + ["--layer", "block3_pool"]) == 2
     assert "`sweep` takes `--layers`, not `--layer`" in capsys.readouterr().err
     assert main(["-q", "extract", str(csv_index), "--weights", "none", "--input-size", "32", "--layer", "block4_pool"]) == 0
