@@ -2,14 +2,12 @@
 writer, a read-only folder, a missing shard, SIGKILL. Each ends in one line and a store that resumes to exactly
 the clean run."""
 
-import hashlib
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
