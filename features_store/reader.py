@@ -146,7 +146,7 @@ class _View:
         shards = []
         for record in m.shards:
             keys, _, _ = read_shard(shard_path(self.store, record.file), record.rows)
-            stored_live += sum(1 for k in keys if k in wanted)
+            stored_live += sum(1 for k in keys if k in wanted and k not in stored)  # a second copy is garbage
             stored.update(keys)
             shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})
         # rows still to extract, counted against the manifest now (a crashed run committed shards after the view)

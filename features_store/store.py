@@ -103,7 +103,7 @@ class StoreSession:
                 check_identity(store, manifest, fingerprint, None, dtype)
             yield cls(store, manifest, fingerprint, extractor, dtype)
         except BaseException:
-            if created and not os.path.exists(os.path.join(store, schema.MANIFEST_FILE)):
+            if created and _holds_nothing(store):
                 shutil.rmtree(store, ignore_errors=True)  # a run that failed before its first row leaves nothing
             raise
         finally:
@@ -266,7 +266,8 @@ class StoreSession:
         if self.manifest is None or not os.path.exists(view_path):
             return {"rows_before": 0, "rows_after": 0, "shards_before": 0, "shards_after": 0}
         cols = view_columns(view_path)
-        live = {k for k, s in zip(cols["keys"], cols["shard"]) if s >= 0}
+        # every key the view names is live, extracted or not yet (a crashed run's committed shards count)
+        live = {k for k in cols["keys"].tolist() if k}
         before = self.manifest
         keep, rewrite = [], []
         seen: set[str] = set()
@@ -278,8 +279,7 @@ class StoreSession:
         if not rewrite:
             return {"rows_before": before.stored_rows, "rows_after": before.stored_rows,
                     "shards_before": len(before.shards), "shards_after": len(before.shards)}
-        self.manifest = before.with_shards([r for r, _, _ in keep])
-        self._locations = None
+        # the old shards stay listed until the new view no longer uses them: a crash here loses nothing
         moved = [(record, keys, wanted) for record, keys, wanted in rewrite if wanted]
         shard_rows = shard_rows or default_shard_rows(before.n_features, np.dtype(before.dtype).itemsize)
         pool = [(record, keys.index(k), k) for record, keys, wanted in moved for k in wanted]
@@ -291,13 +291,16 @@ class StoreSession:
                     x, ok, err = _gather(self.store, picked[writer.n_done:])
                     writer.write(x, ok, err)
                 self.commit(writer, versions={"compacted": "true"})
-        commit_manifest(self.store, self.manifest)
+        new = [r for r in self.manifest.shards if r.file not in {b.file for b in before.shards}]
+        self.manifest = before.with_shards([r for r, _, _ in keep] + new)  # the view is written against this
+        self._locations = None
         attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
         self.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
                         split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],
                         mtime_ns=cols["mtime_ns"], reasons=cols["errors"], attrs=attrs,
                         index_sha256=str(cols["attrs"].get("index_sha256", "")),
                         versions=_json_attr(cols["attrs"].get("versions")))
+        commit_manifest(self.store, self.manifest)  # only now are the rewritten shards unlisted
         self.remove_orphans()
         return {"rows_before": before.stored_rows, "rows_after": self.manifest.stored_rows,
                 "shards_before": len(before.shards), "shards_after": len(self.manifest.shards)}
@@ -329,6 +332,16 @@ def _json_attr(value) -> dict:
         return json.loads(value) if value else {}
     except (TypeError, ValueError):
         return {}
+
+
+def _holds_nothing(store: str) -> bool:
+    """Only the lock file (and an empty shards folder): nothing that any process wrote rows into."""
+    try:
+        names = set(os.listdir(store))
+        shards = os.path.join(store, schema.SHARDS_DIR)
+        return names <= {schema.LOCK_FILE, schema.SHARDS_DIR} and not (os.path.isdir(shards) and os.listdir(shards))
+    except OSError:
+        return False
 
 
 def _read_only_mount(path: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,11 +100,12 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     n_features = session.n_features
     rows = shard_rows or features_store.default_shard_rows(n_features or 4096)
     shards = features_store.plan_shards(missing, rows)
+    run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
     for keys in shards:
         items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2])) for k in keys]
         future = client.submit(extract_shard, str(session.store), keys, items, extractor, views, dtype,
-                               strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}",
+                               strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}-{run_id}",
                                pure=False)  # a dead worker's task is rescheduled by the scheduler itself
         futures[future] = keys
     bar = progress(total=len(missing), initial=0) if progress else None
