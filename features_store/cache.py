@@ -1,22 +1,24 @@
 """The feature cache: one appendable HDF5 file of feature rows per extractor fingerprint, keyed by image.
 
 A path's key is its resolved path, size and mtime (an edited file misses); an in-memory image's key is its bytes.
-Processes share a file through an `fcntl` lock file; the row counter moves only after the rows are flushed.
+Processes share a file through a `filelock` lock file; the row counter moves only after the rows are flushed. A
+lookup only reads, so a read-only cache (a shared, mounted one) serves hits.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import h5py
 import numpy as np
 
@@ -29,12 +31,20 @@ logger = logging.getLogger(__name__)
 
 CACHE_SCHEMA_VERSION = 1
 KEY_DTYPE = "S64"  # hex sha256; fixed length, so a lookup reads the keys as one numpy array
-COUNTERS = ("n_rows", "n_extracted", "n_hits")
+COUNTERS = ("n_rows", "n_extracted")  # in the file, written by `append` only
+
+# Hits are counted in this process, never in the file: a lookup writes nothing.
+_HITS: dict[str, int] = {}
+_HITS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """What a cache file holds and how it was used (zeros when the file does not exist yet)."""
+    """What a cache file holds and how it was used (zeros when the file does not exist yet).
+
+    `n_rows`, `n_features` and `n_extracted` are the file's; `n_hits` counts the rows that lookups in this
+    process served from it (lookups write nothing, so they are not counted in the file).
+    """
 
     path: str
     fingerprint: str
@@ -93,25 +103,35 @@ def array_keys(images: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # One exclusive fcntl lock per cache file, held only while it is open; h5py's own (process-wide, non
-    # blocking) file locking is switched off, so two processes queue here instead of failing.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(path: Path, *, write: bool) -> Iterator[None]:
+    """Hold the cache file's lock (`filelock`, an advisory lock file beside it) while the file is open.
+
+    h5py's own (process-wide, non-blocking) file locking is switched off, so two processes queue here instead of
+    failing. A reader of a folder it cannot write (a read-only, shared cache) takes no lock: it could not create
+    the lock file, and no writer can change the file through that folder.
+    """
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not os.access(path.parent, os.W_OK):
+        yield
+        return
+    with filelock.FileLock(f"{path}.lock"):
+        yield
 
 
-def _open(path: Path, fingerprint: str) -> h5py.File | None:
-    """Open an existing cache file for update; a damaged one is moved aside (never read) and None returned."""
+def _open(path: Path, fingerprint: str, *, write: bool) -> h5py.File | None:
+    """Open an existing cache file ("r+" to write, else "r"); None when it is missing or damaged.
+
+    A damaged file is never read: a writer moves it aside (and starts afresh), a reader only logs it.
+    """
     if not path.exists():
         return None
     try:
-        f = h5py.File(path, "r+", locking=False)
+        f = h5py.File(path, "r+" if write else "r", locking=False)
     except OSError as err:
+        if not write:
+            logger.warning("feature cache %s could not be opened (%s); it is not used", path, err)
+            return None
         aside = f"{path}.damaged-{time.time_ns()}"
         os.replace(path, aside)
         logger.warning("feature cache %s could not be opened (%s); moved it to %s and starting afresh", path, err, aside)
@@ -150,7 +170,7 @@ def _row_of(f: h5py.File) -> dict[bytes, int]:
 
 
 def lookup(cache_dir: str | os.PathLike, fingerprint: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Find cached rows and count the hits.
+    """Find cached rows; only reads the cache (a read-only folder works), and counts the hits in this process.
 
     Parameters
     ----------
@@ -168,8 +188,8 @@ def lookup(cache_dir: str | os.PathLike, fingerprint: str, keys: np.ndarray) -> 
     """
     keys = np.asarray(keys, dtype=KEY_DTYPE)
     path = cache_path(cache_dir, fingerprint)
-    with _locked(path):
-        f = _open(path, fingerprint)
+    with _locked(path, write=False):
+        f = _open(path, fingerprint, write=False)
         if f is None:
             return np.empty((0, 0), np.float32), np.zeros(len(keys), bool)
         with f:
@@ -178,8 +198,18 @@ def lookup(cache_dir: str | os.PathLike, fingerprint: str, keys: np.ndarray) -> 
             found = rows >= 0
             unique, inverse = np.unique(rows[found], return_inverse=True)
             features = take_rows(f["features"], unique)[inverse]
-            f.attrs.modify("n_hits", np.int64(int(f.attrs["n_hits"]) + int(found.sum())))
+    with _HITS_LOCK:
+        name = str(path.resolve())
+        _HITS[name] = _HITS.get(name, 0) + int(found.sum())
     return features, found
+
+
+def writable(cache_dir: str | os.PathLike) -> bool:
+    """Whether `append` may write under `cache_dir`: it (or the nearest folder above it that exists) is writable."""
+    path = Path(cache_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
 
 
 def append(
@@ -216,8 +246,8 @@ def append(
         raise ValueError(f"`features` must have shape ({len(keys)}, n_features). Received: shape {x.shape}")
     names = [""] * len(keys) if names is None else [str(n) for n in names]
     path = cache_path(cache_dir, fingerprint)
-    with _locked(path):
-        f = _open(path, fingerprint) or _create(path, fingerprint, x.shape[1], extractor)
+    with _locked(path, write=True):
+        f = _open(path, fingerprint, write=True) or _create(path, fingerprint, x.shape[1], extractor)
         with f:
             return _append_rows(f, keys, x, names)
 
@@ -249,12 +279,17 @@ def _append_rows(f: h5py.File, keys: np.ndarray, x: np.ndarray, names: list[str]
 
 
 def cache_info(cache_dir: str | os.PathLike, fingerprint: str) -> CacheInfo:
-    """The counters of one fingerprint's cache file: rows held, rows extracted into it, rows served from it."""
+    """The counters of one fingerprint's cache file: rows held, rows extracted into it, rows served from it here.
+
+    Only reads the cache, like `lookup`.
+    """
     path = cache_path(cache_dir, fingerprint)
-    with _locked(path):
-        f = _open(path, fingerprint)
+    with _HITS_LOCK:
+        hits = _HITS.get(str(path.resolve()), 0)
+    with _locked(path, write=False):
+        f = _open(path, fingerprint, write=False)
         if f is None:
-            return CacheInfo(str(path), fingerprint, 0, 0, 0, 0)
+            return CacheInfo(str(path), fingerprint, 0, 0, 0, hits)
         with f:
             counters = {c: int(f.attrs[c]) for c in COUNTERS}
-            return CacheInfo(str(path), fingerprint, n_features=int(f["features"].shape[1]), **counters)
+            return CacheInfo(str(path), fingerprint, n_features=int(f["features"].shape[1]), n_hits=hits, **counters)

@@ -174,7 +174,9 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         _, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
         fresh = self._extract(kind, items, missing[first])
         good = np.flatnonzero(np.isfinite(fresh).all(axis=1) & (keys[missing[first]] != b""))
-        if len(good):
+        if len(good) and not cache.writable(self.cache_dir):
+            logger.info("feature cache %s is read-only: %d extracted rows are not stored", self.cache_dir, len(good))
+        elif len(good):
             names = [str(items[i]) if kind == "paths" else "" for i in missing[first][good]]
             cache.append(self.cache_dir, fp, keys[missing[first][good]], fresh[good],
                          extractor=self.extractor_.spec(), names=names)

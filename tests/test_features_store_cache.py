@@ -1,7 +1,10 @@
-"""The path-keyed feature cache: keys, append/lookup round trip, counters, crash leftovers, damage, locking."""
+"""The path-keyed feature cache: keys, append/lookup round trip, counters, crash leftovers, damage, locking,
+read-only lookups."""
 
+import hashlib
 import multiprocessing
 import os
+import subprocess
 
 import h5py
 import numpy as np
@@ -43,6 +46,7 @@ def test_append_then_lookup_round_trip_with_counters(tmp_path):
     np.testing.assert_array_equal(features, x[::-1])
     info = cache.cache_info(tmp_path, FP)
     assert (info.n_rows, info.n_features, info.n_extracted, info.n_hits) == (5, 4, 7, 5)
+    assert not any(p.suffix == ".tmp" or ".tmp-" in p.name for p in tmp_path.iterdir())
     with h5py.File(info.path, "r") as f:  # grown in whole chunks
         assert f["features"].shape[0] % f["features"].chunks[0] == 0
 
@@ -60,13 +64,64 @@ def test_rows_past_the_counter_are_never_returned(tmp_path):
     np.testing.assert_array_equal(features, _rows(1, seed=1))
 
 
-def test_a_damaged_file_is_moved_aside_and_never_read(tmp_path, caplog):
+def test_a_damaged_file_is_never_read_and_a_writer_moves_it_aside(tmp_path, caplog):
     path = cache.cache_path(tmp_path, FP)
     path.write_bytes(b"not hdf5 at all")
-    features, found = cache.lookup(tmp_path, FP, cache.array_keys(np.zeros((2, 1), np.uint8)))
-    assert not found.any() and not path.exists()
+    keys = cache.array_keys(np.zeros((2, 1), np.uint8))
+    features, found = cache.lookup(tmp_path, FP, keys)
+    assert not found.any() and path.read_bytes() == b"not hdf5 at all"  # a lookup changes nothing
+    assert "it is not used" in caplog.text
+    cache.append(tmp_path, FP, keys[:1], _rows(1), extractor=SPEC)
     assert any(p.name.startswith(path.name + ".damaged-") for p in tmp_path.iterdir())
     assert "moved it to" in caplog.text
+    assert cache.lookup(tmp_path, FP, keys)[1].all()
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_lookup_writes_nothing(tmp_path):
+    keys = cache.array_keys(np.arange(3, dtype=np.uint8).reshape(3, 1))
+    cache.append(tmp_path, FP, keys[:2], _rows(2), extractor=SPEC)
+    before = _digests(tmp_path)
+    stat = cache.cache_path(tmp_path, FP).stat()
+    hits = cache.cache_info(tmp_path, FP).n_hits
+    assert cache.lookup(tmp_path, FP, keys)[1].tolist() == [True, True, False]
+    assert _digests(tmp_path) == before and cache.cache_path(tmp_path, FP).stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache.cache_info(tmp_path, FP).n_hits == hits + 2  # counted in this process, not in the file
+
+
+def _read_only_lookup(folder, keys, expected):
+    features, found = cache.lookup(folder, FP, keys)
+    assert found.tolist() == [True, True, False]
+    np.testing.assert_array_equal(features, expected)
+    assert cache.cache_info(folder, FP).n_rows == 2
+    assert not cache.writable(folder) and not cache.writable(folder / "sub")
+
+
+def test_a_lookup_in_a_read_only_folder(tmp_path):
+    keys = cache.array_keys(np.arange(3, dtype=np.uint8).reshape(3, 1))
+    folder = tmp_path / "cache"
+    cache.append(folder, FP, keys[:2], _rows(2), extractor=SPEC)
+    os.remove(f"{cache.cache_path(folder, FP)}.lock")  # a shared cache as published: no lock file beside it
+    before = _digests(folder)
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only bind mount is read-only for root too
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(ro)], capture_output=True).returncode:
+            pytest.skip("root, and cannot bind-mount read-only here")
+        try:
+            _read_only_lookup(ro, keys, _rows(2))
+        finally:
+            subprocess.run(["umount", str(ro)], check=True)
+    else:
+        os.chmod(folder, 0o555)
+        try:
+            _read_only_lookup(folder, keys, _rows(2))
+        finally:
+            os.chmod(folder, 0o755)
+    assert _digests(folder) == before
 
 
 def test_refuses_another_fingerprint_and_bad_rows(tmp_path):

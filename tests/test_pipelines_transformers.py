@@ -1,5 +1,8 @@
 """ImageFeatureExtractor: inputs, the feature cache, multi-layer output, errors and scikit-learn conformance."""
 
+import os
+import subprocess
+
 import joblib
 import numpy as np
 import pandas as pd
@@ -41,6 +44,37 @@ def test_transform_extracts_each_image_once_then_reads_the_cache(images, tmp_pat
     np.testing.assert_allclose(plain, first, rtol=1e-5, atol=1e-6)
     from_arrays = ImageFeatureExtractor(**SMALL).fit_transform(arrays)
     np.testing.assert_allclose(from_arrays, first, rtol=1e-5, atol=1e-6)
+
+
+def test_a_read_only_cache_serves_hits_and_extracts_the_misses_without_storing_them(images, tmp_path):
+    paths, _, _ = images
+    folder = tmp_path / "cache"
+    expected = ImageFeatureExtractor(**SMALL, cache_dir=folder).fit_transform(paths[:8])
+    for lock in folder.glob("*.lock"):
+        lock.unlink()  # a shared cache as published: no lock file beside it
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    ro = folder
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only bind mount is read-only for root too
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(ro)], capture_output=True).returncode:
+            pytest.skip("root, and cannot bind-mount read-only here")
+    else:
+        os.chmod(folder, 0o555)
+    try:
+        t = ImageFeatureExtractor(**SMALL, cache_dir=ro).fit(paths)
+        out = t.transform(paths)
+        info = t.cache_info()
+    finally:
+        if ro != folder:
+            subprocess.run(["umount", str(ro)], check=True)
+        else:
+            os.chmod(folder, 0o755)
+    np.testing.assert_array_equal(out[:8], expected)
+    fresh = ImageFeatureExtractor(**SMALL).fit_transform(paths[8:])
+    np.testing.assert_allclose(out[8:], fresh, rtol=1e-5, atol=1e-6)
+    assert info.n_rows == 8 and info.n_hits >= 8
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
 
 
 def test_a_list_of_layers_concatenates_them_in_one_model(images):
