@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands of the seed workflows and the scikit-learn composition live in their own modules; each has
 # `add_parsers(sub)` (setting `func` on its parsers with `set_defaults`) and imports nothing heavy at start-up.
-COMMAND_MODULES = ("pipelines.cli_workflows", "pipelines.cli_augment", "pipelines.cli_compose")
+COMMAND_MODULES = ("pipelines.cli_workflows", "pipelines.cli_augment", "pipelines.cli_compose", "pipelines.cli_report")
 
 
 def _command_modules():
