@@ -13,7 +13,9 @@ from classify.errors import (
     ClassifyError,
 )
 from classify.heads import fit_out_of_core, make_head
-from classify.metrics import evaluate, format_metrics
+from classify.holdout import holdout
+from classify.labels import encode_labels
+from classify.metrics import evaluate, format_metrics, model_accuracy
 from classify.mlp import KerasMLPClassifier
 from classify.plots import plot_confusion_matrix, plot_history
 
@@ -26,11 +28,14 @@ __all__ = [
     "BundleNotFoundError",
     "ClassifyError",
     "KerasMLPClassifier",
+    "encode_labels",
     "evaluate",
     "fit_out_of_core",
     "format_metrics",
+    "holdout",
     "load_bundle",
     "make_head",
+    "model_accuracy",
     "plot_confusion_matrix",
     "plot_history",
     "save_bundle",

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from classify.labels import encode_labels
+
 BatchFactory = Callable[[], Iterable[tuple[Any, Any]]]
 
 _CLASSES: dict = {}
@@ -68,23 +70,13 @@ def _dataset_class():
             except StopIteration:
                 raise IndexError(f"`batches` yielded fewer than n_batches={self._n} batches") from None
             self._next = idx + 1
-            return np.asarray(X, dtype=np.float32), encode_labels(y, self._classes)
+            return np.asarray(X, dtype=np.float32), encode_labels(y, self._classes, name="batch labels")
 
         def on_epoch_end(self) -> None:
             self._iter = None
 
     _CLASSES["FeatureBatches"] = FeatureBatches
     return FeatureBatches
-
-
-def encode_labels(y: Any, classes: np.ndarray) -> np.ndarray:
-    """Codes of `y` in the sorted `classes`; an unknown label raises ValueError."""
-    y = np.asarray(y)
-    codes = np.searchsorted(classes, y)
-    bad = (codes >= len(classes)) | (classes[np.minimum(codes, len(classes) - 1)] != y)
-    if bad.any():
-        raise ValueError(f"batch labels must be among `classes` {classes.tolist()}. Received: {y[bad][0]!r}")
-    return codes.astype(np.int32)
 
 
 def fit_mlp_batches(

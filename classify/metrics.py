@@ -1,4 +1,5 @@
-"""Evaluation of a fitted head: accuracy, macro-F1, per-class scores and the confusion matrix."""
+"""Evaluation of a fitted head: accuracy, macro-F1, per-class scores and the confusion matrix; the accuracy of a
+compiled Keras model on a dataset."""
 
 from __future__ import annotations
 
@@ -48,6 +49,26 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         "classes": names,
         "n_samples": int(len(y)),
     }
+
+
+def model_accuracy(model: Any, data: Any) -> float:
+    """Accuracy of a compiled Keras model (``weighted_metrics=["accuracy"]`` or ``metrics``) on `data`.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Compiled with an "accuracy" metric.
+    data : keras.utils.PyDataset or similar
+        Batches of ``(x, y)`` or ``(x, y, sample_weight)``.
+
+    Returns
+    -------
+    accuracy : float
+        NaN when `data` has no batches.
+    """
+    if len(data) == 0:
+        return float("nan")
+    return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
 
 
 def format_metrics(metrics: dict) -> str:

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state, compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from classify.holdout import holdout
+from classify.labels import encode_labels
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
         Samples per gradient step.
     early_stopping : bool, default=True
-        Hold out a stratified `validation_fraction` of the data and stop when its loss stops improving for
-        `patience` epochs, restoring the best weights. Falls back to plain training, with a logged warning,
-        when a class has too few samples to split.
+        Stop when the validation loss stops improving for `patience` epochs, restoring the best weights. The
+        validation rows are `fit`'s `validation_data` when given, else a stratified `validation_fraction` of the
+        data held out; without `validation_data`, falls back to plain training, with a logged warning, when a
+        class has too few samples to split.
     validation_fraction : float, default=0.1
-        Share of the training data held out for early stopping, in (0, 1).
+        Share of the training data held out for early stopping when `fit` is given no `validation_data`, in
+        (0, 1).
     patience : int, default=5
         Epochs without improvement of the validation loss before stopping.
     class_weight : dict, "balanced" or None, default=None
@@ -100,7 +103,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> KerasMLPClassifier:
+    def fit(
+        self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None, validation_data: Any = None
+    ) -> KerasMLPClassifier:
         """Build the network for ``X.shape[1]`` features and the classes of `y`, and train it.
 
         Parameters
@@ -114,6 +119,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         groups : array-like of shape (n_samples,), default=None
             Rows of one group (an image and its augmented views) stay on the same side of the early-stopping
             split, so the validation loss never sees a view of a training image.
+        validation_data : tuple (X_val, y_val), default=None
+            Rows to early-stop on (and to report as ``val_`` in `history_`), preprocessed like `X`; then all of
+            `X` is trained on and `validation_fraction` and `groups` are not used. Labels must be among `y`'s.
 
         Returns
         -------
@@ -123,15 +131,15 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         hidden = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
-        if len(encoder.classes_) < 2:
+        classes = np.unique(y)
+        if len(classes) < 2:
             raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes. "
-                f"Received: 1 class ({encoder.classes_[0]!r})"
+                f"{type(self).__name__} needs samples of at least 2 classes. Received: 1 class ({classes[0]!r})"
             )
-        self.classes_ = encoder.classes_
-        codes = encoder.transform(y).astype(np.int32)
+        self.classes_ = classes
+        codes = encode_labels(y, classes)
         weights = self._sample_weights(y, sample_weight)
+        validation = self._validation(validation_data)
 
         import keras
 
@@ -148,7 +156,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             batch_size=self.batch_size,
             epochs=self.epochs,
             verbose=self.verbose,
-            **self._fit_data(keras, X, codes, weights, seed, groups),
+            **self._fit_data(keras, X, codes, weights, seed, groups, validation),
         )
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
         return self
@@ -284,40 +292,41 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             return int(self.random_state)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
+    def _validation(self, validation_data: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """`validation_data` checked: float32 rows of `n_features_in_` and the codes of their labels."""
+        if validation_data is None:
+            return None
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("`validation_data` must be a tuple (X_val, y_val). "
+                             f"Received: {type(validation_data).__name__}")
+        X_val = check_array(validation_data[0], dtype=np.float32, input_name="X_val")
+        if X_val.shape[1] != self.n_features_in_:
+            raise ValueError(f"`X_val` must have {self.n_features_in_} features, as X. Received: X_val.shape={X_val.shape}")
+        y_val = np.asarray(validation_data[1])
+        if y_val.shape != (len(X_val),):
+            raise ValueError(f"`y_val` must have shape ({len(X_val)},). Received: y_val.shape={y_val.shape}")
+        return X_val, encode_labels(y_val, self.classes_)
+
     def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None,
-                  groups: Any = None):
-        """The data keyword arguments of ``model.fit``: with a held-out split and EarlyStopping when possible."""
+                  groups: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None):
+        """The data keyword arguments of ``model.fit``: with validation rows and EarlyStopping when possible."""
         plain = {"x": X, "y": codes, "sample_weight": weights}
-        if not self.early_stopping:
+        if validation is not None:
+            fit = {**plain, "validation_data": validation}
+        elif not self.early_stopping:
             return plain
-        try:
-            train, val = _holdout(codes, groups, self.validation_fraction, seed)
-        except ValueError as err:
-            logger.warning("early stopping disabled: cannot hold out a stratified validation split (%s)", err)
-            return plain
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=self.patience, restore_best_weights=True
-        )
-        return {
-            "x": X[train],
-            "y": codes[train],
-            "sample_weight": weights[train],
-            "validation_data": (X[val], codes[val], weights[val]),
-            "callbacks": [stop],
-        }
-
-
-def _holdout(codes: np.ndarray, groups: Any, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of a stratified hold-out; with `groups`, whole groups go to one side."""
-    if groups is None:
-        return train_test_split(np.arange(len(codes)), test_size=fraction, stratify=codes, random_state=seed)
-    groups = np.asarray(groups)
-    if groups.shape != codes.shape:
-        raise ValueError(f"`groups` must have shape ({len(codes)},). Received: groups.shape={groups.shape}")
-    names, first = np.unique(groups, return_index=True)
-    _, held = train_test_split(names, test_size=fraction, stratify=codes[first], random_state=seed)
-    val = np.isin(groups, held)
-    return np.flatnonzero(~val), np.flatnonzero(val)
+        else:
+            try:
+                train, val = holdout(codes, self.validation_fraction, groups=groups, random_state=seed)
+            except ValueError as err:
+                logger.warning("early stopping disabled: cannot hold out a stratified validation split (%s)", err)
+                return plain
+            fit = {"x": X[train], "y": codes[train], "sample_weight": weights[train],
+                   "validation_data": (X[val], codes[val], weights[val])}
+        if self.early_stopping:
+            fit["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                                              restore_best_weights=True)]
+        return fit
 
 
 def _canonical_order(X: np.ndarray) -> np.ndarray:

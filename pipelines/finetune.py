@@ -21,7 +21,7 @@ import features_store
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
-from .heads import split_rows, training_view_changed
+from .heads import trained_rows, training_view_changed, validation_source
 
 logger = logging.getLogger(__name__)
 
@@ -157,24 +157,24 @@ def set_trainable(base, unfrozen) -> None:
 
 
 def finetune_rows(bundle, index, store):
-    """(train rows, val rows) of `index`: the head's own split, read from its store when that matches the index."""
+    """(train rows, val rows, classes, validation source) of `index`: the head's own split, read from its store
+    when that still lists the index the head was trained on, else from the index's own split column.
+
+    The validation rows are the store's "val" whenever it has one, else a hold-out of "train" (never "test").
+    """
     classes = list(bundle.manifest["classes"])
-    params = bundle.manifest.get("params") or {}
-    kw = {"validation_fraction": params.get("validation_fraction", 0.2), "random_state": params.get("random_state", 0)}
     if store is not None and Path(store).is_dir() and not training_view_changed(bundle.manifest,
                                                                                 features_store.read_info(store)):
         meta = features_store.read_meta(store)
         originals = meta.view == 0
         if meta.ids[originals].tolist() == index.ids:
-            train, val = split_rows(meta, **kw)
-            return np.unique(meta.source[train]), val, classes
-    lookup = {c: i for i, c in enumerate(classes)}
-    codes = np.array([lookup.get(lab, -1) for lab in index.labels], np.int32)
-    n = len(codes)
-    meta = SimpleNamespace(ok=np.ones(n, bool), codes=codes, split=np.asarray(index.split, dtype=str),
-                           view=np.zeros(n, np.int16), source=np.arange(n))
-    train, val = split_rows(meta, **kw)
-    return train, val, classes
+            train, val = trained_rows(bundle.manifest, meta, head="mlp")
+            return np.unique(meta.source[train]), val, classes, validation_source(meta, val)
+    n = len(index.ids)
+    meta = SimpleNamespace(ok=np.ones(n, bool), codes=classify.encode_labels(index.labels, classes, unknown="code"),
+                           split=np.asarray(index.split, dtype=str), view=np.zeros(n, np.int16), source=np.arange(n))
+    train, val = trained_rows(bundle.manifest, meta, head="mlp")
+    return train, val, classes, validation_source(meta, val)
 
 
 def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=None, images_root=None,
@@ -183,8 +183,9 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     """Fine-tune a bundle's MLP head and the top of its base on the images, and save a full-model bundle.
 
     The images come from `index` (default: the `index_source`/`images_root` of the store the head was trained
-    on, its manifest's `trained_on`). Train/validation rows are the head's own. Accuracy is measured on the
-    validation rows before and after training.
+    on, its manifest's `trained_on`). Train/validation rows are the head's own (`finetune_rows`: the store's
+    "val" whenever it has one, never "test"). Accuracy is measured on the validation rows before and after
+    training (NaN when the head held none out), and the bundle's manifest records ``validation: {source, rows}``.
     """
     if not learning_rate > 0 or not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"`learning_rate` must be > 0 and `epochs` a positive integer. "
@@ -195,7 +196,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     store = bundle.manifest.get("trained_on")
     index, images_root = _image_source(bundle, store, index, images_root)
     frame = read_index(index, images_root)
-    train, val, classes = finetune_rows(bundle, frame, store)
+    train, val, classes, source = finetune_rows(bundle, frame, store)
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     base = extractor.model
     model = transplant(base, bundle.estimator, bundle.n_features)
@@ -205,7 +206,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     set_trainable(base, set(unfrozen))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
-    codes = np.array([classes.index(lab) if lab in classes else -1 for lab in frame.labels], np.int32)
+    codes = classify.encode_labels(frame.labels, classes, unknown="code")
     paths = frame.paths  # a property that builds the list: read it once
 
     def data(rows, **kw):
@@ -213,12 +214,12 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
                          batch_size=batch_size, seed=random_state, **kw)
 
     val_data = data(val)
-    before = _accuracy(model, val_data)
+    before = classify.model_accuracy(model, val_data)
     keras.utils.set_random_seed(random_state)
     t0 = time.perf_counter()
     history = model.fit(data(train, augmentation=augmentation, shuffle=True), epochs=epochs, verbose=0)
     fit_seconds = time.perf_counter() - t0
-    after = _accuracy(model, val_data)
+    after = classify.model_accuracy(model, val_data)
     metrics = {"validation_accuracy_before": before, "validation_accuracy_after": after, "n_train": len(train),
                "n_val": len(val), "fit_seconds": round(fit_seconds, 3),
                "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
@@ -228,7 +229,8 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     path = classify.save_model_bundle(
         model, out, extractor=bundle.manifest["extractor"], fingerprint=bundle.fingerprint, classes=classes,
         metrics=metrics, params=params,
-        extra={"finetuned_from": str(bundle.path), "index_source": str(index), "images_root": str(frame.root)})
+        extra={"finetuned_from": str(bundle.path), "index_source": str(index), "images_root": str(frame.root),
+               "validation": {"source": source, "rows": int(len(val))}})
     return FinetuneResult(Path(path), before, after, len(train), len(val), tuple(unfrozen), fit_seconds)
 
 
@@ -243,9 +245,3 @@ def _image_source(bundle, store, index, images_root):
         raise ValueError(f"the head's training store {store} now lists another index than the head was trained on; "
                          "give --index (and --images-root)")
     return info.attrs["index_source"], images_root or info.attrs.get("images_root")
-
-
-def _accuracy(model, data) -> float:
-    if len(data.paths) == 0:
-        return float("nan")
-    return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])

@@ -14,10 +14,19 @@ import pandas as pd
 import classify
 import features_store
 from extract import extractor_from_spec, read_index
+from features_store.reader import open_view
 
 from .extraction import default_store_path, run_extract
 
 logger = logging.getLogger(__name__)
+
+
+# Heads whose training itself uses validation rows (the MLP early-stops on them); the others get none carved out
+# of `train` when the store has a split column without "val".
+NEEDS_VALIDATION = ("mlp",)
+
+# Rows of features per `partial_fit` slab of the SGD head (64 MiB of float32).
+SGD_SLAB_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -27,35 +36,63 @@ class TrainResult:
     n_train: int
     n_val: int
     fit_seconds: float
+    validation_source: str = "none"
 
 
-def split_rows(meta, *, validation_fraction: float = 0.2, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Pick train and validation rows among the ok, labelled rows (pure: no files).
+def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2,
+               random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pick train and validation rows among the ok, labelled rows (pure: no files). Never a "test" row.
 
-    A store `split` column wins: train on "train", validate on "val" (or "test" when there is no "val").
-    Otherwise a stratified, seeded split of the original images; augmented views follow their source row,
-    so no view of a training image is ever validated on.
+    With a store `split` column: train on "train"; validate on "val" when there is one; otherwise a head that
+    needs validation rows (`NEEDS_VALIDATION`) holds a seeded, stratified `validation_fraction` of the "train"
+    images out, and any other head gets none. Without a split column every head holds `validation_fraction` of
+    the images out (0: none). Augmented views follow their source image, and only originals are validated on,
+    so no view of a training image is ever validated on. `validation_source` names which case it was.
     """
-    from sklearn.model_selection import train_test_split
-
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction!r}")
     usable = meta.ok & (meta.codes >= 0)
     if usable.sum() < 2:
         raise ValueError(f"the store has {int(usable.sum())} usable labelled rows; training needs at least 2")
+    pool = usable
     if np.isin(meta.split[usable], ("train", "val", "test")).any():
-        train = usable & (meta.split == "train")
-        held = "val" if (usable & (meta.split == "val")).any() else "test"
-        val = usable & (meta.split == held) & (meta.view == 0)
-        if not train.any():
+        pool = usable & (meta.split == "train")
+        if not pool.any():
             raise ValueError("the store's `split` column has no 'train' rows")
-        return np.flatnonzero(train), np.flatnonzero(val)
-    originals = np.flatnonzero(usable & (meta.view == 0))
-    labels = meta.codes[originals]
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    n_val = max(int(round(validation_fraction * len(originals))), len(np.unique(labels)) if stratify is not None else 1)
-    train_src, val_src = train_test_split(originals, test_size=n_val, stratify=stratify, random_state=random_state)
-    train = usable & np.isin(meta.source, train_src)
-    return np.flatnonzero(train), np.sort(val_src)
+        val = usable & (meta.split == "val") & (meta.view == 0)
+        if val.any() or head not in NEEDS_VALIDATION:
+            return np.flatnonzero(pool), np.flatnonzero(val)
+    rows = np.flatnonzero(pool)
+    if validation_fraction == 0:
+        return rows, rows[:0]
+    train, held = classify.holdout(meta.codes[rows], validation_fraction, groups=meta.source[rows],
+                                   random_state=random_state, fallback=True)
+    held = rows[held]
+    return rows[train], held[meta.view[held] == 0]
+
+
+def validation_source(meta, val_rows: np.ndarray) -> str:
+    """Where the validation rows of `split_rows` come from: "val", "train-holdout" or "none"."""
+    if not len(val_rows):
+        return "none"
+    return "val" if (meta.split[val_rows] == "val").all() else "train-holdout"
+
+
+class _StoreRows:
+    """A store whose view (the per-row metadata) is read once; then only features are read, by row."""
+
+    def __init__(self, store) -> None:
+        self._view = open_view(store)
+        self._visible = self._view.visible(fingerprint=None, allow_incomplete=False)
+        self.meta = self._view.meta(self._visible)
+
+    def info(self) -> features_store.StoreInfo:
+        """The store's summary, from the view already read."""
+        return self._view.info()
+
+    def features(self, rows: np.ndarray) -> np.ndarray:
+        """Features of `rows` (positions among the visible rows, as in `meta`), float32."""
+        return self._view.features(self._visible[np.asarray(rows, dtype=np.int64)])
 
 
 def run_train(
@@ -67,28 +104,35 @@ def run_train(
     validation_fraction: float = 0.2,
     random_state: int = 0,
 ) -> TrainResult:
-    """Train a head on a complete store and save it as a bundle with its validation metrics."""
+    """Train a head on a complete store and save it as a bundle with its validation metrics.
+
+    The rows are `split_rows`'s; the manifest records ``validation: {source, rows}``. The MLP early-stops on the
+    validation rows (the store's "val" whenever it has one); with none it trains for all its epochs.
+    """
     store = Path(store)
-    info = features_store.read_info(store)
-    meta = features_store.read_meta(store)
-    train_rows, val_rows = split_rows(meta, validation_fraction=validation_fraction, random_state=random_state)
+    data = _StoreRows(store)
+    info, meta = data.info(), data.meta
+    train_rows, val_rows = split_rows(meta, head=head, validation_fraction=validation_fraction,
+                                      random_state=random_state)
+    source = validation_source(meta, val_rows)
     params = dict(params or {})
     if head != "logreg":
         params.setdefault("random_state", random_state)
+    if head == "mlp" and source == "none":
+        params["early_stopping"] = False  # nothing to stop on: no rows of its training set are held out
     estimator = classify.make_head(head, **params)
     t0 = time.perf_counter()
     if head == "sgd":  # out of core: one slab of the store in memory at a time
-        estimator = _fit_sgd_out_of_core(estimator, store, meta, train_rows, info.n_features, params)
+        estimator = _fit_sgd_out_of_core(estimator, data, meta, train_rows, info.n_features, params)
+    elif head == "mlp":
+        _fit_mlp(estimator, data.features(train_rows), meta.labels[train_rows],
+                 (data.features(val_rows), meta.labels[val_rows]) if len(val_rows) else None)
     else:
-        groups = meta.source[train_rows] if head == "mlp" and (meta.view[train_rows] > 0).any() else None
-        _fit_in_memory(estimator, features_store.read_features(store, train_rows), meta.labels[train_rows],
-                       groups)
+        _fit_in_memory(estimator, data.features(train_rows), meta.labels[train_rows])
     fit_seconds = time.perf_counter() - t0
     metrics = {"fit_seconds": round(fit_seconds, 3), "n_train": int(len(train_rows))}
     if len(val_rows):
-        metrics["validation"] = classify.evaluate(
-            estimator, features_store.read_features(store, val_rows), meta.labels[val_rows]
-        )
+        metrics["validation"] = classify.evaluate(estimator, data.features(val_rows), meta.labels[val_rows])
     bundle = classify.save_bundle(
         estimator,
         out,
@@ -99,46 +143,59 @@ def run_train(
         metrics=metrics,
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
         # a store's view can change after training (a relabel, another index): record which one this was
-        extra={"trained_on": str(store), "trained_index_sha256": info.index_sha256},
+        extra={"trained_on": str(store), "trained_index_sha256": info.index_sha256,
+               "validation": {"source": source, "rows": int(len(val_rows))}},
     )
     history = getattr(_final_step(estimator), "history_", None)
     if history:
         classify.plot_history(history, Path(bundle) / "history.png")
-    return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds)
+    return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds, source)
 
 
-def _fit_in_memory(estimator, X, y, groups=None) -> None:
-    """Fit on an X read for this fit alone: its scaler may scale it in place (no second copy of X).
-
-    `groups` (the source row of each augmented view) keeps an image and its views on one side of the MLP's
-    early-stopping split.
-    """
+def _fit_in_memory(estimator, X, y) -> None:
+    """Fit on an X read for this fit alone: its scaler may scale it in place (no second copy of X)."""
     first = estimator.steps[0][1] if hasattr(estimator, "steps") else None
     in_place = hasattr(first, "copy")
     if in_place:
         first.set_params(copy=False)
-    estimator.fit(X, y, **({} if groups is None else {f"{estimator.steps[-1][0]}__groups": groups}))
+    estimator.fit(X, y)
     if in_place:
         first.set_params(copy=True)  # the saved head must not scale its callers' arrays in place
 
 
-def _fit_sgd_out_of_core(estimator, store, meta, rows, n_features, params, slab_bytes=64 << 20):
+def _fit_mlp(estimator, X, y, validation) -> None:
+    """Fit the scaler + MLP pipeline step by step, so that the MLP early-stops on the scaled validation rows."""
+    *scalers, (_, mlp) = estimator.steps
+    for _, scaler in scalers:
+        scaler.set_params(copy=False)  # X was read for this fit alone: scale it in place
+        X = scaler.fit_transform(X)
+        scaler.set_params(copy=True)
+        if validation is not None:
+            validation = (scaler.transform(validation[0]), validation[1])
+    mlp.fit(X, y, validation_data=validation)
+
+
+def _fit_sgd_out_of_core(estimator, store, meta, rows, n_features, params, slab_bytes=None):
     """`partial_fit` over slabs of about `slab_bytes` of train rows; `max_iter` counts the passes.
 
-    Each pass visits the rows in a new seeded order (each slab read sorted), so a class-sorted store (class
-    folders) never feeds SGD one class at a time.
+    `store` is a path or a `_StoreRows` whose metadata was read already: the metadata is read once, then each
+    slab reads only its own rows' features, so a pass costs time linear in the rows. Each pass visits the rows
+    in a new seeded order (each slab read sorted), so a class-sorted store (class folders) never feeds SGD one
+    class at a time.
     """
-    slab = features_store.chunk_rows(n_features, 4, slab_bytes)
+    data = store if isinstance(store, _StoreRows) else _StoreRows(store)
+    slab = features_store.chunk_rows(n_features, 4, slab_bytes or SGD_SLAB_BYTES)
     rng = np.random.default_rng(params.get("random_state", 0))
+    labels = meta.labels
 
     def batches():
         order = rng.permutation(rows)
         for lo in range(0, len(order), slab):
             part = np.sort(order[lo : lo + slab])
-            yield features_store.read_features(store, part), meta.labels[part]
+            yield data.features(part), labels[part]
 
     epochs = int(params.get("max_iter", 5))
-    return classify.fit_out_of_core(estimator, batches, np.unique(meta.labels[rows]), epochs=epochs)
+    return classify.fit_out_of_core(estimator, batches, np.unique(labels[rows]), epochs=epochs)
 
 
 def _final_step(estimator):
@@ -149,7 +206,7 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
 
     Without `split`, on the store the head was trained on, only its held-out validation rows count (never the
-    rows it was fitted on); on any other store, every row. The training store is refused when its view has
+    rows it was fitted on; a head that held none out is refused); on any other store, every row. The training store is refused when its view has
     changed since training (another index, labels or split: its held-out rows are no longer known).
     """
     bundle = classify.load_bundle(bundle_path)
@@ -163,10 +220,13 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
                 "labels or split changed since), so its held-out rows are unknown; re-extract the training index "
                 "into it (nothing is extracted again), or evaluate with --split or on another store"
             )
-        params = bundle.manifest.get("params") or {}
         meta = features_store.read_meta(store)
-        _, rows = split_rows(meta, validation_fraction=params.get("validation_fraction", 0.2),
-                             random_state=params.get("random_state", 0))
+        _, rows = trained_rows(bundle.manifest, meta)
+        if not len(rows):
+            raise ValueError(
+                f"{Path(bundle_path).name} was fitted on every labelled 'train' row of {store} and holds none out "
+                "(its validation source is 'none'); evaluate with --split test, or on another store"
+            )
         X, y, evaluated = features_store.read_features(store, rows), meta.labels[rows], "held-out validation rows"
     else:
         X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
@@ -181,6 +241,17 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
     return metrics
+
+
+def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) rows a bundle's head was trained with, from its manifest's parameters.
+
+    `head` stands in for a manifest that does not name its head (one saved outside `run_train`).
+    """
+    params = manifest.get("params") or {}
+    return split_rows(meta, head=params.get("head", head or "logreg"),
+                      validation_fraction=params.get("validation_fraction", 0.2),
+                      random_state=params.get("random_state", 0))
 
 
 def training_view_changed(manifest: dict, info: features_store.StoreInfo) -> bool:

@@ -175,16 +175,18 @@ def test_float32_is_kept_without_a_float64_copy(fitted):
     assert peak < 1.5 * X.nbytes  # a float64 copy alone would be 2 * X.nbytes
 
 
-def test_groups_keep_views_on_one_side_of_the_early_stopping_split():
-    from classify.mlp import _holdout
-
-    codes = np.repeat([0, 1], 30)
-    groups = np.repeat(np.arange(12), 5)  # 12 images, each with 4 views: 5 rows per group
-    train, val = _holdout(codes, groups, 0.25, seed=0)
-    assert set(groups[train]).isdisjoint(groups[val])
-    assert len(train) + len(val) == 60 and len(val) % 5 == 0 and len(set(codes[val])) == 2
-    with pytest.raises(ValueError, match=r"`groups` must have shape \(60,\)"):
-        _holdout(codes, groups[:10], 0.25, seed=0)
+def test_validation_data_replaces_the_internal_hold_out(data):
+    X, y = data
+    names = np.array(["cat", "dog", "eel"])[y]
+    clf = KerasMLPClassifier(**{**SMALL, "epochs": 1}).fit(X[:90], names[:90], validation_data=(X[90:], names[90:]))
+    # the history's validation loss is the loss on exactly (X_val, y_val), with the weights after the epoch
+    codes = np.searchsorted(clf.classes_, names[90:])
+    loss = clf.model_.evaluate(X[90:], codes, verbose=0, return_dict=True)["loss"]
+    assert clf.history_["val_loss"][0] == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(ValueError, match=r"labels must be among `classes` \['cat', 'dog', 'eel'\]. Received: 'fox'"):
+        KerasMLPClassifier(**SMALL).fit(X[:90], names[:90], validation_data=(X[90:91], np.array(["fox"])))
+    with pytest.raises(ValueError, match=r"`X_val` must have 20 features"):
+        KerasMLPClassifier(**SMALL).fit(X[:90], names[:90], validation_data=(X[90:, :3], names[90:]))
 
 
 def test_predictions_do_not_depend_on_row_order(data, fitted):

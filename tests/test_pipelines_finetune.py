@@ -161,3 +161,36 @@ def test_a_non_standard_scaler_is_refused(store, tmp_path):
     head = make_pipeline(MinMaxScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
     with pytest.raises(ValueError, match=r"`finetune` can fold only a StandardScaler into the model"):
         transplant(small_vgg().model, head, X.shape[1])
+
+
+def split_index(image_folder, splits):
+    """index.csv with a split column: image i of each class gets splits[i]."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*") if p.suffix != ".csv")
+    lines = ["filename,label,split"] + [f"{r},{r.split('/')[0]},{splits[int(r[2])]}" for r in rows]
+    path = image_folder / "split.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_finetune_validates_on_the_stores_val_split(image_folder, tmp_path):
+    index = read_index(split_index(image_folder, ["train", "train", "val", "test"]))
+    store = run_extract(index, small_vgg(), tmp_path / "s").store
+    head = run_train(store, tmp_path / "head", head="mlp", params={"hidden_layer_sizes": (8,), "epochs": 1})
+    assert head.validation_source == "val" and head.n_val == 2
+    result = run_finetune(head.bundle, tmp_path / "ft", unfreeze=0, epochs=1, batch_size=4)
+    assert (result.n_train, result.n_val) == (4, 2)
+    assert load_any_bundle(result.bundle).manifest["validation"] == {"source": "val", "rows": 2}
+
+
+def test_finetune_without_val_holds_out_train_rows_never_test(image_folder, tmp_path):
+    from pipelines.finetune import finetune_rows
+
+    index = read_index(split_index(image_folder, ["train", "train", "train", "test"]))
+    store = run_extract(index, small_vgg(), tmp_path / "s").store
+    head = run_train(store, tmp_path / "head", head="mlp", params={"hidden_layer_sizes": (8,), "epochs": 1})
+    assert head.validation_source == "train-holdout" and head.n_val == 2
+    bundle = classify.load_bundle(head.bundle)
+    for source_store in (store, None):  # rows read from the training store, or from the index alone
+        train, val, _, source = finetune_rows(bundle, index, source_store)
+        assert source == "train-holdout" and len(val) == 2 and len(train) == 4
+        assert {index.split[i] for i in [*train, *val]} == {"train"}  # never a test row

@@ -1,0 +1,166 @@
+"""Where training validates: the store's "val", else a seeded hold-out of "train" (or none), never "test"; and the
+out-of-core SGD head reads the store's metadata once."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import classify
+import features_store
+from features_store import reader
+from pipelines.cli import main
+from pipelines.heads import run_evaluate, run_train, split_rows, validation_source
+
+MLP = {"hidden_layer_sizes": (8,), "epochs": 1, "learning_rate": 0.01}
+
+
+def make_store(path, split, *, n_features=6, seed=0):
+    """A real store of synthetic features: two classes (class b shifted), the given split column."""
+    n = len(split)
+    labels = np.arange(n) % 2
+    X = np.random.default_rng(seed).normal(size=(n, n_features)).astype(np.float32) + 2.0 * labels[:, None]
+    keys = [f"{i:064x}" for i in range(n)]
+    with features_store.StoreSession.open(path, fingerprint="f" * 64, extractor={"name": "synthetic"}) as session:
+        with session.shard_writer(keys, n_features=n_features) as writer:
+            writer.write(X, np.ones(n, bool))
+            session.commit(writer)
+        session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=["a", "b"],
+                           split=list(split))
+    return path
+
+
+def meta_of(split, *, views=0):
+    """A store's metadata as plain arrays: originals in two classes, each followed by `views` augmented views."""
+    n = len(split)
+    originals = np.arange(n)
+    source = np.repeat(originals * (views + 1), views + 1)
+    return SimpleNamespace(
+        ok=np.ones(n * (views + 1), bool),
+        codes=np.repeat(originals % 2, views + 1),
+        split=np.repeat(np.asarray(split), views + 1),
+        view=np.tile(np.arange(views + 1), n).astype(np.int16),
+        source=source,
+    )
+
+
+TRAIN_TEST = ["train"] * 16 + ["test"] * 4
+TRAIN_VAL_TEST = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
+
+
+@pytest.mark.parametrize("head", ["logreg", "sgd", "mlp"])
+def test_the_val_split_is_used_whenever_there_is_one(head):
+    meta = meta_of(TRAIN_VAL_TEST)
+    train, val = split_rows(meta, head=head)
+    np.testing.assert_array_equal(train, np.arange(12))
+    np.testing.assert_array_equal(val, np.arange(12, 16))
+    assert validation_source(meta, val) == "val"
+
+
+@pytest.mark.parametrize("head", ["logreg", "sgd"])
+def test_without_val_a_head_that_needs_no_validation_gets_none_and_every_train_row(head):
+    meta = meta_of(TRAIN_TEST)
+    train, val = split_rows(meta, head=head)
+    np.testing.assert_array_equal(train, np.arange(16))
+    assert len(val) == 0 and validation_source(meta, val) == "none"
+
+
+def test_without_val_the_mlp_holds_out_a_seeded_stratified_part_of_train_never_test():
+    meta = meta_of(TRAIN_TEST, views=2)  # 20 images, each with 2 augmented views
+    train, val = split_rows(meta, head="mlp", validation_fraction=0.25, random_state=0)
+    assert validation_source(meta, val) == "train-holdout"
+    assert (meta.split[val] == "train").all() and (meta.split[train] == "train").all()
+    assert len(val) == 4 and (meta.view[val] == 0).all() and sorted(set(meta.codes[val])) == [0, 1]
+    assert not np.isin(meta.source[train], meta.source[val]).any()  # no view of a validated image is trained on
+    assert len(train) == (16 - 4) * 3
+    again = split_rows(meta, head="mlp", validation_fraction=0.25, random_state=0)
+    np.testing.assert_array_equal(again[1], val)
+
+
+def test_without_a_split_column_every_head_holds_out_the_fraction_or_none():
+    meta = meta_of([""] * 10)
+    train, val = split_rows(meta, head="logreg", validation_fraction=0.2)
+    assert len(val) == 2 and len(train) == 8 and validation_source(meta, val) == "train-holdout"
+    train, val = split_rows(meta, head="mlp", validation_fraction=0.0)
+    assert len(val) == 0 and len(train) == 10
+    with pytest.raises(ValueError, match=r"`validation_fraction` must be in \[0, 1\). Received: validation_fraction=1"):
+        split_rows(meta, validation_fraction=1)
+
+
+def manifest_of(bundle):
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def test_logreg_without_val_records_none_and_evaluate_asks_for_a_split(tmp_path):
+    store = make_store(tmp_path / "store", TRAIN_TEST)
+    result = run_train(store, tmp_path / "head")
+    manifest = manifest_of(result.bundle)
+    assert manifest["validation"] == {"source": "none", "rows": 0}
+    assert result.n_train == 16 and "validation" not in manifest["metrics"]
+    with pytest.raises(ValueError, match="holds none out .*evaluate with --split test"):
+        run_evaluate(result.bundle, store, tmp_path / "report")
+    assert run_evaluate(result.bundle, store, tmp_path / "report", split="test")["n_samples"] == 4
+
+
+def mlp_validation_loss(bundle, store, rows):
+    """The loss of a bundle's MLP on store rows, scaled by the bundle's own scaler."""
+    head = classify.load_bundle(bundle).estimator
+    meta = features_store.read_meta(store)
+    X = head[0].transform(features_store.read_features(store, rows))
+    codes = classify.encode_labels(meta.labels[rows], head.classes_)
+    model = head[-1].model_
+    model.compile(loss="sparse_categorical_crossentropy")  # a loaded head is not compiled
+    return model.evaluate(X, codes, verbose=0, return_dict=True)["loss"]
+
+
+def test_the_mlp_early_stops_on_the_stores_val_rows(tmp_path):
+    store = make_store(tmp_path / "store", TRAIN_VAL_TEST)
+    result = run_train(store, tmp_path / "head", head="mlp", params=MLP)
+    manifest = manifest_of(result.bundle)
+    assert manifest["validation"] == {"source": "val", "rows": 4} and result.n_train == 12
+    history_loss = classify.load_bundle(result.bundle).estimator[-1].history_["val_loss"][0]
+    assert history_loss == pytest.approx(mlp_validation_loss(result.bundle, store, np.arange(12, 16)), rel=1e-5)
+    assert manifest["metrics"]["validation"]["n_samples"] == 4
+
+
+def test_the_mlp_without_val_early_stops_on_a_train_holdout_not_on_test(tmp_path, capsys):
+    store = make_store(tmp_path / "store", TRAIN_TEST)
+    assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
+                 "--out", str(tmp_path / "head")]) == 0
+    bundle = tmp_path / "head"
+    manifest = manifest_of(bundle)
+    train, val = split_rows(features_store.read_meta(store), head="mlp", validation_fraction=0.2, random_state=0)
+    assert manifest["validation"] == {"source": "train-holdout", "rows": len(val)} and len(val) == 3
+    assert (val < 16).all() and len(train) == 13
+    history_loss = classify.load_bundle(bundle).estimator[-1].history_["val_loss"][0]
+    assert history_loss == pytest.approx(mlp_validation_loss(bundle, store, val), rel=1e-5)
+    assert history_loss != pytest.approx(mlp_validation_loss(bundle, store, np.arange(16, 20)), rel=1e-3)
+    report = run_evaluate(bundle, store, tmp_path / "report")
+    assert report["evaluated_on"] == "held-out validation rows" and report["n_samples"] == 3
+
+
+def test_sgd_reads_the_store_metadata_once_whatever_the_number_of_slabs(tmp_path, monkeypatch):
+    store = make_store(tmp_path / "store", [""] * 400, n_features=8)
+    calls = {"metadata": 0, "slabs": 0}
+    view_columns, features = reader.view_columns, reader._View.features
+
+    def counted_columns(*args, **kwargs):
+        calls["metadata"] += 1
+        return view_columns(*args, **kwargs)
+
+    def counted_features(self, rows):
+        calls["slabs"] += 1
+        return features(self, rows)
+
+    monkeypatch.setattr(reader, "view_columns", counted_columns)
+    monkeypatch.setattr(reader._View, "features", counted_features)
+    counts = {}
+    for slab_rows in (80, 8):  # 320 train rows: 4 and 40 slabs per pass
+        monkeypatch.setattr("pipelines.heads.SGD_SLAB_BYTES", 4 * 8 * slab_rows)
+        calls.update(metadata=0, slabs=0)
+        result = run_train(store, tmp_path / f"sgd-{slab_rows}", head="sgd", params={"max_iter": 3})
+        counts[slab_rows] = dict(calls)
+        assert result.validation_source == "train-holdout" and result.n_train == 320
+    assert counts[80]["slabs"] >= 4 * 4 and counts[8]["slabs"] >= 40 * 4  # the scaler's pass and 3 epochs
+    assert counts[80]["metadata"] == counts[8]["metadata"] == 1
