@@ -3,14 +3,16 @@
 Knows scikit-learn and Keras only; Keras is imported lazily, so importing this package stays TensorFlow-free.
 """
 
-from classify.bundle import Bundle, load_bundle, save_bundle, save_model_bundle
+from classify.bundle import Bundle, load_bundle, save_bundle, save_model_bundle, trusted_types
 from classify.errors import (
     BundleExistsError,
     BundleFormatError,
     BundleIntegrityError,
     BundleMismatchError,
     BundleNotFoundError,
+    BundleUnsafeError,
     ClassifyError,
+    PickleBundleWarning,
 )
 from classify.heads import fit_out_of_core, make_head
 from classify.holdout import holdout
@@ -26,8 +28,10 @@ __all__ = [
     "BundleIntegrityError",
     "BundleMismatchError",
     "BundleNotFoundError",
+    "BundleUnsafeError",
     "ClassifyError",
     "KerasMLPClassifier",
+    "PickleBundleWarning",
     "encode_labels",
     "evaluate",
     "fit_out_of_core",
@@ -40,4 +44,5 @@ __all__ = [
     "plot_history",
     "save_bundle",
     "save_model_bundle",
+    "trusted_types",
 ]

@@ -1,4 +1,4 @@
-"""The classifier heads' exceptions: one base, each also deriving from the builtin it refines."""
+"""The classifier heads' exceptions (one base, each also deriving from the builtin it refines) and warnings."""
 
 
 class ClassifyError(Exception):
@@ -23,3 +23,11 @@ class BundleExistsError(ClassifyError, FileExistsError):
 
 class BundleFormatError(ClassifyError, ValueError):
     """A bundle's manifest is unreadable, of an unknown format version or kind, or inconsistent."""
+
+
+class BundleUnsafeError(ClassifyError, ValueError):
+    """Loading a bundle's model file would run code from it: a pickle, a type that is not ours, a Keras Lambda."""
+
+
+class PickleBundleWarning(UserWarning):
+    """A head is written or read as a pickle (`model_format="joblib"`): loading a pickle runs any code it holds."""

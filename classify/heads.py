@@ -50,6 +50,25 @@ def make_head(name: str, **params: Any) -> BaseEstimator:
     raise ValueError(f"`head` must be one of {known}. Received: head={name!r}")
 
 
+def head_types() -> set[type]:
+    """The estimator classes the heads are made of: every step that `make_head` builds, and `fit_out_of_core`'s.
+
+    Returns
+    -------
+    types : set of type
+        Used as the trusted types when a bundle's head is loaded (`classify.bundle.trusted_types`).
+    """
+    types = {Pipeline, StandardScaler}  # fit_out_of_core's pipeline and scaler
+    for name in HEADS:
+        head = make_head(name)
+        types |= {type(step) for step in _steps(head)}
+    return types
+
+
+def _steps(estimator: BaseEstimator) -> list:
+    return [estimator, *(step for _, step in getattr(estimator, "steps", []))]
+
+
 def fit_out_of_core(
     estimator: SGDClassifier, batches: Batches, classes: Any, *, epochs: int = 5, scaler: bool = True
 ) -> Pipeline:

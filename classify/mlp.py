@@ -377,11 +377,14 @@ def _model_to_bytes(model: Any) -> bytes:
 
 
 def _model_from_bytes(data: bytes) -> Any:
-    """Inverse of `_model_to_bytes`. Not compiled: a refit rebuilds and compiles a new network."""
+    """Inverse of `_model_to_bytes`, in Keras's safe mode (a Lambda layer's code is refused, never run).
+
+    Not compiled: a refit rebuilds and compiles a new network.
+    """
     import keras
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:
             f.write(data)
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)

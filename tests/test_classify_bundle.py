@@ -1,6 +1,11 @@
-"""Head bundles: round trip, and the refusals (integrity, fingerprint, n_features, overwrite, missing)."""
+"""Head bundles: round trip, and the refusals (integrity, fingerprint, n_features, overwrite, missing), and no code
+from a bundle runs when it is loaded (tampered pickle, skops and Keras files)."""
 
+import hashlib
 import json
+import os
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -10,15 +15,20 @@ from sklearn.preprocessing import StandardScaler
 
 from classify import (
     BundleExistsError,
+    BundleFormatError,
     BundleIntegrityError,
     BundleMismatchError,
     BundleNotFoundError,
+    BundleUnsafeError,
     ClassifyError,
     KerasMLPClassifier,
+    PickleBundleWarning,
     evaluate,
+    fit_out_of_core,
     load_bundle,
     make_head,
     save_bundle,
+    trusted_types,
 )
 
 FINGERPRINT = "a1b2c3d4e5f6" + "0" * 52
@@ -47,11 +57,12 @@ def test_round_trip(tmp_path, data, head):
     X, y = data
     metrics = evaluate(head, X, y)
     path = _save(head, tmp_path / "bundle", metrics=metrics, params={"C": 1.0}, extra={"note": "hi"})
-    assert sorted(p.name for p in path.iterdir()) == ["head.joblib", "manifest.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
     bundle = load_bundle(path)
     manifest = bundle.manifest
-    assert manifest["format_version"] == 1 and manifest["kind"] == "sklearn"
-    assert manifest["model_file"] == "head.joblib" and len(manifest["model_sha256"]) == 64
+    assert manifest["format_version"] == 2 and manifest["kind"] == "sklearn" and manifest["model_format"] == "skops"
+    assert manifest["model_file"] == "head.skops"
+    assert manifest["model_sha256"] == hashlib.sha256((path / "head.skops").read_bytes()).hexdigest()
     assert manifest["extractor"] == EXTRACTOR and manifest["fingerprint"] == FINGERPRINT
     assert manifest["classes"] == CLASSES and manifest["n_features"] == 20
     assert manifest["metrics"] == metrics and manifest["params"] == {"C": 1.0} and manifest["note"] == "hi"
@@ -66,18 +77,156 @@ def test_round_trip(tmp_path, data, head):
 def test_round_trip_pipeline_with_keras_mlp(tmp_path, data):
     X, y = data
     head = make_pipeline(StandardScaler(), KerasMLPClassifier((8,), epochs=2, random_state=0)).fit(X, y)
-    bundle = load_bundle(_save(head, tmp_path / "mlp"))
-    np.testing.assert_array_equal(bundle.predict_proba(X), head.predict_proba(X))
+    path = _save(head, tmp_path / "mlp")
+    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json", "mlp.keras"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["network_file"] == "mlp.keras"
+    assert manifest["network_sha256"] == hashlib.sha256((path / "mlp.keras").read_bytes()).hexdigest()
+    assert head[-1].model_ is not None  # saving does not strip the caller's head
+    bundle = load_bundle(path)
+    np.testing.assert_allclose(bundle.predict_proba(X), head.predict_proba(X), rtol=1e-5)
+    np.testing.assert_array_equal(bundle.estimator.classes_, head.classes_)
+    # replaced by a logistic-regression bundle: the network file goes with the old bundle
+    _save(make_head("logreg").fit(X, y), path)
+    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
 
 
-def test_integrity_refusal(tmp_path, head):
+def test_every_head_round_trips_through_skops(tmp_path, data):
+    X, y = data
+    names = np.array(CLASSES)[y]
+    heads = {
+        "logreg": make_head("logreg").fit(X, names),
+        "mlp": make_head("mlp", hidden_layer_sizes=(4,), epochs=1, random_state=0).fit(X, names),
+        "sgd": fit_out_of_core(make_head("sgd", random_state=0), [(X, names)], CLASSES),
+        "sgd-unscaled": fit_out_of_core(make_head("sgd", random_state=0), [(X, names)], CLASSES, scaler=False),
+    }
+    for name, head in heads.items():
+        bundle = load_bundle(_save(head, tmp_path / name))
+        np.testing.assert_allclose(bundle.predict_proba(X), head.predict_proba(X), rtol=1e-5, err_msg=name)
+
+
+def test_trusted_types_are_our_head_types_only():
+    assert trusted_types() == [
+        "classify.mlp.KerasMLPClassifier",
+        "classify.scaling.SlabStandardScaler",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+    ]
+
+
+def test_integrity_refusal(tmp_path, data, head):
     path = _save(head, tmp_path / "bundle")
-    model = path / "head.joblib"
+    model = path / "head.skops"
     raw = bytearray(model.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     model.write_bytes(bytes(raw))
-    with pytest.raises(BundleIntegrityError, match=r"head.joblib has sha256 [0-9a-f]{64} but the manifest records"):
+    with pytest.raises(BundleIntegrityError, match=r"head.skops has sha256 [0-9a-f]{64} but the manifest records"):
         load_bundle(path)
+    X, y = data
+    mlp = _save(make_pipeline(StandardScaler(), KerasMLPClassifier((4,), epochs=1)).fit(X, y), tmp_path / "mlp")
+    (mlp / "mlp.keras").write_bytes((mlp / "mlp.keras").read_bytes() + b"x")
+    with pytest.raises(BundleIntegrityError, match=r"mlp.keras has sha256 [0-9a-f]{64} but the manifest records"):
+        load_bundle(mlp)
+
+
+class _Payload:
+    """Unpickling or unpacking it creates a folder at `marker`: stands for any code a tampered file would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+    def __setstate__(self, state):
+        os.makedirs(state["marker"])
+
+
+def _tamper(path, name, data, **manifest_changes):
+    """Replace a bundle file and record the new file's sha256 in the manifest, as an attacker would."""
+    (path / name).write_bytes(data)
+    manifest = json.loads((path / "manifest.json").read_text())
+    key = "network_sha256" if manifest.get("network_file") == name else "model_sha256"
+    manifest.update({key: hashlib.sha256(data).hexdigest(), **manifest_changes})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_malicious_pickle_in_place_of_the_model_is_refused_and_never_run(tmp_path, head):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    pickle.loads(payload)  # the payload is live: unpickling it runs its code
+    assert marker.exists()
+    marker.rmdir()
+    path = _save(head, tmp_path / "bundle")
+    _tamper(path, "head.skops", payload)
+    with pytest.raises(BundleFormatError, match="head.skops is not a readable skops head file"):
+        load_bundle(path)
+    _tamper(path, "head.skops", payload, model_format="joblib")  # the manifest says "a pickle"
+    with pytest.raises(BundleUnsafeError, match=r"head.skops is a pickle, and loading a pickle runs any code"):
+        load_bundle(path)
+    _tamper(path, "head.skops", payload, format_version=1)  # format 1 bundles were pickles
+    with pytest.raises(BundleUnsafeError, match="is a pickle"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+def test_a_skops_file_of_another_type_is_refused_and_never_run(tmp_path, head):
+    import skops.io
+
+    marker = tmp_path / "pwned"
+    payload = skops.io.dumps(_Payload(marker))
+    skops.io.loads(payload, trusted=[f"{__name__}._Payload"])  # the payload is live when its type is trusted
+    assert marker.exists()
+    marker.rmdir()
+    path = _save(head, tmp_path / "bundle")
+    _tamper(path, "head.skops", payload)
+    with pytest.raises(BundleUnsafeError, match=r"holds types that are not featurehead head types.*_Payload"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
+    import keras
+
+    from classify.mlp import _model_to_bytes
+
+    X, y = data
+    marker = tmp_path / "pwned"
+    path = _save(make_pipeline(StandardScaler(), KerasMLPClassifier((4,), epochs=1)).fit(X, y), tmp_path / "mlp")
+    code = eval(f"lambda x: (__import__('os').makedirs({str(marker)!r}, exist_ok=True), x)[1]")  # noqa: S307
+    inputs = keras.Input((20,))
+    evil = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Lambda(code)(inputs)))
+    data_bytes = _model_to_bytes(evil)
+    marker.rmdir()  # building the model ran the lambda once
+    _tamper(path, "mlp.keras", data_bytes)
+    unsafe = tmp_path / "unsafe.keras"
+    unsafe.write_bytes(data_bytes)
+    keras.saving.load_model(unsafe, safe_mode=False)  # the payload is live when loaded unsafely
+    assert marker.exists()
+    marker.rmdir()
+    with pytest.raises(BundleUnsafeError, match=r"mlp.keras is not a Keras model that loads with safe_mode=True"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+def test_a_pickle_bundle_is_an_explicit_opt_in_with_warnings(tmp_path, data, head):
+    X, _ = data
+    with pytest.warns(PickleBundleWarning, match="head.joblib is a pickle: loading a pickle runs any code"):
+        path = _save(head, tmp_path / "bundle", model_format="joblib")
+    assert sorted(p.name for p in path.iterdir()) == ["head.joblib", "manifest.json"]
+    with pytest.raises(BundleUnsafeError, match=r"trust_pickle=True"):
+        load_bundle(path)
+    with pytest.warns(PickleBundleWarning, match="loading .*head.joblib: loading a pickle runs any code"):
+        bundle = load_bundle(path, trust_pickle=True)
+    np.testing.assert_array_equal(bundle.predict_proba(X), head.predict_proba(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _save(head, path)  # the default format: no warning, and the pickle is gone
+    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
+    with pytest.raises(ValueError, match="`model_format` must be one of 'skops', 'joblib'"):
+        _save(head, path, model_format="pickle")
 
 
 def test_fingerprint_refusal(tmp_path, head):
@@ -115,8 +264,8 @@ def test_missing_pieces(tmp_path, head):
     with pytest.raises(BundleNotFoundError, match="the directory does not exist"):
         load_bundle(tmp_path / "nope")
     path = _save(head, tmp_path / "bundle")
-    (path / "head.joblib").unlink()
-    with pytest.raises(BundleNotFoundError, match="head.joblib is missing"):
+    (path / "head.skops").unlink()
+    with pytest.raises(BundleNotFoundError, match="head.skops is missing"):
         load_bundle(path)
     (path / "manifest.json").unlink()
     with pytest.raises(BundleNotFoundError, match="manifest.json is missing"):

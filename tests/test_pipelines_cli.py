@@ -173,7 +173,7 @@ def test_predict_reuses_a_float16_store(csv_index, tmp_path):
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    model = bundle / "head.joblib"
+    model = bundle / "head.skops"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
