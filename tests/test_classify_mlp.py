@@ -97,7 +97,6 @@ def test_grid_search_over_epochs_changes_fits(data):
     X, y = data
     base = KerasMLPClassifier((8,), early_stopping=False, random_state=0)
     grid = GridSearchCV(base, {"epochs": [1, 4]}, cv=2).fit(X, y)
-    assert [p["epochs"] for p in grid.cv_results_["params"]] == [1, 4]
     best = grid.best_estimator_
     assert len(best.history_["loss"]) == grid.best_params_["epochs"]
     assert base.get_params()["epochs"] == 50 and not hasattr(base, "model_")
