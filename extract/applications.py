@@ -1,23 +1,31 @@
-"""Frozen `keras.applications` bases (VGG16, VGG19, include_top=False) as registered extractors.
+"""Frozen `keras.applications` backbones without their top, as registered extractors.
 
-ImageNet weights load through the real Keras code (cache, then download); offline that fails fast with one
-error that names the cache file and the alternatives.
+Each family is named by its function name in lower case (`resnet50`, `efficientnetv2s`, `convnexttiny`, ...;
+`BACKBONES` lists them) and gets its own preprocessing inside the graph and its own default input size.
+ImageNet weights load through the real Keras code (its cache, then a download); offline that fails fast with one
+error that names the cache folder and the alternatives.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from .errors import ExtractorConfigError, WeightsUnavailableError
 from .extractor import MIN_INPUT_SIZE, Extractor
-from .layers import caffe_preprocess_layer, cut_at_layer, dtype_policy, pooling_layer, seeded_init
-from .registry import register_extractor
+from .layers import cut_at_layer, dtype_policy, pooling_layer, preprocess_layer, seeded_init
+from .registry import get_extractor_class, register_extractor
 
-DOWNLOAD_TIMEOUT_S = 10.0
+# Keras downloads every keras.applications weights file from here; a connection is tried first with this
+# timeout (a socket of our own: the global default timeout is never touched), so offline fails in seconds
+WEIGHTS_HOST = "https://storage.googleapis.com"
+CONNECT_TIMEOUT_S = 10.0
 
 
 def keras_cache_dir() -> Path:
@@ -27,28 +35,50 @@ def keras_cache_dir() -> Path:
 
 
 class KerasApplicationExtractor(Extractor):
-    """A `keras.applications` model without its top, cut at `layer`, with its own preprocessing inside."""
+    """A `keras.applications` model without its top, cut at `layer`, with its own preprocessing inside.
 
+    Parameters
+    ----------
+    weights : {"imagenet", "none"} or path
+        ImageNet weights (the Keras cache, else a download), a random init seeded by `seed` (NOT pretrained:
+        for tests), or a weights file saved from the same `include_top=False` model (`model.save_weights`).
+    layer : str or list of str, optional
+        Cut at this named layer (several: one forward pass, each pooled, concatenated); None is the last.
+    pooling : {"flatten", "avg", "max"}, optional
+        Default: the family's (flatten for VGG, the seed's 25088 features; avg for the others).
+    input_size : int, optional
+        Default: the family's (224 for most, 299 for Inception and Xception, up to 600 for EfficientNetB7).
+    resize : {"squash", "crop"}
+        How an image is fitted to the input (see `extract.load_image`).
+    precision : {"float32", "bfloat16", "float16"}
+        The compute dtype (Keras mixed precision); features are stored as float32 whatever it is.
+    """
+
+    backbone: "Backbone" = None  # set on each registered subclass
     application = ""  # the keras.applications constructor name
-    weights_file_name = ""  # the file Keras downloads for weights="imagenet", include_top=False
-    default_layer = ""
 
     def __init__(
         self,
         *,
         weights="imagenet",
         layer=None,
-        pooling="flatten",
-        input_size=224,
+        pooling=None,
+        input_size=None,
+        resize="squash",
         precision="float32",
         seed=0,
         batch_size=32,
     ):
+        backbone = self.backbone
+        layer = list(layer) if isinstance(layer, tuple) else layer
+        if isinstance(layer, str) and backbone is not None and layer == backbone.last_layer:
+            layer = None  # the default layer by name: the same model, the same fingerprint
         super().__init__(
             weights="none" if weights is None else str(weights),
-            layer=list(layer) if isinstance(layer, tuple) else layer,
-            pooling=pooling,
-            input_size=input_size,
+            layer=layer,
+            pooling=pooling if pooling is not None else (backbone.pooling if backbone else "flatten"),
+            input_size=input_size if input_size is not None else (backbone.input_size if backbone else 224),
+            resize=resize,
             precision=precision,
             seed=seed,
             batch_size=batch_size,
@@ -64,9 +94,10 @@ class KerasApplicationExtractor(Extractor):
                 f"`layer` must be None, a layer name or a non-empty list of distinct layer names. Received: layer={layer!r}"
             )
         size = self._config["input_size"]
-        if not isinstance(size, int) or size < MIN_INPUT_SIZE:
+        least = self.backbone.min_size if self.backbone else MIN_INPUT_SIZE
+        if isinstance(size, bool) or not isinstance(size, int) or size < least:
             raise ExtractorConfigError(
-                f"`input_size` must be an integer >= {MIN_INPUT_SIZE} for {self.name}. Received: input_size={size!r}"
+                f"`input_size` must be an integer >= {least} for {self.name}. Received: input_size={size!r}"
             )
         path = self.weights_file()
         if path is not None and not Path(path).is_file():
@@ -78,31 +109,38 @@ class KerasApplicationExtractor(Extractor):
         """A human-readable statement of which weights are in use (the demo and the CLI print it)."""
         weights = self._config["weights"]
         if weights == "imagenet":
-            return f"ImageNet-pretrained weights ({self.weights_file_name})"
+            return f"ImageNet-pretrained weights (keras.applications.{self.application}, include_top=False)"
         if weights == "none":
             return f"random-init weights (seed {self._config['seed']}): NOT pretrained, for testing only"
         return f"weights from {weights} (sha256 {self.weights_sha256()[:12]})"
 
-    def _build(self):
-        import keras
+    def base_model(self, weights=None):
+        """The keras.applications model without its top at this input size (`weights=None`: nothing loaded)."""
         from keras import applications
 
         size = self._config["input_size"]
-        weights = self._config["weights"]
         constructor = getattr(applications, self.application)
+        return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
+
+    def _build(self):
+        import keras
+
+        size = self._config["input_size"]
+        weights = self._config["weights"]
+        mode = self.backbone.preprocess if self.backbone else "caffe"
         with dtype_policy(self._config["precision"]):
             if weights == "imagenet":
-                base = self._load_imagenet(constructor, size)
+                base = self._load_imagenet()
             else:
-                base = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+                base = self.base_model()
                 if weights == "none":
                     seeded_init(base, self._config["seed"])
                 else:
                     base.load_weights(weights)
             layer = self._config["layer"]
             base = cut_at_layer(base, layer)
-            inputs = keras.Input((size, size, 3), name="image")
-            x = base(caffe_preprocess_layer()(inputs))
+            inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+            x = base(preprocess_layer(mode)(inputs))
             if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
                 pooled = [pooling_layer(self._config["pooling"], len(out.shape), name=f"features_{name}")(t)
                           for name, out, t in zip(layer, base.outputs, x)]
@@ -119,40 +157,165 @@ class KerasApplicationExtractor(Extractor):
             return [self.output_dim]
         return [int(np.prod(self.model.get_layer(f"features_{name}").output.shape[1:])) for name in layer]
 
-    def _load_imagenet(self, constructor, size):
-        cached = keras_cache_dir() / self.weights_file_name
-        previous = socket.getdefaulttimeout()
-        if not cached.is_file():
-            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an unreachable host fails fast, never hangs
+    def _load_imagenet(self):
+        cache = keras_cache_dir()
         try:
-            return constructor(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+            if not _weights_cached(cache, self.name):
+                _reachable(WEIGHTS_HOST)
+            return self.base_model(weights="imagenet")
         except Exception as err:  # Keras raises a bare Exception on a failed download
             raise WeightsUnavailableError(
-                f"ImageNet weights for {self.name} are not in the Keras cache ({cached}) and could not be "
-                f"downloaded ({_short_reason(err)}); copy {self.weights_file_name} into {cached.parent}, "
-                f"or use --weights PATH (a local .h5/.weights.h5 file) or --weights none (random init, not pretrained)"
+                f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
+                f"downloaded ({_short_reason(err)}); copy the {self.application} no-top weights file into {cache}, "
+                f"or use --weights PATH (a .weights.h5 file saved from the same include_top=False model) "
+                f"or --weights none (random init, not pretrained)"
             ) from err
-        finally:
-            socket.setdefaulttimeout(previous)
+
+
+def _weights_cached(cache: Path, name: str) -> bool:
+    """Whether the Keras cache holds a no-top weights file of this model (Keras names them per family:
+    vgg16_..._notop.h5, mobilenet_v2_..._no_top.h5, efficientnetv2-b0_notop.h5, convnext_tiny_notop.h5, ...)."""
+    if not cache.is_dir():
+        return False
+    own = re.compile(re.escape(name) + r"(?![v0-9])")  # resnet50 is not resnet50v2, efficientnetb1 not b10
+    for f in cache.iterdir():
+        flat = re.sub(r"[_\-]", "", f.name.lower())
+        if "notop" in flat and own.search(flat):
+            return True
+    return False
+
+
+def _reachable(url: str) -> None:
+    """Raise OSError within CONNECT_TIMEOUT_S when `url`'s host (or the https proxy urllib would use) cannot be
+    connected to."""
+    from urllib.request import getproxies, proxy_bypass
+
+    target = urlparse(url)
+    proxy = getproxies().get("https")
+    if proxy and not proxy_bypass(target.hostname):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        address = (parsed.hostname, parsed.port or 80)
+    else:
+        address = (target.hostname, target.port or 443)
+    with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S):
+        pass
 
 
 def _short_reason(err: Exception) -> str:
-    """The useful tail of Keras's download error ("URL fetch failure on URL: None -- [Errno -2] ...")."""
+    """The useful tail of a download error ("URL fetch failure on URL: None -- [Errno -2] ...")."""
     text = str(err).splitlines()[-1] if str(err) else type(err).__name__
     return text.rsplit(" -- ", 1)[-1][:160]
 
 
-@register_extractor("vgg16")
-class VGG16Extractor(KerasApplicationExtractor):
-    """VGG16 without its top: at 224x224 the `block5_pool` output flattens to 25088 features."""
+@dataclass(frozen=True)
+class Backbone:
+    """One keras.applications model without its top, as featurehead names and feeds it."""
 
-    application = "VGG16"
-    weights_file_name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    constructor: str  # the keras.applications function
+    input_size: int  # its default input side (the size its ImageNet weights were trained at)
+    preprocess: str  # extract.layers.PREPROCESS_MODES: how raw RGB becomes its input
+    channels: int  # features per image with pooling avg or max
+    grid: int  # side of its last feature map at `input_size` (flatten gives grid * grid * channels)
+    last_layer: str | None  # the name of its output layer (None: Keras names it by a global counter)
+    pooling: str = "avg"  # the default pooling
+    min_size: int = MIN_INPUT_SIZE
+
+    @property
+    def name(self) -> str:
+        return self.constructor.lower()
+
+    def feature_dims(self, input_size: int | None = None) -> dict:
+        """Features per image for each pooling at the default input size (`input_size` is not yet supported)."""
+        return {"flatten": self.grid * self.grid * self.channels, "avg": self.channels, "max": self.channels}
 
 
-@register_extractor("vgg19")
-class VGG19Extractor(KerasApplicationExtractor):
-    """VGG19 without its top: at 224x224 the `block5_pool` output flattens to 25088 features."""
+# Measured by building each model (weights=None, include_top=False) at its default size with Keras 3.15:
+# `tests/test_extract_backbones.py` checks one model of each family, `featurehead models --check` all of them.
+BACKBONES = {b.name: b for b in (
+    Backbone("VGG16", 224, "caffe", 512, 7, "block5_pool", pooling="flatten"),
+    Backbone("VGG19", 224, "caffe", 512, 7, "block5_pool", pooling="flatten"),
+    Backbone("ResNet50", 224, "caffe", 2048, 7, "conv5_block3_out"),
+    Backbone("ResNet101", 224, "caffe", 2048, 7, "conv5_block3_out"),
+    Backbone("ResNet152", 224, "caffe", 2048, 7, "conv5_block3_out"),
+    Backbone("ResNet50V2", 224, "tf", 2048, 7, "post_relu"),
+    Backbone("ResNet101V2", 224, "tf", 2048, 7, "post_relu"),
+    Backbone("ResNet152V2", 224, "tf", 2048, 7, "post_relu"),
+    Backbone("InceptionV3", 299, "tf", 2048, 8, "mixed10", min_size=75),
+    Backbone("Xception", 299, "tf", 2048, 10, "block14_sepconv2_act", min_size=71),
+    Backbone("MobileNetV2", 224, "tf", 1280, 7, "out_relu"),
+    Backbone("MobileNetV3Small", 224, "none", 576, 7, None),
+    Backbone("MobileNetV3Large", 224, "none", 960, 7, None),
+    Backbone("DenseNet121", 224, "torch", 1024, 7, "relu"),
+    Backbone("DenseNet169", 224, "torch", 1664, 7, "relu"),
+    Backbone("DenseNet201", 224, "torch", 1920, 7, "relu"),
+    Backbone("EfficientNetB0", 224, "none", 1280, 7, "top_activation"),
+    Backbone("EfficientNetB1", 240, "none", 1280, 8, "top_activation"),
+    Backbone("EfficientNetB2", 260, "none", 1408, 9, "top_activation"),
+    Backbone("EfficientNetB3", 300, "none", 1536, 10, "top_activation"),
+    Backbone("EfficientNetB4", 380, "none", 1792, 12, "top_activation"),
+    Backbone("EfficientNetB5", 456, "none", 2048, 15, "top_activation"),
+    Backbone("EfficientNetB6", 528, "none", 2304, 17, "top_activation"),
+    Backbone("EfficientNetB7", 600, "none", 2560, 19, "top_activation"),
+    Backbone("EfficientNetV2B0", 224, "none", 1280, 7, "top_activation"),
+    Backbone("EfficientNetV2B1", 240, "none", 1280, 8, "top_activation"),
+    Backbone("EfficientNetV2B2", 260, "none", 1408, 9, "top_activation"),
+    Backbone("EfficientNetV2B3", 300, "none", 1536, 10, "top_activation"),
+    Backbone("EfficientNetV2S", 384, "none", 1280, 12, "top_activation"),
+    Backbone("EfficientNetV2M", 480, "none", 1280, 15, "top_activation"),
+    Backbone("EfficientNetV2L", 480, "none", 1280, 15, "top_activation"),
+    Backbone("ConvNeXtTiny", 224, "none", 768, 7, None),
+    Backbone("ConvNeXtSmall", 224, "none", 768, 7, None),
+    Backbone("ConvNeXtBase", 224, "none", 1024, 7, None),
+    Backbone("ConvNeXtLarge", 224, "none", 1536, 7, None),
+    Backbone("ConvNeXtXLarge", 224, "none", 2048, 7, None),
+)}
 
-    application = "VGG19"
-    weights_file_name = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+def _register_backbones() -> None:
+    for backbone in BACKBONES.values():
+        cls = type(f"{backbone.constructor}Extractor", (KerasApplicationExtractor,), {
+            "__doc__": f"keras.applications.{backbone.constructor} without its top ({backbone.preprocess} "
+                       f"preprocessing in the graph, {backbone.input_size} px by default).",
+            "backbone": backbone,
+            "application": backbone.constructor,
+        })
+        register_extractor(backbone.name)(cls)
+
+
+_register_backbones()
+VGG16Extractor = get_extractor_class("vgg16")
+VGG19Extractor = get_extractor_class("vgg19")
+
+
+def backbone_table() -> list[dict]:
+    """One row per backbone: name, default input size, preprocessing, default pooling, features per pooling."""
+    return [{"name": b.name, "input_size": b.input_size, "preprocess": b.preprocess, "pooling": b.pooling,
+             **{f"dim_{k}": v for k, v in b.feature_dims().items()}} for b in BACKBONES.values()]
+
+
+def backbone_layers(name: str, input_size: int | None = None) -> list[tuple[str, tuple]]:
+    """The layers a backbone can be cut at, with their output shapes (built with weights=None: nothing loaded)."""
+    extractor = get_extractor_class(name)(weights="none", input_size=input_size)
+    if getattr(extractor, "backbone", None) is None:
+        raise ExtractorConfigError(f"`models NAME --layers` takes a keras.applications backbone. Received: {name!r}")
+    extractor.validate()
+    base = extractor.base_model()
+    layers = []
+    for layer in base.layers[1:]:  # the input layer cannot be cut at
+        out = layer.output
+        shapes = [tuple(t.shape[1:]) for t in out] if isinstance(out, (list, tuple)) else tuple(out.shape[1:])
+        layers.append((layer.name, shapes))
+    return layers
+
+
+def check_backbone(name: str) -> list[str]:
+    """Build one backbone (weights=None) at its default size; the differences from `BACKBONES` (empty: none)."""
+    b = BACKBONES[name]
+    base = get_extractor_class(name)(weights="none").base_model()
+    problems = []
+    grid, _, channels = tuple(base.output.shape[1:])
+    if (grid, channels) != (b.grid, b.channels):
+        problems.append(f"{name}: output {grid}x{grid}x{channels}, the table says {b.grid}x{b.grid}x{b.channels}")
+    if b.last_layer is not None and base.layers[-1].name != b.last_layer:
+        problems.append(f"{name}: last layer {base.layers[-1].name!r}, the table says {b.last_layer!r}")
+    return problems

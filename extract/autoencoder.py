@@ -142,5 +142,5 @@ class CAEExtractor(SavedModelExtractor):
     `layer` defaults to ``bottleneck``; with ``pooling="flatten"`` a 28 px, (8, 4)-filter CAE gives 196 features.
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: libjpeg-turbo DCT-domain downscaling before the resize (extract.images.DECODER)
     default_layer = "bottleneck"

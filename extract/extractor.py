@@ -1,6 +1,7 @@
 """The extractor base class: a config, a lazily built frozen Keras model, and one compiled forward pass.
 
-`extractor(uint8 batch) -> float32 (n, d)`; preprocessing lives inside the model, so callers pass raw RGB.
+`extractor(uint8 batch) -> float32 (n, d)`; uint8 is what travels to the model (a quarter of float32's bytes),
+and the cast and the preprocessing are inside its graph, so callers pass raw RGB.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("flatten", "avg", "max")
 PRECISIONS = ("float32", "bfloat16", "float16")
 MIN_INPUT_SIZE = 32
+RESIZES = ("squash", "crop")
 
 
 class Extractor:
@@ -29,7 +31,7 @@ class Extractor:
     """
 
     name = "base"
-    VERSION = 1
+    VERSION = 2  # 2: libjpeg-turbo DCT-domain downscaling before the resize (extract.images.DECODER)
     # config keys that do not change a feature value, so they stay out of the fingerprint
     NON_IDENTITY_KEYS = ("batch_size",)
 
@@ -37,6 +39,7 @@ class Extractor:
         self._config = dict(config)
         self._model = None
         self._weights_sha256 = None
+        self._forward = None
 
     # --- config -----------------------------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -55,7 +58,7 @@ class Extractor:
 
     def __getstate__(self):
         # pickles without the Keras model; it is rebuilt lazily after loading
-        return {"_config": self._config, "_model": None, "_weights_sha256": None}
+        return {"_config": self._config, "_model": None, "_weights_sha256": None, "_forward": None}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
@@ -71,6 +74,9 @@ class Extractor:
             raise ExtractorConfigError(
                 f"`precision` must be one of 'float32', 'bfloat16', 'float16'. Received: precision={precision!r}"
             )
+        resize = self._config.get("resize", "squash")
+        if resize not in RESIZES:
+            raise ExtractorConfigError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
         batch_size = self._config.get("batch_size", 32)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ExtractorConfigError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
@@ -79,7 +85,9 @@ class Extractor:
     def spec(self) -> dict:
         """The JSON-able spec stored with features and heads: name, version and config."""
         config = {k: v for k, v in self.get_config().items() if k not in self.NON_IDENTITY_KEYS}
-        spec = {"name": self.name, "version": self.VERSION, "config": config}
+        from .images import DECODER
+
+        spec = {"name": self.name, "version": self.VERSION, "config": config, "decoder": DECODER}
         sha = self.weights_sha256()
         if sha is not None:
             spec["weights_sha256"] = sha
@@ -131,6 +139,15 @@ class Extractor:
         return (size, size, self._config.get("channels", 3))
 
     @property
+    def resize(self) -> str:
+        """How images are fitted to the input: "squash" or "crop" (see `extract.load_image`)."""
+        return self._config.get("resize", "squash")
+
+    def decode_args(self) -> dict:
+        """The `size` and `resize` arguments of `extract.read_batch` that give this extractor its input."""
+        return {"size": self.input_shape[:2], "resize": self.resize}
+
+    @property
     def output_dim(self) -> int:
         return int(np.prod(self.model.output_shape[1:]))
 
@@ -142,26 +159,19 @@ class Extractor:
 
         Parameters
         ----------
-        images : ndarray of shape (n, height, width, channels), uint8 (or float in 0..255)
+        images : ndarray of shape (n, height, width, channels), uint8
+            Other dtypes are rounded and clipped to 0..255 first (the model's input is uint8).
 
         Returns
         -------
         ndarray of shape (n, output_dim), float32
         """
-        model = self.model
-        batch_size = self._config.get("batch_size", 32)
-        expected = self.input_shape
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ExtractorConfigError(
-                f"images must have shape (n, {expected[0]}, {expected[1]}, {expected[2]}). Received: {images.shape}"
-            )
-        out = np.empty((len(images), self.output_dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].astype(np.float32)
-            n = len(chunk)
-            if n < batch_size:  # pad so the compiled function always sees one shape and never retraces
-                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-            # predict_on_batch reuses the model's one compiled predict function (no per-call predict() loop)
-            result = model.predict_on_batch(chunk)
-            out[start : start + n] = np.asarray(result, dtype=np.float32).reshape(batch_size, -1)[:n]
-        return out
+        return self.forward().run(images)
+
+    def forward(self):
+        """The backend's compiled forward pass over this extractor's model (built once, then reused)."""
+        from .forward import make_forward
+
+        if self._forward is None:
+            self._forward = make_forward(self.model, self._config.get("batch_size", 32), self.input_shape)
+        return self._forward

@@ -1,11 +1,22 @@
-"""Decoding images into uint8 RGB arrays: EXIF-oriented, converted to RGB, resized.
+"""Decoding images into uint8 RGB arrays: EXIF-oriented, converted to RGB, resized (squash or centre crop).
 
-A file that cannot be decoded raises `ImageReadError`; batch readers turn it into a failed row.
+JPEGs decode through libjpeg-turbo (`simplejpeg`) with DCT-domain downscaling: the decoder itself shrinks the
+image by the largest factor n/8 that keeps it at least the target size, so a 4000x3000 photo is never decoded at
+full size; an antialiased bilinear resize (Pillow) does the rest. Every other format, and the JPEGs that
+libjpeg-turbo's simple API does not take (CMYK), decode through Pillow. The same file always takes the same
+path, so its pixels, and its features, are reproducible.
+
+A file that cannot be decoded raises `ImageReadError`; batch readers turn it into a failed row. Nothing here
+changes global state: Pillow's own `Image.MAX_IMAGE_PIXELS` (the user's setting) is the decompression-bomb limit
+on both paths.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+import io
+import os
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +24,42 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large scans are fine; decompression bombs still are not
+try:  # a core dependency; the fallback keeps a platform without its wheel working (slower, same API)
+    import simplejpeg
+except ImportError:  # pragma: no cover - exercised only where the wheel is missing
+    simplejpeg = None
+
+RESIZES = ("squash", "crop")
+DECODER = "simplejpeg-dct+pillow-bilinear/1" if simplejpeg is not None else "pillow-draft+pillow-bilinear/1"
+_JPEG_SOI = b"\xff\xd8\xff"
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
-def load_image(path, size: int | tuple[int, int] | None = None) -> np.ndarray:
+def default_workers() -> int:
+    """Decoding threads: every core this process may run on (`--workers` overrides).
+
+    Threads, not processes: libjpeg-turbo and Pillow's resize release the GIL, and threads hand their arrays
+    over without pickling (measured in benchmarks/input_pipeline.py).
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "squash") -> np.ndarray:
     """Read one image as RGB uint8.
 
     Parameters
     ----------
     path : str or Path
     size : int or (height, width), optional
-        Resize (bilinear) to this size; None keeps the original size.
+        The output size; None keeps the original size.
+    resize : {"squash", "crop"}
+        "squash" resizes the whole image to `size` (the aspect ratio may change); "crop" resizes the shorter
+        side to fit and crops the centre (the torchvision/timm convention for ImageNet backbones).
 
     Returns
     -------
@@ -32,26 +68,32 @@ def load_image(path, size: int | tuple[int, int] | None = None) -> np.ndarray:
     Raises
     ------
     ImageReadError
-        The file is missing, empty, truncated or not an image.
+        The file is missing, empty, truncated, too large or not an image.
     """
+    if resize not in RESIZES:
+        raise ValueError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
     path = Path(path)
+    hw = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     try:
-        with Image.open(path) as im:
-            im.seek(0)  # GIF / multi-page TIFF: the first frame
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
-            if size is not None:
-                h, w = (size, size) if isinstance(size, int) else size
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        data = path.read_bytes()
+        if not data:
+            raise _failure(path, "empty file")
+        arr = None
+        if simplejpeg is not None and data.startswith(_JPEG_SOI):
+            arr = _decode_jpeg(data, hw, resize)
+        if arr is None:
+            arr = _decode_pillow(data, hw, resize)
+    except ImageReadError:
+        raise
     except FileNotFoundError as err:
         raise _failure(path, "file not found") from err
     except IsADirectoryError as err:
         raise _failure(path, "is a directory, not an image file") from err
     except UnidentifiedImageError as err:
-        raise _failure(path, "empty file" if path.stat().st_size == 0 else "not an image file") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _failure(path, "not an image file") from err
+    except Image.DecompressionBombError as err:
+        raise _failure(path, f"too large ({err})") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise _failure(path, f"cannot decode ({err})") from err
     return arr
 
@@ -62,15 +104,82 @@ def _failure(path: Path, reason: str) -> ImageReadError:
     return err
 
 
+def _check_pixels(width: int, height: int) -> None:
+    """Pillow's decompression-bomb limit (its global, read, never written), applied to the simplejpeg path too."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"{width * height} pixels is more than twice PIL.Image.MAX_IMAGE_PIXELS ({limit})")
+
+
+def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
+    """libjpeg-turbo with DCT-domain downscaling; None for what its simple API does not take (CMYK)."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # let Pillow say what is wrong with it
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    _check_pixels(width, height)
+    with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
+        orientation = header.getexif().get(0x0112, 1)
+    min_w, min_h = (0, 0) if hw is None else _needed((width, height), hw, resize, orientation)
+    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_h, min_width=min_w, strict=True)
+    im = Image.fromarray(arr)
+    if orientation in _ORIENT:
+        im = im.transpose(_ORIENT[orientation])
+    return _fit(im, hw, resize)
+
+
+def _decode_pillow(data: bytes, hw, resize: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        _check_pixels(*im.size)
+        im.seek(0)  # GIF / multi-page TIFF: the first frame
+        if hw is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
+            im.draft(im.mode, _needed(im.size, hw, resize, im.getexif().get(0x0112, 1)))
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        return _fit(im, hw, resize)
+
+
+def _needed(stored_wh, hw, resize: str, orientation: int) -> tuple[int, int]:
+    """The smallest (width, height), in the file's stored orientation, that the final resize only shrinks."""
+    rotated = orientation in (5, 6, 7, 8)  # displayed rotated by 90 degrees
+    dw, dh = stored_wh[::-1] if rotated else stored_wh
+    h, w = hw
+    if resize == "crop":  # the image scaled to cover the target, before its centre is cut
+        scale = max(h / dh, w / dw)
+        h, w = int(np.ceil(dh * scale)), int(np.ceil(dw * scale))
+    return (h, w) if rotated else (w, h)
+
+
+def _fit(im: Image.Image, hw, resize: str) -> np.ndarray:
+    """Antialiased bilinear resize to (height, width): the whole image, or its centre at the target's aspect."""
+    if hw is None:
+        return np.asarray(im, dtype=np.uint8)
+    h, w = hw
+    box = None
+    if resize == "crop":
+        src_w, src_h = im.size
+        scale = max(w / src_w, h / src_h)
+        crop_w, crop_h = w / scale, h / scale
+        left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
+        box = (left, top, left + crop_w, top + crop_h)
+    if im.size != (w, h) or box is not None:
+        im = im.resize((w, h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float grayscale: stretch to 0..255 rather than clip
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit: scale by the bit depth (65535 -> 255), so a pixel value gives the same feature in every image
+        a = np.asarray(im).astype(np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":  # float grayscale: taken as 0..255, clipped (Pillow's own convert)
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # composite transparent pixels on white, as a viewer shows them
         rgba = im.convert("RGBA")
@@ -79,8 +188,17 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _load_into(out: np.ndarray, i: int, path, size, resize: str) -> str | None:
+    """Decode `path` into `out[i]`; return None, or the failure reason (the row stays zeros)."""
+    try:
+        out[i] = load_image(path, size, resize)
+        return None
+    except ImageReadError as err:
+        return err.reason
+
+
 def read_batch(
-    paths, size: int | tuple[int, int], executor: Executor | None = None
+    paths, size: int | tuple[int, int], executor: Executor | None = None, resize: str = "squash"
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode a batch of images; failures become rows of zeros with `ok=False`.
 
@@ -93,19 +211,45 @@ def read_batch(
     """
     h, w = (size, size) if isinstance(size, int) else size
     out = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
-    ok = np.ones(len(paths), dtype=bool)
-    errors = [""] * len(paths)
-    results = executor.map(_try_load, paths, [size] * len(paths)) if executor else map(_try_load, paths, [size] * len(paths))
-    for i, (arr, err) in enumerate(results):
-        if err is None:
-            out[i] = arr
-        else:
-            ok[i], errors[i] = False, err
-    return out, ok, errors
+    n = len(paths)
+    if executor is not None:
+        reasons = list(executor.map(_load_into, [out] * n, range(n), paths, [(h, w)] * n, [resize] * n))
+    else:
+        reasons = [_load_into(out, i, p, (h, w), resize) for i, p in enumerate(paths)]
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    return out, ok, [r or "" for r in reasons]
 
 
-def _try_load(path, size):
+def decoded_batches(paths, size, plan, workers: int | None = None, resize: str = "squash", ahead: int = 2):
+    """Yield `(lo, hi, images, ok, errors)` for each `(lo, hi)` of `plan`, in order.
+
+    Every image is a task of one thread pool (`workers` threads, default every core), and up to `ahead` batches
+    beyond the one being consumed are decoding while the caller runs the model on it: the queue is bounded, so
+    memory stays flat however long the run.
+    """
+    if not len(plan):
+        return
+    h, w = (size, size) if isinstance(size, int) else size
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="featurehead-decode")
+    pending: deque = deque()
+    batches = iter(plan)
+
+    def submit():
+        lohi = next(batches, None)
+        if lohi is not None:
+            lo, hi = lohi
+            out = np.zeros((hi - lo, h, w, 3), dtype=np.uint8)
+            futures = [pool.submit(_load_into, out, i, p, (h, w), resize) for i, p in enumerate(paths[lo:hi])]
+            pending.append((lo, hi, out, futures))
+
     try:
-        return load_image(path, size), None
-    except ImageReadError as err:
-        return None, err.reason
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            lo, hi, out, futures = pending.popleft()
+            reasons = [f.result() for f in futures]
+            submit()
+            ok = np.array([r is None for r in reasons], dtype=bool)
+            yield lo, hi, out, ok, [r or "" for r in reasons]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

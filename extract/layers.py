@@ -12,6 +12,10 @@ import numpy as np
 from .errors import ExtractorConfigError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+# The keras.applications.imagenet_utils.preprocess_input modes, plus "none": the model normalises inside itself
+PREPROCESS_MODES = ("caffe", "torch", "tf", "none")
 
 
 def _keras():
@@ -23,6 +27,18 @@ def _keras():
 def caffe_preprocess_layer():
     """The VGG "caffe" preprocessing (RGB->BGR, ImageNet mean subtracted, not scaled) as a Keras layer."""
     return _layer_classes()["CaffePreprocess"]()
+
+
+def preprocess_layer(mode: str):
+    """uint8 RGB in 0..255 -> the input a keras.applications family expects, as one Keras layer.
+
+    "caffe": RGB->BGR minus the ImageNet means (VGG, ResNet); "torch": 0..1 minus the ImageNet means over their
+    standard deviations (DenseNet); "tf": -1..1 (Inception, Xception, MobileNetV2, ResNetV2); "none": a cast only
+    (EfficientNet, EfficientNetV2, ConvNeXt and MobileNetV3 normalise inside their own graph).
+    """
+    if mode == "caffe":
+        return caffe_preprocess_layer()
+    return _layer_classes()["ImagePreprocess"](mode=mode)
 
 
 def rescale_layer():
@@ -54,7 +70,35 @@ def _layer_classes() -> dict:
         def compute_output_shape(self, input_shape):
             return input_shape
 
+    @keras.saving.register_keras_serializable(package="featurehead")
+    class ImagePreprocess(keras.layers.Layer):
+        """RGB in 0..255 -> keras.applications' `preprocess_input(x, mode=...)` for "torch", "tf" or "none"."""
+
+        def __init__(self, mode="none", **kwargs):
+            if mode not in ("torch", "tf", "none"):
+                raise ValueError(f"`mode` must be one of 'torch', 'tf', 'none'. Received: mode={mode!r}")
+            kwargs.setdefault("name", f"{mode}_preprocess")
+            super().__init__(**kwargs)
+            self.mode = mode
+
+        def call(self, x):
+            x = keras.ops.cast(x, self.compute_dtype)
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "torch":
+                mean = keras.ops.convert_to_tensor(IMAGENET_RGB_MEAN, dtype=self.compute_dtype)
+                std = keras.ops.convert_to_tensor(IMAGENET_RGB_STD, dtype=self.compute_dtype)
+                return (x / 255.0 - mean) / std
+            return x
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
     _CLASSES["CaffePreprocess"] = CaffePreprocess
+    _CLASSES["ImagePreprocess"] = ImagePreprocess
     return _CLASSES
 
 
@@ -75,24 +119,23 @@ def pooling_layer(pooling: str, rank: int, name: str = "features"):
 
 
 def seeded_init(model, seed: int) -> None:
-    """Overwrite every weight with a numpy-seeded Glorot-uniform init (biases zero).
+    """Overwrite every kernel with a numpy-seeded Glorot-uniform init.
 
     The same seed gives the same weights under every backend, so a random-init store, its resume and a
-    `predict` all see identical features.
+    `predict` all see identical features. Only kernels are random in Keras; every other weight (biases, batch
+    and layer normalisation's gamma, beta and moving statistics, EfficientNet's input normalisation, ConvNeXt's
+    layer scale) starts at a constant, which is kept.
     """
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        values = []
-        for w in layer.get_weights():
-            if w.ndim >= 2:
-                receptive = int(np.prod(w.shape[:-2])) if w.ndim > 2 else 1
-                fan_in, fan_out = w.shape[-2] * receptive, w.shape[-1] * receptive
-                limit = np.sqrt(6.0 / (fan_in + fan_out))
-                values.append(rng.uniform(-limit, limit, size=w.shape).astype(w.dtype))
-            else:
-                values.append(np.zeros_like(w))
-        if values:
-            layer.set_weights(values)
+        for variable in layer.weights:
+            if not (variable.name.endswith("kernel") or variable.name == "embeddings"):
+                continue
+            shape = tuple(variable.shape)
+            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            variable.assign(rng.uniform(-limit, limit, size=shape).astype(variable.dtype))
 
 
 @contextlib.contextmanager

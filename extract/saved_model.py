@@ -63,6 +63,8 @@ class SavedModelExtractor(Extractor):
     pooling : {"flatten", "avg", "max"}
     input_size : int, optional
         None derives it from the model; a value must match the model's fixed input size.
+    resize : {"squash", "crop"}
+        How an image is fitted to the input (see `extract.load_image`).
     precision : {"float32"}
         A saved model keeps the dtypes it was saved with.
     seed : int
@@ -70,17 +72,18 @@ class SavedModelExtractor(Extractor):
     batch_size : int
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: libjpeg-turbo DCT-domain downscaling before the resize (extract.images.DECODER)
     NON_IDENTITY_KEYS = ("batch_size", "seed")
     default_layer = None
 
-    def __init__(self, *, weights=None, layer=None, pooling="flatten", input_size=None, precision="float32", seed=0,
-                 batch_size=32):
+    def __init__(self, *, weights=None, layer=None, pooling="flatten", input_size=None, resize="squash",
+                 precision="float32", seed=0, batch_size=32):
         super().__init__(
             weights="none" if weights is None else str(weights),
             layer=self.default_layer if layer is None else layer,
             pooling=pooling,
             input_size=input_size,
+            resize=resize,
             precision=precision,
             seed=seed,
             batch_size=batch_size,
@@ -121,8 +124,8 @@ class SavedModelExtractor(Extractor):
         loaded = load_saved_model(self._config["weights"])
         size = self._resolve_input_size(model_input_size(loaded))
         base = cut_at_layer(loaded, self._config["layer"])
-        inputs = keras.Input((size, size, 3), name="image")
-        x = base(inputs)
+        inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+        x = base(keras.ops.cast(inputs, "float32"))
         x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
         x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")

@@ -27,19 +27,31 @@ set FEATUREHEAD_DEBUG=1 for the traceback).
 
 def _add_extractor_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("extractor")
-    g.add_argument("--model", default="vgg16", help="registered extractor: vgg16, vgg19, cae (with --weights cae.keras), "
-                   "keras (with --weights model.keras --layer NAME) (default: vgg16)")
+    g.add_argument("--model", default="vgg16",
+                   help="a keras.applications backbone (vgg16, resnet50, efficientnetb0, convnexttiny, ...: "
+                   "`featurehead models` lists them), cae (with --weights cae.keras), or keras (any saved model: "
+                   "--weights model.keras --layer NAME) (default: vgg16)")
     g.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (default; Keras cache, else download), a local .h5/.weights.h5 file, or 'none' (random init)",
+        help="'imagenet' (default; Keras cache, else download), a local .weights.h5 file saved from the same "
+        "include_top=False model, or 'none' (random init: NOT pretrained, for tests)",
     )
-    g.add_argument("--layer", default=None, help="cut the model at this named layer (e.g. block4_pool; default: the last)")
-    g.add_argument("--pooling", default="flatten", choices=["flatten", "avg", "max"], help="default: flatten")
+    g.add_argument("--layer", default=None,
+                   help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
+                   "default: the last)")
+    g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
+                   help="feature map -> vector (default: flatten for vgg16/vgg19 and saved models, avg for the "
+                   "other backbones)")
     g.add_argument("--input-size", type=int, default=None,
-                   help="square input side in pixels, >= 32 for VGG (default: 224 for vgg16/vgg19; a saved model's own)")
+                   help="square input side in pixels (default: the model's own: 224 for most backbones, 299 for "
+                   "inceptionv3/xception, up to 600 for efficientnetb7; a saved model's fixed size)")
+    g.add_argument("--resize", default="squash", choices=["squash", "crop"],
+                   help="squash: the whole image resized to the input (default; keeps every pixel, changes the aspect "
+                   "ratio); crop: the shorter side resized, the centre cut (what ImageNet backbones were trained on)")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"], help="default: float32")
+    g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (Keras mixed precision; part of the fingerprint; default: float32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights none (default: 0)")
 
 
@@ -68,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
                    "joins a running scheduler (workers must see the store and images at the same paths)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: every core)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                   help="how features are stored: float16 halves the disk (default: the store's own; float32 for a "
+                   "new store)")
     _add_extractor_args(p)
     from .cli_augment import add_augment_args
 
@@ -114,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only this split (train/val/test); default: on the store the head was trained on, "
                    "its held-out validation rows, else every row")
 
+    p = sub.add_parser("models", help="list the backbones: default size, preprocessing, features per pooling",
+                       description="Without NAME: every keras.applications backbone featurehead names, with its "
+                       "default input size, its preprocessing (inside the graph) and its features per image for "
+                       "each pooling. With NAME --layers: the layers it can be cut at (--layer), with their output "
+                       "shapes, from the model built without weights.")
+    p.add_argument("name", nargs="?", default=None, help="one backbone, e.g. resnet50")
+    p.add_argument("--layers", action="store_true", help="list NAME's layers and output shapes")
+    p.add_argument("--input-size", type=int, default=None, help="with --layers: the input side (default: the model's)")
+    p.add_argument("--check", action="store_true",
+                   help="build every listed backbone without weights and compare it with the table (slow: minutes)")
+
     p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits")
     p.add_argument("--workdir", default="featurehead-demo", help="where images, store and heads go (default: ./featurehead-demo)")
     p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
@@ -150,10 +176,11 @@ def _extractor_from_args(args):
     from extract import get_extractor
 
     weights = "none" if args.weights.lower() == "none" else args.weights
-    config = dict(weights=weights, layer=args.layer, pooling=args.pooling, batch_size=args.batch_size,
-                  precision=args.precision, seed=args.seed)
-    if args.input_size is not None:  # else the extractor's own default (224 for VGG, a saved model's size)
-        config["input_size"] = args.input_size
+    config = dict(weights=weights, layer=args.layer, batch_size=args.batch_size, precision=args.precision,
+                  seed=args.seed, resize=args.resize)
+    for key in ("pooling", "input_size"):  # else the extractor's own default (the backbone's, a saved model's)
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
     return get_extractor(args.model, **config)
 
 
@@ -176,7 +203,7 @@ def cmd_extract(args) -> int:
     try:
         result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
                              progress=_progress(args, f"extract {extractor.name}"), views=views_from_args(args),
-                             shard_rows=args.shard_rows, client=client)
+                             shard_rows=args.shard_rows, dtype=args.dtype, client=client)
     finally:
         if client is not None and args.dask.startswith("local:"):
             cluster = client.cluster
@@ -280,6 +307,33 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from extract.applications import BACKBONES, backbone_layers, backbone_table, check_backbone
+
+    if args.name is not None and args.name not in BACKBONES:
+        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}")
+    if args.layers:
+        if args.name is None:
+            raise ValueError("`--layers` needs a NAME, e.g. `featurehead models resnet50 --layers`")
+        for name, shape in backbone_layers(args.name, args.input_size):
+            print(f"{name:40s} {shape}")
+        return 0
+    if args.check:
+        problems = [p for name in ([args.name] if args.name else list(BACKBONES)) for p in check_backbone(name)]
+        for problem in problems:
+            print(problem)
+        print("the table matches the built models" if not problems else f"{len(problems)} differences")
+        return 0 if not problems else 1
+    rows = [r for r in backbone_table() if args.name in (None, r["name"])]
+    print(f"{'model':18s} {'size':>4s}  {'preprocess':10s} {'pooling':7s} {'flatten':>8s} {'avg/max':>7s}")
+    for r in rows:
+        print(f"{r['name']:18s} {r['input_size']:4d}  {r['preprocess']:10s} {r['pooling']:7s} "
+              f"{r['dim_flatten']:8d} {r['dim_avg']:7d}")
+    print("preprocess: caffe = BGR minus ImageNet means; torch = ImageNet mean/std; tf = -1..1; none = inside the "
+          "model. Also: cae and keras (saved models). Features at the default size; flatten scales with it.")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -304,6 +358,7 @@ COMMANDS = {
     "train": cmd_train,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
+    "models": cmd_models,
     "demo": cmd_demo,
 }
 

@@ -60,7 +60,9 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
     """
     from extract import ImageReadError
 
-    from .extraction import decoded_batches, library_versions
+    from extract.images import decoded_batches
+
+    from .extraction import library_versions
     from .views import apply_views
 
     extractor = _worker_extractor(extractor)
@@ -72,7 +74,8 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
         todo = items[start:]
         paths = [p for p, _, _ in todo]
         plan = features_store.batch_plan(len(todo), extractor.batch_size)
-        for lo, hi, images, ok, errors in decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers):
+        for lo, hi, images, ok, errors in decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers,
+                                                           extractor.resize):
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
                 raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")

@@ -3,7 +3,8 @@
 A store (a directory, see `features_store`) keys its rows by image content. Each run hashes the index's files
 (size and mtime spare unchanged ones), asks the store which keys it lacks, extracts only those into new shards,
 and rewrites the view from the index. A relabel, a new split, a moved root or a removed image extracts nothing
-and builds no model. Decoding runs in a thread pool one batch ahead of the forward pass, so the two overlap.
+and builds no model. Decoding (a thread pool a few batches ahead), the forward pass and the HDF5 writes (one
+writer thread) overlap, each behind a bounded queue.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import features_store
-from extract import ImageIndex, ImageReadError, canonical_json, read_batch
+from extract import ImageIndex, ImageReadError, canonical_json
+from extract.images import decoded_batches, default_workers  # noqa: F401  (default_workers: re-exported)
 from extract.augment import view_layout
 from extract.content import content_keys, content_seed, view_key
 
@@ -206,13 +209,50 @@ def _durable_rows(store: str, fingerprint: str, keys: Sequence[str]) -> int:
         return 0
 
 
+class AsyncWriter:
+    """Runs `write(*item)` on one thread behind a bounded queue, so the HDF5 writes and the commits overlap the
+    next forward pass; `put` blocks when `depth` items wait (memory stays flat), and re-raises a failed write."""
+
+    def __init__(self, write: Callable, depth: int = 2):
+        self._write, self._queue, self._error = write, queue.Queue(maxsize=depth), None
+        self._thread = threading.Thread(target=self._run, name="featurehead-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as err:  # handed to the producer by put/close
+                    self._error = err
+
+    def _raise(self):
+        if self._error is not None:
+            raise self._error
+
+    def put(self, *item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first failure."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+
 def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tuple[list[int], Callable]], *,
                 input_size: tuple[int, int], views: AugmentedViews | None, strict: bool, workers: int | None,
-                progress, batch_size: int) -> int:
+                progress, batch_size: int, resize: str = "squash") -> int:
     """Compute the keys that any target lacks, once, and write each target's share; return the rows computed.
 
     `build()` is called only when something is missing: it builds the model and returns the feature width of
-    each target and `compute(images) -> [features of each target]`.
+    each target and `compute(images) -> [features of each target]`. Three stages overlap: the decoding pool
+    (`extract.images.decoded_batches`, a few batches ahead), the forward pass here, and the writes on an
+    `AsyncWriter`, each behind a bounded queue.
     """
     if not any(t.missing for t in targets):
         return 0
@@ -226,8 +266,16 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     batches = features_store.batch_plan(len(keys), batch_size)
     bar = progress(total=len(keys), initial=0) if progress else None
     paths = [plan.todo[k][0] for k in keys]
+
+    def write(batch_keys, outputs, ok, errors):
+        for target, out in zip(targets, outputs):
+            target.write(batch_keys, out, ok, errors)
+        if bar is not None:
+            bar.update(len(batch_keys))
+
+    writer = AsyncWriter(write)
     try:
-        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers):
+        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers, resize):
             batch_keys = keys[lo:hi]
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
@@ -236,17 +284,23 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
                 view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
                 seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
                 images = apply_views(images, ok, seeds, view, views)
-            outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
-            if ok.any():
-                for out, part in zip(outputs, compute(images[ok])):
-                    out[ok] = part
-            for target, out in zip(targets, outputs):
-                target.write(batch_keys, out, ok, errors)
-            if bar is not None:
-                bar.update(hi - lo)
+            if ok.all():
+                outputs = compute(images)
+            else:
+                outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
+                if ok.any():
+                    for out, part in zip(outputs, compute(images[ok])):
+                        out[ok] = part
+            writer.put(batch_keys, outputs, ok, errors)
+        writer.close()
         for target in targets:
             target.finish()
     finally:
+        if writer._thread.is_alive():  # stopped by an error here: let the queued writes end, keep our error
+            try:
+                writer.close()
+            except BaseException:
+                pass
         for target in targets:
             target.close()
         if bar is not None:
@@ -291,8 +345,8 @@ def run_extract(
     strict : bool
         Stop at the first image that fails instead of recording it as a failed row.
     workers : int, optional
-        Decoding threads; default `default_workers()`, half the CPU cores (more threads than that starve the
-        forward pass's own thread pool: 4 threads on 2 cores cost 10% of throughput, measured).
+        Decoding threads; default `extract.images.default_workers()`, every core (benchmarks/README.md,
+        "Input pipeline", measures the choice).
     progress : callable, optional
         `progress(total=..., initial=...)` returning an object with `update(n)` and `close()` (tqdm fits).
     views : AugmentedViews, optional
@@ -354,35 +408,8 @@ def run_extract(
 
         n_extracted = fill_stores(plan, [target], build, input_size=extractor.input_shape[:2], views=views,
                                   strict=strict, workers=workers, progress=progress,
-                                  batch_size=extractor.batch_size)
+                                  batch_size=extractor.batch_size, resize=extractor.resize)
         session.write_view(**args, versions=base_versions())
         session.remove_orphans()
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows)
-
-
-def default_workers() -> int:
-    """Decoding threads: half the CPU cores, at least 1 and at most 8."""
-    return min(8, max(1, (os.cpu_count() or 2) // 2))
-
-
-def decoded_batches(paths, size, plan, workers: int | None = None):
-    """Yield `(lo, hi, images, ok, errors)` for each `(lo, hi)` of `plan`, in order.
-
-    The next batch is decoded in a thread pool while the caller works on this one (the forward pass, the
-    writes), so decoding and the model overlap.
-    """
-    if not plan:
-        return
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as decoders, \
-            ThreadPoolExecutor(max_workers=1) as ahead:
-
-        def submit(lo, hi):
-            return ahead.submit(read_batch, paths[lo:hi], size, decoders)
-
-        future = submit(*plan[0])
-        for i, (lo, hi) in enumerate(plan):
-            images, ok, errors = future.result()
-            if i + 1 < len(plan):
-                future = submit(*plan[i + 1])
-            yield lo, hi, images, ok, errors

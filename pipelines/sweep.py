@@ -137,7 +137,7 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
                                            versions=base_versions())
             done = fill_stores(plan, [targets[layer] for layer in todo], lambda: (dims, compute),
                                input_size=multi.input_shape[:2], views=None, strict=False, workers=workers,
-                               progress=progress, batch_size=multi.batch_size)
+                               progress=progress, batch_size=multi.batch_size, resize=multi.resize)
         for layer, session in sessions.items():
             session.write_view(**_with_sweep_attr(args, stores[layer], layer, todo), versions=base_versions())
             session.remove_orphans()

@@ -93,3 +93,100 @@ def test_read_batch_marks_failed_rows(tmp_path):
     assert ok.tolist() == [True, False, False]
     assert errors[0] == "" and "not an image" in errors[1] and "not found" in errors[2]
     assert (images[1] == 0).all()
+
+
+def _margins(tmp_path, name="m.png", fmt=None):
+    """A 90 x 30 image: red left third, green centre, blue right third."""
+    arr = np.zeros((30, 90, 3), np.uint8)
+    arr[:, :30, 0] = 255
+    arr[:, 30:60, 1] = 255
+    arr[:, 60:, 2] = 255
+    Image.fromarray(arr).save(tmp_path / name, format=fmt)
+    return tmp_path / name
+
+
+def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
+    path = _margins(tmp_path)
+    crop = load_image(path, 16, resize="crop")
+    squash = load_image(path, 16, resize="squash")
+    assert crop.shape == squash.shape == (16, 16, 3)
+    # only the centre (the filter's support reaches half a source pixel past the crop: a trace at the edges)
+    assert crop[..., 1].min() > 200 and crop[..., 0].max() < 40 and crop[..., 2].max() < 40
+    assert (crop[:, 1:-1, 0] == 0).all() and (crop[:, 1:-1, 2] == 0).all()
+    assert squash[:, 0, 0].min() > 200 and squash[:, -1, 2].min() > 200  # both margins are in
+
+
+def test_crop_of_a_rotated_jpeg_is_its_displayed_centre(tmp_path):
+    arr = np.zeros((30, 90, 3), np.uint8)  # stored 90 wide; EXIF 6 displays it 30 wide, 90 high
+    arr[:, 30:60, 1] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "r.jpg", 16, resize="crop")
+    assert out.shape == (16, 16, 3) and out[..., 1].mean() > 200  # the displayed centre is the green band
+
+
+def test_large_jpeg_dct_downscale_matches_full_decode_and_resize(tmp_path):
+    """libjpeg-turbo's DCT-domain downscale, then the resize, stays close to a full decode and resize."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((64, 64, 1))).astype(np.uint8)  # 960 x 1280
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    ours = load_image(tmp_path / "big.jpg", 64).astype(int)
+    with Image.open(tmp_path / "big.jpg") as im:
+        full = np.asarray(im.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(ours - full).mean() < 3
+
+
+def test_16_bit_is_scaled_by_bit_depth_not_stretched_per_image(tmp_path):
+    """The same 16-bit value gives the same 8-bit value whatever else is in the image."""
+    a = np.full((8, 8), 257 * 100, np.uint16)
+    b = a.copy()
+    b[0, 0] = 65535  # another range: a per-image stretch would change every other pixel
+    for name, arr in (("a.png", a), ("b.png", b)):
+        Image.fromarray(arr).save(tmp_path / name)
+    out_a, out_b = load_image(tmp_path / "a.png"), load_image(tmp_path / "b.png")
+    assert (out_a == 100).all()
+    assert (out_b[1:, 1:] == 100).all() and (out_b[0, 0] == 255).all()
+
+
+def test_too_large_is_a_failed_row_by_pillows_own_limit(tmp_path, monkeypatch):
+    for name in ("big.jpg", "big.png"):
+        Image.new("RGB", (100, 100)).save(tmp_path / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the user's own setting; featurehead only reads it
+    for name in ("big.jpg", "big.png"):
+        with pytest.raises(ImageReadError, match="too large"):
+            load_image(tmp_path / name, 32)
+
+
+def test_importing_and_decoding_leave_pillows_limit_alone(tmp_path):
+    import importlib
+
+    import extract.images
+
+    before = Image.MAX_IMAGE_PIXELS
+    importlib.reload(extract.images)
+    Image.fromarray(_rgb()).save(tmp_path / "x.jpg")
+    extract.images.load_image(tmp_path / "x.jpg", 16)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
+    from extract.images import decoded_batches
+
+    paths = []
+    for i in range(7):
+        arr = np.full((10, 12, 3), i * 30, np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"junk")
+    seen = []
+    for lo, hi, images, ok, errors in decoded_batches(paths, 8, [(0, 3), (3, 6), (6, 7)], workers=3, ahead=1):
+        for i in range(hi - lo):
+            row = lo + i
+            assert ok[i] == (row != 3)
+            if ok[i]:
+                assert (images[i] == row * 30).all()
+            else:
+                assert "not an image" in errors[i] and (images[i] == 0).all()
+        seen.append((lo, hi))
+    assert seen == [(0, 3), (3, 6), (6, 7)]

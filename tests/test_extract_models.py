@@ -179,7 +179,7 @@ def test_offline_imagenet_fails_fast_with_alternatives(tmp_path, monkeypatch):
         e.model  # noqa: B018
     message = str(info.value)
     assert str(tmp_path / "keras" / "models") in message
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "VGG16 no-top weights file" in message
     assert "--weights PATH" in message and "--weights none" in message
 
 

@@ -89,7 +89,7 @@ def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, c
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", "--out", tmp_path / "s")
     assert code == 2 and len(err.splitlines()) == 1
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop" in err and "--weights none" in err
+    assert "VGG16 no-top weights file" in err and "--weights none" in err
     assert not (tmp_path / "s").exists()
 
 

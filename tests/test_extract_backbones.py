@@ -1,0 +1,119 @@
+"""Every keras.applications family: our extractor equals Keras's own model on its own `preprocess_input`, and
+the feature width of each pooling matches the table that `featurehead models` prints.
+
+Weights are a seeded random init saved by the test (`--weights FILE`): no ImageNet download. Small inputs keep
+it fast; the table's default-size numbers are checked by `featurehead models --check` (minutes, not in CI).
+"""
+
+import numpy as np
+import pytest
+
+from extract import get_extractor
+from extract.applications import BACKBONES
+from extract.layers import seeded_init
+
+# one model per family, at the smallest input Keras accepts, with the module holding its preprocess_input
+FAMILIES = [
+    ("vgg16", "vgg16", 32),
+    ("resnet50", "resnet", 32),
+    ("resnet50v2", "resnet_v2", 32),
+    ("inceptionv3", "inception_v3", 75),
+    ("xception", "xception", 71),
+    ("mobilenetv2", "mobilenet_v2", 32),
+    ("mobilenetv3small", "mobilenet_v3", 32),
+    ("densenet121", "densenet", 32),
+    ("efficientnetb0", "efficientnet", 32),
+    ("efficientnetv2b0", "efficientnet_v2", 32),
+    ("convnexttiny", "convnext", 32),
+]
+
+
+def _reference(name, size, tmp_path):
+    from keras import applications
+
+    ref = getattr(applications, BACKBONES[name].constructor)(include_top=False, weights=None,
+                                                            input_shape=(size, size, 3))
+    seeded_init(ref, 7)
+    path = tmp_path / f"{name}.weights.h5"
+    ref.save_weights(path)
+    return ref, path
+
+
+def _close(ours, expected):
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("name, module, size", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_path):
+    from keras import applications
+
+    ref, path = _reference(name, size, tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    preprocess = getattr(applications, module).preprocess_input
+    import keras
+
+    def keras_own(x):
+        return keras.ops.convert_to_numpy(ref(x, training=False))
+
+    expected = keras_own(preprocess(images.astype("float32")))
+    channels = expected.shape[-1]
+
+    flat = get_extractor(name, weights=str(path), input_size=size, pooling="flatten")
+    ours = flat(images)
+    _close(ours, expected.reshape(len(images), -1))
+    assert flat.output_dim == expected[0].size
+    pooled = get_extractor(name, weights=str(path), input_size=size, pooling="avg")
+    _close(pooled(images), expected.mean(axis=(1, 2)))
+    assert pooled.output_dim == channels == BACKBONES[name].channels  # max pools to the same width (test_extract_models)
+
+    if BACKBONES[name].preprocess != "none":  # the check can fail: raw pixels are not this family's input
+        raw = keras_own(images.astype("float32")).reshape(len(images), -1)
+        assert not np.allclose(ours, raw, rtol=1e-3, atol=1e-4 * float(np.abs(raw).max()))
+
+
+def test_random_init_is_the_seeded_reference_and_not_all_zero():
+    """`--weights none` on a normalised family: batch-norm statistics stay at their constants (not zeroed)."""
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    features = get_extractor("resnet50", weights="none", input_size=32, seed=3)(images)
+    assert np.abs(features).max() > 1e-3
+    again = get_extractor("resnet50", weights="none", input_size=32, seed=3)(images)
+    np.testing.assert_allclose(features, again, rtol=1e-5, atol=1e-7)
+
+
+def test_defaults_come_from_the_family():
+    e = get_extractor("inceptionv3", weights="none")
+    assert e.input_size == 299 and e.pooling == "avg" and e.resize == "squash"
+    assert get_extractor("vgg19", weights="none").pooling == "flatten"
+    with pytest.raises(Exception, match="input_size.*>= 75"):
+        get_extractor("inceptionv3", weights="none", input_size=64).validate()
+
+
+def test_default_layer_by_name_is_the_same_extractor():
+    a = get_extractor("resnet50", weights="none", input_size=32)
+    b = get_extractor("resnet50", weights="none", input_size=32, layer="conv5_block3_out")
+    c = get_extractor("resnet50", weights="none", input_size=32, layer="conv4_block6_out")
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_resize_and_precision_are_part_of_the_fingerprint():
+    base = get_extractor("mobilenetv2", weights="none", input_size=32)
+    assert base.fingerprint() != get_extractor("mobilenetv2", weights="none", input_size=32, resize="crop").fingerprint()
+    assert base.fingerprint() != get_extractor("mobilenetv2", weights="none", input_size=32,
+                                               precision="bfloat16").fingerprint()
+
+
+def test_models_command_lists_and_cuts(capsys):
+    from pipelines.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resnet50", "efficientnetv2s", "convnextxlarge", "mobilenetv3large", "densenet201", "xception"):
+        assert name in out
+    assert main(["models", "resnet50", "--layers", "--input-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("conv4_block6_out") for line in lines)
+    assert lines[-1].startswith("conv5_block3_out") and "(1, 1, 2048)" in lines[-1]
+    assert main(["models", "resnet"]) == 2
+    assert "backbones" in capsys.readouterr().err
