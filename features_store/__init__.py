@@ -28,7 +28,7 @@ from features_store.reader import (
     read_meta,
 )
 from features_store.schema import SCHEMA_VERSION
-from features_store.shard import ShardWriter, shard_name
+from features_store.shard import ShardWriter, runtime_tag, shard_name
 from features_store.store import StoreSession, default_shard_rows, plan_shards
 
 __all__ = [
@@ -61,5 +61,6 @@ __all__ = [
     "read_info",
     "read_manifest",
     "read_meta",
+    "runtime_tag",
     "shard_name",
 ]

@@ -30,9 +30,24 @@ _ROW_OVERHEAD = schema.KEY_BYTES + 1 + schema.ERROR_BYTES
 _FILE_OVERHEAD = 64 << 10
 
 
-def shard_name(fingerprint: str, keys: Sequence[str]) -> str:
-    """The file name of the shard holding `keys` under `fingerprint`: the same keys always name the same file."""
+def runtime_tag(versions: dict | None) -> str:
+    """What computed a shard's rows beyond the fingerprint: the Keras backend and version ("" when unknown)."""
+    versions = versions or {}
+    if "keras_backend" not in versions and "keras" not in versions:
+        return ""
+    return f"{versions.get('keras_backend', '')}/{versions.get('keras', '')}"
+
+
+def shard_name(fingerprint: str, keys: Sequence[str], runtime: str = "") -> str:
+    """The file name of the shard holding `keys` under `fingerprint`, computed by `runtime` (`runtime_tag`).
+
+    The same keys in the same runtime always name the same file, so a killed run resumes it; a resume under
+    another backend or Keras version names another file and starts it afresh, never mixing rows of two runtimes
+    in one shard (float32 networks differ in their last bits between backends).
+    """
     h = hashlib.sha256(fingerprint.encode("ascii"))
+    if runtime:
+        h.update(b"runtime:" + runtime.encode("utf-8") + b"\n")
     for key in keys:
         h.update(key.encode("ascii") + b"\n")
     return f"shard-{h.hexdigest()[:24]}.h5"
@@ -131,7 +146,7 @@ class ShardWriter:
         store, keys = os.fspath(store), [str(k) for k in keys]
         if not keys:
             raise ValueError("`keys` must not be empty. Received: keys=[]")
-        name = shard_name(fingerprint, keys)
+        name = shard_name(fingerprint, keys, runtime_tag(versions))
         path = shard_path(store, name)
         if not os.path.exists(path):
             try:

@@ -28,7 +28,7 @@ from features_store.manifest import (
     new_manifest,
     read_manifest,
 )
-from features_store.shard import ShardWriter, read_shard, shard_name, shard_path, shards_dir
+from features_store.shard import ShardWriter, read_shard, runtime_tag, shard_name, shard_path, shards_dir
 from features_store.view import take_rows, view_columns, write_view
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class StoreSession:
         if self.manifest is None:
             self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
         check_identity(self.store, self.manifest, self.fingerprint, n_features, self.dtype)
-        name = shard_name(self.fingerprint, list(keys))
+        name = shard_name(self.fingerprint, list(keys), runtime_tag(versions))
         if any(s.file == name for s in self.manifest.shards):
             return
         stored, ok, _ = read_shard(shard_path(self.store, name), len(keys))  # refuses an incomplete shard

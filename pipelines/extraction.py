@@ -143,7 +143,7 @@ class Target:
         self._need = set()
         store = self.session.store
         for keys in self._plan:
-            done = _durable_rows(store, self.session.fingerprint, keys)
+            done = _durable_rows(store, self.session.fingerprint, keys, versions)
             self._need.update(keys[done:])
         self._plan = list(reversed(self._plan))  # popped from the end
         return self._need
@@ -195,11 +195,13 @@ class Target:
             self._writer = None
 
 
-def _durable_rows(store: str, fingerprint: str, keys: Sequence[str]) -> int:
-    """Rows of the planned shard of `keys` already durable on disk (0 when it does not exist yet)."""
+def _durable_rows(store: str, fingerprint: str, keys: Sequence[str], versions: dict) -> int:
+    """Rows of the planned shard of `keys` already durable on disk (0 when it does not exist yet, or was
+    written under another backend or Keras version: that one is not resumed)."""
     import h5py
 
-    path = os.path.join(store, "shards", features_store.shard_name(fingerprint, keys))
+    runtime = features_store.runtime_tag(versions)
+    path = os.path.join(store, "shards", features_store.shard_name(fingerprint, keys, runtime))
     if not os.path.exists(path):
         return 0
     try:

@@ -47,6 +47,21 @@ def test_plans_and_shard_names_are_deterministic():
         fs.plan_shards(k, 0)
 
 
+def test_a_resume_under_another_backend_or_keras_starts_a_new_shard(tmp_path):
+    """A partial shard written by one backend is never completed by another (their last bits differ)."""
+    store, k = tmp_path / "store", keys(8)
+    tf = {"keras_backend": "tensorflow", "keras": "3.15.1"}
+    with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3, versions=tf) as w:
+        w.write(rows(k[:4]), np.ones(4, bool), [""] * 4)  # killed here: 4 of 8 rows durable
+    with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3, versions=dict(tf)) as w:
+        assert w.n_done == 4  # the same runtime resumes it
+        same = w.name
+    for other in ({"keras_backend": "torch", "keras": "3.15.1"}, {"keras_backend": "tensorflow", "keras": "3.16.0"}):
+        with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3, versions=other) as w:
+            assert w.n_done == 0 and w.name != same
+    assert fs.runtime_tag(tf) == "tensorflow/3.15.1" and fs.runtime_tag({"python": "3.11"}) == ""
+
+
 def test_an_ordered_view_is_virtual_and_a_shuffled_one_is_materialised(tmp_path, monkeypatch):
     monkeypatch.setattr(view_module, "MAX_MAPPINGS", 8)  # the real threshold is 1024 runs; the logic is the same
     store, k = tmp_path / "store", keys(60)
