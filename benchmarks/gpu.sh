@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# VGG16 at 224 from 2,000 JPEGs on the lent GPU machine (Python 3.12, torch, jax, h5py; no tensorflow, no
+# registry): featurehead end to end and model-only, fp32 and bf16, under jax and under torch, against seed-style
+# code on the same GPU; GPU utilisation from `nvidia-smi dmon`. Meant to finish in under 5 minutes.
+#
+# Here, with the registry (once):   bash benchmarks/gpu.sh --fetch
+#   downloads keras and the small pure dependencies as cp312 wheels into benchmarks/.gpu_wheels (git-ignored)
+#   and copies scikit-learn's two sample photos there.
+# There, through the device tool:   run(command="bash benchmarks/gpu.sh", carry=["benchmarks/.gpu_wheels"])
+#   results: $OUT/gpu-jax.json, $OUT/gpu-torch.json, $OUT/dmon-*.txt, and the printed summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=benchmarks/.gpu_wheels
+N=${N:-2000}
+
+if [[ "${1:-}" == "--fetch" ]]; then
+  mkdir -p "$WHEELS"
+  python -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    --implementation cp -d "$WHEELS" \
+    keras optree ml-dtypes rich markdown-it-py mdurl pygments namex absl-py packaging \
+    pillow simplejpeg filelock pandas python-dateutil six pytz tzdata tqdm typing-extensions
+  python - "$WHEELS" <<'PY'
+import shutil, sys
+from pathlib import Path
+import sklearn.datasets
+src = Path(sklearn.datasets.__file__).parent / "images"
+for f in src.glob("*.jpg"):
+    shutil.copy(f, Path(sys.argv[1]) / f.name)
+PY
+  du -sh "$WHEELS"
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/fh-gpu-out}
+mkdir -p "$OUT"
+DEPS=/tmp/fh-gpu-deps
+python -m pip install --quiet --no-index --no-deps --target "$DEPS" "$WHEELS"/*.whl
+export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+for backend in jax torch; do
+  (nvidia-smi dmon -s u -d 1 > "$OUT/dmon-$backend.txt" 2>&1 &) ; sleep 0.2
+  KERAS_BACKEND=$backend timeout 200 python benchmarks/gpu_bench.py --n "$N" --size 224 --batch-size 256 \
+    --photos "$WHEELS" --json "$OUT/gpu-$backend.json" ${TORCH_COMPILE:+--torch-compile} \
+    || echo "$backend: failed or timed out (exit $?)"
+  pkill -f "nvidia-smi dmon" || true
+done

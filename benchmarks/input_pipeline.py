@@ -1,0 +1,220 @@
+"""The input pipeline with a cheap model: featurehead against `image_dataset_from_directory` + `predict`,
+and against the hardware ceiling (single-core Pillow decode rate x cores), side by side in one run.
+
+    python benchmarks/input_pipeline.py --n 1000 --workdir /tmp/fh/ip
+
+Data: N JPEGs of 500x375 cut from scikit-learn's two real photos (china.jpg, flower.jpg) at random offsets and
+scales, in two class folders. Model: a one-layer saved Keras model (a 4x4/4 convolution with 8 filters) cut as
+`--model keras --pooling avg`, at 224: the forward pass is cheap, so the input pipeline decides the speed.
+
+Timed, each on the same files, best of --repeat runs:
+- pillow_decode_1core: `Image.open(p).convert("RGB")` in one thread (decode only);
+- pillow_decode_resize_1core: the same plus `resize((224, 224), BILINEAR)` (antialiased), one thread;
+- peer: `keras.utils.image_dataset_from_directory(image_size=(224, 224), batch_size=32)` + `model.predict`;
+- featurehead: `pipelines.run_extract` into a new store (hashing, decoding, forward pass, shard writes, view).
+Ratios printed: featurehead / peer and featurehead / (pillow_decode_1core x cores).
+
+Also, with `--only pools`: the decode pool alone (`extract.read_batch` on 32-image chunks) in 1 thread, in one
+thread per core and in one process per core; with `--only vgg16`: VGG16 (weights=None, flatten, 224 px) end to
+end against its model-only forward over the same, already decoded images (model built before both timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    if root.is_dir() and sum(1 for _ in root.rglob("*.jpg")) == n:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    photos = load_sample_images().images  # two 427x640 RGB photos
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cls = i % 2
+        photo = photos[cls]
+        scale = rng.uniform(0.7, 1.0)
+        h, w = int(427 * scale), int(640 * scale)
+        y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - w + 1)
+        im = Image.fromarray(photo[y:y + h, x:x + w]).resize((500, 375), Image.Resampling.BILINEAR)
+        folder = root / ("china" if cls == 0 else "flower")
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def cheap_model(path: Path, size: int = 224) -> None:
+    import keras
+
+    if path.is_file():
+        return
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 4, strides=4, name="conv")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    keras.Model(inputs, x).save(path)
+
+
+def pillow_rate(paths, resize: bool) -> float:
+    from PIL import Image
+
+    t = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if resize:
+                im = im.resize((224, 224), Image.Resampling.BILINEAR)
+            np.asarray(im)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def peer_rate(root: Path, model_path: Path) -> float:
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    t = time.perf_counter()
+    ds = keras.utils.image_dataset_from_directory(root, image_size=(224, 224), batch_size=32, shuffle=False,
+                                                  verbose=False)
+    n = 0
+    for out in [model.predict(ds, verbose=0)]:
+        n += len(out)
+    return n / (time.perf_counter() - t)
+
+
+_EXTRACTORS: dict = {}
+
+
+def featurehead_rate(root: Path, model_path: Path, store: Path, workers: int | None, batch_size: int) -> float:
+    """Rows/s of a whole `run_extract` into a new store (index, hashing, decoding, model, writes, view); the
+    model is loaded before the timing, as the peer's is."""
+    from extract import get_extractor, read_index
+    from pipelines import run_extract
+
+    key = (str(model_path), batch_size)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = get_extractor("keras", weights=str(model_path), pooling="avg", batch_size=batch_size)
+        _EXTRACTORS[key](np.zeros((1, 224, 224, 3), np.uint8))
+    shutil.rmtree(store, ignore_errors=True)
+    t = time.perf_counter()
+    index = read_index(root)
+    result = run_extract(index, _EXTRACTORS[key], store, workers=workers)
+    return result.n_rows / (time.perf_counter() - t)
+
+
+def _decode_chunk(paths):
+    from extract import read_batch
+
+    return read_batch(paths, 224)[0]
+
+
+def pool_rates(paths) -> dict:
+    """The decode pool alone: 1 thread, one thread per core, one process per core (32-image chunks)."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from extract.images import default_workers
+
+    cores = default_workers()
+    chunks = [paths[i:i + 32] for i in range(0, len(paths), 32)]
+    rates = {}
+    with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(cores) as threads, ProcessPoolExecutor(cores) as procs:
+        list(procs.map(_decode_chunk, chunks[:cores]))  # start the processes outside the timing
+        for name, pool in (("decode_pool_1_thread", one), (f"decode_pool_{cores}_threads", threads),
+                           (f"decode_pool_{cores}_processes", procs)):
+            t = time.perf_counter()
+            list(pool.map(_decode_chunk, chunks))
+            rates[name] = len(paths) / (time.perf_counter() - t)
+    return rates
+
+
+def vgg16_ratio(root: Path, work: Path, n: int) -> dict:
+    """VGG16 end to end (run_extract) against its model-only forward over the same decoded images."""
+    from extract import get_extractor, read_batch, read_index
+    from pipelines import run_extract
+
+    extractor = get_extractor("vgg16", weights="none")
+    extractor(np.zeros((1, 224, 224, 3), np.uint8))
+    index = read_index(root)
+    keep = index.frame.iloc[:n]
+    csv = work / f"vgg{n}.csv"
+    keep.rename(columns={"id": "filename"}).to_csv(csv, index=False)
+    sub = read_index(csv, index.root)
+    images, _, _ = read_batch(sub.paths, 224)
+    t = time.perf_counter()
+    extractor(images)
+    model_only = n / (time.perf_counter() - t)
+    shutil.rmtree(work / "vggstore", ignore_errors=True)
+    t = time.perf_counter()
+    run_extract(sub, extractor, work / "vggstore")
+    e2e = n / (time.perf_counter() - t)
+    return {"vgg16_model_only": model_only, "vgg16_end_to_end": e2e}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--workdir", default="/tmp/fh/ip")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="featurehead decode workers (default: its default)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16 (default: the first four)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    root = work / f"jpeg{args.n}"
+    make_images(root, args.n)
+    model_path = work / "cheap.keras"
+    cheap_model(model_path)
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    only = set(args.only.split(",")) if args.only else {"decode", "resize", "peer", "featurehead"}
+    p_vgg = 256
+    cores = os.cpu_count() or 1
+    rates: dict[str, float] = {}
+    for _ in range(args.repeat):  # interleaved, so a load change hits every contender alike
+        if "decode" in only:
+            rates["pillow_decode_1core"] = max(rates.get("pillow_decode_1core", 0), pillow_rate(paths, False))
+        if "resize" in only:
+            rates["pillow_decode_resize_1core"] = max(rates.get("pillow_decode_resize_1core", 0),
+                                                      pillow_rate(paths, True))
+        if "peer" in only:
+            rates["peer"] = max(rates.get("peer", 0), peer_rate(root, model_path))
+        if "featurehead" in only:
+            rates["featurehead"] = max(rates.get("featurehead", 0),
+                                       featurehead_rate(root, model_path, work / "store", args.workers,
+                                                        args.batch_size))
+        if "pools" in only:
+            for name, rate in pool_rates(paths).items():
+                rates[name] = max(rates.get(name, 0), rate)
+    if "vgg16" in only:
+        rates.update(vgg16_ratio(root, work, min(p_vgg, args.n)))
+    print(f"N={args.n} JPEG 500x375 -> 224, cores={cores}, best of {args.repeat}")
+    for name, rate in rates.items():
+        print(f"  {name:28s} {rate:8.1f} img/s")
+    result = {"n": args.n, "cores": cores, "rates": rates}
+    if "featurehead" in rates and "peer" in rates:
+        result["featurehead_over_peer"] = rates["featurehead"] / rates["peer"]
+        print(f"  featurehead / peer                     {result['featurehead_over_peer']:.2f}x  (goal >= 1.0)")
+    if "featurehead" in rates and "pillow_decode_1core" in rates:
+        ceiling = rates["pillow_decode_1core"] * cores
+        result["featurehead_over_ceiling"] = rates["featurehead"] / ceiling
+        print(f"  featurehead / (decode_1core x {cores})       {result['featurehead_over_ceiling']:.2f}x  (goal >= 0.6)")
+    if "vgg16_end_to_end" in rates:
+        result["vgg16_e2e_over_model_only"] = rates["vgg16_end_to_end"] / rates["vgg16_model_only"]
+        print(f"  VGG16 end to end / model-only          {result['vgg16_e2e_over_model_only']:.2f}x  (goal >= 0.95)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
