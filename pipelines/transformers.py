@@ -16,12 +16,12 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from extract import ImageReadError, get_extractor, read_batch
+from extract.images import default_workers
 from features_store import cache
 
 logger = logging.getLogger(__name__)
 
 ON_ERRORS = ("raise", "nan")
-_DECODE_WORKERS = 4
 
 
 class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -158,6 +158,10 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # X is image paths (strings) or a 4-D uint8 array of images; never a 2-D array of numbers, so
+        # scikit-learn's generic checks on numeric 2-D X do not apply (tests/test_pipelines_transformers.py
+        # runs the ones that do, and their image equivalents).
+        tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         tags.transformer_tags.preserves_dtype = []  # always float32 features, whatever the input
         return tags
@@ -188,10 +192,14 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         return out
 
     def _extract(self, kind: str, items: Any, rows: np.ndarray) -> np.ndarray:
-        """Features of `items[rows]`, decoded and extracted a few batches at a time."""
-        step = self.extractor_.batch_size * 4
+        """Features of `items[rows]`, extracted one batch of `batch_size` at a time.
+
+        Decoded by `extract.images.default_workers()` threads, the extraction's default: its docstring and
+        benchmarks/input_pipeline.py give the measured reason.
+        """
+        step = self.extractor_.batch_size
         parts = []
-        with ThreadPoolExecutor(max_workers=_DECODE_WORKERS) as decoders:
+        with ThreadPoolExecutor(max_workers=default_workers()) as decoders:
             for lo in range(0, len(rows), step):
                 parts.append(self._extract_batch(kind, items, rows[lo:lo + step], decoders))
         if not parts:

@@ -1,14 +1,19 @@
 """ImageFeatureExtractor: inputs, the feature cache, multi-layer output, errors and scikit-learn conformance."""
 
 import os
+import pickle
 import subprocess
+import warnings
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.base import clone
+from sklearn.exceptions import SkipTestWarning
+from sklearn.utils import estimator_checks, get_tags
+from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
 from extract import ImageReadError, UnknownExtractorError, get_extractor
 from pipelines import ImageFeatureExtractor
@@ -147,27 +152,123 @@ def test_bad_parameters_and_unfitted_use_are_refused(images):
         t.transform(pd.DataFrame({"file": paths}))
 
 
-# Most generic checks feed numeric 2-D X; an image transformer refuses it, by design.
-_NUMERIC = "feeds numeric 2-D X; this transformer takes image paths or uint8 images and refuses numeric X"
-_WORDING = "expects scikit-learn's error wording for numeric X; ours refuses any numeric X with the Keras wording"
-EXPECTED_FAILED_CHECKS = {
-    **{name: _NUMERIC for name in (
-        "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
-        "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-        "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_pipeline_consistency",
-        "check_estimators_pickle", "check_estimators_pickle(readonly_memmap=True)",
-        "check_f_contiguous_array_estimator", "check_transformer_data_not_an_array", "check_transformer_general",
-        "check_transformer_general(readonly_memmap=True)", "check_methods_sample_order_invariance",
-        "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged",
-        "check_fit_idempotent", "check_fit_check_is_fitted", "check_n_features_in",
-    )},
-    **{name: _WORDING for name in (
-        "check_complex_data", "check_dtype_object", "check_estimators_empty_data_messages",
-        "check_estimators_nan_inf", "check_fit2d_predict1d",
-    )},
-}
+# The transformer takes image paths (strings) or a 4-D uint8 array, never a 2-D array of numbers, and its tags say
+# so (two_d_array=False, string=True). scikit-learn then skips every generic check that feeds numeric 2-D X (it
+# warns that it does) and `parametrize_with_checks` runs what applies to any input: the clone check. These
+# scikit-learn checks need no data, or only check a refusal, and apply as they are:
+APPLICABLE_SKLEARN_CHECKS = [
+    estimator_checks.check_estimator_cloneable,
+    estimator_checks.check_estimator_tags_renamed,
+    estimator_checks.check_valid_tag_types,
+    estimator_checks.check_estimator_repr,
+    estimator_checks.check_no_attributes_set_in_init,
+    estimator_checks.check_do_not_raise_errors_in_init_or_set_params,
+    estimator_checks.check_mixin_order,
+    estimator_checks.check_parameters_default_constructible,
+    estimator_checks.check_get_params_invariance,
+    estimator_checks.check_set_params,
+    estimator_checks.check_transformers_unfitted,
+    estimator_checks.check_estimator_sparse_tag,
+    estimator_checks.check_estimator_sparse_array,
+    estimator_checks.check_estimator_sparse_matrix,
+]
+# The checks on data are below on images: fit returns self, clone, pickling, fitting twice, subset and order
+# invariance, set_output(transform="pandas").
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", SkipTestWarning)  # asserted in test_generic_2d_checks_are_skipped_by_the_tags
+    _sklearn_checks = parametrize_with_checks([ImageFeatureExtractor(**SMALL)])
 
 
-@parametrize_with_checks([ImageFeatureExtractor(**SMALL)], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@_sklearn_checks
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_generic_2d_checks_are_skipped_by_the_tags():
+    tags = get_tags(ImageFeatureExtractor())
+    assert (tags.input_tags.two_d_array, tags.input_tags.string) == (False, True)
+    with pytest.warns(SkipTestWarning, match="Can't test estimator ImageFeatureExtractor which requires input"):
+        checks = [check for _, check in estimator_checks_generator(ImageFeatureExtractor(**SMALL))]
+    assert [check.func.__name__ for check in checks] == ["check_estimator_cloneable"]
+
+
+@pytest.mark.parametrize("check", APPLICABLE_SKLEARN_CHECKS, ids=lambda check: check.__name__)
+def test_applicable_sklearn_checks(check):
+    check("ImageFeatureExtractor", ImageFeatureExtractor(**SMALL))
+
+
+@pytest.fixture(params=["paths", "frame", "arrays"])
+def inputs(request, images):
+    """The same 12 images as a list of paths, a one-column DataFrame of paths, or a uint8 array."""
+    paths, _, arrays = images
+    X = {"paths": paths, "frame": pd.DataFrame({"path": paths}), "arrays": arrays}[request.param]
+    return X, (lambda rows: [paths[i] for i in rows]) if request.param == "paths" else (
+        lambda rows: X.iloc[rows] if request.param == "frame" else X[rows])
+
+
+def test_fit_returns_self_and_leaves_the_parameters(inputs):
+    X, _ = inputs
+    t = ImageFeatureExtractor(**SMALL)
+    params = joblib.hash(t.get_params())
+    assert t.fit(X) is t
+    assert joblib.hash(t.get_params()) == params
+    assert t.n_features_in_ == 1
+
+
+def test_clone_keeps_every_parameter_and_drops_the_fitted_state(images, tmp_path):
+    params = dict(SMALL, model="vgg16", layer=["block3_pool", "block4_pool"], precision="float32", seed=3,
+                  cache_dir=str(tmp_path), on_error="nan")
+    t = ImageFeatureExtractor(**params).fit(images[0][:2])
+    copy = clone(t)
+    assert copy.get_params() == t.get_params() and copy.get_params()["layer"] is not params["layer"]
+    assert not hasattr(copy, "extractor_")
+
+
+def test_fitted_pickle_transforms_the_same(inputs):
+    X, _ = inputs
+    t = ImageFeatureExtractor(**SMALL).fit(X)
+    before = t.transform(X)
+    loaded = pickle.loads(pickle.dumps(t))
+    np.testing.assert_allclose(loaded.transform(X), before, rtol=1e-5, atol=1e-6)
+
+
+def test_fitting_twice_transforms_the_same(images):
+    paths = images[0]
+    t = ImageFeatureExtractor(**SMALL)
+    first = t.fit(paths).transform(paths)
+    second = t.fit(paths[:3]).transform(paths)
+    np.testing.assert_allclose(second, first, rtol=1e-5, atol=1e-6)
+
+
+def test_subset_and_order_invariance(inputs):
+    X, take = inputs
+    t = ImageFeatureExtractor(**SMALL).fit(X)
+    full = t.transform(X)
+    order = np.random.default_rng(0).permutation(12)
+    np.testing.assert_allclose(t.transform(take(order)), full[order], rtol=1e-5, atol=1e-6)
+    for subset in (np.arange(5), np.array([11, 0, 7])):
+        np.testing.assert_allclose(t.transform(take(subset)), full[subset], rtol=1e-5, atol=1e-6)
+
+
+def test_set_output_pandas(images):
+    paths = images[0]
+    frame = pd.DataFrame({"path": paths[:4]}, index=[10, 11, 12, 13])
+    t = ImageFeatureExtractor(**SMALL).set_output(transform="pandas").fit(frame)
+    out = t.transform(frame)
+    assert isinstance(out, pd.DataFrame) and out.shape == (4, 512)
+    assert list(out.columns) == list(t.get_feature_names_out()) and out.columns[0] == "vgg16_features_0"
+    assert list(out.index) == [10, 11, 12, 13]
+    plain = ImageFeatureExtractor(**SMALL).fit(frame).transform(frame)
+    np.testing.assert_allclose(out.to_numpy(), plain, rtol=1e-5, atol=1e-6)
+    fitted = ImageFeatureExtractor(**SMALL).set_output(transform="pandas").fit_transform(paths[:2])
+    assert isinstance(fitted, pd.DataFrame) and fitted.shape == (2, 512)
+
+
+def test_transform_changes_no_attribute_and_a_read_only_array_works(images):
+    arrays = images[2].copy()
+    arrays.setflags(write=False)
+    t = ImageFeatureExtractor(**SMALL).fit(arrays)
+    before = dict(vars(t))
+    t.transform(arrays)
+    assert vars(t) == before
