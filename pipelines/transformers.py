@@ -209,7 +209,7 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     def _extract_batch(self, kind, items, rows, decoders) -> np.ndarray:
         size = self.extractor_.input_shape[:2]
         if kind == "paths":
-            images, ok, errors = read_batch([items[i] for i in rows], size, decoders)
+            images, ok, errors = read_batch([items[i] for i in rows], size, decoders, resize=self.extractor_.resize)
         else:
             images, ok, errors = _resize(items[rows], size), np.ones(len(rows), bool), [""] * len(rows)
         if not ok.all() and self.on_error == "raise":
