@@ -6,7 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    recall_score,
+    top_k_accuracy_score,
+)
+
+TOP_K = 5  # top-k accuracy is reported when there are more than TOP_K classes
 
 
 def evaluate(estimator: Any, X: Any, y: Any) -> dict:
@@ -24,8 +33,10 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
     Returns
     -------
     metrics : dict
-        ``accuracy``, ``macro_f1``, ``per_class`` ({class: {precision, recall, f1, support}}),
-        ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
+        ``accuracy``, ``balanced_accuracy`` (the mean recall over the true classes present, scikit-learn's
+        definition), ``macro_f1``, ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a
+        true label that is not a class counts as a miss), ``per_class`` ({class: {precision, recall, f1,
+        support}}), ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
         ``n_samples``.
     """
     y = np.asarray(y)
@@ -41,9 +52,20 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(names, precision, recall, f1, support)
     }
-    return {
+    out = {
         "accuracy": float(accuracy_score(y, y_pred)),
+        "balanced_accuracy": float(recall_score(y, y_pred, labels=np.unique(y), average="macro", zero_division=0)),
         "macro_f1": float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0)),
+    }
+    if len(labels) > TOP_K and hasattr(estimator, "predict_proba") and len(y):
+        lookup = {str(c): i for i, c in enumerate(labels)}
+        codes = np.array([lookup.get(str(v), -1) for v in y])
+        known = codes >= 0
+        hits = top_k_accuracy_score(codes[known], estimator.predict_proba(X)[known], k=TOP_K,
+                                    labels=np.arange(len(labels)), normalize=False) if known.any() else 0
+        out[f"top_{TOP_K}_accuracy"] = float(hits) / len(y)
+    return {
+        **out,
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
         "classes": names,

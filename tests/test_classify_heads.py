@@ -80,7 +80,8 @@ def test_evaluate_and_format(data):
     names = np.array(["cat", "dog", "eel"])[y]
     head = make_head("logreg").fit(X, names)
     metrics = evaluate(head, X, names)
-    assert set(metrics) == {"accuracy", "macro_f1", "per_class", "confusion_matrix", "classes", "n_samples"}
+    assert set(metrics) == {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes",
+                            "n_samples"}  # 3 classes: no top-5
     assert metrics["classes"] == ["cat", "dog", "eel"]
     assert metrics["n_samples"] == 120
     assert set(metrics["per_class"]["dog"]) == {"precision", "recall", "f1", "support"}
@@ -90,6 +91,22 @@ def test_evaluate_and_format(data):
     assert text.splitlines()[0].startswith("accuracy ")
     assert "macro-F1" in text and "precision" in text and "recall" in text
     assert len(text.splitlines()) == 2 + 3
+
+
+def test_evaluate_balanced_and_top5_are_scikit_learn_s():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(140, 5))
+    y = np.repeat(np.array(list("abcdefg")), 20)
+    X[:, 0] += np.arange(140) // 20 * 0.5  # weak signal: top-5 sits between accuracy and 1
+    head = LogisticRegression(max_iter=500).fit(X, y)
+    metrics = evaluate(head, X, y)
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, head.predict(X)))
+    assert metrics["top_5_accuracy"] == pytest.approx(top_k_accuracy_score(y, head.predict_proba(X), k=5,
+                                                                           labels=head.classes_))
+    assert metrics["accuracy"] <= metrics["top_5_accuracy"] < 1.0
 
 
 def test_plots_write_pngs(tmp_path, data):
