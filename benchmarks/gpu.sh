@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/.gpu_wheels
-N=${N:-2000}
+N=${N:-2000}          # N, SIZE and BATCH may be lowered for a dry run on a CPU
+SIZE=${SIZE:-224}
+BATCH=${BATCH:-256}
 
 if [[ "${1:-}" == "--fetch" ]]; then
   mkdir -p "$WHEELS"
@@ -35,12 +37,13 @@ fi
 OUT=${OUT:-/tmp/fh-gpu-out}
 mkdir -p "$OUT"
 DEPS=/tmp/fh-gpu-deps
+rm -rf "$DEPS"
 python -m pip install --quiet --no-index --no-deps --target "$DEPS" "$WHEELS"/*.whl
 export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 for backend in jax torch; do
   (nvidia-smi dmon -s u -d 1 > "$OUT/dmon-$backend.txt" 2>&1 &) ; sleep 0.2
-  KERAS_BACKEND=$backend timeout 200 python benchmarks/gpu_bench.py --n "$N" --size 224 --batch-size 256 \
+  KERAS_BACKEND=$backend timeout 200 python benchmarks/gpu_bench.py --n "$N" --size "$SIZE" --batch-size "$BATCH" \
     --photos "$WHEELS" --json "$OUT/gpu-$backend.json" ${TORCH_COMPILE:+--torch-compile} \
     || echo "$backend: failed or timed out (exit $?)"
   pkill -f "nvidia-smi dmon" || true
