@@ -27,6 +27,8 @@ FAMILIES = [
     ("convnexttiny", "convnext", 32),
 ]
 
+POOLED = {"resnet50", "mobilenetv3small", "convnexttiny"}
+
 
 def _reference(name, size, tmp_path):
     from keras import applications
@@ -64,9 +66,11 @@ def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_pa
     ours = flat(images)
     _close(ours, expected.reshape(len(images), -1))
     assert flat.output_dim == expected[0].size
-    pooled = get_extractor(name, weights=str(path), input_size=size, pooling="avg")
-    _close(pooled(images), expected.mean(axis=(1, 2)))
-    assert pooled.output_dim == channels == BACKBONES[name].channels  # max pools to the same width (test_extract_models)
+    assert channels == BACKBONES[name].channels  # the avg and max width `featurehead models` prints
+    if name in POOLED:  # the pooling layer is shared by every family: a few of them build it (suite time)
+        pooled = get_extractor(name, weights=str(path), input_size=size, pooling="avg")
+        _close(pooled(images), expected.mean(axis=(1, 2)))
+        assert pooled.output_dim == channels  # max pools to the same width (test_extract_models)
 
     if BACKBONES[name].preprocess != "none":  # the check can fail: raw pixels are not this family's input
         raw = keras_own(images.astype("float32")).reshape(len(images), -1)
