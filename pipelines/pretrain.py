@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classify import encode_labels, model_accuracy
 from extract import ImageIndex, ImageReadError, read_batch
 
 from .extraction import default_workers
@@ -277,7 +278,7 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
 
     out = _check_out(out)
     classes, rows = class_rows(index, classes)
-    codes = np.array([classes.index(lab) if lab in classes else -1 for lab in index.labels], dtype=np.int32)
+    codes = encode_labels(index.labels, classes, unknown="code")
     if base is None:
         size = config.input_size
         model = build_cnn((size, size, 3), len(classes), preprocessing=preprocessing_layers(config.channels),
@@ -309,7 +310,8 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
 
 
 def _accuracy(model, data) -> float:
+    """`classify.model_accuracy` on `data`, whose decoding threads are then stopped."""
     try:
-        return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+        return model_accuracy(model, data)
     finally:
         data.close()

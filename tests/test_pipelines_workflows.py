@@ -113,3 +113,27 @@ def test_image_batches_stream_and_drop_unreadable_images(csv_index):
 @pytest.mark.parametrize("config", [CAEConfig(filters=(6, 3, 2), epochs=3), CNNConfig(optimizer="adadelta")])
 def test_config_round_trip(config):
     assert type(config).from_dict(config.to_dict()) == config
+
+
+def test_pretrain_cnn_accuracy_codes_labels_by_the_order_of_classes(image_folder, tmp_path):
+    """Codes follow `classes` as given (b=0, a=1): the reported accuracy is the saved model's on those codes."""
+    import keras
+
+    from extract import read_batch
+    from pipelines.pretrain import run_pretrain_cnn
+
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
+    # 3 'a' and 1 'b' in val: the accuracy under the other coding would differ, whatever the model predicts
+    val_names = ("a/0", "a/1", "a/2", "b/0")
+    lines = [f"{r},{r.split('/')[0]},{'val' if r.split('.')[0] in val_names else 'train'}" for r in rows]
+    csv = image_folder / "split.csv"
+    csv.write_text("filename,label,split\n" + "\n".join(lines) + "\n")
+    index = read_index(csv)
+    result = run_pretrain_cnn(index, tmp_path / "cnn.keras", CNNConfig(input_size=16, epochs=2, batch_size=4),
+                              classes=["b", "a"], workers=1)
+    val = [i for i, s in enumerate(index.split) if s == "val"]
+    images, ok, _ = read_batch([index.paths[i] for i in val], 16)
+    proba = keras.saving.load_model(result.model).predict(images.astype(np.float32), verbose=0)
+    expected = np.mean(np.argmax(proba, axis=1) == [["b", "a"].index(index.labels[i]) for i in val])
+    assert result.classes == ["b", "a"] and ok.all()
+    np.testing.assert_allclose(result.accuracy["val"], expected, rtol=1e-5)
