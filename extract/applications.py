@@ -177,7 +177,7 @@ def _weights_cached(cache: Path, name: str) -> bool:
     vgg16_..._notop.h5, mobilenet_v2_..._no_top.h5, efficientnetv2-b0_notop.h5, convnext_tiny_notop.h5, ...)."""
     if not cache.is_dir():
         return False
-    own = re.compile(re.escape(name) + r"(?![v0-9])")  # resnet50 is not resnet50v2, efficientnetb1 not b10
+    own = re.compile(re.escape(name) + r"(?!v)")  # resnet50 is not resnet50v2
     for f in cache.iterdir():
         flat = re.sub(r"[_\-]", "", f.name.lower())
         if "notop" in flat and own.search(flat):

@@ -121,6 +121,8 @@ class TorchForward(Forward):
             y = self._call(x) if self._call is not self.model else self.model(x, training=False)
             if self._device.type == "cuda":
                 y = y.to("cpu", non_blocking=True)
+            elif self._device.type != "cpu":  # mps, xpu: a plain copy back
+                y = y.cpu()
             return y
 
     def fetch(self, handle):

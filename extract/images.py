@@ -124,7 +124,10 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
     with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
         orientation = header.getexif().get(0x0112, 1)
     min_w, min_h = (0, 0) if hw is None else _needed((width, height), hw, resize, orientation)
-    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_h, min_width=min_w, strict=True)
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_h, min_width=min_w, strict=True)
+    except ValueError:
+        return None  # libjpeg-turbo's warnings (a corrupt segment): Pillow decodes what it can, or says why not
     im = Image.fromarray(arr)
     if orientation in _ORIENT:
         im = im.transpose(_ORIENT[orientation])
@@ -162,9 +165,9 @@ def _fit(im: Image.Image, hw, resize: str) -> np.ndarray:
     if resize == "crop":
         src_w, src_h = im.size
         scale = max(w / src_w, h / src_h)
-        crop_w, crop_h = w / scale, h / scale
-        left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
+        crop_w, crop_h = min(w / scale, src_w), min(h / scale, src_h)
+        left, top = max((src_w - crop_w) / 2, 0.0), max((src_h - crop_h) / 2, 0.0)
+        box = (left, top, min(left + crop_w, src_w), min(top + crop_h, src_h))  # rounding never leaves the image
     if im.size != (w, h) or box is not None:
         # Pillow's reduce-then-resample shortcut only for large factors (PNGs and the like): below it costs more
         gap = 3.0 if min(im.size[0] / w, im.size[1] / h) >= 6 else None

@@ -324,12 +324,13 @@ def _predict_images(bundle, index, progress, batch_size: int = 32):
     from extract import read_batch
 
     size = tuple(bundle.manifest["input_shape"][:2])
+    resize = (bundle.manifest.get("extractor") or {}).get("config", {}).get("resize", "squash")  # as extracted
     paths = index.paths
     proba = np.full((len(paths), len(bundle.classes)), np.nan)
     ok, errors = np.zeros(len(paths), bool), [""] * len(paths)
     bar = progress(total=len(paths), initial=0) if progress else None
     for lo, hi in features_store.batch_plan(len(paths), batch_size):
-        images, ok[lo:hi], errors[lo:hi] = read_batch(paths[lo:hi], size)
+        images, ok[lo:hi], errors[lo:hi] = read_batch(paths[lo:hi], size, resize=resize)
         if ok[lo:hi].any():
             proba[lo:hi][ok[lo:hi]] = bundle.predict_proba(images[ok[lo:hi]])
         if bar is not None:

@@ -121,3 +121,27 @@ def test_models_command_lists_and_cuts(capsys):
     assert lines[-1].startswith("conv5_block3_out") and "(1, 1, 2048)" in lines[-1]
     assert main(["models", "resnet"]) == 2
     assert "backbones" in capsys.readouterr().err
+
+
+def test_cached_weights_are_found_by_keras_own_file_names(tmp_path):
+    """Keras names its no-top files per family; each backbone must find its own (and not its v2 sibling's)."""
+    from extract.applications import _weights_cached
+
+    files = {
+        "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet50v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "inceptionv3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+        "efficientnetv2b0": "efficientnetv2-b0_notop.h5",
+        "convnexttiny": "convnext_tiny_notop.h5",
+        "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    }
+    for name, file in files.items():
+        cache = tmp_path / name
+        cache.mkdir()
+        (cache / file).write_bytes(b"x")
+        assert _weights_cached(cache, name), name
+    only_v2 = tmp_path / "resnet50v2"
+    assert not _weights_cached(only_v2, "resnet50") and not _weights_cached(tmp_path / "empty", "vgg16")

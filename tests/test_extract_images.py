@@ -118,12 +118,43 @@ def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
 
 def test_crop_of_a_rotated_jpeg_is_its_displayed_centre(tmp_path):
     arr = np.zeros((30, 90, 3), np.uint8)  # stored 90 wide; EXIF 6 displays it 30 wide, 90 high
-    arr[:, 30:60, 1] = 255
+    arr[:, 30:60, 1] = 255  # the stored centre (displayed: the middle rows)
+    arr[:15, :, 0] = 255  # the stored top half: displayed, after a 90-degree turn, the right half
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
-    out = load_image(tmp_path / "r.jpg", 16, resize="crop")
+    out = load_image(tmp_path / "r.jpg", 16, resize="crop").astype(int)
     assert out.shape == (16, 16, 3) and out[..., 1].mean() > 200  # the displayed centre is the green band
+    assert out[:, 12:, 0].mean() > 200 and out[:, :4, 0].mean() < 40  # red on the displayed right only
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_crop_works_for_every_size(tmp_path, fmt):
+    """Float rounding in the crop box never puts it outside the image (340x191 at 224 once failed)."""
+    sizes = [(340, 191), (191, 340), (55, 73), (74, 55), (95, 126), (401, 300), (1280, 720), (301, 301)]
+    for w, h in sizes:
+        path = tmp_path / f"{w}x{h}.{fmt.lower()}"
+        Image.new("RGB", (w, h), (10, 200, 30)).save(path, format=fmt)
+        for size in (224, 64, 32):
+            out = load_image(path, size, resize="crop")
+            assert out.shape == (size, size, 3) and abs(int(out[..., 1].mean()) - 200) <= 3, (w, h, size)
+
+
+def test_a_jpeg_libjpeg_warns_about_still_decodes(tmp_path):
+    """A corrupt segment (a libjpeg-turbo warning, which simplejpeg's strict mode raises) decodes through
+    Pillow, as it did before the libjpeg-turbo path."""
+    import simplejpeg
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "w.jpg", quality=90)
+    data = (tmp_path / "w.jpg").read_bytes()
+    broken = data[: len(data) - 300] + b"\xff\xd9"  # premature end of the data segment, then an end marker
+    (tmp_path / "w2.jpg").write_bytes(broken)
+    with pytest.raises(ValueError, match="Corrupt JPEG"):
+        simplejpeg.decode_jpeg(broken, strict=True)
+    with Image.open(tmp_path / "w2.jpg") as im:
+        im.load()  # Pillow decodes it
+    assert load_image(tmp_path / "w2.jpg", 32).shape == (32, 32, 3)
 
 
 def test_large_jpeg_dct_downscale_matches_full_decode_and_resize(tmp_path):
