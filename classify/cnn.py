@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from classify.errors import ClassifyError
 
 FEATURE_LAYER = "features_flatten"
@@ -36,7 +38,7 @@ def build_cnn(input_shape: Sequence[int], n_classes: int, *, filters: int = 32, 
     preprocessing : sequence of keras layers
         Applied first, inside the model (e.g. rescaling 0..255 -> 0..1 and grayscale), so callers pass raw pixels.
     seed : int, optional
-        Seeds the initial weights and dropout (``keras.utils.set_random_seed``, process-global).
+        Seeds each layer's initial weights and dropout (``seed + i``; no process-global RNG is touched).
 
     Returns
     -------
@@ -45,28 +47,39 @@ def build_cnn(input_shape: Sequence[int], n_classes: int, *, filters: int = 32, 
     import keras
 
     _check_classes(n_classes)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     inputs = keras.Input(tuple(input_shape), name="image")
     x = inputs
     for layer in preprocessing:
         x = layer(x)
-    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv1")(x)
-    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv2")(x)
+    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv1", **_kernel(seed, 0))(x)
+    x = keras.layers.Conv2D(filters, kernel_size, activation="relu", name="features_conv2", **_kernel(seed, 1))(x)
     x = keras.layers.MaxPooling2D(2, name="features_pool")(x)
-    x = keras.layers.Dropout(dropout[0], name="features_dropout")(x)
+    x = keras.layers.Dropout(dropout[0], name="features_dropout", **_seed(seed, 2))(x)
     x = keras.layers.Flatten(name=FEATURE_LAYER)(x)
-    outputs = classification_block(x, n_classes, dense_units=dense_units, dropout=dropout[1])
+    outputs = classification_block(x, n_classes, dense_units=dense_units, dropout=dropout[1],
+                                   seed=None if seed is None else seed + 3)
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
-def classification_block(x, n_classes: int, *, dense_units: int = 128, dropout: float = 0.5):
-    """Dense(relu) -> Dropout -> Dense(softmax), applied to the tensor `x`."""
+def classification_block(x, n_classes: int, *, dense_units: int = 128, dropout: float = 0.5,
+                         seed: int | None = None):
+    """Dense(relu) -> Dropout -> Dense(softmax), applied to the tensor `x` (`seed`: of each layer, ``seed + i``)."""
     import keras
 
-    x = keras.layers.Dense(dense_units, activation="relu", name="classifier_dense")(x)
-    x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
-    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)
+    x = keras.layers.Dense(dense_units, activation="relu", name="classifier_dense", **_kernel(seed, 0))(x)
+    x = keras.layers.Dropout(dropout, name="classifier_dropout", **_seed(seed, 1))(x)
+    return keras.layers.Dense(n_classes, activation="softmax", name="predictions", **_kernel(seed, 2))(x)
+
+
+def _seed(seed: int | None, i: int) -> dict:
+    """The `seed` keyword of a layer's i-th random part (none: Keras's unseeded default)."""
+    return {} if seed is None else {"seed": seed + i}
+
+
+def _kernel(seed: int | None, i: int) -> dict:
+    import keras
+
+    return {} if seed is None else {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + i)}
 
 
 def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, dense_units: int = 128,
@@ -83,18 +96,18 @@ def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, 
     names = [layer.name for layer in base.layers]
     if feature_layer not in names:
         raise CNNConfigError(f"`feature_layer` must be one of the base's layers {names}. Received: feature_layer={feature_layer!r}")
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     features = keras.Model(base.inputs, base.get_layer(feature_layer).output, name="frozen_features")
     features.trainable = False
     inputs = keras.Input(tuple(base.inputs[0].shape[1:]), name="image")
     # training=False keeps the frozen block's dropout off, as a frozen extractor sees it
-    outputs = classification_block(features(inputs, training=False), n_classes, dense_units=dense_units, dropout=dropout)
+    outputs = classification_block(features(inputs, training=False), n_classes, dense_units=dense_units, dropout=dropout,
+                                   seed=seed)
     return keras.Model(inputs, outputs, name="transfer_cnn")
 
 
 def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optimizer: str = "adam",
-              learning_rate: float | None = None, validation_data=None, callbacks: Sequence = ()) -> dict:
+              learning_rate: float | None = None, validation_data=None, callbacks: Sequence = (),
+              seed: int | None = None) -> dict:
     """Compile `model` (sparse categorical cross-entropy, accuracy) and fit it; return the history.
 
     Parameters
@@ -104,6 +117,9 @@ def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optim
     optimizer : {"adam", "adadelta", "sgd", "rmsprop"}
     learning_rate : float, optional
         None keeps the Keras default of the optimizer.
+    seed : int, optional
+        Seeds the batch order of arrays (each epoch reshuffled by a generator of our own, never a global one). A
+        PyDataset is taken in its own order: it shuffles itself, as `pipelines.pretrain.image_batches` does.
 
     Returns
     -------
@@ -113,9 +129,13 @@ def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optim
     model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     timer = epoch_timer()
-    fit_kwargs = {} if y is None else {"batch_size": batch_size}
+    if y is not None:
+        from classify.keras_dataset import array_batches
+
+        x, y = array_batches(np.asarray(x), np.asarray(y), batch_size=batch_size, seed=seed), None
+    # shuffle=False: Keras would shuffle a PyDataset's batches with Python's global `random`
     history = model.fit(x, y, epochs=epochs, validation_data=validation_data, callbacks=[timer, *callbacks],
-                        verbose=0, **fit_kwargs)
+                        verbose=0, shuffle=False)
     return {**{k: [float(v) for v in vals] for k, vals in history.history.items()}, "epoch_seconds": timer.seconds}
 
 

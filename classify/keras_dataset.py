@@ -43,10 +43,34 @@ def feature_batches(batches: BatchFactory, *, n_batches: int, classes: Any):
     return _dataset_class()(batches, int(n_batches), np.asarray(classes))
 
 
-def _dataset_class():
+def array_batches(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, *, batch_size: int,
+                  seed: int | None = None):
+    """A Keras `PyDataset` of ``(X, y[, sample_weight])`` batches in a new seeded order every epoch.
+
+    Give it to ``model.fit(..., shuffle=False)``: the order comes from ``numpy.random.default_rng(seed)``, owned
+    by the dataset, so no process-global RNG (Python's, numpy's, TensorFlow's) is seeded or drawn from, and the
+    same seed gives the same batches.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, ...)
+    y : ndarray of shape (n_samples,)
+    sample_weight : ndarray of shape (n_samples,), optional
+    batch_size : int
+    seed : int, optional
+        None: a fresh, unseeded order.
+
+    Returns
+    -------
+    keras.utils.PyDataset
+    """
+    return _dataset_class("ArrayBatches")(X, y, sample_weight, batch_size, seed)
+
+
+def _dataset_class(name: str = "FeatureBatches"):
     """Define the PyDataset subclass once, on first use (Keras is imported lazily)."""
     if _CLASSES:
-        return _CLASSES["FeatureBatches"]
+        return _CLASSES[name]
     import keras
 
     class FeatureBatches(keras.utils.PyDataset):
@@ -75,8 +99,27 @@ def _dataset_class():
         def on_epoch_end(self) -> None:
             self._iter = None
 
-    _CLASSES["FeatureBatches"] = FeatureBatches
-    return FeatureBatches
+    class ArrayBatches(keras.utils.PyDataset):
+        """In-memory rows, reshuffled at the end of every epoch by the dataset's own generator."""
+
+        def __init__(self, X, y, sample_weight, batch_size: int, seed: int | None) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self._arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            self._batch_size, self._rng = batch_size, np.random.default_rng(seed)
+            self._order = self._rng.permutation(len(y))
+
+        def __len__(self) -> int:
+            return -(-len(self._order) // self._batch_size)
+
+        def __getitem__(self, idx: int):
+            rows = np.sort(self._order[idx * self._batch_size : (idx + 1) * self._batch_size])
+            return tuple(a[rows] for a in self._arrays)
+
+        def on_epoch_end(self) -> None:
+            self._order = self._rng.permutation(len(self._order))
+
+    _CLASSES.update(FeatureBatches=FeatureBatches, ArrayBatches=ArrayBatches)
+    return _CLASSES[name]
 
 
 def fit_mlp_batches(
@@ -112,9 +155,7 @@ def fit_mlp_batches(
                          f"up front). Received: class_weight={estimator.class_weight!r}")
     estimator.classes_, estimator.n_features_in_ = classes, int(n_features)
     seed = estimator._seed()
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-    estimator.model_ = build_mlp(int(n_features), len(classes), hidden, estimator.dropout)
+    estimator.model_ = build_mlp(int(n_features), len(classes), hidden, estimator.dropout, seed=seed)
     estimator.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=estimator.learning_rate),
                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     kwargs = {}

@@ -59,8 +59,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     class_weight : dict, "balanced" or None, default=None
         Weights associated with classes, as in scikit-learn; multiplied into `sample_weight`.
     random_state : int, RandomState instance or None, default=None
-        Seeds Keras (``keras.utils.set_random_seed``, which is process-global) and the validation split, so
-        two fits with the same int give the same model.
+        Seeds the initial weights, the dropout masks, the batch order and the validation split (each layer and
+        the data pipeline gets its own seed; no process-global RNG is seeded or drawn from), so two fits with
+        the same int give the same model.
     verbose : int, default=0
         Keras ``fit`` verbosity.
 
@@ -144,18 +145,16 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         import keras
 
         seed = self._seed()
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        self.model_ = build_mlp(X.shape[1], len(self.classes_), hidden, self.dropout)
+        self.model_ = build_mlp(X.shape[1], len(self.classes_), hidden, self.dropout, seed=seed)
         self.model_.compile(
             optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
             loss="sparse_categorical_crossentropy",
             weighted_metrics=["accuracy"],
         )
         history = self.model_.fit(
-            batch_size=self.batch_size,
             epochs=self.epochs,
             verbose=self.verbose,
+            shuffle=False,  # the batches come shuffled by our own seeded generator, not Keras's global one
             **self._fit_data(keras, X, codes, weights, seed, groups, validation),
         )
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -310,7 +309,12 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None,
                   groups: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None):
         """The data keyword arguments of ``model.fit``: with validation rows and EarlyStopping when possible."""
-        plain = {"x": X, "y": codes, "sample_weight": weights}
+        from classify.keras_dataset import array_batches
+
+        def data(rows):
+            return {"x": array_batches(X[rows], codes[rows], weights[rows], batch_size=self.batch_size, seed=seed)}
+
+        plain = data(slice(None))
         if validation is not None:
             fit = {**plain, "validation_data": validation}
         elif not self.early_stopping:
@@ -321,8 +325,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             except ValueError as err:
                 logger.warning("early stopping disabled: cannot hold out a stratified validation split (%s)", err)
                 return plain
-            fit = {"x": X[train], "y": codes[train], "sample_weight": weights[train],
-                   "validation_data": (X[val], codes[val], weights[val])}
+            fit = {**data(train), "validation_data": (X[val], codes[val], weights[val])}
         if self.early_stopping:
             fit["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                               restore_best_weights=True)]
@@ -337,7 +340,8 @@ def _canonical_order(X: np.ndarray) -> np.ndarray:
     return np.argsort(rows, kind="stable")
 
 
-def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int], dropout: float):
+def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int], dropout: float,
+              seed: int | None = None):
     """Build the uncompiled Dense(relu) + Dropout network with a softmax output.
 
     Parameters
@@ -350,6 +354,8 @@ def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int]
         Units of each hidden layer.
     dropout : float
         Dropout rate after each hidden layer.
+    seed : int, optional
+        Seeds each layer's initializer and dropout (``seed + i``); None: Keras's unseeded defaults.
 
     Returns
     -------
@@ -358,12 +364,18 @@ def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int]
     """
     import keras
 
+    def seeded(i):
+        return {} if seed is None else {"seed": seed + i}
+
+    def kernel(i):
+        return {} if seed is None else {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + i)}
+
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
     for i, units in enumerate(hidden_layer_sizes, start=1):
-        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="proba")(x)
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}", **kernel(2 * i))(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout{i}", **seeded(2 * i + 1))(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="proba", **kernel(0))(x)
     return keras.Model(inputs, outputs, name="mlp_head")
 
 

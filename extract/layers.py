@@ -140,15 +140,25 @@ def seeded_init(model, seed: int) -> None:
 
 @contextlib.contextmanager
 def dtype_policy(precision: str):
-    """Build layers under a mixed-precision policy, then restore the previous global policy."""
+    """Build layers under a mixed-precision policy; leave the caller's Keras policy and Python RNG as they were.
+
+    keras.applications constructors take no `dtype`, so their layers can only get a policy from Keras's default
+    one (`keras.config.set_dtype_policy`; Keras keeps it per thread). It is set here and restored in `finally`.
+    Their unseeded initializers also draw default seeds from Python's global `random`
+    (keras.src.random.seed_generator.make_default_seed); the weights are then loaded or seeded by us, so those
+    draws serve nothing and the caller's `random` state is given back too.
+    """
+    import random
+
     keras = _keras()
-    previous = keras.config.dtype_policy()
+    previous, random_state = keras.config.dtype_policy(), random.getstate()
     if precision != "float32":
         keras.config.set_dtype_policy(f"mixed_{precision}")
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+        random.setstate(random_state)
 
 
 def cut_at_layer(model, layer: str | list[str] | None):

@@ -44,8 +44,10 @@ class ImageRows(keras.utils.PyDataset):
     row order of epoch e is a permutation seeded by `seed + e`.
     """
 
-    def __init__(self, paths, codes, size, *, batch_size=32, augmentation=None, shuffle=False, seed=0, **kwargs):
+    def __init__(self, paths, codes, size, *, batch_size=32, augmentation=None, shuffle=False, seed=0,
+                 resize="squash", **kwargs):
         super().__init__(**kwargs)
+        self.resize = resize  # decode as the base's extractor did
         self.paths, self.codes, self.size = list(paths), np.asarray(codes, np.int32), size
         self.batch_size, self.augmentation, self.shuffle, self.seed = batch_size, augmentation, shuffle, seed
         self.epoch = 0
@@ -60,7 +62,7 @@ class ImageRows(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        images, ok, _ = read_batch([self.paths[r] for r in rows], self.size)
+        images, ok, _ = read_batch([self.paths[r] for r in rows], self.size, resize=self.resize)
         if self.augmentation is not None:
             images = augment(images, self.augmentation, view_seed(self.seed + self.epoch, i))
         return images.astype(np.float32), self.codes[rows], ok.astype(np.float32)
@@ -89,14 +91,14 @@ def mlp_parts(estimator) -> tuple:
     return mean, scale, head.model_
 
 
-def transplant(base, estimator, n_features: int):
+def transplant(base, estimator, n_features: int, *, seed: int = 0):
     """A model image -> base -> (scaler as a Normalization layer) -> a copy of the head's trained MLP.
 
     The scaler's math is kept exactly: (x - mean_) / scale_, with StandardScaler's scale_ (1 for constant
-    features). The MLP starts from the head's learned weights.
+    features). The MLP starts from the head's learned weights; its dropout layers are seeded from `seed`.
     """
     mean, scale, mlp = mlp_parts(estimator)
-    head = keras.models.clone_model(mlp)
+    head = keras.models.clone_model(mlp, clone_function=_seeded_clone(seed))
     head.set_weights(mlp.get_weights())
     inputs = keras.Input(base.input_shape[1:], name="image")
     x = base(inputs)
@@ -106,6 +108,26 @@ def transplant(base, estimator, n_features: int):
         x = keras.layers.Normalization(mean=mean.astype(np.float32), variance=(scale**2).astype(np.float32),
                                        name="head_scaler")(x)
     return keras.Model(inputs, head(x), name="finetuned")
+
+
+def _seeded_clone(seed: int):
+    """A `clone_model` function giving each random part of a layer its own seed (``seed + i``).
+
+    An unseeded Keras layer or initializer draws its seed from Python's global `random`; the initializers' draws
+    are replaced by the head's weights anyway, and the dropout masks then follow `seed`.
+    """
+    count = iter(range(seed, seed + 10**6))
+
+    def clone(layer):
+        config = layer.get_config()
+        if "seed" in config:
+            config["seed"] = next(count)
+        for key, value in config.items():
+            if key.endswith("_initializer") and isinstance(value, dict) and "seed" in value.get("config", {}):
+                config[key] = {**value, "config": {**value["config"], "seed": next(count)}}
+        return layer.__class__.from_config(config)
+
+    return clone
 
 
 def leaf_layers(model) -> list:
@@ -199,7 +221,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     train, val, classes, source = finetune_rows(bundle, frame, store)
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     base = extractor.model
-    model = transplant(base, bundle.estimator, bundle.n_features)
+    model = transplant(base, bundle.estimator, bundle.n_features, seed=random_state)
     leaves = leaf_layers(base)
     unfrozen = plan_unfrozen([lay.name for lay in leaves], [bool(lay.weights) for lay in leaves],
                              unfreeze=unfreeze, unfreeze_from=unfreeze_from)
@@ -211,13 +233,14 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
 
     def data(rows, **kw):
         return ImageRows([paths[r] for r in rows], codes[rows], extractor.input_shape[:2],
-                         batch_size=batch_size, seed=random_state, **kw)
+                         batch_size=batch_size, seed=random_state, resize=extractor.resize, **kw)
 
     val_data = data(val)
     before = classify.model_accuracy(model, val_data)
-    keras.utils.set_random_seed(random_state)
     t0 = time.perf_counter()
-    history = model.fit(data(train, augmentation=augmentation, shuffle=True), epochs=epochs, verbose=0)
+    # shuffle=False: ImageRows reshuffles itself, seeded; Keras would shuffle its batches with Python's `random`
+    history = model.fit(data(train, augmentation=augmentation, shuffle=True), epochs=epochs, verbose=0,
+                        shuffle=False)
     fit_seconds = time.perf_counter() - t0
     after = classify.model_accuracy(model, val_data)
     metrics = {"validation_accuracy_before": before, "validation_accuracy_after": after, "n_train": len(train),

@@ -201,7 +201,8 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     timer = epoch_timer()
     callbacks = [timer] + ([progress_callback(progress, data)] if progress else [])
     try:
-        history = model.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0).history
+        # shuffle=False: `data` reshuffles itself (seeded); Keras would shuffle it with Python's global `random`
+        history = model.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False).history
         originals = data[0][0][:8]
     finally:
         data.close()

@@ -179,20 +179,18 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
 
 
 def plot_sweep(table: pd.DataFrame, path) -> Path:
-    """Accuracy ± std per layer, annotated with the dimension."""
-    import matplotlib
+    """Accuracy ± std per layer, annotated with the dimension (a `Figure` on the Agg canvas: no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(table)), 3.5))
+    fig = Figure(figsize=(max(4, 1.4 * len(table)), 3.5), layout="tight")
+    ax = fig.add_subplot()
     ax.bar(table["layer"], table["accuracy"], yerr=table["accuracy_std"], capsize=4, color="tab:blue")
     for x, (acc, dim) in enumerate(zip(table["accuracy"], table["dimension"])):
         ax.annotate(f"d={dim}", (x, acc), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("CV accuracy (logistic regression)")
     ax.set_title("layer sweep")
-    fig.tight_layout()
+    FigureCanvasAgg(fig)  # attaches itself to fig
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

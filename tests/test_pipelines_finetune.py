@@ -194,3 +194,16 @@ def test_finetune_without_val_holds_out_train_rows_never_test(image_folder, tmp_
         train, val, _, source = finetune_rows(bundle, index, source_store)
         assert source == "train-holdout" and len(val) == 2 and len(train) == 4
         assert {index.split[i] for i in [*train, *val]} == {"train"}  # never a test row
+
+
+def test_same_random_state_same_finetuned_model_and_no_global_state_changed(scaled_bundle, tmp_path):
+    from test_global_state import assert_unchanged, snapshot
+
+    kwargs = dict(unfreeze=1, epochs=2, batch_size=4, learning_rate=1e-3, random_state=3)
+    first = run_finetune(scaled_bundle, tmp_path / "a", **kwargs)
+    before = snapshot()
+    second = run_finetune(scaled_bundle, tmp_path / "b", **kwargs)
+    assert_unchanged(before)
+    a, b = (load_any_bundle(r.bundle).estimator.get_weights() for r in (first, second))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)

@@ -1,0 +1,119 @@
+"""Using the library changes no process-global state: RNGs, Keras's dtype policy, matplotlib, Pillow, sockets."""
+
+import random
+import socket
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.datasets import make_classification
+
+
+def _tf_global_seed():
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:  # another backend without tensorflow installed
+        return None
+    return context.global_seed()
+
+
+def snapshot() -> dict:
+    """Every global that a library could change, read without changing it (numpy's state as plain values)."""
+    import keras
+    from keras.src.backend.common import global_state
+    from matplotlib._pylab_helpers import Gcf  # pyplot's figure registry (importing keras imports pyplot)
+
+    name, keys, pos, gauss, cached = np.random.get_state()
+    return {
+        "PIL.Image.MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS,
+        "socket timeout": socket.getdefaulttimeout(),
+        "matplotlib backend (raw)": matplotlib.rcParams._get("backend"),
+        "matplotlib.rcParams identity": id(matplotlib.rcParams),
+        "matplotlib.rcParams": {k: repr(v) for k, v in matplotlib.rcParams.copy().items() if k != "backend"},
+        "pyplot figures": Gcf.get_num_fig_managers(),
+        "keras dtype policy": keras.config.dtype_policy().name,
+        "keras floatx": keras.config.floatx(),
+        "random.getstate()": random.getstate(),
+        "np.random.get_state()": (name, keys.tobytes(), pos, gauss, cached),
+        "keras global seed": global_state.get_global_attribute("global_random_seed"),
+        "keras global SeedGenerator": id(global_state.get_global_attribute("global_seed_generator")),
+        "tensorflow global seed": _tf_global_seed(),
+    }
+
+
+def assert_unchanged(before: dict) -> None:
+    after = snapshot()
+    changed = [key for key in before if before[key] != after[key]]
+    assert not changed, f"global state changed: {changed}"
+
+
+@pytest.fixture
+def data():
+    X, y = make_classification(n_samples=60, n_features=8, n_informative=4, n_classes=3, random_state=0)
+    return X.astype(np.float32), y
+
+
+def test_fitting_heads_changes_no_global_state(data):
+    import classify
+
+    X, y = data
+    classify.make_head("logreg").fit(X, y)  # warm up the imports: a first import may set things once
+    before = snapshot()
+    classify.make_head("logreg").fit(X, y)
+    classify.make_head("mlp", hidden_layer_sizes=(8,), epochs=2, random_state=0).fit(X, y)
+    classify.KerasMLPClassifier((8,), epochs=2, early_stopping=False, random_state=1).fit(X, y)
+    assert_unchanged(before)
+
+
+def test_out_of_core_mlp_and_seeded_cnn_change_no_global_state(data):
+    from classify import KerasMLPClassifier
+    from classify.cnn import build_cnn, build_transfer, train_cnn
+
+    X, y = data
+
+    def batches():
+        return ((X[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20))
+
+    KerasMLPClassifier((4,), epochs=1, random_state=0).fit_batches(batches, np.unique(y), 8, n_batches=3)
+    before = snapshot()
+    KerasMLPClassifier((4,), epochs=2, random_state=0).fit_batches(batches, np.unique(y), 8, n_batches=3,
+                                                                    validation=batches, n_validation_batches=3)
+    images = np.random.default_rng(0).uniform(0, 1, (12, 10, 10, 1)).astype(np.float32)
+    labels = np.arange(12) % 2
+    base = build_cnn((10, 10, 1), 2, filters=2, dense_units=4, seed=0)
+    train_cnn(base, images, labels, epochs=2, batch_size=4)
+    train_cnn(build_transfer(base, 2, dense_units=4, seed=1), images, labels, epochs=1, batch_size=4)
+    assert_unchanged(before)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_extract_changes_no_global_state(csv_index, tmp_path, precision):
+    from extract import get_extractor, read_index
+    from pipelines.extraction import run_extract
+
+    index = read_index(csv_index)
+    get_extractor("vgg16", weights="none", input_size=32).model  # noqa: B018  (imports and first build)
+    before = snapshot()
+    extractor = get_extractor("vgg16", weights="none", input_size=32, precision=precision, batch_size=4)
+    result = run_extract(index, extractor, tmp_path / "store", workers=1)
+    assert result.n_extracted == len(index.ids)
+    assert_unchanged(before)
+
+
+def test_plots_change_no_global_state_and_need_no_pyplot(tmp_path):
+    import classify
+    from pipelines.sweep import plot_sweep
+
+    metrics = {"classes": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]], "accuracy": 0.875}
+    classify.plot_confusion_matrix(metrics, tmp_path / "warm.png")
+    before = snapshot()
+    classify.plot_confusion_matrix(metrics, tmp_path / "cm.png")
+    classify.plot_history({"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}, tmp_path / "history.png")
+    table = pd.DataFrame({"layer": ["block1_pool", "block2_pool"], "accuracy": [0.6, 0.8],
+                          "accuracy_std": [0.05, 0.02], "dimension": [64, 128]})
+    path = plot_sweep(table, tmp_path / "sweep.png")
+    assert_unchanged(before)
+    with Image.open(path) as image:
+        assert image.size[0] > 100
