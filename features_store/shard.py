@@ -31,11 +31,13 @@ _FILE_OVERHEAD = 64 << 10
 
 
 def runtime_tag(versions: dict | None) -> str:
-    """What computed a shard's rows beyond the fingerprint: the Keras backend and version ("" when unknown)."""
+    """What computed a shard's rows beyond the fingerprint: the Keras backend, its version and Keras's ("" when
+    unknown)."""
     versions = versions or {}
     if "keras_backend" not in versions and "keras" not in versions:
         return ""
-    return f"{versions.get('keras_backend', '')}/{versions.get('keras', '')}"
+    tag = f"{versions.get('keras_backend', '')}/{versions.get('keras', '')}"
+    return f"{tag}/{versions['backend_version']}" if "backend_version" in versions else tag
 
 
 def shard_name(fingerprint: str, keys: Sequence[str], runtime: str = "") -> str:

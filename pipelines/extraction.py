@@ -74,10 +74,19 @@ def base_versions() -> dict:
 
 
 def library_versions() -> dict:
-    """`base_versions` plus Keras and its backend: what wrote a shard."""
-    import keras
+    """`base_versions` plus Keras, its backend and the backend's version, and the decoders: what wrote a shard."""
+    import importlib
 
-    return {**base_versions(), "keras": keras.__version__, "keras_backend": keras.backend.backend()}
+    import keras
+    import PIL
+
+    from extract.images import simplejpeg
+
+    backend = keras.backend.backend()
+    module = importlib.import_module(backend)
+    return {**base_versions(), "keras": keras.__version__, "keras_backend": backend,
+            "backend_version": getattr(module, "__version__", "unknown"), "pillow": PIL.__version__,
+            "simplejpeg": getattr(simplejpeg, "__version__", "none")}
 
 
 def label_codes(labels, classes) -> np.ndarray:

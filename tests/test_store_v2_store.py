@@ -56,7 +56,8 @@ def test_a_resume_under_another_backend_or_keras_starts_a_new_shard(tmp_path):
     with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3, versions=dict(tf)) as w:
         assert w.n_done == 4  # the same runtime resumes it
         same = w.name
-    for other in ({"keras_backend": "torch", "keras": "3.15.1"}, {"keras_backend": "tensorflow", "keras": "3.16.0"}):
+    for other in ({"keras_backend": "torch", "keras": "3.15.1"}, {"keras_backend": "tensorflow", "keras": "3.16.0"},
+                  {**tf, "backend_version": "2.22.0"}):
         with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3, versions=other) as w:
             assert w.n_done == 0 and w.name != same
     assert fs.runtime_tag(tf) == "tensorflow/3.15.1" and fs.runtime_tag({"python": "3.11"}) == ""
