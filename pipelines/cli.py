@@ -1,13 +1,17 @@
 """The `featurehead` command line: one subcommand per pipelines function, no logic of its own.
 
-Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr).
+Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr);
+3 an internal error, i.e. a bug in featurehead (one line on stderr; the traceback with --debug or
+FEATUREHEAD_DEBUG=1); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 EPILOG = """\
@@ -20,9 +24,24 @@ A store is a directory. Re-running extract after a relabel, a new split, an appe
 --images-root extracts only the images it has not seen (by content); `featurehead compact` drops the rows
 that the index no longer uses.
 Every command that writes something prints that path as the last line of standard output.
-Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr;
-set FEATUREHEAD_DEBUG=1 for the traceback).
+-q/--quiet, -v/--verbose and --debug go before or after COMMAND. Without -v, TensorFlow's start-up notes
+and Keras's download messages are not shown.
+Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr);
+3 internal error, a bug in featurehead (one line on stderr; --debug or FEATUREHEAD_DEBUG=1 for the traceback:
+please report it); 130 interrupted.
 """
+
+EXIT_INTERNAL_ERROR = 3
+
+# Commands that never load TensorFlow (HDF5 only, or plain data).
+_LIGHT_COMMANDS = frozenset({"inspect", "compact", "export", "advise"})
+
+# TensorFlow's C++ start-up notes: TF_CPP_MIN_LOG_LEVEL does not silence them since TensorFlow logs through absl
+# before absl::InitializeLog() is called, so the CLI captures file descriptor 2 while TensorFlow loads.
+_STARTUP_NOISE = re.compile(
+    r"^(?:[IWE]\d{4} [\d:. ]+\d+ \S+\.(?:cc|h):\d+\]|WARNING: All log messages before absl::InitializeLog"
+    r"|To enable the following instructions:|WARNING:absl:|Downloading data from)"
+)
 
 
 def _add_extractor_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_output_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -140,15 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="build every listed backbone without weights and compare it with the table (slow: minutes)")
 
-    p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits")
-    p.add_argument("--workdir", default="featurehead-demo", help="where images, store and heads go (default: ./featurehead-demo)")
+    p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits",
+                       description="Writes the digits as PNG files with an index, extracts VGG16 features into a "
+                       "store named by the extractor's fingerprint (so a run with other options adds a store "
+                       "beside the first), trains a logistic-regression and an MLP head and evaluates both.")
+    p.add_argument("--out", "--workdir", dest="out", default="featurehead-demo",
+                   help="where images, stores and heads go (default: ./featurehead-demo; --workdir is an alias)")
     p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
     p.add_argument("--weights", default="imagenet", help="imagenet (falls back to random init offline), a file, or none")
     p.add_argument("--epochs", type=int, default=30, help="MLP epochs (default: 30, with early stopping)")
 
     for module in _command_modules():
         module.add_parsers(sub)
+    for subparser in sub.choices.values():
+        _add_output_flags(subparser, default=argparse.SUPPRESS)  # so a flag after COMMAND overrides none before
     return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser, default) -> None:
+    """-q, -v and --debug; `default` SUPPRESS on the subcommands, so they keep what the top level parsed."""
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also show TensorFlow's start-up notes and Keras's download messages")
+    g.add_argument("--debug", action="store_true", default=default,
+                   help="print the traceback of an error (as FEATUREHEAD_DEBUG=1 does)")
 
 
 # Subcommands of the seed workflows and the scikit-learn composition live in their own modules; each has
@@ -338,7 +373,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     weights = "none" if args.weights.lower() == "none" else args.weights
-    result = run_demo(args.workdir, input_size=args.input_size, weights=weights, epochs=args.epochs,
+    result = run_demo(args.out, input_size=args.input_size, weights=weights, epochs=args.epochs,
                       progress=_progress(args, "extract digits"))
     for note in result.notes:
         print(f"NOTE: {note}")
@@ -373,14 +408,16 @@ def _expected_errors() -> tuple:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("FEATUREHEAD_DEBUG", "") not in ("", "0")
     try:
+        if not args.verbose and args.command not in _LIGHT_COMMANDS:
+            _start_keras_quietly()
         func = getattr(args, "func", None) or COMMANDS[args.command]
         return func(args)
     except _expected_errors() as err:
-        if os.environ.get("FEATUREHEAD_DEBUG"):  # the traceback, for bug reports
+        if debug:  # the traceback, for bug reports
             raise
         message = " ".join(str(err).split())
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
@@ -388,6 +425,41 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"featurehead {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001  (anything else is a bug: say so in one line)
+        if debug:
+            raise
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}; "
+              "re-run with --debug for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _start_keras_quietly() -> None:
+    """Import Keras (and TensorFlow) with their start-up notes kept from the user; Keras messages go to absl.
+
+    Only the CLI does this (its own process): TF_CPP_MIN_LOG_LEVEL for TensorFlow's later C++ logs (unless the
+    user set it), fd 2 captured while TensorFlow loads, and Keras's "interactive logging" (its download line on
+    stdout) turned off. Lines that are not start-up notes are written back to stderr.
+    """
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
+    keras.config.disable_interactive_logging()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The CLI's output flags (-q, -v, --debug anywhere), its quiet start-up and its exit code for internal errors."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import cli
+from pipelines.cli import build_parser, main
+
+FAST = ["--weights", "none", "--input-size", "32", "--batch-size", "4", "--workers", "1"]
+NOISE = re.compile(r"oneDNN custom operations|Could not find cuda drivers|This TensorFlow binary is optimized"
+                   r"|absl::InitializeLog|Downloading data from|^[IWE]\d{4} ", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "argv, quiet, verbose, debug",
+    [
+        pytest.param(["-q", "inspect", "s"], True, False, False, id="before"),
+        pytest.param(["inspect", "s", "-q"], True, False, False, id="after"),
+        pytest.param(["-v", "inspect", "s", "--quiet"], True, True, False, id="both-sides"),
+        pytest.param(["inspect", "s", "--debug", "-v"], False, True, True, id="debug-after"),
+        pytest.param(["inspect", "s"], False, False, False, id="none"),
+    ],
+)
+def test_output_flags_work_before_or_after_the_command(argv, quiet, verbose, debug):
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose, args.debug) == (quiet, verbose, debug)
+
+
+def test_quiet_after_the_command_hides_the_progress_bar(csv_index, tmp_path, capsys):
+    assert main(["extract", str(csv_index), *FAST, "--out", str(tmp_path / "a")]) == 0
+    assert "extract vgg16" in capsys.readouterr().err  # tqdm's bar, with its description
+    assert main(["extract", str(csv_index), *FAST, "--out", str(tmp_path / "b"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.strip().splitlines()[-1] == str(tmp_path / "b")
+
+
+def _bug(args):
+    raise RuntimeError("boom: a bug")
+
+
+def test_an_internal_error_is_exit_3_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "inspect", _bug)
+    monkeypatch.delenv("FEATUREHEAD_DEBUG", raising=False)
+    assert main(["inspect", str(tmp_path)]) == cli.EXIT_INTERNAL_ERROR == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.fullmatch(r"featurehead inspect: internal error \(a bug in featurehead, please report it\): "
+                        r"RuntimeError: boom: a bug; re-run with --debug for the traceback\n", err), err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_raises_the_internal_error(tmp_path, monkeypatch, how):
+    monkeypatch.setitem(cli.COMMANDS, "inspect", _bug)
+    argv = ["inspect", str(tmp_path)] + (["--debug"] if how == "flag" else [])
+    if how == "env":
+        monkeypatch.setenv("FEATUREHEAD_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom: a bug"):
+        main(argv)
+
+
+def test_bad_input_stays_exit_2(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "internal error" not in capsys.readouterr().err
+
+
+def _extract_in_a_subprocess(csv_index, out, *flags):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEATUREHEAD_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "extract", str(csv_index), *FAST, "--out",
+                           str(out), *flags], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_tensorflow_start_up_lines_reach_the_user_only_with_verbose(csv_index, tmp_path):
+    proc = _extract_in_a_subprocess(csv_index, tmp_path / "s", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert not NOISE.search(proc.stderr), proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "s")
+    loud = _extract_in_a_subprocess(csv_index, tmp_path / "t", "-v", "-q")
+    assert loud.returncode == 0 and loud.stdout.strip().splitlines()[-1] == str(tmp_path / "t")
+    if not NOISE.search(loud.stderr):
+        pytest.skip("this TensorFlow build prints no start-up notes here, so -v has nothing to show")
