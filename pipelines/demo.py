@@ -72,7 +72,11 @@ def choose_extractor(*, input_size: int = 64, batch_size: int = 32, weights: str
 
 
 def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs: int = 30, progress=None) -> DemoResult:
-    """Digits -> VGG16 features -> logistic regression and the 1000-500-150 MLP, evaluated on held-out digits."""
+    """Digits -> VGG16 features -> logistic regression and the 1000-500-150 MLP, evaluated on held-out digits.
+
+    The store, heads and reports are named by the extractor's fingerprint, so a run with other options (input
+    size, weights) adds its own beside those of earlier runs, and a repeated run finds its store up to date.
+    """
     workdir = Path(workdir)
     index_path = write_digits(workdir)
     index = read_index(index_path)
@@ -80,12 +84,13 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     result = DemoResult(workdir=workdir, weights=extractor.weights_source(), store=Path())
     if note:
         result.notes.append(note)
-    extraction = run_extract(index, extractor, workdir / "digits.vgg16", progress=progress)
+    tag = extractor.fingerprint()[:12]
+    extraction = run_extract(index, extractor, workdir / f"digits.vgg16-{tag}", progress=progress)
     result.store = extraction.store
     for head, params in (("logreg", {}), ("mlp", {"epochs": epochs})):
-        trained = run_train(extraction.store, workdir / f"head-{head}", head=head, params=params)
-        metrics = run_evaluate(trained.bundle, extraction.store, workdir / f"eval-{head}", split="test")
+        trained = run_train(extraction.store, workdir / f"head-{head}-{tag}", head=head, params=params)
+        metrics = run_evaluate(trained.bundle, extraction.store, workdir / f"eval-{head}-{tag}", split="test")
         result.accuracy[head] = metrics["accuracy"]
         result.bundles[head] = trained.bundle
-        result.reports[head] = workdir / f"eval-{head}"
+        result.reports[head] = workdir / f"eval-{head}-{tag}"
     return result

@@ -201,6 +201,13 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert "random-init" in text and "NOT pretrained" in text
     assert "logreg head: test accuracy" in text and "mlp head: test accuracy" in text
     assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
+    # another input size, with --out: a store of its own beside the first, not a refused mismatch
+    code, again, _ = run(capsys, "demo", "--out", tmp_path / "d", "--weights", "none", "--input-size", "40",
+                         "--epochs", "1")
+    stores = sorted(p.name for p in (tmp_path / "d").glob("digits.vgg16-*"))
+    assert code == 0 and again[-1] == str(tmp_path / "d") and len(stores) == 2
+    assert {line.split("features: ")[1] for line in lines + again if line.startswith("features: ")} == {
+        str(tmp_path / "d" / name) for name in stores}
 
 
 @pytest.mark.parametrize(
