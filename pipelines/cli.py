@@ -413,7 +413,7 @@ def main(argv=None) -> int:
     debug = args.debug or os.environ.get("FEATUREHEAD_DEBUG", "") not in ("", "0")
     try:
         if not args.verbose and args.command not in _LIGHT_COMMANDS:
-            _start_keras_quietly()
+            _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
         func = getattr(args, "func", None) or COMMANDS[args.command]
         return func(args)
     except _expected_errors() as err:
@@ -432,34 +432,59 @@ def main(argv=None) -> int:
         print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}; "
               "re-run with --debug for the traceback", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+    finally:  # an in-process caller of main() gets its import system back as it was
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
 
 
 def _start_keras_quietly() -> None:
-    """Import Keras (and TensorFlow) with their start-up notes kept from the user; Keras messages go to absl.
+    """Have the first `import keras` (which loads TensorFlow) keep its start-up notes from the user.
 
-    Only the CLI does this (its own process): TF_CPP_MIN_LOG_LEVEL for TensorFlow's later C++ logs (unless the
-    user set it), fd 2 captured while TensorFlow loads, and Keras's "interactive logging" (its download line on
-    stdout) turned off. Lines that are not start-up notes are written back to stderr.
+    Only the CLI does this (its own process), and lazily: a one-shot import hook, so a command that needs no model
+    (a relabel, an up-to-date extract, a logreg report) still never imports Keras. When Keras loads:
+    TF_CPP_MIN_LOG_LEVEL for TensorFlow's later C++ logs (unless the user set it), fd 2 captured while it loads,
+    lines that are not start-up notes written back, Keras's "interactive logging" (its download line on stdout)
+    turned off and absl set to ERROR.
     """
-    if "keras" in sys.modules:
+    if "keras" in sys.modules or any(isinstance(f, _QuietKerasImport) for f in sys.meta_path):
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
-    keras.config.disable_interactive_logging()
-    from absl import logging as absl_logging
+    sys.meta_path.insert(0, _QuietKerasImport())
 
-    absl_logging.set_verbosity(absl_logging.ERROR)
+
+class _QuietKerasImport:
+    """A one-shot meta-path finder: the real spec of `keras`, its module executed with fd 2 captured."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real = spec.loader.exec_module
+
+        def exec_module(module):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            sys.stderr.flush()
+            saved = os.dup(2)
+            with tempfile.TemporaryFile() as captured:
+                os.dup2(captured.fileno(), 2)
+                try:
+                    real(module)
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    captured.seek(0)
+                    lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+                    sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
+            module.config.disable_interactive_logging()
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_logging.ERROR)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 if __name__ == "__main__":
