@@ -28,7 +28,7 @@ def plot_confusion_matrix(metrics: dict, path: str | os.PathLike) -> Path:
     """
     matrix = np.asarray(metrics["confusion_matrix"])
     classes = metrics["classes"]
-    fig, canvas = _figure(size=(1.0 + 0.6 * len(classes), 1.0 + 0.5 * len(classes)))
+    fig, canvas = new_figure(size=(1.0 + 0.6 * len(classes), 1.0 + 0.5 * len(classes)))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -40,7 +40,7 @@ def plot_confusion_matrix(metrics: dict, path: str | os.PathLike) -> Path:
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    return _save(fig, canvas, path)
+    return save_png(canvas, path)
 
 
 def plot_history(history: dict, path: str | os.PathLike) -> Path:
@@ -58,7 +58,7 @@ def plot_history(history: dict, path: str | os.PathLike) -> Path:
     path : Path
         The written file.
     """
-    fig, canvas = _figure(size=(10, 4))
+    fig, canvas = new_figure(size=(10, 4))
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for key in (metric, f"val_{metric}"):
             if key in history:
@@ -66,10 +66,11 @@ def plot_history(history: dict, path: str | os.PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.legend()
-    return _save(fig, canvas, path)
+    return save_png(canvas, path)
 
 
-def _figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
+    """A constrained-layout `Figure` on its own Agg canvas (no pyplot, no global backend): (figure, canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -77,7 +78,8 @@ def _figure(size: tuple[float, float]):
     return fig, FigureCanvasAgg(fig)
 
 
-def _save(fig, canvas, path: str | os.PathLike) -> Path:
+def save_png(canvas, path: str | os.PathLike) -> Path:
+    """Write the canvas's figure as a PNG at `path` (its folder made) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(path)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from classify.plots import new_figure, save_png
+
 
 def plot_loss(history: dict, path, *, title: str = "loss") -> Path:
     """Write the per-epoch ``loss`` (and ``val_loss`` when present) of a Keras history as a PNG."""
-    fig, canvas = _figure((6, 4))
+    fig, canvas = new_figure((6, 4))
     ax = fig.add_subplot()
     for key in ("loss", "val_loss"):
         if key in history:
@@ -20,13 +22,13 @@ def plot_loss(history: dict, path, *, title: str = "loss") -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel(title)
     ax.legend()
-    return _save(canvas, path)
+    return save_png(canvas, path)
 
 
 def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, path, *, channels: int = 1) -> Path:
     """Write originals (top row, raw RGB uint8 or 0..255 floats) above their reconstructions (0..1) as a PNG."""
     n = len(images)
-    fig, canvas = _figure((1.2 * n + 0.4, 2.8))
+    fig, canvas = new_figure((1.2 * n + 0.4, 2.8))
     axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         axes[0, i].imshow(np.clip(images[i], 0, 255).astype(np.uint8))
@@ -36,19 +38,4 @@ def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, path, 
             ax.set_axis_off()
     axes[0, 0].set_title("original", loc="left", fontsize=9)
     axes[1, 0].set_title("reconstruction", loc="left", fontsize=9)
-    return _save(canvas, path)
-
-
-def _figure(size):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, FigureCanvasAgg(fig)
-
-
-def _save(canvas, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.print_png(path)
-    return path
+    return save_png(canvas, path)

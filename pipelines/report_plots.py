@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classify.plots import new_figure, save_png
+
 ANNOTATE_MAX_CLASSES = 30  # past this many classes the cells are too small to print numbers in
 
 
@@ -21,7 +23,7 @@ def plot_confusion_normalized(matrix, classes, path) -> Path:
     norm = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     k = len(classes)
     side = min(2.5 + 0.55 * k, 24.0)
-    fig, canvas = _figure((side + 1.2, side))
+    fig, canvas = new_figure((side + 1.2, side))
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
@@ -37,7 +39,7 @@ def plot_confusion_normalized(matrix, classes, path) -> Path:
                 continue
             ax.text(j, i, f"{norm[i, j]:.2f}\n({count})", ha="center", va="center", fontsize=size,
                     color="white" if norm[i, j] > 0.5 else "black")
-    return _save(canvas, path)
+    return save_png(canvas, path)
 
 
 def plot_reliability(bins: dict, path) -> Path:
@@ -46,7 +48,7 @@ def plot_reliability(bins: dict, path) -> Path:
     edges, count = bins["edges"], bins["count"]
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     filled = count > 0
-    fig, canvas = _figure((6, 6.5))
+    fig, canvas = new_figure((6, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     top.bar(centers[filled], bins["accuracy"][filled], width=width[filled], edgecolor="black", alpha=0.75,
@@ -60,24 +62,9 @@ def plot_reliability(bins: dict, path) -> Path:
     bottom.bar(centers, count, width=width, edgecolor="black", color="lightgrey")
     bottom.set_xlabel("probability of the predicted class")
     bottom.set_ylabel("rows")
-    return _save(canvas, path)
+    return save_png(canvas, path)
 
 
 def _plain(text) -> str:
     """A label as literal text: matplotlib would read a pair of `$` as mathematics."""
     return str(text).replace("$", r"\$")
-
-
-def _figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, FigureCanvasAgg(fig)
-
-
-def _save(canvas, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.print_png(path)
-    return path
