@@ -178,7 +178,6 @@ def main(argv=None):
     cheap_model(model_path)
     paths = sorted(str(p) for p in root.rglob("*.jpg"))
     only = set(args.only.split(",")) if args.only else {"decode", "resize", "peer", "featurehead"}
-    p_vgg = 256
     cores = os.cpu_count() or 1
     rates: dict[str, float] = {}
     for _ in range(args.repeat):  # interleaved, so a load change hits every contender alike
@@ -197,7 +196,7 @@ def main(argv=None):
             for name, rate in pool_rates(paths).items():
                 rates[name] = max(rates.get(name, 0), rate)
     if "vgg16" in only:
-        rates.update(vgg16_ratio(root, work, min(p_vgg, args.n)))
+        rates.update(vgg16_ratio(root, work, min(256, args.n)))  # 256 images: ~40 s per side
     print(f"N={args.n} JPEG 500x375 -> 224, cores={cores}, best of {args.repeat}")
     for name, rate in rates.items():
         print(f"  {name:28s} {rate:8.1f} img/s")

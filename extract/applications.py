@@ -54,7 +54,7 @@ class KerasApplicationExtractor(Extractor):
         The compute dtype (Keras mixed precision); features are stored as float32 whatever it is.
     """
 
-    backbone: "Backbone" = None  # set on each registered subclass
+    backbone: Backbone | None = None  # set on each registered subclass
     application = ""  # the keras.applications constructor name
 
     def __init__(
@@ -224,8 +224,8 @@ class Backbone:
     def name(self) -> str:
         return self.constructor.lower()
 
-    def feature_dims(self, input_size: int | None = None) -> dict:
-        """Features per image for each pooling at the default input size (`input_size` is not yet supported)."""
+    def feature_dims(self) -> dict:
+        """Features per image for each pooling at the default input size."""
         return {"flatten": self.grid * self.grid * self.channels, "avg": self.channels, "max": self.channels}
 
 

@@ -143,10 +143,6 @@ class Extractor:
         """How images are fitted to the input: "squash" or "crop" (see `extract.load_image`)."""
         return self._config.get("resize", "squash")
 
-    def decode_args(self) -> dict:
-        """The `size` and `resize` arguments of `extract.read_batch` that give this extractor its input."""
-        return {"size": self.input_shape[:2], "resize": self.resize}
-
     @property
     def output_dim(self) -> int:
         return int(np.prod(self.model.output_shape[1:]))
