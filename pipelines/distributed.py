@@ -59,7 +59,6 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
     `items[i]` is `(path, view number, content seed)` of `keys[i]`. Idempotent: a complete shard is returned as is.
     """
     from extract import ImageReadError
-
     from extract.images import decoded_batches
 
     from .extraction import library_versions

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from collections.abc import Callable, Sequence
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,9 @@ import numpy as np
 
 import features_store
 from extract import ImageIndex, ImageReadError, canonical_json
-from extract.images import decoded_batches, default_workers  # noqa: F401  (default_workers: re-exported)
 from extract.augment import view_layout
 from extract.content import content_keys, content_seed, view_key
+from extract.images import decoded_batches, default_workers  # noqa: F401  (default_workers: re-exported)
 
 from .views import AugmentedViews, apply_views, store_identity, training_split
 

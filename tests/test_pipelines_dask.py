@@ -4,8 +4,8 @@ worker SIGKILLed mid-shard, a restarted driver, and a shard task run twice."""
 import hashlib
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
