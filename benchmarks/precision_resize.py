@@ -11,7 +11,10 @@ point. Probe: `LogisticRegression(max_iter=2000)` on standardised features, 5-fo
 
 Settings (each against the first):
 - `pillow_full_squash`: the previous decoder (Pillow full-size decode, antialiased bilinear resize), fp32;
-- `turbo_squash`: this decoder (libjpeg-turbo DCT-domain downscale, then the same resize), fp32;
+- `turbo_pillow_squash`: issue 11's first decoder (libjpeg-turbo DCT-domain downscale, then Pillow's
+  antialiased bilinear resize), fp32;
+- `turbo_squash`: this decoder (the same DCT-domain downscale, then OpenCV: bilinear up to a 2x shrink, area
+  averaging beyond), fp32;
 - `turbo_crop`: the same with `--resize crop`;
 - `turbo_squash_bf16`, `turbo_squash_fp16`: `--precision bfloat16` / `float16`;
 - `turbo_squash_store_fp16`: fp32 features stored as float16 (`--dtype float16`) and read back.
@@ -61,6 +64,19 @@ def pillow_full(paths, size) -> np.ndarray:
     return out
 
 
+def turbo_pillow(paths, size) -> np.ndarray:
+    """Issue 11's first decoder: the same DCT-domain downscale, then Pillow's antialiased bilinear resize (what
+    `extract.images` does on a machine without OpenCV)."""
+    import extract.images as images
+    from extract import read_batch
+
+    saved, images.cv2 = images.cv2, None
+    try:
+        return read_batch(paths, size)[0]
+    finally:
+        images.cv2 = saved
+
+
 def probe(features: np.ndarray, y: np.ndarray) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -83,6 +99,7 @@ def main(argv=None):
     size = args.size
     decoded = {
         "pillow_full_squash": pillow_full(paths, size),
+        "turbo_pillow_squash": turbo_pillow(paths, size),
         "turbo_squash": read_batch(paths, size)[0],
         "turbo_crop": read_batch(paths, size, resize="crop")[0],
     }
@@ -108,11 +125,14 @@ def main(argv=None):
     print("forward pass only, img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     print(f"  bf16 / fp32 {timings['bfloat16'] / timings['float32']:.2f}x, "
           f"fp16 / fp32 {timings['float16'] / timings['float32']:.2f}x")
-    diff = np.abs(decoded["turbo_squash"].astype(int) - decoded["pillow_full_squash"].astype(int))
-    print(f"pixels, turbo_squash against pillow_full_squash: mean |diff| {diff.mean():.2f}, max {diff.max()}")
+    diffs = {}
+    for name in ("turbo_pillow_squash", "turbo_squash"):
+        diff = np.abs(decoded[name].astype(int) - decoded["pillow_full_squash"].astype(int))
+        diffs[name] = float(diff.mean())
+        print(f"pixels, {name} against pillow_full_squash: mean |diff| {diff.mean():.2f}, max {diff.max()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"accuracy": results, "img_per_s": timings,
-                                               "pixel_mean_abs_diff": float(diff.mean())}, indent=2))
+        Path(args.json).write_text(json.dumps({"size": size, "accuracy": results, "img_per_s": timings,
+                                               "pixel_mean_abs_diff": diffs}, indent=2))
 
 
 if __name__ == "__main__":
