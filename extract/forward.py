@@ -6,6 +6,9 @@
   the previous one's features are copied back.
 - torch: `torch.inference_mode`, the batch pinned in host memory and copied without blocking when the device is
   a GPU, and `torch.compile` when asked (`compile=True`; it helps on a GPU, costs a long warm-up on a CPU).
+  Channels-last needs nothing of ours: the batch is NHWC, and Keras's torch backend hands every convolution its
+  input and kernel in `torch.channels_last` memory format itself (`keras/src/backend/torch/nn.py`, `conv` ->
+  `_maybe_convert_to_channels_last`, Keras 3.15), so cuDNN gets the NHWC layout it is fastest on.
 
 Every batch has the same shape (the last one is padded), so nothing recompiles.
 """
