@@ -141,8 +141,8 @@ def _open(path: Path, fingerprint: str, *, write: bool) -> h5py.File | None:
     if stored != fingerprint:
         f.close()
         raise StoreMismatchError(
-            f"{path} caches features of fingerprint {stored[:12]}, not {fingerprint[:12]}; delete it or use "
-            "another cache_dir."
+            f"{path} caches features of fingerprint {stored[:12]}, not {fingerprint[:12]} as its name says (a file "
+            "copied or renamed by hand); use another cache_dir, or move that file away."
         )
     return f
 
@@ -255,7 +255,7 @@ def append(
 def _append_rows(f: h5py.File, keys: np.ndarray, x: np.ndarray, names: list[str]) -> int:
     if f["features"].shape[1] != x.shape[1]:
         raise StoreMismatchError(f"{f.filename} holds {f['features'].shape[1]} features per row, "
-                                 f"not {x.shape[1]}; delete it or use another cache_dir.")
+                                 f"not {x.shape[1]} (a file copied or renamed by hand); use another cache_dir, or move that file away.")
     index, new, seen = _row_of(f), [], set()
     for i, key in enumerate(keys.tolist()):
         if key and key not in index and key not in seen:

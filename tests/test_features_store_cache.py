@@ -128,8 +128,10 @@ def test_refuses_another_fingerprint_and_bad_rows(tmp_path):
     keys = cache.array_keys(np.zeros((1, 1), np.uint8))
     cache.append(tmp_path, FP, keys, _rows(1), extractor=SPEC)
     os.replace(cache.cache_path(tmp_path, FP), cache.cache_path(tmp_path, FP[:16] + "cd" * 24))
-    with pytest.raises(StoreMismatchError, match="caches features of fingerprint"):
+    with pytest.raises(StoreMismatchError, match="caches features of fingerprint") as err:
         cache.lookup(tmp_path, FP[:16] + "cd" * 24, keys)
+    # the file is whole, only misnamed: the advice is to move it, never to delete it (issue 13, item 9)
+    assert "move that file away" in str(err.value) and "delete" not in str(err.value)
     with pytest.raises(ValueError, match=r"`features` must have shape \(1, n_features\)"):
         cache.append(tmp_path, FP, keys, _rows(2), extractor=SPEC)
     with pytest.raises(ValueError, match="`fingerprint` must be a hex digest string"):
