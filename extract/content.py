@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .fingerprint import file_sha256
+from .images import default_workers
 
 
 def view_key(content_key: str, view: int, augmentation_json: str) -> str:
@@ -68,7 +69,7 @@ def content_keys(
     known : mapping of id to (size, mtime_ns, key), default=None
         Keys computed before under this same root: a file whose size and mtime are unchanged is not hashed again.
     workers : int, default=None
-        Hashing threads (hashlib releases the GIL); default 4.
+        Hashing threads (hashlib releases the GIL); default one per core (more only contend for the GIL here).
 
     Returns
     -------
@@ -80,8 +81,18 @@ def content_keys(
         Why a key is "" ("" otherwise).
     """
     known = known or {}
-    with ThreadPoolExecutor(max_workers=workers or 4) as pool:
-        results = list(pool.map(lambda i: _stat_key(root / i, known.get(i)), ids, chunksize=64))
+    ids = list(ids)
+    workers = workers or default_workers()
+    # One task per slice of files, not per file: per-file futures cost more than hashing a 40 kB JPEG (measured:
+    # 1000 files in 0.13 s with a future each, 0.05 s in one plain loop; `chunksize` is ignored by threads).
+    step = max(1, -(-len(ids) // (workers * 4)))
+    slices = [ids[lo:lo + step] for lo in range(0, len(ids), step)]
+
+    def hash_slice(part):
+        return [_stat_key(os.path.join(root, i), known.get(i)) for i in part]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [r for part in pool.map(hash_slice, slices) for r in part]
     keys = [r[0] for r in results]
     size = np.array([r[1] for r in results], dtype=np.int64)
     mtime = np.array([r[2] for r in results], dtype=np.int64)

@@ -127,14 +127,36 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
     if colorspace not in ("YCbCr", "Gray", "RGB"):
         return None
     _check_pixels(width, height)
-    with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
-        orientation = header.getexif().get(0x0112, 1)
+    orientation = 1
+    if _may_have_exif(data):
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
+            orientation = header.getexif().get(0x0112, 1)
     min_w, min_h = (0, 0) if hw is None else _needed((width, height), hw, resize, orientation)
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_h, min_width=min_w, strict=True)
     except ValueError:
         return None  # libjpeg-turbo's warnings (a corrupt segment): Pillow decodes what it can, or says why not
     return _fit(_orient(arr, orientation), hw, resize)
+
+
+def _may_have_exif(data: bytes) -> bool:
+    """False only when the JPEG's segments before the scan hold no EXIF block (no orientation to read), so that
+    Pillow's header parser (Python, holding the GIL) is spared; anything unexpected says True."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return True
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: every header segment has been seen
+            return False
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            return True
+        i += 2 + length
+    return True
 
 
 def _decode_pillow(data: bytes, hw, resize: str) -> np.ndarray:

@@ -77,6 +77,18 @@ def test_every_exif_orientation_is_displayed_as_pillow_shows_it(tmp_path, orient
     assert ours.shape == shown.shape and np.abs(ours - shown).mean() < 2
 
 
+def test_orientation_is_found_behind_other_header_segments(tmp_path):
+    """The EXIF block is looked for among all the segments before the scan (here a 70 kB ICC profile, split
+    over two APP2 segments); a JPEG without one is read without Pillow's header parser, upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "icc.jpg", exif=exif,
+                                                          icc_profile=b"x" * 70000)
+    assert load_image(tmp_path / "icc.jpg").shape == (20, 10, 3)
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "plain.jpg", icc_profile=b"x" * 70000)
+    assert load_image(tmp_path / "plain.jpg").shape == (10, 20, 3)
+
+
 def test_a_large_shrink_is_antialiased(tmp_path):
     """One-pixel stripes shrunk 4.7x come out near their average grey, not as aliased stripes (measured: area
     averaging std 13.7, Pillow's triangle 3.1, plain bilinear 73)."""
