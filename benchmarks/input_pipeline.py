@@ -136,6 +136,40 @@ def pool_rates(paths) -> dict:
     return rates
 
 
+def resize_quality(paths, size: int = 224) -> dict:
+    """Mean |difference| (grey levels) from a full-size decode + Pillow's antialiased bilinear resize, on 100
+    images: the decoder in use (`extract.load_image`), session 3's decoder (the same DCT-domain downscale, then
+    Pillow's antialiased resize: `extract.images` without OpenCV), and the peer's recipe (full decode, bilinear
+    without antialiasing)."""
+    import cv2
+    from PIL import Image
+
+    import extract.images as images
+
+    def reference(p):
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)).astype(int)
+
+    def peer(p):
+        with Image.open(p) as im:
+            full = np.asarray(im.convert("RGB"))
+        return cv2.resize(full, (size, size), interpolation=cv2.INTER_LINEAR)
+
+    def session3(p):
+        saved, images.cv2 = images.cv2, None
+        try:
+            return images.load_image(p, size)
+        finally:
+            images.cv2 = saved
+
+    contenders = {"quality_featurehead": lambda p: images.load_image(p, size),
+                  "quality_session3_decoder": session3, "quality_peer_recipe": peer}
+    sample = paths[:100]
+    refs = [reference(p) for p in sample]
+    return {name: float(np.mean([np.abs(f(p).astype(int) - r).mean() for p, r in zip(sample, refs)]))
+            for name, f in contenders.items()}
+
+
 def vgg16_ratio(root: Path, work: Path, n: int) -> dict:
     """VGG16 end to end (run_extract) against its model-only forward over the same decoded images."""
     from extract import get_extractor, read_batch, read_index
@@ -167,7 +201,8 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None, help="featurehead decode workers (default: its default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16 (default: the first four)")
+                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16,quality "
+                        "(default: the first four)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     work = Path(args.workdir)
@@ -180,30 +215,40 @@ def main(argv=None):
     only = set(args.only.split(",")) if args.only else {"decode", "resize", "peer", "featurehead"}
     cores = os.cpu_count() or 1
     rates: dict[str, float] = {}
+    pairs: list[float] = []  # featurehead / peer within each repeat: the two measured back to back
     for _ in range(args.repeat):  # interleaved, so a load change hits every contender alike
+        this: dict[str, float] = {}
         if "decode" in only:
             rates["pillow_decode_1core"] = max(rates.get("pillow_decode_1core", 0), pillow_rate(paths, False))
         if "resize" in only:
             rates["pillow_decode_resize_1core"] = max(rates.get("pillow_decode_resize_1core", 0),
                                                       pillow_rate(paths, True))
         if "peer" in only:
-            rates["peer"] = max(rates.get("peer", 0), peer_rate(root, model_path))
+            this["peer"] = peer_rate(root, model_path)
+            rates["peer"] = max(rates.get("peer", 0), this["peer"])
         if "featurehead" in only:
-            rates["featurehead"] = max(rates.get("featurehead", 0),
-                                       featurehead_rate(root, model_path, work / "store", args.workers,
-                                                        args.batch_size))
+            this["featurehead"] = featurehead_rate(root, model_path, work / "store", args.workers, args.batch_size)
+            rates["featurehead"] = max(rates.get("featurehead", 0), this["featurehead"])
+        if len(this) == 2:
+            pairs.append(this["featurehead"] / this["peer"])
         if "pools" in only:
             for name, rate in pool_rates(paths).items():
                 rates[name] = max(rates.get(name, 0), rate)
     if "vgg16" in only:
         rates.update(vgg16_ratio(root, work, min(256, args.n)))  # 256 images: ~40 s per side
+    quality = resize_quality(paths) if "quality" in only else {}
     print(f"N={args.n} JPEG 500x375 -> 224, cores={cores}, best of {args.repeat}")
     for name, rate in rates.items():
         print(f"  {name:28s} {rate:8.1f} img/s")
-    result = {"n": args.n, "cores": cores, "rates": rates}
+    for name, diff in quality.items():
+        print(f"  {name:28s} {diff:8.2f} grey levels from a full decode + antialiased resize")
+    result = {"n": args.n, "cores": cores, "rates": rates, "quality": quality}
     if "featurehead" in rates and "peer" in rates:
         result["featurehead_over_peer"] = rates["featurehead"] / rates["peer"]
         print(f"  featurehead / peer                     {result['featurehead_over_peer']:.2f}x  (goal >= 1.0)")
+        result["featurehead_over_peer_per_repeat"] = pairs
+        print(f"    per repeat (back to back): median {float(np.median(pairs)):.2f}x, "
+              f"range {min(pairs):.2f}-{max(pairs):.2f}x")
     if "featurehead" in rates and "pillow_decode_1core" in rates:
         ceiling = rates["pillow_decode_1core"] * cores
         result["featurehead_over_ceiling"] = rates["featurehead"] / ceiling
