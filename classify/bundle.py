@@ -205,9 +205,9 @@ def save_bundle(
 
         stripped, network = _without_network(estimator)
         if network is not None:
-            from classify.mlp import _model_to_bytes
+            from classify.mlp_network import model_to_bytes
 
-            data = _model_to_bytes(network)
+            data = model_to_bytes(network)
             files["network"] = (NETWORK_FILE, _write_atomic(out_dir / NETWORK_FILE, lambda f: f.write(data)))
         state = skops.io.dumps(stripped)
         files["model"] = (MODEL_FILE, _write_atomic(out_dir / MODEL_FILE, lambda f: f.write(state)))
@@ -306,7 +306,7 @@ def save_model_bundle(
     path : Path
         The bundle directory.
     """
-    from classify.mlp import _model_to_bytes
+    from classify.mlp_network import model_to_bytes
 
     out_dir = Path(out_dir)
     classes = [str(c) for c in classes]
@@ -314,7 +314,7 @@ def save_model_bundle(
         raise ValueError(f"`classes` must name the model's {model.output_shape[-1]} outputs. Received: {classes!r}")
     _check_target(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = _model_to_bytes(model)
+    data = model_to_bytes(model)
     input_shape = [int(d) for d in model.input_shape[1:]]
     manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": FULL_MODEL_FILE,
                 "model_sha256": _write_atomic(out_dir / FULL_MODEL_FILE, lambda f: f.write(data)),
@@ -372,23 +372,23 @@ def load_bundle(path: str | os.PathLike, *, trust_pickle: bool = False) -> Bundl
     manifest = _read_manifest(path)
     data = _verified(path, manifest["model_file"], manifest["model_sha256"])
     if manifest["kind"] == "full":  # custom layers of the model must be registered by the caller
-        from classify.mlp import _model_from_bytes
+        from classify.mlp_network import model_from_bytes
 
-        return Bundle(estimator=_load_keras(path / manifest["model_file"], data, _model_from_bytes),
+        return Bundle(estimator=_load_keras(path / manifest["model_file"], data, model_from_bytes),
                       manifest=manifest, path=path)
     if manifest["model_format"] == "joblib":
         return Bundle(estimator=_load_pickle(path / manifest["model_file"], data, trust_pickle),
                       manifest=manifest, path=path)
     estimator = _load_skops(path / manifest["model_file"], data)
     if manifest.get("network_file"):
-        from classify.mlp import _model_from_bytes
+        from classify.mlp_network import model_from_bytes
 
         network = _verified(path, manifest["network_file"], manifest.get("network_sha256"))
         found = _networks(estimator)
         if len(found) != 1:
             raise BundleFormatError(f"{path / manifest['network_file']} has no KerasMLPClassifier to belong to in "
                                     f"{path / manifest['model_file']}")
-        found[0][1].model_ = _load_keras(path / manifest["network_file"], network, _model_from_bytes)
+        found[0][1].model_ = _load_keras(path / manifest["network_file"], network, model_from_bytes)
     return Bundle(estimator=estimator, manifest=manifest, path=path)
 
 
