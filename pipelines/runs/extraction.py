@@ -368,7 +368,7 @@ def run_extract(
     dtype : {"float32", "float16"}, optional
         Storage type of the features; default the existing store's own, float32 for a new store.
     client : distributed.Client, optional
-        Extract the shards as Dask tasks on this client's workers (see `pipelines.distributed`); the workers must
+        Extract the shards as Dask tasks on this client's workers (see `pipelines.scale.distributed`); the workers must
         see `out` and the images at the same paths (a shared filesystem on a real cluster).
 
     Returns
@@ -394,7 +394,7 @@ def run_extract(
         target = Target(session, session.missing(plan.keys), shard_rows)
         args = view_args(index, plan, views)
         if client is not None:
-            from .distributed import fill_store_on_dask
+            from ..scale.distributed import fill_store_on_dask
 
             if target.missing and session.manifest is not None:
                 session.write_view(**args, versions=base_versions())  # "incomplete" until the new rows are in

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how features are stored: float16 halves the disk (default: the store's own; float32 for a "
                    "new store)")
     _add_extractor_args(p)
-    from .cli_augment import add_augment_args
+    from .augment import add_augment_args
 
     add_augment_args(p, views=True)
 
@@ -188,7 +188,7 @@ def _add_output_flags(p: argparse.ArgumentParser, default) -> None:
 
 # Subcommands of the seed workflows and the scikit-learn composition live in their own modules; each has
 # `add_parsers(sub)` (setting `func` on its parsers with `set_defaults`) and imports nothing heavy at start-up.
-COMMAND_MODULES = ("pipelines.cli_workflows", "pipelines.cli_augment", "pipelines.cli_compose", "pipelines.cli_report")
+COMMAND_MODULES = ("pipelines.cli.workflows", "pipelines.cli.augment", "pipelines.cli.compose", "pipelines.cli.report")
 
 
 def _command_modules():
@@ -222,17 +222,17 @@ def _extractor_from_args(args):
 def cmd_extract(args) -> int:
     from extract import read_index
 
-    from .extraction import run_extract
-    from .inspection import write_failures_csv
+    from ..runs.extraction import run_extract
+    from ..runs.inspection import write_failures_csv
 
     index = read_index(args.index, args.images_root)  # validated before any model is built
     extractor = _extractor_from_args(args)
     extractor.validate()
-    from .cli_augment import views_from_args
+    from .augment import views_from_args
 
     client = None
     if args.dask:
-        from .distributed import client_from_spec
+        from ..scale.distributed import client_from_spec
 
         client = client_from_spec(args.dask)
     try:
@@ -262,7 +262,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspection import describe_store, store_summary
+    from ..runs.inspection import describe_store, store_summary
 
     if args.json:
         import json
@@ -274,7 +274,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from .inspection import compact_store
+    from ..runs.inspection import compact_store
 
     counts = compact_store(args.store, shard_rows=args.shard_rows)
     print(f"compacted: {counts['rows_before']} -> {counts['rows_after']} stored rows, "
@@ -293,7 +293,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .heads import run_train
+    from ..runs.heads import run_train
 
     given = {k: getattr(args, k) for k in ("C", "hidden", "dropout", "learning_rate", "epochs")
              if getattr(args, k) is not None}
@@ -319,7 +319,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .heads import run_predict
+    from ..runs.heads import run_predict
 
     result = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
                          progress=_progress(args, "extract"))
@@ -333,7 +333,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from classify import format_metrics
 
-    from .heads import run_evaluate
+    from ..runs.heads import run_evaluate
 
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
@@ -370,7 +370,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..runs.demo import run_demo
 
     weights = "none" if args.weights.lower() == "none" else args.weights
     result = run_demo(args.out, input_size=args.input_size, weights=weights, epochs=args.epochs,
@@ -486,6 +486,3 @@ class _QuietKerasImport:
         spec.loader.exec_module = exec_module
         return spec
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import numpy as np
 from classify import encode_labels, model_accuracy
 from extract import ImageIndex, ImageReadError, read_batch
 
-from .extraction import default_workers
+from ..runs.extraction import default_workers
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
-    from .cli import _add_extractor_args
+    from .app import _add_extractor_args
 
     p = sub.add_parser("sweep", help="extract several layers in one forward pass and probe each with a CV logreg")
     p.add_argument("index", help="a CSV (filename,label[,split]) or a folder of class subfolders")
@@ -22,8 +22,8 @@ def add_parsers(sub) -> None:
 def cmd_sweep(args) -> int:
     from extract import read_index
 
-    from .cli import _extractor_from_args, _progress
-    from .sweep import run_sweep
+    from ..workflows.sweep import run_sweep
+    from .app import _extractor_from_args, _progress
 
     if args.layer is not None:
         raise ValueError(f"`sweep` takes `--layers`, not `--layer`. Received: --layer {args.layer}")

@@ -18,7 +18,7 @@ import pandas as pd
 import features_store
 from extract import ImageIndex
 
-from .extraction import Target, base_versions, default_store_path, fill_stores, plan_rows, view_args
+from ..runs.extraction import Target, base_versions, default_store_path, fill_stores, plan_rows, view_args
 
 logger = logging.getLogger(__name__)
 

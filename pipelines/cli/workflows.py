@@ -1,6 +1,6 @@
 """CLI subcommands for CAE pre-training, saved-model bases, class-split transfer.
 
-`pretrain-cae` and `pretrain-cnn` each call one runner of `pipelines.pretrain`; their models then serve as
+`pretrain-cae` and `pretrain-cnn` each call one runner of `pipelines.workflows.pretrain`; their models then serve as
 frozen extractors through `featurehead extract --model cae|keras --weights MODEL.keras [--layer NAME]`.
 """
 
@@ -48,8 +48,8 @@ def _ints(text: str) -> tuple:
 def cmd_pretrain_cae(args) -> int:
     from extract import read_index
 
-    from .cli import _progress
-    from .pretrain import CAEConfig, run_pretrain_cae
+    from ..workflows.pretrain import CAEConfig, run_pretrain_cae
+    from .app import _progress
 
     index = read_index(args.index, args.images_root)
     config = CAEConfig(input_size=args.input_size, channels=args.channels, filters=_ints(args.filters),
@@ -67,8 +67,8 @@ def cmd_pretrain_cae(args) -> int:
 def cmd_pretrain_cnn(args) -> int:
     from extract import read_index
 
-    from .cli import _progress
-    from .pretrain import CNNConfig, run_pretrain_cnn
+    from ..workflows.pretrain import CNNConfig, run_pretrain_cnn
+    from .app import _progress
 
     index = read_index(args.index, args.images_root)
     config = CNNConfig(input_size=args.input_size, channels=args.channels, epochs=args.epochs,

@@ -61,8 +61,8 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
     from extract import ImageReadError
     from extract.images import decoded_batches
 
-    from .extraction import library_versions
-    from .views import apply_views
+    from ..runs.extraction import library_versions
+    from ..runs.views import apply_views
 
     extractor = _worker_extractor(extractor)
     versions = {**library_versions(), "worker": f"{os.uname().nodename}:{os.getpid()}"}
