@@ -23,7 +23,7 @@ import features_store
 from extract import ImageIndex, ImageReadError, canonical_json
 from extract.augment import view_layout
 from extract.content import content_keys, content_seed, view_key
-from extract.images import decoded_batches, default_workers  # noqa: F401  (default_workers: re-exported)
+from extract.images import decoded_batches
 
 from ..scale.distributed import fill_store_on_dask
 from .versions import base_versions, library_versions

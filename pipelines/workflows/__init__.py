@@ -1,2 +1,2 @@
-"""The seed workflows: the four-scenario guidance (`advice`), fine-tuning (`finetune`), CAE and small-CNN
-pre-training (`pretrain`, its plots in `pretrain_plots`) and the layer sweep (`sweep`)."""
+"""The seed workflows: the four-scenario guidance (`advice`), fine-tuning (`finetune`), pre-training of the CAE
+and the small CNN (`pretrain`, with its plots) and the layer sweep (`sweep`)."""
