@@ -42,7 +42,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dask_extract-"))
     if work.exists():
         shutil.rmtree(work)
-    from pipelines.demo import write_digits
+    from pipelines.runs.demo import write_digits
 
     index = write_digits(work / "digits")
     single = extract(index, work / "single")

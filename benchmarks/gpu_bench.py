@@ -87,7 +87,7 @@ def main(argv=None):
     from extract import get_extractor, read_batch, read_index
     from extract.forward import make_forward
     from extract.images import default_workers
-    from pipelines.extraction import run_extract
+    from pipelines.runs.extraction import run_extract
 
     backend = keras.backend.backend()
     work = Path(args.workdir)

@@ -48,7 +48,7 @@ def extract(index: Path, store: Path, *extra: str) -> tuple[float, str]:
 def model_ceiling(index: Path, n: int) -> dict:
     """End-to-end rows/s of `run_extract` against the model-only forward on the same, already decoded images."""
     from extract import get_extractor, read_batch, read_index
-    from pipelines.extraction import run_extract
+    from pipelines.runs.extraction import run_extract
 
     index = read_index(index)
     extractor = get_extractor("vgg16", weights="none", input_size=64, pooling="avg")
@@ -77,7 +77,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="store_refresh-"))
     if work.exists():
         shutil.rmtree(work)
-    from pipelines.demo import write_digits
+    from pipelines.runs.demo import write_digits
 
     index = write_digits(work / "digits")
     frame = pd.read_csv(index, dtype=str, keep_default_na=False)

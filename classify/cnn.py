@@ -119,7 +119,7 @@ def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optim
         None keeps the Keras default of the optimizer.
     seed : int, optional
         Seeds the batch order of arrays (each epoch reshuffled by a generator of our own, never a global one). A
-        PyDataset is taken in its own order: it shuffles itself, as `pipelines.pretrain.image_batches` does.
+        PyDataset is taken in its own order: it shuffles itself, as `pipelines.workflows.pretrain.image_batches` does.
 
     Returns
     -------

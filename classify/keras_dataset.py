@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from classify.labels import encode_labels
+from classify.mlp_network import build_mlp
 
 BatchFactory = Callable[[], Iterable[tuple[Any, Any]]]
 
@@ -143,8 +144,6 @@ def fit_mlp_batches(
         Fitted in place (`classes_`, `n_features_in_`, `model_`, `history_`).
     """
     import keras
-
-    from classify.mlp import build_mlp
 
     hidden = estimator._check_params()
     classes = np.unique(np.asarray(classes))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +17,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from classify.holdout import holdout
+from classify.keras_dataset import array_batches, fit_mlp_batches
 from classify.labels import encode_labels
+from classify.mlp_network import build_mlp, model_from_bytes, model_to_bytes, network_proba
 
 logger = logging.getLogger(__name__)
-
-# Rows per forward pass in `predict_proba`: big enough to amortise the call, small enough for 25088-d rows.
-_PREDICT_CHUNK = 1024
 
 
 class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
@@ -170,8 +167,6 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : KerasMLPClassifier
         """
-        from classify.keras_dataset import fit_mlp_batches
-
         return fit_mlp_batches(self, batches, classes, n_features, n_batches=n_batches, validation=validation,
                                n_validation_batches=n_validation_batches)
 
@@ -190,20 +185,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        from keras import ops
-
-        # A float32 forward pass rounds a row's last bits differently with its position in the batch (about
-        # 4e-8 relative, measured). Running the rows in one canonical order (by their bytes) makes the result
-        # independent of the order they are given in; across batch compositions it holds to ~1e-6 relative.
-        order = _canonical_order(X)
-        chunks = [  # one chunk of rows copied at a time: never a second whole X
-            ops.convert_to_numpy(self.model_(X[order[start : start + _PREDICT_CHUNK]], training=False))
-            for start in range(0, X.shape[0], _PREDICT_CHUNK)
-        ]
-        proba = np.empty((len(order), self.classes_.shape[0]), dtype=np.float64)
-        proba[order] = np.concatenate(chunks)
-        # softmax in float32 sums to 1 only to ~1e-7; renormalise the small (n, k) array
-        return proba / proba.sum(axis=1, keepdims=True)
+        return network_proba(self.model_, X, self.classes_.shape[0])
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class.
@@ -224,12 +206,12 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
         if "model_" in state:
-            state["model_"] = _model_to_bytes(state["model_"])
+            state["model_"] = model_to_bytes(state["model_"])
         return state
 
     def __setstate__(self, state: dict) -> None:
         if isinstance(state.get("model_"), bytes):
-            state = {**state, "model_": _model_from_bytes(state["model_"])}
+            state = {**state, "model_": model_from_bytes(state["model_"])}
         super().__setstate__(state)
 
     def __sklearn_tags__(self):
@@ -309,8 +291,6 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None,
                   groups: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None):
         """The data keyword arguments of ``model.fit``: with validation rows and EarlyStopping when possible."""
-        from classify.keras_dataset import array_batches
-
         def data(rows):
             return {"x": array_batches(X[rows], codes[rows], weights[rows], batch_size=self.batch_size, seed=seed)}
 
@@ -330,73 +310,3 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             fit["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                               restore_best_weights=True)]
         return fit
-
-
-def _canonical_order(X: np.ndarray) -> np.ndarray:
-    """A permutation that sorts the rows of `X` by their bytes, so that any reordering of X sorts alike."""
-    if X.shape[0] < 2:
-        return np.arange(X.shape[0])
-    rows = np.ascontiguousarray(X).view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()
-    return np.argsort(rows, kind="stable")
-
-
-def build_mlp(n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int], dropout: float,
-              seed: int | None = None):
-    """Build the uncompiled Dense(relu) + Dropout network with a softmax output.
-
-    Parameters
-    ----------
-    n_features : int
-        Input dimension.
-    n_classes : int
-        Output units.
-    hidden_layer_sizes : sequence of int
-        Units of each hidden layer.
-    dropout : float
-        Dropout rate after each hidden layer.
-    seed : int, optional
-        Seeds each layer's initializer and dropout (``seed + i``); None: Keras's unseeded defaults.
-
-    Returns
-    -------
-    model : keras.Model
-        A functional model mapping ``(batch, n_features)`` to ``(batch, n_classes)`` probabilities.
-    """
-    import keras
-
-    def seeded(i):
-        return {} if seed is None else {"seed": seed + i}
-
-    def kernel(i):
-        return {} if seed is None else {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + i)}
-
-    inputs = keras.Input(shape=(n_features,), name="features")
-    x = inputs
-    for i, units in enumerate(hidden_layer_sizes, start=1):
-        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}", **kernel(2 * i))(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout{i}", **seeded(2 * i + 1))(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="proba", **kernel(0))(x)
-    return keras.Model(inputs, outputs, name="mlp_head")
-
-
-def _model_to_bytes(model: Any) -> bytes:
-    """The `.keras` archive of `model`, as bytes (Keras only saves to files)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _model_from_bytes(data: bytes) -> Any:
-    """Inverse of `_model_to_bytes`, in Keras's safe mode (a Lambda layer's code is refused, never run).
-
-    Not compiled: a refit rebuilds and compiles a new network.
-    """
-    import keras
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        with open(path, "wb") as f:
-            f.write(data)
-        return keras.saving.load_model(path, compile=False, safe_mode=True)

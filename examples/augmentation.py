@@ -1,6 +1,6 @@
 """Experiment 1: does training on augmented views help when labelled digits are few?
 
-Real data: scikit-learn's 1797 handwritten digits, written as PNG files by `pipelines.demo.write_digits` (8x8
+Real data: scikit-learn's 1797 handwritten digits, written as PNG files by `pipelines.runs.demo.write_digits` (8x8
 scaled 4x to 32 px, 60/20/20 stratified split) and read back at the seed's 28x28. Head: StandardScaler +
 LogisticRegression on raw pixels (cheap, so 5 seeds fit in minutes on 2 cores). For each seed, n labelled
 training digits are drawn (stratified) from the train split, with and without K augmented views each
@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from extract import read_batch, read_index  # noqa: E402
 from extract.augment import Augmentation, row_views  # noqa: E402
-from pipelines.demo import write_digits  # noqa: E402
+from pipelines.runs.demo import write_digits  # noqa: E402
 
 AUGMENTATION = Augmentation(rotation=0.03, zoom=0.08, fill_mode="constant")
 SIZE = 28

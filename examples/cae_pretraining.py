@@ -24,9 +24,9 @@ import features_store
 from classify import make_head
 from extract import get_extractor, read_batch, read_index
 from extract.autoencoder import build_autoencoder, reconstruction_target
-from pipelines.demo import write_digits
-from pipelines.extraction import run_extract
-from pipelines.pretrain import CAEConfig, run_pretrain_cae
+from pipelines.runs.demo import write_digits
+from pipelines.runs.extraction import run_extract
+from pipelines.workflows.pretrain import CAEConfig, run_pretrain_cae
 
 SIZE = 28
 

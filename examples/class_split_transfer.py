@@ -23,8 +23,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before Keras loads (imports below are lazy)
 
 from extract import read_index
-from pipelines.demo import write_digits
-from pipelines.pretrain import CNNConfig, run_pretrain_cnn
+from pipelines.runs.demo import write_digits
+from pipelines.workflows.pretrain import CNNConfig, run_pretrain_cnn
 
 LOW, HIGH = [str(d) for d in range(5)], [str(d) for d in range(5, 10)]
 

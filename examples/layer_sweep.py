@@ -9,7 +9,7 @@ import argparse
 from _digits import EXTRACTOR, digit_images
 
 from extract import get_extractor, read_index
-from pipelines.sweep import run_sweep
+from pipelines.workflows.sweep import run_sweep
 
 
 def main():

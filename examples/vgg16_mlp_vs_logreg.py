@@ -1,6 +1,6 @@
 """Experiment 4: the seed's VGG16 -> 25088 features -> MLP(1000-500-150) versus logistic regression.
 
-Real data: scikit-learn's digits as PNG files (`pipelines.demo.write_digits`). Features come from the real
+Real data: scikit-learn's digits as PNG files (`pipelines.runs.demo.write_digits`). Features come from the real
 pipeline (`run_extract` into an HDF5 store) at `--input-size` 224, where VGG16's block5_pool flattens to 25088.
 VGG16 at 224 px costs ~0.25 s per image on 2 CPU cores, so a stratified subset is used: `--n-train` digits of
 the train split and `--n-test` of the test split. Each seed draws its own training subset (from a pool of
@@ -34,8 +34,8 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 import classify  # noqa: E402
 import features_store  # noqa: E402
 from extract import read_index  # noqa: E402
-from pipelines.demo import choose_extractor, write_digits  # noqa: E402
-from pipelines.extraction import run_extract  # noqa: E402
+from pipelines.runs.demo import choose_extractor, write_digits  # noqa: E402
+from pipelines.runs.extraction import run_extract  # noqa: E402
 
 
 def subset_index(workdir: Path, n_pool: int, n_test: int) -> Path:

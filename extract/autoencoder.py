@@ -8,44 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ExtractorConfigError
-from .layers import cut_at_layer, rescale_layer, seeded_init
+from .layers import GRAY_WEIGHTS, cut_at_layer, grayscale_layer, rescale_layer, seeded_init
 from .registry import register_extractor
 from .saved_model import SavedModelExtractor
-
-# ITU-R 601-2 luma, the weights of Pillow's convert("L")
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-_CLASSES: dict = {}
-
-
-def register_layers() -> dict:
-    """Define (once, lazily) and register the CAE's custom layers, so saved models load."""
-    if _CLASSES:
-        return _CLASSES
-    import keras
-
-    @keras.saving.register_keras_serializable(package="featurehead")
-    class Grayscale(keras.layers.Layer):
-        """RGB (..., 3) -> luma (..., 1), with `GRAY_WEIGHTS`; no weights to train."""
-
-        def __init__(self, **kwargs):
-            kwargs.setdefault("name", "grayscale")
-            super().__init__(**kwargs)
-
-        def call(self, x):
-            weights = keras.ops.convert_to_tensor(GRAY_WEIGHTS, dtype=self.compute_dtype)
-            return keras.ops.sum(keras.ops.cast(x, self.compute_dtype) * weights, axis=-1, keepdims=True)
-
-        def compute_output_shape(self, input_shape):
-            return (*input_shape[:-1], 1)
-
-    _CLASSES["Grayscale"] = Grayscale
-    return _CLASSES
-
-
-def grayscale_layer():
-    """A weightless layer converting RGB to one luma channel (built with keras.ops, backend-agnostic)."""
-    return register_layers()["Grayscale"]()
 
 
 def preprocessing_layers(channels: int = 1) -> list:

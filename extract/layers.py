@@ -1,4 +1,4 @@
-"""Keras building blocks shared by the extractors: in-graph preprocessing, pooling heads, seeded init.
+"""Keras building blocks shared by the extractors: in-graph preprocessing, custom layers, pooling heads, seeded init.
 
 Everything uses `keras.ops`, so it runs under the tensorflow, jax and torch backends alike.
 """
@@ -14,6 +14,8 @@ from .errors import ExtractorConfigError
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+# ITU-R 601-2 luma, the weights of Pillow's convert("L")
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # The keras.applications.imagenet_utils.preprocess_input modes, plus "none": the model normalises inside itself
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none")
 
@@ -46,11 +48,16 @@ def rescale_layer():
     return _keras().layers.Rescaling(1.0 / 255, name="rescale")
 
 
+def grayscale_layer():
+    """A weightless layer converting RGB to one luma channel (built with keras.ops, backend-agnostic)."""
+    return _layer_classes()["Grayscale"]()
+
+
 _CLASSES: dict = {}
 
 
 def _layer_classes() -> dict:
-    """Define (once, lazily: keras is imported on first use) and register the custom layers."""
+    """Define (once, lazily: keras is imported on first use) and register the custom layers, so saved models load."""
     if _CLASSES:
         return _CLASSES
     keras = _keras()
@@ -97,8 +104,24 @@ def _layer_classes() -> dict:
         def get_config(self):
             return {**super().get_config(), "mode": self.mode}
 
+    @keras.saving.register_keras_serializable(package="featurehead")
+    class Grayscale(keras.layers.Layer):
+        """RGB (..., 3) -> luma (..., 1), with `GRAY_WEIGHTS`; no weights to train."""
+
+        def __init__(self, **kwargs):
+            kwargs.setdefault("name", "grayscale")
+            super().__init__(**kwargs)
+
+        def call(self, x):
+            weights = keras.ops.convert_to_tensor(GRAY_WEIGHTS, dtype=self.compute_dtype)
+            return keras.ops.sum(keras.ops.cast(x, self.compute_dtype) * weights, axis=-1, keepdims=True)
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], 1)
+
     _CLASSES["CaffePreprocess"] = CaffePreprocess
     _CLASSES["ImagePreprocess"] = ImagePreprocess
+    _CLASSES["Grayscale"] = Grayscale
     return _CLASSES
 
 

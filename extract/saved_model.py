@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import ExtractorConfigError, WeightsUnavailableError
 from .extractor import Extractor
-from .layers import cut_at_layer, pooling_layer
+from .layers import _layer_classes, cut_at_layer, pooling_layer
 from .registry import register_extractor
 
 
@@ -24,13 +24,9 @@ def load_saved_model(path):
     """
     import keras
 
-    from .autoencoder import register_layers
-    from .layers import _layer_classes
-
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"the saved model {path} does not exist")
-    register_layers()
     _layer_classes()
     try:
         return keras.saving.load_model(path, compile=False)

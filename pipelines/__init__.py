@@ -1,4 +1,11 @@
-"""Composition: end-to-end runners over `extract`, `features_store` and `classify`, the CLI and the demo.
+"""Composition over `extract`, `features_store` and `classify`, grouped by role into subpackages:
+
+- `cli`: the `featurehead` command line (parser, command handlers, the process entry point);
+- `runs`: the end-to-end runs (extract, train, evaluate, predict, inspect, the demo) and the augmented views;
+- `sklearn`: the scikit-learn transformer that reaches the store (`ImageFeatureExtractor`);
+- `workflows`: the seed workflows (advice, fine-tuning, pre-training, the layer sweep);
+- `scale`: extraction on Dask;
+- `report`: the offline HTML report.
 
 Attributes load lazily, so `featurehead --help` answers without importing Keras, h5py or scikit-learn.
 """
@@ -6,16 +13,16 @@ Attributes load lazily, so `featurehead --help` answers without importing Keras,
 from importlib import import_module
 
 _EXPORTS = {
-    "run_extract": "extraction",
-    "default_store_path": "extraction",
-    "ExtractResult": "extraction",
-    "run_train": "heads",
-    "run_evaluate": "heads",
-    "run_predict": "heads",
-    "split_rows": "heads",
-    "describe_store": "inspection",
-    "run_demo": "demo",
-    "ImageFeatureExtractor": "transformers",
+    "run_extract": "runs.extraction",
+    "default_store_path": "runs.extraction",
+    "ExtractResult": "runs.extraction",
+    "run_train": "runs.heads",
+    "run_evaluate": "runs.heads",
+    "run_predict": "runs.heads",
+    "split_rows": "runs.heads",
+    "describe_store": "runs.inspection",
+    "run_demo": "runs.demo",
+    "ImageFeatureExtractor": "sklearn.transformers",
 }
 
 __all__ = sorted(_EXPORTS)

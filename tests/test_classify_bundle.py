@@ -190,7 +190,7 @@ def test_a_skops_file_of_another_type_is_refused_and_never_run(tmp_path, head):
 def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     import keras
 
-    from classify.mlp import _model_to_bytes
+    from classify.mlp_network import model_to_bytes
 
     X, y = data
     marker = tmp_path / "pwned"
@@ -198,7 +198,7 @@ def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     code = eval(f"lambda x: (__import__('os').makedirs({str(marker)!r}, exist_ok=True), x)[1]")  # noqa: S307
     inputs = keras.Input((20,))
     evil = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Lambda(code)(inputs)))
-    data_bytes = _model_to_bytes(evil)
+    data_bytes = model_to_bytes(evil)
     marker.rmdir()  # building the model ran the lambda once
     _tamper(path, "mlp.keras", data_bytes)
     unsafe = tmp_path / "unsafe.keras"

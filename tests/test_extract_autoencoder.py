@@ -5,7 +5,7 @@ import extract
 import features_store
 from extract import ExtractorConfigError, WeightsUnavailableError, extractor_from_spec, get_extractor
 from extract.autoencoder import build_autoencoder, encoder, preprocessing_layers, reconstruction_target
-from pipelines.extraction import run_extract
+from pipelines.runs.extraction import run_extract
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_out_of_core_mlp_and_seeded_cnn_change_no_global_state(data):
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_extract_changes_no_global_state(csv_index, tmp_path, precision):
     from extract import get_extractor, read_index
-    from pipelines.extraction import run_extract
+    from pipelines.runs.extraction import run_extract
 
     index = read_index(csv_index)
     get_extractor("vgg16", weights="none", input_size=32).model  # noqa: B018  (imports and first build)
@@ -104,7 +104,7 @@ def test_extract_changes_no_global_state(csv_index, tmp_path, precision):
 
 def test_plots_change_no_global_state_and_need_no_pyplot(tmp_path):
     import classify
-    from pipelines.sweep import plot_sweep
+    from pipelines.workflows.sweep import plot_sweep
 
     metrics = {"classes": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]], "accuracy": 0.875}
     classify.plot_confusion_matrix(metrics, tmp_path / "warm.png")

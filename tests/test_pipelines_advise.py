@@ -1,7 +1,7 @@
 import pytest
 
-from pipelines.advice import SMALL_PER_CLASS, advise, choose_strategy, images_per_class, run_advise
 from pipelines.cli import main
+from pipelines.workflows.advice import SMALL_PER_CLASS, advise, choose_strategy, images_per_class, run_advise
 
 
 @pytest.mark.parametrize(

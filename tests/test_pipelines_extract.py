@@ -11,7 +11,7 @@ from PIL import Image
 
 import features_store
 from extract import ImageReadError, get_extractor, read_index
-from pipelines.extraction import default_store_path, run_extract
+from pipelines.runs.extraction import default_store_path, run_extract
 
 
 def small_vgg(**kw):

@@ -11,9 +11,9 @@ import features_store
 from classify import KerasMLPClassifier
 from extract import get_extractor, read_index
 from pipelines.cli import main
-from pipelines.extraction import run_extract
-from pipelines.finetune import leaf_layers, plan_unfrozen, run_finetune, transplant
-from pipelines.heads import load_any_bundle, run_train
+from pipelines.runs.extraction import run_extract
+from pipelines.runs.heads import load_any_bundle, run_train
+from pipelines.workflows.finetune import leaf_layers, plan_unfrozen, run_finetune, transplant
 
 MLP = {"hidden_layer_sizes": (8,), "epochs": 2, "early_stopping": False, "random_state": 0}
 
@@ -183,7 +183,7 @@ def test_finetune_validates_on_the_stores_val_split(image_folder, tmp_path):
 
 
 def test_finetune_without_val_holds_out_train_rows_never_test(image_folder, tmp_path):
-    from pipelines.finetune import finetune_rows
+    from pipelines.workflows.finetune import finetune_rows
 
     index = read_index(split_index(image_folder, ["train", "train", "train", "test"]))
     store = run_extract(index, small_vgg(), tmp_path / "s").store

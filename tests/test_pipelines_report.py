@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.report_data import (
+from pipelines.report.data import (
     headline_metrics,
     most_confident_mistakes,
     reliability,
     validation_statement,
     weights_statement,
 )
-from pipelines.report_html import Figure, Mistake, Page, render_page
+from pipelines.report.html import Figure, Mistake, Page, render_page
 
 FAST = ["--weights", "none", "--input-size", "32", "--pooling", "avg", "--batch-size", "16"]
 CLASSES = ["cat", "dog", '<b>&"x', "$a$", "élan", "owl"]  # 6 > 5 classes: the page shows top-5 accuracy

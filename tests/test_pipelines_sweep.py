@@ -7,7 +7,7 @@ import pytest
 import features_store
 from extract import get_extractor, read_index
 from pipelines.cli import main
-from pipelines.sweep import layer_extractors, run_sweep
+from pipelines.workflows.sweep import layer_extractors, run_sweep
 
 SMALL = dict(weights="none", input_size=32, batch_size=3)
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]

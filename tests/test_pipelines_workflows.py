@@ -8,7 +8,7 @@ import features_store
 from extract import read_index
 from extract.autoencoder import build_autoencoder
 from pipelines.cli import main
-from pipelines.pretrain import CAEConfig, CNNConfig, class_rows, image_batches
+from pipelines.workflows.pretrain import CAEConfig, CNNConfig, class_rows, image_batches
 
 
 def last_line(capsys) -> str:
@@ -120,7 +120,7 @@ def test_pretrain_cnn_accuracy_codes_labels_by_the_order_of_classes(image_folder
     import keras
 
     from extract import read_batch
-    from pipelines.pretrain import run_pretrain_cnn
+    from pipelines.workflows.pretrain import run_pretrain_cnn
 
     rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
     # 3 'a' and 1 'b' in val: the accuracy under the other coding would differ, whatever the model predicts

@@ -17,8 +17,8 @@ import features_store
 from extract import get_extractor, read_index
 from extract.augment import Augmentation
 from pipelines.cli import main
-from pipelines.extraction import run_extract
-from pipelines.views import AugmentedViews
+from pipelines.runs.extraction import run_extract
+from pipelines.runs.views import AugmentedViews
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 network, other batch compositions
 

@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import run_report
+    from ..report.run import run_report
 
     if args.mistakes < 0:
         raise ValueError(f"`--mistakes` must be a non-negative integer. Received: --mistakes {args.mistakes}")

@@ -43,7 +43,7 @@ def plot_confusion_normalized(matrix, classes, path) -> Path:
 
 
 def plot_reliability(bins: dict, path) -> Path:
-    """Write the reliability diagram of `report_data.reliability`'s bins: accuracy against confidence per bin
+    """Write the reliability diagram of `pipelines.report.data.reliability`'s bins: accuracy against confidence per bin
     above the number of rows in each bin."""
     edges, count = bins["edges"], bins["count"]
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)

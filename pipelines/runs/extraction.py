@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -24,8 +23,10 @@ import features_store
 from extract import ImageIndex, ImageReadError, canonical_json
 from extract.augment import view_layout
 from extract.content import content_keys, content_seed, view_key
-from extract.images import decoded_batches, default_workers  # noqa: F401  (default_workers: re-exported)
+from extract.images import decoded_batches
 
+from ..scale.distributed import fill_store_on_dask
+from .versions import base_versions, library_versions
 from .views import AugmentedViews, apply_views, store_identity, training_split
 
 logger = logging.getLogger(__name__)
@@ -57,36 +58,6 @@ def views_identity(views: AugmentedViews) -> str:
     import hashlib
 
     return hashlib.sha256(canonical_json(views.to_dict()).encode()).hexdigest()
-
-
-def base_versions() -> dict:
-    """Versions known without importing Keras (a relabel run must not import it)."""
-    import h5py
-
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "h5py": h5py.__version__}
-    try:
-        from importlib.metadata import version
-
-        versions["featurehead"] = version("featurehead")
-    except Exception:  # not installed as a distribution (running from a checkout)
-        versions["featurehead"] = "unknown"
-    return versions
-
-
-def library_versions() -> dict:
-    """`base_versions` plus Keras, its backend and the backend's version, and the decoders: what wrote a shard."""
-    import importlib
-
-    import keras
-    import PIL
-
-    from extract.images import simplejpeg
-
-    backend = keras.backend.backend()
-    module = importlib.import_module(backend)
-    return {**base_versions(), "keras": keras.__version__, "keras_backend": backend,
-            "backend_version": getattr(module, "__version__", "unknown"), "pillow": PIL.__version__,
-            "simplejpeg": getattr(simplejpeg, "__version__", "none")}
 
 
 def label_codes(labels, classes) -> np.ndarray:
@@ -368,7 +339,7 @@ def run_extract(
     dtype : {"float32", "float16"}, optional
         Storage type of the features; default the existing store's own, float32 for a new store.
     client : distributed.Client, optional
-        Extract the shards as Dask tasks on this client's workers (see `pipelines.distributed`); the workers must
+        Extract the shards as Dask tasks on this client's workers (see `pipelines.scale.distributed`); the workers must
         see `out` and the images at the same paths (a shared filesystem on a real cluster).
 
     Returns
@@ -394,8 +365,6 @@ def run_extract(
         target = Target(session, session.missing(plan.keys), shard_rows)
         args = view_args(index, plan, views)
         if client is not None:
-            from .distributed import fill_store_on_dask
-
             if target.missing and session.manifest is not None:
                 session.write_view(**args, versions=base_versions())  # "incomplete" until the new rows are in
             extractor.validate()

@@ -18,10 +18,10 @@ import numpy as np
 import classify
 import features_store
 
-from . import report_data as data
-from .heads import run_evaluate
-from .report_html import Figure, Mistake, Page, render_page
-from .report_plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
+from ..runs.heads import run_evaluate
+from . import data
+from .html import Figure, Mistake, Page, render_page
+from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
 
 PAGE = "index.html"
 FIGURES_DIR = "figures"

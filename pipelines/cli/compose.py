@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from .options import add_extractor_args, extractor_from_args, progress
+
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
-    from .cli import _add_extractor_args
-
     p = sub.add_parser("sweep", help="extract several layers in one forward pass and probe each with a CV logreg")
     p.add_argument("index", help="a CSV (filename,label[,split]) or a folder of class subfolders")
     p.add_argument("--layers", required=True, help="comma-separated layer names, e.g. block3_pool,block4_pool,block5_pool")
@@ -15,23 +15,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--store-dir", default=None, help="where the per-layer stores go (default: next to the index)")
     p.add_argument("--cv", type=int, default=5, help="folds of the logistic-regression probe (default: 5)")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: every core)")
-    _add_extractor_args(p)
+    add_extractor_args(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
     from extract import read_index
 
-    from .cli import _extractor_from_args, _progress
-    from .sweep import run_sweep
+    from ..workflows.sweep import run_sweep
 
     if args.layer is not None:
         raise ValueError(f"`sweep` takes `--layers`, not `--layer`. Received: --layer {args.layer}")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     index = read_index(args.index, args.images_root)
-    extractor = _extractor_from_args(args)
+    extractor = extractor_from_args(args)
     result = run_sweep(index, extractor, layers, args.out, store_dir=args.store_dir, cv=args.cv,
-                       workers=args.workers, progress=_progress(args, f"sweep {extractor.name}"))
+                       workers=args.workers, progress=progress(args, f"sweep {extractor.name}"))
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"extracted {result.n_extracted} rows in one forward pass over {len(layers)} layers; plot: {result.png}")
     print(result.csv)

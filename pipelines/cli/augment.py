@@ -34,7 +34,7 @@ def views_from_args(args):
     """The extract command's AugmentedViews, or None without --augment."""
     if not args.augment:
         return None
-    from .views import AugmentedViews
+    from ..runs.views import AugmentedViews
 
     return AugmentedViews(args.augment, augmentation_from_args(args), seed=args.augment_seed,
                           validation_fraction=args.validation_fraction)
@@ -90,7 +90,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_augment_preview(args) -> int:
-    from .views import run_augment_preview
+    from ..runs.views import run_augment_preview
 
     out = run_augment_preview(args.index, args.out, augmentation_from_args(args), images_root=args.images_root,
                               n_images=args.n_images, k=args.views, size=args.size, seed=args.seed)
@@ -99,7 +99,7 @@ def cmd_augment_preview(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import run_finetune
+    from ..workflows.finetune import run_finetune
 
     result = run_finetune(args.head, args.out, unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
                           index=args.index, images_root=args.images_root,
@@ -115,7 +115,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_advise(args) -> int:
-    from .advice import SMALL_PER_CLASS, format_advice, run_advise
+    from ..workflows.advice import SMALL_PER_CLASS, format_advice, run_advise
 
     threshold = args.small_threshold if args.small_threshold is not None else SMALL_PER_CLASS
     advice = run_advise(n_images=args.n_images, similarity=args.similarity, index=args.index,

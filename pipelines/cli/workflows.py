@@ -1,12 +1,14 @@
 """CLI subcommands for CAE pre-training, saved-model bases, class-split transfer.
 
-`pretrain-cae` and `pretrain-cnn` each call one runner of `pipelines.pretrain`; their models then serve as
+`pretrain-cae` and `pretrain-cnn` each call one runner of `pipelines.workflows.pretrain`; their models then serve as
 frozen extractors through `featurehead extract --model cae|keras --weights MODEL.keras [--layer NAME]`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .options import progress
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
@@ -48,14 +50,13 @@ def _ints(text: str) -> tuple:
 def cmd_pretrain_cae(args) -> int:
     from extract import read_index
 
-    from .cli import _progress
-    from .pretrain import CAEConfig, run_pretrain_cae
+    from ..workflows.pretrain import CAEConfig, run_pretrain_cae
 
     index = read_index(args.index, args.images_root)
     config = CAEConfig(input_size=args.input_size, channels=args.channels, filters=_ints(args.filters),
                        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.learning_rate, seed=args.seed)
-    result = run_pretrain_cae(index, args.out, config, progress=_progress(args, "pretrain-cae"), workers=args.workers)
+    result = run_pretrain_cae(index, args.out, config, progress=progress(args, "pretrain-cae"), workers=args.workers)
     print(f"trained a CAE on {result.n_train} images for {config.epochs} epochs; final loss {result.history['loss'][-1]:.4f}")
     print(f"loss curve: {result.loss_plot}")
     print(f"reconstructions: {result.reconstructions}")
@@ -67,8 +68,7 @@ def cmd_pretrain_cae(args) -> int:
 def cmd_pretrain_cnn(args) -> int:
     from extract import read_index
 
-    from .cli import _progress
-    from .pretrain import CNNConfig, run_pretrain_cnn
+    from ..workflows.pretrain import CNNConfig, run_pretrain_cnn
 
     index = read_index(args.index, args.images_root)
     config = CNNConfig(input_size=args.input_size, channels=args.channels, epochs=args.epochs,
@@ -76,7 +76,7 @@ def cmd_pretrain_cnn(args) -> int:
                        seed=args.seed)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     result = run_pretrain_cnn(index, args.out, config, classes=classes, base=args.base,
-                              feature_layer=args.feature_layer, progress=_progress(args, "pretrain-cnn"),
+                              feature_layer=args.feature_layer, progress=progress(args, "pretrain-cnn"),
                               workers=args.workers)
     kind = f"a new head on the frozen base {args.base}" if args.base else "the small CNN"
     print(f"trained {kind} on {result.n_train} images of classes {','.join(result.classes)}")

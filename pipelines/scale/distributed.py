@@ -17,6 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 
 import features_store
+from extract import ImageReadError
+from extract.images import decoded_batches
+
+from ..runs.versions import library_versions
+from ..runs.views import apply_views
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +63,6 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
 
     `items[i]` is `(path, view number, content seed)` of `keys[i]`. Idempotent: a complete shard is returned as is.
     """
-    from extract import ImageReadError
-    from extract.images import decoded_batches
-
-    from .extraction import library_versions
-    from .views import apply_views
-
     extractor = _worker_extractor(extractor)
     versions = {**library_versions(), "worker": f"{os.uname().nodename}:{os.getpid()}"}
     n_features = extractor.output_dim  # builds the model once per worker process

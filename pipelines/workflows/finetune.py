@@ -21,7 +21,7 @@ import features_store
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
-from .heads import trained_rows, training_view_changed, validation_source
+from ..runs.heads import trained_rows, training_view_changed, validation_source
 
 logger = logging.getLogger(__name__)
 

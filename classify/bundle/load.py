@@ -1,0 +1,176 @@
+"""Loading a bundle: each model file's sha256 verified before it is read, then loaded without running code
+from the bundle (`classify.bundle.trust`); `Bundle` is the loaded head with its manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classify.bundle.manifest import read_manifest, verified
+from classify.bundle.save import networks
+from classify.bundle.trust import load_keras, load_pickle, load_skops
+from classify.errors import BundleFormatError, BundleMismatchError
+from classify.mlp_network import model_from_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A loaded head bundle.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+        The head.
+    manifest : dict
+        The parsed `manifest.json`.
+    path : Path
+        The bundle directory.
+    """
+
+    estimator: Any
+    manifest: dict
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, in the order of the estimator's ``predict_proba`` columns."""
+        return list(self.manifest["classes"])
+
+    @property
+    def kind(self) -> str:
+        """"sklearn" (a head on features) or "full" (a Keras model on images)."""
+        return str(self.manifest["kind"])
+
+    @property
+    def n_features(self) -> int:
+        """Feature dimension the head was trained on."""
+        return int(self.manifest["n_features"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the extractor the head was trained on."""
+        return str(self.manifest["fingerprint"])
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Refuse features from another extractor than the bundle's.
+
+        Parameters
+        ----------
+        fingerprint : str
+            Fingerprint of the extractor that produced the features.
+
+        Raises
+        ------
+        BundleMismatchError
+            If `fingerprint` differs from the manifest's.
+        """
+        if fingerprint != self.fingerprint:
+            model = self.manifest.get("extractor", {}).get("name", "unknown model")
+            raise BundleMismatchError(
+                f"features come from extractor {fingerprint[:12]} but the head {self.path.name} was trained on "
+                f"{self.fingerprint[:12]} ({model}); re-extract with the bundle's extractor"
+            )
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, after checking the feature dimension.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features from the bundle's extractor.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of `classes`.
+        """
+        X = np.asarray(X)  # no copy: only the shape is checked here
+        if self.kind == "full":
+            return _full_predict_proba(self.estimator, X, tuple(self.manifest["input_shape"]))
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"`X` must have shape (n_samples, {self.n_features}), the head's n_features. "
+                f"Received: X.shape={X.shape}"
+            )
+        return self.estimator.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class names.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features from the bundle's extractor.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Class names from `classes`.
+        """
+        return np.asarray(self.classes)[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def _full_predict_proba(model: Any, X: np.ndarray, input_shape: tuple) -> np.ndarray:
+    if X.ndim != 4 or X.shape[1:] != input_shape:
+        raise ValueError(f"`X` must be images of shape (n, {', '.join(map(str, input_shape))}), the model's input. "
+                         f"Received: X.shape={X.shape}")
+    from keras import ops
+
+    chunks = [ops.convert_to_numpy(model(X[i : i + 32].astype(np.float32), training=False))
+              for i in range(0, len(X), 32)]
+    proba = np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, model.output_shape[-1]))
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
+def load_bundle(path: str | os.PathLike, *, trust_pickle: bool = False) -> Bundle:
+    """Load a head bundle, verifying each model file's sha256 before reading it; no code from the bundle runs.
+
+    The skops file is loaded trusting only our own head types (`trusted_types`), Keras files with
+    ``safe_mode=True`` (no Lambda-layer code).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The bundle directory.
+    trust_pickle : bool, default=False
+        Load a pickled head (a bundle saved with ``model_format="joblib"``, or of format version 1). Loading a
+        pickle runs any code it holds: pass True only for a bundle you wrote yourself.
+
+    Returns
+    -------
+    bundle : Bundle
+        The estimator, the manifest and the path.
+
+    Raises
+    ------
+    BundleNotFoundError
+        If the directory, the manifest or a model file is missing.
+    BundleIntegrityError
+        If a model file's sha256 differs from the manifest's.
+    BundleUnsafeError
+        If the head is a pickle (and `trust_pickle` is False), or holds types that are not ours.
+    BundleFormatError
+        If the manifest or a model file is unreadable or of an unknown format.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    data = verified(path, manifest["model_file"], manifest["model_sha256"])
+    if manifest["kind"] == "full":  # custom layers of the model must be registered by the caller
+        return Bundle(estimator=load_keras(path / manifest["model_file"], data, model_from_bytes),
+                      manifest=manifest, path=path)
+    if manifest["model_format"] == "joblib":
+        return Bundle(estimator=load_pickle(path / manifest["model_file"], data, trust_pickle),
+                      manifest=manifest, path=path)
+    estimator = load_skops(path / manifest["model_file"], data)
+    if manifest.get("network_file"):
+        network = verified(path, manifest["network_file"], manifest.get("network_sha256"))
+        found = networks(estimator)
+        if len(found) != 1:
+            raise BundleFormatError(f"{path / manifest['network_file']} has no KerasMLPClassifier to belong to in "
+                                    f"{path / manifest['model_file']}")
+        found[0][1].model_ = load_keras(path / manifest["network_file"], network, model_from_bytes)
+    return Bundle(estimator=estimator, manifest=manifest, path=path)

@@ -1,0 +1,129 @@
+"""The bundle's files: their names, the manifest (read and checked; written last, as the commit point), atomic
+writes and sha256 checks, and the versions a manifest records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classify.errors import BundleExistsError, BundleFormatError, BundleIntegrityError, BundleNotFoundError
+
+FORMAT_VERSION = 2  # 1: head.joblib only (a pickle), read only with trust_pickle=True
+MANIFEST = "manifest.json"
+MODEL_FILE = "head.skops"
+NETWORK_FILE = "mlp.keras"  # the Keras network of an MLP head, beside its skops file
+PICKLE_FILE = "head.joblib"  # only with model_format="joblib"
+FULL_MODEL_FILE = "model.keras"  # kind "full": a whole Keras model, images in -> probabilities out
+KINDS = ("sklearn", "full")
+MODEL_FORMATS = ("skops", "joblib")
+
+
+def check_target(out_dir: Path) -> None:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise BundleExistsError(
+            f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it with a head bundle"
+        )
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write the manifest (the commit point), then remove the model files of a bundle it replaced."""
+    text = json.dumps(manifest, indent=2, default=_jsonable)
+    write_atomic(out_dir / MANIFEST, lambda f: f.write(text.encode()))
+    kept = {manifest["model_file"], manifest.get("network_file")}
+    for name in {MODEL_FILE, NETWORK_FILE, PICKLE_FILE, FULL_MODEL_FILE} - kept:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def read_manifest(path: Path) -> dict:
+    if not path.is_dir():
+        raise BundleNotFoundError(f"no head bundle at {path}: the directory does not exist")
+    if not (path / MANIFEST).is_file():
+        raise BundleNotFoundError(f"no head bundle at {path}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleFormatError(f"{path / MANIFEST} is not valid JSON: {err}") from err
+    version, kind = manifest.get("format_version"), manifest.get("kind")
+    if version not in (1, FORMAT_VERSION) or kind not in KINDS:
+        raise BundleFormatError(
+            f"{path / MANIFEST} must have format_version 1 or {FORMAT_VERSION} and kind 'sklearn' or 'full'. "
+            f"Received: format_version={version!r}, kind={kind!r}"
+        )
+    if version == 1 and kind == "sklearn":
+        manifest = {**manifest, "model_format": "joblib"}  # format 1 pickled every head
+    if kind == "sklearn" and manifest.get("model_format") not in MODEL_FORMATS:
+        raise BundleFormatError(f"`model_format` must be one of 'skops', 'joblib'. "
+                                f"Received: model_format={manifest.get('model_format')!r}")
+    model_file = manifest.get("model_file")
+    if not isinstance(model_file, str) or Path(model_file).name != model_file:
+        raise BundleFormatError(f"`model_file` must be a file name. Received: model_file={model_file!r}")
+    return manifest
+
+
+def verified(path: Path, name: str, expected: Any) -> bytes:
+    """The bytes of a bundle file, read once, after checking them against the manifest's sha256."""
+    if not isinstance(name, str) or Path(name).name != name:
+        raise BundleFormatError(f"model files must be file names. Received: {name!r}")
+    target = path / name
+    if not target.is_file():
+        raise BundleNotFoundError(f"{target} is missing; the bundle {path} is incomplete")
+    data = target.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise BundleIntegrityError(
+            f"{target} has sha256 {actual} but the manifest records {expected}; "
+            "the file is corrupt or was replaced, and it is not loaded"
+        )
+    return data
+
+
+def write_atomic(target: Path, write) -> str:
+    """Write `target` through a temporary file in its directory and `os.replace`; return the sha256."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "keras", "featurehead"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,205 @@
+"""Saving a bundle: a scikit-learn head as `head.skops` (its MLP's network beside it as `mlp.keras`) or, on
+request, a pickle; a whole Keras model as `model.keras`; each file written atomically, the manifest last."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from classify.bundle.manifest import (
+    FORMAT_VERSION,
+    FULL_MODEL_FILE,
+    MODEL_FILE,
+    MODEL_FORMATS,
+    NETWORK_FILE,
+    PICKLE_FILE,
+    check_target,
+    versions,
+    write_atomic,
+    write_manifest,
+)
+from classify.bundle.trust import PICKLE_RISK
+from classify.errors import PickleBundleWarning
+from classify.mlp import KerasMLPClassifier
+from classify.mlp_network import model_to_bytes
+
+
+def save_bundle(
+    estimator: Any,
+    out_dir: str | os.PathLike,
+    *,
+    extractor: dict,
+    fingerprint: str,
+    classes: Any,
+    n_features: int,
+    metrics: dict | None = None,
+    params: dict | None = None,
+    extra: dict | None = None,
+    model_format: str = "skops",
+) -> Path:
+    """Write a fitted scikit-learn head and its manifest to a bundle directory.
+
+    Each file is written to a temporary name and moved into place with `os.replace`, the manifest last, so an
+    interrupted save never leaves a bundle that loads with the wrong model. An existing bundle is replaced.
+
+    Parameters
+    ----------
+    estimator : fitted scikit-learn estimator
+        The head: one that `make_head` or `fit_out_of_core` builds (a Pipeline holding a KerasMLPClassifier
+        works too).
+    out_dir : str or PathLike
+        The bundle directory; created if missing.
+    extractor : dict
+        The extractor spec (JSON-able) the features came from.
+    fingerprint : str
+        The extractor's fingerprint.
+    classes : array-like of shape (n_classes,)
+        Class names, in the order of the estimator's ``predict_proba`` columns.
+    n_features : int
+        Feature dimension.
+    metrics, params, extra : dict, default=None
+        Evaluation results, training parameters, and extra top-level manifest keys.
+    model_format : {"skops", "joblib"}, default="skops"
+        "skops": `head.skops` (and the MLP's network as `mlp.keras`), which load without running code from the
+        bundle. "joblib": a pickle, `head.joblib`, for code that wants one; **loading it is code execution**, so
+        `load_bundle` refuses it unless given ``trust_pickle=True``, and saving one warns
+        (`PickleBundleWarning`).
+
+    Returns
+    -------
+    path : Path
+        The bundle directory.
+    """
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"`model_format` must be one of 'skops', 'joblib'. Received: model_format={model_format!r}")
+    out_dir = Path(out_dir)
+    classes = [str(c) for c in classes]
+    _check_consistent(estimator, classes, n_features)
+    check_target(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if model_format == "joblib":
+        warnings.warn(f"{out_dir / PICKLE_FILE} is a pickle: {PICKLE_RISK}", PickleBundleWarning, stacklevel=2)
+        files["model"] = (PICKLE_FILE, write_atomic(out_dir / PICKLE_FILE, lambda f: joblib.dump(estimator, f)))
+    else:
+        import skops.io
+
+        stripped, network = _without_network(estimator)
+        if network is not None:
+            data = model_to_bytes(network)
+            files["network"] = (NETWORK_FILE, write_atomic(out_dir / NETWORK_FILE, lambda f: f.write(data)))
+        state = skops.io.dumps(stripped)
+        files["model"] = (MODEL_FILE, write_atomic(out_dir / MODEL_FILE, lambda f: f.write(state)))
+    manifest = {
+        **(extra or {}),
+        "format_version": FORMAT_VERSION,
+        "kind": "sklearn",
+        "model_format": model_format,
+        "model_file": files["model"][0],
+        "model_sha256": files["model"][1],
+        **({"network_file": files["network"][0], "network_sha256": files["network"][1]} if "network" in files else {}),
+        "extractor": extractor,
+        "fingerprint": fingerprint,
+        "classes": classes,
+        "n_features": int(n_features),
+        "metrics": metrics,
+        "params": params,
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_manifest(out_dir, manifest)
+    return out_dir
+
+
+def _check_consistent(estimator: Any, classes: list[str], n_features: int) -> None:
+    fitted_classes = getattr(estimator, "classes_", None)
+    if fitted_classes is not None and len(fitted_classes) != len(classes):
+        raise ValueError(
+            f"`classes` must name the estimator's {len(fitted_classes)} classes. Received: classes={classes!r}"
+        )
+    fitted_features = getattr(estimator, "n_features_in_", None)
+    if fitted_features is not None and fitted_features != n_features:
+        raise ValueError(
+            f"`n_features` must be the estimator's n_features_in_={fitted_features}. Received: n_features={n_features}"
+        )
+
+
+def networks(estimator: Any) -> list[tuple[int | None, Any]]:
+    """The KerasMLPClassifier steps of a head: (position in the pipeline, or None for the head itself, step)."""
+    if isinstance(estimator, KerasMLPClassifier):
+        return [(None, estimator)]
+    steps = getattr(estimator, "steps", [])
+    return [(i, step) for i, (_, step) in enumerate(steps) if isinstance(step, KerasMLPClassifier)]
+
+
+def _without_network(estimator: Any) -> tuple[Any, Any]:
+    """(a shallow copy of the head whose MLP has no `model_`, that network), or (the head, None)."""
+    found = networks(estimator)
+    if len(found) > 1:
+        raise ValueError(f"a head bundle holds at most one KerasMLPClassifier. Received: {len(found)}")
+    if not found or not hasattr(found[0][1], "model_"):
+        return estimator, None
+    position, mlp = found[0]
+    bare = object.__new__(type(mlp))  # not copy.copy: that would pickle the network through __getstate__
+    bare.__dict__.update({k: v for k, v in vars(mlp).items() if k != "model_"})
+    if position is None:
+        return bare, mlp.model_
+    head = copy.copy(estimator)
+    head.steps = [(name, bare if i == position else step) for i, (name, step) in enumerate(estimator.steps)]
+    return head, mlp.model_
+
+
+def save_model_bundle(
+    model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    extractor: dict,
+    fingerprint: str,
+    classes: Any,
+    metrics: dict | None = None,
+    params: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a whole Keras model (images in, class probabilities out) as a bundle of kind "full".
+
+    Parameters
+    ----------
+    model : keras.Model
+        Maps ``(n, height, width, 3)`` raw RGB in 0..255 to ``(n, n_classes)`` probabilities.
+    out_dir : str or PathLike
+        The bundle directory; created if missing, replaced if it holds a bundle.
+    extractor, fingerprint : dict, str
+        Spec and fingerprint of the base the model was built from (for the record; a full model needs no store).
+    classes : array-like of shape (n_classes,)
+        Class names, in the order of the model's output columns.
+    metrics, params, extra : dict, default=None
+        As in `save_bundle`.
+
+    Returns
+    -------
+    path : Path
+        The bundle directory.
+    """
+    out_dir = Path(out_dir)
+    classes = [str(c) for c in classes]
+    if int(model.output_shape[-1]) != len(classes):
+        raise ValueError(f"`classes` must name the model's {model.output_shape[-1]} outputs. Received: {classes!r}")
+    check_target(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = model_to_bytes(model)
+    input_shape = [int(d) for d in model.input_shape[1:]]
+    manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": FULL_MODEL_FILE,
+                "model_sha256": write_atomic(out_dir / FULL_MODEL_FILE, lambda f: f.write(data)),
+                "extractor": extractor, "fingerprint": fingerprint, "classes": classes,
+                "n_features": int(np.prod(input_shape)), "input_shape": input_shape, "metrics": metrics,
+                "params": params, "versions": versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_manifest(out_dir, manifest)
+    return out_dir

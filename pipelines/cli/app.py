@@ -1,0 +1,117 @@
+"""The `featurehead` process: parse, run the command, map errors to exit codes, keep TensorFlow's start-up quiet.
+
+Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr);
+3 an internal error, i.e. a bug in featurehead (one line on stderr; the traceback with --debug or
+FEATUREHEAD_DEBUG=1); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+from .commands import COMMANDS
+from .parser import build_parser
+
+EXIT_INTERNAL_ERROR = 3
+
+# Commands that never load TensorFlow (HDF5 only, or plain data).
+_LIGHT_COMMANDS = frozenset({"inspect", "compact", "export", "advise"})
+
+# TensorFlow's C++ start-up notes: TF_CPP_MIN_LOG_LEVEL does not silence them since TensorFlow logs through absl
+# before absl::InitializeLog() is called, so the CLI captures file descriptor 2 while TensorFlow loads.
+_STARTUP_NOISE = re.compile(
+    r"^(?:[IWE]\d{4} [\d:. ]+\d+ \S+\.(?:cc|h):\d+\]|WARNING: All log messages before absl::InitializeLog"
+    r"|To enable the following instructions:|WARNING:absl:|Downloading data from)"
+)
+
+
+def _expected_errors() -> tuple:
+    import classify
+    import extract
+    import features_store
+
+    # OSError: unwritable --out, an existing file where a folder is wanted, a full disk...
+    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, OSError, ValueError)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("FEATUREHEAD_DEBUG", "") not in ("", "0")
+    try:
+        if not args.verbose and args.command not in _LIGHT_COMMANDS:
+            _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
+        func = getattr(args, "func", None) or COMMANDS[args.command]
+        return func(args)
+    except _expected_errors() as err:
+        if debug:  # the traceback, for bug reports
+            raise
+        message = " ".join(str(err).split())
+        print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"featurehead {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (anything else is a bug: say so in one line)
+        if debug:
+            raise
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}; "
+              "re-run with --debug for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    finally:  # an in-process caller of main() gets its import system back as it was
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
+
+
+def _start_keras_quietly() -> None:
+    """Have the first `import keras` (which loads TensorFlow) keep its start-up notes from the user.
+
+    Only the CLI does this (its own process), and lazily: a one-shot import hook, so a command that needs no model
+    (a relabel, an up-to-date extract, a logreg report) still never imports Keras. When Keras loads:
+    TF_CPP_MIN_LOG_LEVEL for TensorFlow's later C++ logs (unless the user set it), fd 2 captured while it loads,
+    lines that are not start-up notes written back, Keras's "interactive logging" (its download line on stdout)
+    turned off and absl set to ERROR.
+    """
+    if "keras" in sys.modules or any(isinstance(f, _QuietKerasImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietKerasImport())
+
+
+class _QuietKerasImport:
+    """A one-shot meta-path finder: the real spec of `keras`, its module executed with fd 2 captured."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real = spec.loader.exec_module
+
+        def exec_module(module):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            sys.stderr.flush()
+            saved = os.dup(2)
+            with tempfile.TemporaryFile() as captured:
+                os.dup2(captured.fileno(), 2)
+                try:
+                    real(module)
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    captured.seek(0)
+                    lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+                    sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
+            module.config.disable_interactive_logging()
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_logging.ERROR)
+
+        spec.loader.exec_module = exec_module
+        return spec

@@ -1,0 +1,187 @@
+"""The core `featurehead` subcommands (extract, inspect, compact, export, train, predict, evaluate, models,
+demo): each calls one runner and prints what it did, the written path last. Runners are imported when a command
+runs, so start-up stays free of Keras, h5py and scikit-learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .augment import views_from_args
+from .options import extractor_from_args, progress
+
+
+def cmd_extract(args) -> int:
+    from extract import read_index
+
+    from ..runs.extraction import run_extract
+    from ..runs.inspection import write_failures_csv
+
+    index = read_index(args.index, args.images_root)  # validated before any model is built
+    extractor = extractor_from_args(args)
+    extractor.validate()
+    client = None
+    if args.dask:
+        from ..scale.distributed import client_from_spec
+
+        client = client_from_spec(args.dask)
+    try:
+        result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
+                             progress=progress(args, f"extract {extractor.name}"), views=views_from_args(args),
+                             shard_rows=args.shard_rows, dtype=args.dtype, client=client)
+    finally:
+        if client is not None and args.dask.startswith("local:"):
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+        elif client is not None:
+            client.close()
+    if result.up_to_date:
+        print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
+    else:
+        print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")
+    if result.garbage_rows:
+        print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
+    code = 0
+    if result.n_failed:
+        failed = write_failures_csv(result.store)
+        print(f"{result.n_failed} of {result.n_rows} rows failed; the list is in {failed} and `featurehead inspect {result.store}`")
+        code = 1
+    print(result.store)
+    return code
+
+
+def cmd_inspect(args) -> int:
+    from ..runs.inspection import describe_store, store_summary
+
+    if args.json:
+        import json
+
+        print(json.dumps(store_summary(args.store), sort_keys=True))
+    else:
+        print(describe_store(args.store))
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from ..runs.inspection import compact_store
+
+    counts = compact_store(args.store, shard_rows=args.shard_rows)
+    print(f"compacted: {counts['rows_before']} -> {counts['rows_after']} stored rows, "
+          f"{counts['shards_before']} -> {counts['shards_after']} shards")
+    print(args.store)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import features_store
+
+    n = features_store.export(args.store, args.out)
+    print(f"exported {n} rows")
+    print(args.out)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..runs.heads import run_train
+
+    given = {k: getattr(args, k) for k in ("C", "hidden", "dropout", "learning_rate", "epochs")
+             if getattr(args, k) is not None}
+    allowed = {"logreg": {"C"}, "mlp": {"hidden", "dropout", "learning_rate", "epochs"}, "sgd": {"epochs"}}[args.head]
+    for key in sorted(set(given) - allowed):
+        raise ValueError(f"`--{key.replace('_', '-')}` does not apply to --head {args.head}. Received: --head {args.head}")
+    names = {"hidden": "hidden_layer_sizes", "epochs": "max_iter" if args.head == "sgd" else "epochs"}
+    params = {names.get(k, k): v for k, v in given.items()}
+    if "hidden_layer_sizes" in params:
+        try:
+            params["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+        except ValueError:
+            raise ValueError(f"`--hidden` must be comma-separated integers. Received: --hidden {args.hidden}") from None
+    result = run_train(args.store, args.out, head=args.head, params=params,
+                       validation_fraction=args.validation_fraction, random_state=args.random_state)
+    val = result.metrics.get("validation")
+    summary = f"trained {args.head} on {result.n_train} rows in {result.fit_seconds:.1f}s"
+    if val:
+        summary += f"; validation accuracy {val['accuracy']:.4f} on {result.n_val} rows"
+    print(summary)
+    print(result.bundle)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..runs.heads import run_predict
+
+    result = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
+                         progress=progress(args, "extract"))
+    print(f"predicted {result.n_rows - result.n_failed} of {result.n_rows} rows")
+    if result.n_failed:
+        print(f"{result.n_failed} rows failed; they are marked ok=False in {result.csv}")
+    print(result.csv)
+    return 1 if result.n_failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from classify import format_metrics
+
+    from ..runs.heads import run_evaluate
+
+    metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
+    print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
+    print(format_metrics(metrics))
+    print(Path(args.out))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from extract.applications import BACKBONES, backbone_layers, backbone_table, check_backbone
+
+    if args.name is not None and args.name not in BACKBONES:
+        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}")
+    if args.layers:
+        if args.name is None:
+            raise ValueError("`--layers` needs a NAME, e.g. `featurehead models resnet50 --layers`")
+        for name, shape in backbone_layers(args.name, args.input_size):
+            print(f"{name:40s} {shape}")
+        return 0
+    if args.check:
+        problems = [p for name in ([args.name] if args.name else list(BACKBONES)) for p in check_backbone(name)]
+        for problem in problems:
+            print(problem)
+        print("the table matches the built models" if not problems else f"{len(problems)} differences")
+        return 0 if not problems else 1
+    rows = [r for r in backbone_table() if args.name in (None, r["name"])]
+    print(f"{'model':18s} {'size':>4s}  {'preprocess':10s} {'pooling':7s} {'flatten':>8s} {'avg/max':>7s}")
+    for r in rows:
+        print(f"{r['name']:18s} {r['input_size']:4d}  {r['preprocess']:10s} {r['pooling']:7s} "
+              f"{r['dim_flatten']:8d} {r['dim_avg']:7d}")
+    print("preprocess: caffe = BGR minus ImageNet means; torch = ImageNet mean/std; tf = -1..1; none = inside the "
+          "model. Also: cae and keras (saved models). Features at the default size; flatten scales with it.")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..runs.demo import run_demo
+
+    weights = "none" if args.weights.lower() == "none" else args.weights
+    result = run_demo(args.out, input_size=args.input_size, weights=weights, epochs=args.epochs,
+                      progress=progress(args, "extract digits"))
+    for note in result.notes:
+        print(f"NOTE: {note}")
+    print(f"weights: {result.weights}")
+    print(f"features: {result.store}")
+    for head, acc in result.accuracy.items():
+        print(f"{head:>7} head: test accuracy {acc:.4f}  (bundle {result.bundles[head]}, report {result.reports[head]})")
+    print(result.workdir)
+    return 0
+
+
+COMMANDS = {
+    "extract": cmd_extract,
+    "inspect": cmd_inspect,
+    "compact": cmd_compact,
+    "export": cmd_export,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "models": cmd_models,
+    "demo": cmd_demo,
+}

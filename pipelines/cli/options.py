@@ -1,0 +1,69 @@
+"""Options and argument helpers shared by the `featurehead` subcommands: the extractor and output flags, the
+extractor an invocation names, and its progress bar. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_extractor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("extractor")
+    g.add_argument("--model", default="vgg16",
+                   help="a keras.applications backbone (vgg16, resnet50, efficientnetb0, convnexttiny, ...: "
+                   "`featurehead models` lists them), cae (with --weights cae.keras), or keras (any saved model: "
+                   "--weights model.keras --layer NAME) (default: vgg16)")
+    g.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (default; Keras cache, else download), a local .weights.h5 file saved from the same "
+        "include_top=False model, or 'none' (random init: NOT pretrained, for tests)",
+    )
+    g.add_argument("--layer", default=None,
+                   help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
+                   "default: the last)")
+    g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
+                   help="feature map -> vector (default: flatten for vgg16/vgg19 and saved models, avg for the "
+                   "other backbones)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="square input side in pixels (default: the model's own: 224 for most backbones, 299 for "
+                   "inceptionv3/xception, up to 600 for efficientnetb7; a saved model's fixed size)")
+    g.add_argument("--resize", default="squash", choices=["squash", "crop"],
+                   help="squash: the whole image resized to the input (default; keeps every pixel, changes the aspect "
+                   "ratio); crop: the shorter side resized, the centre cut (what ImageNet backbones were trained on)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (Keras mixed precision; part of the fingerprint; default: float32)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights none (default: 0)")
+
+
+def add_output_flags(p: argparse.ArgumentParser, default) -> None:
+    """-q, -v and --debug; `default` SUPPRESS on the subcommands, so they keep what the top level parsed."""
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also show TensorFlow's start-up notes and Keras's download messages")
+    g.add_argument("--debug", action="store_true", default=default,
+                   help="print the traceback of an error (as FEATUREHEAD_DEBUG=1 does)")
+
+
+def progress(args, desc):
+    if args.quiet:
+        return None
+    from functools import partial
+
+    from tqdm import tqdm
+
+    return partial(tqdm, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+
+
+def extractor_from_args(args):
+    from extract import get_extractor
+
+    weights = "none" if args.weights.lower() == "none" else args.weights
+    config = dict(weights=weights, layer=args.layer, batch_size=args.batch_size, precision=args.precision,
+                  seed=args.seed, resize=args.resize)
+    for key in ("pooling", "input_size"):  # else the extractor's own default (the backbone's, a saved model's)
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    return get_extractor(args.model, **config)

@@ -1,0 +1,132 @@
+"""The `featurehead` argument parser: the top-level options, the core subcommands' arguments, and those of the
+command modules (each adds its own subcommands with `add_parsers(sub)`, setting their `func`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import augment, compose, report, workflows
+from .augment import add_augment_args
+from .options import add_extractor_args, add_output_flags
+
+EPILOG = """\
+typical session:
+  featurehead extract index.csv --images-root imgs/ --model vgg16 --out feats/
+  featurehead train feats/ --head logreg --out head/
+  featurehead evaluate head/ feats/ --out report/
+  featurehead predict head/ new.csv --images-root new_imgs/ --out predictions.csv
+A store is a directory. Re-running extract after a relabel, a new split, an appended image or a moved
+--images-root extracts only the images it has not seen (by content); `featurehead compact` drops the rows
+that the index no longer uses.
+Every command that writes something prints that path as the last line of standard output.
+-q/--quiet, -v/--verbose and --debug go before or after COMMAND. Without -v, TensorFlow's start-up notes
+and Keras's download messages are not shown.
+Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr);
+3 internal error, a bug in featurehead (one line on stderr; --debug or FEATUREHEAD_DEBUG=1 for the traceback:
+please report it); 130 interrupted.
+"""
+
+# Subcommands of the seed workflows, the scikit-learn composition and the report live in their own modules; each
+# has `add_parsers(sub)` (setting `func` on its parsers with `set_defaults`) and imports nothing heavy at start-up.
+COMMAND_MODULES = (workflows, augment, compose, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurehead",
+        description="Transfer learning on images: a frozen CNN writes features to an HDF5 store once; "
+        "cheap classifier heads train on the store as often as you like.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_output_flags(parser, default=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("extract", help="run a frozen CNN over an image index into a feature store (a directory)",
+                       description="Bring the store up to date with the index: images are keyed by their content, "
+                       "so only images the store has not seen go through the model; labels, splits and order are "
+                       "rewritten from the index every run.")
+    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
+    p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help="rows per shard file (default: 4096, or fewer when 4096 rows pass 1 GiB of features)")
+    p.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
+                   help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
+                   "joins a running scheduler (workers must see the store and images at the same paths)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: every core)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                   help="how features are stored: float16 halves the disk (default: the store's own; float32 for a "
+                   "new store)")
+    add_extractor_args(p)
+
+    add_augment_args(p, views=True)
+
+    p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (rows, stored_rows, garbage_rows, shards, failed, complete, fingerprint, ...)")
+
+    p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)")
+    p.add_argument("store")
+    p.add_argument("--shard-rows", type=int, default=None, help="rows per rewritten shard (default: as extract)")
+
+    p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="the HDF5 file to write")
+
+    p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle")
+    p.add_argument("store")
+    p.add_argument("--head", default="logreg", choices=["logreg", "mlp", "sgd"], help="default: logreg")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--C", type=float, default=None, help="logreg: inverse regularisation strength")
+    p.add_argument("--hidden", default=None, help="mlp: hidden sizes, comma-separated (default: 1000,500,150)")
+    p.add_argument("--dropout", type=float, default=None, help="mlp: dropout after each hidden layer (default: 0.5)")
+    p.add_argument("--learning-rate", type=float, default=None, help="mlp: Adam learning rate (default: 1e-3)")
+    p.add_argument("--epochs", type=int, default=None, help="mlp/sgd: maximum epochs")
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="held out when the store has no split column")
+    p.add_argument("--random-state", type=int, default=0)
+
+    p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
+    p.add_argument("head", help="head bundle directory")
+    p.add_argument("index", help="a CSV (filename column) or a folder of images in class subfolders")
+    p.add_argument("--images-root", default=None)
+    p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index)")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+
+    p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store")
+    p.add_argument("head")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--split", default=None,
+                   help="evaluate only this split (train/val/test); default: on the store the head was trained on, "
+                   "its held-out validation rows, else every row")
+
+    p = sub.add_parser("models", help="list the backbones: default size, preprocessing, features per pooling",
+                       description="Without NAME: every keras.applications backbone featurehead names, with its "
+                       "default input size, its preprocessing (inside the graph) and its features per image for "
+                       "each pooling. With NAME --layers: the layers it can be cut at (--layer), with their output "
+                       "shapes, from the model built without weights.")
+    p.add_argument("name", nargs="?", default=None, help="one backbone, e.g. resnet50")
+    p.add_argument("--layers", action="store_true", help="list NAME's layers and output shapes")
+    p.add_argument("--input-size", type=int, default=None, help="with --layers: the input side (default: the model's)")
+    p.add_argument("--check", action="store_true",
+                   help="build every listed backbone without weights and compare it with the table (slow: minutes)")
+
+    p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits",
+                       description="Writes the digits as PNG files with an index, extracts VGG16 features into a "
+                       "store named by the extractor's fingerprint (so a run with other options adds a store "
+                       "beside the first), trains a logistic-regression and an MLP head and evaluates both.")
+    p.add_argument("--out", "--workdir", dest="out", default="featurehead-demo",
+                   help="where images, stores and heads go (default: ./featurehead-demo; --workdir is an alias)")
+    p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (falls back to random init offline), a file, or none")
+    p.add_argument("--epochs", type=int, default=30, help="MLP epochs (default: 30, with early stopping)")
+
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    for subparser in sub.choices.values():
+        add_output_flags(subparser, default=argparse.SUPPRESS)  # so a flag after COMMAND overrides none before
+    return parser

@@ -1,0 +1,87 @@
+"""Pre-training a convolutional autoencoder (CAE) on the images of an index, without labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from extract import ImageIndex
+
+from .common import PretrainResult, check_out, image_batches, progress_callback
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CAEConfig:
+    """How `run_pretrain_cae` builds and trains the autoencoder (defaults: the seed's 28 px, (8, 4) CAE)."""
+
+    input_size: int = 28
+    channels: int = 1
+    filters: tuple = (8, 4)
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "filters": list(self.filters)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CAEConfig:
+        return cls(**{**d, "filters": tuple(d.get("filters", cls.filters))})
+
+
+def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *, progress=None,
+                     workers: int | None = None) -> PretrainResult:
+    """Train a CAE on every image of `index` (labels ignored) and save it with its plots next to it.
+
+    Writes `out` (the model), ``<stem>_loss.png`` and ``reconstructions.png`` (originals above
+    reconstructions) in the folder of `out`.
+
+    Parameters
+    ----------
+    index : ImageIndex
+    out : str or Path
+        The `.keras` file to write.
+    config : CAEConfig
+    progress : callable, optional
+        `progress(total=...)` returning an object with `update(n)` and `close()` (tqdm fits).
+    workers : int
+        Decoding threads.
+
+    Returns
+    -------
+    PretrainResult
+    """
+    from classify.cnn import epoch_timer, make_optimizer
+    from extract.autoencoder import build_autoencoder
+
+    from .plots import plot_loss, plot_reconstructions
+
+    out = check_out(out)
+    if not len(index):
+        raise ValueError("the index has no rows; pre-training needs images")
+    model = build_autoencoder(input_size=config.input_size, channels=config.channels, filters=config.filters,
+                              seed=config.seed)
+    model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss="binary_crossentropy")
+    data = image_batches(index.paths, config.input_size, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                         channels=config.channels, workers=workers)
+    timer = epoch_timer()
+    callbacks = [timer] + ([progress_callback(progress, data)] if progress else [])
+    try:
+        # shuffle=False: `data` reshuffles itself (seeded); Keras would shuffle it with Python's global `random`
+        history = model.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False).history
+        originals = data[0][0][:8]
+    finally:
+        data.close()
+    model.save(out)
+    history = {k: [float(v) for v in vals] for k, vals in history.items()}
+    loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
+    recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),
+                                 out.parent / "reconstructions.png", channels=config.channels)
+    logger.info("trained a CAE on %d images; final loss %.4f", len(index), history["loss"][-1])
+    return PretrainResult(out, loss_plot, history, len(index), timer.seconds, reconstructions=recon)
