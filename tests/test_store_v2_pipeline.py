@@ -184,6 +184,12 @@ def test_inspect_json_export_and_a_v1_file(image_folder, tmp_path, vgg, capsys):
         <= summary.items()
     assert summary["fingerprint"] == vgg.fingerprint()
     assert summary["shard_versions"][0]["keras_backend"]
+    import cv2
+    import simplejpeg
+
+    # the decoders' versions are recorded with each shard: they decide the pixels
+    assert summary["shard_versions"][0]["opencv"] == cv2.__version__
+    assert summary["shard_versions"][0]["simplejpeg"] == simplejpeg.__version__
     assert main(["-q", "export", str(store), "--out", str(tmp_path / "one.h5")]) == 0
     with h5py.File(tmp_path / "one.h5", "r") as f:
         assert not f["features"].is_virtual and "shard" not in f

@@ -29,10 +29,10 @@ def library_versions() -> dict:
     import keras
     import PIL
 
-    from extract.images import simplejpeg
+    from extract.images import cv2, simplejpeg
 
     backend = keras.backend.backend()
     module = importlib.import_module(backend)
     return {**base_versions(), "keras": keras.__version__, "keras_backend": backend,
             "backend_version": getattr(module, "__version__", "unknown"), "pillow": PIL.__version__,
-            "simplejpeg": getattr(simplejpeg, "__version__", "none")}
+            "simplejpeg": getattr(simplejpeg, "__version__", "none"), "opencv": getattr(cv2, "__version__", "none")}
