@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ExtractorConfigError
-from .layers import GRAY_WEIGHTS, cut_at_layer, grayscale_layer, rescale_layer, seeded_init
+from .layers import GRAY_WEIGHTS, cut_at_layer, dtype_policy, grayscale_layer, rescale_layer, seeded_init
 from .registry import register_extractor
 from .saved_model import SavedModelExtractor
 
@@ -63,9 +63,18 @@ def build_autoencoder(*, input_size: int = 28, channels: int = 1, filters=(8, 4)
     keras.Model
         Raw RGB (n, input_size, input_size, 3) in 0..255 -> (n, input_size, input_size, channels) in 0..1.
     """
+    filters = _check_levels(input_size, filters)
+    if seed is None:  # Keras's own init: its unseeded initializers draw from Python's `random`, as the user asked
+        return _build_autoencoder(input_size, channels, filters, kernel_size)
+    with dtype_policy("float32"):  # the float32 policy as it is, and Python's `random` state given back
+        model = _build_autoencoder(input_size, channels, filters, kernel_size)
+    seeded_init(model, seed)
+    return model
+
+
+def _build_autoencoder(input_size, channels, filters, kernel_size):
     import keras
 
-    filters = _check_levels(input_size, filters)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
     for layer in preprocessing_layers(channels):
@@ -77,10 +86,7 @@ def build_autoencoder(*, input_size: int = 28, channels: int = 1, filters=(8, 4)
         x = keras.layers.Conv2D(f, kernel_size, padding="same", activation="relu", name=f"decoder_conv{i}")(x)
         x = keras.layers.UpSampling2D(2, name=f"decoder_upsample{i}")(x)
     x = keras.layers.Conv2D(channels, kernel_size, padding="same", activation="sigmoid", name="reconstruction")(x)
-    model = keras.Model(inputs, x, name="cae")
-    if seed is not None:
-        seeded_init(model, seed)
-    return model
+    return keras.Model(inputs, x, name="cae")
 
 
 def _check_levels(input_size, filters) -> tuple:
