@@ -180,6 +180,14 @@ def _needed(stored_wh, hw, resize: str, orientation: int) -> tuple[int, int]:
     return (h, w) if rotated else (w, h)
 
 
+def resize_image(image: np.ndarray, size: int | tuple[int, int], resize: str = "squash") -> np.ndarray:
+    """Resize one uint8 RGB array (h, w, 3) to `size` exactly as `load_image` resizes a decoded file."""
+    if resize not in RESIZES:
+        raise ValueError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return _fit(np.asarray(image, dtype=np.uint8), hw, resize)
+
+
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     """The EXIF orientation applied to an (h, w, 3) array: Pillow's `Image.transpose` for each tag, as views."""
     if orientation in (5, 6, 7, 8):  # displayed turned by 90 degrees: transpose, then flip

@@ -272,3 +272,30 @@ def test_transform_changes_no_attribute_and_a_read_only_array_works(images):
     before = dict(vars(t))
     t.transform(arrays)
     assert vars(t) == before
+
+
+@pytest.mark.parametrize("model, pooling, size", [("vgg16", "flatten", 224), ("resnet50", "avg", 224),
+                                                  ("inceptionv3", "avg", 299)])
+def test_defaults_are_the_models_own_as_on_the_command_line(images, model, pooling, size):
+    """No pooling or input size given: the model's own defaults, the very extractor `featurehead extract` makes
+    (same fingerprint, so the same cache and store rows)."""
+    paths, _, _ = images
+    t = ImageFeatureExtractor(model, weights="none").fit(paths)
+    config = t.extractor_.spec()["config"]
+    assert (config["pooling"], config["input_size"]) == (pooling, size)
+    assert t.extractor_.fingerprint() == get_extractor(model, weights="none").fingerprint()
+
+
+def test_resize_crop_treats_arrays_and_files_alike(tmp_path):
+    arr = np.zeros((24, 72, 3), np.uint8)  # wide: red | green | blue thirds
+    arr[:, :24, 0], arr[:, 24:48, 1], arr[:, 48:, 2] = 255, 255, 255
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    kw = dict(weights="none", input_size=32, pooling="avg", batch_size=2)
+    crop = ImageFeatureExtractor(resize="crop", **kw)
+    from_file = crop.fit_transform([str(tmp_path / "wide.png")])
+    from_array = crop.fit_transform(arr[None])
+    np.testing.assert_allclose(from_array, from_file, rtol=1e-5, atol=1e-6)
+    squash = ImageFeatureExtractor(resize="squash", **kw).fit_transform(arr[None])
+    assert not np.allclose(squash, from_array, rtol=1e-3)  # the crop dropped the red and blue thirds
+    with pytest.raises(ValueError, match="`resize` must be one of"):
+        ImageFeatureExtractor(resize="stretch", **kw).fit(arr[None])

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from extract import ImageReadError, get_extractor, read_batch
-from extract.images import default_workers
+from extract.images import default_workers, resize_image
 from features_store import cache
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,14 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     layer : str, list of str or None, default=None
         Cut the network at this layer; a list extracts every layer in one forward pass and concatenates
         their pooled outputs in the order given.
-    pooling : {"flatten", "avg", "max"}, default="flatten"
-    input_size : int, default=224
-        Images are resized to ``(input_size, input_size)``.
+    pooling : {"flatten", "avg", "max"} or None, default=None
+        None: the model's own default (flatten for VGG, avg for the other backbones; ``featurehead models``).
+    input_size : int or None, default=None
+        Images are resized to ``(input_size, input_size)``; None: the model's own default size (224 for most
+        backbones, 299 for Inception and Xception, up to 600 for EfficientNet-B7).
+    resize : {"squash", "crop"}, default="squash"
+        "squash" resizes the whole image; "crop" resizes the shorter side and cuts the centre (as
+        ``featurehead extract --resize``). Applies to image paths and to image arrays alike.
     batch_size : int, default=32
         Images per forward pass.
     precision : {"float32", "bfloat16", "float16"}, default="float32"
@@ -65,8 +70,9 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         *,
         weights: str = "imagenet",
         layer: str | list[str] | None = None,
-        pooling: str = "flatten",
-        input_size: int = 224,
+        pooling: str | None = None,
+        input_size: int | None = None,
+        resize: str = "squash",
         batch_size: int = 32,
         precision: str = "float32",
         seed: int = 0,
@@ -78,6 +84,7 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         self.layer = layer
         self.pooling = pooling
         self.input_size = input_size
+        self.resize = resize
         self.batch_size = batch_size
         self.precision = precision
         self.seed = seed
@@ -102,9 +109,9 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise ValueError(f"`cache_dir` must be None or a path. Received: cache_dir={self.cache_dir!r}")
         layer = list(self.layer) if isinstance(self.layer, tuple) else self.layer
-        extractor = get_extractor(self.model, weights=self.weights, layer=layer, pooling=self.pooling,
-                                  input_size=self.input_size, batch_size=self.batch_size,
-                                  precision=self.precision, seed=self.seed)
+        defaults = {k: v for k, v in (("pooling", self.pooling), ("input_size", self.input_size)) if v is not None}
+        extractor = get_extractor(self.model, weights=self.weights, layer=layer, resize=self.resize,
+                                  batch_size=self.batch_size, precision=self.precision, seed=self.seed, **defaults)
         extractor.validate()
         _, _, columns = _as_images(X)
         self.extractor_ = extractor
@@ -211,7 +218,8 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         if kind == "paths":
             images, ok, errors = read_batch([items[i] for i in rows], size, decoders, resize=self.extractor_.resize)
         else:
-            images, ok, errors = _resize(items[rows], size), np.ones(len(rows), bool), [""] * len(rows)
+            images = np.stack([resize_image(im, size, self.extractor_.resize) for im in items[rows]])
+            ok, errors = np.ones(len(rows), bool), [""] * len(rows)
         if not ok.all() and self.on_error == "raise":
             bad = int(np.flatnonzero(~ok)[0])
             raise ImageReadError(f"{items[rows[bad]]}: {errors[bad]} (on_error='nan' gives a NaN row instead)")
@@ -248,13 +256,3 @@ def _as_images(X: Any) -> tuple[str, Any, list | None]:
             + (f" of shape {shape} and dtype {getattr(X, 'dtype', None)}" if shape is not None else "")
         )
     return "paths", [os.fspath(p) for p in items], columns
-
-
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 images to `size` (bilinear, as `extract.load_image` does) when they differ."""
-    h, w = size
-    if images.shape[1:3] == (h, w):
-        return images
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR)) for im in images])
