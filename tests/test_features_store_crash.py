@@ -40,6 +40,11 @@ def rows(part):
     return x, r % 37 != 5, [f"row {{i}} failed: é" for i in r]
 
 
+def view():
+    s.write_view(ids=[f"{{i}}.png" for i in range({N})], keys=keys, labels=np.arange({N}) % 3,
+                 classes=["a", "b", "c"], split=["train"] * {N})
+
+
 with fs.StoreSession.open(store, fingerprint="{FP}", extractor={{"name": "crash"}}) as s:
     committed = s.manifest.stored_rows if s.manifest else 0
     for part in fs.plan_shards(s.missing(keys), {SHARD}):
@@ -52,8 +57,8 @@ with fs.StoreSession.open(store, fingerprint="{FP}", extractor={{"name": "crash"
                 time.sleep(sleep)
             s.commit(w)
         committed += len(part)
-        s.write_view(ids=[f"{{i}}.png" for i in range({N})], keys=keys, labels=np.arange({N}) % 3,
-                     classes=["a", "b", "c"], split=["train"] * {N})
+        view()
+    view()  # as run_extract, a run always ends by rewriting the view (a kill may land between commit and view)
     s.remove_orphans()
 """
 
