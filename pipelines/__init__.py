@@ -14,7 +14,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "run_extract": "runs.extraction",
-    "default_store_path": "runs.extraction",
+    "default_store_path": "runs.planning",
     "ExtractResult": "runs.extraction",
     "run_train": "runs.heads",
     "run_evaluate": "runs.heads",

@@ -16,7 +16,8 @@ import features_store
 from extract import extractor_from_spec, read_index
 from features_store.reader import open_view
 
-from .extraction import default_store_path, run_extract
+from .extraction import run_extract
+from .planning import default_store_path
 
 logger = logging.getLogger(__name__)
 
