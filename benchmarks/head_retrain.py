@@ -29,7 +29,7 @@ loaded = status('VmRSS:')  # includes X and whatever the reader left resident
 open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM: the peak below is the fit's own
 head = classify.make_head('logreg')
 if sys.argv[2] == 'train':  # what `featurehead train` does: X was read for this fit, scaled in place
-    from pipelines.runs.heads import _fit_in_memory
+    from pipelines.runs.training import _fit_in_memory
     _fit_in_memory(head, X, y)
 else:  # a user's X: the scaler keeps it and scales a copy
     head.fit(X, y)

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state, compute_sample_weight
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.holdout import holdout
 from classify.keras_dataset import array_batches, fit_mlp_batches
 from classify.labels import encode_labels
+from classify.mlp_inputs import checked_validation, sample_weights
 from classify.mlp_network import build_mlp, model_from_bytes, model_to_bytes, network_proba
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,8 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             )
         self.classes_ = classes
         codes = encode_labels(y, classes)
-        weights = self._sample_weights(y, sample_weight)
-        validation = self._validation(validation_data)
+        weights = sample_weights(y, sample_weight, self.class_weight)
+        validation = checked_validation(validation_data, self.n_features_in_, self.classes_)
 
         import keras
 
@@ -248,45 +249,12 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"`{name}` must be {expected[name]}. Received: {name}={getattr(self, name)!r}")
         return hidden
 
-    def _sample_weights(self, y: np.ndarray, sample_weight: Any) -> np.ndarray:
-        """One float32 weight per sample: `sample_weight` times the `class_weight` weights (ones by default)."""
-        if sample_weight is None:
-            weights = np.ones(len(y), dtype=np.float32)
-        else:
-            weights = check_array(sample_weight, ensure_2d=False, dtype=np.float32, input_name="sample_weight")
-            if weights.shape != (len(y),):
-                raise ValueError(
-                    f"`sample_weight` must have shape ({len(y)},). Received: sample_weight.shape={weights.shape}"
-                )
-            if np.any(weights < 0):
-                raise ValueError(f"`sample_weight` must be non-negative. Received: min={weights.min()}")
-            if not np.any(weights > 0):
-                raise ValueError("`sample_weight` must have a non-zero weight. Received: all weights are zero")
-        if self.class_weight is not None:
-            weights = weights * compute_sample_weight(self.class_weight, y).astype(np.float32)
-        return weights
-
     def _seed(self) -> int | None:
         if self.random_state is None:
             return None
         if isinstance(self.random_state, numbers.Integral):
             return int(self.random_state)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-
-    def _validation(self, validation_data: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        """`validation_data` checked: float32 rows of `n_features_in_` and the codes of their labels."""
-        if validation_data is None:
-            return None
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("`validation_data` must be a tuple (X_val, y_val). "
-                             f"Received: {type(validation_data).__name__}")
-        X_val = check_array(validation_data[0], dtype=np.float32, input_name="X_val")
-        if X_val.shape[1] != self.n_features_in_:
-            raise ValueError(f"`X_val` must have {self.n_features_in_} features, as X. Received: X_val.shape={X_val.shape}")
-        y_val = np.asarray(validation_data[1])
-        if y_val.shape != (len(X_val),):
-            raise ValueError(f"`y_val` must have shape ({len(X_val)},). Received: y_val.shape={y_val.shape}")
-        return X_val, encode_labels(y_val, self.classes_)
 
     def _fit_data(self, keras: Any, X: np.ndarray, codes: np.ndarray, weights: np.ndarray, seed: int | None,
                   groups: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None):

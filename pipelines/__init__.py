@@ -14,12 +14,12 @@ from importlib import import_module
 
 _EXPORTS = {
     "run_extract": "runs.extraction",
-    "default_store_path": "runs.extraction",
+    "default_store_path": "runs.planning",
     "ExtractResult": "runs.extraction",
-    "run_train": "runs.heads",
-    "run_evaluate": "runs.heads",
-    "run_predict": "runs.heads",
-    "split_rows": "runs.heads",
+    "run_train": "runs.training",
+    "run_evaluate": "runs.prediction",
+    "run_predict": "runs.prediction",
+    "split_rows": "runs.training",
     "describe_store": "runs.inspection",
     "run_demo": "runs.demo",
     "ImageFeatureExtractor": "sklearn.transformers",

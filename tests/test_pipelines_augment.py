@@ -6,8 +6,9 @@ import features_store
 from extract import get_extractor, read_index
 from extract.augment import Augmentation
 from pipelines.cli import main
-from pipelines.runs.extraction import default_store_path, run_extract
-from pipelines.runs.heads import run_train, split_rows
+from pipelines.runs.extraction import run_extract
+from pipelines.runs.planning import default_store_path
+from pipelines.runs.training import run_train, split_rows
 from pipelines.runs.views import AugmentedViews, assign_split
 
 VIEWS = AugmentedViews(2, Augmentation(rotation=0.1, zoom=0.1, flip=True), seed=3)

@@ -162,7 +162,8 @@ def test_evaluate_refuses_a_training_store_whose_view_changed(store, csv_index, 
 def test_predict_reuses_a_float16_store(csv_index, tmp_path):
     from extract import get_extractor, read_index
     from pipelines.runs.extraction import run_extract
-    from pipelines.runs.heads import run_predict, run_train
+    from pipelines.runs.prediction import run_predict
+    from pipelines.runs.training import run_train
 
     extractor = get_extractor("vgg16", weights="none", input_size=32, batch_size=4)
     half = run_extract(read_index(csv_index), extractor, tmp_path / "half", dtype="float16").store

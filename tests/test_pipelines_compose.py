@@ -141,7 +141,7 @@ def test_train_sgd_head_out_of_core_from_the_cli(store, tmp_path, capsys):
 
 def test_sgd_out_of_core_mixes_classes_of_a_class_sorted_store(tmp_path):
     import classify
-    from pipelines.runs.heads import _fit_sgd_out_of_core
+    from pipelines.runs.training import _fit_sgd_out_of_core
 
     rng = np.random.default_rng(0)
     n, d = 400, 8

@@ -16,7 +16,8 @@ distributed = pytest.importorskip("distributed")
 import features_store  # noqa: E402
 from extract import get_extractor, read_index  # noqa: E402
 from extract.applications import VGG16Extractor  # noqa: E402
-from pipelines.runs.extraction import plan_rows, run_extract  # noqa: E402
+from pipelines.runs.extraction import run_extract  # noqa: E402
+from pipelines.runs.planning import plan_rows  # noqa: E402
 from pipelines.scale.distributed import extract_shard  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-6)

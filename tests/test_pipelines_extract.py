@@ -11,7 +11,8 @@ from PIL import Image
 
 import features_store
 from extract import ImageReadError, get_extractor, read_index
-from pipelines.runs.extraction import default_store_path, run_extract
+from pipelines.runs.extraction import run_extract
+from pipelines.runs.planning import default_store_path
 
 
 def small_vgg(**kw):

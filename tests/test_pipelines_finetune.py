@@ -12,7 +12,8 @@ from classify import KerasMLPClassifier
 from extract import get_extractor, read_index
 from pipelines.cli import main
 from pipelines.runs.extraction import run_extract
-from pipelines.runs.heads import load_any_bundle, run_train
+from pipelines.runs.prediction import load_any_bundle
+from pipelines.runs.training import run_train
 from pipelines.workflows.finetune import leaf_layers, plan_unfrozen, run_finetune, transplant
 
 MLP = {"hidden_layer_sizes": (8,), "epochs": 2, "early_stopping": False, "random_state": 0}

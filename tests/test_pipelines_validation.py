@@ -11,7 +11,8 @@ import classify
 import features_store
 from features_store import reader
 from pipelines.cli import main
-from pipelines.runs.heads import run_evaluate, run_train, split_rows, validation_source
+from pipelines.runs.prediction import run_evaluate
+from pipelines.runs.training import run_train, split_rows, validation_source
 
 MLP = {"hidden_layer_sizes": (8,), "epochs": 1, "learning_rate": 0.01}
 
@@ -157,7 +158,7 @@ def test_sgd_reads_the_store_metadata_once_whatever_the_number_of_slabs(tmp_path
     monkeypatch.setattr(reader._View, "features", counted_features)
     counts = {}
     for slab_rows in (80, 8):  # 320 train rows: 4 and 40 slabs per pass
-        monkeypatch.setattr("pipelines.runs.heads.SGD_SLAB_BYTES", 4 * 8 * slab_rows)
+        monkeypatch.setattr("pipelines.runs.training.SGD_SLAB_BYTES", 4 * 8 * slab_rows)
         calls.update(metadata=0, slabs=0)
         result = run_train(store, tmp_path / f"sgd-{slab_rows}", head="sgd", params={"max_iter": 3})
         counts[slab_rows] = dict(calls)

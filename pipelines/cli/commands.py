@@ -82,7 +82,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..runs.heads import run_train
+    from ..runs.training import run_train
 
     given = {k: getattr(args, k) for k in ("C", "hidden", "dropout", "learning_rate", "epochs")
              if getattr(args, k) is not None}
@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..runs.heads import run_predict
+    from ..runs.prediction import run_predict
 
     result = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
                          progress=progress(args, "extract"))
@@ -122,7 +122,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from classify import format_metrics
 
-    from ..runs.heads import run_evaluate
+    from ..runs.prediction import run_evaluate
 
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")

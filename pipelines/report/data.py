@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from ..runs.heads import trained_rows
+from ..runs.prediction import trained_rows
 
 TOP_K = 5  # top-k accuracy is shown when there are more than TOP_K classes
 

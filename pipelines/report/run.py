@@ -18,7 +18,7 @@ import numpy as np
 import classify
 import features_store
 
-from ..runs.heads import run_evaluate
+from ..runs.prediction import run_evaluate
 from . import data
 from .html import Figure, Mistake, Page, render_page
 from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability

@@ -12,7 +12,8 @@ import pandas as pd
 from extract import WeightsUnavailableError, get_extractor, read_index
 
 from .extraction import run_extract
-from .heads import run_evaluate, run_train
+from .prediction import run_evaluate
+from .training import run_train
 
 logger = logging.getLogger(__name__)
 

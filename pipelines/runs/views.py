@@ -1,7 +1,7 @@
 """Augmented views in the store: which rows get views, where they go, and the views' identity.
 
 Only training rows get views; the views of an image are drawn from a seed of (seed, its content), so a resumed
-run, a relabel or a reordered index gives the same views. `pipelines.runs.extraction` streams them; this module plans and draws them.
+run, a relabel or a reordered index gives the same views. `pipelines.runs.filling` streams them; this module plans and draws them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import features_store
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
-from ..runs.heads import trained_rows, training_view_changed, validation_source
+from ..runs.prediction import trained_rows, training_view_changed
+from ..runs.training import validation_source
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import pandas as pd
 import features_store
 from extract import ImageIndex
 
-from ..runs.extraction import Target, default_store_path, fill_stores, plan_rows, view_args
+from ..runs.filling import Target, fill_stores
+from ..runs.planning import default_store_path, plan_rows, view_args
 from ..runs.versions import base_versions
 
 logger = logging.getLogger(__name__)

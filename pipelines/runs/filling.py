@@ -1,0 +1,209 @@
+"""Filling stores with the rows they lack: the shard writers of each store (`Target`) and the overlapped
+decode -> forward pass -> write loop (`fill_stores`, the writes on an `AsyncWriter` thread).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import features_store
+from extract import ImageReadError
+from extract.images import decoded_batches
+
+from .planning import RowPlan
+from .versions import library_versions
+from .views import AugmentedViews, apply_views
+
+
+@dataclass
+class Target:
+    """One store being filled by a run: its session, its missing keys and its shard writers as they go."""
+
+    session: features_store.StoreSession
+    missing: list[str]
+    shard_rows: int | None
+    versions: dict = field(default_factory=dict)
+    n_features: int | None = None
+    _plan: list = field(default_factory=list)
+    _writer: features_store.ShardWriter | None = None
+    _need: set = field(default_factory=set)
+
+    def start(self, n_features: int, versions: dict) -> set[str]:
+        """Plan the shards and return the keys still to compute (those not durable in a resumed shard)."""
+        self.n_features, self.versions = n_features, versions
+        rows = self.shard_rows or features_store.default_shard_rows(n_features)
+        self._plan = features_store.plan_shards(self.missing, rows)
+        self._need = set()
+        store = self.session.store
+        for keys in self._plan:
+            done = _durable_rows(store, self.session.fingerprint, keys, versions)
+            self._need.update(keys[done:])
+        self._plan = list(reversed(self._plan))  # popped from the end
+        return self._need
+
+    def write(self, keys: Sequence[str], features: np.ndarray, ok: np.ndarray, errors: Sequence[str]) -> None:
+        """Route the rows this store needs, in order, into its shards, committing each shard as it fills."""
+        mine = [i for i, k in enumerate(keys) if k in self._need]
+        while mine:
+            writer = self._current()
+            expected = writer.keys[writer.n_done : writer.n_done + len(mine)]
+            take = len(expected)
+            if [keys[i] for i in mine[:take]] != expected:
+                raise RuntimeError(f"rows arrived out of plan order for shard {writer.name}")  # a bug, not input
+            sel = np.asarray(mine[:take])
+            writer.write(features[sel], ok[sel], [errors[i] for i in sel])
+            mine = mine[take:]
+            if writer.n_done == writer.n_rows:
+                self._close_current()
+
+    def _current(self) -> features_store.ShardWriter:
+        while self._writer is None:
+            keys = self._plan.pop()
+            writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions)
+            if writer.n_done == writer.n_rows:  # complete on disk but not committed (a crash in between)
+                self.session.commit(writer, self.versions)
+                writer.close()
+                continue
+            self._writer = writer
+        return self._writer
+
+    def _close_current(self) -> None:
+        try:
+            self.session.commit(self._writer, self.versions)
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> None:
+        """Commit every remaining planned shard (those complete on disk already)."""
+        while self._plan or self._writer is not None:
+            writer = self._current()
+            if writer.n_done != writer.n_rows:
+                raise RuntimeError(f"shard {writer.name} was left with {writer.n_rows - writer.n_done} rows unwritten")
+            self._close_current()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _durable_rows(store: str, fingerprint: str, keys: Sequence[str], versions: dict) -> int:
+    """Rows of the planned shard of `keys` already durable on disk (0 when it does not exist yet, or was
+    written under another backend or Keras version: that one is not resumed)."""
+    import h5py
+
+    runtime = features_store.runtime_tag(versions)
+    path = os.path.join(store, "shards", features_store.shard_name(fingerprint, keys, runtime))
+    if not os.path.exists(path):
+        return 0
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["n_done"])
+    except (OSError, KeyError):
+        return 0
+
+
+class AsyncWriter:
+    """Runs `write(*item)` on one thread behind a bounded queue, so the HDF5 writes and the commits overlap the
+    next forward pass; `put` blocks when `depth` items wait (memory stays flat), and re-raises a failed write."""
+
+    def __init__(self, write: Callable, depth: int = 2):
+        self._write, self._queue, self._error = write, queue.Queue(maxsize=depth), None
+        self._thread = threading.Thread(target=self._run, name="featurehead-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as err:  # handed to the producer by put/close
+                    self._error = err
+
+    def _raise(self):
+        if self._error is not None:
+            raise self._error
+
+    def put(self, *item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first failure."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+
+def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tuple[list[int], Callable]], *,
+                input_size: tuple[int, int], views: AugmentedViews | None, strict: bool, workers: int | None,
+                progress, batch_size: int, resize: str = "squash") -> int:
+    """Compute the keys that any target lacks, once, and write each target's share; return the rows computed.
+
+    `build()` is called only when something is missing: it builds the model and returns the feature width of
+    each target and `compute(images) -> [features of each target]`. Three stages overlap: the decoding pool
+    (`extract.images.decoded_batches`, a few batches ahead), the forward pass here, and the writes on an
+    `AsyncWriter`, each behind a bounded queue.
+    """
+    if not any(t.missing for t in targets):
+        return 0
+    dims, compute = build()
+    versions = library_versions()
+    need: set[str] = set()
+    for target, dim in zip(targets, dims):
+        need |= target.start(dim, versions)
+    # one order for all, the rows' order: each target's missing keys are a subsequence of it
+    keys = [k for k in dict.fromkeys(plan.keys) if k in need]
+    batches = features_store.batch_plan(len(keys), batch_size)
+    bar = progress(total=len(keys), initial=0) if progress else None
+    paths = [plan.todo[k][0] for k in keys]
+
+    def write(batch_keys, outputs, ok, errors):
+        for target, out in zip(targets, outputs):
+            target.write(batch_keys, out, ok, errors)
+        if bar is not None:
+            bar.update(len(batch_keys))
+
+    writer = AsyncWriter(write)
+    try:
+        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers, resize):
+            batch_keys = keys[lo:hi]
+            if strict and not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise ImageReadError(f"{plan.todo[batch_keys[bad]][3]}: {errors[bad]} (--strict stops at the first failure)")
+            if views is not None:
+                view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
+                seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
+                images = apply_views(images, ok, seeds, view, views)
+            if ok.all():
+                outputs = compute(images)
+            else:
+                outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
+                if ok.any():
+                    for out, part in zip(outputs, compute(images[ok])):
+                        out[ok] = part
+            writer.put(batch_keys, outputs, ok, errors)
+        writer.close()
+        for target in targets:
+            target.finish()
+    finally:
+        if writer._thread.is_alive():  # stopped by an error here: let the queued writes end, keep our error
+            try:
+                writer.close()
+            except BaseException:
+                pass
+        for target in targets:
+            target.close()
+        if bar is not None:
+            bar.close()
+    return len(keys)

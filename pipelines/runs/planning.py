@@ -1,0 +1,90 @@
+"""The row planning of an extraction: which store rows an index has, their content keys, and its view.
+
+`plan_rows` hashes the index's files (size and mtime spare unchanged ones) and lays out one row per image and
+augmented view, each keyed by content; `view_args` turns that plan into the store's view of the index.
+`default_store_path` names the store an index's extraction goes to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import features_store
+from extract import ImageIndex, canonical_json
+from extract.augment import view_layout
+from extract.content import content_keys, content_seed, view_key
+
+from .views import AugmentedViews, store_identity, training_split
+
+
+def default_store_path(index: ImageIndex, extractor, views: AugmentedViews | None = None) -> Path:
+    """A store directory next to the index, naming the model and a short fingerprint (and the augmentation)."""
+    src = Path(index.source)
+    stem, parent = (src.name, src.parent) if src.is_dir() else (src.stem, src.parent)
+    if views is not None:
+        stem = f"{stem}.aug{views.k}-{views_identity(views)[:8]}"
+    return parent / features_store.default_store_name(stem, extractor.name, extractor.fingerprint())
+
+
+def views_identity(views: AugmentedViews) -> str:
+    import hashlib
+
+    return hashlib.sha256(canonical_json(views.to_dict()).encode()).hexdigest()
+
+
+def label_codes(labels, classes) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int32)
+
+
+@dataclass
+class RowPlan:
+    """The store rows of an index: each row's key, and how to compute a key's features."""
+
+    keys: list[str]
+    source: np.ndarray
+    view: np.ndarray
+    split: list[str]
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    reasons: list[str]
+    todo: dict = field(default_factory=dict)  # key -> (path, view number, seed, id)
+
+
+def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, workers: int | None) -> RowPlan:
+    """Hash the index's files (sparing those unchanged since the store's last view) and lay out the rows."""
+    prev_root, known = (None, {})
+    if store.is_dir():
+        prev_root, known = features_store.read_file_keys(store)
+    if prev_root is None or Path(prev_root).resolve() != index.root.resolve():
+        known = {}  # another root: the same ids may be other files, so hash them all (extracting none)
+    content, size, mtime, reasons = content_keys(index.root, index.ids, known, workers=workers)
+    split = index.split if views is None else training_split(index, views)
+    source, view = view_layout(split, 0 if views is None else views.k)
+    aug = canonical_json(views.to_dict()) if views is not None else ""
+    paths, ids = index.paths, index.ids
+    keys, todo = [], {}
+    for r, v in zip(source.tolist(), view.tolist()):
+        base = content[r]
+        key = base if (v == 0 or not base) else view_key(base, v, aug)
+        keys.append(key)
+        if key and key not in todo:
+            todo[key] = (paths[r], v, content_seed(base), ids[r])
+    return RowPlan(keys, source, view, list(split), size[source], mtime[source],
+                   [reasons[r] for r in source.tolist()], todo)
+
+
+def view_args(index: ImageIndex, plan: RowPlan, views: AugmentedViews | None) -> dict:
+    """The `StoreSession.write_view` arguments of the current index."""
+    classes = index.classes
+    ids = np.asarray(index.ids, dtype=object)[plan.source]
+    attrs = {"index_source": index.source, "images_root": str(index.root)}
+    if views is not None:
+        attrs["augmentation"] = canonical_json(views.to_dict())
+    return dict(ids=ids.tolist(), keys=plan.keys, labels=label_codes(index.labels, classes)[plan.source],
+                classes=classes, split=np.asarray(plan.split, dtype=object)[plan.source].tolist(),
+                view=plan.view, source=plan.source, size=plan.size, mtime_ns=plan.mtime_ns, reasons=plan.reasons,
+                attrs=attrs, index_sha256=store_identity(index, views))

@@ -1,0 +1,157 @@
+"""Stage two with a trained head: evaluate it on a store (`run_evaluate`), and predict new images through its
+extractor (`run_predict`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import classify
+import features_store
+from extract import extractor_from_spec, read_index
+
+from .extraction import run_extract
+from .planning import default_store_path
+from .training import split_rows
+
+
+def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
+    """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
+
+    Without `split`, on the store the head was trained on, only its held-out validation rows count (never the
+    rows it was fitted on; a head that held none out is refused); on any other store, every row. The training store is refused when its view has
+    changed since training (another index, labels or split: its held-out rows are no longer known).
+    """
+    bundle = classify.load_bundle(bundle_path)
+    info = features_store.read_info(store)
+    bundle.check_fingerprint(info.fingerprint)
+    trained_on = bundle.manifest.get("trained_on")
+    if split is None and trained_on and Path(trained_on).resolve() == Path(store).resolve():
+        if training_view_changed(bundle.manifest, info):
+            raise ValueError(
+                f"{store} now lists another index than the one {Path(bundle_path).name} was trained on (its ids, "
+                "labels or split changed since), so its held-out rows are unknown; re-extract the training index "
+                "into it (nothing is extracted again), or evaluate with --split or on another store"
+            )
+        meta = features_store.read_meta(store)
+        _, rows = trained_rows(bundle.manifest, meta)
+        if not len(rows):
+            raise ValueError(
+                f"{Path(bundle_path).name} was fitted on every labelled 'train' row of {store} and holds none out "
+                "(its validation source is 'none'); evaluate with --split test, or on another store"
+            )
+        X, y, evaluated = features_store.read_features(store, rows), meta.labels[rows], "held-out validation rows"
+    else:
+        X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
+        evaluated = f"split {split!r}" if split else "all rows"
+    keep = y != ""
+    if not keep.any():
+        raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
+    metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
+    metrics["evaluated_on"] = evaluated
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+    return metrics
+
+
+def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) rows a bundle's head was trained with, from its manifest's parameters.
+
+    `head` stands in for a manifest that does not name its head (one saved outside `run_train`).
+    """
+    params = manifest.get("params") or {}
+    return split_rows(meta, head=params.get("head", head or "logreg"),
+                      validation_fraction=params.get("validation_fraction", 0.2),
+                      random_state=params.get("random_state", 0))
+
+
+def training_view_changed(manifest: dict, info: features_store.StoreInfo) -> bool:
+    """Whether the store's view is no longer the one a head was trained on (bundles of before v2 cannot say)."""
+    trained = manifest.get("trained_index_sha256")
+    return bool(trained) and trained != info.index_sha256
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    csv: Path
+    n_rows: int
+    n_failed: int
+
+
+def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> PredictResult:
+    """Predict every row of an index with a bundle, extracting with exactly the bundle's extractor.
+
+    The store (`store`, default: the directory next to the index) is brought up to date first: images whose
+    content it holds under the bundle's extractor are not extracted again, and its view becomes this index's.
+    Failed rows are kept, marked `ok=False`.
+    """
+    bundle = load_any_bundle(bundle_path)
+    index = read_index(index_source, images_root)
+    classes = list(bundle.manifest["classes"])
+    if bundle.kind == "full":  # a fine-tuned model: images in, probabilities out; no store
+        ids, ok, errors, proba = _predict_images(bundle, index, progress)
+    else:
+        ids, ok, errors, proba = _predict_features(bundle, index, store, progress)
+    frame = pd.DataFrame({"filename": ids, "ok": ok})
+    best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
+    frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
+    frame["probability"] = np.where(frame["ok"], proba[np.arange(len(ids)), best], np.nan)
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = proba[:, j]
+    frame["error"] = errors
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False, float_format="%.6g")
+    return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
+
+
+def load_any_bundle(bundle_path):
+    """`classify.load_bundle`, registering extract's custom Keras layers first when the bundle is a full model."""
+    if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
+        from extract.layers import caffe_preprocess_layer
+
+        caffe_preprocess_layer()  # defining the layer class registers it with Keras for loading
+    return classify.load_bundle(bundle_path)
+
+
+def _predict_features(bundle, index, store, progress):
+    extractor = extractor_from_spec(bundle.manifest["extractor"])
+    store = Path(store) if store is not None else default_store_path(index, extractor)
+    # an existing store keeps its own storage type (a float16 store is reused, not refused as float32)
+    manifest = features_store.read_manifest(store) if store.is_dir() else None
+    dtype = manifest.dtype if manifest is not None else "float32"
+    result = run_extract(index, extractor, store, progress=progress, dtype=dtype)
+    bundle.check_fingerprint(result.fingerprint)
+    meta = features_store.read_meta(store)
+    rows = np.flatnonzero(meta.view == 0)
+    ok_rows = rows[meta.ok[rows]]
+    proba = np.full((len(rows), len(bundle.classes)), np.nan)
+    if len(ok_rows):
+        proba[meta.ok[rows]] = bundle.predict_proba(features_store.read_features(store, ok_rows))
+    return meta.ids[rows], meta.ok[rows], meta.errors[rows], proba
+
+
+def _predict_images(bundle, index, progress, batch_size: int = 32):
+    from extract import read_batch
+
+    size = tuple(bundle.manifest["input_shape"][:2])
+    resize = (bundle.manifest.get("extractor") or {}).get("config", {}).get("resize", "squash")  # as extracted
+    paths = index.paths
+    proba = np.full((len(paths), len(bundle.classes)), np.nan)
+    ok, errors = np.zeros(len(paths), bool), [""] * len(paths)
+    bar = progress(total=len(paths), initial=0) if progress else None
+    for lo, hi in features_store.batch_plan(len(paths), batch_size):
+        images, ok[lo:hi], errors[lo:hi] = read_batch(paths[lo:hi], size, resize=resize)
+        if ok[lo:hi].any():
+            proba[lo:hi][ok[lo:hi]] = bundle.predict_proba(images[ok[lo:hi]])
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    return np.asarray(index.ids), ok, np.asarray(errors), proba
