@@ -85,8 +85,8 @@ def main(argv=None):
     import keras
 
     from extract import get_extractor, read_batch, read_index
+    from extract.batches import default_workers
     from extract.forward import make_forward
-    from extract.images import default_workers
     from pipelines.runs.extraction import run_extract
 
     backend = keras.backend.backend()

@@ -121,7 +121,7 @@ def pool_rates(paths) -> dict:
     """The decode pool alone: 1 thread, one thread per core, one process per core (32-image chunks)."""
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from extract.images import default_workers
+    from extract.batches import default_workers
 
     cores = default_workers()
     chunks = [paths[i:i + 32] for i in range(0, len(paths), 32)]

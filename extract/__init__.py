@@ -6,6 +6,7 @@ Importing this package does not import Keras; models are built on first use.
 # importing these registers their extractors: vgg16, vgg19; cae; keras
 from . import applications, autoencoder, saved_model  # noqa: F401
 from .applications import keras_cache_dir
+from .batches import read_batch
 from .errors import (
     ExtractError,
     ExtractorConfigError,
@@ -16,7 +17,7 @@ from .errors import (
 )
 from .extractor import POOLINGS, Extractor
 from .fingerprint import canonical_json, file_sha256, fingerprint
-from .images import load_image, read_batch
+from .images import load_image
 from .index import ImageIndex, read_index
 from .registry import extractor_from_spec, get_extractor, known_extractors, register_extractor
 

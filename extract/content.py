@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .batches import default_workers
 from .fingerprint import file_sha256
-from .images import default_workers
 
 
 def view_key(content_key: str, view: int, augmentation_json: str) -> str:

@@ -18,9 +18,6 @@ on both paths, and OpenCV's thread settings are left as they are.
 from __future__ import annotations
 
 import io
-import os
-from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +38,6 @@ RESIZES = ("squash", "crop")
 DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draft",
                     "opencv-linear-area" if cv2 is not None else "pillow-bilinear")) + "/2"
 _JPEG_SOI = b"\xff\xd8\xff"
-
-
-def default_workers() -> int:
-    """Decoding threads: every core this process may run on (`--workers` overrides).
-
-    Threads, not processes: libjpeg-turbo, OpenCV and Pillow's resize release the GIL, and threads hand their
-    arrays over without pickling (measured in benchmarks/input_pipeline.py).
-    """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "squash") -> np.ndarray:
@@ -248,70 +233,3 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
-
-
-def _load_into(out: np.ndarray, i: int, path, size, resize: str) -> str | None:
-    """Decode `path` into `out[i]`; return None, or the failure reason (the row stays zeros)."""
-    try:
-        out[i] = load_image(path, size, resize)
-        return None
-    except ImageReadError as err:
-        return err.reason
-
-
-def read_batch(
-    paths, size: int | tuple[int, int], executor: Executor | None = None, resize: str = "squash"
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode a batch of images; failures become rows of zeros with `ok=False`.
-
-    Returns
-    -------
-    images : ndarray of shape (n, height, width, 3), uint8
-    ok : ndarray of shape (n,), bool
-    errors : list of str
-        The failure reason per row, "" for ok rows.
-    """
-    h, w = (size, size) if isinstance(size, int) else size
-    out = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
-    n = len(paths)
-    if executor is not None:
-        reasons = list(executor.map(_load_into, [out] * n, range(n), paths, [(h, w)] * n, [resize] * n))
-    else:
-        reasons = [_load_into(out, i, p, (h, w), resize) for i, p in enumerate(paths)]
-    ok = np.array([r is None for r in reasons], dtype=bool)
-    return out, ok, [r or "" for r in reasons]
-
-
-def decoded_batches(paths, size, plan, workers: int | None = None, resize: str = "squash", ahead: int = 2):
-    """Yield `(lo, hi, images, ok, errors)` for each `(lo, hi)` of `plan`, in order.
-
-    Every image is a task of one thread pool (`workers` threads, default every core), and up to `ahead` batches
-    beyond the one being consumed are decoding while the caller runs the model on it: the queue is bounded, so
-    memory stays flat however long the run.
-    """
-    if not len(plan):
-        return
-    h, w = (size, size) if isinstance(size, int) else size
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="featurehead-decode")
-    pending: deque = deque()
-    batches = iter(plan)
-
-    def submit():
-        lohi = next(batches, None)
-        if lohi is not None:
-            lo, hi = lohi
-            out = np.zeros((hi - lo, h, w, 3), dtype=np.uint8)
-            futures = [pool.submit(_load_into, out, i, p, (h, w), resize) for i, p in enumerate(paths[lo:hi])]
-            pending.append((lo, hi, out, futures))
-
-    try:
-        for _ in range(ahead + 1):
-            submit()
-        while pending:
-            lo, hi, out, futures = pending.popleft()
-            reasons = [f.result() for f in futures]
-            submit()
-            ok = np.array([r is None for r in reasons], dtype=bool)
-            yield lo, hi, out, ok, [r or "" for r in reasons]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from extract import get_extractor
-from extract.applications import BACKBONES
+from extract.backbones import BACKBONES
 from extract.layers import seeded_init
 
 # one model per family, at the smallest input Keras accepts, with the module holding its preprocess_input

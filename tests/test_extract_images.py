@@ -260,7 +260,7 @@ def test_importing_and_decoding_leave_pillows_limit_alone(tmp_path):
 
 
 def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
-    from extract.images import decoded_batches
+    from extract.batches import decoded_batches
 
     paths = []
     for i in range(7):

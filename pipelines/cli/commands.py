@@ -132,7 +132,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from extract.applications import BACKBONES, backbone_layers, backbone_table, check_backbone
+    from extract.backbones import BACKBONES, backbone_layers, backbone_table, check_backbone
 
     if args.name is not None and args.name not in BACKBONES:
         raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}")

@@ -63,7 +63,7 @@ def run_extract(
     strict : bool
         Stop at the first image that fails instead of recording it as a failed row.
     workers : int, optional
-        Decoding threads; default `extract.images.default_workers()`, every core (benchmarks/README.md,
+        Decoding threads; default `extract.batches.default_workers()`, every core (benchmarks/README.md,
         "Input pipeline", measures the choice).
     progress : callable, optional
         `progress(total=..., initial=...)` returning an object with `update(n)` and `close()` (tqdm fits).

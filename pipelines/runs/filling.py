@@ -14,7 +14,7 @@ import numpy as np
 
 import features_store
 from extract import ImageReadError
-from extract.images import decoded_batches
+from extract.batches import decoded_batches
 
 from .planning import RowPlan
 from .versions import library_versions
@@ -152,7 +152,7 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
 
     `build()` is called only when something is missing: it builds the model and returns the feature width of
     each target and `compute(images) -> [features of each target]`. Three stages overlap: the decoding pool
-    (`extract.images.decoded_batches`, a few batches ahead), the forward pass here, and the writes on an
+    (`extract.batches.decoded_batches`, a few batches ahead), the forward pass here, and the writes on an
     `AsyncWriter`, each behind a bounded queue.
     """
     if not any(t.missing for t in targets):

@@ -18,7 +18,7 @@ import numpy as np
 
 import features_store
 from extract import ImageReadError
-from extract.images import decoded_batches
+from extract.batches import decoded_batches
 
 from ..runs.versions import library_versions
 from ..runs.views import apply_views

@@ -16,7 +16,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from extract import ImageReadError, get_extractor, read_batch
-from extract.images import default_workers, resize_image
+from extract.batches import default_workers
+from extract.images import resize_image
 from features_store import cache
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     def _extract(self, kind: str, items: Any, rows: np.ndarray) -> np.ndarray:
         """Features of `items[rows]`, extracted one batch of `batch_size` at a time.
 
-        Decoded by `extract.images.default_workers()` threads, the extraction's default: its docstring and
+        Decoded by `extract.batches.default_workers()` threads, the extraction's default: its docstring and
         benchmarks/input_pipeline.py give the measured reason.
         """
         step = self.extractor_.batch_size

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from extract import ImageReadError, read_batch
-from extract.images import default_workers
+from extract.batches import default_workers
 
 logger = logging.getLogger(__name__)
 
