@@ -17,7 +17,7 @@ from features_store.errors import (
 from features_store.export import export
 from features_store.loader import iter_batches, load
 from features_store.manifest import Manifest, ShardRecord, read_manifest
-from features_store.plan import batch_plan, chunk_rows, default_store_name
+from features_store.plan import batch_plan, chunk_rows, default_shard_rows, default_store_name, plan_shards
 from features_store.reader import (
     StoreInfo,
     StoreMeta,
@@ -29,7 +29,7 @@ from features_store.reader import (
 )
 from features_store.schema import SCHEMA_VERSION
 from features_store.shard import ShardWriter, runtime_tag, shard_name
-from features_store.store import StoreSession, default_shard_rows, plan_shards
+from features_store.store import StoreSession
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -5,6 +5,7 @@ Nothing here touches a file, so all of it is tested on plain data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -79,3 +80,20 @@ def default_store_name(stem: str, model_name: str, fingerprint: str) -> str:
         ``f"{stem}.{model_name}-{fingerprint[:10]}"`` (a store is a directory).
     """
     return f"{stem}.{model_name}-{fingerprint[:10]}"
+
+
+DEFAULT_SHARD_ROWS = 4096
+SHARD_BYTES = 1 << 30
+
+
+def default_shard_rows(n_features: int, itemsize: int = 4) -> int:
+    """Rows per shard: 4096, or fewer when 4096 rows would pass 1 GiB of features."""
+    return max(1, min(DEFAULT_SHARD_ROWS, SHARD_BYTES // (n_features * itemsize)))
+
+
+def plan_shards(keys: Sequence[str], shard_rows: int) -> list[list[str]]:
+    """Split `keys` (in order) into shards of `shard_rows` keys; the same keys always give the same plan."""
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"`shard_rows` must be a positive integer. Received: shard_rows={shard_rows!r}")
+    keys = list(keys)
+    return [keys[lo : lo + shard_rows] for lo in range(0, len(keys), shard_rows)]
