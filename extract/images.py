@@ -125,8 +125,9 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
 
 
 def _may_have_exif(data: bytes) -> bool:
-    """False only when the JPEG's segments before the scan hold no EXIF block (no orientation to read), so that
-    Pillow's header parser (Python, holding the GIL) is spared; anything unexpected says True."""
+    """False only when the JPEG's segments before the scan hold no APP1 block (EXIF, or XMP, where Pillow also
+    reads an orientation), so that Pillow's header parser (Python, holding the GIL) is spared; anything
+    unexpected says True."""
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -135,12 +136,14 @@ def _may_have_exif(data: bytes) -> bool:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers: no length follows
+            i += 2
+            continue
         if marker in (0xDA, 0xD9):  # start of scan, end of image: every header segment has been seen
             return False
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+        if marker == 0xE1:  # APP1: EXIF or XMP
             return True
-        i += 2 + length
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return True
 
 
@@ -169,8 +172,12 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int], resize: str = "
     """Resize one uint8 RGB array (h, w, 3) to `size` exactly as `load_image` resizes a decoded file."""
     if resize not in RESIZES:
         raise ValueError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"`image` must be a uint8 array of shape (height, width, 3). Received: shape {image.shape}, "
+                         f"dtype {image.dtype}")
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    return _fit(np.asarray(image, dtype=np.uint8), hw, resize)
+    return _fit(image, hw, resize)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -192,8 +199,10 @@ def _fit(arr: np.ndarray, hw, resize: str) -> np.ndarray:
     h, w = hw
     if resize == "crop":
         src_h, src_w = arr.shape[:2]
-        scale = max(w / src_w, h / src_h)
-        cover_h, cover_w = max(h, int(src_h * scale)), max(w, int(src_w * scale))
+        if w / src_w >= h / src_h:  # the width binds: it becomes exactly w (torchvision: int(size * long / short))
+            cover_h, cover_w = max(h, int(w * src_h / src_w)), w
+        else:
+            cover_h, cover_w = h, max(w, int(h * src_w / src_h))
         arr = _resize(arr, cover_h, cover_w)
         top, left = int(round((cover_h - h) / 2)), int(round((cover_w - w) / 2))
         arr = arr[top:top + h, left:left + w]

@@ -89,6 +89,28 @@ def test_orientation_is_found_behind_other_header_segments(tmp_path):
     assert load_image(tmp_path / "plain.jpg").shape == (10, 20, 3)
 
 
+def test_an_orientation_stored_only_in_xmp_is_applied_as_pillow_does(tmp_path):
+    from PIL import ImageOps
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+           b'</x:xmpmeta>')
+    Image.fromarray(np.zeros((40, 80, 3), np.uint8)).save(tmp_path / "xmp.jpg", xmp=xmp)
+    with Image.open(tmp_path / "xmp.jpg") as im:
+        shown = ImageOps.exif_transpose(im).size  # (width, height) as Pillow displays it
+    assert shown == (40, 80)
+    assert load_image(tmp_path / "xmp.jpg").shape == (80, 40, 3)
+
+
+def test_resize_image_takes_rgb_uint8_only():
+    from extract.images import resize_image
+
+    assert resize_image(np.zeros((10, 20, 3), np.uint8), 8, "crop").shape == (8, 8, 3)
+    for bad in (np.zeros((10, 20), np.uint8), np.zeros((10, 20, 4), np.uint8), np.zeros((10, 20, 3), np.float32)):
+        with pytest.raises(ValueError, match="must be a uint8 array of shape"):
+            resize_image(bad, 8)
+
+
 def test_a_large_shrink_is_antialiased(tmp_path):
     """One-pixel stripes shrunk 4.7x come out near their average grey, not as aliased stripes (measured: area
     averaging std 13.7, Pillow's triangle 3.1, plain bilinear 73)."""
