@@ -113,7 +113,7 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
         return None
     _check_pixels(width, height)
     orientation = 1
-    if _may_have_exif(data):
+    if _may_hold_orientation(data):
         with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
             orientation = header.getexif().get(0x0112, 1)
     min_w, min_h = (0, 0) if hw is None else _needed((width, height), hw, resize, orientation)
@@ -124,7 +124,7 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
     return _fit(_orient(arr, orientation), hw, resize)
 
 
-def _may_have_exif(data: bytes) -> bool:
+def _may_hold_orientation(data: bytes) -> bool:
     """False only when the JPEG's segments before the scan hold no APP1 block (EXIF, or XMP, where Pillow also
     reads an orientation), so that Pillow's header parser (Python, holding the GIL) is spared; anything
     unexpected says True."""
