@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_images(root: Path, n: int, seed: int = 0) -> None:
+def make_images(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> None:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -49,7 +49,7 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
         scale = rng.uniform(0.7, 1.0)
         h, w = int(427 * scale), int(640 * scale)
         y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - w + 1)
-        im = Image.fromarray(photo[y:y + h, x:x + w]).resize((500, 375), Image.Resampling.BILINEAR)
+        im = Image.fromarray(photo[y:y + h, x:x + w]).resize(size, Image.Resampling.BILINEAR)
         folder = root / ("china" if cls == 0 else "flower")
         folder.mkdir(parents=True, exist_ok=True)
         im.save(folder / f"{i:05d}.jpg", quality=90)
@@ -203,12 +203,15 @@ def main(argv=None):
     p.add_argument("--only", default=None,
                    help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16,quality "
                         "(default: the first four)")
+    p.add_argument("--image-size", default="500x375",
+                   help="WIDTHxHEIGHT of the generated JPEGs (larger than the photos' 640x427: upscaled, smooth)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    root = work / f"jpeg{args.n}"
-    make_images(root, args.n)
+    root = work / (f"jpeg{args.n}" if image_size == (500, 375) else f"jpeg{args.n}_{image_size[0]}x{image_size[1]}")
+    make_images(root, args.n, size=image_size)
     model_path = work / "cheap.keras"
     cheap_model(model_path)
     paths = sorted(str(p) for p in root.rglob("*.jpg"))
@@ -237,7 +240,7 @@ def main(argv=None):
     if "vgg16" in only:
         rates.update(vgg16_ratio(root, work, min(256, args.n)))  # 256 images: ~40 s per side
     quality = resize_quality(paths) if "quality" in only else {}
-    print(f"N={args.n} JPEG 500x375 -> 224, cores={cores}, best of {args.repeat}")
+    print(f"N={args.n} JPEG {image_size[0]}x{image_size[1]} -> 224, cores={cores}, best of {args.repeat}")
     for name, rate in rates.items():
         print(f"  {name:28s} {rate:8.1f} img/s")
     for name, diff in quality.items():
