@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ExtractorConfigError
-from .layers import GRAY_WEIGHTS, cut_at_layer, dtype_policy, grayscale_layer, rescale_layer, seeded_init
+from .layers import GRAY_WEIGHTS, cut_at_layer, grayscale_layer, keep_python_random, rescale_layer, seeded_init
 from .registry import register_extractor
 from .saved_model import SavedModelExtractor
 
@@ -66,7 +66,7 @@ def build_autoencoder(*, input_size: int = 28, channels: int = 1, filters=(8, 4)
     filters = _check_levels(input_size, filters)
     if seed is None:  # Keras's own init: its unseeded initializers draw from Python's `random`, as the user asked
         return _build_autoencoder(input_size, channels, filters, kernel_size)
-    with dtype_policy("float32"):  # the float32 policy as it is, and Python's `random` state given back
+    with keep_python_random():  # the weights are seeded below: Keras's default-seed draws must not move `random`
         model = _build_autoencoder(input_size, channels, filters, kernel_size)
     seeded_init(model, seed)
     return model

@@ -40,6 +40,14 @@ DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draf
 _JPEG_SOI = b"\xff\xd8\xff"
 
 
+def decoder_versions() -> dict:
+    """The versions of the libraries that decide the pixels ("none" for one that is missing)."""
+    import PIL
+
+    return {"pillow": PIL.__version__, "simplejpeg": getattr(simplejpeg, "__version__", "none"),
+            "opencv": getattr(cv2, "__version__", "none")}
+
+
 def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "squash") -> np.ndarray:
     """Read one image as RGB uint8.
 

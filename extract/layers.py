@@ -162,26 +162,39 @@ def seeded_init(model, seed: int) -> None:
 
 
 @contextlib.contextmanager
+def keep_python_random():
+    """Give Python's global `random` state back after building layers.
+
+    Keras's unseeded initializers draw default seeds from it (keras.src.random.seed_generator.make_default_seed);
+    where the weights are then loaded or seeded by us, those draws serve nothing and must not move the caller's
+    random stream.
+    """
+    import random
+
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+@contextlib.contextmanager
 def dtype_policy(precision: str):
     """Build layers under a mixed-precision policy; leave the caller's Keras policy and Python RNG as they were.
 
     keras.applications constructors take no `dtype`, so their layers can only get a policy from Keras's default
     one (`keras.config.set_dtype_policy`; Keras keeps it per thread). It is set here and restored in `finally`.
-    Their unseeded initializers also draw default seeds from Python's global `random`
-    (keras.src.random.seed_generator.make_default_seed); the weights are then loaded or seeded by us, so those
-    draws serve nothing and the caller's `random` state is given back too.
+    Their weights are loaded or seeded by us, so Python's `random` is kept too (`keep_python_random`).
     """
-    import random
-
     keras = _keras()
-    previous, random_state = keras.config.dtype_policy(), random.getstate()
+    previous = keras.config.dtype_policy()
     if precision != "float32":
         keras.config.set_dtype_policy(f"mixed_{precision}")
     try:
-        yield
+        with keep_python_random():
+            yield
     finally:
         keras.config.set_dtype_policy(previous)
-        random.setstate(random_state)
 
 
 def cut_at_layer(model, layer: str | list[str] | None):

@@ -28,7 +28,7 @@ from features_store.reader import (
     read_meta,
 )
 from features_store.schema import SCHEMA_VERSION
-from features_store.shard import ShardWriter, runtime_tag, shard_name
+from features_store.shard import ShardWriter, durable_rows, runtime_tag, shard_name
 from features_store.store import StoreSession
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "chunk_rows",
     "default_shard_rows",
     "default_store_name",
+    "durable_rows",
     "export",
     "iter_batches",
     "load",

@@ -68,6 +68,18 @@ def shard_path(store: str | os.PathLike, name: str) -> str:
     return os.path.join(shards_dir(store), name)
 
 
+def durable_rows(store: str | os.PathLike, name: str) -> int:
+    """Rows `[0, n_done)` of shard `name` that are final on disk: 0 when it does not exist or cannot be read."""
+    path = shard_path(store, name)
+    if not os.path.exists(path):
+        return 0
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["n_done"])
+    except (OSError, KeyError):
+        return 0
+
+
 def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:
     # Early allocation and no fill: writing rows later never allocates file space or touches HDF5 metadata,
     # which is what makes a SIGKILL at any moment harmless.

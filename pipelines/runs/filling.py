@@ -4,7 +4,6 @@ decode -> forward pass -> write loop (`fill_stores`, the writes on an `AsyncWrit
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -97,17 +96,8 @@ class Target:
 def _durable_rows(store: str, fingerprint: str, keys: Sequence[str], versions: dict) -> int:
     """Rows of the planned shard of `keys` already durable on disk (0 when it does not exist yet, or was
     written under another backend or Keras version: that one is not resumed)."""
-    import h5py
-
-    runtime = features_store.runtime_tag(versions)
-    path = os.path.join(store, "shards", features_store.shard_name(fingerprint, keys, runtime))
-    if not os.path.exists(path):
-        return 0
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f.attrs["n_done"])
-    except (OSError, KeyError):
-        return 0
+    name = features_store.shard_name(fingerprint, keys, features_store.runtime_tag(versions))
+    return features_store.durable_rows(store, name)
 
 
 class AsyncWriter:

@@ -27,12 +27,10 @@ def library_versions() -> dict:
     import importlib
 
     import keras
-    import PIL
 
-    from extract.images import cv2, simplejpeg
+    from extract.images import decoder_versions
 
     backend = keras.backend.backend()
     module = importlib.import_module(backend)
     return {**base_versions(), "keras": keras.__version__, "keras_backend": backend,
-            "backend_version": getattr(module, "__version__", "unknown"), "pillow": PIL.__version__,
-            "simplejpeg": getattr(simplejpeg, "__version__", "none"), "opencv": getattr(cv2, "__version__", "none")}
+            "backend_version": getattr(module, "__version__", "unknown"), **decoder_versions()}

@@ -219,7 +219,8 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         if kind == "paths":
             images, ok, errors = read_batch([items[i] for i in rows], size, decoders, resize=self.extractor_.resize)
         else:
-            images = np.stack([resize_image(im, size, self.extractor_.resize) for im in items[rows]])
+            resize = self.extractor_.resize
+            images = np.stack(list(decoders.map(lambda im: resize_image(im, size, resize), items[rows])))
             ok, errors = np.ones(len(rows), bool), [""] * len(rows)
         if not ok.all() and self.on_error == "raise":
             bad = int(np.flatnonzero(~ok)[0])
