@@ -117,6 +117,58 @@ def _decode_chunk(paths):
     return read_batch(paths, 224)[0]
 
 
+def stage_costs(paths, size: int = 224) -> dict:
+    """One thread, ms per image, each stage of decoding one JPEG to `size` alone, over the same files (their
+    bytes read first): what `extract.images.load_image` spends where, and the alternatives measured."""
+    import hashlib
+    import io
+
+    import cv2
+    import simplejpeg
+    from PIL import Image
+
+    from extract import read_index
+    from extract.content import content_keys
+
+    datas = [Path(p).read_bytes() for p in paths]
+    scaled = [simplejpeg.decode_jpeg(d, colorspace="RGB", min_height=size, min_width=size) for d in datas]
+    full = [simplejpeg.decode_jpeg(d, colorspace="RGB") for d in datas]
+
+    def per_image(f, items) -> float:
+        f(items[0])
+        t = time.perf_counter()
+        for item in items:
+            f(item)
+        return (time.perf_counter() - t) / len(items) * 1e3
+
+    def header(d):
+        with Image.open(io.BytesIO(d)) as im:
+            return im.getexif().get(0x0112, 1)
+
+    def pillow_resize(a):
+        return np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR))
+
+    costs = {
+        "ms_simplejpeg_full_decode": per_image(lambda d: simplejpeg.decode_jpeg(d, colorspace="RGB"), datas),
+        "ms_simplejpeg_dct_scaled_decode": per_image(
+            lambda d: simplejpeg.decode_jpeg(d, colorspace="RGB", min_height=size, min_width=size), datas),
+        "ms_pillow_antialiased_resize_of_scaled": per_image(pillow_resize, scaled),
+        "ms_opencv_bilinear_resize_of_scaled": per_image(
+            lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR), scaled),
+        "ms_opencv_area_resize_of_scaled": per_image(
+            lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA), scaled),
+        "ms_opencv_bilinear_resize_of_full": per_image(
+            lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR), full),
+        "ms_pillow_exif_header_parse": per_image(header, datas),
+        "ms_sha256_of_bytes": per_image(lambda d: hashlib.sha256(d).digest(), datas),
+    }
+    index = read_index(Path(paths[0]).parents[1])
+    t = time.perf_counter()
+    content_keys(index.root, index.ids, {})
+    costs["ms_content_keys_per_file"] = (time.perf_counter() - t) / len(index.ids) * 1e3
+    return costs
+
+
 def pool_rates(paths) -> dict:
     """The decode pool alone: 1 thread, one thread per core, one process per core (32-image chunks)."""
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -201,7 +253,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None, help="featurehead decode workers (default: its default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16,quality "
+                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16,quality,stages "
                         "(default: the first four)")
     p.add_argument("--image-size", default="500x375",
                    help="WIDTHxHEIGHT of the generated JPEGs (larger than the photos' 640x427: upscaled, smooth)")
@@ -240,12 +292,15 @@ def main(argv=None):
     if "vgg16" in only:
         rates.update(vgg16_ratio(root, work, min(256, args.n)))  # 256 images: ~40 s per side
     quality = resize_quality(paths) if "quality" in only else {}
+    stages = stage_costs(paths) if "stages" in only else {}
     print(f"N={args.n} JPEG {image_size[0]}x{image_size[1]} -> 224, cores={cores}, best of {args.repeat}")
     for name, rate in rates.items():
         print(f"  {name:28s} {rate:8.1f} img/s")
+    for name, ms in stages.items():
+        print(f"  {name:40s} {ms:6.3f} ms/image (one thread)")
     for name, diff in quality.items():
         print(f"  {name:28s} {diff:8.2f} grey levels from a full decode + antialiased resize")
-    result = {"n": args.n, "cores": cores, "rates": rates, "quality": quality}
+    result = {"n": args.n, "cores": cores, "rates": rates, "quality": quality, "stages": stages}
     if "featurehead" in rates and "peer" in rates:
         result["featurehead_over_peer"] = rates["featurehead"] / rates["peer"]
         print(f"  featurehead / peer                     {result['featurehead_over_peer']:.2f}x  (goal >= 1.0)")
