@@ -148,6 +148,8 @@ def stage_costs(paths, size: int = 224) -> dict:
     def pillow_resize(a):
         return np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR))
 
+    from extract.images import _resize, load_image
+
     costs = {
         "ms_simplejpeg_full_decode": per_image(lambda d: simplejpeg.decode_jpeg(d, colorspace="RGB"), datas),
         "ms_simplejpeg_dct_scaled_decode": per_image(
@@ -157,10 +159,14 @@ def stage_costs(paths, size: int = 224) -> dict:
             lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR), scaled),
         "ms_opencv_area_resize_of_scaled": per_image(
             lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA), scaled),
+        "ms_opencv_area_resize_of_full": per_image(
+            lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA), full),
+        "ms_opencv_pyramid_resize_of_full": per_image(lambda a: _resize(a, size, size), full),
         "ms_opencv_bilinear_resize_of_full": per_image(
             lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR), full),
         "ms_pillow_exif_header_parse": per_image(header, datas),
         "ms_sha256_of_bytes": per_image(lambda d: hashlib.sha256(d).digest(), datas),
+        "ms_load_image": per_image(lambda p: load_image(p, size), list(paths)),
     }
     index = read_index(Path(paths[0]).parents[1])
     t = time.perf_counter()
@@ -190,10 +196,11 @@ def pool_rates(paths) -> dict:
 
 def resize_quality(paths, size: int = 224) -> dict:
     """Mean |difference| (grey levels) from a full-size decode + Pillow's antialiased bilinear resize, on 100
-    images: the decoder in use (`extract.load_image`), session 3's decoder (the same DCT-domain downscale, then
-    Pillow's antialiased resize: `extract.images` without OpenCV), and the peer's recipe (full decode, bilinear
-    without antialiasing)."""
+    images: the decoder in use (`extract.load_image`), its fallback without OpenCV (the same DCT-domain
+    downscale, then Pillow's antialiased resize), session 4's decoder (libjpeg-turbo's 5/8 scale, one bilinear
+    pass) and the peer's recipe (full decode, bilinear without antialiasing)."""
     import cv2
+    import simplejpeg
     from PIL import Image
 
     import extract.images as images
@@ -207,7 +214,11 @@ def resize_quality(paths, size: int = 224) -> dict:
             full = np.asarray(im.convert("RGB"))
         return cv2.resize(full, (size, size), interpolation=cv2.INTER_LINEAR)
 
-    def session3(p):
+    def session4(p):  # libjpeg-turbo's 5/8 scale, then one bilinear pass
+        scaled = simplejpeg.decode_jpeg(Path(p).read_bytes(), colorspace="RGB", min_height=size, min_width=size)
+        return cv2.resize(scaled, (size, size), interpolation=cv2.INTER_LINEAR)
+
+    def without_opencv(p):
         saved, images.cv2 = images.cv2, None
         try:
             return images.load_image(p, size)
@@ -215,7 +226,8 @@ def resize_quality(paths, size: int = 224) -> dict:
             images.cv2 = saved
 
     contenders = {"quality_featurehead": lambda p: images.load_image(p, size),
-                  "quality_session3_decoder": session3, "quality_peer_recipe": peer}
+                  "quality_without_opencv": without_opencv, "quality_session4_decoder": session4,
+                  "quality_peer_recipe": peer}
     sample = paths[:100]
     refs = [reference(p) for p in sample]
     return {name: float(np.mean([np.abs(f(p).astype(int) - r).mean() for p, r in zip(sample, refs)]))

@@ -11,10 +11,11 @@ point. Probe: `LogisticRegression(max_iter=2000)` on standardised features, 5-fo
 
 Settings (each against the first):
 - `pillow_full_squash`: the previous decoder (Pillow full-size decode, antialiased bilinear resize), fp32;
-- `turbo_pillow_squash`: issue 11's first decoder (libjpeg-turbo DCT-domain downscale, then Pillow's
-  antialiased bilinear resize), fp32;
-- `turbo_squash`: this decoder (the same DCT-domain downscale, then OpenCV: bilinear up to a 2x shrink, area
-  averaging beyond), fp32;
+- `turbo_pillow_squash`: the fallback without OpenCV (libjpeg-turbo DCT-domain downscale by 1/8, 1/4 or 1/2,
+  then Pillow's antialiased bilinear resize), fp32;
+- `turbo_linear_squash`: session 4's decoder (the smallest n/8 DCT scale, one OpenCV bilinear pass), fp32;
+- `turbo_squash`: this decoder (DCT-domain downscale by 1/8, 1/4 or 1/2, then OpenCV's pyramid: a bilinear pass
+  of at most 2x, then exact 2x halvings), fp32;
 - `turbo_crop`: the same with `--resize crop`;
 - `turbo_squash_bf16`, `turbo_squash_fp16`: `--precision bfloat16` / `float16`;
 - `turbo_squash_store_fp16`: fp32 features stored as float16 (`--dtype float16`) and read back.
@@ -64,9 +65,21 @@ def pillow_full(paths, size) -> np.ndarray:
     return out
 
 
+def turbo_linear(paths, size) -> np.ndarray:
+    """Session 4's decoder: libjpeg-turbo's smallest n/8 scale that keeps the target size, one bilinear pass."""
+    import cv2
+    import simplejpeg
+
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    for i, p in enumerate(paths):
+        scaled = simplejpeg.decode_jpeg(Path(p).read_bytes(), colorspace="RGB", min_height=size, min_width=size)
+        out[i] = cv2.resize(scaled, (size, size), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 def turbo_pillow(paths, size) -> np.ndarray:
-    """Issue 11's first decoder: the same DCT-domain downscale, then Pillow's antialiased bilinear resize (what
-    `extract.images` does on a machine without OpenCV)."""
+    """The DCT-domain downscale (1/8, 1/4, 1/2), then Pillow's antialiased bilinear resize: what `extract.images`
+    does on a machine without OpenCV (issue 11's first decoder used every n/8 scale)."""
     import extract.images as images
     from extract import read_batch
 
@@ -100,6 +113,7 @@ def main(argv=None):
     decoded = {
         "pillow_full_squash": pillow_full(paths, size),
         "turbo_pillow_squash": turbo_pillow(paths, size),
+        "turbo_linear_squash": turbo_linear(paths, size),
         "turbo_squash": read_batch(paths, size)[0],
         "turbo_crop": read_batch(paths, size, resize="crop")[0],
     }
@@ -126,7 +140,7 @@ def main(argv=None):
     print(f"  bf16 / fp32 {timings['bfloat16'] / timings['float32']:.2f}x, "
           f"fp16 / fp32 {timings['float16'] / timings['float32']:.2f}x")
     diffs = {}
-    for name in ("turbo_pillow_squash", "turbo_squash"):
+    for name in ("turbo_pillow_squash", "turbo_linear_squash", "turbo_squash"):
         diff = np.abs(decoded[name].astype(int) - decoded["pillow_full_squash"].astype(int))
         diffs[name] = float(diff.mean())
         print(f"pixels, {name} against pillow_full_squash: mean |diff| {diff.mean():.2f}, max {diff.max()}")

@@ -1,11 +1,12 @@
 """Decoding images into uint8 RGB arrays: EXIF-oriented, converted to RGB, resized (squash or centre crop).
 
 JPEGs decode through libjpeg-turbo (`simplejpeg`) with DCT-domain downscaling: the decoder itself shrinks the
-image by the largest factor n/8 that keeps it at least the target size, so a 4000x3000 photo is never decoded at
-full size. Every other format, and the JPEGs that libjpeg-turbo's simple API does not take (CMYK), decode through
-Pillow. The resize that follows is OpenCV's: bilinear when the image shrinks by at most 2x (after the DCT-domain
-downscale that is every JPEG up to 8x the target; both taps of every output pixel then land on neighbouring
-source pixels, so no source pixel is skipped), area averaging when it shrinks by more (the antialiased path).
+image by the largest of 1/8, 1/4 and 1/2 that keeps it at least the target size (the scales with a SIMD inverse
+DCT; the other n/8 scales decode slower than a full decode), so a 4000x3000 photo is never decoded at full size.
+Every other format, and the JPEGs that libjpeg-turbo's simple API does not take (CMYK), decode through Pillow.
+The resize that follows is OpenCV's, antialiased as a pyramid: one bilinear pass that shrinks by at most 2x
+(both taps of every output pixel land on neighbouring source pixels, so no source pixel is skipped), to the
+target times a power of two, then exact 2x bilinear halvings (each the mean of two neighbours: a box filter).
 Without OpenCV (a platform without its wheel) Pillow's antialiased bilinear resize does it; the decoder name in
 `DECODER` says which, and it is part of every extractor's fingerprint. The same file on the same machine always
 takes the same path, so its pixels, and its features, are reproducible.
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - exercised only where the wheel is miss
 
 RESIZES = ("squash", "crop")
 DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draft",
-                    "opencv-linear-area" if cv2 is not None else "pillow-bilinear")) + "/2"
+                    "opencv-pyramid" if cv2 is not None else "pillow-bilinear")) + "/3"
 _JPEG_SOI = b"\xff\xd8\xff"
 
 
@@ -124,7 +125,8 @@ def _decode_jpeg(data: bytes, hw, resize: str) -> np.ndarray | None:
     if _may_hold_orientation(data):
         with Image.open(io.BytesIO(data)) as header:  # reads the header only: the EXIF orientation
             orientation = header.getexif().get(0x0112, 1)
-    min_w, min_h = (0, 0) if hw is None else _needed((width, height), hw, resize, orientation)
+    min_w, min_h = (0, 0) if hw is None else _dct_scaled((width, height),
+                                                         _needed((width, height), hw, resize, orientation))
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_h, min_width=min_w, strict=True)
     except ValueError:
@@ -176,6 +178,16 @@ def _needed(stored_wh, hw, resize: str, orientation: int) -> tuple[int, int]:
     return (h, w) if rotated else (w, h)
 
 
+def _dct_scaled(stored_wh, needed_wh) -> tuple[int, int]:
+    """The (width, height) that libjpeg-turbo decodes at 1/8, 1/4, 1/2 or full scale: the smallest of them that
+    is at least `needed_wh` (simplejpeg picks the scale that gives exactly these minimums)."""
+    (w, h), (need_w, need_h) = stored_wh, needed_wh
+    for k in (8, 4, 2):  # measured in benchmarks/input_pipeline.py --only stages: 5/8 costs more than 8/8
+        if -(-w // k) >= need_w and -(-h // k) >= need_h:
+            return -(-w // k), -(-h // k)
+    return w, h
+
+
 def resize_image(image: np.ndarray, size: int | tuple[int, int], resize: str = "squash") -> np.ndarray:
     """Resize one uint8 RGB array (h, w, 3) to `size` exactly as `load_image` resizes a decoded file."""
     if resize not in RESIZES:
@@ -219,19 +231,33 @@ def _fit(arr: np.ndarray, hw, resize: str) -> np.ndarray:
 
 
 def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear when shrinking by at most 2x (or enlarging), area averaging when shrinking by more."""
+    """OpenCV's bilinear when shrinking by at most 2x (or enlarging); beyond, a pyramid (see the module's
+    docstring) that averages every source pixel into the output. Pillow's antialiased bilinear without OpenCV."""
     src_h, src_w = arr.shape[:2]
+    arr = np.ascontiguousarray(arr)
     if (src_h, src_w) == (h, w):
-        return np.ascontiguousarray(arr)
-    fy, fx = src_h / h, src_w / w
-    if cv2 is not None and (max(fy, fx) <= 2 or min(fy, fx) >= 1):
-        # measured in benchmarks/input_pipeline.py: ~0.1 ms against Pillow's 0.8 ms at 313x235 -> 224x224
-        interpolation = cv2.INTER_LINEAR if max(fy, fx) <= 2 else cv2.INTER_AREA
-        return cv2.resize(np.ascontiguousarray(arr), (w, h), interpolation=interpolation)
-    # Pillow: no OpenCV, or a large shrink along one axis with an enlargement along the other
-    im = Image.fromarray(np.ascontiguousarray(arr))
-    gap = 3.0 if min(fy, fx) >= 6 else None  # Pillow's reduce-then-resample shortcut: only for large factors
-    return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=gap), dtype=np.uint8)
+        return arr
+    if cv2 is None:
+        im = Image.fromarray(arr)
+        gap = 3.0 if min(src_h / h, src_w / w) >= 6 else None  # Pillow's reduce-then-resample: large factors only
+        return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=gap), dtype=np.uint8)
+    my, mx = _halvings(src_h, h), _halvings(src_w, w)
+    # measured in benchmarks/input_pipeline.py --only stages: ~0.25 ms from 500x375 to 224x224, where area
+    # averaging (cv2.INTER_AREA) takes ~1 ms and Pillow's antialiased bilinear ~0.8 ms
+    arr = cv2.resize(arr, (w * mx, h * my), interpolation=cv2.INTER_LINEAR)
+    while mx > 1 or my > 1:
+        mx, my = max(1, mx // 2), max(1, my // 2)
+        arr = cv2.resize(arr, (w * mx, h * my), interpolation=cv2.INTER_LINEAR)
+    return arr
+
+
+def _halvings(src: int, dst: int) -> int:
+    """The power of two m with src / (dst * m) in (1, 2]: the exact 2x halvings after a bilinear pass to dst * m
+    (1 when src shrinks by at most 2x, or grows)."""
+    m = 1
+    while src > 2 * dst * m:
+        m *= 2
+    return m
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

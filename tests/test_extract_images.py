@@ -111,14 +111,29 @@ def test_resize_image_takes_rgb_uint8_only():
             resize_image(bad, 8)
 
 
-def test_a_large_shrink_is_antialiased(tmp_path):
-    """One-pixel stripes shrunk 4.7x come out near their average grey, not as aliased stripes (measured: area
-    averaging std 13.7, Pillow's triangle 3.1, plain bilinear 73)."""
-    arr = np.zeros((300, 300, 3), np.uint8)
+@pytest.mark.parametrize("shape, size", [((300, 300), 64), ((375, 500), 224)])
+def test_a_shrink_beyond_2x_is_antialiased(tmp_path, shape, size):
+    """One-pixel stripes shrunk 4.7x, or 2.2x along one axis only (500x375 to 224), come out near their average
+    grey, not as aliased stripes (measured: the pyramid std 14 at 2.2x; one bilinear pass 73)."""
+    arr = np.zeros((*shape, 3), np.uint8)
     arr[:, ::2] = 255
     Image.fromarray(arr).save(tmp_path / "stripes.png")
-    out = load_image(tmp_path / "stripes.png", 64).astype(float)
+    out = load_image(tmp_path / "stripes.png", size).astype(float)
     assert abs(out.mean() - 127.5) < 3 and out.std() < 20
+
+
+def test_jpegs_decode_at_a_scale_with_a_simd_idct():
+    """libjpeg-turbo's 1/8, 1/4 and 1/2 scales (and the full decode) have SIMD code, its other n/8 scales do not
+    and cost more than a full decode: the DCT-domain downscale only uses those four, the largest that keeps the
+    image at least the target size."""
+    from extract.images import _dct_scaled
+
+    assert _dct_scaled((500, 375), (224, 224)) == (500, 375)  # 5/8 would fit; the full decode is cheaper
+    assert _dct_scaled((1000, 750), (224, 224)) == (500, 375)
+    assert _dct_scaled((4000, 3000), (224, 224)) == (500, 375)
+    assert _dct_scaled((4001, 3001), (224, 224)) == (501, 376)  # libjpeg-turbo rounds up
+    assert _dct_scaled((4000, 3000), (600, 224)) == (1000, 750)  # the wider target binds
+    assert _dct_scaled((100, 80), (224, 224)) == (100, 80)  # an enlargement: full decode, OpenCV enlarges
 
 
 def test_without_opencv_pillow_resizes_to_the_same_picture(tmp_path, monkeypatch):
