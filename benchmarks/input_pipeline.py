@@ -14,6 +14,9 @@ Timed, each on the same files, best of --repeat runs:
 - featurehead: `pipelines.run_extract` into a new store (hashing, decoding, forward pass, shard writes, view).
 Ratios printed: featurehead / peer and featurehead / (pillow_decode_1core x cores).
 
+With `--processes K`, the whole measurement runs in K fresh processes and their ratios are summarised (the
+peer's speed differs from process to process).
+
 Also, with `--only pools`: the decode pool alone (`extract.read_batch` on 32-image chunks) in 1 thread, in one
 thread per core and in one process per core; with `--only vgg16`: VGG16 (weights=None, flatten, 224 px) end to
 end against its model-only forward over the same, already decoded images (model built before both timings).
@@ -257,6 +260,41 @@ def vgg16_ratio(root: Path, work: Path, n: int) -> dict:
     return {"vgg16_model_only": model_only, "vgg16_end_to_end": e2e}
 
 
+def across_processes(args, argv: list[str]) -> None:
+    """`--processes K`: the same command in K fresh processes; each one's best-of rates, then the spread."""
+    import subprocess
+    import tempfile
+
+    rest, skip = [], False
+    for a in argv:  # drop --processes and --json (each child writes its own JSON)
+        if skip:
+            skip = False
+        elif a in ("--processes", "--json"):
+            skip = True
+        elif not a.startswith(("--processes=", "--json=")):
+            rest.append(a)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / f"run{i}.json"
+            subprocess.run([sys.executable, __file__, *rest, "--json", str(out)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            runs.append(json.loads(out.read_text()))
+            r = runs[-1]["rates"]
+            print(f"process {i + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()) + " img/s"
+                  + "".join(f", {k} {runs[-1][k]:.2f}x" for k in ("featurehead_over_peer", "featurehead_over_ceiling")
+                            if k in runs[-1]), flush=True)
+    summary = {}
+    for key in ("featurehead_over_peer", "featurehead_over_ceiling"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            summary[key] = values
+            print(f"{key}: median {float(np.median(values)):.2f}x, range {min(values):.2f}-{max(values):.2f}x "
+                  f"over {len(values)} processes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"processes": runs, "summary": summary}, indent=2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000)
@@ -269,8 +307,13 @@ def main(argv=None):
                         "(default: the first four)")
     p.add_argument("--image-size", default="500x375",
                    help="WIDTHxHEIGHT of the generated JPEGs (larger than the photos' 640x427: upscaled, smooth)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run the whole measurement in this many fresh processes, one after another, and summarise "
+                        "them (the peer's speed differs from process to process; see benchmarks/README.md)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.processes > 1:
+        return across_processes(args, sys.argv[1:] if argv is None else list(argv))
     image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
