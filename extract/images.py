@@ -1,12 +1,15 @@
 """Decoding images into uint8 RGB arrays: EXIF-oriented, converted to RGB, resized (squash or centre crop).
 
 JPEGs decode through libjpeg-turbo (`simplejpeg`) with DCT-domain downscaling: the decoder itself shrinks the
-image by the largest of 1/8, 1/4 and 1/2 that keeps it at least the target size (the scales with a SIMD inverse
-DCT; the other n/8 scales decode slower than a full decode), so a 4000x3000 photo is never decoded at full size.
+image by the largest of 1/8, 1/4 and 1/2 that keeps it at least the size the resize needs (the target, or for a
+crop the cover of the target; these are the scales with a SIMD inverse DCT, the other n/8 scales decode slower
+than a full decode), so a 4000x3000 photo decodes at 500x375 for a 224 target.
 Every other format, and the JPEGs that libjpeg-turbo's simple API does not take (CMYK), decode through Pillow.
 The resize that follows is OpenCV's, antialiased as a pyramid: one bilinear pass that shrinks by at most 2x
 (both taps of every output pixel land on neighbouring source pixels, so no source pixel is skipped), to the
-target times a power of two, then exact 2x bilinear halvings (each the mean of two neighbours: a box filter).
+target times a power of two, then exact 2x bilinear halvings (each output pixel the mean of its 2 or 2x2 source
+pixels, rounded half up by OpenCV's fixed point: a box filter that brightens by up to half a grey level per
+halving, +0.1 on average from 500x375 to 224, against area averaging).
 Without OpenCV (a platform without its wheel) Pillow's antialiased bilinear resize does it; the decoder name in
 `DECODER` says which, and it is part of every extractor's fingerprint. The same file on the same machine always
 takes the same path, so its pixels, and its features, are reproducible.
@@ -39,6 +42,7 @@ RESIZES = ("squash", "crop")
 DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draft",
                     "opencv-pyramid" if cv2 is not None else "pillow-bilinear")) + "/3"
 _JPEG_SOI = b"\xff\xd8\xff"
+_RESIZE_ERRORS = (cv2.error,) if cv2 is not None else ()  # e.g. a crop whose cover would be wider than INT_MAX
 
 
 def decoder_versions() -> dict:
@@ -95,6 +99,8 @@ def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "s
         raise _failure(path, f"too large ({err})") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise _failure(path, f"cannot decode ({err})") from err
+    except _RESIZE_ERRORS as err:
+        raise _failure(path, f"cannot resize to {hw} ({' '.join(str(err).split())[:160]})") from err
     return arr
 
 
@@ -243,7 +249,7 @@ def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
         return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=gap), dtype=np.uint8)
     my, mx = _halvings(src_h, h), _halvings(src_w, w)
     # measured in benchmarks/input_pipeline.py --only stages: ~0.25 ms from 500x375 to 224x224, where area
-    # averaging (cv2.INTER_AREA) takes ~1 ms and Pillow's antialiased bilinear ~0.8 ms
+    # averaging (cv2.INTER_AREA) takes ~1 ms and Pillow's antialiased bilinear 1.2-1.5 ms
     arr = cv2.resize(arr, (w * mx, h * my), interpolation=cv2.INTER_LINEAR)
     while mx > 1 or my > 1:
         mx, my = max(1, mx // 2), max(1, my // 2)

@@ -122,6 +122,17 @@ def test_a_shrink_beyond_2x_is_antialiased(tmp_path, shape, size):
     assert abs(out.mean() - 127.5) < 3 and out.std() < 20
 
 
+def test_a_resize_opencv_refuses_is_a_failed_row_not_a_crash(tmp_path):
+    """A 1 x 10,000,000 strip cropped at 224: its cover would be 2.24 billion pixels wide, past OpenCV's int sizes
+    (refused before anything is allocated); one line, as for any unreadable image, and the batch goes on."""
+    Image.fromarray(np.zeros((1, 10_000_000, 3), np.uint8)).save(tmp_path / "strip.png")
+    Image.fromarray(_rgb((32, 24))).save(tmp_path / "fine.png")
+    with pytest.raises(ImageReadError, match="cannot resize to"):
+        load_image(tmp_path / "strip.png", 224, resize="crop")
+    _, ok, errors = read_batch([tmp_path / "strip.png", tmp_path / "fine.png"], 224, resize="crop")
+    assert ok.tolist() == [False, True] and errors[0].startswith("cannot resize to (224, 224)")
+
+
 def test_jpegs_decode_at_a_scale_with_a_simd_idct():
     """libjpeg-turbo's 1/8, 1/4 and 1/2 scales (and the full decode) have SIMD code, its other n/8 scales do not
     and cost more than a full decode: the DCT-domain downscale only uses those four, the largest that keeps the
