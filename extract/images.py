@@ -9,7 +9,9 @@ The resize that follows is OpenCV's, antialiased as a pyramid: one bilinear pass
 (both taps of every output pixel land on neighbouring source pixels, so no source pixel is skipped), to the
 target times a power of two, then exact 2x bilinear halvings (each output pixel the mean of its 2 or 2x2 source
 pixels, rounded half up by OpenCV's fixed point: a box filter that brightens by up to half a grey level per
-halving, +0.1 on average from 500x375 to 224, against area averaging).
+halving, +0.1 on average from 500x375 to 224, against area averaging). An axis that grows is resized last (so a
+squash never builds an array larger than the source or the target along either axis), and a crop of a strip
+beyond 16:1 cuts the source window of the centre before resizing it instead of building its cover.
 Without OpenCV (a platform without its wheel) Pillow's antialiased bilinear resize does it; the decoder name in
 `DECODER` says which, and it is part of every extractor's fingerprint. The same file on the same machine always
 takes the same path, so its pixels, and its features, are reproducible.
@@ -22,6 +24,7 @@ on both paths, and OpenCV's thread settings are left as they are.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,7 @@ RESIZES = ("squash", "crop")
 DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draft",
                     "opencv-pyramid" if cv2 is not None else "pillow-bilinear")) + "/3"
 _JPEG_SOI = b"\xff\xd8\xff"
+_MAX_COVER = 16  # crop: beyond this many target areas, the cover is not built (see _fit)
 _RESIZE_ERRORS = (cv2.error,) if cv2 is not None else ()  # e.g. a crop whose cover would be wider than INT_MAX
 
 
@@ -229,10 +233,16 @@ def _fit(arr: np.ndarray, hw, resize: str) -> np.ndarray:
             cover_h, cover_w = max(h, int(w * src_h / src_w)), w
         else:
             cover_h, cover_w = h, max(w, int(h * src_w / src_h))
-        arr = _resize(arr, cover_h, cover_w)
         top, left = int(round((cover_h - h) / 2)), int(round((cover_w - w) / 2))
-        arr = arr[top:top + h, left:left + w]
-        return np.ascontiguousarray(arr)
+        if cover_h * cover_w > _MAX_COVER * h * w:
+            # a strip (aspect ratio beyond ~16:1): cut the source window that becomes the centre, then resize it,
+            # so that the cover (up to gigapixels for a 1-pixel-high banner) is never built
+            sy, sx = src_h / cover_h, src_w / cover_w
+            y0, x0 = int(top * sy), int(left * sx)
+            y1, x1 = max(y0 + 1, math.ceil((top + h) * sy)), max(x0 + 1, math.ceil((left + w) * sx))
+            return _resize(arr[y0:y1, x0:x1], h, w)
+        arr = _resize(arr, cover_h, cover_w)
+        return np.ascontiguousarray(arr[top:top + h, left:left + w])
     return _resize(arr, h, w)
 
 
@@ -249,11 +259,20 @@ def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
         return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=gap), dtype=np.uint8)
     my, mx = _halvings(src_h, h), _halvings(src_w, w)
     # measured in benchmarks/input_pipeline.py --only stages: ~0.25 ms from 500x375 to 224x224, where area
-    # averaging (cv2.INTER_AREA) takes ~1 ms and Pillow's antialiased bilinear 1.2-1.5 ms
-    arr = cv2.resize(arr, (w * mx, h * my), interpolation=cv2.INTER_LINEAR)
+    # averaging (cv2.INTER_AREA) takes ~1 ms and Pillow's antialiased bilinear 1.2-1.5 ms.
+    # An axis that grows keeps its source size until the last pass, so no intermediate is larger than the source
+    # or the target along either axis (a 1 x 10^7 strip squashed to 224 never becomes 224 x 10^7).
+    def size(m, src, dst):
+        return dst * m if src > dst else src
+
+    step = (size(mx, src_w, w), size(my, src_h, h))
+    if step != (src_w, src_h):
+        arr = cv2.resize(arr, step, interpolation=cv2.INTER_LINEAR)
     while mx > 1 or my > 1:
         mx, my = max(1, mx // 2), max(1, my // 2)
-        arr = cv2.resize(arr, (w * mx, h * my), interpolation=cv2.INTER_LINEAR)
+        arr = cv2.resize(arr, (size(mx, src_w, w), size(my, src_h, h)), interpolation=cv2.INTER_LINEAR)
+    if arr.shape[:2] != (h, w):  # the axes that grow
+        arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_LINEAR)
     return arr
 
 

@@ -122,15 +122,48 @@ def test_a_shrink_beyond_2x_is_antialiased(tmp_path, shape, size):
     assert abs(out.mean() - 127.5) < 3 and out.std() < 20
 
 
-def test_a_resize_opencv_refuses_is_a_failed_row_not_a_crash(tmp_path):
-    """A 1 x 10,000,000 strip cropped at 224: its cover would be 2.24 billion pixels wide, past OpenCV's int sizes
-    (refused before anything is allocated); one line, as for any unreadable image, and the batch goes on."""
-    Image.fromarray(np.zeros((1, 10_000_000, 3), np.uint8)).save(tmp_path / "strip.png")
-    Image.fromarray(_rgb((32, 24))).save(tmp_path / "fine.png")
-    with pytest.raises(ImageReadError, match="cannot resize to"):
-        load_image(tmp_path / "strip.png", 224, resize="crop")
-    _, ok, errors = read_batch([tmp_path / "strip.png", tmp_path / "fine.png"], 224, resize="crop")
-    assert ok.tolist() == [False, True] and errors[0].startswith("cannot resize to (224, 224)")
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_a_one_pixel_strip_resizes_in_little_memory(tmp_path, resize):
+    """A 1 x 10,000,000 banner at 224: squashed, the axis that grows keeps its size until the last pass (one
+    bilinear pass to 224 x 10^7 would take 6.7 GB); cropped, the source window of the centre is cut before any
+    resize (the cover would be 2.24 billion pixels wide). numpy's allocations are traced."""
+    import tracemalloc
+
+    strip = np.zeros((1, 10_000_000, 3), np.uint8)
+    strip[:, 5_000_000:] = 200
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    del strip
+    tracemalloc.start()
+    try:
+        out = load_image(tmp_path / "strip.png", 224, resize=resize)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (224, 224, 3) and peak < 200 << 20, peak
+    if resize == "squash":  # the left half dark, the right half light
+        assert out[:, :100].max() == 0 and out[:, 124:].min() == 200
+    else:  # the centre column of a strip is where its two halves meet
+        assert out.min() == 0 and out.max() == 200
+
+
+def test_a_wide_crop_cut_from_the_source_matches_the_cover(tmp_path):
+    """Beyond a 16:1 aspect ratio `crop` cuts the source window first (above); it matches resizing the whole cover
+    and cutting its centre (torchvision's order) up to the rounding of the window to whole source pixels."""
+    from extract.images import _resize, resize_image
+
+    rng = np.random.default_rng(0)
+    wide = np.kron(rng.integers(0, 256, (4, 170, 3)), np.ones((10, 10, 1))).astype(np.uint8)  # 40 x 1700
+    ours = resize_image(wide, 64, "crop").astype(int)
+    cover = _resize(wide, 64, 2720)  # 1700 * 64 / 40
+    reference = cover[:, 1328:1392].astype(int)
+    assert ours.shape == (64, 64, 3) and np.abs(ours - reference).mean() < 4
+
+
+def test_a_resize_opencv_refuses_is_one_line(tmp_path):
+    """An OpenCV refusal (here a width past its int sizes) is an ImageReadError like any unreadable image."""
+    Image.fromarray(_rgb((32, 24))).save(tmp_path / "s.png")
+    with pytest.raises(ImageReadError, match=r"cannot resize to \(1, 3000000000\)"):
+        load_image(tmp_path / "s.png", (1, 3_000_000_000))
 
 
 def test_jpegs_decode_at_a_scale_with_a_simd_idct():
