@@ -10,8 +10,10 @@ The resize that follows is OpenCV's, antialiased as a pyramid: one bilinear pass
 target times a power of two, then exact 2x bilinear halvings (each output pixel the mean of its 2 or 2x2 source
 pixels, rounded half up by OpenCV's fixed point: a box filter that brightens by up to half a grey level per
 halving, +0.1 on average from 500x375 to 224, against area averaging). An axis that grows is resized last (so a
-squash never builds an array larger than the source or the target along either axis), and a crop of a strip
-beyond 16:1 cuts the source window of the centre before resizing it instead of building its cover.
+squash never builds an array larger than the source or the target along either axis). A crop whose cover would
+pass 16.7 million pixels (a strip beyond ~330:1 at 224) resizes only the source window behind the centre, at the
+cover's scale: the cover's own pixels where the two pixel grids meet within a few target lengths (checked to
++-1), else within half a pixel of them.
 Without OpenCV (a platform without its wheel) Pillow's antialiased bilinear resize does it; the decoder name in
 `DECODER` says which, and it is part of every extractor's fingerprint. The same file on the same machine always
 takes the same path, so its pixels, and its features, are reproducible.
@@ -45,7 +47,7 @@ RESIZES = ("squash", "crop")
 DECODER = "+".join(("simplejpeg-dct" if simplejpeg is not None else "pillow-draft",
                     "opencv-pyramid" if cv2 is not None else "pillow-bilinear")) + "/3"
 _JPEG_SOI = b"\xff\xd8\xff"
-_MAX_COVER = 16  # crop: beyond this many target areas, the cover is not built (see _fit)
+_MAX_COVER = 1 << 24  # crop: a cover of more pixels (and more than 16 target areas) is not built (see _fit)
 _RESIZE_ERRORS = (cv2.error,) if cv2 is not None else ()  # e.g. a crop whose cover would be wider than INT_MAX
 
 
@@ -234,16 +236,33 @@ def _fit(arr: np.ndarray, hw, resize: str) -> np.ndarray:
         else:
             cover_h, cover_w = h, max(w, int(h * src_w / src_h))
         top, left = int(round((cover_h - h) / 2)), int(round((cover_w - w) / 2))
-        if cover_h * cover_w > _MAX_COVER * h * w:
-            # a strip (aspect ratio beyond ~16:1): cut the source window that becomes the centre, then resize it,
-            # so that the cover (up to gigapixels for a 1-pixel-high banner) is never built
-            sy, sx = src_h / cover_h, src_w / cover_w
-            y0, x0 = int(top * sy), int(left * sx)
-            y1, x1 = max(y0 + 1, math.ceil((top + h) * sy)), max(x0 + 1, math.ceil((left + w) * sx))
-            return _resize(arr[y0:y1, x0:x1], h, w)
+        if cover_h * cover_w > max(_MAX_COVER, 16 * h * w):
+            # a strip (beyond ~330:1 at 224): the cover (up to gigapixels for a 1-pixel-high banner) is never
+            # built; the source window behind its centre is resized at the cover's scale and the centre cut
+            y0, y1, win_h, top = _window(top, h, src_h, cover_h)
+            x0, x1, win_w, left = _window(left, w, src_w, cover_w)
+            window = _resize(arr[y0:y1, x0:x1], win_h, win_w)
+            top, left = min(max(0, top), win_h - h), min(max(0, left), win_w - w)
+            return np.ascontiguousarray(window[top:top + h, left:left + w])
         arr = _resize(arr, cover_h, cover_w)
         return np.ascontiguousarray(arr[top:top + h, left:left + w])
     return _resize(arr, h, w)
+
+
+def _window(start: int, length: int, src: int, cover: int) -> tuple[int, int, int, int]:
+    """Along one axis of a crop, the source pixels [lo, hi) behind cover pixels [start, start + length), with the
+    margin the resize reads around them, the size of that window at the cover's scale, and where the centre starts
+    in it. The window starts and ends where a source pixel boundary is also a cover pixel boundary when the two
+    grids meet within 4 lengths, so that it is resized exactly as the cover would be; else the cut may be off by up
+    to half a pixel."""
+    period = src // math.gcd(src, cover)  # in source pixels; period * cover / src cover pixels
+    period = period if period * cover <= 4 * length * src else 1
+    margin = -(-2 * src // cover) + 2  # the pyramid reads about two cover pixels' worth of source around each one
+    lo = max(0, (start * src // cover - margin) // period * period)
+    hi = min(src, -(-((start + length) * src) // cover) + margin)
+    hi = min(src, lo + -(-(hi - lo) // period) * period)
+    size = max(length, round((hi - lo) * cover / src))
+    return lo, hi, size, round(start - lo * cover / src)
 
 
 def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:

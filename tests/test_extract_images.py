@@ -146,17 +146,30 @@ def test_a_one_pixel_strip_resizes_in_little_memory(tmp_path, resize):
         assert out.min() == 0 and out.max() == 200
 
 
-def test_a_wide_crop_cut_from_the_source_matches_the_cover(tmp_path):
-    """Beyond a 16:1 aspect ratio `crop` cuts the source window first (above); it matches resizing the whole cover
-    and cutting its centre (torchvision's order) up to the rounding of the window to whole source pixels."""
-    from extract.images import _resize, resize_image
+def test_a_strip_crop_cut_from_the_source_matches_the_cover():
+    """A 5 x 50,000 strip cropped at 224 (its cover would be 224 x 2,240,000): the source window behind the centre,
+    resized at the cover's scale, gives the cover's centre, checked against bilinear interpolation written out
+    here (OpenCV's half-pixel centres; both axes enlarge, so no pyramid). Cutting a whole-pixel window and
+    stretching it to 224 would scale the content by 6/5 here."""
+    from extract.images import resize_image
 
     rng = np.random.default_rng(0)
-    wide = np.kron(rng.integers(0, 256, (4, 170, 3)), np.ones((10, 10, 1))).astype(np.uint8)  # 40 x 1700
-    ours = resize_image(wide, 64, "crop").astype(int)
-    cover = _resize(wide, 64, 2720)  # 1700 * 64 / 40
-    reference = cover[:, 1328:1392].astype(int)
-    assert ours.shape == (64, 64, 3) and np.abs(ours - reference).mean() < 4
+    strip = rng.integers(0, 256, (5, 50_000, 3), dtype=np.uint8)
+    ours = resize_image(strip, 224, "crop").astype(float)
+    cover_h, cover_w = 224, 2_240_000
+    top, left = 0, round((cover_w - 224) / 2)
+
+    def taps(start, n_out, n_src, n_cover):
+        pos = np.clip((np.arange(start, start + n_out) + 0.5) * n_src / n_cover - 0.5, 0, n_src - 1)
+        lo = np.floor(pos).astype(int)
+        return lo, np.minimum(lo + 1, n_src - 1), pos - lo
+
+    y0, y1, fy = taps(top, 224, 5, cover_h)
+    x0, x1, fx = taps(left, 224, 50_000, cover_w)
+    a = strip.astype(float)
+    rows = a[y0] * (1 - fy)[:, None, None] + a[y1] * fy[:, None, None]
+    reference = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+    assert ours.shape == (224, 224, 3) and np.abs(ours - reference).max() <= 1.5
 
 
 def test_a_resize_opencv_refuses_is_one_line(tmp_path):
