@@ -197,13 +197,21 @@ def pool_rates(paths) -> dict:
     return rates
 
 
+def session4_load(path, size: int) -> np.ndarray:
+    """Session 4's decoder: libjpeg-turbo's smallest n/8 scale that keeps `size`, then one bilinear pass."""
+    import cv2
+    import simplejpeg
+
+    scaled = simplejpeg.decode_jpeg(Path(path).read_bytes(), colorspace="RGB", min_height=size, min_width=size)
+    return cv2.resize(scaled, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def resize_quality(paths, size: int = 224) -> dict:
     """Mean |difference| (grey levels) from a full-size decode + Pillow's antialiased bilinear resize, on 100
     images: the decoder in use (`extract.load_image`), its fallback without OpenCV (the same DCT-domain
     downscale, then Pillow's antialiased resize), session 4's decoder (libjpeg-turbo's 5/8 scale, one bilinear
     pass) and the peer's recipe (full decode, bilinear without antialiasing)."""
     import cv2
-    import simplejpeg
     from PIL import Image
 
     import extract.images as images
@@ -217,10 +225,6 @@ def resize_quality(paths, size: int = 224) -> dict:
             full = np.asarray(im.convert("RGB"))
         return cv2.resize(full, (size, size), interpolation=cv2.INTER_LINEAR)
 
-    def session4(p):  # libjpeg-turbo's 5/8 scale, then one bilinear pass
-        scaled = simplejpeg.decode_jpeg(Path(p).read_bytes(), colorspace="RGB", min_height=size, min_width=size)
-        return cv2.resize(scaled, (size, size), interpolation=cv2.INTER_LINEAR)
-
     def without_opencv(p):
         saved, images.cv2 = images.cv2, None
         try:
@@ -229,8 +233,8 @@ def resize_quality(paths, size: int = 224) -> dict:
             images.cv2 = saved
 
     contenders = {"quality_featurehead": lambda p: images.load_image(p, size),
-                  "quality_without_opencv": without_opencv, "quality_session4_decoder": session4,
-                  "quality_peer_recipe": peer}
+                  "quality_without_opencv": without_opencv,
+                  "quality_session4_decoder": lambda p: session4_load(p, size), "quality_peer_recipe": peer}
     sample = paths[:100]
     refs = [reference(p) for p in sample]
     return {name: float(np.mean([np.abs(f(p).astype(int) - r).mean() for p, r in zip(sample, refs)]))
@@ -265,19 +269,12 @@ def across_processes(args, argv: list[str]) -> None:
     import subprocess
     import tempfile
 
-    rest, skip = [], False
-    for a in argv:  # drop --processes and --json (each child writes its own JSON)
-        if skip:
-            skip = False
-        elif a in ("--processes", "--json"):
-            skip = True
-        elif not a.startswith(("--processes=", "--json=")):
-            rest.append(a)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.processes):
             out = Path(tmp) / f"run{i}.json"
-            subprocess.run([sys.executable, __file__, *rest, "--json", str(out)], check=True,
+            # the last of a repeated option wins: each child runs once and writes its own JSON
+            subprocess.run([sys.executable, __file__, *argv, "--processes", "1", "--json", str(out)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             runs.append(json.loads(out.read_text()))
             r = runs[-1]["rates"]

@@ -66,15 +66,10 @@ def pillow_full(paths, size) -> np.ndarray:
 
 
 def turbo_linear(paths, size) -> np.ndarray:
-    """Session 4's decoder: libjpeg-turbo's smallest n/8 scale that keeps the target size, one bilinear pass."""
-    import cv2
-    import simplejpeg
+    """Session 4's decoder (`input_pipeline.session4_load`) on every path."""
+    from input_pipeline import session4_load
 
-    out = np.empty((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(paths):
-        scaled = simplejpeg.decode_jpeg(Path(p).read_bytes(), colorspace="RGB", min_height=size, min_width=size)
-        out[i] = cv2.resize(scaled, (size, size), interpolation=cv2.INTER_LINEAR)
-    return out
+    return np.stack([session4_load(p, size) for p in paths])
 
 
 def turbo_pillow(paths, size) -> np.ndarray:
