@@ -56,6 +56,11 @@ def grayscale_layer():
 _CLASSES: dict = {}
 
 
+def register_layers() -> None:
+    """Define and register featurehead's custom Keras layers (once), so that saved models holding them load."""
+    _layer_classes()
+
+
 def _layer_classes() -> dict:
     """Define (once, lazily: keras is imported on first use) and register the custom layers, so saved models load."""
     if _CLASSES:

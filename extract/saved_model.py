@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import ExtractorConfigError, WeightsUnavailableError
 from .extractor import Extractor
-from .layers import _layer_classes, cut_at_layer, pooling_layer
+from .layers import cut_at_layer, pooling_layer, register_layers
 from .registry import register_extractor
 
 
@@ -27,7 +27,7 @@ def load_saved_model(path):
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"the saved model {path} does not exist")
-    _layer_classes()
+    register_layers()
     try:
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, TypeError, KeyError) as err:
@@ -56,7 +56,8 @@ class SavedModelExtractor(Extractor):
         Path of the saved model; its sha256 is part of the fingerprint.
     layer : str, optional
         Cut the model at this layer (by name, never by index); None keeps the model's output.
-    pooling : {"flatten", "avg", "max"}
+    pooling : {"flatten", "avg", "max"}, optional
+        None is "flatten".
     input_size : int, optional
         None derives it from the model; a value must match the model's fixed input size.
     resize : {"squash", "crop"}
@@ -72,12 +73,12 @@ class SavedModelExtractor(Extractor):
     NON_IDENTITY_KEYS = ("batch_size", "seed")
     default_layer = None
 
-    def __init__(self, *, weights=None, layer=None, pooling="flatten", input_size=None, resize="squash",
+    def __init__(self, *, weights=None, layer=None, pooling=None, input_size=None, resize="squash",
                  precision="float32", seed=0, batch_size=32):
         super().__init__(
             weights="none" if weights is None else str(weights),
             layer=self.default_layer if layer is None else layer,
-            pooling=pooling,
+            pooling="flatten" if pooling is None else pooling,
             input_size=input_size,
             resize=resize,
             precision=precision,

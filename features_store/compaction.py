@@ -55,8 +55,7 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
                 writer.write(x, ok, err)
             session.commit(writer, versions={"compacted": "true"})
     new = [r for r in session.manifest.shards if r.file not in {b.file for b in before.shards}]
-    session.manifest = before.with_shards([r for r, _, _ in keep] + new)  # the view is written against this
-    session._locations = None  # the session's key -> row cache follows the new manifest
+    session.adopt(before.with_shards([r for r, _, _ in keep] + new))  # the view is written against this
     attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
     session.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
                        split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],

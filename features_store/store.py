@@ -139,14 +139,7 @@ class StoreSession:
         if any(s.file == writer.name for s in self.manifest.shards):
             return  # committed already: a shard is listed once
         record = ShardRecord(writer.name, writer.n_rows, writer.failed(), dict(versions or {}))
-        manifest = self.manifest.with_shards([*self.manifest.shards, record])
-        try:
-            commit_manifest(self.store, manifest)
-        except OSError as err:
-            raise durable.write_error(err, store=self.store, what="the manifest") from err
-        self.manifest = manifest
-        if self._locations is not None:
-            self._add_shard(len(manifest.shards) - 1, record)
+        self._append(record)
 
     def commit_shard(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None) -> None:
         """Commit the shard of `keys` that another process (a Dask worker) completed; the file is only read."""
@@ -160,6 +153,10 @@ class StoreSession:
         if stored != list(keys):
             raise StoreDamagedError(f"{shard_path(self.store, name)} holds other keys than planned; delete it and re-run.")
         record = ShardRecord(name, len(keys), int(np.count_nonzero(~ok)), dict(versions or {}))
+        self._append(record)
+
+    def _append(self, record: ShardRecord) -> None:
+        """List one more shard: the manifest committed atomically, then this session's manifest and key cache."""
         manifest = self.manifest.with_shards([*self.manifest.shards, record])
         try:
             commit_manifest(self.store, manifest)
@@ -168,6 +165,11 @@ class StoreSession:
         self.manifest = manifest
         if self._locations is not None:
             self._add_shard(len(manifest.shards) - 1, record)
+
+    def adopt(self, manifest) -> None:
+        """Use `manifest` (not committed here) for what follows, e.g. the view written next; the key -> row cache
+        is rebuilt from it when next needed."""
+        self.manifest, self._locations = manifest, None
 
     def ensure_manifest(self, n_features: int) -> None:
         """Commit an empty manifest for a new store that has nothing to extract (every image failed)."""

@@ -61,9 +61,7 @@ def extractor_from_args(args):
     from extract import get_extractor
 
     weights = "none" if args.weights.lower() == "none" else args.weights
-    config = dict(weights=weights, layer=args.layer, batch_size=args.batch_size, precision=args.precision,
-                  seed=args.seed, resize=args.resize)
-    for key in ("pooling", "input_size"):  # else the extractor's own default (the backbone's, a saved model's)
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    return get_extractor(args.model, **config)
+    # pooling / input_size None: the extractor's own default (the backbone's, a saved model's)
+    return get_extractor(args.model, weights=weights, layer=args.layer, pooling=args.pooling,
+                         input_size=args.input_size, batch_size=args.batch_size, precision=args.precision,
+                         seed=args.seed, resize=args.resize)

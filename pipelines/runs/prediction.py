@@ -114,19 +114,16 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
 def load_any_bundle(bundle_path):
     """`classify.load_bundle`, registering extract's custom Keras layers first when the bundle is a full model."""
     if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
-        from extract.layers import caffe_preprocess_layer
+        from extract.layers import register_layers
 
-        caffe_preprocess_layer()  # defining the layer class registers it with Keras for loading
+        register_layers()
     return classify.load_bundle(bundle_path)
 
 
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     store = Path(store) if store is not None else default_store_path(index, extractor)
-    # an existing store keeps its own storage type (a float16 store is reused, not refused as float32)
-    manifest = features_store.read_manifest(store) if store.is_dir() else None
-    dtype = manifest.dtype if manifest is not None else "float32"
-    result = run_extract(index, extractor, store, progress=progress, dtype=dtype)
+    result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
     bundle.check_fingerprint(result.fingerprint)
     meta = features_store.read_meta(store)
     rows = np.flatnonzero(meta.view == 0)

@@ -110,9 +110,9 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise ValueError(f"`cache_dir` must be None or a path. Received: cache_dir={self.cache_dir!r}")
         layer = list(self.layer) if isinstance(self.layer, tuple) else self.layer
-        defaults = {k: v for k, v in (("pooling", self.pooling), ("input_size", self.input_size)) if v is not None}
-        extractor = get_extractor(self.model, weights=self.weights, layer=layer, resize=self.resize,
-                                  batch_size=self.batch_size, precision=self.precision, seed=self.seed, **defaults)
+        extractor = get_extractor(self.model, weights=self.weights, layer=layer, pooling=self.pooling,
+                                  input_size=self.input_size, resize=self.resize, batch_size=self.batch_size,
+                                  precision=self.precision, seed=self.seed)
         extractor.validate()
         _, _, columns = _as_images(X)
         self.extractor_ = extractor
@@ -219,8 +219,9 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         if kind == "paths":
             images, ok, errors = read_batch([items[i] for i in rows], size, decoders, resize=self.extractor_.resize)
         else:
-            resize = self.extractor_.resize
-            images = np.stack(list(decoders.map(lambda im: resize_image(im, size, resize), items[rows])))
+            images, resize = items[rows], self.extractor_.resize
+            if images.shape[1:3] != tuple(size):
+                images = np.stack(list(decoders.map(lambda im: resize_image(im, size, resize), images)))
             ok, errors = np.ones(len(rows), bool), [""] * len(rows)
         if not ok.all() and self.on_error == "raise":
             bad = int(np.flatnonzero(~ok)[0])
