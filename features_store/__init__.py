@@ -16,7 +16,7 @@ from features_store.errors import (
 )
 from features_store.export import export
 from features_store.loader import iter_batches, load
-from features_store.manifest import Manifest, ShardRecord, read_manifest
+from features_store.manifest import Manifest, ShardRecord, is_store, read_manifest
 from features_store.plan import batch_plan, chunk_rows, default_shard_rows, default_store_name, plan_shards
 from features_store.reader import (
     StoreInfo,
@@ -60,6 +60,7 @@ __all__ = [
     "read_features",
     "read_file_keys",
     "read_info",
+    "is_store",
     "read_manifest",
     "read_meta",
     "runtime_tag",

@@ -120,6 +120,18 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         raise StoreDamagedError(f"{path} is not a readable store manifest ({err}); re-extract into a new directory.") from err
 
 
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether `path` is a store directory: one whose `manifest.json` is a store's (of any schema version, readable
+    or not as one). Writers of other outputs (head bundles, reports) refuse such a directory."""
+    target = os.path.join(os.fspath(path), schema.MANIFEST_FILE)
+    try:
+        with open(target, "rb") as f:
+            body = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return os.path.isdir(os.path.join(os.fspath(path), schema.SHARDS_DIR))
+    return isinstance(body, dict) and "schema_version" in body
+
+
 def commit_manifest(store: str | os.PathLike, manifest: Manifest) -> None:
     """Replace the manifest atomically; after this returns, the listed shards are the store's."""
     atomic_write_bytes(manifest_path(store), manifest.to_json())

@@ -142,6 +142,18 @@ def test_train_evaluate_predict(store, csv_index, tmp_path, capsys, head, extra)
     np.testing.assert_allclose(frame.loc[:7, ["p_a", "p_b"]].astype(float).sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_head_or_an_evaluation_is_never_written_into_a_store(store, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()}
+    code, _, err = run(capsys, "train", store, "--out", store)
+    assert code == 2 and len(err.splitlines()) == 1 and "not a head bundle's (a feature store?)" in err
+    assert run(capsys, "train", store, "--out", tmp_path / "h")[0] == 0
+    for command in ("evaluate", "report"):
+        code, _, err = run(capsys, command, tmp_path / "h", store, "--split", "", "--out", store)
+        assert code == 2 and len(err.splitlines()) == 1 and "is a feature store" in err
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()} == before
+    assert run(capsys, "inspect", store)[0] == 0
+
+
 def test_evaluate_refuses_a_training_store_whose_view_changed(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0

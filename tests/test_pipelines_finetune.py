@@ -115,6 +115,14 @@ def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "p.csv")
     frame = np.genfromtxt(tmp_path / "p.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     assert len(frame) == 8 and set(frame["predicted"]) <= {"a", "b"}
+    # the commands that need a head on stored features say what the fine-tuned bundle is, in one line
+    for argv in (["evaluate", tmp_path / "ft", store, "--out", tmp_path / "ev"],
+                 ["report", tmp_path / "ft", store, "--out", tmp_path / "rep"],
+                 ["finetune", tmp_path / "ft", "--unfreeze", "1", "--out", tmp_path / "ft2"]):
+        assert main(["-q", *map(str, argv)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is a fine-tuned whole model" in err and "featurehead predict" in err
+        assert not (tmp_path / "ev").exists() and not (tmp_path / "rep").exists()
 
 
 def test_cli_finetune_refuses_a_logreg_head(store, tmp_path, capsys):

@@ -27,10 +27,21 @@ MODEL_FORMATS = ("skops", "joblib")
 
 
 def check_target(out_dir: Path) -> None:
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    """Refuse to save a bundle into a directory that holds anything but a bundle (a feature store has a
+    `manifest.json` too: saving over it would replace the store's manifest)."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / MANIFEST).is_file():
         raise BundleExistsError(
             f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it with a head bundle"
         )
+    try:
+        read_manifest(out_dir)
+    except BundleFormatError as err:
+        raise BundleExistsError(
+            f"{out_dir} holds a {MANIFEST} that is not a head bundle's (a feature store?); refusing to overwrite "
+            "it with a head bundle: choose another --out"
+        ) from err
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import classify
 import features_store
 
-from ..runs.prediction import run_evaluate
+from ..runs.prediction import load_head_bundle, run_evaluate
 from . import data
 from .html import Figure, Mistake, Page, render_page
 from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
@@ -65,10 +65,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     if images_root is not None and not Path(images_root).is_dir():
         raise ValueError(f"`images_root` must be a folder of the store's images. Received: {images_root} "
                          "(not a folder)")
-    bundle = classify.load_bundle(bundle_path)
-    if bundle.kind != "sklearn":
-        raise ValueError(f"{bundle_path} is a whole fine-tuned model (kind {bundle.kind!r}), not a head on "
-                         "features; a report needs a head trained on a store")
+    bundle = load_head_bundle(bundle_path, "a report")
     metrics = run_evaluate(bundle_path, store, out_dir, split=split)  # metrics.json + confusion_matrix.png
     info, meta = features_store.read_info(store), features_store.read_meta(store)
     rows = data.evaluated_rows(meta, bundle.manifest, split=split,

@@ -26,7 +26,9 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     rows it was fitted on; a head that held none out is refused); on any other store, every row. The training store is refused when its view has
     changed since training (another index, labels or split: its held-out rows are no longer known).
     """
-    bundle = classify.load_bundle(bundle_path)
+    if features_store.is_store(out_dir):
+        raise ValueError(f"{out_dir} is a feature store; write the evaluation to another --out")
+    bundle = load_head_bundle(bundle_path, "evaluate")
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
     trained_on = bundle.manifest.get("trained_on")
@@ -109,6 +111,18 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False, float_format="%.6g")
     return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
+
+
+def load_head_bundle(bundle_path, command: str):
+    """`classify.load_bundle` of a head on features (kind "sklearn"); a fine-tuned whole model is refused with one
+    line before anything is loaded (`command` names what needs a head)."""
+    if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
+        raise ValueError(
+            f"{bundle_path} is a fine-tuned whole model (images in, classes out), not a head on stored features; "
+            f"{command} needs a head trained by `featurehead train` (run the fine-tuned model on images with "
+            f"`featurehead predict {bundle_path} INDEX`; its validation accuracy is in its manifest.json)"
+        )
+    return classify.load_bundle(bundle_path)
 
 
 def load_any_bundle(bundle_path):

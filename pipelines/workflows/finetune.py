@@ -21,7 +21,7 @@ import features_store
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
-from ..runs.prediction import trained_rows, training_view_changed
+from ..runs.prediction import load_head_bundle, trained_rows, training_view_changed
 from ..runs.training import validation_source
 
 logger = logging.getLogger(__name__)
@@ -213,9 +213,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     if not learning_rate > 0 or not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"`learning_rate` must be > 0 and `epochs` a positive integer. "
                          f"Received: learning_rate={learning_rate!r}, epochs={epochs!r}")
-    bundle = classify.load_bundle(bundle_path)
-    if bundle.kind != "sklearn":
-        raise ValueError(f"`finetune` needs a head bundle (kind 'sklearn'). Received: kind={bundle.kind!r}")
+    bundle = load_head_bundle(bundle_path, "finetune")
     store = bundle.manifest.get("trained_on")
     index, images_root = _image_source(bundle, store, index, images_root)
     frame = read_index(index, images_root)
