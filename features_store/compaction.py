@@ -46,6 +46,7 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
     moved = [(record, keys, wanted) for record, keys, wanted in rewrite if wanted]
     shard_rows = shard_rows or default_shard_rows(before.n_features, np.dtype(before.dtype).itemsize)
     pool = [(record, keys.index(k), k) for record, keys, wanted in moved for k in wanted]
+    written = []
     for part in plan_shards([k for _, _, k in pool], shard_rows):
         picked = pool[: len(part)]
         pool = pool[len(part):]
@@ -54,8 +55,13 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
                 x, ok, err = _gather(session.store, picked[writer.n_done:])
                 writer.write(x, ok, err)
             session.commit(writer, versions={"compacted": "true"})
-    new = [r for r in session.manifest.shards if r.file not in {b.file for b in before.shards}]
-    session.adopt(before.with_shards([r for r, _, _ in keep] + new))  # the view is written against this
+            written.append(writer.name)
+    # the shards this run planned, including those an interrupted compaction already wrote and listed (same
+    # keys, same names): they hold the moved rows, whether or not `before` listed them
+    records = {r.file: r for r in session.manifest.shards}
+    new = [records[name] for name in written]
+    kept = [r for r, _, _ in keep if r.file not in set(written)]
+    session.adopt(before.with_shards(kept + new))  # the view is written against this
     attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
     session.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
                        split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],

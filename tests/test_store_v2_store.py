@@ -127,6 +127,27 @@ def test_compaction_keeps_whole_shards_rewrites_the_rest_and_commits_first(tmp_p
     assert manifest["schema_version"] == 2 and len(manifest["shards"]) == 2
 
 
+def test_compaction_resumed_after_an_interruption_keeps_every_live_row(tmp_path):
+    """An interrupted compaction has listed some of its new shards beside the old ones (a kill or a full disk
+    after their commit); compacting again must keep every live row, the new shards' included."""
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k, 4)
+    live = k[:4] + k[5:7]
+    view(store, live)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        # the first shard the compaction plans ([k5] at one row per shard), committed before the interruption
+        with s.shard_writer(k[5:6], n_features=3) as w:
+            w.write(rows(k[5:6]), np.ones(1, bool))
+            s.commit(w, versions={"compacted": "true"})
+    assert fs.read_info(store).stored_rows == 13
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        counts = s.compact(shard_rows=1)
+    assert counts["rows_after"] == 6
+    info = fs.read_info(store)
+    assert (info.stored_rows, info.garbage_rows, info.complete) == (6, 0, True)
+    np.testing.assert_array_equal(fs.read_features(store), rows(live))
+
+
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
     store, k = tmp_path / "store", keys(6)
     fill(store, k, 6)
