@@ -136,6 +136,24 @@ def test_an_image_edited_in_place_is_the_only_one_extracted_again(image_folder, 
         np.testing.assert_array_equal(after[i], before[i])
 
 
+def test_a_shard_finished_but_not_yet_listed_is_committed_by_the_next_run(image_folder, tmp_path, vgg):
+    """A kill (or a full disk) between a shard's last row and the manifest's commit leaves the shard complete on disk
+    and unlisted; the next run lists it without extracting anything again."""
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store, shard_rows=3)
+    before = by_id(store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    for drop in (manifest["shards"][-1:], manifest["shards"]):  # the last shard, then every shard unlisted
+        kept = [s for s in manifest["shards"] if s not in drop]
+        (store / "manifest.json").write_text(json.dumps({**manifest, "shards": kept}))
+        again = run_extract(read_index(csv), vgg, store, shard_rows=3)
+        assert again.n_extracted == 0 and features_store.read_info(store).complete
+        assert len(json.loads((store / "manifest.json").read_text())["shards"]) == len(manifest["shards"])
+        for i, x in by_id(store).items():
+            np.testing.assert_array_equal(x, before[i])
+
+
 def test_the_same_bytes_under_two_names_are_extracted_once(image_folder, tmp_path, vgg):
     shutil.copy(image_folder / "a" / "0.png", image_folder / "a" / "copy.png")
     csv = write_csv(image_folder / "index.csv", base_rows(image_folder))

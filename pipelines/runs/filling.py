@@ -51,6 +51,8 @@ class Target:
         mine = [i for i, k in enumerate(keys) if k in self._need]
         while mine:
             writer = self._current()
+            if writer is None:
+                raise RuntimeError("rows arrived beyond the planned shards")  # a bug, not input
             expected = writer.keys[writer.n_done : writer.n_done + len(mine)]
             take = len(expected)
             if [keys[i] for i in mine[:take]] != expected:
@@ -61,8 +63,11 @@ class Target:
             if writer.n_done == writer.n_rows:
                 self._close_current()
 
-    def _current(self) -> features_store.ShardWriter:
+    def _current(self) -> features_store.ShardWriter | None:
+        """The shard being filled; shards already complete on disk are committed on the way; None past the plan."""
         while self._writer is None:
+            if not self._plan:
+                return None
             keys = self._plan.pop()
             writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions)
             if writer.n_done == writer.n_rows:  # complete on disk but not committed (a crash in between)
@@ -81,8 +86,7 @@ class Target:
 
     def finish(self) -> None:
         """Commit every remaining planned shard (those complete on disk already)."""
-        while self._plan or self._writer is not None:
-            writer = self._current()
+        while (writer := self._current()) is not None:
             if writer.n_done != writer.n_rows:
                 raise RuntimeError(f"shard {writer.name} was left with {writer.n_rows - writer.n_done} rows unwritten")
             self._close_current()
