@@ -10,6 +10,7 @@ from .batches import read_batch
 from .errors import (
     ExtractError,
     ExtractorConfigError,
+    ImageChangedError,
     ImageReadError,
     IndexValidationError,
     UnknownExtractorError,
@@ -26,6 +27,7 @@ __all__ = [
     "ExtractError",
     "Extractor",
     "ExtractorConfigError",
+    "ImageChangedError",
     "ImageIndex",
     "ImageReadError",
     "IndexValidationError",

@@ -11,7 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import ImageReadError
+from .errors import ImageChangedError, ImageReadError
 from .images import load_image
 
 
@@ -27,13 +27,34 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _load_into(out: np.ndarray, i: int, path, size, resize: str) -> str | None:
-    """Decode `path` into `out[i]`; return None, or the failure reason (the row stays zeros)."""
+def _load_into(out: np.ndarray, i: int, path, size, resize: str, expected=None) -> str | None:
+    """Decode `path` into `out[i]`; return None, or the failure reason (the row stays zeros).
+
+    `expected`, the file's (size, mtime_ns) when it was hashed, is checked before and after the decode: a file
+    that changed or vanished since raises `ImageChangedError` (its features would be stored under the key of
+    content it no longer has), never a failed row."""
+    if expected is not None:
+        _check_unchanged(path, expected)
     try:
         out[i] = load_image(path, size, resize)
-        return None
+        reason = None
     except ImageReadError as err:
-        return err.reason
+        reason = err.reason
+    if expected is not None:
+        _check_unchanged(path, expected)
+    return reason
+
+
+def _check_unchanged(path, expected) -> None:
+    try:
+        st = os.stat(path)
+        now = (st.st_size, st.st_mtime_ns)
+    except OSError as err:
+        now = err.strerror or type(err).__name__
+    if now != tuple(expected):
+        how = "vanished" if isinstance(now, str) else "changed"
+        raise ImageChangedError(f"{path} {how} after it was hashed, while it was being extracted; re-run the same "
+                                "command (what is stored is kept, the rest is extracted)")
 
 
 def read_batch(
@@ -59,8 +80,12 @@ def read_batch(
     return out, ok, [r or "" for r in reasons]
 
 
-def decoded_batches(paths, size, plan, workers: int | None = None, resize: str = "squash", ahead: int = 2):
+def decoded_batches(paths, size, plan, workers: int | None = None, resize: str = "squash", ahead: int = 2,
+                    stats=None):
     """Yield `(lo, hi, images, ok, errors)` for each `(lo, hi)` of `plan`, in order.
+
+    `stats`, when given, holds each path's (size, mtime_ns) when it was hashed: a file changed or removed since
+    stops the run with `ImageChangedError` (see `_load_into`).
 
     Every image is a task of one thread pool (`workers` threads, default every core), and up to `ahead` batches
     beyond the one being consumed are decoding while the caller runs the model on it: the queue is bounded, so
@@ -78,7 +103,8 @@ def decoded_batches(paths, size, plan, workers: int | None = None, resize: str =
         if lohi is not None:
             lo, hi = lohi
             out = np.zeros((hi - lo, h, w, 3), dtype=np.uint8)
-            futures = [pool.submit(_load_into, out, i, p, (h, w), resize) for i, p in enumerate(paths[lo:hi])]
+            futures = [pool.submit(_load_into, out, i, paths[j], (h, w), resize, None if stats is None else stats[j])
+                       for i, j in enumerate(range(lo, hi))]
             pending.append((lo, hi, out, futures))
 
     try:

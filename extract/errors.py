@@ -13,6 +13,11 @@ class ImageReadError(ExtractError, OSError):
     """One image could not be read or decoded; extraction records it as a failed row."""
 
 
+class ImageChangedError(ExtractError, RuntimeError):
+    """An image file changed or vanished between its hashing and its decoding: the run stops (its features would be
+    stored under the old content's key) and a re-run resumes; never a failed row."""
+
+
 class WeightsUnavailableError(ExtractError, RuntimeError):
     """Pretrained weights were asked for but cannot be had (offline, missing file)."""
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import features_store
-from extract import get_extractor, read_index
+from extract import ImageChangedError, get_extractor, read_index
 from extract.augment import Augmentation
 from pipelines.cli import main
 from pipelines.runs.extraction import run_extract
@@ -152,6 +152,46 @@ def test_a_shard_finished_but_not_yet_listed_is_committed_by_the_next_run(image_
         assert len(json.loads((store / "manifest.json").read_text())["shards"]) == len(manifest["shards"])
         for i, x in by_id(store).items():
             np.testing.assert_array_equal(x, before[i])
+
+
+class _Meanwhile:
+    """A progress bar (the hook `run_extract` calls once the rows are planned, before any decoding) that does
+    something to the images first: what another program may do while an extraction runs."""
+
+    def __init__(self, act):
+        self.act = act
+
+    def __call__(self, total, initial):
+        self.act()
+        return self
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_an_image_replaced_or_removed_during_extraction_stops_the_run_and_a_rerun_is_clean(image_folder, tmp_path,
+                                                                                          vgg):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    clean = by_id(run_extract(read_index(csv), vgg, tmp_path / "clean").store)
+    store = tmp_path / "store"
+    original = (image_folder / "b" / "0.png").read_bytes()
+    other = Image.fromarray(np.full((40, 40, 3), 7, np.uint8))  # another size of file: its stat differs
+    with pytest.raises(ImageChangedError, match=r"b/0\.png changed after it was hashed.*re-run the same command"):
+        run_extract(read_index(csv), vgg, store, progress=_Meanwhile(lambda: other.save(image_folder / "b" / "0.png")))
+    (image_folder / "b" / "0.png").write_bytes(original)
+    kept, aside = image_folder / "b" / "3.jpg", tmp_path / "aside.jpg"  # not stored by the first run
+    with pytest.raises(ImageChangedError, match=r"b/3\.jpg vanished after it was hashed"):
+        run_extract(read_index(csv), vgg, store, progress=_Meanwhile(lambda: kept.rename(aside)))
+    aside.rename(kept)  # back: a file that was away for a moment is not a failed row for good
+    again = run_extract(read_index(csv), vgg, store)  # nothing stored under a key of content it did not read
+    assert (again.n_failed, features_store.read_info(store).complete) == (0, True)
+    got = by_id(store)
+    assert sorted(got) == sorted(clean)
+    for i, x in got.items():
+        np.testing.assert_allclose(x, clean[i], **TOL)
 
 
 def test_the_same_bytes_under_two_names_are_extracted_once(image_folder, tmp_path, vgg):

@@ -161,6 +161,10 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     batches = features_store.batch_plan(len(keys), batch_size)
     bar = progress(total=len(keys), initial=0) if progress else None
     paths = [plan.todo[k][0] for k in keys]
+    hashed = {}  # each key's file as it was hashed: a file changed since stops the run (extract.ImageChangedError)
+    for key, size, mtime in zip(plan.keys, plan.size.tolist(), plan.mtime_ns.tolist()):
+        hashed.setdefault(key, (size, mtime))
+    stats = [hashed[k] for k in keys]
 
     def write(batch_keys, outputs, ok, errors):
         for target, out in zip(targets, outputs):
@@ -170,7 +174,8 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
 
     writer = AsyncWriter(write)
     try:
-        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers, resize):
+        decoded = decoded_batches(paths, input_size, batches, workers, resize, stats=stats)
+        for lo, hi, images, ok, errors in decoded:
             batch_keys = keys[lo:hi]
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
