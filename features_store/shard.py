@@ -80,6 +80,15 @@ def durable_rows(store: str | os.PathLike, name: str) -> int:
         return 0
 
 
+def _opens(path: str) -> bool:
+    """Whether `path` opens as a shard file (its datasets and row counter readable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return all(name in f for name in ("keys", "features", "ok", "errors")) and "n_done" in f.attrs
+    except OSError:
+        return False
+
+
 def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:
     # Early allocation and no fill: writing rows later never allocates file space or touches HDF5 metadata,
     # which is what makes a SIGKILL at any moment harmless.
@@ -162,6 +171,13 @@ class ShardWriter:
             raise ValueError("`keys` must not be empty. Received: keys=[]")
         name = shard_name(fingerprint, keys, runtime_tag(versions))
         path = shard_path(store, name)
+        if os.path.exists(path) and not _opens(path):
+            # cut short (a truncated copy, a disk that filled while it was created): nothing in it is readable, so
+            # nothing is lost by starting it again (an unlisted shard is not the store's yet)
+            try:
+                os.remove(path)
+            except OSError as err:
+                raise durable.write_error(err, store=store, what=f"shard {name}") from err
         if not os.path.exists(path):
             try:
                 os.makedirs(shards_dir(store), exist_ok=True)

@@ -96,11 +96,32 @@ class StoreSession:
 
     # --- what is stored ---------------------------------------------------------------------------------
     def locations(self) -> dict[str, tuple[int, int, bool, str]]:
-        """`key -> (shard index, row, ok, error)` of every stored row (the first copy of a key wins)."""
+        """`key -> (shard index, row, ok, error)` of every stored row (the first copy of a key wins).
+
+        A listed shard that is missing or cannot be read (deleted, truncated, damaged on disk) is unlisted here, in
+        one atomic manifest commit, with a warning: its rows are then missing, and this run extracts them again
+        (what "re-run the extraction to rebuild it" promises the readers)."""
         if self._locations is None:
+            readable, damaged = [], []
+            for record in self.manifest.shards if self.manifest else ():
+                try:
+                    readable.append((record, read_shard(shard_path(self.store, record.file), record.rows)))
+                except StoreDamagedError as err:
+                    damaged.append((record, err))
+            if damaged:
+                manifest = self.manifest.with_shards([record for record, _ in readable])
+                try:
+                    commit_manifest(self.store, manifest)
+                except OSError as err:
+                    raise durable.write_error(err, store=self.store, what="the manifest") from err
+                self.manifest = manifest
+                for record, err in damaged:
+                    logger.warning("%s: %s; its %d rows are extracted again", self.store,
+                                   str(err).split(";")[0], record.rows)
             self._locations = {}
-            for s, record in enumerate(self.manifest.shards if self.manifest else ()):
-                self._add_shard(s, record)
+            for s, (_, (keys, ok, errors)) in enumerate(readable):
+                for r, key in enumerate(keys):
+                    self._locations.setdefault(key, (s, r, bool(ok[r]), str(errors[r])))
         return self._locations
 
     def _add_shard(self, s: int, record: ShardRecord) -> None:

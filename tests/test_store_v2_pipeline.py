@@ -154,6 +154,31 @@ def test_a_shard_finished_but_not_yet_listed_is_committed_by_the_next_run(image_
             np.testing.assert_array_equal(x, before[i])
 
 
+def test_a_deleted_or_truncated_shard_is_extracted_again_by_the_next_run(image_folder, tmp_path, vgg, caplog):
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store, shard_rows=3)
+    before = by_id(store)
+    shards = [s["file"] for s in json.loads((store / "manifest.json").read_text())["shards"]]
+    (store / "shards" / shards[0]).unlink()
+    data = (store / "shards" / shards[1]).read_bytes()
+    (store / "shards" / shards[1]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(features_store.StoreDamagedError, match="re-run the extraction to rebuild it"):
+        features_store.load(store)
+    again = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert again.n_extracted == 6 and features_store.read_info(store).complete
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("rows are extracted again" in w for w in warned)
+    # an unlisted (partial) shard cut short, as a disk that filled while it was created leaves it: started again
+    manifest = json.loads((store / "manifest.json").read_text())
+    last, rows = manifest["shards"][-1]["file"], manifest["shards"][-1]["rows"]
+    (store / "manifest.json").write_text(json.dumps({**manifest, "shards": manifest["shards"][:-1]}))
+    (store / "shards" / last).write_bytes((store / "shards" / last).read_bytes()[:3000])
+    assert run_extract(read_index(csv), vgg, store, shard_rows=3).n_extracted == rows
+    for i, x in by_id(store).items():
+        np.testing.assert_allclose(x, before[i], **TOL)
+
+
 class _Meanwhile:
     """A progress bar (the hook `run_extract` calls once the rows are planned, before any decoding) that does
     something to the images first: what another program may do while an extraction runs."""
