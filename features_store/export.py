@@ -40,8 +40,11 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
             for lo in range(0, n, slab):
                 features[lo : lo + slab] = view.features(visible[lo : lo + slab]).astype(dtype, copy=False)
 
+    folder = os.path.dirname(os.path.abspath(out))
+    # checked first: HDF5 meeting a full disk mid-write fails to flush its objects (tracebacks, a crash at exit)
+    durable.check_free(folder, n * d * dtype.itemsize + os.path.getsize(source_file), store=folder, what=out)
     try:
         durable.atomic_write(out, write)
     except OSError as err:
-        raise durable.write_error(err, store=os.path.dirname(os.path.abspath(out)), what=out) from err
+        raise durable.write_error(err, store=folder, what=out) from err
     return n

@@ -12,6 +12,7 @@ per row is slow to build and to read. featurehead's own readers always read the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -76,45 +77,65 @@ def write_view(
     layout = "virtual" if len(runs) <= MAX_MAPPINGS else "materialised"
     files = [s.file for s in manifest.shards]
 
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            for name in ("ids", "split"):
-                f.create_dataset(name, data=np.asarray(columns[name], dtype=object), dtype=schema.STR_DTYPE)
-            f.create_dataset("errors", data=schema.encode_errors(columns["errors"]), dtype=schema.ERROR_DTYPE)
-            f.create_dataset("classes", data=np.asarray(columns["classes"], dtype=object), dtype=schema.STR_DTYPE)
-            f.create_dataset("keys", data=np.asarray(columns["keys"], dtype="S64"), dtype=schema.KEY_DTYPE)
-            f.create_dataset("labels", data=np.asarray(columns["labels"], np.int32))
-            f.create_dataset("view", data=np.asarray(columns["view"], np.int16))
-            f.create_dataset("source", data=np.asarray(columns["source"], np.int64))
-            f.create_dataset("ok", data=np.asarray(columns["ok"], bool))
-            f.create_dataset("shard", data=shard)
-            f.create_dataset("shard_row", data=row)
-            f.create_dataset("size", data=np.asarray(columns["size"], np.int64))
-            f.create_dataset("mtime_ns", data=np.asarray(columns["mtime_ns"], np.int64))
-            f.create_dataset("shard_files", data=np.array(files, dtype=object), dtype=schema.STR_DTYPE)
-            if layout == "virtual":
-                _virtual_features(f, manifest, runs, n, d)
-            else:
-                _materialised_features(f, store, manifest, shard, row, n, d)
-            a = f.attrs
-            a["schema_version"] = np.int64(schema.SCHEMA_VERSION)
-            a["fingerprint"] = manifest.fingerprint
-            a["extractor"] = json.dumps(manifest.extractor, sort_keys=True)
-            a["index_sha256"] = index_sha256
-            a["versions"] = json.dumps(versions, sort_keys=True)
-            a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            a["complete"] = np.bool_(complete)
-            a["n_failed"] = np.int64(np.count_nonzero(~np.asarray(columns["ok"], bool)))
-            a["features_layout"] = layout
-            for key, value in attrs.items():
-                a[key] = value
+    def fill(f: h5py.File) -> None:
+        for name in ("ids", "split"):
+            f.create_dataset(name, data=np.asarray(columns[name], dtype=object), dtype=schema.STR_DTYPE)
+        f.create_dataset("errors", data=schema.encode_errors(columns["errors"]), dtype=schema.ERROR_DTYPE)
+        f.create_dataset("classes", data=np.asarray(columns["classes"], dtype=object), dtype=schema.STR_DTYPE)
+        f.create_dataset("keys", data=np.asarray(columns["keys"], dtype="S64"), dtype=schema.KEY_DTYPE)
+        f.create_dataset("labels", data=np.asarray(columns["labels"], np.int32))
+        f.create_dataset("view", data=np.asarray(columns["view"], np.int16))
+        f.create_dataset("source", data=np.asarray(columns["source"], np.int64))
+        f.create_dataset("ok", data=np.asarray(columns["ok"], bool))
+        f.create_dataset("shard", data=shard)
+        f.create_dataset("shard_row", data=row)
+        f.create_dataset("size", data=np.asarray(columns["size"], np.int64))
+        f.create_dataset("mtime_ns", data=np.asarray(columns["mtime_ns"], np.int64))
+        f.create_dataset("shard_files", data=np.array(files, dtype=object), dtype=schema.STR_DTYPE)
+        if layout == "virtual":
+            _virtual_features(f, manifest, runs, n, d)
+        else:
+            _materialised_features(f, store, manifest, shard, row, n, d)
+        a = f.attrs
+        a["schema_version"] = np.int64(schema.SCHEMA_VERSION)
+        a["fingerprint"] = manifest.fingerprint
+        a["extractor"] = json.dumps(manifest.extractor, sort_keys=True)
+        a["index_sha256"] = index_sha256
+        a["versions"] = json.dumps(versions, sort_keys=True)
+        a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        a["complete"] = np.bool_(complete)
+        a["n_failed"] = np.int64(np.count_nonzero(~np.asarray(columns["ok"], bool)))
+        a["features_layout"] = layout
+        for key, value in attrs.items():
+            a[key] = value
 
     path = os.path.join(store, schema.VIEW_FILE)
+    what = f"the view {schema.VIEW_FILE} ({n} rows)"
+    if layout != "virtual":
+        durable.check_free(store, _view_bytes(columns, n, d, manifest.dtype), store=store, what=what)
     try:
-        durable.atomic_write(path, write)
+        if layout == "virtual":
+            # built in memory, then written as plain bytes: a full disk is one OSError, never HDF5 failing to
+            # flush its objects (tracebacks as they are collected, then a crash at exit)
+            buffer = io.BytesIO()
+            with h5py.File(buffer, "w") as f:
+                fill(f)
+            durable.atomic_write_bytes(path, buffer.getvalue())
+        else:  # the features copied in: too large for memory, so the free space was checked first
+            def write(tmp: str) -> None:
+                with h5py.File(tmp, "w") as f:
+                    fill(f)
+
+            durable.atomic_write(path, write)
     except OSError as err:
-        raise durable.write_error(err, store=store, what=f"the view {schema.VIEW_FILE} ({n} rows)") from err
+        raise durable.write_error(err, store=store, what=what) from err
     return layout
+
+
+def _view_bytes(columns: Mapping[str, Any], n: int, d: int, dtype: str) -> int:
+    """An upper bound of a materialised view's size: the features, the per-row columns, HDF5's overhead."""
+    text = sum(len(str(x).encode()) + 16 for name in ("ids", "split", "errors") for x in columns[name])
+    return n * d * np.dtype(dtype).itemsize + n * (64 + 4 + 2 + 8 + 1 + 4 + 8 + 8 + 8) + text + (1 << 20)
 
 
 def _virtual_features(f: h5py.File, manifest: Manifest, runs, n: int, d: int) -> None:

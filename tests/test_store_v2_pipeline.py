@@ -297,7 +297,8 @@ def _cli(*args):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp_path, vgg):
+@pytest.mark.parametrize("size", ["1536k", "24k"])  # the shards do not fit; not even the view does
+def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp_path, vgg, size):
     root = tmp_path / "imgs"
     for i in range(60):
         path = root / f"{i}.png"
@@ -306,7 +307,7 @@ def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp
     csv = write_csv(tmp_path / "index.csv", [(f"imgs/{i}.png", "ab"[i % 2], "") for i in range(60)])
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
         store = mnt / "store"
@@ -315,7 +316,7 @@ def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp
         code, err = _cli(*args)
         assert 0 < code < 128 and len(err) == 1, err
         assert str(store) in err[0] and "free" in err[0] and "re-run" in err[0]
-        with pytest.raises(features_store.StoreIncompleteError):
+        with pytest.raises((features_store.StoreIncompleteError, features_store.StoreNotFoundError)):
             features_store.read_features(store)  # never zeros, never "up to date"
         subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)  # space is freed
         code, err = _cli(*args)
@@ -326,5 +327,21 @@ def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp
         assert set(got) == set(want)
         for i in want:
             np.testing.assert_allclose(got[i], want[i], **TOL)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_export_onto_a_full_disk_says_one_line_and_leaves_nothing(image_folder, tmp_path, vgg):
+    store = run_extract(read_index(write_csv(image_folder / "index.csv", base_rows(image_folder))), vgg,
+                        tmp_path / "store").store
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, err = _cli("-q", "export", str(store), "--out", str(mnt / "e.h5"))
+        assert code == 2 and len(err) == 1 and "not enough free space" in err[0], err
+        assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
