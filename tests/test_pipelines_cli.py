@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -152,6 +153,30 @@ def test_a_head_or_an_evaluation_is_never_written_into_a_store(store, tmp_path, 
         assert code == 2 and len(err.splitlines()) == 1 and "is a feature store" in err
     assert {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()} == before
     assert run(capsys, "inspect", store)[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(store, csv_index, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "p.csv").write_text("the previous predictions\n")
+        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
+            try:
+                while True:
+                    f.write(b"x" * 1024)
+            except OSError:
+                pass
+        code, lines, err = run(capsys, "predict", bundle, csv_index, "--store", store, "--out", mnt / "p.csv")
+        assert code == 2 and len(err.splitlines()) == 1 and str(mnt / "p.csv") in err and "free some space" in err
+        assert (mnt / "p.csv").read_text() == "the previous predictions\n"
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_evaluate_refuses_a_training_store_whose_view_changed(store, csv_index, tmp_path, capsys):

@@ -7,7 +7,6 @@ folder); the page adds per-row views of the same rows: calibration, the most con
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 import classify
 import features_store
 
-from ..runs.prediction import load_head_bundle, run_evaluate
+from ..runs.prediction import load_head_bundle, run_evaluate, write_output
 from . import data
 from .html import Figure, Mistake, Page, render_page
 from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
@@ -229,7 +228,5 @@ def _figures(bundle, metrics: dict, bins: dict, out_dir: Path) -> list[Figure]:
 
 def _write_text(path: Path, text: str) -> Path:
     """Replace `path` whole (a temporary file, then a rename): a reader never sees half a page."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_output(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

@@ -13,6 +13,7 @@ import pandas as pd
 import classify
 import features_store
 from extract import extractor_from_spec, read_index
+from features_store.durable import atomic_write, write_error
 
 from .extraction import run_extract
 from .planning import default_store_path
@@ -57,9 +58,19 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     metrics["evaluated_on"] = evaluated
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    text = json.dumps(metrics, indent=2)
+    write_output(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
     return metrics
+
+
+def write_output(path: Path, write) -> None:
+    """Write `path` through `write(tmp)` atomically (a temporary file renamed into place): a full disk leaves the
+    previous file, if any, and never a cut-off one that looks whole; a failure is one line naming the file."""
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        raise write_error(err, store=str(path.parent), what=str(path)) from err
 
 
 def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +120,7 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     frame["error"] = errors
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_csv, index=False, float_format="%.6g")
+    write_output(out_csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
     return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
 
 
