@@ -36,6 +36,11 @@ class Extractor:
     NON_IDENTITY_KEYS = ("batch_size",)
 
     def __init__(self, **config):
+        weights = config.get("weights")
+        if isinstance(weights, (str, os.PathLike)) and os.fspath(weights) not in ("none", "imagenet"):
+            # a weights file is recorded by its absolute path, so that the spec in a store or a head bundle loads
+            # from any working directory (the fingerprint counts its content, not its path)
+            config["weights"] = os.path.abspath(weights)
         self._config = dict(config)
         self._model = None
         self._weights_sha256 = None

@@ -69,6 +69,19 @@ def test_config_round_trip_and_fingerprint(cnn_file, tmp_path):
     assert e.fingerprint() != before  # the live extractor follows the rewritten file too
 
 
+def test_a_relative_weights_path_is_recorded_absolute(cnn_file, batch, tmp_path, monkeypatch):
+    """A store or a bundle made with `--weights model.keras` works from any other working directory."""
+    monkeypatch.chdir(cnn_file.parent)
+    e = get_extractor("keras", weights=cnn_file.name, layer="features_flatten")
+    assert e.spec()["config"]["weights"] == str(cnn_file)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = extractor_from_spec(e.spec())
+    assert again.fingerprint() == e.fingerprint()
+    np.testing.assert_allclose(again(batch), e(batch), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
