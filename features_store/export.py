@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
+from features_store.errors import StoreWriteError
 from features_store.reader import open_view
 
 _SLAB_BYTES = 64 << 20
@@ -41,6 +42,12 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
                 features[lo : lo + slab] = view.features(visible[lo : lo + slab]).astype(dtype, copy=False)
 
     folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise StoreWriteError(f"{out} is a folder; give the file to write, e.g. {os.path.join(out, 'features.h5')}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise durable.write_error(err, store=folder, what=out) from err
     # checked first: HDF5 meeting a full disk mid-write fails to flush its objects (tracebacks, a crash at exit)
     durable.check_free(folder, n * d * dtype.itemsize + os.path.getsize(source_file), store=folder, what=out)
     try:

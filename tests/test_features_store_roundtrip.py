@@ -246,6 +246,9 @@ def test_export_writes_one_self_contained_file(store, tmp_path, args):
         assert not f["features"].is_virtual and "shard" not in f and "shard_files" not in f
         np.testing.assert_array_equal(f["features"][:], expected_features())
         assert f["ids"].asstr()[:].tolist() == args["ids"] and f.attrs["features_layout"] == "exported"
+    assert fs.export(store, tmp_path / "new" / "folder" / "x.h5") == N  # its folders are made
+    with pytest.raises(fs.StoreWriteError, match=r"is a folder; give the file to write, e\.g\. .*features\.h5"):
+        fs.export(store, tmp_path / "new")
 
 
 def test_damaged_view_and_foreign_or_missing_paths(tmp_path, store):
