@@ -76,6 +76,10 @@ def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsy
     assert any(line.startswith("1 of 9 rows failed") and "f.failed.csv" in line for line in lines)
     failed = pd.read_csv(str(out) + ".failed.csv")
     assert failed["id"].tolist() == ["a/bad.png"]
+    (csv_index.parent / "a" / "bad.png").unlink()  # fixed: removed from the folder and the index
+    csv_index.write_text(csv_index.read_text().replace("a/bad.png,a\n", ""))
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 0 and not (tmp_path / "f.failed.csv").exists()  # no stale list of rows that no longer fail
 
 
 def test_strict_is_exit_2(csv_index, tmp_path, capsys):

@@ -42,9 +42,13 @@ def cmd_extract(args) -> int:
     if result.garbage_rows:
         print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
     code = 0
-    if result.n_failed:
+    try:
         failed = write_failures_csv(result.store)
-        print(f"{result.n_failed} of {result.n_rows} rows failed; the list is in {failed} and `featurehead inspect {result.store}`")
+        where = f"the list is in {failed} and `featurehead inspect {result.store}`"
+    except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
+        where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
+    if result.n_failed:
+        print(f"{result.n_failed} of {result.n_rows} rows failed; {where}")
         code = 1
     print(result.store)
     return code

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 
 import features_store
+from features_store.durable import atomic_write_bytes
 
 
 def store_summary(store) -> dict:
@@ -78,15 +79,19 @@ def compact_store(store, *, shard_rows: int | None = None) -> dict:
 
 
 def write_failures_csv(store, path=None) -> Path | None:
-    """Write the failed rows of a store as `id,reason` next to it; return the path, or None if none failed."""
-    failures = features_store.read_errors(store)
-    if not failures:
-        return None
-    path = Path(path) if path is not None else Path(str(Path(store)) + ".failed.csv")
+    """Write the failed rows of a store as `id,reason` next to it; return the path, or None if none failed (a
+    list left by an earlier run is then removed: it would list rows that no longer fail)."""
     import csv
+    import io
 
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "reason"])
-        writer.writerows(failures)
+    failures = features_store.read_errors(store)
+    path = Path(path) if path is not None else Path(str(Path(store)) + ".failed.csv")
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["id", "reason"])
+    writer.writerows(failures)
+    atomic_write_bytes(path, text.getvalue().encode())
     return path
