@@ -62,6 +62,13 @@ def test_cli_advise_counts_an_index(csv_index, capsys):
     out = capsys.readouterr().out
     assert "4 images in the smallest class" in out and "with augmentation" in out
     assert f"featurehead extract {csv_index} --model vgg16 --augment 4" in out
+    # an index whose files are under another root: the commands keep --images-root (else every file is missing)
+    moved = csv_index.parent.parent / "index copy.csv"
+    moved.write_text(csv_index.read_text())
+    assert main(["advise", "--index", str(moved), "--images-root", str(csv_index.parent), "--similarity", "low"]) == 0
+    out = capsys.readouterr().out
+    assert f"featurehead extract '{moved}' --images-root {csv_index.parent} --model vgg16 --augment 4" in out
+    assert f"featurehead augment-preview '{moved}' --images-root {csv_index.parent} " in out
 
 
 def test_cli_advise_threshold_and_errors(capsys):

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +125,10 @@ def run_advise(*, n_images: int | None = None, similarity: str, index=None, imag
 
         frame = read_index(index, images_root)
         n_images = images_per_class(frame.labels, frame.split)
-    return advise(n_images, similarity, index=str(index or "INDEX"), model=model, small_threshold=small_threshold)
+    # what the commands take as their index: with its --images-root, quoted for the shell
+    source = "INDEX" if index is None else shlex.join(
+        [str(index), *(["--images-root", str(images_root)] if images_root is not None else [])])
+    return advise(n_images, similarity, index=source, model=model, small_threshold=small_threshold)
 
 
 def format_advice(advice: Advice, small_threshold: int = SMALL_PER_CLASS) -> str:
