@@ -32,6 +32,9 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
         np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-5, atol=1e-6)
     assert main(argv[:-2] + ["--layer", "block3_pool"]) == 2
     assert "`sweep` takes `--layers`, not `--layer`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "--layer LAYER" not in capsys.readouterr().out  # its help lists only what it takes
     assert main(["-q", "extract", str(csv_index), "--weights", "none", "--input-size", "32", "--layer", "block4_pool"]) == 0
     assert capsys.readouterr().out.startswith("up to date")
 

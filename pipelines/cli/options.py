@@ -7,7 +7,9 @@ import argparse
 import sys
 
 
-def add_extractor_args(p: argparse.ArgumentParser) -> None:
+def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
+    """The extractor's options; `layer=False` (sweep, which takes --layers) keeps --layer out of the help (it is
+    still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers)."""
     g = p.add_argument_group("extractor")
     g.add_argument("--model", default="vgg16",
                    help="a keras.applications backbone (vgg16, resnet50, efficientnetb0, convnexttiny, ...: "
@@ -21,7 +23,7 @@ def add_extractor_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--layer", default=None,
                    help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
-                   "default: the last)")
+                   "default: the last)" if layer else argparse.SUPPRESS)
     g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
                    help="feature map -> vector (default: flatten for vgg16/vgg19 and saved models, avg for the "
                    "other backbones)")
