@@ -34,7 +34,7 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
     -------
     metrics : dict
         ``accuracy``, ``balanced_accuracy`` (the mean recall over the true classes present, scikit-learn's
-        definition), ``macro_f1``, ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a
+        definition), ``macro_f1`` (over the classes that are true or predicted, scikit-learn's default), ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a
         true label that is not a class counts as a miss), ``per_class`` ({class: {precision, recall, f1,
         support}}), ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
         ``n_samples``.
@@ -55,7 +55,10 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
     out = {
         "accuracy": float(accuracy_score(y, y_pred)),
         "balanced_accuracy": float(recall_score(y, y_pred, labels=np.unique(y), average="macro", zero_division=0)),
-        "macro_f1": float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0)),
+        # over the classes that occur (true or predicted), scikit-learn's default: a class absent from this split
+        # and never predicted would count as an F1 of 0
+        "macro_f1": float(f1_score(y, y_pred, labels=[c for c in labels if c in set(y) | set(y_pred)] or labels,
+                                   average="macro", zero_division=0)),
     }
     if len(labels) > TOP_K and hasattr(estimator, "predict_proba") and len(y):
         lookup = {str(c): i for i, c in enumerate(labels)}

@@ -95,7 +95,7 @@ def test_evaluate_and_format(data):
 
 def test_evaluate_balanced_and_top5_are_scikit_learn_s():
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+    from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_score
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(140, 5))
@@ -107,6 +107,11 @@ def test_evaluate_balanced_and_top5_are_scikit_learn_s():
     assert metrics["top_5_accuracy"] == pytest.approx(top_k_accuracy_score(y, head.predict_proba(X), k=5,
                                                                            labels=head.classes_))
     assert metrics["accuracy"] <= metrics["top_5_accuracy"] < 1.0
+    # a split where class "g" never occurs (and is never predicted) does not pull macro-F1 down
+    sub = np.isin(y, list("ab"))
+    part = evaluate(head, X[sub], y[sub])
+    assert part["macro_f1"] == pytest.approx(f1_score(y[sub], head.predict(X[sub]), average="macro"))
+    assert part["per_class"]["g"]["support"] == 0
 
 
 def test_plots_write_pngs(tmp_path, data):

@@ -183,6 +183,15 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(st
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+def test_evaluate_on_a_store_of_other_classes_is_one_line(store, csv_index, tmp_path, capsys):
+    assert run(capsys, "train", store, "--out", tmp_path / "h")[0] == 0
+    other = csv_index.parent / "other.csv"
+    other.write_text(csv_index.read_text().replace(",a\n", ",cat\n").replace(",b\n", ",dog\n"))
+    assert run(capsys, "extract", other, *FAST, "--out", tmp_path / "o")[0] == 0
+    code, _, err = run(capsys, "evaluate", tmp_path / "h", tmp_path / "o", "--out", tmp_path / "r")
+    assert code == 2 and len(err.splitlines()) == 1 and "none of the labels" in err and "(cat, dog)" in err
+
+
 def test_evaluate_refuses_a_training_store_whose_view_changed(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0

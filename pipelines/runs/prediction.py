@@ -54,6 +54,12 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     keep = y != ""
     if not keep.any():
         raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
+    classes = [str(c) for c in bundle.manifest["classes"]]
+    if not set(map(str, y[keep])) & set(classes):
+        found = sorted(set(map(str, y[keep])))
+        raise ValueError(f"none of the labels in {store} ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}) "
+                         f"is a class of {Path(bundle_path).name} ({', '.join(classes[:5])}"
+                         f"{', ...' if len(classes) > 5 else ''}); evaluate it on a store of the images of its classes")
     metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
     metrics["evaluated_on"] = evaluated
     out_dir = Path(out_dir)
