@@ -163,8 +163,11 @@ def _index_from_folders(root: Path) -> ImageIndex:
     else:
         rows = _class_rows(root, root, "")
     if not rows:
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = (f"{loose} images lie directly in it, in no class folder" if loose else "no images found")
         raise IndexValidationError(
-            f"{root}: no images found; expected root/<class>/<image> or root/{{train,val,test}}/<class>/<image>"
+            f"{root}: {found}; expected root/<class>/<image> or root/{{train,val,test}}/<class>/<image> "
+            "(or give a CSV index with a filename column)"
         )
     frame = pd.DataFrame(rows, columns=["id", "label", "split"])
     return ImageIndex(root=root, frame=frame, source=str(root))

@@ -74,6 +74,10 @@ def test_split_folders(tmp_path, image_folder):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(IndexValidationError, match="no images found"):
         read_index(tmp_path)
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x")
+    with pytest.raises(IndexValidationError, match="3 images lie directly in it, in no class folder.*CSV index"):
+        read_index(tmp_path)  # a flat folder: say what is there, not "no images"
 
 
 def test_sha256_changes_with_rows(tmp_path):

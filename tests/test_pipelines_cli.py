@@ -241,7 +241,7 @@ def test_predict_refuses_features_of_another_extractor(store, csv_index, tmp_pat
     code, _, err = run(capsys, "evaluate", bundle, other, "--out", tmp_path / "r")
     assert code == 2 and "re-extract" in err
     code, _, err = run(capsys, "predict", bundle, csv_index, "--store", other, "--out", tmp_path / "p.csv")
-    assert code == 2 and "another extractor" in err
+    assert code == 2 and "another extractor" in err and "use another --store" in err  # predict's option
 
 
 def test_demo_runs_end_to_end_offline(tmp_path, capsys):

@@ -154,7 +154,10 @@ def load_any_bundle(bundle_path):
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     store = Path(store) if store is not None else default_store_path(index, extractor)
-    result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
+    try:
+        result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
+    except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
+        raise features_store.StoreMismatchError(str(err).replace("use another --out", "use another --store")) from err
     bundle.check_fingerprint(result.fingerprint)
     meta = features_store.read_meta(store)
     rows = np.flatnonzero(meta.view == 0)
