@@ -82,3 +82,13 @@ def test_tensorflow_start_up_lines_reach_the_user_only_with_verbose(csv_index, t
     assert loud.returncode == 0 and loud.stdout.strip().splitlines()[-1] == str(tmp_path / "t")
     if not NOISE.search(loud.stderr):
         pytest.skip("this TensorFlow build prints no start-up notes here, so -v has nothing to show")
+
+
+def test_a_reader_that_stops_early_is_exit_141_without_a_line(tmp_path):
+    """`featurehead models | head -1`: the reader going away is not an error of featurehead's."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "advise", "--n-images", "10", "--similarity",
+                             "low"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before anything is written
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

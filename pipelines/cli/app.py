@@ -16,6 +16,7 @@ from .commands import COMMANDS
 from .parser import build_parser
 
 EXIT_INTERNAL_ERROR = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 
 # Commands that never load TensorFlow (HDF5 only, or plain data).
 _LIGHT_COMMANDS = frozenset({"inspect", "compact", "export", "advise"})
@@ -47,6 +48,11 @@ def main(argv=None) -> int:
         func = getattr(args, "func", None) or COMMANDS[args.command]
         return func(args)
     except _expected_errors() as err:
+        if isinstance(err, BrokenPipeError) and err.filename is None:
+            # the reader of our standard output stopped early (`| head`): not a failure to report; what was to be
+            # written is written. Python would complain again when it flushes stdout at exit, so it goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         if debug:  # the traceback, for bug reports
             raise
         message = " ".join(str(err).split())
