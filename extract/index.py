@@ -140,8 +140,15 @@ def _validate(frame: pd.DataFrame, csv_path: Path, root: Path, label_required: b
         where = f"{csv_path}, line {line}"
         if not rel:
             raise IndexValidationError(f"{where}: empty filename")
+        for name, value in (("filename", rel), ("label", label), ("split", split)):
+            if "\x00" in value:  # HDF5 strings cannot hold it: refused here, before any model is built
+                raise IndexValidationError(f"{where}: the {name} {value!r} holds a NUL character")
         norm = _normalise(rel)
-        if PurePosixPath(norm).is_absolute() or not (root_resolved / norm).resolve().is_relative_to(root_resolved):
+        try:
+            target = (root_resolved / norm).resolve()
+        except (OSError, RuntimeError) as err:  # a symlink loop
+            raise IndexValidationError(f"{where}: the path {rel!r} cannot be resolved ({err})") from err
+        if PurePosixPath(norm).is_absolute() or not target.is_relative_to(root_resolved):
             raise IndexValidationError(f"{where}: the path {rel!r} escapes the images root {root}")
         if norm in seen:
             raise IndexValidationError(f"{where}: duplicate filename {rel!r} (first seen on line {seen[norm]})")

@@ -41,9 +41,12 @@ def test_images_root_overrides_csv_folder(tmp_path):
         pytest.param("filename,label\n/etc/passwd,a\n", "escapes the images root", id="absolute"),
         pytest.param("filename,label,split\nx.png,a,holdout\n", "`split` must be one of", id="bad-split"),
         pytest.param("filename,label\n,a\n", "line 2: empty filename", id="empty-filename"),
+        pytest.param("filename,label\nx.png,a\ny.png,b\x00c\n", "line 3: the label 'b.x00c' holds a NUL", id="nul"),
+        pytest.param("filename,label\nloop/x.png,a\n", "line 2: the path 'loop/x.png' cannot be resolved", id="loop"),
     ],
 )
 def test_csv_validation_errors_name_the_row(tmp_path, text, match):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a symlink to itself
     with pytest.raises(IndexValidationError, match=match):
         read_index(write_csv(tmp_path / "i.csv", text))
 
