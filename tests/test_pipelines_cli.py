@@ -101,6 +101,9 @@ def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, c
 def test_bad_option_value_is_exit_2(csv_index, capsys):
     code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "16")
     assert code == 2 and "`input_size` must be an integer >= 32" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["extract", str(csv_index), "--workers", "0"])
+    assert exit_.value.code == 2 and "--workers: must be a positive integer. Received: 0" in capsys.readouterr().err
 
 
 def test_inspect(store, capsys):

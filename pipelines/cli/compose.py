@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_extractor_args, extractor_from_args, progress
+from .options import add_extractor_args, extractor_from_args, positive_int, progress
 
 
 def add_parsers(sub) -> None:
@@ -14,7 +14,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default=None, help="directory for sweep.csv and sweep.png (default: <index>.sweep/)")
     p.add_argument("--store-dir", default=None, help="where the per-layer stores go (default: next to the index)")
     p.add_argument("--cv", type=int, default=5, help="folds of the logistic-regression probe (default: 5)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: every core)")
+    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
     add_extractor_args(p, layer=False)
     p.set_defaults(func=cmd_sweep)
 

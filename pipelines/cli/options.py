@@ -7,6 +7,17 @@ import argparse
 import sys
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (so that --workers 0 is a usage error, not a silent default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {value}")
+    return value
+
+
 def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
     """The extractor's options; `layer=False` (sweep, which takes --layers) keeps --layer out of the help (it is
     still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers)."""

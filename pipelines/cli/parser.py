@@ -7,7 +7,7 @@ import argparse
 
 from . import augment, compose, report, workflows
 from .augment import add_augment_args
-from .options import add_extractor_args, add_output_flags
+from .options import add_extractor_args, add_output_flags, positive_int
 
 EPILOG = """\
 typical session:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
                    "joins a running scheduler (workers must see the store and images at the same paths)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: every core)")
+    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16"],
                    help="how features are stored: float16 halves the disk (default: the store's own; float32 for a "
                    "new store)")

@@ -34,7 +34,8 @@ def cmd_report(args) -> int:
                         mistakes=args.mistakes)
     scores = "  ".join(f"{key.replace('_', '-')} {value:.4f}" for key, value in result.headline.items())
     print(f"evaluated on {result.metrics['evaluated_on']} ({result.n_samples} images): {scores}")
-    print(f"{result.n_wrong} wrong; the gallery shows the {min(args.mistakes, result.n_wrong)} most confident")
+    shown = min(args.mistakes, result.n_wrong)
+    print(f"{result.n_wrong} wrong; " + (f"the gallery shows the {shown} most confident" if shown else "no gallery"))
     if result.n_failed:
         where = f" of split {args.split!r}" if args.split else ""
         print(f"{result.n_failed} rows{where} failed at extraction; the page lists them with their reasons")

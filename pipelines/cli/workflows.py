@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import progress
+from .options import positive_int, progress
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
@@ -22,7 +22,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
     p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the optimizer's Keras default")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: half the CPU cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
 
 
 def add_parsers(sub) -> None:
