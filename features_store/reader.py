@@ -77,6 +77,7 @@ class _View:
             raise StoreNotFoundError(
                 f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."
             )
+        self._stamp = _stamp(path)  # before the read: a view replaced after it is seen as replaced
         try:
             self.cols = view_columns(path)
         except (OSError, KeyError) as err:
@@ -93,6 +94,8 @@ class _View:
         for s in np.unique(self.cols["shard"][self.cols["shard"] >= 0]):
             path = shard_path(self.store, files[s])
             if not os.path.exists(path):
+                if self.replaced():
+                    continue  # a writer committed a new view meanwhile: `features` reads these rows through it
                 raise StoreDamagedError(f"{self.store}: the shard {files[s]} that the view uses is missing; "
                                         "re-run the extraction to rebuild it.")
             try:
@@ -128,8 +131,34 @@ class _View:
                          source=c["source"][rows], ok=c["ok"][rows], errors=c["errors"][rows])
 
     def features(self, rows: np.ndarray) -> np.ndarray:
-        """Features of view rows `rows` (any order, repeats allowed), read from the shards; NaN for failed rows."""
+        """Features of view rows `rows` (any order, repeats allowed), read from the shards; NaN for failed rows.
+
+        Readers take no lock: when a shard has gone because a writer replaced the view meanwhile (a compaction
+        commits the new view, then deletes the shards it rewrote), the same rows are read by their keys through
+        the new view."""
         rows = np.asarray(rows, dtype=np.int64)
+        try:
+            return self._features(rows)
+        except FileNotFoundError as err:
+            if not self.replaced():
+                raise StoreDamagedError(f"{self.store}: a shard that the view uses is missing ({err}); re-run the "
+                                        "extraction to rebuild it.") from err
+        fresh = _View(self.store)
+        position = {key: i for i, key in reversed(list(enumerate(fresh.cols["keys"].tolist()))) if key}
+        keys = self.cols["keys"][rows].tolist()
+        keyed = np.array([bool(key) for key in keys], dtype=bool)  # a file unreadable when hashed has no key: NaN
+        if any(key not in position for key in keys if key):
+            raise StoreDamagedError(f"{self.store} changed while it was read (another index was extracted into it); "
+                                    "read it again.")
+        out = np.full((len(rows), self.manifest.n_features), np.nan, dtype=np.float32)
+        out[keyed] = fresh.features(np.array([position[key] for key in keys if key], dtype=np.int64))
+        return out
+
+    def replaced(self) -> bool:
+        """Whether the view file has been replaced since this view was read."""
+        return _stamp(os.path.join(self.store, schema.VIEW_FILE)) != self._stamp
+
+    def _features(self, rows: np.ndarray) -> np.ndarray:
         out = np.full((len(rows), self.manifest.n_features), np.nan, dtype=np.float32)
         shard, shard_row = self.cols["shard"][rows], self.cols["shard_row"][rows]
         for s in np.unique(shard[shard >= 0]):
@@ -162,6 +191,15 @@ class _View:
             garbage_rows=m.stored_rows - stored_live, shards=tuple(shards),
             features_layout=_str(a.get("features_layout", "")),
         )
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """Which file is at `path` now (inode, mtime): a replaced view file has another one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _versions(store: str, file: str) -> dict:

@@ -148,6 +148,22 @@ def test_compaction_resumed_after_an_interruption_keeps_every_live_row(tmp_path)
     np.testing.assert_array_equal(fs.read_features(store), rows(live))
 
 
+def test_a_reader_that_opened_the_view_before_a_compaction_reads_the_same_rows(tmp_path):
+    """Readers take no lock: a compaction commits its view, then deletes the shards it rewrote, under a reader."""
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k, 4)
+    live = k[:4] + k[5:7] + k[8:9]
+    view(store, live)
+    before = {r.file for r in fs.read_manifest(store).shards}
+    batches = fs.iter_batches(store, batch_size=3)
+    first = next(batches)[0]  # the view is open; shards 1 and 2 are still the old ones
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        assert s.compact()["rows_after"] == 7
+    assert len(before - {p.name for p in (store / "shards").iterdir()}) == 2  # rewritten, then deleted
+    rest = [x for x, _, _ in batches]
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), rows(live))
+
+
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
     store, k = tmp_path / "store", keys(6)
     fill(store, k, 6)
