@@ -186,6 +186,14 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(st
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+def test_a_head_retrained_into_its_bundle_leaves_no_curves_of_the_old_one(store, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--head", "mlp", "--hidden", "8", "--epochs", "2", "--out", bundle)[0] == 0
+    assert (bundle / "history.png").exists()
+    assert run(capsys, "train", store, "--head", "logreg", "--out", bundle)[0] == 0
+    assert not (bundle / "history.png").exists() and not (bundle / "mlp.keras").exists()
+
+
 def test_evaluate_on_a_store_of_other_classes_is_one_line(store, csv_index, tmp_path, capsys):
     assert run(capsys, "train", store, "--out", tmp_path / "h")[0] == 0
     other = csv_index.parent / "other.csv"

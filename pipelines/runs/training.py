@@ -144,6 +144,8 @@ def run_train(
     history = getattr(_final_step(estimator), "history_", None)
     if history:
         classify.plot_history(history, Path(bundle) / "history.png")
+    else:  # a bundle replaced by a head without epochs: the old head's curves would be taken for this one's
+        (Path(bundle) / "history.png").unlink(missing_ok=True)
     return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds, source)
 
 
