@@ -151,3 +151,15 @@ def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsy
     assert all(":" in w for w in workers) and len(features_store.read_info(out).shards) == 3
     assert main(argv[:-4] + ["--dask", "local:0", "--out", str(out)]) == 2
     assert "positive number of workers" in capsys.readouterr().err
+
+
+def test_cli_local_workers_keep_tensorflow_notes_from_the_terminal(index, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "local"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", "extract", str(index.root / "index.csv"),
+                           "--weights", "none", "--input-size", "32", "--batch-size", "4", "--dask", "local:1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out)
+    assert proc.stderr == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent

@@ -86,6 +86,13 @@ def _start_keras_quietly() -> None:
     sys.meta_path.insert(0, _QuietKerasImport())
 
 
+def load_keras_quietly() -> None:
+    """Import Keras in this process with TensorFlow's start-up notes kept from the terminal: what the CLI runs on
+    its local Dask workers (`--dask local:N`), whose output is the user's terminal too."""
+    _start_keras_quietly()
+    import keras  # noqa: F401
+
+
 class _QuietKerasImport:
     """A one-shot meta-path finder: the real spec of `keras`, its module executed with fd 2 captured."""
 

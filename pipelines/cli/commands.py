@@ -24,6 +24,10 @@ def cmd_extract(args) -> int:
         from ..scale.distributed import client_from_spec
 
         client = client_from_spec(args.dask)
+        if not args.verbose and args.dask.startswith("local:"):
+            from .app import load_keras_quietly
+
+            client.run(load_keras_quietly)  # local workers write to our terminal
     try:
         result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
                              progress=progress(args, f"extract {extractor.name}"), views=views_from_args(args),
