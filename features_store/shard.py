@@ -81,12 +81,14 @@ def durable_rows(store: str | os.PathLike, name: str) -> int:
 
 
 def _opens(path: str) -> bool:
-    """Whether `path` opens as a shard file (its datasets and row counter readable)."""
+    """Whether `path` may be a shard file: False only when it is certainly not one (not HDF5, cut short, without
+    the shard's datasets); a file that cannot be opened for a reason that may pass (another process holds it, as a
+    Dask worker may; permissions) counts as one, and opening it for writing then says why."""
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             return all(name in f for name in ("keys", "features", "ok", "errors")) and "n_done" in f.attrs
-    except OSError:
-        return False
+    except OSError as err:
+        return err.errno is not None
 
 
 def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:

@@ -36,6 +36,15 @@ logger = logging.getLogger(__name__)
 PENDING = "not extracted yet (re-run the extraction to finish the store)"
 
 
+def _definitely_damaged(err: StoreDamagedError) -> bool:
+    """A shard that is gone, not an HDF5 file (truncated, overwritten), incomplete or of another length; not one
+    that could not be opened for a reason that may pass (a lock, permissions, an I/O error: an errno)."""
+    cause = err.__cause__
+    if cause is None or isinstance(cause, FileNotFoundError):
+        return True
+    return isinstance(cause, OSError) and cause.errno is None
+
+
 class StoreSession:
     """The writer of one store; get one with `StoreSession.open`, which holds the store's lock."""
 
@@ -102,14 +111,20 @@ class StoreSession:
         one atomic manifest commit, with a warning: its rows are then missing, and this run extracts them again
         (what "re-run the extraction to rebuild it" promises the readers)."""
         if self._locations is None:
-            readable, damaged = [], []
+            self._locations, readable, damaged = {}, [], []
             for record in self.manifest.shards if self.manifest else ():
                 try:
-                    readable.append((record, read_shard(shard_path(self.store, record.file), record.rows)))
+                    keys, ok, errors = read_shard(shard_path(self.store, record.file), record.rows)
                 except StoreDamagedError as err:
+                    if not _definitely_damaged(err):
+                        raise  # locked, permissions, I/O: the file may be fine; never unlist it for that
                     damaged.append((record, err))
+                    continue
+                for r, key in enumerate(keys):  # indexed by the shard's place among the readable ones
+                    self._locations.setdefault(key, (len(readable), r, bool(ok[r]), str(errors[r])))
+                readable.append(record)
             if damaged:
-                manifest = self.manifest.with_shards([record for record, _ in readable])
+                manifest = self.manifest.with_shards(readable)
                 try:
                     commit_manifest(self.store, manifest)
                 except OSError as err:
@@ -118,10 +133,6 @@ class StoreSession:
                 for record, err in damaged:
                     logger.warning("%s: %s; its %d rows are extracted again", self.store,
                                    str(err).split(";")[0], record.rows)
-            self._locations = {}
-            for s, (_, (keys, ok, errors)) in enumerate(readable):
-                for r, key in enumerate(keys):
-                    self._locations.setdefault(key, (s, r, bool(ok[r]), str(errors[r])))
         return self._locations
 
     def _add_shard(self, s: int, record: ShardRecord) -> None:

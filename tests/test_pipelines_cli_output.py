@@ -86,8 +86,9 @@ def test_tensorflow_start_up_lines_reach_the_user_only_with_verbose(csv_index, t
 
 def test_a_reader_that_stops_early_is_exit_141_without_a_line(tmp_path):
     """`featurehead models | head -1`: the reader going away is not an error of featurehead's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "advise", "--n-images", "10", "--similarity",
-                             "low"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "low"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # gone before anything is written
     with proc.stderr:
         err = proc.stderr.read().decode()

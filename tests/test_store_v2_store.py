@@ -164,6 +164,54 @@ def test_a_reader_that_opened_the_view_before_a_compaction_reads_the_same_rows(t
     np.testing.assert_array_equal(np.concatenate([first, *rest]), rows(live))
 
 
+def test_a_listed_shard_that_another_process_holds_is_never_unlisted(tmp_path):
+    """Only a shard that is gone or certainly damaged is unlisted (and extracted again); one that cannot be opened
+    right now (HDF5's lock, held by another process) is reported, and the manifest is left as it is."""
+    import subprocess
+    import sys
+
+    store, k = tmp_path / "store", keys(8)
+    fill(store, k, 4)
+    manifest = (store / "manifest.json").read_bytes()
+    shard = store / "shards" / fs.read_manifest(store).shards[0].file
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time; f = h5py.File({str(shard)!r}, 'r+'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+            with pytest.raises(fs.StoreDamagedError, match="cannot be read"):
+                s.missing(k)
+        assert (store / "manifest.json").read_bytes() == manifest
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        assert s.missing(k) == []
+
+
+def test_a_partial_shard_that_another_process_writes_is_never_started_again(tmp_path):
+    import subprocess
+    import sys
+
+    store, k = tmp_path / "store", keys(4)
+    with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3) as w:
+        w.write(rows(k[:2]), np.ones(2, bool))
+        path = w.path
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time; f = h5py.File({str(path)!r}, 'r+'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(fs.StoreWriteError):
+            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3) as w:
+        assert w.n_done == 2  # its durable rows are still there
+
+
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
     store, k = tmp_path / "store", keys(6)
     fill(store, k, 6)

@@ -46,12 +46,16 @@ def main(argv=None) -> int:
         if not args.verbose and args.command not in _LIGHT_COMMANDS:
             _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
         func = getattr(args, "func", None) or COMMANDS[args.command]
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a block-buffered pipe fails here, inside the try, not at exit
+        return code
     except _expected_errors() as err:
-        if isinstance(err, BrokenPipeError) and err.filename is None:
-            # the reader of our standard output stopped early (`| head`): not a failure to report; what was to be
-            # written is written. Python would complain again when it flushes stdout at exit, so it goes nowhere.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(err, BrokenPipeError) and _stdout_reader_gone():
+            # the reader of our standard output stopped early (`| head`): not a failure to report. Python would
+            # complain again when it flushes stdout at exit, so what is left of it goes nowhere.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
             return EXIT_BROKEN_PIPE
         if debug:  # the traceback, for bug reports
             raise
@@ -70,6 +74,18 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL_ERROR
     finally:  # an in-process caller of main() gets its import system back as it was
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file behind sys.stdout (a captured one), no poll
+        return False
 
 
 def _start_keras_quietly() -> None:
