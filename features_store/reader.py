@@ -78,6 +78,7 @@ class _View:
                 f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."
             )
         self._stamp = _stamp(path)  # before the read: a view replaced after it is seen as replaced
+        self._successor: tuple[_View, dict] | None = None  # the view that replaced this one, and its key -> row
         try:
             self.cols = view_columns(path)
         except (OSError, KeyError) as err:
@@ -143,8 +144,14 @@ class _View:
             if not self.replaced():
                 raise StoreDamagedError(f"{self.store}: a shard that the view uses is missing ({err}); re-run the "
                                         "extraction to rebuild it.") from err
-        fresh = _View(self.store)
-        position = {key: i for i, key in reversed(list(enumerate(fresh.cols["keys"].tolist()))) if key}
+        if self._successor is None or self._successor[0].replaced():
+            fresh = _View(self.store)
+            stored = ~fresh.pending
+            keys = fresh.cols["keys"].tolist()
+            # each key's first row in the new view that is stored (not pending: that would read as NaN)
+            position = {key: i for i in reversed(range(len(keys))) if (key := keys[i]) and stored[i]}
+            self._successor = (fresh, position)
+        fresh, position = self._successor
         keys = self.cols["keys"][rows].tolist()
         keyed = np.array([bool(key) for key in keys], dtype=bool)  # a file unreadable when hashed has no key: NaN
         if any(key not in position for key in keys if key):

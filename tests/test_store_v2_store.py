@@ -162,6 +162,15 @@ def test_a_reader_that_opened_the_view_before_a_compaction_reads_the_same_rows(t
     assert len(before - {p.name for p in (store / "shards").iterdir()}) == 2  # rewritten, then deleted
     rest = [x for x, _, _ in batches]
     np.testing.assert_array_equal(np.concatenate([first, *rest]), rows(live))
+    # a row whose features were dropped meanwhile (listed again, not extracted yet) is an error, never NaN
+    batches = fs.iter_batches(store, batch_size=3)
+    next(batches)
+    view(store, live[:4])
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        s.compact()
+    view(store, live)  # k5, k6, k8 pending again
+    with pytest.raises(fs.StoreDamagedError, match="changed while it was read"):
+        list(batches)
 
 
 def test_a_listed_shard_that_another_process_holds_is_never_unlisted(tmp_path):
