@@ -48,6 +48,7 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         y, y_pred, labels=labels, zero_division=0
     )
     names = [str(c) for c in labels]
+    occurring = set(y.tolist()) | set(np.asarray(y_pred).tolist())
     per_class = {
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(names, precision, recall, f1, support)
@@ -57,7 +58,7 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         "balanced_accuracy": float(recall_score(y, y_pred, labels=np.unique(y), average="macro", zero_division=0)),
         # over the classes that occur (true or predicted), scikit-learn's default: a class absent from this split
         # and never predicted would count as an F1 of 0
-        "macro_f1": float(f1_score(y, y_pred, labels=[c for c in labels if c in set(y) | set(y_pred)] or labels,
+        "macro_f1": float(f1_score(y, y_pred, labels=[c for c in labels if c in occurring] or labels,
                                    average="macro", zero_division=0)),
     }
     if len(labels) > TOP_K and hasattr(estimator, "predict_proba") and len(y):

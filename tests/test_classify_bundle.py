@@ -253,6 +253,9 @@ def test_overwrite_refusal(tmp_path, head):
         _save(head, out)
     assert isinstance(err.value, FileExistsError) and isinstance(err.value, ClassifyError)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "manifest.json").write_text("[1, 2]")  # JSON, but no bundle's (nor a store's) manifest
+    with pytest.raises(BundleExistsError, match="not a head bundle's"):
+        _save(head, out)
 
 
 def test_inconsistent_save_is_refused(tmp_path, head):

@@ -62,6 +62,8 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads((path / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleFormatError(f"{path / MANIFEST} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise BundleFormatError(f"{path / MANIFEST} must hold a JSON object. Received: {type(manifest).__name__}")
     version, kind = manifest.get("format_version"), manifest.get("kind")
     if version not in (1, FORMAT_VERSION) or kind not in KINDS:
         raise BundleFormatError(
