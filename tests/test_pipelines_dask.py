@@ -163,3 +163,20 @@ def test_cli_local_workers_keep_tensorflow_notes_from_the_terminal(index, tmp_pa
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out)
     assert proc.stderr == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
+
+
+def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index, tmp_path):
+    from extract import ImageChangedError
+
+    plan = plan_rows(index, tmp_path / "s", None, None)
+    keys = list(dict.fromkeys(plan.keys))[:4]
+    items = [(str(plan.todo[k][0]), 0, int(plan.todo[k][2]), size, mtime)
+             for k, (size, mtime) in zip(keys, plan.hashed_stats(keys))]
+    (tmp_path / "s").mkdir()
+    args = (str(tmp_path / "s"), keys, items, get_extractor("vgg16", **SMALL), None, "float32", False, 1)
+    assert client.submit(extract_shard, *args, pure=False).result()["written"] == 4  # unchanged: extracted
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(items[1][0])  # replaced after it was hashed
+    args = (str(tmp_path / "t"), keys, items, *args[3:])
+    (tmp_path / "t").mkdir()
+    with pytest.raises(ImageChangedError, match="changed after it was hashed"):
+        client.submit(extract_shard, *args, pure=False).result()

@@ -102,11 +102,19 @@ def _start_keras_quietly() -> None:
     sys.meta_path.insert(0, _QuietKerasImport())
 
 
-def load_keras_quietly() -> None:
-    """Import Keras in this process with TensorFlow's start-up notes kept from the terminal: what the CLI runs on
-    its local Dask workers (`--dask local:N`), whose output is the user's terminal too."""
-    _start_keras_quietly()
-    import keras  # noqa: F401
+def quiet_keras_plugin():
+    """A Dask worker plugin that installs, in each local worker (`--dask local:N`; restarted ones too), the hook
+    that keeps TensorFlow's start-up notes from the terminal the workers share with us, when Keras is first
+    imported there (only if something is extracted)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietKeras(WorkerPlugin):
+        name = "featurehead-quiet-keras"
+
+        def setup(self, worker):
+            _start_keras_quietly()
+
+    return QuietKeras()
 
 
 class _QuietKerasImport:

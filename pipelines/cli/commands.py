@@ -14,7 +14,7 @@ def cmd_extract(args) -> int:
     from extract import read_index
 
     from ..runs.extraction import run_extract
-    from ..runs.inspection import write_failures_csv
+    from ..runs.inspection import remove_failures_csv, write_failures_csv
 
     index = read_index(args.index, args.images_root)  # validated before any model is built
     extractor = extractor_from_args(args)
@@ -25,9 +25,9 @@ def cmd_extract(args) -> int:
 
         client = client_from_spec(args.dask)
         if not args.verbose and args.dask.startswith("local:"):
-            from .app import load_keras_quietly
+            from .app import quiet_keras_plugin
 
-            client.run(load_keras_quietly)  # local workers write to our terminal
+            client.register_plugin(quiet_keras_plugin())  # local workers write to our terminal
     try:
         result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
                              progress=progress(args, f"extract {extractor.name}"), views=views_from_args(args),
@@ -46,8 +46,8 @@ def cmd_extract(args) -> int:
     if result.garbage_rows:
         print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
     code = 0
-    try:
-        failed = write_failures_csv(result.store)
+    try:  # without failures, only a list left by an earlier run is removed
+        failed = write_failures_csv(result.store) if result.n_failed else remove_failures_csv(result.store)
         where = f"the list is in {failed} and `featurehead inspect {result.store}`"
     except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
         where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"

@@ -161,10 +161,7 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     batches = features_store.batch_plan(len(keys), batch_size)
     bar = progress(total=len(keys), initial=0) if progress else None
     paths = [plan.todo[k][0] for k in keys]
-    hashed = {}  # each key's file as it was hashed: a file changed since stops the run (extract.ImageChangedError)
-    for key, size, mtime in zip(plan.keys, plan.size.tolist(), plan.mtime_ns.tolist()):
-        hashed.setdefault(key, (size, mtime))
-    stats = [hashed[k] for k in keys]
+    stats = plan.hashed_stats(keys)  # a file changed since it was hashed stops the run (extract.ImageChangedError)
 
     def write(batch_keys, outputs, ok, errors):
         for target, out in zip(targets, outputs):

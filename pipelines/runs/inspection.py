@@ -78,6 +78,15 @@ def compact_store(store, *, shard_rows: int | None = None) -> dict:
         return session.compact(shard_rows)
 
 
+def failures_csv_path(store) -> Path:
+    return Path(str(Path(store)) + ".failed.csv")
+
+
+def remove_failures_csv(store) -> None:
+    """Remove the list of failed rows an earlier run left next to the store (none fail now)."""
+    failures_csv_path(store).unlink(missing_ok=True)
+
+
 def write_failures_csv(store, path=None) -> Path | None:
     """Write the failed rows of a store as `id,reason` next to it; return the path, or None if none failed (a
     list left by an earlier run is then removed: it would list rows that no longer fail)."""
@@ -85,7 +94,7 @@ def write_failures_csv(store, path=None) -> Path | None:
     import io
 
     failures = features_store.read_errors(store)
-    path = Path(path) if path is not None else Path(str(Path(store)) + ".failed.csv")
+    path = Path(path) if path is not None else failures_csv_path(store)
     if not failures:
         path.unlink(missing_ok=True)
         return None

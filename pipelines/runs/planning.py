@@ -53,6 +53,14 @@ class RowPlan:
     reasons: list[str]
     todo: dict = field(default_factory=dict)  # key -> (path, view number, seed, id)
 
+    def hashed_stats(self, keys) -> list[tuple[int, int]]:
+        """The (size, mtime_ns) each key's file had when it was hashed: the decoders check that it still has it
+        (`extract.ImageChangedError`)."""
+        first: dict = {}
+        for key, size, mtime in zip(self.keys, self.size.tolist(), self.mtime_ns.tolist()):
+            first.setdefault(key, (size, mtime))
+        return [first[k] for k in keys]
+
 
 def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, workers: int | None) -> RowPlan:
     """Hash the index's files (sparing those unchanged since the store's last view) and lay out the rows."""

@@ -43,7 +43,8 @@ def client_from_spec(spec: str):
                 raise ValueError
         except ValueError:
             raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        # ":0": any free port (none would still take 8787 and warn when another cluster holds it)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         return Client(cluster)
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         return Client(spec, timeout="30s")
@@ -61,7 +62,9 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
                   dtype: str, strict: bool, decode_workers: int | None) -> dict:
     """Write (or finish) the shard of `keys` on this worker; return its name, rows and failed rows.
 
-    `items[i]` is `(path, view number, content seed)` of `keys[i]`. Idempotent: a complete shard is returned as is.
+    `items[i]` is `(path, view number, content seed)` of `keys[i]`, optionally followed by the file's size and
+    mtime_ns when it was hashed (then a file changed since stops the task with `extract.ImageChangedError`).
+    Idempotent: a complete shard is returned as is.
     """
     extractor = _worker_extractor(extractor)
     versions = {**library_versions(), "worker": f"{os.uname().nodename}:{os.getpid()}"}
@@ -70,16 +73,18 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
                                          dtype=dtype, versions=versions) as writer:
         start = writer.n_done
         todo = items[start:]
-        paths = [p for p, _, _ in todo]
+        paths = [item[0] for item in todo]
+        stats = [tuple(item[3:5]) for item in todo] if all(len(item) == 5 for item in todo) else None
         plan = features_store.batch_plan(len(todo), extractor.batch_size)
-        for lo, hi, images, ok, errors in decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers,
-                                                           extractor.resize):
+        decoded = decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers, extractor.resize,
+                                  stats=stats)
+        for lo, hi, images, ok, errors in decoded:
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
                 raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
             if views is not None:
-                view = np.array([v for _, v, _ in todo[lo:hi]], np.int16)
-                seeds = np.array([s for _, _, s in todo[lo:hi]], np.int64)
+                view = np.array([item[1] for item in todo[lo:hi]], np.int16)
+                seeds = np.array([item[2] for item in todo[lo:hi]], np.int64)
                 images = apply_views(images, ok, seeds, view, views)
             features = np.full((hi - lo, n_features), np.nan, np.float32)
             if ok.any():
@@ -104,7 +109,8 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
     for keys in shards:
-        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2])) for k in keys]
+        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2]), int(size), int(mtime))
+                 for k, (size, mtime) in zip(keys, plan.hashed_stats(keys))]
         future = client.submit(extract_shard, str(session.store), keys, items, extractor, views, dtype,
                                strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}-{run_id}",
                                pure=False)  # a dead worker's task is rescheduled by the scheduler itself
