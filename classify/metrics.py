@@ -34,8 +34,9 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
     -------
     metrics : dict
         ``accuracy``, ``balanced_accuracy`` (the mean recall over the true classes present, scikit-learn's
-        definition), ``macro_f1`` (over the classes that are true or predicted, scikit-learn's default), ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a
-        true label that is not a class counts as a miss), ``per_class`` ({class: {precision, recall, f1,
+        definition), ``macro_f1`` (over the classes that are true or predicted, scikit-learn's default),
+        ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a true label that is not a class
+        counts as a miss), ``per_class`` ({class: {precision, recall, f1,
         support}}), ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
         ``n_samples``.
     """
