@@ -106,7 +106,9 @@ class SavedModelExtractor(Extractor):
             raise ExtractorConfigError(f"`input_size` must be a positive integer or None. Received: input_size={size!r}")
 
     def weights_source(self) -> str:
-        return f"saved model {self._config['weights']} (sha256 {self.weights_sha256()[:12]}), layer {self._config['layer']!r}"
+        layer = self._config["layer"]
+        cut = f"layer {layer!r}" if layer is not None else "its output"
+        return f"saved model {self._config['weights']} (sha256 {self.weights_sha256()[:12]}), {cut}"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

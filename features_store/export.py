@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
-from features_store.errors import StoreWriteError
+from features_store.errors import StoreDamagedError, StoreWriteError
 from features_store.reader import open_view
 
 _SLAB_BYTES = 64 << 20
@@ -30,6 +30,9 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
 
     def write(tmp: str) -> None:
         with h5py.File(source_file, "r") as src, h5py.File(tmp, "w") as f:
+            if view.replaced():  # the columns copied below must be the rows whose features are read
+                raise StoreDamagedError(f"{view.store} changed while it was exported (a writer replaced its view); "
+                                        "export it again.")
             for name in src:
                 if name not in ("features", "shard", "shard_row", "shard_files"):
                     src.copy(src[name], f, name)

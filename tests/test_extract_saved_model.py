@@ -37,8 +37,9 @@ def test_a_saved_cnn_cut_at_its_feature_block(cnn_file, batch):
 
 
 def test_no_layer_keeps_the_model_output(cnn_file, batch):
-    out = get_extractor("keras", weights=str(cnn_file))(batch)
-    assert out.shape == (3, 3)
+    e = get_extractor("keras", weights=str(cnn_file))
+    out = e(batch)
+    assert out.shape == (3, 3) and e.weights_source().endswith(", its output")  # not "layer None"
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # the softmax
 
 
