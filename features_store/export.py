@@ -55,6 +55,8 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
     durable.check_free(folder, n * d * dtype.itemsize + os.path.getsize(source_file), store=folder, what=out)
     try:
         durable.atomic_write(out, write)
+    except (StoreDamagedError, StoreWriteError):  # the store's own lines (also OSErrors), as they are
+        raise
     except OSError as err:
         raise durable.write_error(err, store=folder, what=out) from err
     return n

@@ -71,12 +71,12 @@ def shard_path(store: str | os.PathLike, name: str) -> str:
 def durable_rows(store: str | os.PathLike, name: str) -> int:
     """Rows `[0, n_done)` of shard `name` that are final on disk: 0 when it does not exist or cannot be read."""
     path = shard_path(store, name)
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not _opens(path):  # one that `ShardWriter.open` would start again: none
         return 0
     try:
         with h5py.File(path, "r") as f:
             return int(f.attrs["n_done"])
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError, ValueError):
         return 0
 
 
@@ -88,7 +88,10 @@ def _opens(path: str) -> bool:
         with h5py.File(path, "r", locking=False) as f:
             return all(name in f for name in ("keys", "features", "ok", "errors")) and "n_done" in f.attrs
     except OSError as err:
-        return err.errno is not None
+        # an errno: locked, permissions, I/O; "locking flag values don't match": open in this very process
+        return err.errno is not None or "locking" in str(err)
+    except (KeyError, RuntimeError, ValueError):  # HDF5's structures inside it are damaged
+        return False
 
 
 def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:
@@ -275,6 +278,9 @@ def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], 
         raise StoreDamagedError(f"the shard {path} is missing; re-run the extraction to rebuild it.") from err
     except OSError as err:
         raise StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.") from err
+    except (KeyError, RuntimeError, ValueError) as err:  # HDF5's structures inside the file are damaged
+        damaged = OSError(f"{type(err).__name__}: {err}")  # no errno: certainly damaged, not a passing failure
+        raise StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.") from damaged
     if expected_rows is not None and len(keys) != expected_rows:
         raise StoreDamagedError(f"the shard {path} holds {len(keys)} rows, the manifest says {expected_rows}.")
     return keys, ok, errors

@@ -111,7 +111,7 @@ class StoreSession:
         one atomic manifest commit, with a warning: its rows are then missing, and this run extracts them again
         (what "re-run the extraction to rebuild it" promises the readers)."""
         if self._locations is None:
-            self._locations, readable, damaged = {}, [], []
+            locations, readable, damaged = {}, [], []
             for record in self.manifest.shards if self.manifest else ():
                 try:
                     keys, ok, errors = read_shard(shard_path(self.store, record.file), record.rows)
@@ -121,7 +121,7 @@ class StoreSession:
                     damaged.append((record, err))
                     continue
                 for r, key in enumerate(keys):  # indexed by the shard's place among the readable ones
-                    self._locations.setdefault(key, (len(readable), r, bool(ok[r]), str(errors[r])))
+                    locations.setdefault(key, (len(readable), r, bool(ok[r]), str(errors[r])))
                 readable.append(record)
             if damaged:
                 manifest = self.manifest.with_shards(readable)
@@ -133,6 +133,7 @@ class StoreSession:
                 for record, err in damaged:
                     logger.warning("%s: %s; its %d rows are extracted again", self.store,
                                    str(err).split(";")[0], record.rows)
+            self._locations = locations  # only once it matches the manifest
         return self._locations
 
     def _add_shard(self, s: int, record: ShardRecord) -> None:

@@ -163,12 +163,15 @@ def test_a_deleted_or_truncated_shard_is_extracted_again_by_the_next_run(image_f
     (store / "shards" / shards[0]).unlink()
     data = (store / "shards" / shards[1]).read_bytes()
     (store / "shards" / shards[1]).write_bytes(data[: len(data) // 2])
+    data = bytearray((store / "shards" / shards[2]).read_bytes())
+    data[200:1200] = bytes(1000)  # HDF5's structures inside it overwritten
+    (store / "shards" / shards[2]).write_bytes(bytes(data))
     with pytest.raises(features_store.StoreDamagedError, match="re-run the extraction to rebuild it"):
         features_store.load(store)
     again = run_extract(read_index(csv), vgg, store, shard_rows=3)
-    assert again.n_extracted == 6 and features_store.read_info(store).complete
+    assert again.n_extracted == 8 and features_store.read_info(store).complete
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 2 and all("rows are extracted again" in w for w in warned)
+    assert len(warned) == 3 and all("rows are extracted again" in w for w in warned)
     # an unlisted (partial) shard cut short, as a disk that filled while it was created leaves it: started again
     manifest = json.loads((store / "manifest.json").read_text())
     last, rows = manifest["shards"][-1]["file"], manifest["shards"][-1]["rows"]

@@ -43,8 +43,8 @@ def client_from_spec(spec: str):
                 raise ValueError
         except ValueError:
             raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
-        # ":0": any free port (none would still take 8787 and warn when another cluster holds it)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        # any free port on this machine only (None would take 8787 and warn when another cluster holds it)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
         return Client(cluster)
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         return Client(spec, timeout="30s")
@@ -108,9 +108,9 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     shards = features_store.plan_shards(missing, rows)
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
+    hashed = {k: (int(size), int(mtime)) for k, (size, mtime) in zip(missing, plan.hashed_stats(missing))}
     for keys in shards:
-        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2]), int(size), int(mtime))
-                 for k, (size, mtime) in zip(keys, plan.hashed_stats(keys))]
+        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2]), *hashed[k]) for k in keys]
         future = client.submit(extract_shard, str(session.store), keys, items, extractor, views, dtype,
                                strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}-{run_id}",
                                pure=False)  # a dead worker's task is rescheduled by the scheduler itself
