@@ -30,11 +30,9 @@ def default_workers() -> int:
 def _load_into(out: np.ndarray, i: int, path, size, resize: str, expected=None) -> str | None:
     """Decode `path` into `out[i]`; return None, or the failure reason (the row stays zeros).
 
-    `expected`, the file's (size, mtime_ns) when it was hashed, is checked before and after the decode: a file
-    that changed or vanished since raises `ImageChangedError` (its features would be stored under the key of
-    content it no longer has), never a failed row."""
-    if expected is not None:
-        _check_unchanged(path, expected)
+    `expected`, the file's (size, mtime_ns) when it was hashed, is checked once the file has been read: a file
+    that changed or vanished at any moment since raises `ImageChangedError` (its features would be stored under
+    the key of content it no longer has), never a failed row."""
     try:
         out[i] = load_image(path, size, resize)
         reason = None

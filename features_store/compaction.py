@@ -59,9 +59,8 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
     # the shards this run planned, including those an interrupted compaction already wrote and listed (same
     # keys, same names): they hold the moved rows, whether or not `before` listed them
     records = {r.file: r for r in session.manifest.shards}
-    new = [records[name] for name in written]
-    kept = [r for r, _, _ in keep if r.file not in set(written)]
-    session.adopt(before.with_shards(kept + new))  # the view is written against this
+    new = [records[name] for name in written]  # never a kept shard: they hold no key of the pool
+    session.adopt(before.with_shards([r for r, _, _ in keep] + new))  # the view is written against this
     attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
     session.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
                        split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],

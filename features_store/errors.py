@@ -18,7 +18,13 @@ class StoreIncompleteError(FeatureStoreError, RuntimeError):
 
 
 class StoreDamagedError(FeatureStoreError, OSError):
-    """The file is not a readable featurehead store."""
+    """The file is not a readable featurehead store.
+
+    `certain` is False when a file could not be read for a reason that may pass (a lock held by another process,
+    permissions, an I/O error): the file itself may be fine.
+    """
+
+    certain = True
 
 
 class StoreLockedError(FeatureStoreError, BlockingIOError):

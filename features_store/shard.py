@@ -71,27 +71,42 @@ def shard_path(store: str | os.PathLike, name: str) -> str:
 def durable_rows(store: str | os.PathLike, name: str) -> int:
     """Rows `[0, n_done)` of shard `name` that are final on disk: 0 when it does not exist or cannot be read."""
     path = shard_path(store, name)
-    if not os.path.exists(path) or not _opens(path):  # one that `ShardWriter.open` would start again: none
+    if not os.path.exists(path):
         return 0
     try:
-        with h5py.File(path, "r") as f:
-            return int(f.attrs["n_done"])
-    except (OSError, KeyError, RuntimeError, ValueError):
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f.attrs["n_done"]) if _is_shard(f) else 0
+    except _READ_ERRORS:
         return 0
+
+
+# what opening or reading an HDF5 file raises: OSError (with an errno when the file may be fine), or KeyError,
+# RuntimeError and ValueError from structures overwritten inside it
+_READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def _bad_file(err: BaseException) -> bool:
+    """Whether an error of `_READ_ERRORS` says the file itself is bad (not HDF5, cut short, its structures
+    overwritten) rather than unreadable for now: a lock, permissions, I/O (an errno), or the file open in this very
+    process with other locking flags."""
+    if isinstance(err, OSError):
+        return err.errno is None and "locking" not in str(err)
+    return True
+
+
+def _is_shard(f: h5py.File) -> bool:
+    return all(name in f for name in ("keys", "features", "ok", "errors")) and "n_done" in f.attrs
 
 
 def _opens(path: str) -> bool:
-    """Whether `path` may be a shard file: False only when it is certainly not one (not HDF5, cut short, without
-    the shard's datasets); a file that cannot be opened for a reason that may pass (another process holds it, as a
-    Dask worker may; permissions) counts as one, and opening it for writing then says why."""
+    """Whether `path` may be a shard file: False only when it is certainly not one (see `_bad_file`, or without the
+    shard's datasets); one that another process holds (a Dask worker may) counts as one, and opening it for writing
+    then says why."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return all(name in f for name in ("keys", "features", "ok", "errors")) and "n_done" in f.attrs
-    except OSError as err:
-        # an errno: locked, permissions, I/O; "locking flag values don't match": open in this very process
-        return err.errno is not None or "locking" in str(err)
-    except (KeyError, RuntimeError, ValueError):  # HDF5's structures inside it are damaged
-        return False
+            return _is_shard(f)
+    except _READ_ERRORS as err:
+        return not _bad_file(err)
 
 
 def _preallocated(f: h5py.File, name: str, shape: tuple, dtype: Any) -> None:
@@ -267,20 +282,20 @@ class ShardWriter:
 
 
 def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The keys, ok flags and error reasons of a complete shard; refuse a missing or incomplete one."""
+    """The keys, ok flags and error reasons of a complete shard; refuse a missing, unreadable or incomplete one."""
     try:
         with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                raise StoreDamagedError(f"{path} is an incomplete shard; re-run the extraction to finish it.")
+            complete = bool(f.attrs.get("complete", False))
             keys = f["keys"].asstr()[:].tolist()
             ok, errors = f["ok"][:].astype(bool), f["errors"].asstr()[:].astype(str)
     except FileNotFoundError as err:
         raise StoreDamagedError(f"the shard {path} is missing; re-run the extraction to rebuild it.") from err
-    except OSError as err:
-        raise StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.") from err
-    except (KeyError, RuntimeError, ValueError) as err:  # HDF5's structures inside the file are damaged
-        damaged = OSError(f"{type(err).__name__}: {err}")  # no errno: certainly damaged, not a passing failure
-        raise StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.") from damaged
+    except _READ_ERRORS as err:
+        damaged = StoreDamagedError(f"the shard {path} cannot be read ({err}); re-run the extraction to rebuild it.")
+        damaged.certain = _bad_file(err)
+        raise damaged from err
+    if not complete:
+        raise StoreDamagedError(f"{path} is an incomplete shard; re-run the extraction to finish it.")
     if expected_rows is not None and len(keys) != expected_rows:
         raise StoreDamagedError(f"the shard {path} holds {len(keys)} rows, the manifest says {expected_rows}.")
     return keys, ok, errors

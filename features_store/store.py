@@ -36,13 +36,10 @@ logger = logging.getLogger(__name__)
 PENDING = "not extracted yet (re-run the extraction to finish the store)"
 
 
-def _definitely_damaged(err: StoreDamagedError) -> bool:
-    """A shard that is gone, not an HDF5 file (truncated, overwritten), incomplete or of another length; not one
-    that could not be opened for a reason that may pass (a lock, permissions, an I/O error: an errno)."""
-    cause = err.__cause__
-    if cause is None or isinstance(cause, FileNotFoundError):
-        return True
-    return isinstance(cause, OSError) and cause.errno is None
+def _index(locations: dict, s: int, keys, ok, errors) -> None:
+    """Add shard `s`'s rows to `key -> (shard, row, ok, error)`; the first copy of a key wins."""
+    for r, key in enumerate(keys):
+        locations.setdefault(key, (s, r, bool(ok[r]), str(errors[r])))
 
 
 class StoreSession:
@@ -116,12 +113,11 @@ class StoreSession:
                 try:
                     keys, ok, errors = read_shard(shard_path(self.store, record.file), record.rows)
                 except StoreDamagedError as err:
-                    if not _definitely_damaged(err):
+                    if not err.certain:
                         raise  # locked, permissions, I/O: the file may be fine; never unlist it for that
                     damaged.append((record, err))
                     continue
-                for r, key in enumerate(keys):  # indexed by the shard's place among the readable ones
-                    locations.setdefault(key, (len(readable), r, bool(ok[r]), str(errors[r])))
+                _index(locations, len(readable), keys, ok, errors)  # its place among the readable shards
                 readable.append(record)
             if damaged:
                 manifest = self.manifest.with_shards(readable)
@@ -137,9 +133,7 @@ class StoreSession:
         return self._locations
 
     def _add_shard(self, s: int, record: ShardRecord) -> None:
-        keys, ok, errors = read_shard(shard_path(self.store, record.file), record.rows)
-        for r, key in enumerate(keys):
-            self._locations.setdefault(key, (s, r, bool(ok[r]), str(errors[r])))
+        _index(self._locations, s, *read_shard(shard_path(self.store, record.file), record.rows))
 
     def missing(self, keys: Sequence[str]) -> list[str]:
         """The distinct non-empty `keys` not stored yet, in their first order."""
