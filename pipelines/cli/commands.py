@@ -4,6 +4,7 @@ runs, so start-up stays free of Keras, h5py and scikit-learn."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from .augment import views_from_args
@@ -14,7 +15,7 @@ def cmd_extract(args) -> int:
     from extract import read_index
 
     from ..runs.extraction import run_extract
-    from ..runs.inspection import remove_failures_csv, write_failures_csv
+    from ..runs.inspection import failures_csv_path, write_failures_csv
 
     index = read_index(args.index, args.images_root)  # validated before any model is built
     extractor = extractor_from_args(args)
@@ -46,14 +47,16 @@ def cmd_extract(args) -> int:
     if result.garbage_rows:
         print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
     code = 0
-    try:  # without failures, only a list left by an earlier run is removed
-        failed = write_failures_csv(result.store) if result.n_failed else remove_failures_csv(result.store)
-        where = f"the list is in {failed} and `featurehead inspect {result.store}`"
-    except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
-        where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
     if result.n_failed:
+        try:
+            where = f"the list is in {write_failures_csv(result.store)} and `featurehead inspect {result.store}`"
+        except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
+            where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
         print(f"{result.n_failed} of {result.n_rows} rows failed; {where}")
         code = 1
+    else:
+        with contextlib.suppress(OSError):  # a list left by an earlier run would name rows that no longer fail
+            failures_csv_path(result.store).unlink(missing_ok=True)
     print(result.store)
     return code
 

@@ -79,12 +79,8 @@ def compact_store(store, *, shard_rows: int | None = None) -> dict:
 
 
 def failures_csv_path(store) -> Path:
+    """Where `write_failures_csv` puts a store's list of failed rows: next to it, `STORE.failed.csv`."""
     return Path(str(Path(store)) + ".failed.csv")
-
-
-def remove_failures_csv(store) -> None:
-    """Remove the list of failed rows an earlier run left next to the store (none fail now)."""
-    failures_csv_path(store).unlink(missing_ok=True)
 
 
 def write_failures_csv(store, path=None) -> Path | None:
