@@ -79,8 +79,14 @@ def new_figure(size: tuple[float, float]):
 
 
 def save_png(canvas, path: str | os.PathLike) -> Path:
-    """Write the canvas's figure as a PNG at `path` (its folder made) and return the path."""
+    """Write the canvas's figure as a PNG at `path` (its folder made) and return the path.
+
+    The write is atomic (a temporary file renamed into place): a full disk leaves the previous plot, if any, and
+    never a cut-off PNG that looks whole.
+    """
+    from features_store.durable import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.print_png(path)
+    atomic_write(path, canvas.print_png)
     return path

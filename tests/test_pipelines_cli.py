@@ -186,6 +186,32 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(st
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_plot_onto_a_full_disk_is_one_line_and_keeps_the_previous_plot(store, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "r").mkdir()
+        (mnt / "r" / "confusion_matrix.png").write_bytes(b"the previous plot")
+        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full, then one 4 KiB page is freed:
+            try:  # room for metrics.json, not for the plot (~7 KB) even where the previous one is truncated
+                while True:
+                    f.write(b"x" * 1024)
+            except OSError:
+                pass
+        os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 4096)
+        code, _, err = run(capsys, "evaluate", bundle, store, "--split", "", "--out", mnt / "r")
+        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
+        assert (mnt / "r" / "confusion_matrix.png").read_bytes() == b"the previous plot"
+        assert sorted(p.name for p in (mnt / "r").iterdir()) == ["confusion_matrix.png", "metrics.json"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
 def test_a_head_retrained_into_its_bundle_leaves_no_curves_of_the_old_one(store, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--head", "mlp", "--hidden", "8", "--epochs", "2", "--out", bundle)[0] == 0

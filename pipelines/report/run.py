@@ -6,6 +6,7 @@ folder); the page adds per-row views of the same rows: calibration, the most con
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -182,6 +183,7 @@ def write_thumbnails(ids, root: Path | None, folder: Path, *, size: int = 160) -
     from PIL import Image
 
     from extract import ImageReadError, load_image
+    from features_store.durable import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.iterdir():
@@ -199,7 +201,7 @@ def write_thumbnails(ids, root: Path | None, folder: Path, *, size: int = 160) -
             continue
         thumb.thumbnail((size, size))
         name = hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:16] + ".png"
-        thumb.save(folder / name)
+        atomic_write(folder / name, functools.partial(thumb.save, format="PNG"))
         out[image_id] = (f"{folder.name}/{name}", "")
     return out
 

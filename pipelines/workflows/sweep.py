@@ -185,6 +185,8 @@ def plot_sweep(table: pd.DataFrame, path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from classify.plots import save_png
+
     fig = Figure(figsize=(max(4, 1.4 * len(table)), 3.5), layout="tight")
     ax = fig.add_subplot()
     ax.bar(table["layer"], table["accuracy"], yerr=table["accuracy_std"], capsize=4, color="tab:blue")
@@ -193,6 +195,4 @@ def plot_sweep(table: pd.DataFrame, path) -> Path:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("CV accuracy (logistic regression)")
     ax.set_title("layer sweep")
-    FigureCanvasAgg(fig)  # attaches itself to fig
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_png(FigureCanvasAgg(fig), path)
