@@ -9,7 +9,7 @@ import numpy as np
 
 from extract import ImageIndex
 
-from .common import PretrainResult, check_out, image_batches, progress_callback
+from .common import PretrainResult, check_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
         originals = data[0][0][:8]
     finally:
         data.close()
-    model.save(out)
+    save_model(model, out)
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
     recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),

@@ -10,7 +10,7 @@ import numpy as np
 from classify import encode_labels, model_accuracy
 from extract import ImageIndex
 
-from .common import PretrainResult, check_out, image_batches, progress_callback
+from .common import PretrainResult, check_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
         data.close()
     accuracy = {name: _accuracy(model, batches(name)) for name in ("val", "test") if len(rows[name])}
     epoch_seconds = history.pop("epoch_seconds")
-    model.save(out)
+    save_model(model, out)
     loss_plot = plot_history(history, out.parent / f"{out.stem}_loss.png")
     logger.info("trained %s on %d images of %s; accuracy %s", model.name, len(rows["train"]), classes, accuracy)
     return PretrainResult(out, loss_plot, history, len(rows["train"]), epoch_seconds, classes=classes,

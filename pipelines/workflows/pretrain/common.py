@@ -117,3 +117,12 @@ def check_out(out) -> Path:
         raise ValueError(f"`out` must be a .keras file. Received: out={str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def save_model(model, out: Path) -> None:
+    """`model.save(out)`, atomic: the `.keras` archive is built aside, then renamed into place, so a full disk or a
+    kill keeps the previous model at `out`, if any, and never leaves a cut-off one that an extract would load."""
+    from classify.mlp_network import model_to_bytes
+    from features_store.durable import atomic_write_bytes
+
+    atomic_write_bytes(out, model_to_bytes(model))
