@@ -1,3 +1,6 @@
+import os
+import subprocess
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -182,6 +185,40 @@ def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
     with Image.open(out) as grid:
         assert grid.size == (4 * 42 + 2, 2 * 42 + 2)
+
+
+def test_cli_augment_preview_writes_the_format_its_name_says(csv_index, tmp_path, capsys):
+    assert main(["augment-preview", str(csv_index), "--out", str(tmp_path / "grid.jpg"), "--n-images", "1"]) == 0
+    with Image.open(tmp_path / "grid.jpg") as grid:
+        assert grid.format == "JPEG"
+    capsys.readouterr()
+    assert main(["augment-preview", str(csv_index), "--out", str(tmp_path / "grid.txt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "`out` must end in an image extension such as .png" in err
+    assert not (tmp_path / "grid.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_cli_augment_preview_onto_a_full_disk_keeps_the_previous_grid(csv_index, tmp_path, capsys):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "grid.png").write_bytes(b"the previous grid")
+        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
+            try:
+                while True:
+                    f.write(b"x" * 1024)
+            except OSError:
+                pass
+        assert main(["augment-preview", str(csv_index), "--out", str(mnt / "grid.png")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "No space left" in err
+        assert (mnt / "grid.png").read_bytes() == b"the previous grid"
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "grid.png"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys):

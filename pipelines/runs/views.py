@@ -109,7 +109,12 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     from PIL import Image
 
     from extract import read_index
+    from features_store.durable import atomic_write
 
+    out = Path(out)
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"`out` must end in an image extension such as .png. Received: out={str(out)!r}")
     augmentation.validate()
     index = read_index(index_source, images_root)
     rows = list(range(min(n_images, len(index))))
@@ -118,7 +123,7 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
         raise ImageReadError(f"none of the first {len(rows)} images could be read: {errors[0]}")
     grid = [np.concatenate([images[r][None], row_views(images[r], augmentation, k, seed=seed, row=r)])
             for r in rows if ok[r]]
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid_image(grid)).save(out)
+    image = Image.fromarray(grid_image(grid))
+    atomic_write(out, lambda tmp: image.save(tmp, format=image_format))  # a full disk keeps the previous grid
     return out
