@@ -212,6 +212,29 @@ def test_a_plot_onto_a_full_disk_is_one_line_and_keeps_the_previous_plot(store, 
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_head_onto_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_bundle(store, tmp_path, capsys):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert run(capsys, "train", store, "--out", mnt / "h")[0] == 0
+        before = {p.name: p.read_bytes() for p in (mnt / "h").iterdir()}
+        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
+            try:
+                while True:
+                    f.write(b"x" * 1024)
+            except OSError:
+                pass
+        code, _, err = run(capsys, "train", store, "--head", "sgd", "--out", mnt / "h")
+        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "h") in err
+        assert {p.name: p.read_bytes() for p in (mnt / "h").iterdir()} == before
+        assert run(capsys, "evaluate", mnt / "h", store, "--split", "", "--out", tmp_path / "r")[0] == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
 def test_a_head_retrained_into_its_bundle_leaves_no_curves_of_the_old_one(store, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--head", "mlp", "--hidden", "8", "--epochs", "2", "--out", bundle)[0] == 0

@@ -108,8 +108,10 @@ def write_atomic(target: Path, write) -> str:
             os.fsync(f.fileno())
         digest = _sha256(Path(tmp))
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror, str(target)) from err
         raise
     return digest
 
