@@ -153,6 +153,9 @@ def cmd_models(args) -> int:
         for name, shape in backbone_layers(args.name, args.input_size):
             print(f"{name:40s} {shape}")
         return 0
+    if args.input_size is not None:  # the table is at each model's default size; only --layers builds at another
+        raise ValueError("`--input-size` goes with NAME --layers, e.g. `featurehead models resnet50 --layers "
+                         "--input-size 160`; the table lists each model at its default size")
     if args.check:
         problems = [p for name in ([args.name] if args.name else list(BACKBONES)) for p in check_backbone(name)]
         for problem in problems:
