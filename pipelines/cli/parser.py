@@ -77,17 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="the HDF5 file to write")
 
-    p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle")
-    p.add_argument("store")
-    p.add_argument("--head", default="logreg", choices=["logreg", "mlp", "sgd"], help="default: logreg")
-    p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--C", type=float, default=None, help="logreg: inverse regularisation strength")
+    p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle",
+                       description="Fits a head on the store's labelled training rows (never its 'test' rows) and "
+                       "writes a bundle: the head (skops, loaded without running code), a manifest with the "
+                       "extractor and validation metrics, and for the MLP its learning curves (history.png).")
+    p.add_argument("store", help="a feature store written by `featurehead extract`")
+    p.add_argument("--head", default="logreg", choices=["logreg", "mlp", "sgd"],
+                   help="logreg: standardised logistic regression; mlp: the seed's dropout MLP; sgd: out-of-core "
+                   "linear head, for stores larger than memory (default: logreg)")
+    p.add_argument("--out", required=True, help="bundle directory to write (an existing bundle there is replaced)")
+    p.add_argument("--C", type=float, default=None, help="logreg: inverse regularisation strength (default: 1.0)")
     p.add_argument("--hidden", default=None, help="mlp: hidden sizes, comma-separated (default: 1000,500,150)")
     p.add_argument("--dropout", type=float, default=None, help="mlp: dropout after each hidden layer (default: 0.5)")
     p.add_argument("--learning-rate", type=float, default=None, help="mlp: Adam learning rate (default: 1e-3)")
-    p.add_argument("--epochs", type=int, default=None, help="mlp/sgd: maximum epochs")
-    p.add_argument("--validation-fraction", type=float, default=0.2, help="held out when the store has no split column")
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="mlp/sgd: maximum epochs (default: mlp 50, sgd 5)")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of the training images held out for validation when the store has no 'val' split "
+                   "(default: 0.2)")
+    p.add_argument("--random-state", type=int, default=0, help="seed of the hold-out and the head (default: 0)")
 
     p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
     p.add_argument("head", help="head bundle directory")
