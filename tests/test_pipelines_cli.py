@@ -103,7 +103,10 @@ def test_bad_option_value_is_exit_2(csv_index, capsys):
     assert code == 2 and "`input_size` must be an integer >= 32" in err
     with pytest.raises(SystemExit) as exit_:
         main(["extract", str(csv_index), "--workers", "0"])
-    assert exit_.value.code == 2 and "--workers: must be a positive integer. Received: 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--workers: must be a positive integer. Received: 0" in err
+    assert err.splitlines() == ["featurehead extract: error: argument --workers: must be a positive integer. "
+                                "Received: 0 (see `featurehead extract --help`)"]  # no usage block before it
 
 
 def test_inspect(store, capsys):

@@ -31,8 +31,16 @@ please report it); 130 interrupted.
 COMMAND_MODULES = (workflows, augment, compose, report)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (argparse prints the whole usage block first), with the
+    command's `--help` named for the rest; its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="featurehead",
         description="Transfer learning on images: a frozen CNN writes features to an HDF5 store once; "
         "cheap classifier heads train on the store as often as you like.",
