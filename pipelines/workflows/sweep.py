@@ -20,6 +20,7 @@ from extract import ImageIndex
 
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
+from ..runs.prediction import write_output
 from ..runs.versions import base_versions
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def run_sweep(
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "sweep.csv"
-    table.to_csv(csv, index=False, float_format="%.6g")
+    write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     png = plot_sweep(table, out_dir / "sweep.png")
     return SweepResult(table, csv, png, stores, n_extracted)
 
