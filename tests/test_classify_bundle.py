@@ -5,6 +5,10 @@ import hashlib
 import json
 import os
 import pickle
+import resource
+import signal
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -278,3 +282,37 @@ def test_missing_pieces(tmp_path, head):
 def test_manifest_is_plain_json(tmp_path, head):
     path = _save(head, tmp_path / "bundle", metrics={"accuracy": np.float32(0.5)})
     assert json.loads((path / "manifest.json").read_text())["metrics"] == {"accuracy": 0.5}
+
+
+RESAVE = """
+import sys, joblib
+from classify import save_bundle
+head = joblib.load(sys.argv[2])
+save_bundle(head, sys.argv[1], extractor={"name": "x"}, fingerprint="f" * 64, classes=["a", "b"], n_features=4096)
+"""
+
+
+def test_a_bundle_whose_second_file_cannot_be_written_keeps_the_previous_bundle_whole(tmp_path):
+    import joblib
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4096)).astype(np.float32), np.repeat([0, 1], 20)
+    heads = [make_pipeline(StandardScaler(), KerasMLPClassifier((1,), epochs=1, random_state=seed)).fit(X, y)
+             for seed in (0, 1)]
+    path = save_bundle(heads[0], tmp_path / "b", extractor={"name": "x"}, fingerprint="f" * 64,
+                       classes=["a", "b"], n_features=4096)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    joblib.dump(heads[1], tmp_path / "new.joblib")
+    # a file-size limit that the network file fits under and the head file (the scaler's 3 x 4096 floats) does not
+    small, large = sorted((len(before["mlp.keras"]), len(before["head.skops"])))
+    assert small == len(before["mlp.keras"]) and large > small + 4096
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((small + large) // 2,) * 2)
+
+    proc = subprocess.run([sys.executable, "-c", RESAVE, str(path), str(tmp_path / "new.joblib")],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode != 0 and "File too large" in proc.stderr
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # no new network beside the old head
+    np.testing.assert_allclose(load_bundle(path).predict_proba(X), heads[0].predict_proba(X), rtol=1e-5)

@@ -47,7 +47,7 @@ def check_target(out_dir: Path) -> None:
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     """Write the manifest (the commit point), then remove the model files of a bundle it replaced."""
     text = json.dumps(manifest, indent=2, default=_jsonable)
-    write_atomic(out_dir / MANIFEST, lambda f: f.write(text.encode()))
+    write_files(out_dir, {MANIFEST: text.encode()})
     kept = {manifest["model_file"], manifest.get("network_file")}
     for name in {MODEL_FILE, NETWORK_FILE, PICKLE_FILE, FULL_MODEL_FILE} - kept:
         (out_dir / name).unlink(missing_ok=True)
@@ -98,30 +98,33 @@ def verified(path: Path, name: str, expected: Any) -> bytes:
     return data
 
 
-def write_atomic(target: Path, write) -> str:
-    """Write `target` through a temporary file in its directory and `os.replace`; return the sha256."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def write_files(out_dir: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """Write the named files into `out_dir`, all or none, and return the sha256 of each.
+
+    Each is first written in full to a temporary name beside its own (where a full disk strikes), and only then
+    are they all renamed into place, so a failure replaces none of them: a bundle is never left with the new
+    network beside the old head. An `OSError` that names no file (a full disk) is raised again naming it.
+    """
+    from features_store.durable import fsync_dir
+
+    staged = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, target)
+        for name, data in files.items():
+            fd, staged[name] = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None and err.errno:  # a full disk: say which file
-            raise OSError(err.errno, err.strerror, str(target)) from err
+        for tmp in staged.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir / name)) from err
         raise
-    return digest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    for name, tmp in staged.items():
+        os.replace(tmp, out_dir / name)
+    fsync_dir(out_dir)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
 def versions() -> dict:

@@ -1,9 +1,10 @@
 """Saving a bundle: a scikit-learn head as `head.skops` (its MLP's network beside it as `mlp.keras`) or, on
-request, a pickle; a whole Keras model as `model.keras`; each file written atomically, the manifest last."""
+request, a pickle; a whole Keras model as `model.keras`; the model files written all or none, the manifest last."""
 
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from classify.bundle.manifest import (
     PICKLE_FILE,
     check_target,
     versions,
-    write_atomic,
+    write_files,
     write_manifest,
 )
 from classify.bundle.trust import PICKLE_RISK
@@ -46,8 +47,10 @@ def save_bundle(
 ) -> Path:
     """Write a fitted scikit-learn head and its manifest to a bundle directory.
 
-    Each file is written to a temporary name and moved into place with `os.replace`, the manifest last, so an
-    interrupted save never leaves a bundle that loads with the wrong model. An existing bundle is replaced.
+    The model files are all written in full under temporary names before any is moved into place with
+    `os.replace`, and the manifest (with their sha256) last, so a full disk keeps the previous bundle whole, and a
+    save killed between two renames leaves a bundle that refuses to load (a sha256 mismatch), never one that
+    loads with the wrong model. An existing bundle is replaced.
 
     Parameters
     ----------
@@ -84,27 +87,29 @@ def save_bundle(
     _check_consistent(estimator, classes, n_features)
     check_target(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
+    network_file = None
     if model_format == "joblib":
         warnings.warn(f"{out_dir / PICKLE_FILE} is a pickle: {PICKLE_RISK}", PickleBundleWarning, stacklevel=2)
-        files["model"] = (PICKLE_FILE, write_atomic(out_dir / PICKLE_FILE, lambda f: joblib.dump(estimator, f)))
+        buffer = io.BytesIO()
+        joblib.dump(estimator, buffer)
+        model_file, files = PICKLE_FILE, {PICKLE_FILE: buffer.getvalue()}
     else:
         import skops.io
 
         stripped, network = _without_network(estimator)
+        model_file, files = MODEL_FILE, {MODEL_FILE: skops.io.dumps(stripped)}
         if network is not None:
-            data = model_to_bytes(network)
-            files["network"] = (NETWORK_FILE, write_atomic(out_dir / NETWORK_FILE, lambda f: f.write(data)))
-        state = skops.io.dumps(stripped)
-        files["model"] = (MODEL_FILE, write_atomic(out_dir / MODEL_FILE, lambda f: f.write(state)))
+            network_file = NETWORK_FILE
+            files[NETWORK_FILE] = model_to_bytes(network)
+    digests = write_files(out_dir, files)  # all or none: never a new network beside the old head
     manifest = {
         **(extra or {}),
         "format_version": FORMAT_VERSION,
         "kind": "sklearn",
         "model_format": model_format,
-        "model_file": files["model"][0],
-        "model_sha256": files["model"][1],
-        **({"network_file": files["network"][0], "network_sha256": files["network"][1]} if "network" in files else {}),
+        "model_file": model_file,
+        "model_sha256": digests[model_file],
+        **({"network_file": network_file, "network_sha256": digests[network_file]} if network_file else {}),
         "extractor": extractor,
         "fingerprint": fingerprint,
         "classes": classes,
@@ -196,7 +201,7 @@ def save_model_bundle(
     data = model_to_bytes(model)
     input_shape = [int(d) for d in model.input_shape[1:]]
     manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": FULL_MODEL_FILE,
-                "model_sha256": write_atomic(out_dir / FULL_MODEL_FILE, lambda f: f.write(data)),
+                "model_sha256": write_files(out_dir, {FULL_MODEL_FILE: data})[FULL_MODEL_FILE],
                 "extractor": extractor, "fingerprint": fingerprint, "classes": classes,
                 "n_features": int(np.prod(input_shape)), "input_shape": input_shape, "metrics": metrics,
                 "params": params, "versions": versions(),
