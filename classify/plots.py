@@ -81,12 +81,17 @@ def new_figure(size: tuple[float, float]):
 def save_png(canvas, path: str | os.PathLike) -> Path:
     """Write the canvas's figure as a PNG at `path` (its folder made) and return the path.
 
-    The write is atomic (a temporary file renamed into place): a full disk leaves the previous plot, if any, and
-    never a cut-off PNG that looks whole.
+    The write is atomic (a temporary file renamed into place), so never a cut-off PNG that looks whole. A plot is
+    drawn of a result just written beside it (a bundle, metrics.json, sweep.csv), so when it cannot be written
+    (a full disk) the previous plot at `path`, of an older result, is removed before the error is raised.
     """
     from features_store.durable import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, canvas.print_png)
+    try:
+        atomic_write(path, canvas.print_png)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
     return path

@@ -37,22 +37,26 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
     """Write `path` through `write(tmp_path)`, then fsync, rename over `path` and fsync its folder.
 
-    On any failure the temporary file is removed and the previous `path`, if any, is left untouched.
+    On any failure the temporary file is removed and the previous `path`, if any, is left untouched; an `OSError`
+    that names no file (a full disk) is raised again naming `path`. `suffix` ends the temporary file's name, for a
+    writer that insists on an extension (Keras's `.keras`).
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
     try:
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(folder)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), path) from err
         raise
 
 

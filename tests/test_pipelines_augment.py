@@ -214,7 +214,7 @@ def test_cli_augment_preview_onto_a_full_disk_keeps_the_previous_grid(csv_index,
                 pass
         assert main(["augment-preview", str(csv_index), "--out", str(mnt / "grid.png")]) == 2
         err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "No space left" in err
+        assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "grid.png") in err
         assert (mnt / "grid.png").read_bytes() == b"the previous grid"
         assert sorted(p.name for p in mnt.iterdir()) == ["filler", "grid.png"]
     finally:

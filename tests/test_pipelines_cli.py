@@ -190,7 +190,7 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(st
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_a_plot_onto_a_full_disk_is_one_line_and_keeps_the_previous_plot(store, tmp_path, capsys):
+def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_result(store, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
     mnt = tmp_path / "tmpfs"
@@ -209,8 +209,10 @@ def test_a_plot_onto_a_full_disk_is_one_line_and_keeps_the_previous_plot(store, 
         os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 4096)
         code, _, err = run(capsys, "evaluate", bundle, store, "--split", "", "--out", mnt / "r")
         assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
-        assert (mnt / "r" / "confusion_matrix.png").read_bytes() == b"the previous plot"
-        assert sorted(p.name for p in (mnt / "r").iterdir()) == ["confusion_matrix.png", "metrics.json"]
+        assert str(mnt / "r" / "confusion_matrix.png") in err
+        # the new metrics.json is whole; the previous plot, of another result, is gone rather than left beside it
+        assert json.loads((mnt / "r" / "metrics.json").read_text())["n_samples"] == 8
+        assert sorted(p.name for p in (mnt / "r").iterdir()) == ["metrics.json"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 

@@ -120,9 +120,9 @@ def check_out(out) -> Path:
 
 
 def save_model(model, out: Path) -> None:
-    """`model.save(out)`, atomic: the `.keras` archive is built aside, then renamed into place, so a full disk or a
-    kill keeps the previous model at `out`, if any, and never leaves a cut-off one that an extract would load."""
-    from classify.mlp_network import model_to_bytes
-    from features_store.durable import atomic_write_bytes
+    """`model.save(out)`, atomic: saved beside `out` under a temporary name, then renamed into place, so a full
+    disk or a kill keeps the previous model at `out`, if any, and never leaves a cut-off one that an extract would
+    load."""
+    from features_store.durable import atomic_write
 
-    atomic_write_bytes(out, model_to_bytes(model))
+    atomic_write(out, model.save, suffix=".keras")
