@@ -192,10 +192,13 @@ def test_cli_augment_preview_writes_the_format_its_name_says(csv_index, tmp_path
     with Image.open(tmp_path / "grid.jpg") as grid:
         assert grid.format == "JPEG"
     capsys.readouterr()
-    assert main(["augment-preview", str(csv_index), "--out", str(tmp_path / "grid.txt")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "`out` must end in an image extension such as .png" in err
-    assert not (tmp_path / "grid.txt").exists()
+    missing = csv_index.parent / "missing.csv"  # refused before any image is read: these are not there
+    missing.write_text("filename,label\nnot-there.png,a\n")
+    for name in ("grid.txt", "grid.psd"):  # .psd: Pillow reads it but cannot write it
+        assert main(["augment-preview", str(missing), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "`out` must end in one of .png, .jpg" in err
+        assert not (tmp_path / name).exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")

@@ -51,10 +51,10 @@ def _unfreeze(value: str):
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
-    p = sub.add_parser("augment-preview", help="write a PNG grid of a few images and their augmented views")
+    p = sub.add_parser("augment-preview", help="write a grid image of a few images and their augmented views")
     p.add_argument("index")
     p.add_argument("--images-root", default=None)
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True, help="image file to write: .png (or .jpg, .webp, .tif, .bmp, .gif)")
     p.add_argument("--n-images", type=int, default=4, help="images (grid rows; default: 4)")
     p.add_argument("--views", type=int, default=4, help="views per image (default: 4)")
     p.add_argument("--size", type=int, default=96, help="tile side in pixels (default: 96)")

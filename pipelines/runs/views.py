@@ -103,18 +103,24 @@ def apply_views(images: np.ndarray, ok: np.ndarray, source: np.ndarray, view: np
     return out
 
 
+# What augment-preview writes, by the extension of its `out` (Pillow lists more, some of them read-only)
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                ".bmp": "BMP", ".gif": "GIF"}
+
+
 def run_augment_preview(index_source, out, augmentation: Augmentation, *, images_root=None, n_images: int = 4,
                         k: int = 4, size: int = 96, seed: int = 0) -> Path:
-    """Write a PNG grid: one row per image (the first `n_images` of the index), the original then `k` views."""
+    """Write a grid image (PNG, or the format `out`'s extension names): one row per image (the first `n_images` of
+    the index), the original then `k` views."""
     from PIL import Image
 
     from extract import read_index
     from features_store.durable import atomic_write
 
     out = Path(out)
-    image_format = Image.registered_extensions().get(out.suffix.lower())
+    image_format = GRID_FORMATS.get(out.suffix.lower())
     if image_format is None:
-        raise ValueError(f"`out` must end in an image extension such as .png. Received: out={str(out)!r}")
+        raise ValueError(f"`out` must end in one of {', '.join(GRID_FORMATS)}. Received: out={str(out)!r}")
     augmentation.validate()
     index = read_index(index_source, images_root)
     rows = list(range(min(n_images, len(index))))
