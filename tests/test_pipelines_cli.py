@@ -107,6 +107,10 @@ def test_bad_option_value_is_exit_2(csv_index, capsys):
     assert exit_.value.code == 2 and "--workers: must be a positive integer. Received: 0" in err
     assert err.splitlines() == ["featurehead extract: error: argument --workers: must be a positive integer. "
                                 "Received: 0 (see `featurehead extract --help`)"]  # no usage block before it
+    with pytest.raises(SystemExit) as exit_:
+        main(["extract", str(csv_index), "--bogus", "1"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        "featurehead extract: error: unrecognized arguments: --bogus 1 (see `featurehead extract --help`)"]
 
 
 def test_inspect(store, capsys):

@@ -38,6 +38,14 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports a subcommand's unknown option from the top-level parser; say it from the subcommand's
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = getattr(self, "commands", {})  # the top-level parser's: its subcommands' parsers, by name
+            commands.get(getattr(args, "command", None), self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
@@ -91,18 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "extractor and validation metrics, and for the MLP its learning curves (history.png).")
     p.add_argument("store", help="a feature store written by `featurehead extract`")
     p.add_argument("--head", default="logreg", choices=["logreg", "mlp", "sgd"],
-                   help="logreg: standardised logistic regression; mlp: the seed's dropout MLP; sgd: out-of-core "
-                   "linear head, for stores larger than memory (default: logreg)")
+                   help="logreg: standardised logistic regression; mlp: a 1000-500-150 dropout MLP (Keras); sgd: an "
+                   "out-of-core linear head, for stores larger than memory (default: logreg)")
     p.add_argument("--out", required=True, help="bundle directory to write (an existing bundle there is replaced)")
     p.add_argument("--C", type=float, default=None, help="logreg: inverse regularisation strength (default: 1.0)")
     p.add_argument("--hidden", default=None, help="mlp: hidden sizes, comma-separated (default: 1000,500,150)")
     p.add_argument("--dropout", type=float, default=None, help="mlp: dropout after each hidden layer (default: 0.5)")
     p.add_argument("--learning-rate", type=float, default=None, help="mlp: Adam learning rate (default: 1e-3)")
-    p.add_argument("--epochs", type=int, default=None, help="mlp/sgd: maximum epochs (default: mlp 50, sgd 5)")
+    p.add_argument("--epochs", type=int, default=None, help="mlp: maximum epochs, it stops early on its validation loss (default: 50); sgd: passes over the "
+                   "store (default: 5)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="share of the training images held out for validation when the store has no 'val' split "
-                   "(default: 0.2)")
-    p.add_argument("--random-state", type=int, default=0, help="seed of the hold-out and the head (default: 0)")
+                   help="share of the training images held out for validation when the store has no split column, "
+                   "or for --head mlp when it has no 'val' rows (default: 0.2; 0: none)")
+    p.add_argument("--random-state", type=int, default=0, help="seed of the hold-out, and of the mlp or sgd head (default: 0)")
 
     p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
     p.add_argument("head", help="head bundle directory")
@@ -144,4 +153,5 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parsers(sub)
     for subparser in sub.choices.values():
         add_output_flags(subparser, default=argparse.SUPPRESS)  # so a flag after COMMAND overrides none before
+    parser.commands = dict(sub.choices)
     return parser
