@@ -42,7 +42,6 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
     assert capsys.readouterr().out.startswith("up to date")
 
 
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 def test_sweep_onto_a_full_disk_keeps_the_previous_table(csv_index, tmp_path, capsys):
     mnt = tmp_path / "tmpfs"
@@ -67,6 +66,7 @@ def test_sweep_onto_a_full_disk_keeps_the_previous_table(csv_index, tmp_path, ca
         assert sorted(p.name for p in (mnt / "sweep").iterdir()) == ["sweep.csv"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
 
 def _load(path):
     from extract import load_image
