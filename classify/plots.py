@@ -5,6 +5,7 @@ Figures are built with `matplotlib.figure.Figure` on the Agg canvas, never throu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def save_png(canvas, path: str | os.PathLike) -> Path:
     try:
         atomic_write(path, canvas.print_png)
     except OSError:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the error to report is the write's
+            path.unlink(missing_ok=True)
         raise
     return path

@@ -292,7 +292,7 @@ save_bundle(head, sys.argv[1], extractor={"name": "x"}, fingerprint="f" * 64, cl
 """
 
 
-def test_a_bundle_whose_second_file_cannot_be_written_keeps_the_previous_bundle_whole(tmp_path):
+def test_a_bundle_that_cannot_be_written_in_full_keeps_the_previous_bundle_whole(tmp_path):
     import joblib
 
     rng = np.random.default_rng(0)
@@ -316,3 +316,25 @@ def test_a_bundle_whose_second_file_cannot_be_written_keeps_the_previous_bundle_
     assert proc.returncode != 0 and "File too large" in proc.stderr
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # no new network beside the old head
     np.testing.assert_allclose(load_bundle(path).predict_proba(X), heads[0].predict_proba(X), rtol=1e-5)
+
+
+WRITE_FILES = """
+import sys
+from pathlib import Path
+from classify.bundle.manifest import write_files
+write_files(Path(sys.argv[1]), {"small": b"s" * 1000, "large": b"l" * 100_000})
+"""
+
+
+def test_write_files_is_all_or_none_whichever_file_fails(tmp_path):
+    (tmp_path / "small").write_bytes(b"old small")
+    (tmp_path / "large").write_bytes(b"old large")
+
+    def limit():  # the first file fits, the second does not
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    proc = subprocess.run([sys.executable, "-c", WRITE_FILES, str(tmp_path)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=120)
+    assert proc.returncode != 0 and f"File too large: '{tmp_path / 'large'}'" in proc.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"small": b"old small", "large": b"old large"}

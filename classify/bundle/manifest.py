@@ -44,13 +44,18 @@ def check_target(out_dir: Path) -> None:
         ) from err
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    """Write the manifest (the commit point), then remove the model files of a bundle it replaced."""
+def write_bundle(out_dir: Path, manifest: dict, files: dict) -> None:
+    """Write a bundle's model files and its manifest (listing their sha256, `sha256_of`) all or none, the manifest
+    renamed into place last (the commit point), then remove the model files of a bundle it replaced."""
     text = json.dumps(manifest, indent=2, default=_jsonable)
-    write_files(out_dir, {MANIFEST: text.encode()})
+    write_files(out_dir, {**files, MANIFEST: text.encode()})
     kept = {manifest["model_file"], manifest.get("network_file")}
     for name in {MODEL_FILE, NETWORK_FILE, PICKLE_FILE, FULL_MODEL_FILE} - kept:
         (out_dir / name).unlink(missing_ok=True)
+
+
+def sha256_of(data) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(path: Path) -> dict:
@@ -98,8 +103,8 @@ def verified(path: Path, name: str, expected: Any) -> bytes:
     return data
 
 
-def write_files(out_dir: Path, files: dict[str, bytes]) -> dict[str, str]:
-    """Write the named files into `out_dir`, all or none, and return the sha256 of each.
+def write_files(out_dir: Path, files: dict) -> None:
+    """Write the named files (bytes) into `out_dir`, all or none, renamed into place in the order given.
 
     Each is first written in full to a temporary name beside its own (where a full disk strikes), and only then
     are they all renamed into place, so a failure replaces none of them: a bundle is never left with the new
@@ -115,16 +120,15 @@ def write_files(out_dir: Path, files: dict[str, bytes]) -> dict[str, str]:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        for name in list(staged):
+            os.replace(staged.pop(name), out_dir / name)
     except BaseException as err:
         for tmp in staged.values():
             Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename is None and err.errno:
             raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir / name)) from err
         raise
-    for name, tmp in staged.items():
-        os.replace(tmp, out_dir / name)
     fsync_dir(out_dir)
-    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
 def versions() -> dict:

@@ -23,8 +23,8 @@ from classify.bundle.manifest import (
     PICKLE_FILE,
     check_target,
     versions,
-    write_files,
-    write_manifest,
+    sha256_of,
+    write_bundle,
 )
 from classify.bundle.trust import PICKLE_RISK
 from classify.errors import PickleBundleWarning
@@ -47,10 +47,10 @@ def save_bundle(
 ) -> Path:
     """Write a fitted scikit-learn head and its manifest to a bundle directory.
 
-    The model files are all written in full under temporary names before any is moved into place with
-    `os.replace`, and the manifest (with their sha256) last, so a full disk keeps the previous bundle whole, and a
-    save killed between two renames leaves a bundle that refuses to load (a sha256 mismatch), never one that
-    loads with the wrong model. An existing bundle is replaced.
+    The model files and the manifest (with their sha256) are all written in full under temporary names before
+    any is moved into place with `os.replace`, the manifest last, so a full disk keeps the previous bundle whole,
+    and a save killed between two renames leaves a bundle that refuses to load (a sha256 mismatch), never one
+    that loads with the wrong model. An existing bundle is replaced.
 
     Parameters
     ----------
@@ -92,7 +92,7 @@ def save_bundle(
         warnings.warn(f"{out_dir / PICKLE_FILE} is a pickle: {PICKLE_RISK}", PickleBundleWarning, stacklevel=2)
         buffer = io.BytesIO()
         joblib.dump(estimator, buffer)
-        model_file, files = PICKLE_FILE, {PICKLE_FILE: buffer.getvalue()}
+        model_file, files = PICKLE_FILE, {PICKLE_FILE: buffer.getbuffer()}
     else:
         import skops.io
 
@@ -101,15 +101,14 @@ def save_bundle(
         if network is not None:
             network_file = NETWORK_FILE
             files[NETWORK_FILE] = model_to_bytes(network)
-    digests = write_files(out_dir, files)  # all or none: never a new network beside the old head
     manifest = {
         **(extra or {}),
         "format_version": FORMAT_VERSION,
         "kind": "sklearn",
         "model_format": model_format,
         "model_file": model_file,
-        "model_sha256": digests[model_file],
-        **({"network_file": network_file, "network_sha256": digests[network_file]} if network_file else {}),
+        "model_sha256": sha256_of(files[model_file]),
+        **({"network_file": network_file, "network_sha256": sha256_of(files[network_file])} if network_file else {}),
         "extractor": extractor,
         "fingerprint": fingerprint,
         "classes": classes,
@@ -119,7 +118,7 @@ def save_bundle(
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_manifest(out_dir, manifest)
+    write_bundle(out_dir, manifest, files)  # all or none: never a new network beside the old head
     return out_dir
 
 
@@ -201,10 +200,10 @@ def save_model_bundle(
     data = model_to_bytes(model)
     input_shape = [int(d) for d in model.input_shape[1:]]
     manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": FULL_MODEL_FILE,
-                "model_sha256": write_files(out_dir, {FULL_MODEL_FILE: data})[FULL_MODEL_FILE],
+                "model_sha256": sha256_of(data),
                 "extractor": extractor, "fingerprint": fingerprint, "classes": classes,
                 "n_features": int(np.prod(input_shape)), "input_shape": input_shape, "metrics": metrics,
                 "params": params, "versions": versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_manifest(out_dir, manifest)
+    write_bundle(out_dir, manifest, {FULL_MODEL_FILE: data})
     return out_dir

@@ -79,6 +79,7 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     finally:
         data.close()
     save_model(model, out)
+    (out.parent / "reconstructions.png").unlink(missing_ok=True)  # the previous model's, if this one's fails
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
     recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),
