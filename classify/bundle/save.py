@@ -22,8 +22,8 @@ from classify.bundle.manifest import (
     NETWORK_FILE,
     PICKLE_FILE,
     check_target,
-    versions,
     sha256_of,
+    versions,
     write_bundle,
 )
 from classify.bundle.trust import PICKLE_RISK
