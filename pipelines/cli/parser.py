@@ -106,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", default=None, help="mlp: hidden sizes, comma-separated (default: 1000,500,150)")
     p.add_argument("--dropout", type=float, default=None, help="mlp: dropout after each hidden layer (default: 0.5)")
     p.add_argument("--learning-rate", type=float, default=None, help="mlp: Adam learning rate (default: 1e-3)")
-    p.add_argument("--epochs", type=int, default=None, help="mlp: maximum epochs, stopping early on the validation loss when there are "
-                   "validation rows (default: 50); sgd: passes over the store (default: 5)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="mlp: maximum epochs, stopping early on the validation loss when there are validation rows "
+                   "(default: 50); sgd: passes over the store (default: 5)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the training images held out for validation when the store has no split column, "
                    "or for --head mlp when it has no 'val' rows (default: 0.2; 0: none)")
-    p.add_argument("--random-state", type=int, default=0, help="seed of the hold-out, and of the mlp or sgd head (default: 0)")
+    p.add_argument("--random-state", type=int, default=0,
+                   help="seed of the hold-out, and of the mlp or sgd head (default: 0)")
 
     p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
     p.add_argument("head", help="head bundle directory")
