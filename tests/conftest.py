@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real image files and indexes in tmp_path (no mocks)."""
 
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -45,3 +46,35 @@ def csv_index(image_folder):
     path = image_folder / "index.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class SmallDisk:
+    """A 64 KiB tmpfs: `path` is where it is mounted; `fill` makes it full."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fill(self, leave=0):
+        """Fill the disk with a file named `filler`, then free its last `leave` bytes."""
+        filler = self.path / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 1024)
+            except OSError:
+                pass
+        if leave:
+            os.truncate(filler, os.path.getsize(filler) - leave)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real full-disk setting: a 64 KiB tmpfs mounted for the test (root only, as CI runs; skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield SmallDisk(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=True)

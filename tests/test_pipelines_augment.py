@@ -1,5 +1,3 @@
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -201,27 +199,15 @@ def test_cli_augment_preview_writes_the_format_its_name_says(csv_index, tmp_path
         assert not (tmp_path / name).exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_cli_augment_preview_onto_a_full_disk_keeps_the_previous_grid(csv_index, tmp_path, capsys):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "grid.png").write_bytes(b"the previous grid")
-        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
-            try:
-                while True:
-                    f.write(b"x" * 1024)
-            except OSError:
-                pass
-        assert main(["augment-preview", str(csv_index), "--out", str(mnt / "grid.png")]) == 2
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "grid.png") in err
-        assert (mnt / "grid.png").read_bytes() == b"the previous grid"
-        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "grid.png"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def test_cli_augment_preview_onto_a_full_disk_keeps_the_previous_grid(small_disk, csv_index, tmp_path, capsys):
+    mnt = small_disk.path
+    (mnt / "grid.png").write_bytes(b"the previous grid")
+    small_disk.fill()  # the disk is full
+    assert main(["augment-preview", str(csv_index), "--out", str(mnt / "grid.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "grid.png") in err
+    assert (mnt / "grid.png").read_bytes() == b"the previous grid"
+    assert sorted(p.name for p in mnt.iterdir()) == ["filler", "grid.png"]
 
 
 def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys):

@@ -1,5 +1,4 @@
 import json
-import os
 import re
 import subprocess
 import sys
@@ -169,79 +168,48 @@ def test_a_head_or_an_evaluation_is_never_written_into_a_store(store, tmp_path, 
     assert run(capsys, "inspect", store)[0] == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(store, csv_index, tmp_path, capsys):
+def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(
+        small_disk, store, csv_index, tmp_path, capsys
+):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "p.csv").write_text("the previous predictions\n")
-        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
-            try:
-                while True:
-                    f.write(b"x" * 1024)
-            except OSError:
-                pass
-        code, lines, err = run(capsys, "predict", bundle, csv_index, "--store", store, "--out", mnt / "p.csv")
-        assert code == 2 and len(err.splitlines()) == 1 and str(mnt / "p.csv") in err and "free some space" in err
-        assert (mnt / "p.csv").read_text() == "the previous predictions\n"
-        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mnt = small_disk.path
+    (mnt / "p.csv").write_text("the previous predictions\n")
+    small_disk.fill()  # the disk is full
+    code, lines, err = run(capsys, "predict", bundle, csv_index, "--store", store, "--out", mnt / "p.csv")
+    assert code == 2 and len(err.splitlines()) == 1 and str(mnt / "p.csv") in err and "free some space" in err
+    assert (mnt / "p.csv").read_text() == "the previous predictions\n"
+    assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_result(store, tmp_path, capsys):
+def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_result(small_disk, store, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "r").mkdir()
-        (mnt / "r" / "confusion_matrix.png").write_bytes(b"the previous plot")
-        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full, then one 4 KiB page is freed:
-            try:  # room for metrics.json, not for the plot (~7 KB) even where the previous one is truncated
-                while True:
-                    f.write(b"x" * 1024)
-            except OSError:
-                pass
-        os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 4096)
-        code, _, err = run(capsys, "evaluate", bundle, store, "--split", "", "--out", mnt / "r")
-        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
-        assert str(mnt / "r" / "confusion_matrix.png") in err
-        # the new metrics.json is whole; the previous plot, of another result, is gone rather than left beside it
-        assert json.loads((mnt / "r" / "metrics.json").read_text())["n_samples"] == 8
-        assert sorted(p.name for p in (mnt / "r").iterdir()) == ["metrics.json"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mnt = small_disk.path
+    (mnt / "r").mkdir()
+    (mnt / "r" / "confusion_matrix.png").write_bytes(b"the previous plot")
+    # the disk is full but for one 4 KiB page: room for metrics.json, not for the plot (~7 KB), even where the
+    # previous one is truncated
+    small_disk.fill(leave=4096)
+    code, _, err = run(capsys, "evaluate", bundle, store, "--split", "", "--out", mnt / "r")
+    assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
+    assert str(mnt / "r" / "confusion_matrix.png") in err
+    # the new metrics.json is whole; the previous plot, of another result, is gone rather than left beside it
+    assert json.loads((mnt / "r" / "metrics.json").read_text())["n_samples"] == 8
+    assert sorted(p.name for p in (mnt / "r").iterdir()) == ["metrics.json"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_a_head_onto_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_bundle(store, tmp_path, capsys):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        assert run(capsys, "train", store, "--out", mnt / "h")[0] == 0
-        before = {p.name: p.read_bytes() for p in (mnt / "h").iterdir()}
-        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
-            try:
-                while True:
-                    f.write(b"x" * 1024)
-            except OSError:
-                pass
-        code, _, err = run(capsys, "train", store, "--head", "sgd", "--out", mnt / "h")
-        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "h") in err
-        assert {p.name: p.read_bytes() for p in (mnt / "h").iterdir()} == before
-        assert run(capsys, "evaluate", mnt / "h", store, "--split", "", "--out", tmp_path / "r")[0] == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def test_a_head_onto_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_bundle(
+        small_disk, store, tmp_path, capsys
+):
+    mnt = small_disk.path
+    assert run(capsys, "train", store, "--out", mnt / "h")[0] == 0
+    before = {p.name: p.read_bytes() for p in (mnt / "h").iterdir()}
+    small_disk.fill()  # the disk is full
+    code, _, err = run(capsys, "train", store, "--head", "sgd", "--out", mnt / "h")
+    assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "h") in err
+    assert {p.name: p.read_bytes() for p in (mnt / "h").iterdir()} == before
+    assert run(capsys, "evaluate", mnt / "h", store, "--split", "", "--out", tmp_path / "r")[0] == 0
 
 
 def test_a_head_retrained_into_its_bundle_leaves_no_curves_of_the_old_one(store, tmp_path, capsys):

@@ -1,7 +1,5 @@
 """The layer sweep: one multi-output forward pass, one store per layer with the single-layer fingerprint."""
 
-import os
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -42,30 +40,18 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
     assert capsys.readouterr().out.startswith("up to date")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_sweep_onto_a_full_disk_keeps_the_previous_table(csv_index, tmp_path, capsys):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "sweep").mkdir()
-        (mnt / "sweep" / "sweep.csv").write_text("the previous table\n")
-        with open(mnt / "filler", "wb", buffering=0) as f:  # the disk is full
-            try:
-                while True:
-                    f.write(b"x" * 1024)
-            except OSError:
-                pass
-        argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--batch-size", "3",
-                "--layers", "block4_pool,block5_pool", "--cv", "2", "--out", str(mnt / "sweep")]
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "sweep" / "sweep.csv") in err
-        assert (mnt / "sweep" / "sweep.csv").read_text() == "the previous table\n"
-        assert sorted(p.name for p in (mnt / "sweep").iterdir()) == ["sweep.csv"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def test_sweep_onto_a_full_disk_keeps_the_previous_table(small_disk, csv_index, tmp_path, capsys):
+    mnt = small_disk.path
+    (mnt / "sweep").mkdir()
+    (mnt / "sweep" / "sweep.csv").write_text("the previous table\n")
+    small_disk.fill()  # the disk is full
+    argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--batch-size", "3",
+            "--layers", "block4_pool,block5_pool", "--cv", "2", "--out", str(mnt / "sweep")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "sweep" / "sweep.csv") in err
+    assert (mnt / "sweep" / "sweep.csv").read_text() == "the previous table\n"
+    assert sorted(p.name for p in (mnt / "sweep").iterdir()) == ["sweep.csv"]
 
 
 def _load(path):
