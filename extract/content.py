@@ -91,7 +91,7 @@ def content_keys(
     def hash_slice(part):
         return [_stat_key(os.path.join(root, i), known.get(i)) for i in part]
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurehead-hash") as pool:
         results = [r for part in pool.map(hash_slice, slices) for r in part]
     keys = [r[0] for r in results]
     size = np.array([r[1] for r in results], dtype=np.int64)

@@ -373,3 +373,30 @@ def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
                 assert "not an image" in errors[i] and (images[i] == 0).all()
         seen.append((lo, hi))
     assert seen == [(0, 3), (3, 6), (6, 7)]
+
+
+def test_decoding_and_hashing_threads_are_named_for_profilers(tmp_path, monkeypatch):
+    """benchmarks/where_time_goes.py --only cpu tells the pools apart by these names."""
+    import threading
+
+    import extract.batches
+    import extract.content
+
+    names = {"decode": set(), "hash": set()}
+
+    def recording(kind, f):
+        def call(*args, **kwargs):
+            names[kind].add(threading.current_thread().name)
+            return f(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(extract.batches, "load_image", recording("decode", extract.batches.load_image))
+    monkeypatch.setattr(extract.content, "_stat_key", recording("hash", extract.content._stat_key))
+    paths = []
+    for i in range(4):
+        Image.fromarray(np.full((10, 12, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    extract.content.content_keys(tmp_path, [p.name for p in paths], workers=2)
+    list(extract.batches.decoded_batches(paths, 8, [(0, 2), (2, 4)], workers=2))
+    assert names["decode"] and all(n.startswith("featurehead-decode") for n in names["decode"])
+    assert names["hash"] and all(n.startswith("featurehead-hash") for n in names["hash"])
