@@ -13,6 +13,11 @@ a one-layer saved Keras model at 224, `--pooling avg`). Printed, each best of --
 - scaling: libjpeg-turbo decode alone, decode + the pyramid resize, and `load_image`, in 1 thread and in one
   thread per core (each thread a contiguous share of the files, no futures); and the decode alone in one
   process per core at once (each process all the files): what the cores give when no GIL is shared.
+- cpu (Linux): the CPU each run costs, in ms of one core per image, by thread (the decode pool, the main loop,
+  the writer, the hashing pool, and the native threads of TensorFlow and OpenCV, sampled from /proc every 5 ms), for
+  `run_extract` and for the peer (`image_dataset_from_directory` + `predict`) over the same files, each in every
+  repeat; with how many cores each kept busy, and the rate each would reach with every core busy
+  (cores / CPU per image), which bounds what any scheduling change alone can give.
 """
 
 from __future__ import annotations
@@ -130,6 +135,94 @@ def pool_rates(paths, extractor, repeat: int) -> dict:
     return rates
 
 
+class ThreadCPU:
+    """CPU seconds of this process's threads while it runs, grouped by role, from /proc (Linux only).
+
+    A thread's CPU is read every `interval` s and its last reading kept, so a thread that ends between two
+    readings loses at most `interval` of its time; `total` comes from getrusage and counts everything."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self._stop = interval, threading.Event()
+        self._last: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _read(self) -> None:
+        for t in threading.enumerate():
+            if t.native_id is not None:
+                self._names[t.native_id] = t.name
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended since the listing
+                continue
+            self._last[int(tid)] = (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def __enter__(self):
+        import resource
+
+        self._read()
+        self._start = dict(self._last)
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._wall = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+
+        self.wall = time.perf_counter() - self._wall
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        self.total = (usage.ru_utime - self._usage.ru_utime) + (usage.ru_stime - self._usage.ru_stime)
+        self.system = usage.ru_stime - self._usage.ru_stime
+        main = threading.main_thread().native_id
+        self.roles: dict[str, float] = {}
+        for tid, seconds in self._last.items():
+            name = self._names.get(tid, "")
+            if name == "cpu-sampler":
+                continue
+            role = ("main thread" if tid == main else "decode pool" if name.startswith("featurehead-decode")
+                    else "writer thread" if name.startswith("featurehead-writer")
+                    else "hashing pool" if name.startswith("featurehead-hash")
+                    else "other Python threads" if name else "native threads (TensorFlow, OpenCV)")
+            self.roles[role] = self.roles.get(role, 0.0) + seconds - self._start.get(tid, 0.0)
+        return False
+
+
+def cpu_per_image(root: Path, model_path: Path, extractor, store: Path, n: int, cores: int, repeat: int) -> list:
+    """Each repeat: featurehead's run_extract, then the peer, each measured by `ThreadCPU`."""
+    import keras
+
+    import pipelines.runs.extraction as extraction
+    from extract import read_index
+
+    peer_model = keras.saving.load_model(model_path, compile=False)
+    rows = []
+    for _ in range(repeat):
+        shutil.rmtree(store, ignore_errors=True)
+        with ThreadCPU() as ours:
+            extraction.run_extract(read_index(root), extractor, store)
+        with ThreadCPU() as peer:
+            ds = keras.utils.image_dataset_from_directory(root, image_size=(224, 224), batch_size=32, shuffle=False,
+                                                          verbose=False)
+            assert len(peer_model.predict(ds, verbose=0)) == n
+        for name, m in (("featurehead", ours), ("peer", peer)):
+            rows.append({"who": name, "img_per_s": n / m.wall, "cores_busy": m.total / m.wall,
+                         "ms_core_per_image": 1e3 * m.total / n, "ms_system_per_image": 1e3 * m.system / n,
+                         "img_per_s_all_cores_busy": cores * n / m.total,
+                         **{f"ms {k}": 1e3 * v / n for k, v in sorted(m.roles.items())}})
+    return rows
+
+
 def _decode_all(paths, repeat: int) -> float:
     """Best-of rate of libjpeg-turbo decoding every file (bytes in memory), one thread."""
     import simplejpeg
@@ -199,7 +292,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--workdir", default="/tmp/fh/ip")
     p.add_argument("--repeat", type=int, default=4)
-    p.add_argument("--only", default="run,pool,scaling", help="comma-separated subset of: run,pool,scaling")
+    p.add_argument("--only", default="run,pool,scaling", help="comma-separated subset of: run,pool,scaling,cpu")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     work = Path(args.workdir)
@@ -213,7 +306,7 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     result: dict = {"n": args.n, "cores": cores}
     extractor = None
-    if only & {"run", "pool"}:
+    if only & {"run", "pool", "cpu"}:
         from extract import get_extractor
 
         extractor = get_extractor("keras", weights=str(model_path), pooling="avg", batch_size=32)
@@ -235,6 +328,14 @@ def main(argv=None):
             if isinstance(rates, dict):
                 print(f"  {name:18s} " + ", ".join(f"{k} {v:.0f}" if "scaling" not in k else f"{k} {v:.2f}x"
                                                    for k, v in rates.items()))
+    if "cpu" in only:
+        result["cpu"] = cpu_per_image(root, model_path, extractor, work / "store_cpu", args.n, cores, args.repeat)
+        print(f"CPU per image, ms of one core (each repeat; {cores} cores):")
+        for r in result["cpu"]:
+            parts = ", ".join(f"{k[3:]} {v:.3f}" for k, v in r.items() if k.startswith("ms ") and v >= 0.0005)
+            print(f"  {r['who']:11s} {r['img_per_s']:5.0f} img/s, {r['cores_busy']:.2f} cores busy, "
+                  f"{r['ms_core_per_image']:.3f} ms/image (system {r['ms_system_per_image']:.3f}): {parts}; "
+                  f"every core busy: {r['img_per_s_all_cores_busy']:.0f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
