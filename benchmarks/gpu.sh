@@ -4,8 +4,11 @@
 # code on the same GPU; GPU utilisation from `nvidia-smi dmon`. Meant to finish in under 5 minutes.
 #
 # Here, with the registry (once):   bash benchmarks/gpu.sh --fetch
-#   downloads keras and the small pure dependencies as cp312 wheels into benchmarks/.gpu_wheels (git-ignored)
-#   and copies scikit-learn's two sample photos there.
+#   downloads, as cp312 wheels into benchmarks/.gpu_wheels (git-ignored), only what that machine's image lacks:
+#   keras, its optree and namex, and simplejpeg. Everything else featurehead imports on this path (numpy, h5py,
+#   pandas, Pillow, OpenCV, scikit-learn, joblib, tqdm, filelock, rich, absl-py, ml-dtypes) is in the image
+#   (/work/.library/device/KINDS.md, "Python packages already there"), and a carried copy would shadow the
+#   image's own version of it (ml-dtypes under jax, say). It also copies scikit-learn's two sample photos there.
 # There, through the device tool:   run(command="bash benchmarks/gpu.sh", carry=["benchmarks/.gpu_wheels"])
 #   results: $OUT/gpu-jax.json, $OUT/gpu-torch.json, $OUT/dmon-*.txt, and the printed summary.
 set -euo pipefail
@@ -20,8 +23,7 @@ if [[ "${1:-}" == "--fetch" ]]; then
   python -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     --implementation cp -d "$WHEELS" \
-    keras optree ml-dtypes rich markdown-it-py mdurl pygments namex absl-py packaging \
-    pillow simplejpeg filelock pandas python-dateutil six pytz tzdata tqdm typing-extensions
+    keras optree namex simplejpeg
   python - "$WHEELS" <<'PY'
 import shutil, sys
 from pathlib import Path

@@ -86,6 +86,7 @@ def main(argv=None):
 
     from extract import get_extractor, read_batch, read_index
     from extract.batches import default_workers
+    from extract.images import DECODER
     from extract.forward import make_forward
     from pipelines.runs.extraction import run_extract
 
@@ -97,9 +98,9 @@ def main(argv=None):
     images, _, _ = read_batch(paths, args.size, executor=None)
     decode_1core = len(paths) / (time.perf_counter() - t)
     result = {"backend": backend, "n": args.n, "size": args.size, "batch_size": args.batch_size,
-              "cores": default_workers(), "decode_1core_img_s": decode_1core, "runs": {}}
+              "cores": default_workers(), "decoder": DECODER, "decode_1core_img_s": decode_1core, "runs": {}}
     print(f"{backend}: {args.n} JPEGs 500x375 -> {args.size}, batch {args.batch_size}, {default_workers()} cores; "
-          f"decode+resize on 1 core {decode_1core:.0f} img/s", flush=True)
+          f"decoder {DECODER}, decode+resize on 1 core {decode_1core:.0f} img/s", flush=True)
     for precision in args.precisions.split(","):
         run = {}
         extractor = get_extractor("vgg16", weights="none", input_size=args.size, batch_size=args.batch_size,
