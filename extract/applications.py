@@ -8,9 +8,11 @@ error that names the cache folder and the alternatives.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -120,7 +122,8 @@ class KerasApplicationExtractor(Extractor):
 
         size = self._config["input_size"]
         constructor = getattr(applications, self.application)
-        return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
+        with fresh_layer_names():
+            return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
 
     def _build(self):
         import keras
@@ -170,6 +173,24 @@ class KerasApplicationExtractor(Extractor):
                 f"or use --weights PATH (a .weights.h5 file saved from the same include_top=False model) "
                 f"or --weights none (random init, not pretrained)"
             ) from err
+
+
+@contextmanager
+def fresh_layer_names():
+    """Build as in a fresh process: Keras names a layer built without a name by a counter of its thread
+    (MobileNetV3's `activation_17`, ConvNeXt's `layer_normalization`), so the second MobileNetV3 built in a process
+    would have other layer names than the first, and a `--layer` listed by `featurehead models NAME --layers`
+    would not be found. Inside, the counter starts from zero; the caller's is restored after, so the names of
+    the caller's own layers are not affected. (Weights files do not depend on these names: Keras keys them by
+    class and order.)"""
+    from keras.src.backend.common import global_state
+
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
 
 
 def _weights_cached(cache: Path, name: str) -> bool:

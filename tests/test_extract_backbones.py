@@ -108,6 +108,33 @@ def test_default_layer_by_name_is_the_same_extractor():
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3small", "convnexttiny"])
+def test_layer_names_keras_numbers_are_the_same_in_every_build(name):
+    """MobileNetV3 and ConvNeXt have layers Keras names by a counter ('activation_17'): a second build in one
+    process (a clone in a grid search, say) must list, and cut at, the same names; naming the last layer is the
+    default extractor; and the caller's own counter goes on as if no backbone had been built."""
+    import keras
+
+    from extract.backbones import backbone_layers
+
+    def number(layer_name):  # activation -> 0, activation_3 -> 3
+        tail = layer_name.rsplit("_", 1)[-1]
+        return int(tail) if "_" in layer_name and tail.isdigit() else 0
+
+    before = keras.layers.Activation("relu").name
+    first = [n for n, _ in backbone_layers(name, 32)]
+    keras.layers.Activation("relu")  # a layer of the caller's own, built in between
+    assert [n for n, _ in backbone_layers(name, 32)] == first
+    numbered = [n for n in first if number(n) > 0]
+    assert numbered  # the names this test is about
+    layer = numbered[len(numbered) // 2]
+    dims = [get_extractor(name, weights="none", input_size=32, layer=layer).output_dim for _ in range(2)]
+    assert dims[0] == dims[1] > 0
+    default = get_extractor(name, weights="none", input_size=32)
+    assert get_extractor(name, weights="none", input_size=32, layer=first[-1]).fingerprint() == default.fingerprint()
+    assert number(keras.layers.Activation("relu").name) == number(before) + 2
+
+
 def test_resize_and_precision_are_part_of_the_fingerprint():
     base = get_extractor("mobilenetv2", weights="none", input_size=32)
     assert base.fingerprint() != get_extractor("mobilenetv2", weights="none", input_size=32, resize="crop").fingerprint()
