@@ -86,8 +86,8 @@ def main(argv=None):
 
     from extract import get_extractor, read_batch, read_index
     from extract.batches import default_workers
-    from extract.images import DECODER
     from extract.forward import make_forward
+    from extract.images import DECODER
     from pipelines.runs.extraction import run_extract
 
     backend = keras.backend.backend()
