@@ -12,6 +12,7 @@ import collections
 import os
 import re
 import socket
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -139,7 +140,7 @@ class KerasApplicationExtractor(Extractor):
                 if weights == "none":
                     seeded_init(base, self._config["seed"])
                 else:
-                    base.load_weights(weights)
+                    self._load_weights_file(base, weights)
             layer = self._config["layer"]
             base = cut_at_layer(base, layer)
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
@@ -159,6 +160,20 @@ class KerasApplicationExtractor(Extractor):
         if not isinstance(layer, list):
             return [self.output_dim]
         return [int(np.prod(self.model.get_layer(f"features_{name}").output.shape[1:])) for name in layer]
+
+    def _load_weights_file(self, base, path) -> None:
+        """`base.load_weights(path)`, where a file that does not fit is one short line naming it, not Keras's
+        list of every layer it could not load after a warning per layer."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                base.load_weights(path)
+            except (ValueError, OSError, KeyError) as err:
+                raise WeightsUnavailableError(f"{path}: {_weights_file_problem(err)}; --weights FILE takes a "
+                                              f"weights file saved from keras.applications.{self.application}("
+                                              f"include_top=False).save_weights(...)") from err
+        for message in dict.fromkeys((w.category, str(w.message)) for w in caught):  # a fitting file warns of nothing
+            warnings.warn(message[1], message[0], stacklevel=2)
 
     def _load_imagenet(self):
         cache = keras_cache_dir()
@@ -191,6 +206,19 @@ def fresh_layer_names():
         yield
     finally:
         global_state.set_global_attribute("object_name_uids", saved)
+
+
+def _weights_file_problem(err: Exception) -> str:
+    """What is wrong with a weights file, in a few words, from Keras's or h5py's error."""
+    text = str(err)
+    counted = re.match(r"A total of (\d+) objects could not be loaded", text)
+    if counted:
+        first = re.search(r"for object <\w+ name=([^,>]+)", text)
+        return (f"it does not fit this model: {counted.group(1)} of its layers could not be loaded from it"
+                + (f" (the first: {first.group(1)})" if first else ""))
+    if isinstance(err, OSError):
+        return f"cannot be read as an HDF5 weights file ({text.splitlines()[0][:160] if text else type(err).__name__})"
+    return f"it does not fit this model ({text.splitlines()[0][:160] if text else type(err).__name__})"
 
 
 def _weights_cached(cache: Path, name: str) -> bool:

@@ -80,6 +80,32 @@ def test_weights_file_round_trip(tmp_path, batch):
     assert "sha256" in e.weights_source()
 
 
+def test_a_weights_file_of_another_model_is_one_line_naming_it(tmp_path, capsys):
+    """Keras lists every layer it could not load, after a warning per layer: the user gets one line."""
+    import keras
+    from PIL import Image
+
+    from pipelines.cli import main
+
+    for c in "ab":
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.fromarray(np.full((20, 30, 3), ord(c), np.uint8)).save(tmp_path / "imgs" / c / "x.png")
+    vgg16 = tmp_path / "vgg16.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(vgg16)
+    truncated = tmp_path / "cut.weights.h5"
+    truncated.write_bytes(vgg16.read_bytes()[:100_000])
+    for path, says in ((vgg16, "it does not fit this model: 5 of its layers could not be loaded from it (the first: "
+                                "block3_conv4)"), (truncated, "cannot be read as an HDF5 weights file")):
+        argv = ["-q", "extract", str(tmp_path / "imgs"), "--model", "vgg19", "--weights", str(path),
+                "--input-size", "32", "--out", str(tmp_path / "store")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and len(err) < 400, err
+        assert err.startswith(f"featurehead extract: error: {path}: {says}")
+        assert "keras.applications.VGG19(include_top=False).save_weights" in err
+        assert not (tmp_path / "store").exists()
+
+
 def test_config_round_trip():
     e = get_extractor("vgg19", weights="none", layer="block4_pool", pooling="avg", input_size=48, seed=7, batch_size=5)
     again = type(e).from_config(e.get_config())
