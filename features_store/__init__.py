@@ -5,6 +5,7 @@ and a view file, `features.h5`, that lists the current index's rows.
 """
 
 from features_store.errors import (
+    FeatureRangeError,
     FeatureStoreError,
     StoreDamagedError,
     StoreIncompleteError,
@@ -33,6 +34,7 @@ from features_store.store import StoreSession
 
 __all__ = [
     "SCHEMA_VERSION",
+    "FeatureRangeError",
     "FeatureStoreError",
     "Manifest",
     "ShardRecord",

@@ -5,6 +5,10 @@ class FeatureStoreError(Exception):
     """Base class for every error raised by `features_store`."""
 
 
+class FeatureRangeError(FeatureStoreError, ValueError):
+    """Features that the store's dtype cannot hold: finite values beyond float16's range would be stored as inf."""
+
+
 class StoreNotFoundError(FeatureStoreError, FileNotFoundError):
     """The store file does not exist."""
 

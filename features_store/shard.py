@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
-from features_store.errors import StoreDamagedError, StoreMismatchError, StoreWriteError
+from features_store.errors import FeatureRangeError, StoreDamagedError, StoreMismatchError, StoreWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,18 @@ class ShardWriter:
         if x.shape != (n, self.n_features) or self._n_done + n > self.n_rows:
             raise ValueError(f"`features` must have shape (n, {self.n_features}) with n <= "
                              f"{self.n_rows - self._n_done} rows left. Received: shape {x.shape}")
-        x = x.astype(self._dtype, copy=True)
+        with np.errstate(over="ignore"):  # the overflow is checked just below
+            stored = x.astype(self._dtype, copy=True)
+        overflow = None if x.dtype == self._dtype else ok[:, None] & np.isinf(stored) & np.isfinite(x)
+        if overflow is not None and overflow.any():  # float16 turns |x| >= 65520 into inf: refused, never stored as a feature of an ok row
+            rows = np.flatnonzero(overflow.any(axis=1))
+            raise FeatureRangeError(
+                f"{self.store}: {int(overflow.sum())} features of {len(rows)} rows (the first: row {self._n_done + rows[0]}"
+                f" of shard {self.name}) are beyond {self._dtype.name}'s range (largest |x| "
+                f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.0f}); extract with "
+                f"--dtype float32 into another --out"
+            )
+        x = stored
         x[~ok] = np.nan
         reasons = [""] * n if errors is None else ["" if good else str(r) for good, r in zip(ok, errors)]
         lo, hi = self._n_done, self._n_done + n

@@ -148,6 +148,28 @@ def test_float16_storage(tmp_path, args):
         write_store(path, args)
 
 
+def test_float16_refuses_features_beyond_its_range_and_keeps_what_was_written(tmp_path):
+    """float16 turns |x| >= 65520 into inf: never stored as the features of an ok row."""
+    x = np.arange(4 * D, dtype=np.float32).reshape(4, D) / 7
+    ok, errors = np.ones(4, bool), [""] * 4
+    with fs.StoreSession.open(tmp_path / "half", fingerprint=FP, extractor={"name": "vgg16", "config": {}},
+                              dtype="float16") as session:
+        with session.shard_writer(KEYS[:4], n_features=D) as writer:
+            writer.write(x[:2], ok[:2], errors[:2])
+            x[3, 1] = 7e4
+            with pytest.raises(fs.FeatureRangeError, match=r"1 features of 1 rows \(the first: row 3 of shard .*"
+                                                            r"beyond float16's range \(largest \|x\| 7e\+04 > 65504\);"
+                                                            r" extract with --dtype float32"):
+                writer.write(x[2:], ok[2:], errors[2:])
+            assert writer.n_done == 2  # the rows before are kept, nothing of the refused batch
+            writer.write(x[2:], np.array([True, False]), ["", "unreadable"])  # a failed row's values are not
+            assert writer.n_done == 4                                         # features: stored as NaN
+    with h5py.File(next((tmp_path / "half" / "shards").glob("*.h5"))) as f:
+        stored = f["features"][:]
+    assert np.isnan(stored[3]).all() and np.isfinite(stored[:3]).all()
+    np.testing.assert_allclose(stored[:3], x[:3], rtol=1e-3)
+
+
 def test_long_error_is_cut_on_a_character_boundary(tmp_path, args):
     global FAILED
     saved = FAILED
