@@ -169,6 +169,8 @@ def test_models_command_lists_and_cuts(capsys):
     assert "backbones" in capsys.readouterr().err
     assert main(["models", "resnet50", "--input-size", "32"]) == 2  # was ignored: the table is at the default size
     assert "`--input-size` goes with NAME --layers" in capsys.readouterr().err
+    assert main(["models", "resnet50", "--check", "--layers"]) == 2  # --check was ignored
+    assert "`--check` and `--layers` are two runs" in capsys.readouterr().err
 
 
 def test_cached_weights_are_found_by_keras_own_file_names(tmp_path):

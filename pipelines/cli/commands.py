@@ -150,6 +150,9 @@ def cmd_models(args) -> int:
     if args.layers:
         if args.name is None:
             raise ValueError("`--layers` needs a NAME, e.g. `featurehead models resnet50 --layers`")
+        if args.check:  # it was ignored: --layers printed the layers and never checked
+            raise ValueError("`--check` and `--layers` are two runs: `featurehead models NAME --check`, then "
+                             "`featurehead models NAME --layers`")
         for name, shape in backbone_layers(args.name, args.input_size):
             print(f"{name:40s} {shape}")
         return 0

@@ -72,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
                    "joins a running scheduler (workers must see the store and images at the same paths)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
-    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="image decoding (and hashing) threads (default: every core); with --dask, each Dask worker "
+                   "decodes on its one thread and --workers sets only the hashing threads here")
     p.add_argument("--dtype", default=None, choices=["float32", "float16"],
-                   help="how features are stored: float16 halves the disk (default: the store's own; float32 for a "
-                   "new store)")
+                   help="how features are stored: float16 halves the disk, and a feature beyond its range "
+                   "(|x| >= 65520) stops the run (default: the store's own; float32 for a new store)")
     add_extractor_args(p)
 
     add_augment_args(p, views=True)
