@@ -179,11 +179,19 @@ class KerasApplicationExtractor(Extractor):
 
     def _load_imagenet(self):
         cache = keras_cache_dir()
+        cached = _weights_cached(cache, self.name)
         try:
-            if not _weights_cached(cache, self.name):
+            if not cached:
                 _reachable(WEIGHTS_HOST)
             return self.base_model(weights="imagenet")
         except Exception as err:  # Keras raises a bare Exception on a failed download
+            if cached:  # Keras found it wrong (its checksum, a cut-off file) and could not download it again
+                raise WeightsUnavailableError(
+                    f"ImageNet weights for {self.name} are in the Keras cache ({cache}) but could not be loaded "
+                    f"({_short_reason(err)}): a cut-off or corrupt download? Delete the {self.application} no-top "
+                    f"weights file there and re-run where it can be downloaded, or copy a good one there; or use "
+                    f"--weights PATH or --weights none (random init, not pretrained)"
+                ) from err
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
                 f"downloaded ({_short_reason(err)}); copy the {self.application} no-top weights file into {cache}, "

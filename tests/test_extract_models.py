@@ -209,6 +209,17 @@ def test_offline_imagenet_fails_fast_with_alternatives(tmp_path, monkeypatch):
     assert "--weights PATH" in message and "--weights none" in message
 
 
+def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # offline, as in the test above
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    (tmp_path / "keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"cut off")
+    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for vgg16 are in the Keras cache \(.*\) but "
+                                                      r"could not be loaded .* Delete the VGG16 no-top weights file"):
+        get_extractor("vgg16", weights="imagenet", input_size=32).model  # noqa: B018
+
+
 @pytest.mark.network
 def test_imagenet_weights_load_when_they_can_be_had():
     e = get_extractor("vgg16", weights="imagenet", input_size=32)
