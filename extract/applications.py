@@ -83,9 +83,7 @@ class KerasApplicationExtractor(Extractor):
             input_size=input_size if input_size is not None else (backbone.input_size if backbone else 224),
             resize=resize,
             precision=precision,
-            # the seed only seeds the random init: with other weights it changes no feature, so it is not part of
-            # the identity there (0, the default, as stores made before this recorded it)
-            seed=seed if weights is None or str(weights) == "none" else 0,
+            seed=seed,
             batch_size=batch_size,
         )
 
