@@ -177,18 +177,18 @@ class KerasApplicationExtractor(Extractor):
 
     def _load_imagenet(self):
         cache = keras_cache_dir()
-        cached = _weights_cached(cache, self.name)
         try:
-            if not cached:
+            if not _weights_cached(cache, self.name):
                 _reachable(WEIGHTS_HOST)
             return self.base_model(weights="imagenet")
         except Exception as err:  # Keras raises a bare Exception on a failed download
-            if cached:  # Keras found it wrong (its checksum, a cut-off file) and could not download it again
+            wanted = _wanted_file(err, cache)
+            if wanted is not None:  # there, but Keras found it corrupt or cut off and could not download it again
                 raise WeightsUnavailableError(
-                    f"ImageNet weights for {self.name} are in the Keras cache ({cache}) but could not be loaded "
-                    f"({_short_reason(err)}): a cut-off or corrupt download? Delete the {self.application} no-top "
-                    f"weights file there and re-run where it can be downloaded, or copy a good one there; or use "
-                    f"--weights PATH or --weights none (random init, not pretrained)"
+                    f"ImageNet weights for {self.name} are in the Keras cache ({wanted}) but Keras could not load "
+                    f"that file or download it again ({_short_reason(err)}): a cut-off or corrupt download? Delete "
+                    f"it and re-run where it can be downloaded, or copy a good one there; or use --weights PATH or "
+                    f"--weights none (random init, not pretrained)"
                 ) from err
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
@@ -214,6 +214,15 @@ def fresh_layer_names():
         yield
     finally:
         global_state.set_global_attribute("object_name_uids", saved)
+
+
+def _wanted_file(err: Exception, cache: Path) -> Path | None:
+    """The cached file Keras tried to replace by a download when `err` came (None: it was not in the cache)."""
+    url = re.search(r"https?://\S+", str(err))
+    if url is None:
+        return None
+    path = cache / url.group(0).rstrip(":,;").rsplit("/", 1)[-1]
+    return path if path.is_file() else None
 
 
 def _weights_file_problem(err: Exception) -> str:

@@ -213,11 +213,17 @@ def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(tmp_path, monkeypatc
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # offline, as in the test above
-    (tmp_path / "keras" / "models").mkdir(parents=True)
-    (tmp_path / "keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"cut off")
-    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for vgg16 are in the Keras cache \(.*\) but "
-                                                      r"could not be loaded .* Delete the VGG16 no-top weights file"):
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    (cache / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"cut off")
+    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for vgg16 are in the Keras cache \(.*/"
+                                                      r"vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5\) but Keras "
+                                                      r"could not load that file or download it again .* Delete it"):
         get_extractor("vgg16", weights="imagenet", input_size=32).model  # noqa: B018
+    # MobileNetV2 keeps a file per input size: the one of another size is not the one asked for
+    (cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").write_bytes(b"another size")
+    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for mobilenetv2 are not in the Keras cache"):
+        get_extractor("mobilenetv2", weights="imagenet", input_size=160).model  # noqa: B018
 
 
 @pytest.mark.network
