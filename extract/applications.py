@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -168,7 +169,7 @@ class KerasApplicationExtractor(Extractor):
             warnings.simplefilter("always")
             try:
                 base.load_weights(path)
-            except (ValueError, OSError, KeyError) as err:
+            except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:  # BadZipFile: a cut-off .keras
                 raise WeightsUnavailableError(f"{path}: {_weights_file_problem(err)}; --weights FILE takes a "
                                               f"weights file saved from keras.applications.{self.application}("
                                               f"include_top=False).save_weights(...)") from err
@@ -231,8 +232,12 @@ def _weights_file_problem(err: Exception) -> str:
     counted = re.match(r"A total of (\d+) objects could not be loaded", text)
     if counted:
         first = re.search(r"for object <\w+ name=([^,>]+)", text)
-        return (f"it does not fit this model: {counted.group(1)} of its layers could not be loaded from it"
+        return (f"it does not fit this model: {counted.group(1)} of the model's layers could not be loaded from it"
                 + (f" (the first: {first.group(1)})" if first else ""))
+    if "File format not supported" in text:  # Keras picks the format by the name's suffix
+        return "its name must end in .weights.h5, .h5 or .keras (Keras reads the format from it)"
+    if isinstance(err, zipfile.BadZipFile):
+        return f"cannot be read as a .keras file ({text[:160]})"
     if isinstance(err, OSError):
         return f"cannot be read as an HDF5 weights file ({text.splitlines()[0][:160] if text else type(err).__name__})"
     return f"it does not fit this model ({text.splitlines()[0][:160] if text else type(err).__name__})"

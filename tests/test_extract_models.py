@@ -94,8 +94,14 @@ def test_a_weights_file_of_another_model_is_one_line_naming_it(tmp_path, capsys)
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(vgg16)
     truncated = tmp_path / "cut.weights.h5"
     truncated.write_bytes(vgg16.read_bytes()[:100_000])
-    for path, says in ((vgg16, "it does not fit this model: 5 of its layers could not be loaded from it (the first: "
-                                "block3_conv4)"), (truncated, "cannot be read as an HDF5 weights file")):
+    suffix = tmp_path / "vgg19.bin"
+    suffix.write_bytes(vgg16.read_bytes())
+    cut_keras = tmp_path / "cut.keras"
+    cut_keras.write_bytes(b"PK not really a zip")
+    for path, says in ((vgg16, "it does not fit this model: 5 of the model's layers could not be loaded from it (the "
+                                "first: block3_conv4)"), (truncated, "cannot be read as an HDF5 weights file"),
+                       (suffix, "its name must end in .weights.h5, .h5 or .keras"),
+                       (cut_keras, "cannot be read as a .keras file")):
         argv = ["-q", "extract", str(tmp_path / "imgs"), "--model", "vgg19", "--weights", str(path),
                 "--input-size", "32", "--out", str(tmp_path / "store")]
         assert main(argv) == 2
