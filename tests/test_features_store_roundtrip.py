@@ -158,8 +158,8 @@ def test_float16_refuses_features_beyond_its_range_and_keeps_what_was_written(tm
             writer.write(x[:2], ok[:2], errors[:2])
             x[3, 1] = 7e4
             with pytest.raises(fs.FeatureRangeError, match=r"1 features of 1 rows \(the first: row 3 of shard .*"
-                                                            r"beyond float16's range \(largest \|x\| 7e\+04 > 65504\);"
-                                                            r" extract with --dtype float32"):
+                                                            r"beyond float16's range \(largest \|x\| 7e\+04 > 65504\)"
+                                                            r", the dtype of this store; extract with --dtype float32"):
                 writer.write(x[2:], ok[2:], errors[2:])
             assert writer.n_done == 2  # the rows before are kept, nothing of the refused batch
             writer.write(x[2:], np.array([True, False]), ["", "unreadable"])  # a failed row's values are not

@@ -259,6 +259,33 @@ def test_predict_reuses_a_float16_store(csv_index, tmp_path):
     assert (result.n_rows, result.n_failed) == (8, 0) and features_store.read_info(half).dtype == "float16"
 
 
+def test_predict_into_a_float16_store_that_cannot_hold_the_features_names_its_own_option(tmp_path, capsys):
+    """Features beyond float16's range stop predict too; its store option is --store, and it has no --dtype."""
+    import keras
+    from PIL import Image
+
+    model = tmp_path / "scale.keras"  # features = mean pixel value x 1000: dark images fit float16, bright ones not
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1000.0)(inputs))).save(model)
+    for folder, values in (("dark", (10, 20)), ("bright", (200, 210))):
+        for i, v in enumerate(values):
+            (tmp_path / folder / f"c{i}").mkdir(parents=True)
+            for j in range(2):
+                Image.fromarray(np.full((8, 8, 3), v + j, np.uint8)).save(tmp_path / folder / f"c{i}" / f"{j}.png")
+    half = tmp_path / "half"
+    args = ["--model", "keras", "--weights", str(model), "--input-size", "8"]
+    assert main(["-q", "extract", str(tmp_path / "dark"), "--out", str(half), "--dtype", "float16", *args]) == 0
+    assert main(["-q", "train", str(half), "--out", str(tmp_path / "head"), "--validation-fraction", "0"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "predict", str(tmp_path / "head"), str(tmp_path / "bright"), "--store", str(half),
+                 "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beyond float16's range" in err
+    assert err.rstrip().endswith("the dtype of this store; use another --store (a new one is float32)"), err
+    assert main(["-q", "predict", str(tmp_path / "head"), str(tmp_path / "bright"), "--store",
+                 str(tmp_path / "full"), "--out", str(tmp_path / "p.csv")]) == 0
+
+
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0

@@ -158,6 +158,9 @@ def _predict_features(bundle, index, store, progress):
         result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
     except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
         raise features_store.StoreMismatchError(str(err).replace("use another --out", "use another --store")) from err
+    except features_store.FeatureRangeError as err:  # a float16 store: predict has no --dtype; a new store is float32
+        raise features_store.FeatureRangeError(str(err).replace(
+            "extract with --dtype float32 into another --out", "use another --store (a new one is float32)")) from err
     bundle.check_fingerprint(result.fingerprint)
     meta = features_store.read_meta(store)
     rows = np.flatnonzero(meta.view == 0)
