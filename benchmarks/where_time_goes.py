@@ -139,7 +139,8 @@ class ThreadCPU:
     """CPU seconds of this process's threads while it runs, grouped by role, from /proc (Linux only).
 
     A thread's CPU is read every `interval` s and its last reading kept, so a thread that ends between two
-    readings loses at most `interval` of its time; `total` comes from getrusage and counts everything."""
+    readings loses at most `interval` of its time; `total` comes from getrusage and counts every thread but the
+    sampler's own (its system time still counts in `system`)."""
 
     def __init__(self, interval: float = 0.005):
         self.interval, self._stop = interval, threading.Event()
@@ -182,7 +183,8 @@ class ThreadCPU:
         self._stop.set()
         self._thread.join()
         self._read()
-        self.total = (usage.ru_utime - self._usage.ru_utime) + (usage.ru_stime - self._usage.ru_stime)
+        sampler = self._last.get(self._thread.native_id, 0.0)  # this measurement's own thread: not the run's
+        self.total = (usage.ru_utime - self._usage.ru_utime) + (usage.ru_stime - self._usage.ru_stime) - sampler
         self.system = usage.ru_stime - self._usage.ru_stime
         main = threading.main_thread().native_id
         self.roles: dict[str, float] = {}
