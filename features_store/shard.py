@@ -237,13 +237,14 @@ class ShardWriter:
                              f"{self.n_rows - self._n_done} rows left. Received: shape {x.shape}")
         with np.errstate(over="ignore"):  # the overflow is checked just below
             stored = x.astype(self._dtype, copy=True)
+        # float16 turns |x| >= 65520 into inf: refused, never stored as a feature of an ok row
         overflow = None if x.dtype == self._dtype else ok[:, None] & np.isinf(stored) & np.isfinite(x)
-        if overflow is not None and overflow.any():  # float16 turns |x| >= 65520 into inf: refused, never stored as a feature of an ok row
+        if overflow is not None and overflow.any():
             rows = np.flatnonzero(overflow.any(axis=1))
             advice = "; extract with --dtype float32 into another --out" if self._dtype == np.float16 else ""
             raise FeatureRangeError(
-                f"{self.store}: {int(overflow.sum())} features of {len(rows)} rows (the first: row {self._n_done + rows[0]}"
-                f" of shard {self.name}) are beyond {self._dtype.name}'s range (largest |x| "
+                f"{self.store}: {int(overflow.sum())} features of {len(rows)} rows (the first: row "
+                f"{self._n_done + rows[0]} of shard {self.name}) are beyond {self._dtype.name}'s range (largest |x| "
                 f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.6g}), the dtype of this "
                 f"store{advice}"
             )

@@ -47,7 +47,9 @@ def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> Non
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (Keras mixed precision; part of the fingerprint; default: float32)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights none (default: 0); it is part of the extractor's identity whatever the weights, so leave it at its default with other weights")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the random init when --weights none (default: 0); it is part of the extractor's "
+                   "identity whatever the weights, so leave it at its default with other weights")
 
 
 def add_output_flags(p: argparse.ArgumentParser, default) -> None:
