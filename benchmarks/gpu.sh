@@ -42,6 +42,11 @@ DEPS=/tmp/fh-gpu-deps
 rm -rf "$DEPS"
 python -m pip install --quiet --no-index --no-deps --target "$DEPS" "$WHEELS"/*.whl
 export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# the image's package list was read on 2026-11-17: say at once, in one line, if it lacks something now
+python -c 'import importlib.util as u, sys
+m = [n for n in sys.argv[1:] if u.find_spec(n) is None]
+sys.exit("gpu.sh: missing here: " + " ".join(m) + " (add their cp312 wheels to the --fetch list)" if m else 0)' \
+  numpy h5py pandas PIL cv2 sklearn joblib tqdm filelock rich absl ml_dtypes keras optree namex simplejpeg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 for backend in jax torch; do
   (nvidia-smi dmon -s u -d 1 > "$OUT/dmon-$backend.txt" 2>&1 &) ; sleep 0.2
