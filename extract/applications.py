@@ -283,12 +283,15 @@ def _short_reason(err: Exception) -> str:
 
 def _register_backbones() -> None:
     for backbone in BACKBONES.values():
-        cls = type(f"{backbone.constructor}Extractor", (KerasApplicationExtractor,), {
+        name = f"{backbone.constructor}Extractor"
+        cls = type(name, (KerasApplicationExtractor,), {
             "__doc__": f"keras.applications.{backbone.constructor} without its top ({backbone.preprocess} "
                        f"preprocessing in the graph, {backbone.input_size} px by default).",
+            "__module__": __name__,
             "backbone": backbone,
             "application": backbone.constructor,
         })
+        globals()[name] = cls  # pickle finds a class by its module and name (a fitted transformer holds one)
         register_extractor(backbone.name)(cls)
 
 

@@ -233,6 +233,15 @@ def test_fitted_pickle_transforms_the_same(inputs):
     np.testing.assert_allclose(loaded.transform(X), before, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("model", ["resnet50", "mobilenetv3small"])
+def test_a_fitted_backbone_transformer_pickles(images, model):
+    """Every backbone's extractor class is found by pickle (only VGG16's and VGG19's were)."""
+    paths = images[0][:2]
+    t = ImageFeatureExtractor(**{**SMALL, "model": model}).fit(paths)
+    loaded = pickle.loads(pickle.dumps(t))
+    np.testing.assert_allclose(loaded.transform(paths), t.transform(paths), rtol=1e-5, atol=1e-6)
+
+
 def test_fitting_twice_transforms_the_same(images):
     paths = images[0]
     t = ImageFeatureExtractor(**SMALL)
