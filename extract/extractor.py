@@ -44,6 +44,7 @@ class Extractor:
         self._config = dict(config)
         self._model = None
         self._weights_sha256 = None
+        self._built_from = None  # the weights file's sha256 when the model was built
         self._forward = None
 
     # --- config -----------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ class Extractor:
 
     def __getstate__(self):
         # pickles without the Keras model; it is rebuilt lazily after loading
-        return {"_config": self._config, "_model": None, "_weights_sha256": None, "_forward": None}
+        return {"_config": self._config, "_model": None, "_weights_sha256": None, "_built_from": None, "_forward": None}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
@@ -131,9 +132,12 @@ class Extractor:
     @property
     def model(self):
         """The frozen Keras model (built on first access): float RGB in 0..255 -> (n, d)."""
+        self._follow_weights_file()
         if self._model is None:
             self.validate()
+            built_from = self.weights_sha256()
             self._model = self._build()
+            self._built_from = built_from
             self._model.trainable = False
             logger.info("built %s: %d features", self.name, self.output_dim)
         return self._model
@@ -173,6 +177,15 @@ class Extractor:
         """The backend's compiled forward pass over this extractor's model (built once, then reused)."""
         from .forward import make_forward
 
+        self._follow_weights_file()
         if self._forward is None:
             self._forward = make_forward(self.model, self._config.get("batch_size", 32), self.input_shape)
         return self._forward
+
+    def _follow_weights_file(self) -> None:
+        """A weights file rewritten since the model was built: drop the model and its forward pass, so that the
+        next use loads the new weights, which the fingerprint already counts (features of the old weights were
+        stored under the new fingerprint)."""
+        if self._model is not None and self.weights_file() is not None and self.weights_sha256() != self._built_from:
+            logger.info("%s: %s was rewritten; the model is built again", self.name, self.weights_file())
+            self._model = self._forward = None

@@ -242,6 +242,24 @@ def test_imagenet_weights_load_when_they_can_be_had():
     assert e.output_dim == 512
 
 
+def test_features_follow_a_weights_file_rewritten_after_the_model_was_built(tmp_path, batch):
+    """The fingerprint counts the file's new content: the features must be the new weights' too (the old model
+    was kept, and its features were cached under the new fingerprint)."""
+    import keras
+
+    path = tmp_path / "w.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    e = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg")
+    old = e(batch)
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.layers[1].set_weights([w + 1 for w in base.layers[1].get_weights()])
+    base.save_weights(path)
+    new = e(batch)
+    np.testing.assert_allclose(new, get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg")(batch),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(new, old, rtol=1e-3)
+
+
 def test_fingerprint_follows_a_rewritten_weights_file(tmp_path):
     import os
     import pickle
