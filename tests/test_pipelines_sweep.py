@@ -19,7 +19,7 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
             "--layers", ",".join(LAYERS), "--cv", "2", "--out", str(tmp_path / "sweep")]
     assert main(argv) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == str(tmp_path / "sweep" / "sweep.csv") and "one forward pass over 3 layers" in out[-2]
+    assert out[-1] == str(tmp_path / "sweep" / "sweep.csv") and "one forward pass over 3 of the 3 layers;" in out[-2]
     table = pd.read_csv(out[-1])
     assert table["layer"].tolist() == LAYERS and table["dimension"].tolist() == [4096, 2048, 512]
     assert set(table.columns) == {"layer", "dimension", "accuracy", "accuracy_std", "fit_seconds"}
@@ -31,6 +31,8 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
         assert features_store.read_info(store).fingerprint == single.fingerprint()
         X, _, _ = features_store.load(store)
         np.testing.assert_allclose(X, single(np.stack([_load(p) for p in index.paths])), rtol=1e-5, atol=1e-6)
+    assert main(argv) == 0  # again: nothing to extract, and it says so
+    assert capsys.readouterr().out.strip().splitlines()[-2].startswith("every layer's store was up to date")
     assert main(argv[:-2] + ["--layer", "block3_pool"]) == 2
     assert "`sweep` takes `--layers`, not `--layer`" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -64,12 +66,13 @@ def test_a_second_sweep_reuses_complete_stores(csv_index, tmp_path):
     index = read_index(csv_index)
     base = get_extractor("vgg16", **SMALL)
     first = run_sweep(index, base, LAYERS[1:], tmp_path / "a", store_dir=tmp_path, cv=2)
-    assert first.n_extracted == len(index.ids)
+    assert first.n_extracted == len(index.ids) and first.extracted_layers == LAYERS[1:]
     second = run_sweep(index, base, LAYERS, tmp_path / "b", store_dir=tmp_path, cv=2)
     assert second.n_extracted == len(index.ids)  # only block3_pool was missing
+    assert second.extracted_layers == ["block3_pool"]  # the CLI said "over 3 layers"
     assert features_store.read_info(second.stores["block3_pool"]).attrs["sweep_layers"] == "block3_pool"
     third = run_sweep(index, base, LAYERS, tmp_path / "c", store_dir=tmp_path, cv=2)
-    assert third.n_extracted == 0
+    assert third.n_extracted == 0 and third.extracted_layers == []
     pd.testing.assert_frame_equal(second.table[["layer", "dimension"]], third.table[["layer", "dimension"]])
 
 

@@ -32,6 +32,11 @@ def cmd_sweep(args) -> int:
     result = run_sweep(index, extractor, layers, args.out, store_dir=args.store_dir, cv=args.cv,
                        workers=args.workers, progress=progress(args, f"sweep {extractor.name}"))
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"extracted {result.n_extracted} rows in one forward pass over {len(layers)} layers; plot: {result.png}")
+    done = result.extracted_layers
+    if done:
+        print(f"extracted {result.n_extracted} rows in one forward pass over {len(done)} of the {len(layers)} layers"
+              f"{' (' + ', '.join(done) + ')' if len(done) < len(layers) else ''}; plot: {result.png}")
+    else:
+        print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")
     print(result.csv)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class SweepResult:
     png: Path
     stores: dict
     n_extracted: int  # forward-pass rows computed by this run (0 when every store was complete)
+    extracted_layers: list = field(default_factory=list)  # the layers that pass computed
 
 
 def layer_extractors(extractor, layers: list[str]) -> dict:
@@ -89,7 +90,8 @@ def run_sweep(
     for layer, single in singles.items():
         default = default_store_path(index, single)
         stores[layer] = default if store_dir is None else Path(store_dir) / default.name
-    n_extracted = extract_layers(index, extractor, singles, stores, workers=workers, progress=progress)
+    n_extracted, extracted_layers = extract_layers(index, extractor, singles, stores, workers=workers,
+                                                   progress=progress)
     rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
@@ -97,7 +99,7 @@ def run_sweep(
     csv = out_dir / "sweep.csv"
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     png = plot_sweep(table, out_dir / "sweep.png")
-    return SweepResult(table, csv, png, stores, n_extracted)
+    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
 
 
 def _default_out_dir(index: ImageIndex) -> Path:
@@ -106,8 +108,9 @@ def _default_out_dir(index: ImageIndex) -> Path:
 
 
 def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int | None = None,
-                   progress=None) -> int:
-    """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed.
+                   progress=None) -> tuple[int, list[str]]:
+    """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed and the
+    layers they were computed for (those whose store lacked any).
 
     Each store extracts only the images it lacks; an image that any store lacks goes through the model once.
     """
@@ -144,7 +147,7 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
         for layer, session in sessions.items():
             session.write_view(**_with_sweep_attr(args, stores[layer], layer, todo), versions=base_versions())
             session.remove_orphans()
-    return done
+    return done, todo
 
 
 def _with_sweep_attr(args: dict, store: Path, layer: str, todo: list[str]) -> dict:
