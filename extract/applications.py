@@ -147,11 +147,12 @@ class KerasApplicationExtractor(Extractor):
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
             x = base(preprocess_layer(mode)(inputs))
             if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
-                pooled = [pooling_layer(self._config["pooling"], len(out.shape), name=f"features_{name}")(t)
+                pooling = self._config["pooling"]
+                pooled = [pooling_layer(pooling, len(out.shape), name=f"features_{name}", layer=name)(t)
                           for name, out, t in zip(layer, base.outputs, x)]
                 x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
             else:
-                x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
+                x = pooling_layer(self._config["pooling"], len(base.output.shape), layer=layer)(x)
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
 

@@ -130,13 +130,16 @@ def _layer_classes() -> dict:
     return _CLASSES
 
 
-def pooling_layer(pooling: str, rank: int, name: str = "features"):
-    """The layer that turns a feature map into a vector: flatten, global avg or global max."""
+def pooling_layer(pooling: str, rank: int, name: str = "features", layer: str | None = None):
+    """The layer that turns a feature map into a vector: flatten, global avg or global max (`layer`, the cut
+    layer's name, for the error)."""
     keras = _keras()
     if pooling == "flatten" or rank == 2:
         if pooling != "flatten":
+            which = f" ({layer!r} is one)" if layer else ""
             raise ExtractorConfigError(
-                f"`pooling` must be 'flatten' for a layer whose output is already a vector. Received: pooling={pooling!r}"
+                f"`pooling` must be 'flatten' for a layer whose output is already a vector{which}. "
+                f"Received: pooling={pooling!r}"
             )
         return keras.layers.Flatten(name=name)
     if rank != 4:

@@ -137,6 +137,16 @@ def test_layer_names_keras_numbers_are_the_same_in_every_build(name):
     assert number(keras.layers.Activation("relu").name) == number(before) + 2
 
 
+def test_global_pooling_of_a_vector_layer_names_the_layer():
+    """A sweep over several layers said only that some layer's output is already a vector."""
+    from extract import ExtractorConfigError
+
+    e = get_extractor("efficientnetb0", weights="none", input_size=32, pooling="avg",
+                      layer=["top_activation", "block2a_se_squeeze"])
+    with pytest.raises(ExtractorConfigError, match=r"already a vector \('block2a_se_squeeze' is one\)"):
+        e.model  # noqa: B018
+
+
 def test_resize_and_precision_are_part_of_the_fingerprint():
     base = get_extractor("mobilenetv2", weights="none", input_size=32)
     assert base.fingerprint() != get_extractor("mobilenetv2", weights="none", input_size=32, resize="crop").fingerprint()
