@@ -91,14 +91,25 @@ def check_free(folder: str | os.PathLike, nbytes: int, *, store: str, what: str)
     """Raise StoreWriteError when `folder` has less than `nbytes` (plus 1 MiB of slack) free."""
     free = free_bytes(folder)
     if free < nbytes + MIB:
+        need, have = _mib_pair(nbytes + MIB, free)
         raise StoreWriteError(
-            f"{store}: not enough free space to write {what}: it needs {_mib(nbytes + MIB)}, "
-            f"{_mib(free)} is free. Free some space and re-run the same command: it resumes."
+            f"{store}: not enough free space to write {what}: it needs {need}, {have} is free. Free some space "
+            f"and re-run the same command: it resumes."
         )
 
 
 def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
+
+
+def _mib_pair(need: int, free: int) -> tuple[str, str]:
+    """Both sizes in MiB with as many decimals as it takes to tell them apart ("needs 1.6, 1.6 is free" said
+    nothing)."""
+    for digits in (1, 2, 3):
+        pair = tuple(f"{n / MIB:.{digits}f} MiB" for n in (need, free))
+        if pair[0] != pair[1]:
+            return pair
+    return f"{need} bytes", f"{free} bytes"
 
 
 def write_error(err: OSError, *, store: str, what: str, need: int | None = None) -> StoreWriteError:

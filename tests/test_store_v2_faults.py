@@ -3,6 +3,7 @@ writer, a read-only folder, a missing shard, SIGKILL. Each ends in one line and 
 the clean run."""
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -182,6 +183,17 @@ def _check_read_only(store):
         with fs.StoreSession.open(store, fingerprint="c" * 64, extractor={"name": "faults"}):
             pass
     assert_clean(store)
+
+
+def test_not_enough_space_shows_two_different_sizes(small_disk):
+    """'it needs 1.6 MiB, 1.6 MiB is free' (both rounded) said nothing: as many decimals as tell them apart."""
+    from features_store import durable
+
+    free = durable.free_bytes(small_disk.path)
+    with pytest.raises(fs.StoreWriteError) as info:
+        durable.check_free(small_disk.path, free - durable.MIB + 2000, store="s", what="shard x")
+    need, have = re.search(r"it needs (.+), (.+) is free", str(info.value)).groups()
+    assert need != have and need.endswith("MiB"), str(info.value)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
