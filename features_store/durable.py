@@ -102,14 +102,14 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-def _mib_pair(need: int, free: int) -> tuple[str, str]:
-    """Both sizes in MiB with as many decimals as it takes to tell them apart ("needs 1.6, 1.6 is free" said
+def _mib_pair(a: int, b: int) -> tuple[str, str]:
+    """Two sizes in MiB with as many decimals as it takes to tell them apart ("needs 1.6, 1.6 is free" said
     nothing)."""
     for digits in (1, 2, 3):
-        pair = tuple(f"{n / MIB:.{digits}f} MiB" for n in (need, free))
+        pair = tuple(f"{n / MIB:.{digits}f} MiB" for n in (a, b))
         if pair[0] != pair[1]:
             return pair
-    return f"{need} bytes", f"{free} bytes"
+    return f"{a} bytes", f"{b} bytes"
 
 
 def write_error(err: OSError, *, store: str, what: str, need: int | None = None) -> StoreWriteError:
@@ -119,8 +119,12 @@ def write_error(err: OSError, *, store: str, what: str, need: int | None = None)
     if code in _SPACE_ERRNOS or "No space left" in str(err) or "too large" in str(err):
         space = ""
         try:
-            space = f" ({_mib(free_bytes(store))} free"
-            space += f", {_mib(need)} needed)" if need else ")"
+            free = free_bytes(store)
+            if need:
+                have, wanted = _mib_pair(free, need)
+                space = f" ({have} free, {wanted} needed)"
+            else:
+                space = f" ({_mib(free)} free)"
         except OSError:
             pass
         return StoreWriteError(
