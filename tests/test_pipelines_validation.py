@@ -17,7 +17,7 @@ from pipelines.runs.training import run_train, split_rows, validation_source
 MLP = {"hidden_layer_sizes": (8,), "epochs": 1, "learning_rate": 0.01}
 
 
-def make_store(path, split, *, n_features=6, seed=0):
+def make_store(path, split, *, n_features=6, seed=0, index_sha256=""):
     """A real store of synthetic features: two classes (class b shifted), the given split column."""
     n = len(split)
     labels = np.arange(n) % 2
@@ -28,7 +28,7 @@ def make_store(path, split, *, n_features=6, seed=0):
             writer.write(X, np.ones(n, bool))
             session.commit(writer)
         session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=["a", "b"],
-                           split=list(split))
+                           split=list(split), index_sha256=index_sha256)
     return path
 
 
@@ -139,6 +139,28 @@ def test_the_mlp_without_val_early_stops_on_a_train_holdout_not_on_test(tmp_path
     assert history_loss != pytest.approx(mlp_validation_loss(bundle, store, np.arange(16, 20)), rel=1e-3)
     report = run_evaluate(bundle, store, tmp_path / "report")
     assert report["evaluated_on"] == "held-out validation rows" and report["n_samples"] == 3
+
+
+def test_the_training_store_is_known_from_another_directory_and_as_a_copy(tmp_path, monkeypatch):
+    """Evaluated without --split from another working directory, or on a copy of its store, a head is scored on
+    its held-out rows, never on the rows it was fitted on (a relative `trained_on` once made both "all rows")."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    make_store(tmp_path / "store", [""] * 20, index_sha256="ab" * 32)  # as `extract` records its index's
+    result = run_train("store", tmp_path / "head")  # a relative store path, as typed on the command line
+    assert result.n_val == 4
+    shutil.copytree(tmp_path / "store", tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for store in (tmp_path / "store", tmp_path / "copy"):
+        report = run_evaluate(result.bundle, store, tmp_path / "report")
+        assert (report["evaluated_on"], report["n_samples"]) == ("held-out validation rows", 4)
+    old = manifest_of(result.bundle)  # a bundle saved before the path was recorded whole: the index still tells
+    old["trained_on"] = "store"
+    (result.bundle / "manifest.json").write_text(json.dumps(old))
+    assert run_evaluate(result.bundle, tmp_path / "copy", tmp_path / "report")["n_samples"] == 4
 
 
 def test_sgd_reads_the_store_metadata_once_whatever_the_number_of_slabs(tmp_path, monkeypatch):

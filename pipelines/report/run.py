@@ -18,7 +18,7 @@ import numpy as np
 import classify
 import features_store
 
-from ..runs.prediction import load_head_bundle, run_evaluate, write_output
+from ..runs.prediction import load_head_bundle, on_training_store, run_evaluate, write_output
 from . import data
 from .html import Figure, Mistake, Page, render_page
 from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
@@ -69,7 +69,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     metrics = run_evaluate(bundle_path, store, out_dir, split=split)  # metrics.json + confusion_matrix.png
     info, meta = features_store.read_info(store), features_store.read_meta(store)
     rows = data.evaluated_rows(meta, bundle.manifest, split=split,
-                               on_training_store=_on_training_store(bundle.manifest, store))
+                               on_training_store=on_training_store(bundle.manifest, store, info))
     scored = _score(bundle, store, meta, rows)
     _check_same_rows(metrics, scored.y_true, scored.y_pred)
     headline = data.headline_metrics(metrics, scored.y_true, scored.y_pred, scored.proba, bundle.classes)
@@ -95,11 +95,6 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     path = _write_text(out_dir / PAGE, render_page(page))
     return ReportResult(page=path, metrics=metrics, headline=headline, n_samples=len(rows),
                         n_wrong=page.n_wrong, n_failed=len(failed), random_init=random_init, notes=tuple(notes))
-
-
-def _on_training_store(manifest: dict, store) -> bool:
-    trained_on = manifest.get("trained_on")  # as `run_evaluate` decides it
-    return bool(trained_on) and Path(trained_on).resolve() == Path(store).resolve()
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     bundle = load_head_bundle(bundle_path, "evaluate")
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
-    trained_on = bundle.manifest.get("trained_on")
-    if split is None and trained_on and Path(trained_on).resolve() == Path(store).resolve():
+    if split is None and on_training_store(bundle.manifest, store, info):
         if training_view_changed(bundle.manifest, info):
             raise ValueError(
                 f"{store} now lists another index than the one {Path(bundle_path).name} was trained on (its ids, "
@@ -88,6 +87,18 @@ def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.n
     return split_rows(meta, head=params.get("head", head or "logreg"),
                       validation_fraction=params.get("validation_fraction", 0.2),
                       random_state=params.get("random_state", 0))
+
+
+def on_training_store(manifest: dict, store, info: features_store.StoreInfo) -> bool:
+    """Whether `store` holds the rows a head was trained on: the store it names (`trained_on`; a relative path of
+    an older bundle is taken from here), or any store of its extractor whose view is the very index it was trained
+    on (a copy, or the same store reached by another path): evaluated there, every row would count the rows it was
+    fitted on. The caller has checked the fingerprint."""
+    trained_on = manifest.get("trained_on")
+    if trained_on and Path(trained_on).resolve() == Path(store).resolve():
+        return True
+    trained = manifest.get("trained_index_sha256")
+    return bool(trained) and trained == info.index_sha256
 
 
 def training_view_changed(manifest: dict, info: features_store.StoreInfo) -> bool:

@@ -138,7 +138,7 @@ def run_train(
         metrics=metrics,
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
         # a store's view can change after training (a relabel, another index): record which one this was
-        extra={"trained_on": str(store), "trained_index_sha256": info.index_sha256,
+        extra={"trained_on": str(store.resolve()), "trained_index_sha256": info.index_sha256,
                "validation": {"source": source, "rows": int(len(val_rows))}},
     )
     history = getattr(_final_step(estimator), "history_", None)
