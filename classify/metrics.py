@@ -38,13 +38,23 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         ``top_5_accuracy`` (only with more than 5 classes and ``predict_proba``; a true label that is not a class
         counts as a miss), ``per_class`` ({class: {precision, recall, f1,
         support}}), ``confusion_matrix`` (list of lists, rows are true classes), ``classes`` (list of str) and
-        ``n_samples``.
+        ``n_samples``; and ``unknown_labels`` ({label: rows}) when some true labels are not classes of the head
+        (a class it never saw in training): they are appended to the classes of ``per_class``, the confusion
+        matrix and macro-F1, each row a miss.
     """
     y = np.asarray(y)
     y_pred = estimator.predict(X)
     labels = getattr(estimator, "classes_", None)
     if labels is None:
         labels = np.unique(np.concatenate([y, y_pred]))
+    classes = labels  # the head's own: the columns of predict_proba
+    known = set(np.asarray(labels).tolist())
+    unknown = {}  # true labels the head has no class for: every such row is a miss, and it is scored as one
+    for value in y.tolist():
+        if value not in known:
+            unknown[value] = unknown.get(value, 0) + 1
+    if unknown:
+        labels = np.asarray([*np.asarray(labels).tolist(), *sorted(unknown, key=str)])
     precision, recall, f1, support = precision_recall_fscore_support(
         y, y_pred, labels=labels, zero_division=0
     )
@@ -62,12 +72,12 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         "macro_f1": float(f1_score(y, y_pred, labels=[c for c in labels if c in occurring] or labels,
                                    average="macro", zero_division=0)),
     }
-    if len(labels) > TOP_K and hasattr(estimator, "predict_proba") and len(y):
-        lookup = {str(c): i for i, c in enumerate(labels)}
+    if len(classes) > TOP_K and hasattr(estimator, "predict_proba") and len(y):
+        lookup = {str(c): i for i, c in enumerate(classes)}
         codes = np.array([lookup.get(str(v), -1) for v in y])
         known = codes >= 0
         hits = top_k_accuracy_score(codes[known], estimator.predict_proba(X)[known], k=TOP_K,
-                                    labels=np.arange(len(labels)), normalize=False) if known.any() else 0
+                                    labels=np.arange(len(classes)), normalize=False) if known.any() else 0
         out[f"top_{TOP_K}_accuracy"] = float(hits) / len(y)
     return {
         **out,
@@ -75,6 +85,7 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
         "classes": names,
         "n_samples": int(len(y)),
+        **({"unknown_labels": {str(k): int(v) for k, v in unknown.items()}} if unknown else {}),
     }
 
 
@@ -118,4 +129,8 @@ def format_metrics(metrics: dict) -> str:
     ]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<{width}}  {row['precision']:>9.3f}  {row['recall']:>6.3f}  {row['support']:>7d}")
+    unknown = metrics.get("unknown_labels")
+    if unknown:
+        lines.append(f"not a class of this head, so always wrong: {sum(unknown.values())} rows labelled "
+                     + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + " (it was trained without them)")
     return "\n".join(lines)

@@ -114,6 +114,29 @@ def test_evaluate_balanced_and_top5_are_scikit_learn_s():
     assert part["per_class"]["g"]["support"] == 0
 
 
+def test_a_true_label_the_head_never_learned_is_scored_as_misses_and_named():
+    """Rows of a class absent from training count in macro-F1, per-class scores and the confusion matrix (they
+    were left out of all three, which inflated macro-F1), and the text says so."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 4))
+    y = np.repeat(np.array(list("abcdefgh")), 20)
+    X[:, 0] += np.arange(160) // 20
+    seen = ~np.isin(y, ["h"])
+    head = LogisticRegression(max_iter=500).fit(X[seen], y[seen])
+    metrics = evaluate(head, X, y)
+    y_pred = head.predict(X)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y, y_pred, average="macro"))
+    assert metrics["classes"] == list("abcdefgh") and metrics["per_class"]["h"]["support"] == 20
+    assert metrics["per_class"]["h"]["recall"] == 0 and metrics["unknown_labels"] == {"h": 20}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 160
+    assert metrics["top_5_accuracy"] <= 140 / 160  # the head's 7 classes: an "h" row is a miss
+    assert "always wrong: 20 rows labelled h (20)" in format_metrics(metrics)
+    assert "unknown_labels" not in evaluate(head, X[seen], y[seen])
+
+
 def test_plots_write_pngs(tmp_path, data):
     X, y = data
     metrics = evaluate(make_head("logreg").fit(X, y), X, y)
