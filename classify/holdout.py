@@ -14,6 +14,7 @@ def holdout(
     groups: Any = None,
     random_state: int | None = 0,
     fallback: bool = False,
+    singles_to_train: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (train, held), holding out `fraction` of the groups, stratified by label.
 
@@ -30,6 +31,10 @@ def holdout(
     fallback : bool, default=False
         When a class has fewer than 2 groups (it cannot be on both sides), split without stratifying instead
         of raising.
+    singles_to_train : bool, default=False
+        Keep every group of a class with fewer than 2 groups in train (it cannot be on both sides, and held out
+        it would be a class the model never learns) and stratify the other classes; nothing is held out when no
+        class has 2 groups. Takes precedence over `fallback`.
 
     Returns
     -------
@@ -52,7 +57,14 @@ def holdout(
         raise ValueError(f"`groups` must have shape ({len(labels)},). Received: groups.shape={groups.shape}")
     names, first = np.unique(groups, return_index=True)
     group_labels = labels[first]
-    _, counts = np.unique(group_labels, return_counts=True)
+    classes, counts = np.unique(group_labels, return_counts=True)
+    if singles_to_train and counts.min() < 2:
+        splittable = np.isin(labels, classes[counts >= 2])
+        if not splittable.any():
+            return np.arange(len(labels)), np.arange(0)
+        rows = np.flatnonzero(splittable)
+        train, held = holdout(labels[rows], fraction, groups=groups[rows], random_state=random_state)
+        return np.sort(np.concatenate([np.flatnonzero(~splittable), rows[train]])), rows[held]
     stratify = group_labels if counts.min() >= 2 else None
     if stratify is None and not fallback:
         raise ValueError("every class needs at least 2 groups to hold some out. "

@@ -32,6 +32,18 @@ def test_holdout_refuses_or_falls_back_when_a_class_has_one_group():
     assert len(held) == 2 and sorted(np.concatenate([train, held])) == [0, 1, 2, 3, 4]
 
 
+def test_holdout_keeps_a_class_of_one_group_in_train_and_stratifies_the_rest():
+    labels = np.array(["a"] * 6 + ["b"] * 6 + ["c"] + ["d"] * 4)
+    groups = np.concatenate([np.repeat(np.arange(6), 2)[:12], [6], [7, 7, 8, 8]])  # "a"/"b" 3 images, views
+    for seed in range(20):
+        train, held = holdout(labels, 0.3, groups=groups, random_state=seed, fallback=True, singles_to_train=True)
+        assert 12 in train and sorted(set(labels[held])) == ["a", "b", "d"]  # the lone "c" is never held out
+        assert sorted(np.concatenate([train, held])) == list(range(17))
+        assert not set(groups[train]) & set(groups[held])
+    everything, nothing = holdout(["a", "b", "c"], 0.3, singles_to_train=True)
+    assert everything.tolist() == [0, 1, 2] and nothing.size == 0
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

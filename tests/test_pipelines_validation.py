@@ -17,17 +17,18 @@ from pipelines.runs.training import run_train, split_rows, validation_source
 MLP = {"hidden_layer_sizes": (8,), "epochs": 1, "learning_rate": 0.01}
 
 
-def make_store(path, split, *, n_features=6, seed=0, index_sha256=""):
-    """A real store of synthetic features: two classes (class b shifted), the given split column."""
+def make_store(path, split, *, n_features=6, seed=0, index_sha256="", labels=None):
+    """A real store of synthetic features: two classes (class b shifted; or `labels`, codes of "abc..."), the
+    given split column."""
     n = len(split)
-    labels = np.arange(n) % 2
+    labels = np.arange(n) % 2 if labels is None else np.asarray(labels)
     X = np.random.default_rng(seed).normal(size=(n, n_features)).astype(np.float32) + 2.0 * labels[:, None]
     keys = [f"{i:064x}" for i in range(n)]
     with features_store.StoreSession.open(path, fingerprint="f" * 64, extractor={"name": "synthetic"}) as session:
         with session.shard_writer(keys, n_features=n_features) as writer:
             writer.write(X, np.ones(n, bool))
             session.commit(writer)
-        session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=["a", "b"],
+        session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=list("abcdefgh"[: labels.max() + 1]),
                            split=list(split), index_sha256=index_sha256)
     return path
 
@@ -97,7 +98,7 @@ def test_logreg_without_val_records_none_and_evaluate_asks_for_a_split(tmp_path)
     store = make_store(tmp_path / "store", TRAIN_TEST)
     result = run_train(store, tmp_path / "head")
     manifest = manifest_of(result.bundle)
-    assert manifest["validation"] == {"source": "none", "rows": 0}
+    assert manifest["validation"] == {"source": "none", "rows": 0, "single_image_classes": "train"}
     assert result.n_train == 16 and "validation" not in manifest["metrics"]
     with pytest.raises(ValueError, match="holds none out .*evaluate with --split test"):
         run_evaluate(result.bundle, store, tmp_path / "report")
@@ -119,7 +120,8 @@ def test_the_mlp_early_stops_on_the_stores_val_rows(tmp_path):
     store = make_store(tmp_path / "store", TRAIN_VAL_TEST)
     result = run_train(store, tmp_path / "head", head="mlp", params=MLP)
     manifest = manifest_of(result.bundle)
-    assert manifest["validation"] == {"source": "val", "rows": 4} and result.n_train == 12
+    assert manifest["validation"] == {"source": "val", "rows": 4, "single_image_classes": "train"}
+    assert result.n_train == 12
     history_loss = classify.load_bundle(result.bundle).estimator[-1].history_["val_loss"][0]
     assert history_loss == pytest.approx(mlp_validation_loss(result.bundle, store, np.arange(12, 16)), rel=1e-5)
     assert manifest["metrics"]["validation"]["n_samples"] == 4
@@ -132,7 +134,8 @@ def test_the_mlp_without_val_early_stops_on_a_train_holdout_not_on_test(tmp_path
     bundle = tmp_path / "head"
     manifest = manifest_of(bundle)
     train, val = split_rows(features_store.read_meta(store), head="mlp", validation_fraction=0.2, random_state=0)
-    assert manifest["validation"] == {"source": "train-holdout", "rows": len(val)} and len(val) == 3
+    assert manifest["validation"] == {"source": "train-holdout", "rows": len(val), "single_image_classes": "train"}
+    assert len(val) == 3
     assert (val < 16).all() and len(train) == 13
     history_loss = classify.load_bundle(bundle).estimator[-1].history_["val_loss"][0]
     assert history_loss == pytest.approx(mlp_validation_loss(bundle, store, val), rel=1e-5)
@@ -161,6 +164,38 @@ def test_the_training_store_is_known_from_another_directory_and_as_a_copy(tmp_pa
     old["trained_on"] = "store"
     (result.bundle / "manifest.json").write_text(json.dumps(old))
     assert run_evaluate(result.bundle, tmp_path / "copy", tmp_path / "report")["n_samples"] == 4
+
+
+def test_a_class_with_one_training_image_is_trained_on_whatever_the_seed(tmp_path):
+    """The hold-out never takes a class's only image (it made the mlp fail, by seed, with a class it had never
+    seen, and logreg train without that class); a bundle saved before keeps its own hold-out when evaluated."""
+    labels = [0, 1] * 8 + [2]
+    store = make_store(tmp_path / "store", [""] * 17, labels=labels)
+    meta = features_store.read_meta(store)
+    for seed in range(6):
+        result = run_train(store, tmp_path / f"mlp-{seed}", head="mlp", params=MLP, random_state=seed)
+        assert classify.load_bundle(result.bundle).estimator.classes_.tolist() == ["a", "b", "c"]
+        _, val = split_rows(meta, head="mlp", random_state=seed)
+        assert 16 not in val and len(val) == 3
+    old = manifest_of(result.bundle)
+    del old["validation"]["single_image_classes"]
+    from pipelines.runs.prediction import trained_rows
+
+    _, old_val = trained_rows(old, meta)
+    held = classify.holdout(meta.codes, 0.2, groups=meta.source, random_state=5, fallback=True)[1]
+    np.testing.assert_array_equal(old_val, held)
+
+
+def test_the_mlp_refuses_a_val_class_it_would_not_learn_and_any_head_one_class(tmp_path, capsys):
+    store = make_store(tmp_path / "store", ["train"] * 8 + ["val"] * 3, labels=[0, 1] * 4 + [0, 1, 2])
+    assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
+                 "--out", str(tmp_path / "head")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'val' split has labels that no 'train' row has ('c')" in err and len(err.splitlines()) == 1
+    assert run_train(store, tmp_path / "lr").validation_source == "val"  # logreg: scored, "c" a miss
+    one = make_store(tmp_path / "one", ["train"] * 4 + ["test"] * 2, labels=[0, 0, 0, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"the train rows have one class \('a'\)"):
+        run_train(one, tmp_path / "one-head")
 
 
 def test_sgd_reads_the_store_metadata_once_whatever_the_number_of_slabs(tmp_path, monkeypatch):

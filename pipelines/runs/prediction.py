@@ -86,7 +86,8 @@ def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.n
     params = manifest.get("params") or {}
     return split_rows(meta, head=params.get("head", head or "logreg"),
                       validation_fraction=params.get("validation_fraction", 0.2),
-                      random_state=params.get("random_state", 0))
+                      random_state=params.get("random_state", 0),
+                      singles_to_train=(manifest.get("validation") or {}).get("single_image_classes") == "train")
 
 
 def on_training_store(manifest: dict, store, info: features_store.StoreInfo) -> bool:

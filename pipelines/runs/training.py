@@ -34,8 +34,8 @@ class TrainResult:
     validation_source: str = "none"
 
 
-def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2,
-               random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2, random_state: int = 0,
+               singles_to_train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pick train and validation rows among the ok, labelled rows (pure: no files). Never a "test" row.
 
     With a store `split` column: train on "train"; validate on "val" when there is one; otherwise a head that
@@ -43,6 +43,8 @@ def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2,
     images out, and any other head gets none. Without a split column every head holds `validation_fraction` of
     the images out (0: none). Augmented views follow their source image, and only originals are validated on,
     so no view of a training image is ever validated on. `validation_source` names which case it was.
+    The hold-out keeps the images of a class that has only one in train (`singles_to_train`; False: the hold-out
+    of bundles saved before it, unstratified whenever a class had one image, which could hold that image out).
     """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction!r}")
@@ -61,7 +63,7 @@ def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2,
     if validation_fraction == 0:
         return rows, rows[:0]
     train, held = classify.holdout(meta.codes[rows], validation_fraction, groups=meta.source[rows],
-                                   random_state=random_state, fallback=True)
+                                   random_state=random_state, fallback=True, singles_to_train=singles_to_train)
     held = rows[held]
     return rows[train], held[meta.view[held] == 0]
 
@@ -71,6 +73,17 @@ def validation_source(meta, val_rows: np.ndarray) -> str:
     if not len(val_rows):
         return "none"
     return "val" if (meta.split[val_rows] == "val").all() else "train-holdout"
+
+
+def _check_validation_classes(meta, train_rows, val_rows, source: str) -> None:
+    """The MLP early-stops on its validation loss, which has no term for a class it does not learn: a validation
+    label absent from the train rows is refused in one line that names it."""
+    missing = sorted(set(meta.labels[val_rows].tolist()) - set(meta.labels[train_rows].tolist()), key=str)
+    if missing:
+        where = "the store's 'val' split" if source == "val" else "the held-out validation rows"
+        shown = ", ".join(map(repr, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(f"{where} has labels that no 'train' row has ({shown}); the mlp head cannot early-stop on "
+                         "a class it does not learn: add 'train' images of them, or move those rows to 'train'")
 
 
 class _StoreRows:
@@ -110,6 +123,12 @@ def run_train(
     train_rows, val_rows = split_rows(meta, head=head, validation_fraction=validation_fraction,
                                       random_state=random_state)
     source = validation_source(meta, val_rows)
+    trained_labels = np.unique(meta.labels[train_rows])
+    if len(trained_labels) < 2:
+        raise ValueError(f"the train rows have one class ({str(trained_labels[0])!r}); a head needs images of at "
+                         "least 2 classes to train on")
+    if head == "mlp":
+        _check_validation_classes(meta, train_rows, val_rows, source)
     params = dict(params or {})
     if head != "logreg":
         params.setdefault("random_state", random_state)
@@ -139,7 +158,7 @@ def run_train(
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
         # a store's view can change after training (a relabel, another index): record which one this was
         extra={"trained_on": str(store.resolve()), "trained_index_sha256": info.index_sha256,
-               "validation": {"source": source, "rows": int(len(val_rows))}},
+               "validation": {"source": source, "rows": int(len(val_rows)), "single_image_classes": "train"}},
     )
     history = getattr(_final_step(estimator), "history_", None)
     if history:
