@@ -276,6 +276,11 @@ def test_predict_into_a_float16_store_that_cannot_hold_the_features_names_its_ow
     args = ["--model", "keras", "--weights", str(model), "--input-size", "8"]
     assert main(["-q", "extract", str(tmp_path / "dark"), "--out", str(half), "--dtype", "float16", *args]) == 0
     assert main(["-q", "train", str(half), "--out", str(tmp_path / "head"), "--validation-fraction", "0"]) == 0
+    unlabelled = tmp_path / "dark.csv"  # a float16 store of unlabelled images: predict may make its view its own
+    unlabelled.write_text("filename\n" + "".join(f"c{i}/{j}.png\n" for i in range(2) for j in range(2)))
+    half = tmp_path / "half-unlabelled"
+    assert main(["-q", "extract", str(unlabelled), "--images-root", str(tmp_path / "dark"), "--out", str(half),
+                 "--dtype", "float16", *args]) == 0
     capsys.readouterr()
     assert main(["-q", "predict", str(tmp_path / "head"), str(tmp_path / "bright"), "--store", str(half),
                  "--out", str(tmp_path / "p.csv")]) == 2
@@ -284,6 +289,22 @@ def test_predict_into_a_float16_store_that_cannot_hold_the_features_names_its_ow
     assert err.rstrip().endswith("the dtype of this store; use another --store (a new one is float32)"), err
     assert main(["-q", "predict", str(tmp_path / "head"), str(tmp_path / "bright"), "--store",
                  str(tmp_path / "full"), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_predict_keeps_the_labelled_view_of_a_training_store(store, csv_index, tmp_path, capsys):
+    """`predict --store` of the training store with another index is refused: it would have replaced the view's
+    labels and splits with the new images (train then found no labelled rows, and compact deleted the rest)."""
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    new = tmp_path / "new.csv"
+    new.write_text("filename\n" + "".join(f"{p}\n" for p in pd.read_csv(csv_index)["filename"][:3]))
+    before = features_store.read_info(store).index_sha256
+    code, _, err = run(capsys, "predict", bundle, new, "--images-root", csv_index.parent, "--store", store,
+                       "--out", tmp_path / "p.csv")
+    assert code == 2 and len(err.splitlines()) == 1 and "labelled images of another index" in err
+    assert features_store.read_info(store).index_sha256 == before
+    assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", tmp_path / "p.csv")[0] == 0
+    assert run(capsys, "predict", bundle, new, "--images-root", csv_index.parent, "--out", tmp_path / "q.csv")[0] == 0
 
 
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("head", help="head bundle directory")
     p.add_argument("index", help="a CSV (filename column) or a folder of images in class subfolders")
     p.add_argument("--images-root", default=None)
-    p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index)")
+    p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index); its view becomes this index, so a "
+                   "store that lists labelled images of another index, such as the training store, is refused")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
 
     p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store")

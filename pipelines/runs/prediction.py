@@ -18,6 +18,7 @@ from features_store.durable import atomic_write, write_error
 from .extraction import run_extract
 from .planning import default_store_path
 from .training import split_rows
+from .views import store_identity
 
 
 def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
@@ -166,6 +167,7 @@ def load_any_bundle(bundle_path):
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     store = Path(store) if store is not None else default_store_path(index, extractor)
+    _keep_a_labelled_view(store, index, extractor)
     try:
         result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
     except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
@@ -181,6 +183,25 @@ def _predict_features(bundle, index, store, progress):
     if len(ok_rows):
         proba[meta.ok[rows]] = bundle.predict_proba(features_store.read_features(store, ok_rows))
     return meta.ids[rows], meta.ok[rows], meta.errors[rows], proba
+
+
+def _keep_a_labelled_view(store: Path, index, extractor) -> None:
+    """Predicting makes the store's view the predicted index: refuse, in one line, when that would drop the labels
+    and splits of another index from it (a training store given as --store; its features stay, but `train` would
+    find no labelled rows, and `compact` would then delete them)."""
+    if not features_store.is_store(store):
+        return
+    try:
+        info = features_store.read_info(store)
+        labelled = int(np.count_nonzero(features_store.read_meta(store, allow_incomplete=True).labels != ""))
+    except (OSError, ValueError):  # not readable as a store of this version: run_extract says why
+        return
+    if labelled and info.fingerprint == extractor.fingerprint() and info.index_sha256 != store_identity(index, None):
+        raise ValueError(
+            f"{store} lists {labelled} labelled images of another index (a training store?); predicting into it would "
+            f"replace that view, labels and splits with the {len(index.ids)} images to predict: use another --store, "
+            "or leave --store out (a store next to the index)"
+        )
 
 
 def _predict_images(bundle, index, progress, batch_size: int = 32):
