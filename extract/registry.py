@@ -44,6 +44,7 @@ def extractor_from_spec(spec: dict):
     if spec.get("version") != cls.VERSION:
         raise UnknownExtractorError(
             f"the features were made by {spec['name']} version {spec.get('version')}, but this featurehead has "
-            f"version {cls.VERSION}; re-extract with this version"
+            f"version {cls.VERSION}; re-extract with this version (a store), and retrain a head on the new store (a "
+            "head bundle)"
         )
     return cls.from_config(spec["config"])

@@ -279,6 +279,40 @@ def test_missing_pieces(tmp_path, head):
         load_bundle(path)
 
 
+@pytest.mark.parametrize(
+    "edit, error, match",
+    [
+        pytest.param(lambda m: m.update(classes=m["classes"][::-1]), BundleIntegrityError, "another order",
+                     id="classes-reversed"),
+        pytest.param(lambda m: m.update(classes=m["classes"][:2]), BundleIntegrityError, "names 2 classes",
+                     id="classes-dropped"),
+        pytest.param(lambda m: m.update(n_features=21), BundleIntegrityError, "fitted on 20", id="n-features"),
+        pytest.param(lambda m: m.pop("model_sha256"), BundleFormatError, "must have `model_sha256`", id="no-sha"),
+        pytest.param(lambda m: m.update(classes="cat"), BundleFormatError, "`classes` \\(list\\)", id="classes-str"),
+        pytest.param(lambda m: [m.pop("network_file"), m.pop("network_sha256")], BundleFormatError,
+                     "names no network file", id="no-network"),
+    ],
+)
+def test_an_edited_manifest_is_refused_in_one_line(tmp_path, data, edit, error, match):
+    """The manifest is not hashed: what it says of the head must agree with the head (a reversed `classes` made
+    predict name every column wrongly; a missing key or network was an internal error)."""
+    X, y = data
+    names = np.array(CLASSES)[y]
+    head = make_pipeline(StandardScaler(), KerasMLPClassifier((4,), epochs=1, random_state=0)).fit(X, names)
+    path = _save(head, tmp_path / "bundle")
+    load_bundle(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(error, match=match) as caught:
+        load_bundle(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_head_whose_classes_the_caller_named_still_loads(tmp_path, data, head):
+    assert load_bundle(_save(head, tmp_path / "bundle")).classes == CLASSES  # fitted on codes 0, 1, 2
+
+
 def test_manifest_is_plain_json(tmp_path, head):
     path = _save(head, tmp_path / "bundle", metrics={"accuracy": np.float32(0.5)})
     assert json.loads((path / "manifest.json").read_text())["metrics"] == {"accuracy": 0.5}

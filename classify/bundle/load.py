@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from classify.bundle.manifest import read_manifest, verified
+from classify.bundle.manifest import MANIFEST, read_manifest, verified
 from classify.bundle.save import networks
 from classify.bundle.trust import load_keras, load_pickle, load_skops
-from classify.errors import BundleFormatError, BundleMismatchError
+from classify.errors import BundleFormatError, BundleIntegrityError, BundleMismatchError
 from classify.mlp_network import model_from_bytes
 
 
@@ -160,17 +160,45 @@ def load_bundle(path: str | os.PathLike, *, trust_pickle: bool = False) -> Bundl
     manifest = read_manifest(path)
     data = verified(path, manifest["model_file"], manifest["model_sha256"])
     if manifest["kind"] == "full":  # custom layers of the model must be registered by the caller
-        return Bundle(estimator=load_keras(path / manifest["model_file"], data, model_from_bytes),
-                      manifest=manifest, path=path)
+        model = load_keras(path / manifest["model_file"], data, model_from_bytes)
+        _check_outputs(path, manifest, int(model.output_shape[-1]))
+        return Bundle(estimator=model, manifest=manifest, path=path)
     if manifest["model_format"] == "joblib":
-        return Bundle(estimator=load_pickle(path / manifest["model_file"], data, trust_pickle),
-                      manifest=manifest, path=path)
-    estimator = load_skops(path / manifest["model_file"], data)
-    if manifest.get("network_file"):
-        network = verified(path, manifest["network_file"], manifest.get("network_sha256"))
+        estimator = load_pickle(path / manifest["model_file"], data, trust_pickle)
+    else:
+        estimator = load_skops(path / manifest["model_file"], data)
         found = networks(estimator)
-        if len(found) != 1:
-            raise BundleFormatError(f"{path / manifest['network_file']} has no KerasMLPClassifier to belong to in "
-                                    f"{path / manifest['model_file']}")
-        found[0][1].model_ = load_keras(path / manifest["network_file"], network, model_from_bytes)
+        if manifest.get("network_file"):
+            network = verified(path, manifest["network_file"], manifest.get("network_sha256"))
+            if len(found) != 1:
+                raise BundleFormatError(f"{path / manifest['network_file']} has no KerasMLPClassifier to belong to "
+                                        f"in {path / manifest['model_file']}")
+            found[0][1].model_ = load_keras(path / manifest["network_file"], network, model_from_bytes)
+        elif found:
+            raise BundleFormatError(f"{path / manifest['model_file']} holds an mlp head but {path / MANIFEST} names "
+                                    "no network file for it (`network_file`); the bundle is incomplete")
+    _check_head(path, manifest, estimator)
     return Bundle(estimator=estimator, manifest=manifest, path=path)
+
+
+def _check_outputs(path: Path, manifest: dict, n_outputs: int) -> None:
+    if len(manifest["classes"]) != n_outputs:
+        raise BundleIntegrityError(f"{path / MANIFEST} names {len(manifest['classes'])} classes but its model has "
+                                   f"{n_outputs} outputs; the manifest was edited, and the bundle is not loaded")
+
+
+def _check_head(path: Path, manifest: dict, estimator: Any) -> None:
+    """The manifest is not hashed: its `classes` (which name predict's columns) and `n_features` must agree with
+    the head they describe. `save_bundle` lets a caller name a head's classes (codes 0..k-1 as names), so only the
+    count, and the order of the head's very own names, are checked."""
+    fitted = getattr(estimator, "classes_", None)
+    if fitted is not None:
+        _check_outputs(path, manifest, len(fitted))
+        own = [str(c) for c in fitted]
+        if sorted(own) == sorted(manifest["classes"]) and own != manifest["classes"]:
+            raise BundleIntegrityError(f"{path / MANIFEST} lists the head's classes in another order than the head "
+                                       "predicts them; the manifest was edited, and the bundle is not loaded")
+    fitted_features = getattr(estimator, "n_features_in_", None)
+    if fitted_features is not None and fitted_features != manifest["n_features"]:
+        raise BundleIntegrityError(f"{path / MANIFEST} says n_features={manifest['n_features']} but the head was "
+                                   f"fitted on {fitted_features}; the manifest was edited, and the bundle is not loaded")

@@ -83,6 +83,14 @@ def read_manifest(path: Path) -> dict:
     model_file = manifest.get("model_file")
     if not isinstance(model_file, str) or Path(model_file).name != model_file:
         raise BundleFormatError(f"`model_file` must be a file name. Received: model_file={model_file!r}")
+    required = {"model_sha256": str, "fingerprint": str, "classes": list,
+                **({"n_features": int} if kind == "sklearn" else {"input_shape": list})}
+    for key, kind_of in required.items():
+        if not isinstance(manifest.get(key), kind_of) or isinstance(manifest.get(key), bool):
+            raise BundleFormatError(f"{path / MANIFEST} must have `{key}` ({kind_of.__name__}). "
+                                    f"Received: {key}={manifest.get(key)!r}")
+    if not all(isinstance(c, str) for c in manifest["classes"]):
+        raise BundleFormatError(f"{path / MANIFEST} must list `classes` as strings. Received: {manifest['classes']!r}")
     return manifest
 
 
