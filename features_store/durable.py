@@ -131,6 +131,11 @@ def write_error(err: OSError, *, store: str, what: str, need: int | None = None)
             f"{store}: {why} while writing {what}{space}. Nothing unwritten is claimed: free some space "
             "and re-run the same command to resume."
         )
+    if code == errno.EAGAIN:  # HDF5's own lock on the file: another process has it open for writing
+        return StoreWriteError(
+            f"{store}: {what} is open for writing in another process (a Dask worker still running a task of an "
+            "earlier, stopped run?); let it finish or stop it, then re-run the same command to resume."
+        )
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return StoreWriteError(f"{store}: cannot write {what} ({why}); the store needs a writable folder.")
     return StoreWriteError(

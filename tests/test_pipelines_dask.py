@@ -163,6 +163,12 @@ def test_cli_local_workers_keep_tensorflow_notes_from_the_terminal(index, tmp_pa
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out)
     assert proc.stderr == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
+    (index.root / "7.png").write_bytes(b"broken")  # --strict stops a task: the error is one line, Dask's log silent
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", "extract", str(index.root / "index.csv"),
+                           "--weights", "none", "--input-size", "32", "--batch-size", "4", "--dask", "local:1",
+                           "--strict", "--out", str(tmp_path / "strict")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "7.png" in proc.stderr and "--strict stops at the first failure" in proc.stderr
 
 
 def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index, tmp_path):
@@ -180,3 +186,61 @@ def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index,
     (tmp_path / "t").mkdir()
     with pytest.raises(ImageChangedError, match="changed after it was hashed"):
         client.submit(extract_shard, *args, pure=False).result()
+
+
+def test_relative_paths_reach_workers_that_run_in_another_directory(client, index, tmp_path, monkeypatch):
+    """A cluster's workers do not share the driver's working directory: a relative --images-root and --out were
+    sent as they were (every image "vanished after it was hashed", or the shards went to the workers' folder)."""
+    from pipelines.cli import main
+
+    elsewhere = tmp_path / "workers-cwd"
+    elsewhere.mkdir()
+    before = client.run(os.getcwd)
+    client.run(os.chdir, str(elsewhere))
+    try:
+        monkeypatch.chdir(index.root.parent)
+        argv = ["-q", "extract", "imgs/index.csv", "--images-root", "imgs", "--weights", "none", "--input-size",
+                "32", "--batch-size", "4", "--shard-rows", "8", "--dask", client.scheduler.address, "--out", "rel"]
+        assert main(argv) == 0
+    finally:
+        for worker, cwd in before.items():
+            client.run(os.chdir, cwd, workers=[worker])
+    assert os.listdir(elsewhere) == []  # nothing written where the workers run
+    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
+    assert_same_store(index.root.parent / "rel", clean.store)
+
+
+def test_a_worker_keeps_only_the_model_of_the_last_extractor(client):
+    from pipelines.scale import distributed as scale
+
+    def built(seeds):
+        for seed in seeds:
+            scale._worker_extractor(get_extractor("vgg16", **SMALL, seed=seed))
+        return len(scale._WORKER_MODELS)
+
+    assert client.submit(built, [11, 12, 13], pure=False).result() == 1
+
+
+class DyingVGG16(VGG16Extractor):
+    """VGG16 whose forward pass kills its worker process, wherever it runs."""
+
+    def __call__(self, images):
+        os._exit(1)
+
+
+def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(index, tmp_path, capsys):
+    import dask
+
+    from pipelines.scale import DaskWorkersDiedError
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                           dashboard_address="127.0.0.1:0", silence_logs=50)
+        with distributed.Client(cluster) as dying:
+            with pytest.raises(DaskWorkersDiedError, match="died.*re-run the same command to resume") as caught:
+                run_extract(index, DyingVGG16(**SMALL), tmp_path / "dask", shard_rows=8, client=dying)
+        cluster.close()
+    assert "\n" not in str(caught.value)
+    resumed = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8)
+    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
+    assert_same_store(resumed.store, clean.store)

@@ -211,8 +211,8 @@ def test_a_partial_shard_that_another_process_writes_is_never_started_again(tmp_
                                "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(fs.StoreWriteError):
-            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+        with pytest.raises(fs.StoreWriteError, match="is open for writing in another process .a Dask worker"):
+            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)  # (it said "Resource temporarily unavailable")
     finally:
         holder.kill()
         holder.wait()

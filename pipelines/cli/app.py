@@ -34,8 +34,11 @@ def _expected_errors() -> tuple:
     import extract
     import features_store
 
+    from .. import scale
+
     # OSError: unwritable --out, an existing file where a folder is wanted, a full disk...
-    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, OSError, ValueError)
+    return (extract.ExtractError, features_store.FeatureStoreError, classify.ClassifyError, OSError, ValueError,
+            scale.DaskWorkersDiedError)
 
 
 def main(argv=None) -> int:

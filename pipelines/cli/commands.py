@@ -24,7 +24,7 @@ def cmd_extract(args) -> int:
     if args.dask:
         from ..scale.distributed import client_from_spec
 
-        client = client_from_spec(args.dask)
+        client = client_from_spec(args.dask, quiet=not args.verbose)
         if not args.verbose and args.dask.startswith("local:"):
             from .app import quiet_keras_plugin
 
@@ -40,7 +40,10 @@ def cmd_extract(args) -> int:
             cluster.close()
         elif client is not None:
             client.close()
-    if result.up_to_date:
+    if result.up_to_date and result.n_failed:  # rows that cannot be read hold no features: nothing to extract
+        print(f"up to date: {result.n_rows - result.n_failed} of {result.n_rows} rows hold features of fingerprint "
+              f"{result.fingerprint[:12]}; the other {result.n_failed} could not be read")
+    elif result.up_to_date:
         print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:
         print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")

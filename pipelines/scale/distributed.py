@@ -22,16 +22,19 @@ from extract.batches import decoded_batches
 
 from ..runs.versions import library_versions
 from ..runs.views import apply_views
+from . import DaskWorkersDiedError
 
 logger = logging.getLogger(__name__)
 
-# One model per worker process and extractor fingerprint: built by the first shard, reused by the others.
+# The model of the last extractor a worker process ran: built by its first shard, reused by the others (only the
+# last: a long-lived worker serving a sweep would otherwise hold every backbone it was ever sent).
 _WORKER_MODELS: dict[str, object] = {}  # key: class and fingerprint
 
 
-def client_from_spec(spec: str):
+def client_from_spec(spec: str, *, quiet: bool = False):
     """A `distributed.Client` for `--dask`: ``local:N`` starts a LocalCluster of N one-thread worker processes,
-    ``tcp://HOST:PORT`` connects to a running scheduler."""
+    ``tcp://HOST:PORT`` connects to a running scheduler. `quiet`: the local cluster logs only critical events
+    (its workers share our terminal; a task's error reaches the caller as the task's exception)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:
@@ -44,7 +47,8 @@ def client_from_spec(spec: str):
         except ValueError:
             raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
         # any free port on this machine only (None would take 8787 and warn when another cluster holds it)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                               silence_logs=logging.CRITICAL if quiet else logging.WARNING)
         return Client(cluster)
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         return Client(spec, timeout="30s")
@@ -54,6 +58,7 @@ def client_from_spec(spec: str):
 def _worker_extractor(extractor):
     key = f"{type(extractor).__module__}.{type(extractor).__qualname__}:{extractor.fingerprint()}"
     if key not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()
         _WORKER_MODELS[key] = extractor
     return _WORKER_MODELS[key]
 
@@ -99,7 +104,7 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
 def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, views, shard_rows: int | None,
                        dtype: str, strict: bool, progress) -> int:
     """Extract the `missing` keys of one store as shard tasks on `client`; commit each as it completes."""
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     if not missing:
         return 0
@@ -109,9 +114,11 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
     hashed = {k: (int(size), int(mtime)) for k, (size, mtime) in zip(missing, plan.hashed_stats(missing))}
+    store = os.path.abspath(session.store)  # the workers of a cluster do not run in our working directory
     for keys in shards:
-        items = [(str(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2]), *hashed[k]) for k in keys]
-        future = client.submit(extract_shard, str(session.store), keys, items, extractor, views, dtype,
+        items = [(os.path.abspath(plan.todo[k][0]), int(plan.todo[k][1]), int(plan.todo[k][2]), *hashed[k])
+                 for k in keys]
+        future = client.submit(extract_shard, store, keys, items, extractor, views, dtype,
                                strict, 1, key=f"featurehead-shard-{features_store.shard_name(session.fingerprint, keys)}-{run_id}",
                                pure=False)  # a dead worker's task is rescheduled by the scheduler itself
         futures[future] = keys
@@ -119,7 +126,14 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     done = 0
     try:
         for future in as_completed(futures):
-            result = future.result()  # a task's error (bad input, a full disk) is raised here, as one line
+            try:
+                result = future.result()  # a task's error (bad input, a full disk) is raised here, as one line
+            except KilledWorker as err:
+                raise DaskWorkersDiedError(
+                    f"the Dask workers that ran a shard of {session.store} died, {len(missing)} rows to extract "
+                    "(a worker's memory limit? the workers' and the scheduler's logs say); the shards written are "
+                    "kept: re-run the same command to resume"
+                ) from err
             session.commit_shard(futures[future], n_features=result["n_features"], versions=result["versions"])
             done += result["written"]
             if bar is not None:
