@@ -1,4 +1,4 @@
-"""Content keys of image files: the sha256 of their bytes, with (size, mtime_ns) as a quick path.
+"""Content keys of image files: the sha256 of their bytes, with the file's stat as a quick path.
 
 A store keys its feature rows by these, so a relabel, a moved root or an appended image never re-extracts what is
 stored, and an image edited in place gets a new key.
@@ -28,36 +28,45 @@ def content_seed(content_key: str) -> int:
     return int(content_key[:12], 16)
 
 
-def _unreadable(err: OSError) -> tuple[str, int, int, str]:
+STAT_FIELDS = ("size", "mtime_ns", "inode", "ctime_ns")  # the quick path: a file with all four unchanged
+
+
+def _unreadable(err: OSError) -> tuple:
     if isinstance(err, FileNotFoundError):
-        return "", -1, -1, "file not found"
-    return "", -1, -1, f"cannot read the file: {err.strerror or err}"
+        return "", (-1, -1, -1, -1), "file not found"
+    return "", (-1, -1, -1, -1), f"cannot read the file: {err.strerror or err}"
 
 
-def _stat_key(path: Path, known: tuple[int, int, str] | None) -> tuple[str, int, int, str]:
+def _stat_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    # size and mtime can be kept by an edit (same size, mtime set back) or a swap of two files; the inode and the
+    # ctime cannot (a rename or rewrite sets the ctime, which no user can set), so together they catch both
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def _stat_key(path: Path, known: tuple | None) -> tuple:
     try:
-        st = os.stat(path)
+        st = _stat_of(os.stat(path))
     except OSError as err:
         return _unreadable(err)
-    if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-        return known[2], st.st_size, st.st_mtime_ns, ""
+    if known is not None and tuple(known[:4]) == st and -1 not in st:
+        return known[4], st, ""
     try:
         key = file_sha256(path)
-        after = os.stat(path)
+        after = _stat_of(os.stat(path))
     except OSError as err:
         return _unreadable(err)
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):  # written while we read it
-        return key, -1, -1, ""
-    return key, st.st_size, st.st_mtime_ns, ""
+    if after[:2] != st[:2]:  # written while we read it
+        return key, (-1, -1, -1, -1), ""
+    return key, st, ""
 
 
 def content_keys(
     root: Path,
     ids: Sequence[str],
-    known: Mapping[str, tuple[int, int, str]] | None = None,
+    known: Mapping[str, tuple[int, int, int, int, str]] | None = None,
     *,
     workers: int | None = None,
-) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
     """The content key of each image `root / id`.
 
     Parameters
@@ -66,8 +75,9 @@ def content_keys(
         The images root.
     ids : sequence of str
         Paths relative to `root`.
-    known : mapping of id to (size, mtime_ns, key), default=None
-        Keys computed before under this same root: a file whose size and mtime are unchanged is not hashed again.
+    known : mapping of id to (size, mtime_ns, inode, ctime_ns, key), default=None
+        Keys computed before under this same root: a file whose stat is unchanged is not hashed again (-1 in the
+        stat: unknown, hashed again).
     workers : int, default=None
         Hashing threads (hashlib releases the GIL); default one per core (more only contend for the GIL here).
 
@@ -75,8 +85,9 @@ def content_keys(
     -------
     keys : list of str
         64 hex characters, or "" when the file cannot be read.
-    size, mtime_ns : ndarray of int64
-        The stat the key was computed from (-1 when unknown).
+    stats : dict of str to ndarray of int64
+        ``size``, ``mtime_ns``, ``inode`` and ``ctime_ns`` of each file when its key was computed (-1 when
+        unknown).
     reasons : list of str
         Why a key is "" ("" otherwise).
     """
@@ -94,6 +105,5 @@ def content_keys(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurehead-hash") as pool:
         results = [r for part in pool.map(hash_slice, slices) for r in part]
     keys = [r[0] for r in results]
-    size = np.array([r[1] for r in results], dtype=np.int64)
-    mtime = np.array([r[2] for r in results], dtype=np.int64)
-    return keys, size, mtime, [r[3] for r in results]
+    table = np.array([r[1] for r in results], dtype=np.int64).reshape(len(results), len(STAT_FIELDS))
+    return keys, {name: table[:, j].copy() for j, name in enumerate(STAT_FIELDS)}, [r[2] for r in results]

@@ -62,7 +62,8 @@ def cache_path(cache_dir: str | os.PathLike, fingerprint: str) -> Path:
 
 
 def path_keys(paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Cache keys of image files: sha256 of the resolved path, the size and the mtime in ns.
+    """Cache keys of image files: sha256 of the resolved path, the size, the mtime, the inode and the ctime (a
+    file swapped with another of the same size and mtime, or rewritten with its mtime set back, gets a new key).
 
     Parameters
     ----------
@@ -81,7 +82,8 @@ def path_keys(paths: Sequence[str | os.PathLike]) -> np.ndarray:
         except OSError:
             keys.append(b"")
             continue
-        raw = f"{resolved}\x00{st.st_size}\x00{st.st_mtime_ns}".encode("utf-8", "surrogateescape")
+        raw = (f"{resolved}\x00{st.st_size}\x00{st.st_mtime_ns}\x00{st.st_ino}\x00{st.st_ctime_ns}"
+               .encode("utf-8", "surrogateescape"))
         keys.append(hashlib.sha256(raw).hexdigest().encode("ascii"))
     return np.array(keys, dtype=KEY_DTYPE).reshape(len(keys))
 

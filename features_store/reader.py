@@ -318,8 +318,9 @@ def read_errors(store: str | os.PathLike) -> list[tuple[str, str]]:
     return [(str(c["ids"][i]), str(c["errors"][i])) for i in failed]
 
 
-def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tuple[int, int, str]]]:
-    """The images root and `id -> (size, mtime_ns, key)` of the last view's original rows, for the quick path.
+def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tuple[int, int, int, int, str]]]:
+    """The images root and `id -> (size, mtime_ns, inode, ctime_ns, key)` of the last view's original rows, for
+    the quick path (-1: unknown).
 
     Returns (None, {}) when the store has no readable view yet.
     """
@@ -331,6 +332,7 @@ def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tupl
     except (OSError, KeyError):
         return None, {}
     keep = (c["view"] == 0) & (c["keys"] != "") & (c["size"] >= 0)
-    table = {str(i): (int(s), int(t), str(k)) for i, s, t, k in
-             zip(c["ids"][keep], c["size"][keep], c["mtime_ns"][keep], c["keys"][keep])}
+    table = {str(i): (int(s), int(t), int(n), int(ct), str(k)) for i, s, t, n, ct, k in
+             zip(c["ids"][keep], c["size"][keep], c["mtime_ns"][keep], c["inode"][keep], c["ctime_ns"][keep],
+                 c["keys"][keep])}
     return _str(c["attrs"].get("images_root", "")) or None, table

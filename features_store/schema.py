@@ -34,7 +34,7 @@ KEY_DTYPE = h5py.string_dtype("ascii", KEY_BYTES)
 
 # datasets of the view file, one value per view row (plus `classes` and `shard_files`)
 VIEW_COLUMNS = ("ids", "keys", "labels", "split", "view", "source", "ok", "errors", "shard", "shard_row",
-                "size", "mtime_ns")
+                "size", "mtime_ns", "inode", "ctime_ns")
 VIEW_ATTRS = ("schema_version", "fingerprint", "extractor", "index_sha256", "versions", "created", "complete",
               "n_failed", "features_layout")
 # datasets of a shard file

@@ -219,7 +219,8 @@ class StoreSession:
 
     # --- the view ---------------------------------------------------------------------------------------
     def write_view(self, *, ids, keys, labels, classes, split, view=None, source=None, size=None, mtime_ns=None,
-                   reasons=None, attrs=None, index_sha256: str = "", versions=None) -> dict[str, Any]:
+                   inode=None, ctime_ns=None, reasons=None, attrs=None, index_sha256: str = "",
+                   versions=None) -> dict[str, Any]:
         """Rewrite `features.h5` for the current index from the stored rows; return its counts.
 
         Parameters
@@ -230,7 +231,7 @@ class StoreSession:
             Codes into `classes`, -1 for unlabelled.
         classes, split, view, source
             As in a v1 store.
-        size, mtime_ns : array-like of int of shape (n,), default=None
+        size, mtime_ns, inode, ctime_ns : array-like of int of shape (n,), default=None
             The files' stat when their keys were computed (-1 unknown).
         reasons : sequence of str of length n, default=None
             Why a keyless row failed.
@@ -263,7 +264,8 @@ class StoreSession:
                    "view": np.zeros(n, np.int16) if view is None else view,
                    "source": np.arange(n) if source is None else source, "ok": ok, "errors": errors,
                    "shard": shard, "shard_row": row, "size": unset if size is None else size,
-                   "mtime_ns": unset if mtime_ns is None else mtime_ns}
+                   "mtime_ns": unset if mtime_ns is None else mtime_ns, "inode": unset if inode is None else inode,
+                   "ctime_ns": unset if ctime_ns is None else ctime_ns}
         layout = write_view(self.store, self.manifest, columns, complete=pending == 0, attrs=dict(attrs or {}),
                             index_sha256=index_sha256, versions=dict(versions or {}))
         return {"rows": n, "failed": int(np.count_nonzero(~ok)) - pending, "pending": pending,

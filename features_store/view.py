@@ -2,7 +2,8 @@
 
 Per row it holds the columns (`ids`, `keys`, `labels` + `classes`, `split`, `view`, `source`, `ok`, `errors`),
 where the row's features live (`shard`, an index into `shard_files`, and `shard_row`; -1 for none) and the
-file's `size` and `mtime_ns` when its key was computed (the quick path that spares re-hashing).
+file's `size`, `mtime_ns`, `inode` and `ctime_ns` when its key was computed (the quick path that spares
+re-hashing; views written before the last two were added lack them: read as -1, unknown, so hashed once more).
 
 `features` is, for outside tools, an HDF5 virtual dataset over the shards with relative source paths and a NaN
 fill value, as long as the index order maps onto at most `MAX_MAPPINGS` runs of consecutive shard rows. Past that
@@ -61,7 +62,8 @@ def write_view(
         The committed manifest whose shards the view references (by their order in `manifest.shards`).
     columns : mapping
         ``ids``, ``keys``, ``labels`` (codes), ``classes``, ``split``, ``view``, ``source``, ``ok``, ``errors``,
-        ``shard``, ``shard_row``, ``size`` and ``mtime_ns``, one value per row (``classes`` per class).
+        ``shard``, ``shard_row``, ``size``, ``mtime_ns``, ``inode`` and ``ctime_ns``, one value per row
+        (``classes`` per class).
     complete : bool
         Whether every row's key is stored (rows that failed count as done).
     attrs : mapping of str to str
@@ -90,7 +92,8 @@ def write_view(
         f.create_dataset("shard", data=shard)
         f.create_dataset("shard_row", data=row)
         f.create_dataset("size", data=np.asarray(columns["size"], np.int64))
-        f.create_dataset("mtime_ns", data=np.asarray(columns["mtime_ns"], np.int64))
+        for name in ("mtime_ns", "inode", "ctime_ns"):
+            f.create_dataset(name, data=np.asarray(columns[name], np.int64))
         f.create_dataset("shard_files", data=np.array(files, dtype=object), dtype=schema.STR_DTYPE)
         if layout == "virtual":
             _virtual_features(f, manifest, runs, n, d)
@@ -199,6 +202,9 @@ def view_columns(path: str) -> dict[str, Any]:
             "shard_row": f["shard_row"][:].astype(np.int64),
             "size": f["size"][:],
             "mtime_ns": f["mtime_ns"][:],
+            # added after schema 2 came out: a view without them is read as "unknown" (its files hashed again)
+            **{name: f[name][:] if name in f else np.full(len(f["ids"]), -1, np.int64)
+               for name in ("inode", "ctime_ns")},
             "shard_files": f["shard_files"].asstr()[:].tolist(),
             "features_shape": tuple(int(s) for s in f["features"].shape),
             "features_dtype": str(f["features"].dtype),

@@ -27,6 +27,15 @@ def test_path_keys_follow_content_changes_and_skip_missing_files(tmp_path):
     assert first[0] == first[1] and first[2] == b"" and len(first[0]) == 64
     os.utime(a, ns=(1, 1))
     assert cache.path_keys([a])[0] != first[0]
+    b = tmp_path / "b.png"  # two files of one size and mtime, swapped: each path gets a new key
+    b.write_bytes(b"y")
+    os.utime(b, ns=(1, 1))
+    before = cache.path_keys([a, b])
+    a.rename(tmp_path / "t.png")
+    b.rename(a)
+    (tmp_path / "t.png").rename(b)
+    after = cache.path_keys([a, b])
+    assert after[0] != before[0] and after[1] != before[1]
 
 
 def test_array_keys_depend_on_the_pixels():

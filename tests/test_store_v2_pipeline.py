@@ -136,6 +136,41 @@ def test_an_image_edited_in_place_is_the_only_one_extracted_again(image_folder, 
         np.testing.assert_array_equal(after[i], before[i])
 
 
+def test_files_swapped_or_rewritten_with_their_size_and_mtime_are_hashed_again(tmp_path, vgg):
+    """Size and mtime alone let a swap of two same-size files (common for BMP or raw TIFF unpacked from an archive,
+    all with one mtime) keep each other's features, the run "up to date"; the inode and ctime catch it. A view
+    written before those columns existed has every file hashed once more, and extracts nothing."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{name}.bmp")
+        os.utime(root / f"{name}.bmp", ns=(1_577_836_800 * 10**9,) * 2)
+    csv = write_csv(tmp_path / "index.csv", [(f"{n}.bmp", n, "") for n in "abc"])
+    store = tmp_path / "store"
+    run_extract(read_index(csv, root), vgg, store)
+    before = by_id(store)
+    os.rename(root / "a.bmp", root / "t.bmp")
+    os.rename(root / "b.bmp", root / "a.bmp")
+    os.rename(root / "t.bmp", root / "b.bmp")
+    c = (root / "c.bmp").read_bytes()  # rewritten in place with other pixels, then its mtime set back
+    edited = np.asarray(Image.open(root / "c.bmp"))[::-1].copy()
+    Image.fromarray(edited).save(root / "c.bmp")
+    os.utime(root / "c.bmp", ns=(1_577_836_800 * 10**9,) * 2)
+    assert len(c) == (root / "c.bmp").stat().st_size
+    again = run_extract(read_index(csv, root), vgg, store)
+    after = by_id(store)
+    assert again.n_extracted == 1  # only c's new content; a and b only moved
+    np.testing.assert_array_equal(after["a.bmp"], before["b.bmp"])
+    np.testing.assert_array_equal(after["b.bmp"], before["a.bmp"])
+    np.testing.assert_allclose(after["c.bmp"], vgg(edited[None])[0], **TOL)
+    with h5py.File(store / "features.h5", "r+") as f:  # a view of before the inode and ctime columns
+        del f["inode"], f["ctime_ns"]
+    assert run_extract(read_index(csv, root), vgg, store).n_extracted == 0
+    with h5py.File(store / "features.h5", "r") as f:
+        assert (f["inode"][:] > 0).all() and (f["ctime_ns"][:] > 0).all()
+
+
 def test_a_shard_finished_but_not_yet_listed_is_committed_by_the_next_run(image_folder, tmp_path, vgg):
     """A kill (or a full disk) between a shard's last row and the manifest's commit leaves the shard complete on disk
     and unlisted; the next run lists it without extracting anything again."""

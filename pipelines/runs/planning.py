@@ -48,8 +48,7 @@ class RowPlan:
     source: np.ndarray
     view: np.ndarray
     split: list[str]
-    size: np.ndarray
-    mtime_ns: np.ndarray
+    stats: dict  # size, mtime_ns, inode and ctime_ns of each row's file when it was hashed (-1 unknown)
     reasons: list[str]
     todo: dict = field(default_factory=dict)  # key -> (path, view number, seed, id)
 
@@ -57,7 +56,7 @@ class RowPlan:
         """The (size, mtime_ns) each key's file had when it was hashed: the decoders check that it still has it
         (`extract.ImageChangedError`)."""
         first: dict = {}
-        for key, size, mtime in zip(self.keys, self.size.tolist(), self.mtime_ns.tolist()):
+        for key, size, mtime in zip(self.keys, self.stats["size"].tolist(), self.stats["mtime_ns"].tolist()):
             first.setdefault(key, (size, mtime))
         return [first[k] for k in keys]
 
@@ -69,7 +68,7 @@ def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, work
         prev_root, known = features_store.read_file_keys(store)
     if prev_root is None or Path(prev_root).resolve() != index.root.resolve():
         known = {}  # another root: the same ids may be other files, so hash them all (extracting none)
-    content, size, mtime, reasons = content_keys(index.root, index.ids, known, workers=workers)
+    content, stats, reasons = content_keys(index.root, index.ids, known, workers=workers)
     split = index.split if views is None else training_split(index, views)
     source, view = view_layout(split, 0 if views is None else views.k)
     aug = canonical_json(views.to_dict()) if views is not None else ""
@@ -81,7 +80,7 @@ def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, work
         keys.append(key)
         if key and key not in todo:
             todo[key] = (paths[r], v, content_seed(base), ids[r])
-    return RowPlan(keys, source, view, list(split), size[source], mtime[source],
+    return RowPlan(keys, source, view, list(split), {name: column[source] for name, column in stats.items()},
                    [reasons[r] for r in source.tolist()], todo)
 
 
@@ -94,5 +93,5 @@ def view_args(index: ImageIndex, plan: RowPlan, views: AugmentedViews | None) ->
         attrs["augmentation"] = canonical_json(views.to_dict())
     return dict(ids=ids.tolist(), keys=plan.keys, labels=label_codes(index.labels, classes)[plan.source],
                 classes=classes, split=np.asarray(plan.split, dtype=object)[plan.source].tolist(),
-                view=plan.view, source=plan.source, size=plan.size, mtime_ns=plan.mtime_ns, reasons=plan.reasons,
+                view=plan.view, source=plan.source, **plan.stats, reasons=plan.reasons,
                 attrs=attrs, index_sha256=store_identity(index, views))
