@@ -103,11 +103,27 @@ def read_index(source, images_root=None) -> ImageIndex:
     return _index_from_csv(source, root)
 
 
+def _extra_field(csv_path: Path) -> str:
+    """The line of a CSV whose rows have more fields than its header, as pandas says of a row with two more."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        header = len(next(rows))
+        for row in rows:
+            if len(row) > header:
+                return (f"{csv_path} is not a readable CSV: Expected {header} fields in line {rows.line_num}, saw "
+                        f"{len(row)} (a comma too many, or a column without a header)")
+    return f"{csv_path} is not a readable CSV: its rows have more fields than its header"
+
+
 def _index_from_csv(csv_path: Path, root: Path) -> ImageIndex:
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise IndexValidationError(f"{csv_path} is not a readable CSV: {err}") from err
+    if not isinstance(df.index, pd.RangeIndex):  # every row has one field more than the header: pandas made the
+        raise IndexValidationError(_extra_field(csv_path))  # first column the row index, shifting the others
     df.columns = [str(c).strip() for c in df.columns]
     if "filename" not in df.columns:
         raise IndexValidationError(

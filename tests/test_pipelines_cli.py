@@ -62,6 +62,7 @@ def test_extract_default_out_is_next_to_the_index(csv_index, capsys):
         pytest.param("filename,label\n", "no rows", id="empty"),
         pytest.param("filename,label\na/0.png,a\na/0.png,a\n", "line 3: duplicate filename", id="duplicate"),
         pytest.param("filename,label\n../x.png,a\n", "escapes the images root", id="escape"),
+        pytest.param("filename,label\na/0.png,a,extra\n", "Expected 2 fields in line 2, saw 3", id="one-field-more"),
     ],
 )
 def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, text, match):
