@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 
 from extract import IndexValidationError, read_index
@@ -42,13 +44,30 @@ def test_images_root_overrides_csv_folder(tmp_path):
         pytest.param("filename,label,split\nx.png,a,holdout\n", "`split` must be one of", id="bad-split"),
         pytest.param("filename,label\n,a\n", "line 2: empty filename", id="empty-filename"),
         pytest.param("filename,label\nx.png,a\ny.png,b\x00c\n", "line 3: the label 'b.x00c' holds a NUL", id="nul"),
-        pytest.param("filename,label\nloop/x.png,a\n", "line 2: the path 'loop/x.png' cannot be resolved", id="loop"),
+        pytest.param("filename,label\na/../../x.png,a\n", "line 2: the path 'a/../../x.png' escapes", id="dotdot"),
     ],
 )
 def test_csv_validation_errors_name_the_row(tmp_path, text, match):
-    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a symlink to itself
     with pytest.raises(IndexValidationError, match=match):
         read_index(write_csv(tmp_path / "i.csv", text))
+
+
+def test_symlinks_under_the_root_may_point_anywhere_and_a_broken_one_is_a_failed_row(tmp_path):
+    """A folder of links into a shared dataset is an index like any other (a link out of the root was refused as
+    "escapes the images root", and a dangling one stopped the run where a missing file is a failed row)."""
+    from extract.content import content_keys
+
+    shared, root = tmp_path / "shared", tmp_path / "root"
+    shared.mkdir()
+    root.mkdir()
+    (shared / "x.png").write_bytes(b"pixels")
+    (root / "x.png").symlink_to(shared / "x.png")
+    (root / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "loop").symlink_to(root / "loop")
+    index = read_index(write_csv(root / "i.csv", "filename,label\nx.png,a\ngone.png,a\nloop/y.png,b\n"))
+    keys, _, reasons = content_keys(index.root, index.ids)
+    assert keys[0] == hashlib.sha256(b"pixels").hexdigest() and keys[1:] == ["", ""]
+    assert reasons[1] == "file not found" and "symbolic links" in reasons[2]
 
 
 def test_missing_index_file(tmp_path):
