@@ -205,12 +205,17 @@ class StoreSession:
             commit_manifest(self.store, self.manifest)
 
     def remove_orphans(self, keep: Sequence[str] = ()) -> int:
-        """Delete shard files that no manifest lists (partial shards of another plan, temporary files)."""
+        """Delete shard files that no manifest lists (partial shards of another plan, temporary files), and the
+        temporary files of a manifest or view write that a killed writer left in the store folder."""
+        removed = 0
+        for name in os.listdir(self.store):  # we hold the lock: no other writer has a write in flight
+            if name.startswith((f".{schema.MANIFEST_FILE}.tmp-", f".{schema.VIEW_FILE}.tmp-")):
+                os.remove(os.path.join(self.store, name))
+                removed += 1
         folder = shards_dir(self.store)
         if not os.path.isdir(folder):
-            return 0
+            return removed
         listed = {s.file for s in self.manifest.shards} if self.manifest else set()
-        removed = 0
         for name in os.listdir(folder):
             if name not in listed and name not in set(keep):
                 os.remove(os.path.join(folder, name))
