@@ -137,7 +137,7 @@ def write_error(err: OSError, *, store: str, what: str, need: int | None = None)
             "earlier, stopped run?); let it finish or stop it, then re-run the same command to resume."
         )
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreWriteError(f"{store}: cannot write {what} ({why}); the store needs a writable folder.")
+        return StoreWriteError(f"{store}: cannot write {what} ({why}); it needs a writable folder.")
     return StoreWriteError(
         f"{store}: {why} while writing {what}. Nothing unwritten is claimed: re-run the same command to resume."
     )

@@ -209,6 +209,23 @@ def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):
     np.testing.assert_array_equal(features_store.read_features(out), X)
 
 
+def test_the_store_records_its_index_and_images_root_as_absolute_paths(csv_index, tmp_path, monkeypatch):
+    """Typed relative, they were recorded relative to where `extract` ran: `report` and `finetune` from another
+    folder could not find the images, and the next extract from there hashed every file again."""
+    from extract import content
+
+    monkeypatch.chdir(csv_index.parent.parent)
+    rel = csv_index.relative_to(csv_index.parent.parent)
+    out = tmp_path / "s"
+    run_extract(read_index(rel, images_root=rel.parent), small_vgg(), out)
+    attrs = features_store.read_info(out).attrs
+    assert (attrs["index_source"], attrs["images_root"]) == (str(csv_index), str(csv_index.parent))
+    monkeypatch.chdir(tmp_path)
+    hashed = []
+    monkeypatch.setattr(content, "file_sha256", lambda path: hashed.append(path))
+    assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 0 and hashed == []
+
+
 def test_a_v1_single_file_store_is_refused_with_one_line(csv_index, tmp_path):
     old = tmp_path / "index.vgg16-0123456789.h5"
     with h5py.File(old, "w") as f:

@@ -11,6 +11,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -185,22 +186,27 @@ def test_cli_prints_the_page_last_and_says_not_pretrained(run, capsys, tmp_path)
 
 
 def test_recorded_relative_root_missing_here_is_a_note_and_images_root_overrides_it(run, capsys, tmp_path):
-    # the store records `imgs`, relative to where extract ran; from the test's folder it is not there
-    code, lines, _ = cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", tmp_path / "a")
+    # a store of before roots were recorded whole records `imgs`, relative to where extract ran; from the test's
+    # folder it is not there
+    old = tmp_path / "feats"
+    shutil.copytree(run / "feats", old)
+    with h5py.File(old / "features.h5", "r+") as f:
+        f.attrs["images_root"] = "imgs"
+    code, lines, _ = cli(capsys, "report", run / "head", old, "--split", "test", "--out", tmp_path / "a")
     assert code == 0 and any("pass --images-root" in line for line in lines)
     page = parse(tmp_path / "a" / "index.html")
     assert not [a for t, a in page.tags if t == "img" and a["src"].startswith("thumbs/")]
     assert any("images root not found" in t for t in page.text)
     moved = tmp_path / "moved"
     shutil.copytree(run / "imgs", moved)
-    code, lines, _ = cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", tmp_path / "a",
+    code, lines, _ = cli(capsys, "report", run / "head", old, "--split", "test", "--out", tmp_path / "a",
                          "--images-root", moved)
     assert code == 0 and not any("pass --images-root" in line for line in lines)
     assert [a for t, a in parse(tmp_path / "a" / "index.html").tags if t == "img" and a["src"].startswith("thumbs/")]
 
 
 def test_default_split_matches_evaluate_on_the_training_store(run, capsys, monkeypatch, tmp_path):
-    monkeypatch.chdir(run)  # the bundle records its training store as `feats`
+    monkeypatch.chdir(run)  # the bundle and the store named as a user in that folder would name them
     assert cli(capsys, "evaluate", "head", "feats", "--out", tmp_path / "e")[0] == 0
     code, lines, _ = cli(capsys, "report", "head", "feats", "--out", tmp_path / "r")
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())

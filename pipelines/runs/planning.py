@@ -7,6 +7,7 @@ augmented view, each keyed by content; `view_args` turns that plan into the stor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def view_args(index: ImageIndex, plan: RowPlan, views: AugmentedViews | None) ->
     """The `StoreSession.write_view` arguments of the current index."""
     classes = index.classes
     ids = np.asarray(index.ids, dtype=object)[plan.source]
-    attrs = {"index_source": index.source, "images_root": str(index.root)}
+    # absolute: `finetune` and `report` find the images from wherever they run (a relative root was relative to
+    # where `extract` ran), and the next extract from another folder still takes the quick path
+    attrs = {"index_source": os.path.abspath(index.source), "images_root": os.path.abspath(index.root)}
     if views is not None:
         attrs["augmentation"] = canonical_json(views.to_dict())
     return dict(ids=ids.tolist(), keys=plan.keys, labels=label_codes(index.labels, classes)[plan.source],
