@@ -325,6 +325,17 @@ def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
     assert code == 2 and "sha256" in err
 
 
+def test_predict_refuses_an_edited_extractor_spec_before_extracting(store, csv_index, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["extractor"]["config"]["pooling"] = "max"  # not the extractor its head was trained on
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run(capsys, "predict", bundle, csv_index, "--store", tmp_path / "new", "--out", tmp_path / "p.csv")
+    assert code == 2 and "re-extract with the bundle's extractor" in err
+    assert not (tmp_path / "new").exists()  # nothing was extracted first
+
+
 def test_predict_refuses_features_of_another_extractor(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0

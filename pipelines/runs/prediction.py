@@ -166,6 +166,7 @@ def load_any_bundle(bundle_path):
 
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
+    bundle.check_fingerprint(extractor.fingerprint())  # an edited spec: refused before anything is extracted
     store = Path(store) if store is not None else default_store_path(index, extractor)
     _keep_a_labelled_view(store, index, extractor)
     try:
