@@ -45,6 +45,9 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
                 features[lo : lo + slab] = view.features(visible[lo : lo + slab]).astype(dtype, copy=False)
 
     folder = os.path.dirname(os.path.abspath(out))
+    if (os.path.realpath(out) + os.sep).startswith(os.path.realpath(view.store) + os.sep):  # its own view file
+        raise StoreWriteError(f"{out} is inside the store {view.store}; export to a file outside it, e.g. "
+                              f"{os.path.normpath(view.store)}.h5")
     if os.path.isdir(out):
         raise StoreWriteError(f"{out} is a folder; give the file to write, e.g. {os.path.join(out, 'features.h5')}")
     try:

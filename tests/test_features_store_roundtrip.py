@@ -271,6 +271,11 @@ def test_export_writes_one_self_contained_file(store, tmp_path, args):
     assert fs.export(store, tmp_path / "new" / "folder" / "x.h5") == N  # its folders are made
     with pytest.raises(fs.StoreWriteError, match=r"is a folder; give the file to write, e\.g\. .*features\.h5"):
         fs.export(store, tmp_path / "new")
+    view = (store / "features.h5").read_bytes()
+    for inside in (store, store / "features.h5", store / "sub" / "x.h5"):  # it overwrote the store's own view
+        with pytest.raises(fs.StoreWriteError, match=r"is inside the store .*; export to a file outside it, e\.g\. "):
+            fs.export(store, inside)
+    assert (store / "features.h5").read_bytes() == view and not (store / "sub").exists()
 
 
 def test_damaged_view_and_foreign_or_missing_paths(tmp_path, store):
