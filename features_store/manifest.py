@@ -69,7 +69,13 @@ def check_store_path(store: str | os.PathLike) -> str:
     """Refuse what is not a v2 store directory with one line: a missing path, or a v1 single-file store."""
     store = os.fspath(store)
     if os.path.isfile(store):
-        if not _is_v1_store(store):
+        kind = _single_file_kind(store)
+        if kind == "exported":
+            raise StoreNotFoundError(
+                f"{store} is a file that `featurehead export` wrote (plain HDF5 for other tools: h5py, pandas); "
+                "featurehead's commands read the store directory it was exported from."
+            )
+        if kind != "v1":
             raise StoreNotFoundError(f"{store} is a file, not a feature store (a store is a directory).")
         raise StoreVersionError(
             f"{store} is a featurehead v1 single-file store; stores are now directories keyed by image content. "
@@ -81,14 +87,18 @@ def check_store_path(store: str | os.PathLike) -> str:
     return store
 
 
-def _is_v1_store(path: str) -> bool:
+def _single_file_kind(path: str) -> str:
+    """"v1" (a single-file store of featurehead v1), "exported" (`export`'s file) or "" (any other file)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return "schema_version" in f.attrs
+            if "schema_version" not in f.attrs:
+                return ""
+            layout = f.attrs.get("features_layout", "")
+            return "exported" if (layout.decode() if isinstance(layout, bytes) else layout) == "exported" else "v1"
     except OSError:
-        return False
+        return ""
 
 
 def _suggest(path: str) -> str:

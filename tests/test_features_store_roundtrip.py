@@ -276,6 +276,8 @@ def test_export_writes_one_self_contained_file(store, tmp_path, args):
         with pytest.raises(fs.StoreWriteError, match=r"is inside the store .*; export to a file outside it, e\.g\. "):
             fs.export(store, inside)
     assert (store / "features.h5").read_bytes() == view and not (store / "sub").exists()
+    with pytest.raises(fs.StoreNotFoundError, match="is a file that `featurehead export` wrote"):
+        fs.read_info(out)  # it was called "a featurehead v1 single-file store", to re-extract
 
 
 def test_damaged_view_and_foreign_or_missing_paths(tmp_path, store):
