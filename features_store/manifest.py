@@ -147,12 +147,16 @@ def commit_manifest(store: str | os.PathLike, manifest: Manifest) -> None:
     atomic_write_bytes(manifest_path(store), manifest.to_json())
 
 
-def check_identity(store: str, manifest: Manifest, fingerprint: str, n_features: int | None, dtype: str) -> None:
-    """Refuse, with one line, a writer of another extractor, feature width or dtype."""
+def check_identity(store: str, manifest: Manifest, fingerprint: str, n_features: int | None, dtype: str,
+                   extractor: dict | None = None) -> None:
+    """Refuse, with one line, a writer of another extractor (`extractor`: the spec asked for), feature width or
+    dtype."""
     if manifest.fingerprint != fingerprint:
+        asked = (extractor or {}).get("name")
         raise StoreMismatchError(
-            f"{store} holds features of another extractor (fingerprint {manifest.fingerprint[:12]}, asked "
-            f"{fingerprint[:12]}: {manifest.extractor.get('name', '?')}); use another --out for this extractor."
+            f"{store} holds features of another extractor ({manifest.extractor.get('name', '?')}, fingerprint "
+            f"{manifest.fingerprint[:12]}), not of the one asked for ({asked + ', ' if asked else ''}fingerprint "
+            f"{fingerprint[:12]}); use another --out for this extractor."
         )
     if n_features is not None and manifest.n_features != n_features:
         raise StoreMismatchError(f"{store} holds {manifest.n_features} features per row, not {n_features}.")

@@ -91,7 +91,7 @@ class StoreSession:
         try:
             manifest = read_manifest(store)
             if manifest is not None:
-                check_identity(store, manifest, fingerprint, None, dtype)
+                check_identity(store, manifest, fingerprint, None, dtype, extractor)
             yield cls(store, manifest, fingerprint, extractor, dtype)
         except BaseException:
             if created and _holds_nothing(store):
