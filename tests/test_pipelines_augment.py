@@ -185,6 +185,15 @@ def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
         assert grid.size == (4 * 42 + 2, 2 * 42 + 2)
 
 
+@pytest.mark.parametrize("bad", [{"size": 0}, {"n_images": 0}, {"k": -1}])
+def test_augment_preview_refuses_sizes_below_one(csv_index, tmp_path, bad):
+    from pipelines.runs.views import run_augment_preview
+
+    name, value = next(iter(bad.items()))  # size 0 hung; 0 images was an IndexError
+    with pytest.raises(ValueError, match=rf"`{name}` must be a positive integer. Received: {name}={value}"):
+        run_augment_preview(csv_index, tmp_path / "g.png", Augmentation(), **bad)
+
+
 def test_cli_augment_preview_writes_the_format_its_name_says(csv_index, tmp_path, capsys):
     assert main(["augment-preview", str(csv_index), "--out", str(tmp_path / "grid.jpg"), "--n-images", "1"]) == 0
     with Image.open(tmp_path / "grid.jpg") as grid:

@@ -104,6 +104,35 @@ def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, c
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, option, what",
+    [
+        pytest.param("augment-preview i.csv --out g.png --size 0", "--size", "positive integer", id="preview-size"),
+        pytest.param("augment-preview i.csv --out g.png --n-images 0", "--n-images", "positive integer",
+                     id="preview-n-images"),
+        pytest.param("augment-preview i.csv --out g.png --views -1", "--views", "positive integer", id="preview-views"),
+        pytest.param("pretrain-cae i.csv --out m.keras --epochs 0", "--epochs", "positive integer", id="cae-epochs"),
+        pytest.param("pretrain-cae i.csv --out m.keras --batch-size 0", "--batch-size", "positive integer",
+                     id="cae-batch"),
+        pytest.param("pretrain-cnn i.csv --out m.keras --learning-rate 0", "--learning-rate", "positive number",
+                     id="cnn-learning-rate"),
+        pytest.param("finetune h --unfreeze 1 --out o --batch-size 0", "--batch-size", "positive integer",
+                     id="finetune-batch"),
+        pytest.param("compact s --shard-rows -5", "--shard-rows", "positive integer", id="compact-shard-rows"),
+        pytest.param("advise --n-images 3 --similarity high --small-threshold -1", "--small-threshold",
+                     "positive integer", id="advise-threshold"),
+        pytest.param("extract i.csv --seed -1", "--seed", "non-negative integer", id="extract-seed"),
+    ],
+)
+def test_a_value_out_of_range_is_one_line_before_anything_runs(argv, option, what, capsys):
+    """Each of these hung (--size 0), failed as an internal error (0 epochs, batch size 0, 0 images) or ran with
+    a value that means nothing (a negative learning rate, shard size or threshold)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv.split())
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and f"argument {option}: must be a {what}" in err
+
+
 def test_bad_option_value_is_exit_2(csv_index, capsys):
     code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "16")
     assert code == 2 and "`input_size` must be an integer >= 32" in err

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from .options import non_negative_int, positive_float, positive_int
+
 
 def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None:
     """The augmentation options (Keras preprocessing-layer factors); with `views`, also extract's --augment K."""
     g = p.add_argument_group("augmentation")
     if views:
-        g.add_argument("--augment", type=int, default=0, metavar="K",
+        g.add_argument("--augment", type=non_negative_int, default=0, metavar="K",
                        help="also store K augmented views of each 'train' row (default: 0, none)")
-        g.add_argument("--augment-seed", type=int, default=0, help="seed of the views (row r uses seed and r)")
+        g.add_argument("--augment-seed", type=non_negative_int, default=0,
+                       help="seed of the views, with each image's content (so they follow the image; default: 0)")
         g.add_argument("--validation-fraction", type=float, default=0.2,
-                       help="with --augment and an index without a split column: the seeded stratified 'val' share")
+                       help="with --augment and an index without a split column: the seeded stratified 'val' share "
+                       "(default: 0.2)")
     g.add_argument("--rotation", type=float, default=0.1, help="RandomRotation factor, fraction of a turn (0.1)")
     g.add_argument("--zoom", type=float, default=0.1, help="RandomZoom factor (0.1)")
     g.add_argument("--contrast", type=float, default=0.0, help="RandomContrast factor (0: off)")
@@ -55,10 +59,10 @@ def add_parsers(sub) -> None:
     p.add_argument("index")
     p.add_argument("--images-root", default=None)
     p.add_argument("--out", required=True, help="image file to write: .png (or .jpg, .webp, .tif, .bmp, .gif)")
-    p.add_argument("--n-images", type=int, default=4, help="images (grid rows; default: 4)")
-    p.add_argument("--views", type=int, default=4, help="views per image (default: 4)")
-    p.add_argument("--size", type=int, default=96, help="tile side in pixels (default: 96)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-images", type=positive_int, default=4, help="images (grid rows; default: 4)")
+    p.add_argument("--views", type=positive_int, default=4, help="views per image (default: 4)")
+    p.add_argument("--size", type=positive_int, default=96, help="tile side in pixels (default: 96)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the views drawn (default: 0)")
     add_augment_args(p)
     p.set_defaults(func=cmd_augment_preview)
 
@@ -71,21 +75,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--index", default=None, help="images index (default: the one of the head's training store)")
     p.add_argument("--images-root", default=None)
     p.add_argument("--augment", action="store_true", help="augment the training images on the fly")
-    p.add_argument("--learning-rate", type=float, default=1e-5, help="Adam learning rate (default: 1e-5)")
-    p.add_argument("--epochs", type=int, default=5, help="default: 5")
-    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    p.add_argument("--learning-rate", type=positive_float, default=1e-5, help="Adam learning rate (default: 1e-5)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="default: 5")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--random-state", type=int, default=0)
     add_augment_args(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("advise", help="which of the four transfer-learning strategies fits, and its commands")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--n-images", type=int, help="labelled training images per class (the smallest class)")
+    g.add_argument("--n-images", type=non_negative_int, help="labelled training images per class (the smallest class)")
     g.add_argument("--index", help="count the images per class of this index instead")
     p.add_argument("--images-root", default=None)
     p.add_argument("--similarity", required=True, choices=["high", "low"], help="similarity to ImageNet photos")
     p.add_argument("--model", default="vgg16", help="base model of the suggested commands (default: vgg16)")
-    p.add_argument("--small-threshold", type=int, default=None, help="images per class below which data is small")
+    p.add_argument("--small-threshold", type=positive_int, default=None,
+                   help="images per class below which data is small (default: 1000)")
     p.set_defaults(func=cmd_advise)
 
 

@@ -18,6 +18,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer. Received: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer. Received: {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text}")
+    return value
+
+
 def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
     """The extractor's options; `layer=False` (sweep, which takes --layers) keeps --layer out of the help (it is
     still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers)."""
@@ -47,7 +69,7 @@ def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> Non
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (Keras mixed precision; part of the fingerprint; default: float32)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the random init when --weights none (default: 0); it is part of the extractor's "
                    "identity whatever the weights, so leave it at its default with other weights")
 

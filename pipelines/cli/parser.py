@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
-    p.add_argument("--shard-rows", type=int, default=None,
+    p.add_argument("--shard-rows", type=positive_int, default=None,
                    help="rows per shard file (default: 4096, or fewer when 4096 rows pass 1 GiB of features)")
     p.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
                    help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)")
     p.add_argument("store")
-    p.add_argument("--shard-rows", type=int, default=None, help="rows per rewritten shard (default: as extract)")
+    p.add_argument("--shard-rows", type=positive_int, default=None, help="rows per rewritten shard (default: as extract)")
 
     p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)")
     p.add_argument("store")

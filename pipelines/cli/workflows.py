@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import positive_int, progress
+from .options import non_negative_int, positive_float, positive_int, progress
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
@@ -17,11 +17,11 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
     p.add_argument("--out", required=True, help="the .keras model file to write (plots go next to it)")
     p.add_argument("--input-size", type=int, default=28, help="square input side in pixels (default: 28)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1: grayscale inside the model (default), 3: RGB")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"default: {epochs}")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"default: {batch_size}")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"default: {epochs}")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default: {batch_size}")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the optimizer's Keras default")
-    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="default: the optimizer's Keras default")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="initial weights and shuffling (default: 0)")
     p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
 
 

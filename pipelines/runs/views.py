@@ -122,6 +122,9 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     if image_format is None:
         raise ValueError(f"`out` must end in one of {', '.join(GRID_FORMATS)}. Received: out={str(out)!r}")
     augmentation.validate()
+    for name, value in (("n_images", n_images), ("k", k), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     index = read_index(index_source, images_root)
     rows = list(range(min(n_images, len(index))))
     images, ok, errors = read_batch([index.paths[r] for r in rows], size)
