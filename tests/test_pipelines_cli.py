@@ -151,7 +151,7 @@ def test_bad_option_value_is_exit_2(csv_index, capsys):
 def test_inspect(store, capsys):
     code, lines, _ = run(capsys, "inspect", store)
     text = "\n".join(lines)
-    assert code == 0 and "complete" in text and "rows:        8 in the view (0 failed)" in text and "8 rows in 1 shards, 0 garbage" in text
+    assert code == 0 and "complete" in text and "rows:        8 in the view (0 failed)" in text and "8 rows in 1 shard, 0 garbage" in text
     assert '"name": "vgg16"' in text and "features" in text and "(8, 512)" in text
 
 

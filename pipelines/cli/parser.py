@@ -23,7 +23,7 @@ Every command that writes something prints that path as the last line of standar
 and Keras's download messages are not shown.
 Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr);
 3 internal error, a bug in featurehead (one line on stderr; --debug or FEATUREHEAD_DEBUG=1 for the traceback:
-please report it); 130 interrupted.
+please report it); 130 interrupted; 141 the reader of its output stopped early (`| head`), nothing printed.
 """
 
 # Subcommands of the seed workflows, the scikit-learn composition and the report live in their own modules; each

@@ -36,7 +36,8 @@ def describe_store(store, *, max_failures: int = 20) -> str:
         f"schema:      featurehead v{info.schema_version} (a directory: features.h5, manifest.json, shards/)",
         f"status:      {_status(info, pending)}",
         f"rows:        {info.n_rows} in the view ({info.n_failed} failed)",
-        f"stored:      {info.stored_rows} rows in {len(info.shards)} shards, {info.garbage_rows} garbage"
+        f"stored:      {info.stored_rows} rows in {len(info.shards)} shard{'' if len(info.shards) == 1 else 's'}, "
+        f"{info.garbage_rows} garbage"
         + (f" (`featurehead compact {info.path}` drops them)" if info.garbage_rows else ""),
         f"features:    {info.n_features} x {info.dtype} ({info.features_layout} in features.h5)",
         f"classes:     {len(info.classes)}" + (f" ({', '.join(info.classes[:10])}{', ...' if len(info.classes) > 10 else ''})" if info.classes else ""),
