@@ -133,6 +133,20 @@ def test_a_value_out_of_range_is_one_line_before_anything_runs(argv, option, wha
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and f"argument {option}: must be a {what}" in err
 
 
+def test_an_interruption_says_resume_only_where_the_work_is_kept(monkeypatch, tmp_path, capsys):
+    from pipelines.cli import app
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command, argv, said in (("compact", ["compact", "s"], "re-run the same command to resume"),
+                                ("train", ["train", "s", "--out", "h"], "re-run the same command (it starts over")):
+        monkeypatch.setitem(app.COMMANDS, command, interrupted)
+        assert main(["-q", *argv]) == 130
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and said in err, err
+
+
 def test_bad_option_value_is_exit_2(csv_index, capsys):
     code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "16")
     assert code == 2 and "`input_size` must be an integer >= 32" in err
@@ -341,6 +355,22 @@ def test_predict_keeps_the_labelled_view_of_a_training_store(store, csv_index, t
     assert features_store.read_info(store).index_sha256 == before
     assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", tmp_path / "p.csv")[0] == 0
     assert run(capsys, "predict", bundle, new, "--images-root", csv_index.parent, "--out", tmp_path / "q.csv")[0] == 0
+
+
+def test_outputs_of_the_wrong_kind_and_swapped_arguments_are_named(store, csv_index, tmp_path, capsys):
+    """A file where a folder goes (a raw "[Errno 17] File exists"), a folder where the CSV goes ("Is a directory
+    ... re-run to resume"), and a store where the head goes (a format_version message) each say what is wrong."""
+    bundle, a_file, a_folder = tmp_path / "h", tmp_path / "f.txt", tmp_path / "d"
+    a_file.write_text("x")
+    a_folder.mkdir()
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    for argv, said in ((["train", store, "--out", a_file], "is a file; a head bundle is a folder"),
+                       (["evaluate", bundle, store, "--out", a_file], "is a file; --out is the folder"),
+                       (["evaluate", store, store, "--out", tmp_path / "r"], "is a feature store, not a head bundle"),
+                       (["predict", bundle, csv_index, "--out", a_folder], "is a folder; --out is the CSV file")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and said in err, err
+    assert a_file.read_text() == "x" and list(a_folder.iterdir()) == []
 
 
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):

@@ -29,6 +29,8 @@ MODEL_FORMATS = ("skops", "joblib")
 def check_target(out_dir: Path) -> None:
     """Refuse to save a bundle into a directory that holds anything but a bundle (a feature store has a
     `manifest.json` too: saving over it would replace the store's manifest)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleExistsError(f"{out_dir} is a file; a head bundle is a folder: choose another --out")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if not (out_dir / MANIFEST).is_file():
@@ -69,6 +71,9 @@ def read_manifest(path: Path) -> dict:
         raise BundleFormatError(f"{path / MANIFEST} is not valid JSON: {err}") from err
     if not isinstance(manifest, dict):
         raise BundleFormatError(f"{path / MANIFEST} must hold a JSON object. Received: {type(manifest).__name__}")
+    if "schema_version" in manifest and "kind" not in manifest:
+        raise BundleFormatError(f"{path} is a feature store, not a head bundle (`featurehead train` makes one); "
+                                "a command that takes both wants the head first: HEAD STORE")
     version, kind = manifest.get("format_version"), manifest.get("kind")
     if version not in (1, FORMAT_VERSION) or kind not in KINDS:
         raise BundleFormatError(

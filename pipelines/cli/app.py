@@ -20,6 +20,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose read
 
 # Commands that never load TensorFlow (HDF5 only, or plain data).
 _LIGHT_COMMANDS = frozenset({"inspect", "compact", "export", "advise"})
+# commands whose work survives an interruption (stored shards): run again, they go on where they stopped
+_RESUMABLE_COMMANDS = frozenset({"extract", "compact", "predict", "sweep", "demo"})
 
 # TensorFlow's C++ start-up notes: TF_CPP_MIN_LOG_LEVEL does not silence them since TensorFlow logs through absl
 # before absl::InitializeLog() is called, so the CLI captures file descriptor 2 while TensorFlow loads.
@@ -66,7 +68,9 @@ def main(argv=None) -> int:
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"featurehead {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        again = ("to resume" if args.command in _RESUMABLE_COMMANDS
+                 else "(it starts over; an earlier result is left as it was)")
+        print(f"featurehead {args.command}: interrupted; re-run the same command {again}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (anything else is a bug: say so in one line)
         if debug:

@@ -30,6 +30,8 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     """
     if features_store.is_store(out_dir):
         raise ValueError(f"{out_dir} is a feature store; write the evaluation to another --out")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
     bundle = load_head_bundle(bundle_path, "evaluate")
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
@@ -123,6 +125,8 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     content it holds under the bundle's extractor are not extracted again, and its view becomes this index's.
     Failed rows are kept, marked `ok=False`.
     """
+    if Path(out_csv).is_dir():
+        raise ValueError(f"{out_csv} is a folder; --out is the CSV file to write, e.g. {Path(out_csv) / 'predictions.csv'}")
     bundle = load_any_bundle(bundle_path)
     index = read_index(index_source, images_root)
     classes = list(bundle.manifest["classes"])
