@@ -79,3 +79,7 @@ def test_cli_advise_threshold_and_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["advise", "--n-images", "5", "--index", "x.csv", "--similarity", "high"])
     assert exit_info.value.code == 2
+    for model in ("foo", "cae", "keras"):  # printed as commands that could not run (keras and cae need weights)
+        assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", model]) == 2
+        assert "`--model` must be a keras.applications backbone" in capsys.readouterr().err
+    assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", "resnet50"]) == 0

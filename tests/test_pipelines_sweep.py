@@ -82,3 +82,12 @@ def test_layers_must_be_distinct_and_known(csv_index, tmp_path):
         layer_extractors(base, ["block3_pool", "block3_pool"])
     with pytest.raises(ValueError, match="`layer` must be one of the model's layers"):
         run_sweep(read_index(csv_index), base, ["nope"], tmp_path, store_dir=tmp_path)
+
+
+def test_an_index_the_probe_cannot_use_is_refused_before_any_forward_pass(csv_index, tmp_path):
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("filename\n" + "".join(f"{p}\n" for p in pd.read_csv(csv_index)["filename"]))
+    base = get_extractor("vgg16", **SMALL)
+    with pytest.raises(ValueError, match=r"the probe needs 2 classes .* Received: counts \[\]"):
+        run_sweep(read_index(unlabelled, csv_index.parent), base, LAYERS[:1], tmp_path / "out", store_dir=tmp_path)
+    assert not list(tmp_path.glob("unlabelled.vgg16*"))  # no store: nothing was extracted

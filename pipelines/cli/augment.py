@@ -84,11 +84,11 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("advise", help="which of the four transfer-learning strategies fits, and its commands")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--n-images", type=non_negative_int, help="labelled training images per class (the smallest class)")
+    g.add_argument("--n-images", type=int, help="labelled training images per class (the smallest class)")
     g.add_argument("--index", help="count the images per class of this index instead")
     p.add_argument("--images-root", default=None)
     p.add_argument("--similarity", required=True, choices=["high", "low"], help="similarity to ImageNet photos")
-    p.add_argument("--model", default="vgg16", help="base model of the suggested commands (default: vgg16)")
+    p.add_argument("--model", default="vgg16", help="ImageNet backbone of the suggested commands, as `featurehead models` lists them (default: vgg16)")
     p.add_argument("--small-threshold", type=positive_int, default=None,
                    help="images per class below which data is small (default: 1000)")
     p.set_defaults(func=cmd_advise)

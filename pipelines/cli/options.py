@@ -66,7 +66,7 @@ def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> Non
     g.add_argument("--resize", default="squash", choices=["squash", "crop"],
                    help="squash: the whole image resized to the input (default; keeps every pixel, changes the aspect "
                    "ratio); crop: the shorter side resized, the centre cut (what ImageNet backbones were trained on)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     g.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (Keras mixed precision; part of the fingerprint; default: float32)")
     g.add_argument("--seed", type=non_negative_int, default=0,

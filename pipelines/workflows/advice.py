@@ -119,6 +119,11 @@ def run_advise(*, n_images: int | None = None, similarity: str, index=None, imag
     if (n_images is None) == (index is None):
         raise ValueError("give exactly one of `--n-images` and `--index`. "
                          f"Received: n_images={n_images!r}, index={index!r}")
+    from extract.backbones import BACKBONES
+
+    if model not in BACKBONES:  # the advice weighs the images against ImageNet: a pretrained backbone's
+        raise ValueError(f"`--model` must be a keras.applications backbone, as `featurehead models` lists them (the "
+                         f"advice is about ImageNet-pretrained features). Received: --model {model}")
     if index is not None:
         from extract import read_index
 

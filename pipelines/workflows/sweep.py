@@ -85,6 +85,7 @@ def run_sweep(
     -------
     SweepResult
     """
+    _check_probe_labels(index)  # before the forward pass: an unlabelled index was refused only after it
     singles = layer_extractors(extractor, list(layers))
     stores = {}
     for layer, single in singles.items():
@@ -100,6 +101,17 @@ def run_sweep(
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     png = plot_sweep(table, out_dir / "sweep.png")
     return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
+
+
+def _check_probe_labels(index: ImageIndex) -> None:
+    """The rows the probe will use (train + val with a split column, else every labelled row) must hold 2 classes
+    of at least 2 images each, as `probe` checks again on what was read."""
+    labels, split = np.asarray(index.labels, dtype=str), np.asarray(index.split, dtype=str)
+    rows = np.isin(split, ("train", "val")) if np.isin(split, ("train", "val")).any() else np.ones(len(labels), bool)
+    _, counts = np.unique(labels[rows & (labels != "")], return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        raise ValueError(f"{index.source}: the probe needs 2 classes with at least 2 labelled train/val images each. "
+                         f"Received: counts {counts.tolist()}")
 
 
 def _default_out_dir(index: ImageIndex) -> Path:
