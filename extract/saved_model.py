@@ -122,7 +122,13 @@ class SavedModelExtractor(Extractor):
 
         loaded = load_saved_model(self._config["weights"])
         size = self._resolve_input_size(model_input_size(loaded))
-        base = cut_at_layer(loaded, self._config["layer"])
+        layer = self._config["layer"]
+        if layer == self.default_layer and layer not in [lay.name for lay in loaded.layers]:  # not named by the user
+            raise ExtractorConfigError(
+                f"{self._config['weights']} has no layer {layer!r}, the one --model {self.name} cuts at: it is not "
+                f"a model that --model {self.name} takes (for any saved model: --model keras --layer NAME)"
+            )
+        base = cut_at_layer(loaded, layer)
         inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
         x = base(keras.ops.cast(inputs, "float32"))
         x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)

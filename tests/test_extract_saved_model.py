@@ -99,6 +99,13 @@ def test_errors_on_a_real_model(cnn_file, batch, kwargs, error, match):
         get_extractor("keras", weights=str(cnn_file), **kwargs)(batch)
 
 
+def test_cae_given_a_model_that_is_not_an_autoencoder_says_so(cnn_file, batch):
+    # it said "`layer` must be one of the model's layers ... Received: layer='bottleneck'", though none was given
+    with pytest.raises(ExtractorConfigError, match=r"base.keras has no layer 'bottleneck', the one --model cae cuts "
+                                                   r"at: it is not a model that --model cae takes"):
+        get_extractor("cae", weights=str(cnn_file))(batch)
+
+
 def test_missing_and_unloadable_files(tmp_path):
     with pytest.raises(WeightsUnavailableError, match=r"the saved model .*nope\.keras does not exist"):
         get_extractor("keras", weights=str(tmp_path / "nope.keras")).validate()
