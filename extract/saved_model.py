@@ -123,7 +123,7 @@ class SavedModelExtractor(Extractor):
         loaded = load_saved_model(self._config["weights"])
         size = self._resolve_input_size(model_input_size(loaded))
         layer = self._config["layer"]
-        if layer == self.default_layer and layer not in [lay.name for lay in loaded.layers]:  # not named by the user
+        if layer is not None and layer == self.default_layer and layer not in [lay.name for lay in loaded.layers]:
             raise ExtractorConfigError(
                 f"{self._config['weights']} has no layer {layer!r}, the one --model {self.name} cuts at: it is not "
                 f"a model that --model {self.name} takes (for any saved model: --model keras --layer NAME)"
