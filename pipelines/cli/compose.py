@@ -10,7 +10,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="extract several layers in one forward pass and probe each with a CV logreg")
     p.add_argument("index", help="a CSV (filename,label[,split]) or a folder of class subfolders")
     p.add_argument("--layers", required=True, help="comma-separated layer names, e.g. block3_pool,block4_pool,block5_pool")
-    p.add_argument("--images-root", default=None)
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="directory for sweep.csv and sweep.png (default: <index>.sweep/)")
     p.add_argument("--store-dir", default=None, help="where the per-layer stores go (default: next to the index)")
     p.add_argument("--cv", type=int, default=5, help="folds of the logistic-regression probe (default: 5)")

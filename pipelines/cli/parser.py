@@ -82,18 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_augment_args(p, views=True)
 
-    p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures")
-    p.add_argument("store")
+    p = sub.add_parser("inspect", help="print a store's schema, counts, extractor spec, status and failures",
+                       description="Reads a store without changing it: whether it is complete, its rows (in the "
+                       "view, stored, garbage), shards, extractor, the library versions that wrote it, and its "
+                       "failed rows with their reasons.")
+    p.add_argument("store", help="a feature store directory")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (rows, stored_rows, garbage_rows, shards, failed, complete, fingerprint, ...)")
 
-    p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)")
-    p.add_argument("store")
+    p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)",
+                       description="Rewrites the shards that hold rows the view no longer lists, keeps whole shards "
+                       "as they are, and commits the new list before removing anything; interrupted, it resumes. "
+                       "Features the view lists are unchanged.")
+    p.add_argument("store", help="a feature store directory")
     p.add_argument("--shard-rows", type=positive_int, default=None, help="rows per rewritten shard (default: as extract)")
 
-    p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)")
-    p.add_argument("store")
-    p.add_argument("--out", required=True, help="the HDF5 file to write")
+    p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)",
+                       description="Copies the view's columns and its features, as a real dataset, into one file "
+                       "outside the store; featurehead's own commands keep reading the store directory.")
+    p.add_argument("store", help="a complete feature store directory")
+    p.add_argument("--out", required=True, help="the HDF5 file to write, outside the store")
 
     p = sub.add_parser("train", help="train a classifier head on a feature store and save it as a bundle",
                        description="Fits a head on the store's labelled training rows (never its 'test' rows) and "
@@ -117,17 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-state", type=int, default=0,
                    help="seed of the hold-out, and of the mlp or sgd head (default: 0)")
 
-    p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)")
-    p.add_argument("head", help="head bundle directory")
+    p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)",
+                       description="Brings a store of the bundle's extractor up to date with the index (images it "
+                       "already holds are not extracted again), then writes one row per image: the predicted class, "
+                       "its probability, every class's probability, and why a row failed. A fine-tuned bundle "
+                       "predicts from the images directly.")
+    p.add_argument("head", help="head bundle directory (`featurehead train` or `finetune`)")
     p.add_argument("index", help="a CSV (filename column) or a folder of images in class subfolders")
-    p.add_argument("--images-root", default=None)
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
+                   "folder)")
     p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index); its view becomes this index, so a "
                    "store that lists labelled images of another index, such as the training store, is refused")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
 
-    p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store")
-    p.add_argument("head")
-    p.add_argument("store")
+    p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store",
+                       description="Scores a head bundle on a store of its extractor: accuracy, balanced accuracy, "
+                       "macro-F1, per-class scores, the confusion matrix (and top-5 accuracy past 5 classes).")
+    p.add_argument("head", help="head bundle directory (`featurehead train`)")
+    p.add_argument("store", help="a feature store of the head's extractor")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--split", default=None,
                    help="evaluate only this split (train/val/test); default: on the store the head was trained on "
