@@ -176,6 +176,18 @@ def test_cli_extract_bad_augmentation_is_one_line(split_index, tmp_path, capsys)
     assert "`rotation` must be a number in [0, 1). Received: rotation=1.5" in err
 
 
+def test_augmentation_options_without_augment_are_refused_not_ignored(split_index, tmp_path, capsys):
+    for extra in (["--rotation", "0.3"], ["--flip", "--augment-seed", "2"]):
+        code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", *extra,
+                     "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "take effect only with --augment K" in err
+        assert extra[0] in err and not (tmp_path / "x").exists()
+    code = main(["-q", "finetune", str(tmp_path / "no-head"), "--unfreeze", "1", "--zoom", "0.2",
+                 "--out", str(tmp_path / "f")])
+    assert code == 2 and "--zoom take effect only with --augment;" in capsys.readouterr().err
+
+
 def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
     out = tmp_path / "grid.png"
     code = main(["augment-preview", str(csv_index), "--out", str(out), "--n-images", "2", "--views", "3",

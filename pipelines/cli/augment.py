@@ -18,13 +18,26 @@ def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None
         g.add_argument("--validation-fraction", type=float, default=0.2,
                        help="with --augment and an index without a split column: the seeded stratified 'val' share "
                        "(default: 0.2)")
-    g.add_argument("--rotation", type=float, default=0.1, help="RandomRotation factor, fraction of a turn (0.1)")
-    g.add_argument("--zoom", type=float, default=0.1, help="RandomZoom factor (0.1)")
-    g.add_argument("--contrast", type=float, default=0.0, help="RandomContrast factor (0: off)")
+    g.add_argument("--rotation", type=float, default=_AUGMENT_DEFAULTS["rotation"], help="RandomRotation factor, fraction of a turn (0.1)")
+    g.add_argument("--zoom", type=float, default=_AUGMENT_DEFAULTS["zoom"], help="RandomZoom factor (0.1)")
+    g.add_argument("--contrast", type=float, default=_AUGMENT_DEFAULTS["contrast"], help="RandomContrast factor (0: off)")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
-    g.add_argument("--translate", type=float, default=0.0, help="RandomTranslation factor (0: off)")
-    g.add_argument("--fill-mode", default="reflect", choices=["reflect", "wrap", "constant", "nearest"],
+    g.add_argument("--translate", type=float, default=_AUGMENT_DEFAULTS["translate"], help="RandomTranslation factor (0: off)")
+    g.add_argument("--fill-mode", default=_AUGMENT_DEFAULTS["fill_mode"], choices=["reflect", "wrap", "constant", "nearest"],
                    help="fill outside the image (default: reflect)")
+
+
+_AUGMENT_DEFAULTS = {"rotation": 0.1, "zoom": 0.1, "contrast": 0.0, "flip": False, "translate": 0.0,
+                     "fill_mode": "reflect"}
+
+
+def check_augment_given(args, flag: str = "--augment K") -> None:
+    """Augmentation options set without the flag that turns augmentation on would be ignored: say so instead."""
+    defaults = {**_AUGMENT_DEFAULTS, **({"augment_seed": 0, "validation_fraction": 0.2} if hasattr(args, "augment_seed")
+                                        else {})}
+    changed = [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} take effect only with {flag}; add it, or leave them out")
 
 
 def augmentation_from_args(args):
@@ -37,6 +50,7 @@ def augmentation_from_args(args):
 def views_from_args(args):
     """The extract command's AugmentedViews, or None without --augment."""
     if not args.augment:
+        check_augment_given(args)
         return None
     from ..runs.views import AugmentedViews
 
@@ -113,6 +127,8 @@ def cmd_augment_preview(args) -> int:
 def cmd_finetune(args) -> int:
     from ..workflows.finetune import run_finetune
 
+    if not args.augment:
+        check_augment_given(args, "--augment")
     result = run_finetune(args.head, args.out, unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
                           index=args.index, images_root=args.images_root,
                           augmentation=augmentation_from_args(args) if args.augment else None,

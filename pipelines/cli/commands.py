@@ -18,6 +18,7 @@ def cmd_extract(args) -> int:
     from ..runs.inspection import failures_csv_path, write_failures_csv
 
     index = read_index(args.index, args.images_root)  # validated before any model is built
+    views = views_from_args(args)
     extractor = extractor_from_args(args)
     extractor.validate()
     client = None
@@ -31,7 +32,7 @@ def cmd_extract(args) -> int:
             client.register_plugin(quiet_keras_plugin())  # local workers write to our terminal
     try:
         result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
-                             progress=progress(args, f"extract {extractor.name}"), views=views_from_args(args),
+                             progress=progress(args, f"extract {extractor.name}"), views=views,
                              shard_rows=args.shard_rows, dtype=args.dtype, client=client)
     finally:
         if client is not None and args.dask.startswith("local:"):
