@@ -429,6 +429,7 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
         pytest.param(["--head", "logreg", "--dropout", "0.2"], "`--dropout` does not apply to --head logreg", id="dropout"),
         pytest.param(["--head", "mlp", "--C", "2"], "`--C` does not apply to --head mlp", id="C"),
         pytest.param(["--head", "mlp", "--hidden", "8,x"], "`--hidden` must be comma-separated integers", id="hidden"),
+        pytest.param(["--head", "mlp", "--hidden", ""], "`--hidden` must list at least one layer size", id="hidden-empty"),
     ],
 )
 def test_train_refuses_options_of_another_head(store, tmp_path, capsys, argv, match):

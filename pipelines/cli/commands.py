@@ -111,6 +111,9 @@ def cmd_train(args) -> int:
             params["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(",") if h.strip())
         except ValueError:
             raise ValueError(f"`--hidden` must be comma-separated integers. Received: --hidden {args.hidden}") from None
+        if not params["hidden_layer_sizes"]:  # an empty string: no hidden layer at all, likely not what was meant
+            raise ValueError(f"`--hidden` must list at least one layer size, e.g. 1000,500,150 (a linear head is "
+                             f"--head logreg). Received: --hidden {args.hidden!r}")
     result = run_train(args.store, args.out, head=args.head, params=params,
                        validation_fraction=args.validation_fraction, random_state=args.random_state)
     val = result.metrics.get("validation")
