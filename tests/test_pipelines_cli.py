@@ -367,7 +367,8 @@ def test_outputs_of_the_wrong_kind_and_swapped_arguments_are_named(store, csv_in
     for argv, said in ((["train", store, "--out", a_file], "is a file; a head bundle is a folder"),
                        (["evaluate", bundle, store, "--out", a_file], "is a file; --out is the folder"),
                        (["evaluate", store, store, "--out", tmp_path / "r"], "is a feature store, not a head bundle"),
-                       (["predict", bundle, csv_index, "--out", a_folder], "is a folder; --out is the CSV file")):
+                       (["predict", bundle, csv_index, "--out", a_folder], "is a folder; --out is the CSV file"),
+                       (["train", store, "--out", a_file / "h"], f"{a_file / 'h'}: Not a directory")):
         code, _, err = run(capsys, *argv)
         assert code == 2 and len(err.splitlines()) == 1 and said in err, err
     assert a_file.read_text() == "x" and list(a_folder.iterdir()) == []

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             return EXIT_BROKEN_PIPE
         if debug:  # the traceback, for bug reports
             raise
-        message = " ".join(str(err).split())
+        message = " ".join(_plain(err).split())
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -81,6 +81,14 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL_ERROR
     finally:  # an in-process caller of main() gets its import system back as it was
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
+
+
+def _plain(err: BaseException) -> str:
+    """An error's line: an OS error about a file as "PATH: why" (not "[Errno 30] Read-only file system: 'PATH'");
+    featurehead's own errors say more, and are kept as they are."""
+    if isinstance(err, OSError) and err.errno and err.strerror and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def _stdout_reader_gone() -> bool:
