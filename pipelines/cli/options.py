@@ -7,37 +7,25 @@ import argparse
 import sys
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (so that --workers 0 is a usage error, not a silent default)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {value}")
-    return value
+def _bounded(convert, accept, what: str):
+    """An argparse type: `convert(text)`, refused in one usage line ("must be WHAT") unless `accept(value)`."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}. Received: {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer. Received: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer. Received: {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text}")
-    return value
+# --workers 0, a batch size of 0 or a negative learning rate are usage errors, not silent defaults or crashes
+positive_int = _bounded(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _bounded(int, lambda v: v >= 0, "a non-negative integer")  # a seed
+positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a positive number")  # a learning rate
 
 
 def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
