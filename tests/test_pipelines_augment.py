@@ -70,6 +70,11 @@ def test_assign_split_is_seeded_and_stratified():
     assert {lab for lab, s in zip(labels, split) if s == "val"} == {"a", "b"}
     with pytest.raises(ValueError, match=r"`--augment` needs at least 2 labelled rows to split. Received: 1"):
         assign_split(["a", ""])
+    with_single = ["a"] * 6 + ["b"] * 6 + ["c"] * 5 + ["d"]
+    for seed in range(30):  # the lone "d" landed in 'val' with seeds 12, 15, 18, ...: a class no head learned
+        split = assign_split(with_single, validation_fraction=0.2, random_state=seed)
+        assert split[-1] == "train" and {lab for lab, s in zip(with_single, split) if s == "val"} == {"a", "b", "c"}
+    assert assign_split(["a", "b"], random_state=0) == ["train", "train"]  # every class single: nothing held out
 
 
 def test_views_are_identical_after_a_crash_and_resume(split_index, tmp_path):

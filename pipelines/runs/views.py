@@ -58,7 +58,8 @@ def store_identity(index: ImageIndex, views: AugmentedViews | None) -> str:
 def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int = 0) -> list[str]:
     """A seeded, stratified "train"/"val" split of the labelled rows; unlabelled rows get "" (pure).
 
-    Stratified when every class has at least 2 rows, else plain random.
+    Stratified; the only image of a class stays in "train" (held out, it would be a class no head learns), and
+    the other classes are stratified as when every class has 2 images or more (that split is unchanged).
     """
     from sklearn.model_selection import train_test_split
 
@@ -66,13 +67,15 @@ def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int 
     labelled = np.flatnonzero(labels != "")
     if len(labelled) < 2:
         raise ValueError(f"`--augment` needs at least 2 labelled rows to split. Received: {len(labelled)}")
-    counts = np.unique(labels[labelled], return_counts=True)[1]
-    stratify = labels[labelled] if counts.min() >= 2 else None
-    n_val = max(1, int(round(validation_fraction * len(labelled))), len(counts) if stratify is not None else 1)
-    n_val = min(n_val, len(labelled) - 1)
-    _, val = train_test_split(labelled, test_size=n_val, stratify=stratify, random_state=random_state)
     split = np.where(labels != "", "train", "").astype(object)
-    split[val] = "val"
+    classes, counts = np.unique(labels[labelled], return_counts=True)
+    pool = labelled[np.isin(labels[labelled], classes[counts >= 2])]  # every labelled row when no class is single
+    if len(pool):
+        k = int(np.count_nonzero(counts >= 2))
+        n_val = max(1, int(round(validation_fraction * len(labelled))), k)
+        n_val = min(n_val, len(pool) - 1)
+        _, val = train_test_split(pool, test_size=n_val, stratify=labels[pool], random_state=random_state)
+        split[val] = "val"
     return split.tolist()
 
 
