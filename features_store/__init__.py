@@ -22,6 +22,7 @@ from features_store.plan import batch_plan, chunk_rows, default_shard_rows, defa
 from features_store.reader import (
     StoreInfo,
     StoreMeta,
+    keys_sha256,
     read_errors,
     read_features,
     read_file_keys,
@@ -59,6 +60,7 @@ __all__ = [
     "iter_batches",
     "load",
     "plan_shards",
+    "keys_sha256",
     "read_errors",
     "read_features",
     "read_file_keys",

@@ -6,6 +6,7 @@ refuse, with one line, a view whose shards are missing or incomplete. Every func
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -316,6 +317,13 @@ def read_errors(store: str | os.PathLike) -> list[tuple[str, str]]:
     c = view.cols
     failed = np.flatnonzero(~c["ok"] & ~view.pending)
     return [(str(c["ids"][i]), str(c["errors"][i])) for i in failed]
+
+
+def keys_sha256(store: str | os.PathLike) -> str:
+    """The sha256 of the view's content keys, in row order: two stores of one extractor with the same index and
+    this hash hold the same images' features in the same rows (a copy), whatever their paths."""
+    keys = view_columns(os.path.join(os.fspath(store), schema.VIEW_FILE))["keys"]
+    return hashlib.sha256("\n".join(keys.tolist()).encode("ascii")).hexdigest()
 
 
 def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tuple[int, int, int, int, str]]]:

@@ -355,6 +355,13 @@ def test_predict_keeps_the_labelled_view_of_a_training_store(store, csv_index, t
     assert features_store.read_info(store).index_sha256 == before
     assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", tmp_path / "p.csv")[0] == 0
     assert run(capsys, "predict", bundle, new, "--images-root", csv_index.parent, "--out", tmp_path / "q.csv")[0] == 0
+    labelled = tmp_path / "labelled.csv"  # predict's own store of a labelled CSV follows that CSV's edits
+    rows = csv_index.read_text().splitlines()
+    for n in (4, 6):
+        labelled.write_text("\n".join(rows[:n]) + "\n")
+        code, _, err = run(capsys, "predict", bundle, labelled, "--images-root", csv_index.parent,
+                           "--out", tmp_path / "l.csv")
+        assert code == 0, err
 
 
 def test_outputs_of_the_wrong_kind_and_swapped_arguments_are_named(store, csv_index, tmp_path, capsys):

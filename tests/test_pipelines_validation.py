@@ -1,6 +1,7 @@
 """Where training validates: the store's "val", else a seeded hold-out of "train" (or none), never "test"; and the
 out-of-core SGD head reads the store's metadata once."""
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -17,13 +18,13 @@ from pipelines.runs.training import run_train, split_rows, validation_source
 MLP = {"hidden_layer_sizes": (8,), "epochs": 1, "learning_rate": 0.01}
 
 
-def make_store(path, split, *, n_features=6, seed=0, index_sha256="", labels=None):
+def make_store(path, split, *, n_features=6, seed=0, index_sha256="", labels=None, key_salt=""):
     """A real store of synthetic features: two classes (class b shifted; or `labels`, codes of "abc..."), the
     given split column."""
     n = len(split)
     labels = np.arange(n) % 2 if labels is None else np.asarray(labels)
     X = np.random.default_rng(seed).normal(size=(n, n_features)).astype(np.float32) + 2.0 * labels[:, None]
-    keys = [f"{i:064x}" for i in range(n)]
+    keys = [hashlib.sha256(f"{key_salt}{i}".encode()).hexdigest() if key_salt else f"{i:064x}" for i in range(n)]
     with features_store.StoreSession.open(path, fingerprint="f" * 64, extractor={"name": "synthetic"}) as session:
         with session.shard_writer(keys, n_features=n_features) as writer:
             writer.write(X, np.ones(n, bool))
@@ -160,8 +161,12 @@ def test_the_training_store_is_known_from_another_directory_and_as_a_copy(tmp_pa
     for store in (tmp_path / "store", tmp_path / "copy"):
         report = run_evaluate(result.bundle, store, tmp_path / "report")
         assert (report["evaluated_on"], report["n_samples"]) == ("held-out validation rows", 4)
+    # the same CSV over other images (another --images-root): not the training store, every row is scored
+    make_store(tmp_path / "other", [""] * 20, index_sha256="ab" * 32, key_salt="other", seed=1)
+    assert run_evaluate(result.bundle, tmp_path / "other", tmp_path / "report")["evaluated_on"] == "all rows"
     old = manifest_of(result.bundle)  # a bundle saved before the path was recorded whole: the index still tells
     old["trained_on"] = "store"
+    del old["trained_keys_sha256"]
     (result.bundle / "manifest.json").write_text(json.dumps(old))
     assert run_evaluate(result.bundle, tmp_path / "copy", tmp_path / "report")["n_samples"] == 4
 

@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--split", default=None,
                    help="evaluate only this split (train/val/test); default: on the store the head was trained on "
-                   "(or any store whose view is still that index, such as a copy), its held-out validation "
-                   "rows, else every row")
+                   "(or a copy of it: the same index over the same images), its held-out validation rows, "
+                   "else every row")
 
     p = sub.add_parser("models", help="list the backbones: default size, preprocessing, features per pooling",
                        description="Without NAME: every keras.applications backbone featurehead names, with its "

@@ -95,14 +95,18 @@ def trained_rows(manifest: dict, meta, *, head: str | None = None) -> tuple[np.n
 
 def on_training_store(manifest: dict, store, info: features_store.StoreInfo) -> bool:
     """Whether `store` holds the rows a head was trained on: the store it names (`trained_on`; a relative path of
-    an older bundle is taken from here), or any store of its extractor whose view is the very index it was trained
-    on (a copy, or the same store reached by another path): evaluated there, every row would count the rows it was
-    fitted on. The caller has checked the fingerprint."""
+    an older bundle is taken from here), or a copy of it, reached by another path: a store of its extractor whose
+    view is the index it was trained on with the same images in the same rows (`trained_keys_sha256`; bundles
+    that predate it: the same index). Evaluated there, every row would count the rows it was fitted on. The
+    caller has checked the fingerprint."""
     trained_on = manifest.get("trained_on")
     if trained_on and Path(trained_on).resolve() == Path(store).resolve():
         return True
     trained = manifest.get("trained_index_sha256")
-    return bool(trained) and trained == info.index_sha256
+    if not trained or trained != info.index_sha256:
+        return False
+    keys = manifest.get("trained_keys_sha256")  # the same CSV over other images (another --images-root) is not it
+    return keys is None or keys == features_store.keys_sha256(store)
 
 
 def training_view_changed(manifest: dict, info: features_store.StoreInfo) -> bool:
@@ -171,8 +175,9 @@ def load_any_bundle(bundle_path):
 def _predict_features(bundle, index, store, progress):
     extractor = extractor_from_spec(bundle.manifest["extractor"])
     bundle.check_fingerprint(extractor.fingerprint())  # an edited spec: refused before anything is extracted
+    if store is not None:  # the default store, next to the index, is predict's own: its view follows the index
+        _keep_a_labelled_view(Path(store), index, extractor)
     store = Path(store) if store is not None else default_store_path(index, extractor)
-    _keep_a_labelled_view(store, index, extractor)
     try:
         result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
     except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
@@ -205,7 +210,7 @@ def _keep_a_labelled_view(store: Path, index, extractor) -> None:
         raise ValueError(
             f"{store} lists {labelled} labelled images of another index (a training store?); predicting into it would "
             f"replace that view, labels and splits with the {len(index.ids)} images to predict: use another --store, "
-            "or leave --store out (a store next to the index)"
+            "or leave --store out (predict's own store, next to the index)"
         )
 
 

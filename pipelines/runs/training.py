@@ -158,6 +158,7 @@ def run_train(
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
         # a store's view can change after training (a relabel, another index): record which one this was
         extra={"trained_on": str(store.resolve()), "trained_index_sha256": info.index_sha256,
+               "trained_keys_sha256": features_store.keys_sha256(store),
                "validation": {"source": source, "rows": int(len(val_rows)), "single_image_classes": "train"}},
     )
     history = getattr(_final_step(estimator), "history_", None)
