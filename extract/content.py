@@ -40,7 +40,8 @@ def _unreadable(err: OSError) -> tuple:
 def _stat_of(st: os.stat_result) -> tuple[int, int, int, int]:
     # size and mtime can be kept by an edit (same size, mtime set back) or a swap of two files; the inode and the
     # ctime cannot (a rename or rewrite sets the ctime, which no user can set), so together they catch both
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+    # (the inode in 63 bits: some filesystems give numbers past int64, which the view's column holds)
+    return st.st_size, st.st_mtime_ns, st.st_ino & (2**63 - 1), st.st_ctime_ns
 
 
 def _stat_key(path: Path, known: tuple | None) -> tuple:

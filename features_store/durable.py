@@ -131,7 +131,7 @@ def write_error(err: OSError, *, store: str, what: str, need: int | None = None)
             f"{store}: {why} while writing {what}{space}. Nothing unwritten is claimed: free some space "
             "and re-run the same command to resume."
         )
-    if code == errno.EAGAIN:  # HDF5's own lock on the file: another process has it open for writing
+    if code == errno.EAGAIN and what.startswith("shard"):  # HDF5's own lock: another process writes the shard
         return StoreWriteError(
             f"{store}: {what} is open for writing in another process (a Dask worker still running a task of an "
             "earlier, stopped run?); let it finish or stop it, then re-run the same command to resume."

@@ -311,6 +311,12 @@ def test_an_edited_manifest_is_refused_in_one_line(tmp_path, data, edit, error, 
 
 def test_a_head_whose_classes_the_caller_named_still_loads(tmp_path, data, head):
     assert load_bundle(_save(head, tmp_path / "bundle")).classes == CLASSES  # fitted on codes 0, 1, 2
+    X, y = data
+    named = make_head("logreg").fit(X, np.array(CLASSES)[y])
+    with pytest.raises(ValueError, match=r"`classes` must be in the order of the estimator's classes_"):
+        save_bundle(named, tmp_path / "reordered", extractor=EXTRACTOR, fingerprint=FINGERPRINT,
+                    classes=CLASSES[::-1], n_features=20)  # saved, it was then refused as "edited" at load
+    assert not (tmp_path / "reordered").exists()
 
 
 def test_manifest_is_plain_json(tmp_path, head):

@@ -107,3 +107,28 @@ def test_sha256_changes_with_rows(tmp_path):
     b = read_index(write_csv(tmp_path / "b.csv", "filename,label\nx.png,2\n"))
     c = read_index(write_csv(tmp_path / "c.csv", "filename,label\nx.png,1\n"))
     assert a.sha256() == c.sha256() != b.sha256()
+
+
+def test_an_inode_number_past_int64_is_kept_in_63_bits(tmp_path, monkeypatch):
+    """Some filesystems (overlayfs with xino, some network mounts) give inode numbers >= 2**63: the stat table
+    is int64, and building it failed on every extract."""
+    import os
+
+    from extract import content
+
+    (tmp_path / "x.png").write_bytes(b"pixels")
+    real = os.stat
+
+    class BigInode:  # the real stat, but for its inode number
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, name):
+            return 2**63 + 5 if name == "st_ino" else getattr(self.st, name)
+
+    def big_inode(path, *args, **kwargs):
+        return BigInode(real(path, *args, **kwargs))
+
+    monkeypatch.setattr(content.os, "stat", big_inode)
+    keys, stats, _ = content.content_keys(tmp_path, ["x.png"])
+    assert keys == [hashlib.sha256(b"pixels").hexdigest()] and stats["inode"].tolist() == [5]

@@ -87,7 +87,7 @@ def _plain(err: BaseException) -> str:
     """An error's line: an OS error about a file as "PATH: why" (not "[Errno 30] Read-only file system: 'PATH'");
     featurehead's own errors say more, and are kept as they are."""
     if isinstance(err, OSError) and err.errno and err.strerror and err.filename is not None:
-        return f"{err.filename}: {err.strerror}"
+        return f"{err.filename}: {err.strerror}" + (f" (to {err.filename2})" if err.filename2 is not None else "")
     return str(err)
 
 

@@ -95,7 +95,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--learning-rate", type=positive_float, default=1e-5, help="Adam learning rate (default: 1e-5)")
     p.add_argument("--epochs", type=positive_int, default=5, help="default: 5")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
-    p.add_argument("--random-state", type=int, default=0,
+    p.add_argument("--random-state", type=non_negative_int, default=0,
                    help="seed of the new layers, the shuffling and the augmentation (default: 0)")
     add_augment_args(p)
     p.set_defaults(func=cmd_finetune)

@@ -7,7 +7,7 @@ import argparse
 
 from . import augment, compose, report, workflows
 from .augment import add_augment_args
-from .options import add_extractor_args, add_output_flags, positive_int
+from .options import add_extractor_args, add_output_flags, non_negative_int, positive_int
 
 EPILOG = """\
 typical session:
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the training images held out for validation when the store has no split column, "
                    "or for --head mlp when it has no 'val' rows (default: 0.2; 0: none)")
-    p.add_argument("--random-state", type=int, default=0,
+    p.add_argument("--random-state", type=non_negative_int, default=0,
                    help="seed of the hold-out, and of the mlp or sgd head (default: 0)")
 
     p = sub.add_parser("predict", help="predict an index with a head bundle (extracting with its exact extractor)",

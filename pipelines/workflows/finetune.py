@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,8 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     path = classify.save_model_bundle(
         model, out, extractor=bundle.manifest["extractor"], fingerprint=bundle.fingerprint, classes=classes,
         metrics=metrics, params=params,
-        extra={"finetuned_from": str(bundle.path), "index_source": str(index), "images_root": str(frame.root),
+        extra={"finetuned_from": os.path.abspath(bundle.path), "index_source": os.path.abspath(index),
+               "images_root": os.path.abspath(frame.root),
                "validation": {"source": source, "rows": int(len(val))}})
     return FinetuneResult(Path(path), before, after, len(train), len(val), tuple(unfrozen), fit_seconds)
 
