@@ -322,8 +322,12 @@ def read_errors(store: str | os.PathLike) -> list[tuple[str, str]]:
 def keys_sha256(store: str | os.PathLike) -> str:
     """The sha256 of the view's content keys, in row order: two stores of one extractor with the same index and
     this hash hold the same images' features in the same rows (a copy), whatever their paths."""
-    keys = view_columns(os.path.join(os.fspath(store), schema.VIEW_FILE))["keys"]
-    return hashlib.sha256("\n".join(keys.tolist()).encode("ascii")).hexdigest()
+    return digest_keys(view_columns(os.path.join(os.fspath(store), schema.VIEW_FILE))["keys"])
+
+
+def digest_keys(keys) -> str:
+    """`keys_sha256` of a view's `keys` column already read."""
+    return hashlib.sha256("\n".join(np.asarray(keys).tolist()).encode("ascii")).hexdigest()
 
 
 def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tuple[int, int, int, int, str]]]:

@@ -11,7 +11,7 @@ import numpy as np
 
 import classify
 import features_store
-from features_store.reader import open_view
+from features_store.reader import digest_keys, open_view
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ class _StoreRows:
         """The store's summary, from the view already read."""
         return self._view.info()
 
+    def keys_sha256(self) -> str:
+        """`features_store.keys_sha256` of the store, from the view already read."""
+        return digest_keys(self._view.cols["keys"])
+
     def features(self, rows: np.ndarray) -> np.ndarray:
         """Features of `rows` (positions among the visible rows, as in `meta`), float32."""
         return self._view.features(self._visible[np.asarray(rows, dtype=np.int64)])
@@ -158,7 +162,7 @@ def run_train(
         params={"head": head, **params, "validation_fraction": validation_fraction, "random_state": random_state},
         # a store's view can change after training (a relabel, another index): record which one this was
         extra={"trained_on": str(store.resolve()), "trained_index_sha256": info.index_sha256,
-               "trained_keys_sha256": features_store.keys_sha256(store),
+               "trained_keys_sha256": data.keys_sha256(),
                "validation": {"source": source, "rows": int(len(val_rows)), "single_image_classes": "train"}},
     )
     history = getattr(_final_step(estimator), "history_", None)
