@@ -22,6 +22,7 @@ from features_store.plan import batch_plan, chunk_rows, default_shard_rows, defa
 from features_store.reader import (
     StoreInfo,
     StoreMeta,
+    digest_keys,
     keys_sha256,
     read_errors,
     read_features,
@@ -31,7 +32,7 @@ from features_store.reader import (
 )
 from features_store.schema import SCHEMA_VERSION
 from features_store.shard import ShardWriter, durable_rows, runtime_tag, shard_name
-from features_store.store import StoreSession
+from features_store.store import StoreSession, is_writable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -60,6 +61,8 @@ __all__ = [
     "iter_batches",
     "load",
     "plan_shards",
+    "digest_keys",
+    "is_writable",
     "keys_sha256",
     "read_errors",
     "read_features",

@@ -78,7 +78,7 @@ class StoreSession:
                 os.makedirs(store)
             except OSError as err:
                 raise durable.write_error(err, store=store, what="the store directory") from err
-        if not os.access(store, os.W_OK) or _read_only_mount(store):
+        if not is_writable(store):
             raise StoreWriteError(f"{store}: the folder is read-only; the store needs a writable folder "
                                   "(copy the store elsewhere to extend it, or read it as it is).")
         try:
@@ -290,6 +290,12 @@ def _holds_nothing(store: str) -> bool:
         return names <= {schema.LOCK_FILE, schema.SHARDS_DIR} and not (os.path.isdir(shards) and os.listdir(shards))
     except OSError:
         return False
+
+
+def is_writable(path: str | os.PathLike) -> bool:
+    """Whether a writer could write in the folder `path` (its permissions, and a read-only mount for root)."""
+    path = os.fspath(path)
+    return os.access(path, os.W_OK) and not _read_only_mount(path)
 
 
 def _read_only_mount(path: str) -> bool:

@@ -232,6 +232,36 @@ def test_the_store_records_its_index_and_images_root_as_absolute_paths(csv_index
     assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 0 and hashed == []
 
 
+def test_a_read_only_store_that_is_up_to_date_says_so_and_one_that_is_not_is_refused(csv_index, tmp_path):
+    """A published store on a read-only mount was refused even when it listed this very index: nothing needs
+    writing then. Anything to write (a relabel here) is still one line."""
+    store = tmp_path / "s"
+    run_extract(read_index(csv_index), small_vgg(), store)
+    before = {p.name: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    ro = tmp_path / "ro"
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only bind mount
+        ro.mkdir()
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(store), str(ro)], capture_output=True).returncode:
+            pytest.skip("root, and cannot bind-mount read-only here")
+    else:
+        os.chmod(store, 0o555)
+        ro = store
+    relabelled = tmp_path / "relabelled.csv"
+    relabelled.write_text(csv_index.read_text().replace(",a\n", ",z\n"))
+    try:
+        again = small_vgg()
+        result = run_extract(read_index(csv_index), again, ro)
+        assert result.up_to_date and result.n_extracted == 0 and again._model is None
+        with pytest.raises(features_store.StoreWriteError, match="the folder is read-only"):
+            run_extract(read_index(relabelled, csv_index.parent), small_vgg(), ro)
+    finally:
+        if ro != store:
+            subprocess.run(["umount", str(ro)], check=True)
+        else:
+            os.chmod(store, 0o755)
+    assert {p.name: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
 def test_a_v1_single_file_store_is_refused_with_one_line(csv_index, tmp_path):
     old = tmp_path / "index.vgg16-0123456789.h5"
     with h5py.File(old, "w") as f:

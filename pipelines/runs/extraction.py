@@ -21,7 +21,7 @@ from ..scale.distributed import fill_store_on_dask
 from .filling import Target, fill_stores
 from .planning import default_store_path, plan_rows, view_args
 from .versions import base_versions
-from .views import AugmentedViews
+from .views import AugmentedViews, store_identity
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def run_extract(
         manifest = features_store.read_manifest(out) if out.is_dir() else None
         dtype = manifest.dtype if manifest is not None else "float32"
     plan = plan_rows(index, out, views, workers)
+    if out.is_dir() and not features_store.is_writable(out):  # a published, read-only store: up to date, or refused
+        done = _up_to_date_as_it_is(index, plan, out, views, fp, dtype)
+        if done is not None:
+            return done
     if strict and any(plan.reasons):
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)
         raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
@@ -129,3 +133,19 @@ def run_extract(
         session.remove_orphans()
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows)
+
+
+def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> ExtractResult | None:
+    """The result of a store that already lists exactly this index, these images and this images root, complete,
+    for this extractor and dtype (nothing to write: a read-only store is fine as it is); None otherwise."""
+    try:
+        info = features_store.read_info(out)
+        same_keys = features_store.keys_sha256(out) == features_store.digest_keys(plan.keys)
+    except (features_store.FeatureStoreError, OSError, KeyError):
+        return None
+    attrs = view_args(index, plan, views)["attrs"]
+    if not (info.complete and same_keys and info.fingerprint == fp and info.dtype == dtype
+            and info.index_sha256 == store_identity(index, views)
+            and all(str(info.attrs.get(k, "")) == str(v) for k, v in attrs.items())):
+        return None
+    return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp, info.garbage_rows)
