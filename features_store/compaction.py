@@ -63,9 +63,8 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
     session.adopt(before.with_shards([r for r, _, _ in keep] + new))  # the view is written against this
     attrs = {k: str(v) for k, v in cols["attrs"].items() if k not in schema.VIEW_ATTRS}
     session.write_view(ids=cols["ids"], keys=cols["keys"], labels=cols["labels"], classes=cols["classes"],
-                       split=cols["split"], view=cols["view"], source=cols["source"], size=cols["size"],
-                       mtime_ns=cols["mtime_ns"], inode=cols["inode"], ctime_ns=cols["ctime_ns"],
-                       reasons=cols["errors"], attrs=attrs,
+                       split=cols["split"], view=cols["view"], source=cols["source"],
+                       stats={name: cols[name] for name in schema.STAT_COLUMNS}, reasons=cols["errors"], attrs=attrs,
                        index_sha256=str(cols["attrs"].get("index_sha256", "")),
                        versions=_json_attr(cols["attrs"].get("versions")))
     commit_manifest(session.store, session.manifest)  # only now are the rewritten shards unlisted

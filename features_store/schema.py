@@ -32,9 +32,12 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 ERROR_DTYPE = h5py.string_dtype("utf-8", ERROR_BYTES)
 KEY_DTYPE = h5py.string_dtype("ascii", KEY_BYTES)
 
+# each file's stat when its key was computed (the quick path that spares re-hashing; -1 unknown): int64 columns
+# of the view; `inode` and `ctime_ns` came after schema 2 did, so a view may lack them (read as -1)
+STAT_COLUMNS = ("size", "mtime_ns", "inode", "ctime_ns")
 # datasets of the view file, one value per view row (plus `classes` and `shard_files`)
 VIEW_COLUMNS = ("ids", "keys", "labels", "split", "view", "source", "ok", "errors", "shard", "shard_row",
-                "size", "mtime_ns", "inode", "ctime_ns")
+                *STAT_COLUMNS)
 VIEW_ATTRS = ("schema_version", "fingerprint", "extractor", "index_sha256", "versions", "created", "complete",
               "n_failed", "features_layout")
 # datasets of a shard file

@@ -223,9 +223,8 @@ class StoreSession:
         return removed
 
     # --- the view ---------------------------------------------------------------------------------------
-    def write_view(self, *, ids, keys, labels, classes, split, view=None, source=None, size=None, mtime_ns=None,
-                   inode=None, ctime_ns=None, reasons=None, attrs=None, index_sha256: str = "",
-                   versions=None) -> dict[str, Any]:
+    def write_view(self, *, ids, keys, labels, classes, split, view=None, source=None, stats=None, reasons=None,
+                   attrs=None, index_sha256: str = "", versions=None) -> dict[str, Any]:
         """Rewrite `features.h5` for the current index from the stored rows; return its counts.
 
         Parameters
@@ -236,8 +235,8 @@ class StoreSession:
             Codes into `classes`, -1 for unlabelled.
         classes, split, view, source
             As in a v1 store.
-        size, mtime_ns, inode, ctime_ns : array-like of int of shape (n,), default=None
-            The files' stat when their keys were computed (-1 unknown).
+        stats : mapping of `schema.STAT_COLUMNS` names to array-like of int of shape (n,), default=None
+            The files' stat when their keys were computed (a column not given: -1, unknown).
         reasons : sequence of str of length n, default=None
             Why a keyless row failed.
         attrs : dict of str to str
@@ -268,9 +267,8 @@ class StoreSession:
         columns = {"ids": list(ids), "keys": keys, "labels": labels, "classes": list(classes), "split": list(split),
                    "view": np.zeros(n, np.int16) if view is None else view,
                    "source": np.arange(n) if source is None else source, "ok": ok, "errors": errors,
-                   "shard": shard, "shard_row": row, "size": unset if size is None else size,
-                   "mtime_ns": unset if mtime_ns is None else mtime_ns, "inode": unset if inode is None else inode,
-                   "ctime_ns": unset if ctime_ns is None else ctime_ns}
+                   "shard": shard, "shard_row": row,
+                   **{name: (stats or {}).get(name, unset) for name in schema.STAT_COLUMNS}}
         layout = write_view(self.store, self.manifest, columns, complete=pending == 0, attrs=dict(attrs or {}),
                             index_sha256=index_sha256, versions=dict(versions or {}))
         return {"rows": n, "failed": int(np.count_nonzero(~ok)) - pending, "pending": pending,

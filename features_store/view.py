@@ -91,8 +91,7 @@ def write_view(
         f.create_dataset("ok", data=np.asarray(columns["ok"], bool))
         f.create_dataset("shard", data=shard)
         f.create_dataset("shard_row", data=row)
-        f.create_dataset("size", data=np.asarray(columns["size"], np.int64))
-        for name in ("mtime_ns", "inode", "ctime_ns"):
+        for name in schema.STAT_COLUMNS:
             f.create_dataset(name, data=np.asarray(columns[name], np.int64))
         f.create_dataset("shard_files", data=np.array(files, dtype=object), dtype=schema.STR_DTYPE)
         if layout == "virtual":
@@ -200,11 +199,9 @@ def view_columns(path: str) -> dict[str, Any]:
             "errors": f["errors"].asstr()[:].astype(str),
             "shard": f["shard"][:].astype(np.int32),
             "shard_row": f["shard_row"][:].astype(np.int64),
-            "size": f["size"][:],
-            "mtime_ns": f["mtime_ns"][:],
-            # added after schema 2 came out: a view without them is read as "unknown" (its files hashed again)
+            # a view without `inode` and `ctime_ns` (written before they were added): "unknown", hashed again
             **{name: f[name][:] if name in f else np.full(len(f["ids"]), -1, np.int64)
-               for name in ("inode", "ctime_ns")},
+               for name in schema.STAT_COLUMNS},
             "shard_files": f["shard_files"].asstr()[:].tolist(),
             "features_shape": tuple(int(s) for s in f["features"].shape),
             "features_dtype": str(f["features"].dtype),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import features_store
 from extract import ImageIndex, ImageReadError
+from features_store.reader import open_view
 
 from ..scale.distributed import fill_store_on_dask
 from .filling import Target, fill_stores
@@ -139,10 +140,11 @@ def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> 
     """The result of a store that already lists exactly this index, these images and this images root, complete,
     for this extractor and dtype (nothing to write: a read-only store is fine as it is); None otherwise."""
     try:
-        info = features_store.read_info(out)
-        same_keys = features_store.keys_sha256(out) == features_store.digest_keys(plan.keys)
+        view = open_view(out)  # read once: its summary and its keys
+        info = view.info()
     except (features_store.FeatureStoreError, OSError, KeyError):
         return None
+    same_keys = features_store.digest_keys(view.cols["keys"]) == features_store.digest_keys(plan.keys)
     attrs = view_args(index, plan, views)["attrs"]
     if not (info.complete and same_keys and info.fingerprint == fp and info.dtype == dtype
             and info.index_sha256 == store_identity(index, views)

@@ -96,5 +96,5 @@ def view_args(index: ImageIndex, plan: RowPlan, views: AugmentedViews | None) ->
         attrs["augmentation"] = canonical_json(views.to_dict())
     return dict(ids=ids.tolist(), keys=plan.keys, labels=label_codes(index.labels, classes)[plan.source],
                 classes=classes, split=np.asarray(plan.split, dtype=object)[plan.source].tolist(),
-                view=plan.view, source=plan.source, **plan.stats, reasons=plan.reasons,
+                view=plan.view, source=plan.source, stats=plan.stats, reasons=plan.reasons,
                 attrs=attrs, index_sha256=store_identity(index, views))

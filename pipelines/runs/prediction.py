@@ -14,6 +14,7 @@ import classify
 import features_store
 from extract import extractor_from_spec, read_index
 from features_store.durable import atomic_write, write_error
+from features_store.reader import open_view
 
 from .extraction import run_extract
 from .planning import default_store_path
@@ -202,10 +203,11 @@ def _keep_a_labelled_view(store: Path, index, extractor) -> None:
     if not features_store.is_store(store):
         return
     try:
-        info = features_store.read_info(store)
-        labelled = int(np.count_nonzero(features_store.read_meta(store, allow_incomplete=True).labels != ""))
+        view = open_view(store)  # read once: its summary and its labels
+        info = view.info()
     except (OSError, ValueError):  # not readable as a store of this version: run_extract says why
         return
+    labelled = int(np.count_nonzero((view.cols["labels"] >= 0) & (view.cols["view"] == 0)))
     if labelled and info.fingerprint == extractor.fingerprint() and info.index_sha256 != store_identity(index, None):
         raise ValueError(
             f"{store} lists {labelled} labelled images of another index (a training store?); predicting into it would "

@@ -104,14 +104,20 @@ def run_sweep(
 
 
 def _check_probe_labels(index: ImageIndex) -> None:
-    """The rows the probe will use (train + val with a split column, else every labelled row) must hold 2 classes
-    of at least 2 images each, as `probe` checks again on what was read."""
+    """The index's rows the probe will use (train + val with a split column, else every row) must pass
+    `probe_counts`, checked before the forward pass; `probe` checks again on what was read."""
     labels, split = np.asarray(index.labels, dtype=str), np.asarray(index.split, dtype=str)
-    rows = np.isin(split, ("train", "val")) if np.isin(split, ("train", "val")).any() else np.ones(len(labels), bool)
-    _, counts = np.unique(labels[rows & (labels != "")], return_counts=True)
+    probe_counts(labels[np.isin(split, ("train", "val"))] if np.isin(split, ("train", "val")).any() else labels,
+                 where=index.source)
+
+
+def probe_counts(labels: np.ndarray, *, where) -> np.ndarray:
+    """The images per class among the labelled `labels`; 2 classes of at least 2 images each, or one line."""
+    _, counts = np.unique(labels[labels != ""], return_counts=True)
     if len(counts) < 2 or counts.min() < 2:
-        raise ValueError(f"{index.source}: the probe needs 2 classes with at least 2 labelled train/val images each. "
+        raise ValueError(f"{where}: the probe needs 2 classes with at least 2 images each. "
                          f"Received: counts {counts.tolist()}")
+    return counts
 
 
 def _default_out_dir(index: ImageIndex) -> Path:
@@ -184,10 +190,8 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
     has_split = np.isin(meta.split, ("train", "val")).any()
     # never choose a layer on the test images: with a split column, probe on train + val only
     X, y, _ = features_store.load(store, views=False, split=("train", "val") if has_split else None)
+    counts = probe_counts(y, where=store)
     X, y = X[y != ""], y[y != ""]
-    _, counts = np.unique(y, return_counts=True)
-    if len(counts) < 2 or counts.min() < 2:
-        raise ValueError(f"{store}: the probe needs 2 classes with at least 2 images each. Received: counts {counts.tolist()}")
     folds = StratifiedKFold(min(cv, int(counts.min())), shuffle=True, random_state=random_state)
     t0 = time.perf_counter()
     scores = cross_validate(classify.make_head("logreg"), X, y, cv=folds)
