@@ -20,6 +20,11 @@ class CNNConfigError(ClassifyError, ValueError):
     """A CNN argument is out of range (classes, optimizer, feature layer...)."""
 
 
+def min_input_size(kernel_size: int = 3) -> int:
+    """The smallest input side that `build_cnn` takes: two unpadded convolutions, then a 2x2 pooling."""
+    return 2 * (kernel_size - 1) + 2
+
+
 def build_cnn(input_shape: Sequence[int], n_classes: int, *, filters: int = 32, kernel_size: int = 3,
               dense_units: int = 128, dropout: tuple[float, float] = (0.25, 0.5), preprocessing: Sequence = (),
               seed: int | None = None):
@@ -47,6 +52,10 @@ def build_cnn(input_shape: Sequence[int], n_classes: int, *, filters: int = 32, 
     import keras
 
     _check_classes(n_classes)
+    smallest = min_input_size(kernel_size)
+    if min(tuple(input_shape)[:2]) < smallest:
+        raise CNNConfigError(f"`input_shape` must be at least {smallest}x{smallest} pixels (two {kernel_size}x{kernel_size} "
+                         f"convolutions and a 2x2 pooling). Received: input_shape={tuple(input_shape)}")
     inputs = keras.Input(tuple(input_shape), name="image")
     x = inputs
     for layer in preprocessing:

@@ -55,6 +55,7 @@ def test_seeded_builds_are_identical():
     "call, match",
     [
         pytest.param(lambda: build_cnn((12, 12, 1), 1), r"`n_classes` must be an integer >= 2\. Received: n_classes=1", id="classes"),
+        pytest.param(lambda: build_cnn((5, 12, 1), 2), r"`input_shape` must be at least 6x6 pixels .*Received: input_shape=\(5, 12, 1\)", id="size"),
         pytest.param(lambda: make_optimizer("adagrad"), r"`optimizer` must be one of 'adam', 'adadelta', 'sgd', 'rmsprop'\. Received: optimizer='adagrad'", id="optimizer"),
         pytest.param(lambda: build_transfer(build_cnn((12, 12, 1), 2, filters=4, dense_units=8), 2, feature_layer="flatten"),
                      r"`feature_layer` must be one of the base's layers .*Received: feature_layer='flatten'", id="feature-layer"),

@@ -75,7 +75,7 @@ def test_cli_advise_threshold_and_errors(capsys):
     assert main(["advise", "--n-images", "300", "--similarity", "high", "--small-threshold", "100"]) == 0
     assert "strategy: fine-tune the top blocks" in capsys.readouterr().out
     assert main(["advise", "--n-images", "-5", "--similarity", "high"]) == 2
-    assert "`n_images` must be a non-negative integer" in capsys.readouterr().err
+    assert "`--n-images` must be a non-negative integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["advise", "--n-images", "5", "--index", "x.csv", "--similarity", "high"])
     assert exit_info.value.code == 2

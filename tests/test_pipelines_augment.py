@@ -178,7 +178,7 @@ def test_cli_extract_bad_augmentation_is_one_line(split_index, tmp_path, capsys)
                  "--rotation", "1.5", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "`rotation` must be a number in [0, 1). Received: rotation=1.5" in err
+    assert "`--rotation` must be a number in [0, 1). Received: --rotation 1.5" in err  # the flag, not the parameter
 
 
 def test_augmentation_options_without_augment_are_refused_not_ignored(split_index, tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_cli_augment_preview_writes_the_format_its_name_says(csv_index, tmp_path
     for name in ("grid.txt", "grid.psd"):  # .psd: Pillow reads it but cannot write it
         assert main(["augment-preview", str(missing), "--out", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "`out` must end in one of .png, .jpg" in err
+        assert len(err.splitlines()) == 1 and "`--out` must end in one of .png, .jpg" in err
         assert not (tmp_path / name).exists()
 
 

@@ -66,19 +66,21 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
 @pytest.mark.parametrize(
     "argv, match",
     [
-        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.h5"], r"`out` must be a \.keras file\. Received: out='.*cae\.h5'", id="suffix"),
+        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.h5"], r"`--out` must be a \.keras file\. Received: --out '.*cae\.h5'", id="suffix"),
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--input-size", "30"],
-                     r"`input_size` must be a positive integer divisible by 2 \*\* len\(filters\) = 4\. Received: input_size=30", id="size"),
+                     r"`--input-size` must be a positive integer divisible by 2 \*\* len\(filters\) = 4\. Received: --input-size 30", id="size"),
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--filters", "8,x"],
-                     r"`filters` must be comma-separated integers\. Received: filters='8,x'", id="filters"),
+                     r"`--filters` must be comma-separated integers\. Received: --filters '8,x'", id="filters"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
-                     r"`classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: classes=\['a', 'z'\]", id="classes"),
+                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'z'\]", id="classes"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "5"],  # was Keras's shape error
+                     r"`--input-size` must be an integer >= 6 \(two 3x3 convolutions and a 2x2 pooling\)\. Received: --input-size 5", id="cnn-size"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--base", "{tmp}/none.keras"],
                      r"the saved model .*none\.keras does not exist", id="base"),
         pytest.param(["extract", "{index}", "--model", "keras", "--weights", "{tmp}/none.keras"],
                      r"the saved model .*none\.keras does not exist", id="extract-missing"),
         pytest.param(["extract", "{index}", "--model", "cae", "--weights", "{tmp}/cae.keras", "--input-size", "224"],
-                     r"`input_size` must match the input size of the model in .*cae\.keras \(16\) or be omitted\. Received: input_size=224", id="extract-size"),
+                     r"`--input-size` must match the input size of the model in .*cae\.keras \(16\) or be omitted\. Received: --input-size 224", id="extract-size"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(csv_index, tmp_path, capsys, argv, match):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             return EXIT_BROKEN_PIPE
         if debug:  # the traceback, for bug reports
             raise
-        message = " ".join(_plain(err).split())
+        message = _as_flags(" ".join(_plain(err).split()), parser.commands.get(args.command))
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -89,6 +89,20 @@ def _plain(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno and err.strerror and err.filename is not None:
         return f"{err.filename}: {err.strerror}" + (f" (to {err.filename2})" if err.filename2 is not None else "")
     return str(err)
+
+
+def _as_flags(message: str, command_parser) -> str:
+    """An error of the Python API in the command's own words: "`input_size` must be ... Received: input_size=8"
+    becomes "`--input-size` must be ... Received: --input-size 8" for every parameter that the command takes as
+    that option (same name, underscores as dashes); any other name is left as it is."""
+    for action in getattr(command_parser, "_actions", ()):
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag is None or flag.lstrip("-").replace("-", "_") != action.dest:
+            continue
+        message = message.replace(f"`{action.dest}`", f"`{flag}`")
+        head, sep, tail = message.partition("Received: ")
+        message = head + sep + re.sub(rf"(?<![\w-]){action.dest}=", f"{flag} ", tail) if sep else message
+    return message
 
 
 def _stdout_reader_gone() -> bool:

@@ -92,12 +92,15 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
     -------
     PretrainResult
     """
-    from classify.cnn import build_cnn, build_transfer, train_cnn
+    from classify.cnn import build_cnn, build_transfer, min_input_size, train_cnn
     from classify.plots import plot_history
     from extract.autoencoder import preprocessing_layers
     from extract.saved_model import load_saved_model, model_input_size
 
     out = check_out(out)
+    if base is None and config.input_size < min_input_size():
+        raise ValueError(f"`input_size` must be an integer >= {min_input_size()} (two 3x3 convolutions and a 2x2 "
+                         f"pooling). Received: input_size={config.input_size}")
     classes, rows = class_rows(index, classes)
     codes = encode_labels(index.labels, classes, unknown="code")
     if base is None:
