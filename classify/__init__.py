@@ -5,6 +5,7 @@ Knows scikit-learn and Keras only; Keras is imported lazily, so importing this p
 
 from classify.bundle import Bundle, load_bundle, save_bundle, save_model_bundle, trusted_types
 from classify.errors import (
+    BundleBusyError,
     BundleExistsError,
     BundleFormatError,
     BundleIntegrityError,
@@ -23,6 +24,7 @@ from classify.plots import plot_confusion_matrix, plot_history
 
 __all__ = [
     "Bundle",
+    "BundleBusyError",
     "BundleExistsError",
     "BundleFormatError",
     "BundleIntegrityError",

@@ -21,6 +21,10 @@ class BundleExistsError(ClassifyError, FileExistsError):
     """The target directory of a bundle is not empty and holds no bundle, so it is not overwritten."""
 
 
+class BundleBusyError(ClassifyError, RuntimeError):
+    """Another process has been saving a bundle into the same folder for longer than the wait allows."""
+
+
 class BundleFormatError(ClassifyError, ValueError):
     """A bundle's manifest is unreadable, of an unknown format version or kind, or inconsistent."""
 

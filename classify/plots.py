@@ -6,6 +6,7 @@ Figures are built with `matplotlib.figure.Figure` on the Agg canvas, never throu
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -59,6 +60,17 @@ def plot_history(history: dict, path: str | os.PathLike) -> Path:
     path : Path
         The written file.
     """
+    return save_png(_history_canvas(history), path)
+
+
+def history_png(history: dict) -> bytes:
+    """`plot_history`'s PNG as bytes (for a file written with others, all or none)."""
+    buffer = io.BytesIO()
+    _history_canvas(history).print_png(buffer)
+    return buffer.getvalue()
+
+
+def _history_canvas(history: dict):
     fig, canvas = new_figure(size=(10, 4))
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for key in (metric, f"val_{metric}"):
@@ -67,7 +79,7 @@ def plot_history(history: dict, path: str | os.PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.legend()
-    return save_png(canvas, path)
+    return canvas
 
 
 def new_figure(size: tuple[float, float]):

@@ -46,8 +46,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
+    prefix = f".{os.path.basename(path)}.tmp-"
+    tmp = os.path.join(folder, f"{prefix}{os.getpid()}{suffix}")
     try:
+        remove_dead_writers_files(path, suffix=suffix)
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
@@ -55,9 +57,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.filename is None and err.errno:
+        if isinstance(err, OSError) and err.errno and err.filename in (None, tmp):
             raise OSError(err.errno, err.strerror or os.strerror(err.errno), path) from err
         raise
+
+
+def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> None:
+    """Remove the temporary files of `atomic_write`s of `path` whose process is gone (a SIGKILL: an export's is a
+    whole copy of the features), so that they neither fill the disk nor fail a free-space check."""
+    path = os.fspath(path)
+    folder, prefix = os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # the write itself says what is wrong with the folder
+    for name in names:
+        pid = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

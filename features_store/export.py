@@ -54,6 +54,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise durable.write_error(err, store=folder, what=out) from err
+    durable.remove_dead_writers_files(out)  # a killed export's copy would count against the space it needs
     # checked first: HDF5 meeting a full disk mid-write fails to flush its objects (tracebacks, a crash at exit)
     durable.check_free(folder, n * d * dtype.itemsize + os.path.getsize(source_file), store=folder, what=out)
     try:

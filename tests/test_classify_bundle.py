@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import resource
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from classify import (
+    BundleBusyError,
     BundleExistsError,
     BundleFormatError,
     BundleIntegrityError,
@@ -57,16 +59,26 @@ def _save(head, out_dir, **kw):
     )
 
 
+def _names(path):
+    """A bundle's files, content names shown as `head-*.skops`, its lock file left out."""
+    return sorted(re.sub(r"-[0-9a-f]{12}\.", "-*.", p.name) for p in path.iterdir() if p.name != ".lock")
+
+
+def _file(path, key="model_file"):
+    return path / json.loads((path / "manifest.json").read_text())[key]
+
+
 def test_round_trip(tmp_path, data, head):
     X, y = data
     metrics = evaluate(head, X, y)
     path = _save(head, tmp_path / "bundle", metrics=metrics, params={"C": 1.0}, extra={"note": "hi"})
-    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
+    assert _names(path) == ["head-*.skops", "manifest.json"]
     bundle = load_bundle(path)
     manifest = bundle.manifest
     assert manifest["format_version"] == 2 and manifest["kind"] == "sklearn" and manifest["model_format"] == "skops"
-    assert manifest["model_file"] == "head.skops"
-    assert manifest["model_sha256"] == hashlib.sha256((path / "head.skops").read_bytes()).hexdigest()
+    assert re.fullmatch(r"head-[0-9a-f]{12}\.skops", manifest["model_file"])
+    assert manifest["model_sha256"] == hashlib.sha256(_file(path).read_bytes()).hexdigest()
+    assert manifest["model_file"][5:17] == manifest["model_sha256"][:12]
     assert manifest["extractor"] == EXTRACTOR and manifest["fingerprint"] == FINGERPRINT
     assert manifest["classes"] == CLASSES and manifest["n_features"] == 20
     assert manifest["metrics"] == metrics and manifest["params"] == {"C": 1.0} and manifest["note"] == "hi"
@@ -82,17 +94,17 @@ def test_round_trip_pipeline_with_keras_mlp(tmp_path, data):
     X, y = data
     head = make_pipeline(StandardScaler(), KerasMLPClassifier((8,), epochs=2, random_state=0)).fit(X, y)
     path = _save(head, tmp_path / "mlp")
-    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json", "mlp.keras"]
+    assert _names(path) == ["head-*.skops", "manifest.json", "mlp-*.keras"]
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["network_file"] == "mlp.keras"
-    assert manifest["network_sha256"] == hashlib.sha256((path / "mlp.keras").read_bytes()).hexdigest()
+    assert re.fullmatch(r"mlp-[0-9a-f]{12}\.keras", manifest["network_file"])
+    assert manifest["network_sha256"] == hashlib.sha256(_file(path, "network_file").read_bytes()).hexdigest()
     assert head[-1].model_ is not None  # saving does not strip the caller's head
     bundle = load_bundle(path)
     np.testing.assert_allclose(bundle.predict_proba(X), head.predict_proba(X), rtol=1e-5)
     np.testing.assert_array_equal(bundle.estimator.classes_, head.classes_)
     # replaced by a logistic-regression bundle: the network file goes with the old bundle
     _save(make_head("logreg").fit(X, y), path)
-    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
+    assert _names(path) == ["head-*.skops", "manifest.json"]
 
 
 def test_every_head_round_trips_through_skops(tmp_path, data):
@@ -122,16 +134,16 @@ def test_trusted_types_are_our_head_types_only():
 
 def test_integrity_refusal(tmp_path, data, head):
     path = _save(head, tmp_path / "bundle")
-    model = path / "head.skops"
+    model = _file(path)
     raw = bytearray(model.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     model.write_bytes(bytes(raw))
-    with pytest.raises(BundleIntegrityError, match=r"head.skops has sha256 [0-9a-f]{64} but the manifest records"):
+    with pytest.raises(BundleIntegrityError, match=r"head-[0-9a-f]{12}\.skops has sha256 [0-9a-f]{64} but the manifest records"):
         load_bundle(path)
     X, y = data
     mlp = _save(make_pipeline(StandardScaler(), KerasMLPClassifier((4,), epochs=1)).fit(X, y), tmp_path / "mlp")
-    (mlp / "mlp.keras").write_bytes((mlp / "mlp.keras").read_bytes() + b"x")
-    with pytest.raises(BundleIntegrityError, match=r"mlp.keras has sha256 [0-9a-f]{64} but the manifest records"):
+    _file(mlp, "network_file").write_bytes(_file(mlp, "network_file").read_bytes() + b"x")
+    with pytest.raises(BundleIntegrityError, match=r"mlp-[0-9a-f]{12}\.keras has sha256 [0-9a-f]{64} but the manifest records"):
         load_bundle(mlp)
 
 
@@ -164,13 +176,13 @@ def test_a_malicious_pickle_in_place_of_the_model_is_refused_and_never_run(tmp_p
     assert marker.exists()
     marker.rmdir()
     path = _save(head, tmp_path / "bundle")
-    _tamper(path, "head.skops", payload)
-    with pytest.raises(BundleFormatError, match="head.skops is not a readable skops head file"):
+    _tamper(path, _file(path).name, payload)
+    with pytest.raises(BundleFormatError, match=r"head-[0-9a-f]{12}\.skops is not a readable skops head file"):
         load_bundle(path)
-    _tamper(path, "head.skops", payload, model_format="joblib")  # the manifest says "a pickle"
-    with pytest.raises(BundleUnsafeError, match=r"head.skops is a pickle, and loading a pickle runs any code"):
+    _tamper(path, _file(path).name, payload, model_format="joblib")  # the manifest says "a pickle"
+    with pytest.raises(BundleUnsafeError, match=r"head-[0-9a-f]{12}\.skops is a pickle, and loading a pickle runs any code"):
         load_bundle(path)
-    _tamper(path, "head.skops", payload, format_version=1)  # format 1 bundles were pickles
+    _tamper(path, _file(path).name, payload, format_version=1)  # format 1 bundles were pickles
     with pytest.raises(BundleUnsafeError, match="is a pickle"):
         load_bundle(path)
     assert not marker.exists()
@@ -185,7 +197,7 @@ def test_a_skops_file_of_another_type_is_refused_and_never_run(tmp_path, head):
     assert marker.exists()
     marker.rmdir()
     path = _save(head, tmp_path / "bundle")
-    _tamper(path, "head.skops", payload)
+    _tamper(path, _file(path).name, payload)
     with pytest.raises(BundleUnsafeError, match=r"holds types that are not featurehead head types.*_Payload"):
         load_bundle(path)
     assert not marker.exists()
@@ -204,31 +216,31 @@ def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     evil = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Lambda(code)(inputs)))
     data_bytes = model_to_bytes(evil)
     marker.rmdir()  # building the model ran the lambda once
-    _tamper(path, "mlp.keras", data_bytes)
+    _tamper(path, _file(path, "network_file").name, data_bytes)
     unsafe = tmp_path / "unsafe.keras"
     unsafe.write_bytes(data_bytes)
     keras.saving.load_model(unsafe, safe_mode=False)  # the payload is live when loaded unsafely
     assert marker.exists()
     marker.rmdir()
-    with pytest.raises(BundleUnsafeError, match=r"mlp.keras is not a Keras model that loads with safe_mode=True"):
+    with pytest.raises(BundleUnsafeError, match=r"mlp-[0-9a-f]{12}\.keras is not a Keras model that loads with safe_mode=True"):
         load_bundle(path)
     assert not marker.exists()
 
 
 def test_a_pickle_bundle_is_an_explicit_opt_in_with_warnings(tmp_path, data, head):
     X, _ = data
-    with pytest.warns(PickleBundleWarning, match="head.joblib is a pickle: loading a pickle runs any code"):
+    with pytest.warns(PickleBundleWarning, match=r"head-[0-9a-f]{12}\.joblib is a pickle: loading a pickle runs any code"):
         path = _save(head, tmp_path / "bundle", model_format="joblib")
-    assert sorted(p.name for p in path.iterdir()) == ["head.joblib", "manifest.json"]
+    assert _names(path) == ["head-*.joblib", "manifest.json"]
     with pytest.raises(BundleUnsafeError, match=r"trust_pickle=True"):
         load_bundle(path)
-    with pytest.warns(PickleBundleWarning, match="loading .*head.joblib: loading a pickle runs any code"):
+    with pytest.warns(PickleBundleWarning, match=r"loading .*head-[0-9a-f]{12}\.joblib: loading a pickle runs any code"):
         bundle = load_bundle(path, trust_pickle=True)
     np.testing.assert_array_equal(bundle.predict_proba(X), head.predict_proba(X))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _save(head, path)  # the default format: no warning, and the pickle is gone
-    assert sorted(p.name for p in path.iterdir()) == ["head.skops", "manifest.json"]
+    assert _names(path) == ["head-*.skops", "manifest.json"]
     with pytest.raises(ValueError, match="`model_format` must be one of 'skops', 'joblib'"):
         _save(head, path, model_format="pickle")
 
@@ -271,8 +283,8 @@ def test_missing_pieces(tmp_path, head):
     with pytest.raises(BundleNotFoundError, match="the directory does not exist"):
         load_bundle(tmp_path / "nope")
     path = _save(head, tmp_path / "bundle")
-    (path / "head.skops").unlink()
-    with pytest.raises(BundleNotFoundError, match="head.skops is missing"):
+    _file(path).unlink()
+    with pytest.raises(BundleNotFoundError, match=r"head-[0-9a-f]{12}\.skops is missing"):
         load_bundle(path)
     (path / "manifest.json").unlink()
     with pytest.raises(BundleNotFoundError, match="manifest.json is missing"):
@@ -344,8 +356,9 @@ def test_a_bundle_that_cannot_be_written_in_full_keeps_the_previous_bundle_whole
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     joblib.dump(heads[1], tmp_path / "new.joblib")
     # a file-size limit that the network file fits under and the head file (the scaler's 3 x 4096 floats) does not
-    small, large = sorted((len(before["mlp.keras"]), len(before["head.skops"])))
-    assert small == len(before["mlp.keras"]) and large > small + 4096
+    network, model = _file(path, "network_file").name, _file(path).name
+    small, large = sorted((len(before[network]), len(before[model])))
+    assert small == len(before[network]) and large > small + 4096
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
@@ -378,3 +391,77 @@ def test_write_files_is_all_or_none_whichever_file_fails(tmp_path):
                           preexec_fn=limit, timeout=120)
     assert proc.returncode != 0 and f"File too large: '{tmp_path / 'large'}'" in proc.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"small": b"old small", "large": b"old large"}
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import joblib
+from classify import save_bundle
+real, calls, at = os.replace, [0], int(sys.argv[3])
+def replace(src, dst):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst)
+os.replace = replace
+head = joblib.load(sys.argv[2])
+save_bundle(head, sys.argv[1], extractor={"name": "x"}, fingerprint="f" * 64, classes=["cat", "dog", "eel"],
+            n_features=20, aux={"history.png": b"new curves"} if sys.argv[4] == "aux" else None)
+"""
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-save", "replacing"])
+def test_a_save_killed_at_any_rename_leaves_a_whole_bundle_and_the_next_save_works(tmp_path, data, first):
+    """A kill between the renames of a save left the new head beside the old manifest (the old bundle lost), and a
+    first save killed so left its temporary files, for which every later save refused the folder."""
+    import joblib
+
+    X, y = data
+    old, new = make_head("logreg", C=0.01).fit(X, y), make_head("logreg", C=100.0).fit(X, y)
+    joblib.dump(new, tmp_path / "new.joblib")
+    for at in (1, 2, 3):  # the model file, the manifest, history.png
+        path = tmp_path / f"b{at}"
+        if not first:
+            _save(old, path, aux={"history.png": b"old curves"})
+        proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path), str(tmp_path / "new.joblib"), str(at),
+                               "aux"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        committed = at > 2
+        if committed or not first:
+            expected = new if committed else old
+            np.testing.assert_allclose(load_bundle(path).predict_proba(X), expected.predict_proba(X), rtol=1e-5)
+        else:
+            with pytest.raises(BundleNotFoundError, match="manifest.json is missing"):
+                load_bundle(path)
+        _save(new, path)  # the re-run: works, and leaves the new bundle alone
+        assert _names(path) == ["head-*.skops", "manifest.json"], at
+        np.testing.assert_allclose(load_bundle(path).predict_proba(X), new.predict_proba(X), rtol=1e-5)
+
+
+def test_bundle_files_are_readable_by_others_as_the_umask_allows(tmp_path, head):
+    """mkstemp made them 0600: a bundle shared on a team's disk did not load for anyone else."""
+    old = os.umask(0o022)
+    try:
+        path = _save(head, tmp_path / "b", aux={"history.png": b"curves"})
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in path.iterdir() if p.name != ".lock"} == {
+        _file(path).name: 0o644, "manifest.json": 0o644, "history.png": 0o644}
+
+
+def test_saves_into_one_folder_take_turns(tmp_path, head, monkeypatch):
+    import filelock
+
+    from classify.bundle import manifest
+
+    path = _save(head, tmp_path / "b")
+    monkeypatch.setattr(manifest, "LOCK_TIMEOUT_S", 0.2)
+    with filelock.FileLock(path / ".lock"):  # another save, in the middle of its writes
+        with pytest.raises(BundleBusyError, match=r"b has been saved into by another process for 0.2 s"):
+            _save(make_head("logreg", C=5.0).fit(*_data()), path)
+    _save(head, path)  # once it is done
+
+
+def _data():
+    X, y = make_classification(n_samples=60, n_features=20, n_informative=5, n_classes=3, random_state=0)
+    return X.astype(np.float32), y

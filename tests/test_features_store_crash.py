@@ -8,7 +8,9 @@ shard holds exactly its first `n_done` rows (a whole number of batches, equal to
 is ever lost, and a partial view is refused unless `allow_incomplete` and then reads exactly its done rows.
 """
 
+import errno
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -162,3 +164,29 @@ def test_sigkill_at_random_moments_leaves_a_store_that_a_rerun_completes_to_the_
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert sorted(p.name for p in (store / "shards").iterdir()) == sorted(s["file"] for s in got.shards)
     assert [s["file"] for s in got.shards] == [s["file"] for s in want.shards]  # the same plan, the same shards
+
+
+def test_atomic_write_names_the_file_not_its_temporary_name(tmp_path):
+    """A read-only folder was reported as '.../.x.json.tmp-123: Read-only file system'."""
+    from features_store.durable import atomic_write
+
+    def write(tmp):
+        raise OSError(errno.EROFS, "Read-only file system", tmp)
+
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "x.json", write)
+    assert err.value.filename == str(tmp_path / "x.json") and err.value.errno == errno.EROFS
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """A SIGKILLed export left its whole copy of the features as .e.h5.tmp-PID for good."""
+    from features_store.durable import atomic_write_bytes
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / f".e.h5.tmp-{gone.pid}").write_bytes(b"a killed export's copy")
+    (tmp_path / f".e.h5.tmp-{os.getppid()}").write_bytes(b"a live writer's")  # our parent: alive
+    (tmp_path / f".other.h5.tmp-{gone.pid}").write_bytes(b"another file's")
+    atomic_write_bytes(tmp_path / "e.h5", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.h5.tmp-{os.getppid()}", f".other.h5.tmp-{gone.pid}",
+                                                          "e.h5"]

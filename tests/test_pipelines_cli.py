@@ -149,7 +149,7 @@ def test_an_interruption_says_resume_only_where_the_work_is_kept(monkeypatch, tm
 
 def test_bad_option_value_is_exit_2(csv_index, capsys):
     code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "16")
-    assert code == 2 and "`input_size` must be an integer >= 32" in err
+    assert code == 2 and "`--input-size` must be an integer >= 32" in err
     with pytest.raises(SystemExit) as exit_:
         main(["extract", str(csv_index), "--workers", "0"])
     err = capsys.readouterr().err
@@ -246,7 +246,7 @@ def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_resu
     assert str(mnt / "r" / "confusion_matrix.png") in err
     # the new metrics.json is whole; the previous plot, of another result, is gone rather than left beside it
     assert json.loads((mnt / "r" / "metrics.json").read_text())["n_samples"] == 8
-    assert sorted(p.name for p in (mnt / "r").iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in (mnt / "r").iterdir()) == [".featurehead.lock", "metrics.json"]
 
 
 def test_a_head_onto_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_bundle(
@@ -267,7 +267,7 @@ def test_a_head_retrained_into_its_bundle_leaves_no_curves_of_the_old_one(store,
     assert run(capsys, "train", store, "--head", "mlp", "--hidden", "8", "--epochs", "2", "--out", bundle)[0] == 0
     assert (bundle / "history.png").exists()
     assert run(capsys, "train", store, "--head", "logreg", "--out", bundle)[0] == 0
-    assert not (bundle / "history.png").exists() and not (bundle / "mlp.keras").exists()
+    assert not (bundle / "history.png").exists() and not list(bundle.glob("mlp*.keras"))
 
 
 def test_evaluate_on_a_store_of_other_classes_is_one_line(store, csv_index, tmp_path, capsys):
@@ -384,7 +384,7 @@ def test_outputs_of_the_wrong_kind_and_swapped_arguments_are_named(store, csv_in
 def test_predict_refuses_a_tampered_bundle(store, csv_index, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    model = bundle / "head.skops"
+    model = bundle / json.loads((bundle / "manifest.json").read_text())["model_file"]
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
@@ -443,3 +443,11 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
 def test_train_refuses_options_of_another_head(store, tmp_path, capsys, argv, match):
     code, _, err = run(capsys, "train", store, "--out", tmp_path / "h", *argv)
     assert code == 2 and match in err and not (tmp_path / "h").exists()
+
+
+def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp_path, capsys):
+    code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "8", "--out", tmp_path / "s")
+    assert code == 2 and err == ("featurehead extract: error: `--input-size` must be an integer >= 32 for vgg16. "
+                                 "Received: --input-size 8")
+    code, _, err = run(capsys, "extract", csv_index, *FAST, "--layer", "nope", "--out", tmp_path / "s")
+    assert code == 2 and "`--layer` must be one of the model's layers [" in err and err.endswith("Received: --layer 'nope'")

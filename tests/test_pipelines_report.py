@@ -225,13 +225,39 @@ def test_a_second_report_replaces_its_thumbnails_only(run, capsys, tmp_path):
     assert len(list((out / "thumbs").glob("*.png"))) == 1
 
 
+def test_a_report_that_fails_leaves_no_page_of_the_old_one_beside_the_new_files(run, capsys, small_disk):
+    """A full disk left the old index.html beside the new metrics.json and figures, nothing saying it was stale."""
+    out = small_disk.path / "r"
+    out.mkdir()
+    (out / "index.html").write_text("<p>the report of another head</p>")
+    small_disk.fill(leave=4096)  # room for metrics.json, not for the figures
+    code, _, err = cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", out)
+    assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
+    assert not (out / "index.html").exists()
+
+
+def test_a_second_command_writing_the_same_folder_is_one_line(run, capsys, tmp_path):
+    """Two at once mixed their files: one's metrics.json beside the other's confusion matrix, both exit 0."""
+    import filelock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with filelock.FileLock(out / ".featurehead.lock"):  # another evaluate or report, writing
+        for command in ("evaluate", "report"):
+            code, _, err = cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)
+            assert code == 2 and err.endswith("is being written by another featurehead command (an evaluate or a "
+                                              "report with the same --out?); re-run when it has finished"), err
+    assert [p.name for p in out.iterdir()] == [".featurehead.lock"]
+    assert cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", out)[0] == 0
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
         pytest.param(["nohead", "feats"], "no head bundle", id="bundle"),
         pytest.param(["head", "nostore"], "nostore", id="store"),
-        pytest.param(["head", "feats", "--split", "holdout"], "`split` values must be one of", id="split"),
-        pytest.param(["head", "feats", "--images-root", "nowhere"], "`images_root` must be a folder", id="root"),
+        pytest.param(["head", "feats", "--split", "holdout"], "`--split` values must be one of", id="split"),
+        pytest.param(["head", "feats", "--images-root", "nowhere"], "`--images-root` must be a folder", id="root"),
         pytest.param(["head", "feats", "--mistakes", "-1"], "`--mistakes` must be a non-negative", id="mistakes"),
     ],
 )

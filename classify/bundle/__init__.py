@@ -1,9 +1,10 @@
 """Head bundles: a directory with the fitted head and its `manifest.json`; loading one runs no code from it.
 
-A scikit-learn head is saved with `skops.io` (`head.skops`), its Keras network, if any, as `mlp.keras`; loading
+A scikit-learn head is saved with `skops.io` (`head-<sha>.skops`), its Keras network, if any, as `mlp-<sha>.keras`
+(named by their content, so that the manifest's rename is a save's one commit point); loading
 trusts only our own head types and loads Keras files with ``safe_mode=True``. The manifest records the extractor
 spec and fingerprint the head needs, the classes, the feature dimension, metrics, parameters, versions and the
-sha256 of each model file, verified before the file is read. A pickle (`head.joblib`) is written and read only on
+sha256 of each model file, verified before the file is read. A pickle (`head-<sha>.joblib`) is written and read only on
 explicit request, because loading a pickle runs whatever code it names.
 
 Modules: `manifest` (the files, the manifest, hashing), `trust` (what loading trusts), `save`, `load`.

@@ -3,18 +3,27 @@ writes and sha256 checks, and the versions a manifest records."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
-import tempfile
+import re
+import secrets
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 
-from classify.errors import BundleExistsError, BundleFormatError, BundleIntegrityError, BundleNotFoundError
+from classify.errors import (
+    BundleBusyError,
+    BundleExistsError,
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleNotFoundError,
+)
 
 FORMAT_VERSION = 2  # 1: head.joblib only (a pickle), read only with trust_pickle=True
 MANIFEST = "manifest.json"
@@ -22,16 +31,27 @@ MODEL_FILE = "head.skops"
 NETWORK_FILE = "mlp.keras"  # the Keras network of an MLP head, beside its skops file
 PICKLE_FILE = "head.joblib"  # only with model_format="joblib"
 FULL_MODEL_FILE = "model.keras"  # kind "full": a whole Keras model, images in -> probabilities out
+AUX_FILES = ("history.png",)  # written beside the model files, not listed by the manifest
+LOCK_FILE = ".lock"  # saves into one folder take turns
+LOCK_TIMEOUT_S = 120
+# the lock, and the temporary files of a save (`write_files`; before 2026-12 `tempfile.mkstemp`'s) that was killed
+_TRANSIENT = re.compile(r"\.lock|\..+\.[a-z0-9_]{8}\.tmp")
+# model files: content-named (`content_name`), or the fixed names that bundles saved before 2026-12 use
+_MODEL_FILE_NAME = re.compile(r"(?:head|mlp|model)(?:-[0-9a-f]{12})?\.(?:skops|keras|joblib)")
+_CONTENT_NAMED = re.compile(r"(?:head|mlp|model)-[0-9a-f]{12}\.(?:skops|keras|joblib)")
 KINDS = ("sklearn", "full")
 MODEL_FORMATS = ("skops", "joblib")
 
 
 def check_target(out_dir: Path) -> None:
     """Refuse to save a bundle into a directory that holds anything but a bundle (a feature store has a
-    `manifest.json` too: saving over it would replace the store's manifest)."""
+    `manifest.json` too: saving over it would replace the store's manifest). The lock file, and what a first
+    save that was killed left (temporary files, content-named model files), count as nothing: the next save
+    removes them."""
     if out_dir.exists() and not out_dir.is_dir():
         raise BundleExistsError(f"{out_dir} is a file; a head bundle is a folder: choose another --out")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    if not out_dir.is_dir() or all(_TRANSIENT.fullmatch(p.name) or _CONTENT_NAMED.fullmatch(p.name)
+                                   for p in out_dir.iterdir()):
         return
     if not (out_dir / MANIFEST).is_file():
         raise BundleExistsError(
@@ -46,14 +66,60 @@ def check_target(out_dir: Path) -> None:
         ) from err
 
 
-def write_bundle(out_dir: Path, manifest: dict, files: dict) -> None:
-    """Write a bundle's model files and its manifest (listing their sha256, `sha256_of`) all or none, the manifest
-    renamed into place last (the commit point), then remove the model files of a bundle it replaced."""
+def content_name(name: str, data) -> str:
+    """The name a model file is saved under: `name` with the first 12 hex digits of its sha256 before the
+    extension (``head.skops`` -> ``head-0123456789ab.skops``), so that a new bundle's files never replace the
+    files of the bundle it replaces before its manifest does."""
+    stem, _, ext = name.partition(".")
+    return f"{stem}-{sha256_of(data)[:12]}.{ext}"
+
+
+def write_bundle(out_dir: Path, manifest: dict, files: dict, aux: dict | None = None) -> None:
+    """Write a bundle, with one commit point: the rename of its manifest.
+
+    `files` are the model files the manifest lists (with their sha256, `sha256_of`), under their content names
+    (`content_name`): they are written in full beside the files of a bundle being replaced, which its manifest
+    still names, then the manifest is renamed into place, then `aux` (plots, e.g. ``history.png``; an aux file
+    of the old bundle that `aux` lacks is removed) and the old bundle's model files go. A save killed or stopped
+    by a full disk at any moment leaves the old bundle or the new one, whole; what it leaves over (temporary
+    files, unlisted model files) the next save into the folder removes. Saves into one folder take turns
+    (`LOCK_FILE`), so two at once leave one of the two bundles, not a mix.
+    """
+    from features_store.durable import fsync_dir
+
     text = json.dumps(manifest, indent=2, default=_jsonable)
-    write_files(out_dir, {**files, MANIFEST: text.encode()})
-    kept = {manifest["model_file"], manifest.get("network_file")}
-    for name in {MODEL_FILE, NETWORK_FILE, PICKLE_FILE, FULL_MODEL_FILE} - kept:
-        (out_dir / name).unlink(missing_ok=True)
+    aux = dict(aux or {})
+    with _bundle_lock(out_dir):
+        for leftover in out_dir.iterdir():  # the lock is ours: a temporary file is a killed save's
+            if _TRANSIENT.fullmatch(leftover.name) and leftover.name != LOCK_FILE:
+                leftover.unlink(missing_ok=True)
+        write_files(out_dir, files)
+        write_files(out_dir, {MANIFEST: text.encode()})  # the commit point
+        for name in AUX_FILES:
+            if name not in aux:
+                (out_dir / name).unlink(missing_ok=True)
+        write_files(out_dir, aux)
+        for old in out_dir.iterdir():
+            if _MODEL_FILE_NAME.fullmatch(old.name) and old.name not in files:
+                old.unlink(missing_ok=True)
+        fsync_dir(out_dir)
+
+
+@contextlib.contextmanager
+def _bundle_lock(out_dir: Path):
+    lock = filelock.FileLock(out_dir / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise BundleBusyError(f"{out_dir} has been saved into by another process for {LOCK_TIMEOUT_S} s (a "
+                              "`featurehead train` or `finetune` with the same --out?); re-run when it has "
+                              "finished") from err
+    except OSError as err:  # a read-only folder: say so of the bundle, not of its lock file
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir)) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def sha256_of(data) -> str:
@@ -120,15 +186,16 @@ def write_files(out_dir: Path, files: dict) -> None:
     """Write the named files (bytes) into `out_dir`, all or none, renamed into place in the order given.
 
     Each is first written in full to a temporary name beside its own (where a full disk strikes), and only then
-    are they all renamed into place, so a failure replaces none of them: a bundle is never left with the new
-    network beside the old head. An `OSError` that names no file (a full disk) is raised again naming it.
+    are they all renamed into place, so a failure replaces none of them. An `OSError` is raised again naming the
+    file it was writing, never its temporary name. Files get the mode that the umask leaves of 0o666.
     """
     from features_store.durable import fsync_dir
 
-    staged = {}
+    staged, name = {}, None
     try:
         for name, data in files.items():
-            fd, staged[name] = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            staged[name] = out_dir / f".{name}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(staged[name], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -138,10 +205,11 @@ def write_files(out_dir: Path, files: dict) -> None:
     except BaseException as err:
         for tmp in staged.values():
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None and err.errno:
+        if isinstance(err, OSError) and err.errno and name is not None:
             raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir / name)) from err
         raise
-    fsync_dir(out_dir)
+    if files:
+        fsync_dir(out_dir)
 
 
 def versions() -> dict:

@@ -1,5 +1,6 @@
-"""Saving a bundle: a scikit-learn head as `head.skops` (its MLP's network beside it as `mlp.keras`) or, on
-request, a pickle; a whole Keras model as `model.keras`; the model files written all or none, the manifest last."""
+"""Saving a bundle: a scikit-learn head as `head-<sha>.skops` (its MLP's network beside it as `mlp-<sha>.keras`)
+or, on request, a pickle; a whole Keras model as `model-<sha>.keras`; the model files written beside the old
+bundle's under their content names, then the manifest renamed into place: the one commit point."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from classify.bundle.manifest import (
     NETWORK_FILE,
     PICKLE_FILE,
     check_target,
+    content_name,
     sha256_of,
     versions,
     write_bundle,
@@ -44,13 +46,15 @@ def save_bundle(
     params: dict | None = None,
     extra: dict | None = None,
     model_format: str = "skops",
+    aux: dict | None = None,
 ) -> Path:
     """Write a fitted scikit-learn head and its manifest to a bundle directory.
 
-    The model files and the manifest (with their sha256) are all written in full under temporary names before
-    any is moved into place with `os.replace`, the manifest last, so a full disk keeps the previous bundle whole,
-    and a save killed between two renames leaves a bundle that refuses to load (a sha256 mismatch), never one
-    that loads with the wrong model. An existing bundle is replaced.
+    The model files are written in full under their content names (``head-<first 12 hex of sha256>.skops``)
+    beside those of an existing bundle, then the manifest (with their sha256) is renamed into place: the one
+    commit point. A full disk or a kill at any moment leaves the previous bundle or the new one, whole and
+    loadable; what a stopped save leaves over, the next save into the folder removes (`write_bundle`). An
+    existing bundle is replaced; two saves into one folder at once take turns.
 
     Parameters
     ----------
@@ -69,6 +73,9 @@ def save_bundle(
         Feature dimension.
     metrics, params, extra : dict, default=None
         Evaluation results, training parameters, and extra top-level manifest keys.
+    aux : dict of str to bytes, default=None
+        Files that go with this head but are not part of it, by name: ``{"history.png": ...}`` (an aux file of a
+        replaced bundle that `aux` does not name is removed).
     model_format : {"skops", "joblib"}, default="skops"
         "skops": `head.skops` (and the MLP's network as `mlp.keras`), which load without running code from the
         bundle. "joblib": a pickle, `head.joblib`, for code that wants one; **loading it is code execution**, so
@@ -89,18 +96,23 @@ def save_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     network_file = None
     if model_format == "joblib":
-        warnings.warn(f"{out_dir / PICKLE_FILE} is a pickle: {PICKLE_RISK}", PickleBundleWarning, stacklevel=2)
         buffer = io.BytesIO()
         joblib.dump(estimator, buffer)
-        model_file, files = PICKLE_FILE, {PICKLE_FILE: buffer.getbuffer()}
+        data = bytes(buffer.getbuffer())
+        model_file = content_name(PICKLE_FILE, data)
+        files = {model_file: data}
+        warnings.warn(f"{out_dir / model_file} is a pickle: {PICKLE_RISK}", PickleBundleWarning, stacklevel=2)
     else:
         import skops.io
 
         stripped, network = _without_network(estimator)
-        model_file, files = MODEL_FILE, {MODEL_FILE: skops.io.dumps(stripped)}
+        data = skops.io.dumps(stripped)
+        model_file = content_name(MODEL_FILE, data)
+        files = {model_file: data}
         if network is not None:
-            network_file = NETWORK_FILE
-            files[NETWORK_FILE] = model_to_bytes(network)
+            data = model_to_bytes(network)
+            network_file = content_name(NETWORK_FILE, data)
+            files[network_file] = data
     manifest = {
         **(extra or {}),
         "format_version": FORMAT_VERSION,
@@ -118,7 +130,7 @@ def save_bundle(
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_bundle(out_dir, manifest, files)  # all or none: never a new network beside the old head
+    write_bundle(out_dir, manifest, files, aux)  # the old bundle or the new one, never a mix
     return out_dir
 
 
@@ -203,11 +215,12 @@ def save_model_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     data = model_to_bytes(model)
     input_shape = [int(d) for d in model.input_shape[1:]]
-    manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": FULL_MODEL_FILE,
+    model_file = content_name(FULL_MODEL_FILE, data)
+    manifest = {**(extra or {}), "format_version": FORMAT_VERSION, "kind": "full", "model_file": model_file,
                 "model_sha256": sha256_of(data),
                 "extractor": extractor, "fingerprint": fingerprint, "classes": classes,
                 "n_features": int(np.prod(input_shape)), "input_shape": input_shape, "metrics": metrics,
                 "params": params, "versions": versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_bundle(out_dir, manifest, {FULL_MODEL_FILE: data})
+    write_bundle(out_dir, manifest, {model_file: data})
     return out_dir

@@ -18,7 +18,14 @@ import numpy as np
 import classify
 import features_store
 
-from ..runs.prediction import load_head_bundle, on_training_store, run_evaluate, write_output
+from ..runs.prediction import (
+    evaluation,
+    load_head_bundle,
+    on_training_store,
+    output_lock,
+    write_evaluation,
+    write_output,
+)
 from . import data
 from .html import Figure, Mistake, Page, render_page
 from .plots import ANNOTATE_MAX_CLASSES, plot_confusion_normalized, plot_reliability
@@ -66,7 +73,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         raise ValueError(f"`images_root` must be a folder of the store's images. Received: {images_root} "
                          "(not a folder)")
     bundle = load_head_bundle(bundle_path, "a report")
-    metrics = run_evaluate(bundle_path, store, out_dir, split=split)  # metrics.json + confusion_matrix.png
+    metrics = evaluation(bundle_path, store, out_dir, split=split)
     info, meta = features_store.read_info(store), features_store.read_meta(store)
     rows = data.evaluated_rows(meta, bundle.manifest, split=split,
                                on_training_store=on_training_store(bundle.manifest, store, info))
@@ -76,23 +83,27 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
 
     out_dir = Path(out_dir)
     root = Path(images_root) if images_root is not None else _recorded_root(info)
-    gallery = _gallery(scored, mistakes, root, out_dir / THUMBS_DIR, thumb_size)
-    figures = _figures(bundle, metrics, data.reliability(scored.confidence, scored.correct), out_dir)
-    failed = np.flatnonzero(~meta.ok & (meta.view == 0) & ((meta.split == split) if split else True))
-    random_init = data.weights_statement(bundle.manifest.get("extractor") or {})[1]
-    facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
-                           evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
-                           images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
-    notes = _root_notes(root, images_root is not None)
-    page = Page(
-        title=f"featurehead report: {Path(bundle_path).name} on {Path(store).name} ({metrics['evaluated_on']})",
-        random_init=random_init, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
-        mistakes=gallery, n_wrong=int(np.count_nonzero(~scored.correct)),
-        failed=[(str(meta.ids[i]), str(meta.errors[i])) for i in failed[:MAX_FAILED_SHOWN]], n_failed=len(failed),
-        notes=notes, links=[("metrics.json, as `featurehead evaluate` writes it", "metrics.json"),
-                            ("confusion matrix in counts", "confusion_matrix.png")],
-    )
-    path = _write_text(out_dir / PAGE, render_page(page))
+    with output_lock(out_dir):  # another report or evaluate into this folder meanwhile would mix its files in
+        # the old page goes first: a failure below (a full disk) would leave it beside the new figures and numbers
+        (out_dir / PAGE).unlink(missing_ok=True)
+        write_evaluation(out_dir, metrics)  # metrics.json + confusion_matrix.png, as `evaluate` writes them
+        gallery = _gallery(scored, mistakes, root, out_dir / THUMBS_DIR, thumb_size)
+        figures = _figures(bundle, metrics, data.reliability(scored.confidence, scored.correct), out_dir)
+        failed = np.flatnonzero(~meta.ok & (meta.view == 0) & ((meta.split == split) if split else True))
+        random_init = data.weights_statement(bundle.manifest.get("extractor") or {})[1]
+        facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
+                               evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
+                               images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
+        notes = _root_notes(root, images_root is not None)
+        page = Page(
+            title=f"featurehead report: {Path(bundle_path).name} on {Path(store).name} ({metrics['evaluated_on']})",
+            random_init=random_init, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
+            mistakes=gallery, n_wrong=int(np.count_nonzero(~scored.correct)),
+            failed=[(str(meta.ids[i]), str(meta.errors[i])) for i in failed[:MAX_FAILED_SHOWN]], n_failed=len(failed),
+            notes=notes, links=[("metrics.json, as `featurehead evaluate` writes it", "metrics.json"),
+                                ("confusion matrix in counts", "confusion_matrix.png")],
+        )
+        path = _write_text(out_dir / PAGE, render_page(page))
     return ReportResult(page=path, metrics=metrics, headline=headline, n_samples=len(rows),
                         n_wrong=page.n_wrong, n_failed=len(failed), random_init=random_init, notes=tuple(notes))
 

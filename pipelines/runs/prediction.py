@@ -3,7 +3,9 @@ extractor (`run_predict`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,17 @@ from .views import store_identity
 
 def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
     """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
+
+    See `evaluation` for the rows; the writes hold `out_dir`'s `output_lock`.
+    """
+    metrics = evaluation(bundle_path, store, out_dir, split=split)
+    with output_lock(out_dir):
+        write_evaluation(out_dir, metrics)
+    return metrics
+
+
+def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
+    """The metrics that `run_evaluate` writes into `out_dir` (checked to be a folder it may write), written nowhere.
 
     Without `split`, on the store the head was trained on, only its held-out validation rows count (never the
     rows it was fitted on; a head that held none out is refused); on any other store, every row. The training store is refused when its view has
@@ -65,12 +78,40 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
                          f"{', ...' if len(classes) > 5 else ''}); evaluate it on a store of the images of its classes")
     metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
     metrics["evaluated_on"] = evaluated
+    return metrics
+
+
+def write_evaluation(out_dir, metrics: dict) -> None:
+    """`out_dir/metrics.json` and `out_dir/confusion_matrix.png`, each replaced whole."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(metrics, indent=2)
     write_output(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
-    return metrics
+
+
+OUTPUT_LOCK = ".featurehead.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir):
+    """Make the folder `out_dir` and hold its `.featurehead.lock` while a command writes its files there; a second
+    command writing the same folder meanwhile stops at once with one line (its files would mix with ours)."""
+    import filelock
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out_dir / OUTPUT_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise ValueError(f"{out_dir} is being written by another featurehead command (an evaluate or a report with "
+                         "the same --out?); re-run when it has finished") from err
+    except OSError as err:  # a read-only folder: say so of the folder, not of the lock file
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir)) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_output(path: Path, write) -> None:
@@ -155,7 +196,7 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
 def load_head_bundle(bundle_path, command: str):
     """`classify.load_bundle` of a head on features (kind "sklearn"); a fine-tuned whole model is refused with one
     line before anything is loaded (`command` names what needs a head)."""
-    if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
+    if _is_full_model(bundle_path):
         raise ValueError(
             f"{bundle_path} is a fine-tuned whole model (images in, classes out), not a head on stored features; "
             f"{command} needs a head trained by `featurehead train` (run the fine-tuned model on images with "
@@ -164,9 +205,18 @@ def load_head_bundle(bundle_path, command: str):
     return classify.load_bundle(bundle_path)
 
 
+def _is_full_model(bundle_path) -> bool:
+    """Whether a bundle's manifest says it is a whole Keras model (kind "full"); False for anything unreadable,
+    which `classify.load_bundle` then names."""
+    try:
+        return classify.bundle.manifest.read_manifest(Path(bundle_path)).get("kind") == "full"
+    except (classify.ClassifyError, OSError):
+        return False
+
+
 def load_any_bundle(bundle_path):
     """`classify.load_bundle`, registering extract's custom Keras layers first when the bundle is a full model."""
-    if (Path(bundle_path) / classify.bundle.FULL_MODEL_FILE).is_file():
+    if _is_full_model(bundle_path):
         from extract.layers import register_layers
 
         register_layers()

@@ -151,6 +151,7 @@ def run_train(
     metrics = {"fit_seconds": round(fit_seconds, 3), "n_train": int(len(train_rows))}
     if len(val_rows):
         metrics["validation"] = classify.evaluate(estimator, data.features(val_rows), meta.labels[val_rows])
+    history = getattr(_final_step(estimator), "history_", None)
     bundle = classify.save_bundle(
         estimator,
         out,
@@ -164,12 +165,9 @@ def run_train(
         extra={"trained_on": str(store.resolve()), "trained_index_sha256": info.index_sha256,
                "trained_keys_sha256": data.keys_sha256(),
                "validation": {"source": source, "rows": int(len(val_rows)), "single_image_classes": "train"}},
+        # saved with the head (a bundle replaced by a head without epochs loses the old head's curves)
+        aux={"history.png": classify.plots.history_png(history)} if history else None,
     )
-    history = getattr(_final_step(estimator), "history_", None)
-    if history:
-        classify.plot_history(history, Path(bundle) / "history.png")
-    else:  # a bundle replaced by a head without epochs: the old head's curves would be taken for this one's
-        (Path(bundle) / "history.png").unlink(missing_ok=True)
     return TrainResult(Path(bundle), metrics, len(train_rows), len(val_rows), fit_seconds, source)
 
 
