@@ -32,6 +32,19 @@ WEIGHTS_HOST = "https://storage.googleapis.com"
 CONNECT_TIMEOUT_S = 10.0
 
 
+def _fold_imagenet_stem(base) -> None:
+    """Give an EfficientNet built without ImageNet weights the input scaling of one built with them: Keras's extra
+    `Rescaling(1 / sqrt(stddev))` right after the `Normalization` ((x - mean) / sqrt(variance)) is the same as
+    that normalization with `variance * stddev`, so the variance is scaled in place (same layers, same names)."""
+    import keras
+    from keras.src.applications.efficientnet import IMAGENET_STDDEV_RGB
+
+    norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
+    variance = next(v for v in norm.non_trainable_variables if v.path.endswith("variance"))
+    variance.assign(keras.ops.convert_to_numpy(variance) * np.asarray(IMAGENET_STDDEV_RGB, "float32"))
+    norm.finalize_state()  # its call reads the tensors made from the variables here (as loading weights does)
+
+
 def keras_cache_dir() -> Path:
     """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -142,6 +155,8 @@ class KerasApplicationExtractor(Extractor):
                     seeded_init(base, self._config["seed"])
                 else:
                     self._load_weights_file(base, weights)
+                    if self._imagenet_stem():
+                        _fold_imagenet_stem(base)
             layer = self._config["layer"]
             base = cut_at_layer(base, layer)
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
@@ -155,6 +170,31 @@ class KerasApplicationExtractor(Extractor):
                 x = pooling_layer(self._config["pooling"], len(base.output.shape), layer=layer)(x)
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
+
+    def spec(self) -> dict:
+        spec = super().spec()
+        if self._imagenet_stem():  # features of such a file before this was known came without it: another store
+            spec["efficientnet_stem"] = "imagenet"
+        return spec
+
+    def _imagenet_stem(self) -> bool:
+        """Whether the model that this EfficientNet (B0-B7) weights file was saved from had the input scaling that
+        `keras.applications` adds only when it loads ImageNet weights (a `Rescaling` by 1/sqrt(ImageNet's stddev)
+        after the `Normalization`, `keras/src/applications/efficientnet.py`): a Keras 3 `.weights.h5` file holds
+        a second `rescaling` entry then; a legacy `.h5` file is Keras's own ImageNet download (Keras 3 writes no
+        other), so it has it too."""
+        path = self.weights_file()
+        if path is None or not self.application.startswith("EfficientNetB") or not Path(path).is_file():
+            return False
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                if "layers" in f:
+                    return "rescaling_1" in f["layers"]
+                return "layer_names" in f.attrs
+        except OSError:  # not HDF5 (a .keras archive): loading it says what is wrong
+            return False
 
     def layer_dims(self) -> list[int]:
         """Width of each layer's pooled block in the output, in the order of `layer` (builds the model)."""

@@ -195,3 +195,42 @@ def test_cached_weights_are_found_by_keras_own_file_names(tmp_path):
         assert _weights_cached(cache, name), name
     only_v2 = tmp_path / "resnet50v2"
     assert not _weights_cached(only_v2, "resnet50") and not _weights_cached(tmp_path / "empty", "vgg16")
+
+
+def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scaling(tmp_path):
+    """Keras adds a Rescaling by 1/sqrt(ImageNet's stddev) to EfficientNet B0-B7 only when it loads ImageNet
+    weights; a weights file saved from that model (the offline route) was run without it: features ~2x off."""
+    import h5py
+    import keras
+    from keras.src.applications import efficientnet
+    from keras.src.legacy.saving import legacy_h5_format
+
+    size = 32
+    plain, plain_file = _reference("efficientnetb0", size, tmp_path)
+    legacy = tmp_path / "efficientnetb0_notop.h5"  # the format of Keras's own ImageNet download
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, plain)
+    # Keras's ImageNet model, its download served from the file this test saved (no network here)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(efficientnet.file_utils, "get_file", lambda *a, **k: str(legacy))
+        imagenet = keras.applications.EfficientNetB0(include_top=False, weights="imagenet",
+                                                     input_shape=(size, size, 3))
+    saved = tmp_path / "imagenet_model.weights.h5"
+    imagenet.save_weights(saved)
+    images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    layer = "stem_activation"  # right after the scaling (the random init's last layer is ~1e-17: no test there)
+
+    def keras_own(model):
+        cut = keras.Model(model.input, model.get_layer(layer).output)
+        return keras.ops.convert_to_numpy(cut(images.astype("float32"), training=False)).mean(axis=(1, 2))
+
+    expected = keras_own(imagenet)
+    for path in (saved, legacy):
+        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
+        _close(ours(images), expected)
+        assert ours.spec()["efficientnet_stem"] == "imagenet"
+    # a file of the model without ImageNet weights: Keras's model as it is, and the fingerprint it always had
+    ours = get_extractor("efficientnetb0", weights=str(plain_file), input_size=size, layer=layer, pooling="avg")
+    _close(ours(images), keras_own(plain))
+    assert "efficientnet_stem" not in ours.spec()
+    assert not np.allclose(ours(images), expected, rtol=0.1)
