@@ -131,6 +131,22 @@ def test_cli_finetune_refuses_a_logreg_head(store, tmp_path, capsys):
     assert "`finetune` needs an MLP head (`featurehead train --head mlp`)" in capsys.readouterr().err
 
 
+def test_cli_finetune_refuses_its_own_head_or_a_taken_out_before_training(scaled_bundle, tmp_path, capsys):
+    """--out HEAD replaced the MLP head it started from; a folder that is not a bundle was refused only after every
+    epoch had run."""
+    before = sorted(p.name for p in scaled_bundle.iterdir())
+    assert main(["-q", "finetune", str(scaled_bundle), "--unfreeze", "1", "--out", str(scaled_bundle)]) == 2
+    assert "`--out` must be another folder than the head bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in scaled_bundle.iterdir()) == before
+    taken = tmp_path / "notes"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("x")
+    # checked first: before the index is read (a missing one would be named), so before any epoch
+    assert main(["-q", "finetune", str(scaled_bundle), "--unfreeze", "1", "--index", str(tmp_path / "no.csv"),
+                 "--out", str(taken)]) == 2
+    assert "is not empty and holds no manifest.json" in capsys.readouterr().err
+
+
 def test_cli_finetune_needs_the_images(scaled_bundle, store, tmp_path, capsys):
     shutil.rmtree(store)
     assert main(["finetune", str(scaled_bundle), "--unfreeze", "1", "--out", str(tmp_path / "ft")]) == 2

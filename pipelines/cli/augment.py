@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import non_negative_int, positive_float, positive_int
+from .options import non_negative_int, positive_float, positive_int, progress
 
 
 def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None:
@@ -133,7 +133,7 @@ def cmd_finetune(args) -> int:
                           index=args.index, images_root=args.images_root,
                           augmentation=augmentation_from_args(args) if args.augment else None,
                           learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
-                          random_state=args.random_state)
+                          random_state=args.random_state, progress=progress(args, "finetune"))
     print(f"trained {len(result.unfrozen)} base layers + the head on {result.n_train} images "
           f"in {result.fit_seconds:.1f}s")
     print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "

@@ -24,6 +24,7 @@ from extract.augment import Augmentation, augment, view_seed
 
 from ..runs.prediction import load_head_bundle, trained_rows, training_view_changed
 from ..runs.training import validation_source
+from .pretrain import progress_callback
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class ImageRows(keras.utils.PyDataset):
 
     def __len__(self):
         return math.ceil(len(self.paths) / self.batch_size)
+
+    def batch_length(self, i: int) -> int:
+        """Images in batch i (what a progress bar counts)."""
+        return min(self.batch_size, len(self.paths) - i * self.batch_size)
 
     def __getitem__(self, i):
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -203,14 +208,21 @@ def finetune_rows(bundle, index, store):
 
 def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=None, images_root=None,
                  augmentation: Augmentation | None = None, learning_rate: float = 1e-5, epochs: int = 5,
-                 batch_size: int = 32, random_state: int = 0) -> FinetuneResult:
+                 batch_size: int = 32, random_state: int = 0, progress=None) -> FinetuneResult:
     """Fine-tune a bundle's MLP head and the top of its base on the images, and save a full-model bundle.
 
     The images come from `index` (default: the `index_source`/`images_root` of the store the head was trained
     on, its manifest's `trained_on`). Train/validation rows are the head's own (`finetune_rows`: the store's
     "val" whenever it has one, never "test"). Accuracy is measured on the validation rows before and after
     training (NaN when the head held none out), and the bundle's manifest records ``validation: {source, rows}``.
+    `progress(total=...)` (tqdm fits), when given, counts the images of every epoch.
     """
+    from classify.bundle.manifest import check_target
+
+    if os.path.realpath(out) == os.path.realpath(bundle_path):
+        raise ValueError(f"`out` must be another folder than the head bundle {bundle_path}: the fine-tuned whole "
+                         f"model would replace the head it starts from. Received: out={str(out)!r}")
+    check_target(Path(out))  # before the epochs, not after them
     if not learning_rate > 0 or not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"`learning_rate` must be > 0 and `epochs` a positive integer. "
                          f"Received: learning_rate={learning_rate!r}, epochs={epochs!r}")
@@ -239,8 +251,9 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     before = classify.model_accuracy(model, val_data)
     t0 = time.perf_counter()
     # shuffle=False: ImageRows reshuffles itself, seeded; Keras would shuffle its batches with Python's `random`
-    history = model.fit(data(train, augmentation=augmentation, shuffle=True), epochs=epochs, verbose=0,
-                        shuffle=False)
+    train_data = data(train, augmentation=augmentation, shuffle=True)
+    callbacks = [progress_callback(progress, train_data)] if progress else []
+    history = model.fit(train_data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
     fit_seconds = time.perf_counter() - t0
     after = classify.model_accuracy(model, val_data)
     metrics = {"validation_accuracy_before": before, "validation_accuracy_after": after, "n_train": len(train),
