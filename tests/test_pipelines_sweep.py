@@ -91,3 +91,36 @@ def test_an_index_the_probe_cannot_use_is_refused_before_any_forward_pass(csv_in
     with pytest.raises(ValueError, match=r"the probe needs 2 classes .* Received: counts \[\]"):
         run_sweep(read_index(unlabelled, csv_index.parent), base, LAYERS[:1], tmp_path / "out", store_dir=tmp_path)
     assert not list(tmp_path.glob("unlabelled.vgg16*"))  # no store: nothing was extracted
+
+
+def test_what_sweep_cannot_do_is_one_line_before_any_forward_pass(csv_index, tmp_path, capsys):
+    """--model keras/cae crashed (exit 3, no `layer_dims`) after making the store folder; --cv 1 was scikit-learn's
+    error after the forward pass; --out FILE was refused after extracting and probing."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs)).save(tmp_path / "m.keras")
+    base = ["-q", "sweep", str(csv_index), "--store-dir", str(tmp_path / "stores")]
+    assert main([*base, "--model", "keras", "--weights", str(tmp_path / "m.keras"), "--layers", "conv"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "not of --model keras; run `featurehead extract --model keras" in err
+    (tmp_path / "taken").write_text("x")
+    assert main([*base, "--weights", "none", "--input-size", "32", "--layers", "block1_pool", "--out",
+                 str(tmp_path / "taken")]) == 2
+    assert "is a file; --out is the folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--weights", "none", "--layers", "block1_pool", "--cv", "1"])
+    assert exit_.value.code == 2 and "argument --cv: must be an integer >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "stores").exists()
+
+
+def test_sweep_says_which_images_it_could_not_read_and_exits_1(csv_index, tmp_path, capsys):
+    """It printed "extracted N rows" and exited 0, the unreadable images silently left out of the probe."""
+    (csv_index.parent / "broken.png").write_bytes(b"not a png")
+    csv_index.write_text(csv_index.read_text() + "broken.png,a\n")
+    argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
+            "--cv", "2", "--store-dir", str(tmp_path / "stores"), "--out", str(tmp_path / "sweep")]
+    assert main(argv) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == str(tmp_path / "sweep" / "sweep.csv")
+    assert out[-2].startswith("1 images could not be read and are left out of every layer's probe")

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from .options import add_extractor_args, extractor_from_args, positive_int, progress
+from .options import add_extractor_args, at_least_two, extractor_from_args, positive_int, progress
 
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
-    p = sub.add_parser("sweep", help="extract several layers in one forward pass and probe each with a CV logreg")
+    p = sub.add_parser("sweep", help="extract several layers in one forward pass and probe each with a CV logreg",
+                       description="Which layer of a keras.applications backbone (`featurehead models`) gives the "
+                       "best features for these images: each layer gets its own store (what is stored is reused), "
+                       "all filled by one forward pass, then a cross-validated logistic regression probes each.")
     p.add_argument("index", help="a CSV (filename,label[,split]) or a folder of class subfolders")
     p.add_argument("--layers", required=True, help="comma-separated layer names, e.g. block3_pool,block4_pool,block5_pool")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="directory for sweep.csv and sweep.png (default: <index>.sweep/)")
     p.add_argument("--store-dir", default=None, help="where the per-layer stores go (default: next to the index)")
-    p.add_argument("--cv", type=int, default=5, help="folds of the logistic-regression probe (default: 5)")
+    p.add_argument("--cv", type=at_least_two, default=5, help="folds of the logistic-regression probe (default: 5)")
     p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
     add_extractor_args(p, layer=False)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
+    import features_store
     from extract import read_index
 
     from ..workflows.sweep import run_sweep
@@ -38,5 +42,11 @@ def cmd_sweep(args) -> int:
               f"{' (' + ', '.join(done) + ')' if len(done) < len(layers) else ''}; plot: {result.png}")
     else:
         print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")
+    code = 0
+    failed = features_store.read_info(next(iter(result.stores.values()))).n_failed
+    if failed:  # the probe left them out; say so, as `extract` does
+        print(f"{failed} images could not be read and are left out of every layer's probe; "
+              f"`featurehead inspect {next(iter(result.stores.values()))}` lists them")
+        code = 1
     print(result.csv)
-    return 0
+    return code

@@ -26,6 +26,7 @@ def _bounded(convert, accept, what: str):
 positive_int = _bounded(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _bounded(int, lambda v: v >= 0, "a non-negative integer")  # a seed
 positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a positive number")  # a learning rate
+at_least_two = _bounded(int, lambda v: v >= 2, "an integer >= 2")  # cross-validation folds
 
 
 def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:

@@ -86,6 +86,14 @@ def run_sweep(
     SweepResult
     """
     _check_probe_labels(index)  # before the forward pass: an unlabelled index was refused only after it
+    if not hasattr(extractor, "layer_dims"):  # a saved Keras model or a CAE: one layer per extraction
+        raise ValueError(f"sweep extracts several layers in one forward pass of a keras.applications backbone "
+                         f"(`featurehead models` lists them), not of --model {extractor.name}; run `featurehead "
+                         f"extract --model {extractor.name} --layer NAME` once per layer instead")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"{out_dir} is a file; --out is the folder to write sweep.csv and sweep.png into")
+    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
+        raise ValueError(f"`cv` must be an integer >= 2 (cross-validation folds). Received: cv={cv!r}")
     singles = layer_extractors(extractor, list(layers))
     stores = {}
     for layer, single in singles.items():
