@@ -248,6 +248,14 @@ class ShardWriter:
                 f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.6g}), the dtype of this "
                 f"store{advice}"
             )
+        nonfinite = ok[:, None] & ~np.isfinite(x)  # the model's own inf or NaN: stored, it failed training later
+        if nonfinite.any():
+            rows = np.flatnonzero(nonfinite.any(axis=1))
+            raise FeatureRangeError(
+                f"{self.store}: the model gave {int(nonfinite.sum())} features of {len(rows)} rows that are inf or NaN "
+                f"(the first: row {self._n_done + rows[0]} of shard {self.name}); under --precision float16 an "
+                "activation beyond 65504 overflows: extract with --precision bfloat16 or float32 into another --out"
+            )
         x = stored
         x[~ok] = np.nan
         reasons = [""] * n if errors is None else ["" if good else str(r) for good, r in zip(ok, errors)]

@@ -170,6 +170,21 @@ def test_float16_refuses_features_beyond_its_range_and_keeps_what_was_written(tm
     np.testing.assert_allclose(stored[:3], x[:3], rtol=1e-3)
 
 
+def test_the_models_inf_or_nan_is_refused_not_stored_as_an_ok_row(tmp_path):
+    """--precision float16 overflowing inside the model stored inf, exit 0; training failed on it later."""
+    x = np.ones((4, D), np.float32)
+    ok, errors = np.ones(4, bool), [""] * 4
+    with fs.StoreSession.open(tmp_path / "s", fingerprint=FP, extractor={"name": "vgg16", "config": {}}) as session:
+        with session.shard_writer(KEYS[:4], n_features=D) as writer:
+            writer.write(x[:2], ok[:2], errors[:2])
+            for bad in (np.inf, np.nan):
+                x[3, 1] = bad
+                with pytest.raises(fs.FeatureRangeError, match=r"the model gave 1 features of 1 rows that are inf or "
+                                                                r"NaN \(the first: row 3 of shard .*--precision float16"):
+                    writer.write(x[2:], ok[2:], errors[2:])
+                assert writer.n_done == 2
+
+
 def test_long_error_is_cut_on_a_character_boundary(tmp_path, args):
     global FAILED
     saved = FAILED

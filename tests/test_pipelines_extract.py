@@ -271,3 +271,21 @@ def test_a_v1_single_file_store_is_refused_with_one_line(csv_index, tmp_path):
         run_extract(read_index(csv_index), extractor, old)
     assert len(str(err.value).splitlines()) == 1 and f"--out {tmp_path / 'index.vgg16-0123456789'} " in str(err.value)
     assert extractor._model is None and old.is_file()
+
+
+def test_a_model_that_gives_inf_stops_the_run_in_one_line(csv_index, tmp_path, capsys):
+    """A float16 overflow inside the model was stored as inf for ok rows, exit 0 (here: a float32 overflow)."""
+    import keras
+
+    from pipelines.cli import main
+
+    inputs = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(1, 16, name="huge")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.full((16, 16, 3, 1), 1e36, np.float32), np.zeros(1, np.float32)])
+    model.save(tmp_path / "huge.keras")
+    code = main(["-q", "extract", str(csv_index), "--model", "keras", "--weights", str(tmp_path / "huge.keras"),
+                 "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "that are inf or NaN" in err
+    assert features_store.read_info(tmp_path / "s").n_done == 0
