@@ -46,9 +46,16 @@ def _fold_imagenet_stem(base) -> None:
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(base) / "models"
+    """Where Keras keeps downloaded weights: its home's `models` folder. Keras reads $KERAS_HOME once, when it is
+    imported (else ~/.keras), so once it is imported its own answer is asked, not the environment's now."""
+    try:
+        from keras.src.backend.config import keras_home  # the folder `keras.utils.get_file` uses
+    except ImportError:  # pragma: no cover - a Keras without it
+        keras_home = None
+    if keras_home is not None:
+        return Path(keras_home()) / "models"
+    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")  # pragma: no cover
+    return Path(base) / "models"  # pragma: no cover
 
 
 class KerasApplicationExtractor(Extractor):
@@ -219,17 +226,22 @@ class KerasApplicationExtractor(Extractor):
 
     def _load_imagenet(self):
         cache = keras_cache_dir()
+        before = set(cache.iterdir()) if cache.is_dir() else set()
         try:
             if not _weights_cached(cache, self.name):
                 _reachable(WEIGHTS_HOST)
             return self.base_model(weights="imagenet")
         except Exception as err:  # Keras raises a bare Exception on a failed download
             wanted = _wanted_file(err, cache)
-            if wanted is not None:  # there, but Keras found it corrupt or cut off and could not download it again
+            if wanted is not None and (wanted.is_file() or wanted in before):
+                # there, but it failed Keras's hash check (cut off, corrupt) and could not be downloaded again;
+                # Keras then deletes it (keras/src/utils/file_utils.py, get_file)
+                gone = "; Keras has removed it" if not wanted.is_file() else ""
+                todo = "re-run" if gone else "delete it and re-run"
                 raise WeightsUnavailableError(
-                    f"ImageNet weights for {self.name} are in the Keras cache ({wanted}) but Keras could not load "
-                    f"that file or download it again ({_short_reason(err)}): a cut-off or corrupt download? Delete "
-                    f"it and re-run where it can be downloaded, or copy a good one there; or use --weights PATH or "
+                    f"ImageNet weights for {self.name} were in the Keras cache ({wanted}) but failed Keras's check "
+                    f"and could not be downloaded again ({_short_reason(err)}): a cut-off or corrupt download{gone}. "
+                    f"Copy a good file there, or {todo} where it can be downloaded; or use --weights PATH or "
                     f"--weights none (random init, not pretrained)"
                 ) from err
             raise WeightsUnavailableError(
@@ -262,12 +274,11 @@ def fresh_layer_names():
 
 
 def _wanted_file(err: Exception, cache: Path) -> Path | None:
-    """The cached file Keras tried to replace by a download when `err` came (None: it was not in the cache)."""
+    """The cache file that Keras was downloading when `err` came (None: `err` names no download)."""
     url = re.search(r"https?://\S+", str(err))
     if url is None:
         return None
-    path = cache / url.group(0).rstrip(":,;").rsplit("/", 1)[-1]
-    return path if path.is_file() else None
+    return cache / url.group(0).rstrip(":,;").rsplit("/", 1)[-1]
 
 
 def _weights_file_problem(err: Exception) -> str:

@@ -78,3 +78,13 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     yield SmallDisk(mnt)
     subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras home for the test. Keras reads $KERAS_HOME once, at import, so its own setting is set too."""
+    from keras.src.backend import config
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras"))
+    return tmp_path / "keras"

@@ -201,9 +201,8 @@ def test_pickles_without_the_model(batch):
     np.testing.assert_array_equal(clone(batch), before)
 
 
-def test_offline_imagenet_fails_fast_with_alternatives(tmp_path, monkeypatch):
+def test_offline_imagenet_fails_fast_with_alternatives(keras_home, tmp_path, monkeypatch):
     # a real offline condition: an empty Keras cache and a proxy that refuses every connection
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     e = get_extractor("vgg16", weights="imagenet", input_size=32)
@@ -215,16 +214,18 @@ def test_offline_imagenet_fails_fast_with_alternatives(tmp_path, monkeypatch):
     assert "--weights PATH" in message and "--weights none" in message
 
 
-def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(keras_home, tmp_path, monkeypatch):
+    """It passed only after the test above (Keras looked in that test's folder); run alone, Keras removed the
+    corrupt file after its failed download, and the message said the file was not in the cache."""
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # offline, as in the test above
-    cache = tmp_path / "keras" / "models"
+    cache = keras_home / "models"
     cache.mkdir(parents=True)
     (cache / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"cut off")
-    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for vgg16 are in the Keras cache \(.*/"
-                                                      r"vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5\) but Keras "
-                                                      r"could not load that file or download it again .* Delete it"):
+    with pytest.raises(WeightsUnavailableError, match=r"ImageNet weights for vgg16 were in the Keras cache \(.*/"
+                                                      r"vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5\) but failed "
+                                                      r"Keras's check and could not be downloaded again .*Copy a good "
+                                                      r"file there"):
         get_extractor("vgg16", weights="imagenet", input_size=32).model  # noqa: B018
     # MobileNetV2 keeps a file per input size: the one of another size is not the one asked for
     (cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").write_bytes(b"another size")
