@@ -205,6 +205,18 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(previous)
 
 
+def _some(names: list[str], wrong: str, most: int = 25) -> str:
+    """The layer names for an error: all of a small model's; of a large one (a ResNet has 175), the closest to
+    `wrong`, and where to see them all."""
+    if len(names) <= most:
+        return str(names)
+    import difflib
+
+    close = difflib.get_close_matches(str(wrong), names, n=3, cutoff=0.5)
+    return (f"(all {len(names)}, with their output shapes: `featurehead models MODEL --layers` for a backbone"
+            + (f"; the closest: {', '.join(map(repr, close))})" if close else ")"))
+
+
 def cut_at_layer(model, layer: str | list[str] | None):
     """A sub-model of `model` ending at the layer named `layer` (never cut by index).
 
@@ -217,7 +229,8 @@ def cut_at_layer(model, layer: str | list[str] | None):
     wanted = layer if isinstance(layer, list) else [layer]
     for name in wanted:
         if name not in names:
-            raise ExtractorConfigError(f"`layer` must be one of the model's layers {names}. Received: layer={name!r}")
+            raise ExtractorConfigError(f"`layer` must be one of the model's layers {_some(names, name)}. "
+                                       f"Received: layer={name!r}")
     if not isinstance(layer, list):
         return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")
     outputs = [model.get_layer(name).output for name in wanted]

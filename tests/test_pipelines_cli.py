@@ -94,14 +94,14 @@ def test_strict_is_exit_2(csv_index, tmp_path, capsys):
     assert code == 2 and "a/missing.png: file not found" in err
 
 
-def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+def test_offline_imagenet_is_one_line_naming_alternatives(csv_index, tmp_path, capsys, monkeypatch, keras_home):
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", "--out", tmp_path / "s")
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "VGG16 no-top weights file" in err and "--weights none" in err
-    assert not (tmp_path / "s").exists()
+    for weights in ([], ["--weights", "ImageNet"]):  # the default; any case of the keyword (was: "does not exist")
+        code, _, err = run(capsys, "extract", csv_index, "--input-size", "32", *weights, "--out", tmp_path / "s")
+        assert code == 2 and len(err.splitlines()) == 1
+        assert "VGG16 no-top weights file" in err and "--weights none" in err
+        assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(
@@ -451,3 +451,8 @@ def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp
                                  "Received: --input-size 8")
     code, _, err = run(capsys, "extract", csv_index, *FAST, "--layer", "nope", "--out", tmp_path / "s")
     assert code == 2 and "`--layer` must be one of the model's layers [" in err and err.endswith("Received: --layer 'nope'")
+    # a backbone of 175 layers: not all of them on one line (3,871 characters), the closest, and where the rest are
+    code, _, err = run(capsys, "extract", csv_index, "--model", "resnet50", *FAST, "--layer", "conv4_block6_ot",
+                       "--out", tmp_path / "s")
+    assert code == 2 and len(err) < 400 and "`featurehead models MODEL --layers`" in err
+    assert "the closest: 'conv4_block6_out'" in err

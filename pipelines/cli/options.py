@@ -4,6 +4,7 @@ extractor an invocation names, and its progress bar. Imports nothing heavy."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -86,7 +87,9 @@ def progress(args, desc):
 def extractor_from_args(args):
     from extract import get_extractor
 
-    weights = "none" if args.weights.lower() == "none" else args.weights
+    weights = args.weights
+    if weights.lower() in ("none", "imagenet") and not os.path.exists(weights):  # ImageNet, NONE: the keywords
+        weights = weights.lower()
     # pooling / input_size None: the extractor's own default (the backbone's, a saved model's)
     return get_extractor(args.model, weights=weights, layer=args.layer, pooling=args.pooling,
                          input_size=args.input_size, batch_size=args.batch_size, precision=args.precision,
