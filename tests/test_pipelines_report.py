@@ -286,6 +286,21 @@ def test_mlp_head_on_a_store_without_val_shows_learning_curves_and_evaluate_s_ro
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert cards(page)["accuracy"] == metrics["accuracy"] and metrics["n_samples"] > 0
     assert f"{metrics['evaluated_on']}: {metrics['n_samples']} images" in page.text
+    # a logreg head's report into the same folder: the MLP's curves do not stay beside it
+    assert cli(capsys, "report", run / "head", "feats", "--split", "test", "--out", "r")[0] == 0
+    assert not (tmp_path / "r" / "figures" / "learning_curves.png").exists()
+
+
+def test_labels_the_head_never_learned_are_named_on_the_page(run, capsys, monkeypatch, tmp_path):
+    """metrics.json named them (unknown_labels) and scored them as misses; the page did not say so."""
+    shutil.copytree(run / "feats", tmp_path / "feats")
+    index = (run / "imgs" / "index.csv").read_text(encoding="utf-8").replace('"cat"', '"zebra"')
+    (tmp_path / "index.csv").write_text(index, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "extract", "index.csv", "--images-root", run / "imgs", *FAST, "--out", "feats")[0] == 1
+    code, lines, _ = cli(capsys, "report", run / "head", "feats", "--split", "test", "--out", "r")
+    assert code == 0, lines
+    assert any("Labels that the head was never trained on: 'zebra' (" in text for text in parse(lines[-1]).text)
 
 
 def test_report_subprocess_of_a_logreg_head_does_not_load_tensorflow(run, tmp_path):

@@ -30,6 +30,21 @@ def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
     assert X.shape == (8, 4 * 4 * 2)
 
 
+def test_pretrain_cae_fits_the_train_split_never_val_or_test(csv_index, tmp_path, capsys):
+    """It fitted every row of the index, the 'test' images too, that a head on its features was then scored on."""
+    rows = csv_index.read_text().splitlines()
+    splits = ["train", "train", "val", "test"] * 2
+    with_split = tmp_path / "split.csv"
+    with_split.write_text("filename,label,split\n" + "".join(f"{r},{s}\n" for r, s in zip(rows[1:], splits)))
+    argv = ["-q", "pretrain-cae", str(with_split), "--images-root", str(csv_index.parent), "--input-size", "16",
+            "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--out", str(tmp_path / "cae.keras")]
+    assert main(argv) == 0
+    assert "trained a CAE on 4 images" in capsys.readouterr().out
+    with_split.write_text("filename,label,split\n" + "".join(f"{r},test\n" for r in rows[1:]))
+    assert main(argv) == 2
+    assert "the index has a split column but no 'train' rows" in capsys.readouterr().err
+
+
 def test_a_pretrained_model_onto_a_full_disk_is_one_line_and_keeps_the_previous_model(
         small_disk, csv_index, tmp_path, capsys
 ):
@@ -69,6 +84,8 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.h5"], r"`--out` must be a \.keras file\. Received: --out '.*cae\.h5'", id="suffix"),
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--input-size", "30"],
                      r"`--input-size` must be a positive integer divisible by 2 \*\* len\(filters\) = 4\. Received: --input-size 30", id="size"),
+        pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/folder.keras"],
+                     r"`--out` must be a \.keras file; .*folder\.keras is a folder", id="folder"),
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--filters", "8,x"],
                      r"`--filters` must be comma-separated integers\. Received: --filters '8,x'", id="filters"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
@@ -85,6 +102,7 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
 )
 def test_bad_input_is_one_line_and_exit_2(csv_index, tmp_path, capsys, argv, match):
     build_autoencoder(input_size=16).save(tmp_path / "cae.keras")
+    (tmp_path / "folder.keras").mkdir()  # refused only after training (a temporary file: "Is a directory")
     argv = [a.format(index=csv_index, tmp=tmp_path) for a in argv]
     assert main(["-q", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -103,6 +121,14 @@ def test_class_rows_follow_the_split_column(tmp_path):
     with pytest.raises(ValueError, match=r"the index has no 'train' rows of the classes \['c', 'b'\]"):
         csv.write_text("filename,label,split\nx0.png,a,train\nx1.png,b,val\nx2.png,c,test\n")
         class_rows(read_index(csv), ["c", "b"])
+    # it trained on one class and scored the rest as misses, exit 0
+    with pytest.raises(ValueError, match=r"the 'train' rows of the classes \['a', 'b', 'c'\] are all of \['a'\]"):
+        csv.write_text("filename,label,split\nx0.png,a,train\nx1.png,a,train\nx2.png,b,val\nx3.png,c,test\n")
+        class_rows(read_index(csv))
+    # no --classes was given: the message does not talk of it
+    with pytest.raises(ValueError, match=r"a classifier needs at least 2 labelled classes. Received: classes \['a'\]"):
+        csv.write_text("filename,label\nx0.png,a\nx1.png,a\n")
+        class_rows(read_index(csv))
 
 
 def test_image_batches_stream_and_drop_unreadable_images(csv_index):

@@ -27,7 +27,10 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
-    p = sub.add_parser("pretrain-cae", help="train a convolutional autoencoder on images without labels")
+    p = sub.add_parser("pretrain-cae", help="train a convolutional autoencoder on images without labels",
+                       description="Train the seed's convolutional autoencoder on the index's images (labels are "
+                       "not used): its 'train' split when it has a split column (never 'val' or 'test', where its "
+                       "features would be evaluated), else every image.")
     _add_training_args(p, epochs=10, batch_size=32)
     p.add_argument("--filters", default="8,4", help="filters per encoder level, comma-separated (default: 8,4)")
     p.set_defaults(func=cmd_pretrain_cae)

@@ -94,7 +94,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
                                evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
                                images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
-        notes = _root_notes(root, images_root is not None)
+        notes = _root_notes(root, images_root is not None) + _unknown_label_notes(metrics)
         page = Page(
             title=f"featurehead report: {Path(bundle_path).name} on {Path(store).name} ({metrics['evaluated_on']})",
             random_init=random_init, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
@@ -225,13 +225,25 @@ def _figures(bundle, metrics: dict, bins: dict, out_dir: Path) -> list[Figure]:
     if history:
         classify.plot_history(history, folder / "learning_curves.png")
         figures.append(Figure("learning curves (loss and accuracy per epoch)", f"{FIGURES_DIR}/learning_curves.png"))
-    else:
+    else:  # an earlier report's curves, of another head, would stay in the folder beside this report
+        (folder / "learning_curves.png").unlink(missing_ok=True)
         figures.append(Figure("learning curves", None, f"the {head} head records no per-epoch history "
                               "(the mlp head does)"))
     plot_reliability(bins, folder / "reliability.png")
     figures.append(Figure("calibration: reliability diagram of the predicted class's probability",
                           f"{FIGURES_DIR}/reliability.png", f"expected calibration error {bins['ece']:.3f}"))
     return figures
+
+
+def _unknown_label_notes(metrics: dict) -> list[str]:
+    """A note naming the true labels that are not classes of the head (their rows count as misses)."""
+    unknown = metrics.get("unknown_labels") or {}
+    if not unknown:
+        return []
+    shown = ", ".join(f"{label!r} ({n} rows)" for label, n in list(unknown.items())[:10])
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    return [f"Labels that the head was never trained on: {shown}{more}; their rows count as misses in every "
+            "number here (they are in metrics.json under unknown_labels)"]
 
 
 def _write_text(path: Path, text: str) -> Path:

@@ -37,7 +37,9 @@ class CAEConfig:
 
 def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *, progress=None,
                      workers: int | None = None) -> PretrainResult:
-    """Train a CAE on every image of `index` (labels ignored) and save it with its plots next to it.
+    """Train a CAE on the images of `index` (labels ignored) and save it with its plots next to it: its "train"
+    split when it has a split column (never "val" or "test": a head evaluated there would score the images its
+    encoder was fitted to), else every image.
 
     Writes `out` (the model), ``<stem>_loss.png`` and ``reconstructions.png`` (originals above
     reconstructions) in the folder of `out`.
@@ -65,10 +67,16 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     out = check_out(out)
     if not len(index):
         raise ValueError("the index has no rows; pre-training needs images")
+    split = np.asarray(index.split, dtype=str)
+    has_split = np.isin(split, ("train", "val", "test")).any()
+    paths = [p for p, s in zip(index.paths, split) if s == "train"] if has_split else index.paths
+    if not paths:
+        raise ValueError(f"{index.source}: the index has a split column but no 'train' rows; the CAE trains on "
+                         "those (never on 'val' or 'test')")
     model = build_autoencoder(input_size=config.input_size, channels=config.channels, filters=config.filters,
                               seed=config.seed)
     model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss="binary_crossentropy")
-    data = image_batches(index.paths, config.input_size, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+    data = image_batches(paths, config.input_size, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                          channels=config.channels, workers=workers)
     timer = epoch_timer()
     callbacks = [timer] + ([progress_callback(progress, data)] if progress else [])
@@ -84,5 +92,5 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
     recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),
                                  out.parent / "reconstructions.png", channels=config.channels)
-    logger.info("trained a CAE on %d images; final loss %.4f", len(index), history["loss"][-1])
-    return PretrainResult(out, loss_plot, history, len(index), timer.seconds, reconstructions=recon)
+    logger.info("trained a CAE on %d images; final loss %.4f", len(paths), history["loss"][-1])
+    return PretrainResult(out, loss_plot, history, len(paths), timer.seconds, reconstructions=recon)

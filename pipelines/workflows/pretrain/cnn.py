@@ -46,6 +46,9 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
         ``"train"`` (the "train" split, or every chosen row when the index has no split), ``"val"``, ``"test"``.
     """
     labels = np.asarray(index.labels, dtype=object)
+    if classes is None and len(index.classes) < 2:
+        raise ValueError(f"{index.source}: a classifier needs at least 2 labelled classes. Received: classes "
+                         f"{list(index.classes)}")
     classes = list(index.classes if classes is None else classes)
     unknown = [c for c in classes if c not in set(index.classes)]
     if unknown or len(set(classes)) < 2:
@@ -60,6 +63,10 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
         rows[name] = np.flatnonzero(chosen & (split == name))
     if not len(rows["train"]):
         raise ValueError(f"the index has no 'train' rows of the classes {classes}")
+    trained = sorted(set(labels[rows["train"]]))
+    if len(trained) < 2:  # it trained, and scored the other classes as misses
+        raise ValueError(f"{index.source}: the 'train' rows of the classes {classes} are all of {trained}; the CNN "
+                         "needs at least 2 classes to train on")
     return classes, rows
 
 

@@ -115,6 +115,8 @@ def check_out(out) -> Path:
     out = Path(out)
     if out.suffix != ".keras":
         raise ValueError(f"`out` must be a .keras file. Received: out={str(out)!r}")
+    if out.is_dir():  # found only when the trained model was saved
+        raise ValueError(f"`out` must be a .keras file; {out} is a folder. Received: out={str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
