@@ -80,8 +80,10 @@ def test_layers_must_be_distinct_and_known(csv_index, tmp_path):
     base = get_extractor("vgg16", **SMALL)
     with pytest.raises(ValueError, match="`layers` must be a non-empty list of distinct layer names"):
         layer_extractors(base, ["block3_pool", "block3_pool"])
-    with pytest.raises(ValueError, match="`layer` must be one of the model's layers"):
-        run_sweep(read_index(csv_index), base, ["nope"], tmp_path, store_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"`layers` must be layers of vgg16; 'nope' is not \(`featurehead models "
+                                         r"vgg16 --layers` lists them\)"):
+        run_sweep(read_index(csv_index), base, ["block1_pool", "nope"], tmp_path, store_dir=tmp_path / "stores")
+    assert not (tmp_path / "stores").exists()  # refused before any store was made
 
 
 def test_an_index_the_probe_cannot_use_is_refused_before_any_forward_pass(csv_index, tmp_path):

@@ -7,6 +7,7 @@ FEATUREHEAD_DEBUG=1); 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -97,8 +98,8 @@ def _as_flags(message: str, command_parser) -> str:
     that option (same name, underscores as dashes); any other name is left as it is."""
     for action in getattr(command_parser, "_actions", ()):
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
-        if flag is None or flag.lstrip("-").replace("-", "_") != action.dest:
-            continue
+        if flag is None or flag.lstrip("-").replace("-", "_") != action.dest or action.help == argparse.SUPPRESS:
+            continue  # a hidden option (sweep's --layer, refused) is not what the user set
         message = message.replace(f"`{action.dest}`", f"`{flag}`")
         head, sep, tail = message.partition("Received: ")
         message = head + sep + re.sub(rf"(?<![\w-]){action.dest}=", f"{flag} ", tail) if sep else message

@@ -90,6 +90,12 @@ def run_sweep(
         raise ValueError(f"sweep extracts several layers in one forward pass of a keras.applications backbone "
                          f"(`featurehead models` lists them), not of --model {extractor.name}; run `featurehead "
                          f"extract --model {extractor.name} --layer NAME` once per layer instead")
+    known = {layer.name for layer in extractor.base_model().layers}  # the graph only: no weights are loaded
+    unknown = [layer for layer in layers if layer not in known]
+    if unknown:  # found before any store is made (it was found when the model was built for the pass)
+        raise ValueError(f"`layers` must be layers of {extractor.name}; {', '.join(map(repr, unknown))} "
+                         f"{'is' if len(unknown) == 1 else 'are'} not (`featurehead models {extractor.name} "
+                         f"--layers` lists them). Received: layers={','.join(layers)!r}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"{out_dir} is a file; --out is the folder to write sweep.csv and sweep.png into")
     if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
