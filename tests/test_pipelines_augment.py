@@ -240,4 +240,6 @@ def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys
     csv = image_folder / "bad.csv"
     csv.write_text("filename,label\nmissing.png,a\n")
     assert main(["augment-preview", str(csv), "--out", str(tmp_path / "g.png")]) == 2
-    assert "none of the first 1 images could be read" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the path and the root, not just "file not found"
+    assert f"none of the first 1 images could be read (the first: {image_folder / 'missing.png'}: file not found)" in err
+    assert f"is --images-root {image_folder} right?" in err

@@ -132,7 +132,8 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     rows = list(range(min(n_images, len(index))))
     images, ok, errors = read_batch([index.paths[r] for r in rows], size)
     if not ok.any():
-        raise ImageReadError(f"none of the first {len(rows)} images could be read: {errors[0]}")
+        raise ImageReadError(f"none of the first {len(rows)} images could be read (the first: "
+                             f"{index.paths[rows[0]]}: {errors[0]}); is --images-root {index.root} right?")
     grid = [np.concatenate([images[r][None], row_views(images[r], augmentation, k, seed=seed, row=r)])
             for r in rows if ok[r]]
     out.parent.mkdir(parents=True, exist_ok=True)
