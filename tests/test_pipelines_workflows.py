@@ -179,3 +179,15 @@ def test_pretrain_cnn_accuracy_codes_labels_by_the_order_of_classes(image_folder
     expected = np.mean(np.argmax(proba, axis=1) == [["b", "a"].index(index.labels[i]) for i in val])
     assert result.classes == ["b", "a"] and ok.all()
     np.testing.assert_allclose(result.accuracy["val"], expected, rtol=1e-5)
+
+
+def test_an_unreadable_image_is_named_once_not_every_epoch(csv_index, tmp_path, caplog):
+    from pipelines.workflows.pretrain import run_pretrain_cae
+
+    (csv_index.parent / "broken.png").write_bytes(b"not a png")
+    csv_index.write_text(csv_index.read_text() + "broken.png,a\n")
+    with caplog.at_level("WARNING", logger="pipelines.workflows.pretrain"):
+        run_pretrain_cae(read_index(csv_index), tmp_path / "cae.keras",
+                         CAEConfig(input_size=16, filters=(4, 2), epochs=3, batch_size=3), workers=1)
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert warned == [f"skipping 1 unreadable images: {csv_index.parent / 'broken.png'}: not an image file"]

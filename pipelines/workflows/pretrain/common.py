@@ -62,6 +62,7 @@ def image_batches(paths, size: int, targets=None, *, batch_size: int = 32, shuff
             self.order = np.arange(len(paths))
             self.rng = np.random.default_rng(seed)
             self.decoders = ThreadPoolExecutor(max_workers=workers or default_workers())
+            self.bad = set()  # the unreadable paths warned of
             if shuffle:
                 self.rng.shuffle(self.order)
 
@@ -75,9 +76,13 @@ def image_batches(paths, size: int, targets=None, *, batch_size: int = 32, shuff
             rows = self.order[i * batch_size : (i + 1) * batch_size]
             images, ok, errors = read_batch([paths[r] for r in rows], size, self.decoders)
             if not ok.all():
-                logger.warning("skipping %d unreadable images: %s", int((~ok).sum()), "; ".join(e for e in errors if e))
+                new = [(paths[r], e) for r, e, good in zip(rows, errors, ok) if not good and paths[r] not in self.bad]
+                self.bad.update(p for p, _ in new)
+                if new:  # once per file, named (it was every epoch, by reason alone)
+                    logger.warning("skipping %d unreadable images: %s", len(new), "; ".join(f"{p}: {e}" for p, e in new))
                 if not ok.any():
-                    raise ImageReadError(f"every image of batch {i} failed to decode: {errors[0]}")
+                    raise ImageReadError(f"every image of batch {i} failed to decode (the first: "
+                                         f"{paths[rows[0]]}: {errors[0]})")
             x = images[ok].astype(np.float32)
             y = reconstruction_target(images[ok], channels) if targets is None else targets[rows][ok]
             return x, y
