@@ -92,6 +92,9 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
                      r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'z'\]", id="classes"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "5"],  # was Keras's shape error
                      r"`--input-size` must be an integer >= 6 \(two 3x3 convolutions and a 2x2 pooling\)\. Received: --input-size 5", id="cnn-size"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--base", "{tmp}/cae.keras",
+                      "--input-size", "64"], r"--input-size and --channels come from --base .*cae\.keras \(its input: 16 px\); "
+                     r"leave them out", id="base-size"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--base", "{tmp}/none.keras"],
                      r"the saved model .*none\.keras does not exist", id="base"),
         pytest.param(["extract", "{index}", "--model", "keras", "--weights", "{tmp}/none.keras"],

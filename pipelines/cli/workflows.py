@@ -15,8 +15,10 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
     p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to")
     p.add_argument("--out", required=True, help="the .keras model file to write (plots go next to it)")
-    p.add_argument("--input-size", type=int, default=28, help="square input side in pixels (default: 28)")
-    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1: grayscale inside the model (default), 3: RGB")
+    # None: not given (pretrain-cnn --base takes both from its base and refuses them given)
+    p.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: 28)")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                   help="1: grayscale inside the model (default), 3: RGB")
     p.add_argument("--epochs", type=positive_int, default=epochs, help=f"default: {epochs}")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default: {batch_size}")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
@@ -56,7 +58,7 @@ def cmd_pretrain_cae(args) -> int:
     from ..workflows.pretrain import CAEConfig, run_pretrain_cae
 
     index = read_index(args.index, args.images_root)
-    config = CAEConfig(input_size=args.input_size, channels=args.channels, filters=_ints(args.filters),
+    config = CAEConfig(input_size=args.input_size or 28, channels=args.channels or 1, filters=_ints(args.filters),
                        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.learning_rate, seed=args.seed)
     result = run_pretrain_cae(index, args.out, config, progress=progress(args, "pretrain-cae"), workers=args.workers)
@@ -73,8 +75,15 @@ def cmd_pretrain_cnn(args) -> int:
 
     from ..workflows.pretrain import CNNConfig, run_pretrain_cnn
 
+    if args.base and (args.input_size is not None or args.channels is not None):  # they were silently ignored
+        from extract.saved_model import load_saved_model, model_input_size
+
+        have = model_input_size(load_saved_model(args.base))
+        if args.channels is not None or args.input_size != have:
+            raise ValueError(f"--input-size and --channels come from --base {args.base} (its input: {have} px); "
+                             "leave them out")
     index = read_index(args.index, args.images_root)
-    config = CNNConfig(input_size=args.input_size, channels=args.channels, epochs=args.epochs,
+    config = CNNConfig(input_size=args.input_size or 28, channels=args.channels or 1, epochs=args.epochs,
                        batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
                        seed=args.seed)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
