@@ -48,8 +48,13 @@ def test_bad_input(n, similarity, match):
 def test_images_per_class_counts_the_smallest_training_class():
     assert images_per_class(["a", "a", "b", "b", "b"], ["", "", "", "", ""]) == 2
     assert images_per_class(["a", "a", "b", "b", "b"], ["train", "val", "train", "train", "test"]) == 1
-    with pytest.raises(ValueError, match="the index has no labelled rows to count"):
+    with pytest.raises(ValueError, match=r"at least 2 labelled classes to advise on. Received: classes \[\]"):
         images_per_class(["", ""], ["", ""])
+    with pytest.raises(ValueError, match=r"Received: classes \['a'\]"):  # one class: there is nothing to classify
+        images_per_class(["a", "a"], ["", ""])
+    # with a split column, val and test rows are not training data: none in train counts 0 (were all counted)
+    assert images_per_class(["a", "a", "b", "b"], ["val", "test", "val", "test"]) == 0
+    assert images_per_class(["a", "a", "b", "b"], ["train", "train", "val", "test"]) == 0  # b: none to train on
 
 
 def test_run_advise_needs_exactly_one_source():

@@ -105,12 +105,17 @@ def advise(n_per_class: int, similarity: str, *, index: str = "INDEX", model: st
 
 
 def images_per_class(labels, split) -> int:
-    """Labelled images in the smallest class, counting only "train" rows when there are any (pure)."""
+    """Labelled images in the smallest class, counting only "train" rows when the index has a split column (a
+    class with no train row counts 0) (pure)."""
     labels, split = np.asarray(labels, dtype=str), np.asarray(split, dtype=str)
-    keep = (labels != "") & ((split == "train") if (split == "train").any() else True)
-    if not keep.any():
-        raise ValueError("the index has no labelled rows to count")
-    return int(np.unique(labels[keep], return_counts=True)[1].min())
+    classes = np.unique(labels[labels != ""])
+    if len(classes) < 2:
+        raise ValueError(f"the index must have at least 2 labelled classes to advise on. Received: classes "
+                         f"{classes.tolist()}")
+    has_split = np.isin(split, ("train", "val", "test")).any()
+    keep = (labels != "") & ((split == "train") if has_split else True)  # val/test never count as training data
+    counts = dict(zip(*np.unique(labels[keep], return_counts=True)))
+    return int(min(counts.get(c, 0) for c in classes))
 
 
 def run_advise(*, n_images: int | None = None, similarity: str, index=None, images_root=None, model: str = "vgg16",
