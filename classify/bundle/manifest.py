@@ -3,7 +3,6 @@ writes and sha256 checks, and the versions a manifest records."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +13,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import filelock
 import numpy as np
 
 from classify.errors import (
@@ -105,21 +103,12 @@ def write_bundle(out_dir: Path, manifest: dict, files: dict, aux: dict | None = 
         fsync_dir(out_dir)
 
 
-@contextlib.contextmanager
 def _bundle_lock(out_dir: Path):
-    lock = filelock.FileLock(out_dir / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
-    try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise BundleBusyError(f"{out_dir} has been saved into by another process for {LOCK_TIMEOUT_S} s (a "
-                              "`featurehead train` or `finetune` with the same --out?); re-run when it has "
-                              "finished") from err
-    except OSError as err:  # a read-only folder: say so of the bundle, not of its lock file
-        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir)) from err
-    try:
-        yield
-    finally:
-        lock.release()
+    from features_store.lock import folder_lock
+
+    return folder_lock(out_dir, LOCK_FILE, timeout=LOCK_TIMEOUT_S, busy=BundleBusyError(
+        f"{out_dir} has been saved into by another process for {LOCK_TIMEOUT_S} s (a `featurehead train` or "
+        "`finetune` with the same --out?); re-run when it has finished"))
 
 
 def sha256_of(data) -> str:

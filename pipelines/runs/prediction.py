@@ -3,9 +3,7 @@ extractor (`run_predict`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,26 +90,15 @@ def write_evaluation(out_dir, metrics: dict) -> None:
 OUTPUT_LOCK = ".featurehead.lock"
 
 
-@contextlib.contextmanager
 def output_lock(out_dir):
     """Make the folder `out_dir` and hold its `.featurehead.lock` while a command writes its files there; a second
     command writing the same folder meanwhile stops at once with one line (its files would mix with ours)."""
-    import filelock
+    from features_store.lock import folder_lock
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out_dir / OUTPUT_LOCK, timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise ValueError(f"{out_dir} is being written by another featurehead command (an evaluate or a report with "
-                         "the same --out?); re-run when it has finished") from err
-    except OSError as err:  # a read-only folder: say so of the folder, not of the lock file
-        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir)) from err
-    try:
-        yield
-    finally:
-        lock.release()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return folder_lock(out_dir, OUTPUT_LOCK, timeout=0, busy=ValueError(
+        f"{out_dir} is being written by another featurehead command (an evaluate or a report with the same --out?); "
+        "re-run when it has finished"))
 
 
 def write_output(path: Path, write) -> None:
