@@ -53,7 +53,7 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
         with session.shard_writer(part, n_features=before.n_features) as writer:
             if writer.n_done < len(part):
                 x, ok, err = _gather(session.store, picked[writer.n_done:])
-                writer.write(x, ok, err)
+                writer.write(x, ok, err, finite=False)  # as stored (an older featurehead stored a model's inf)
             session.commit(writer, versions={"compacted": "true"})
             written.append(writer.name)
     # the shards this run planned, including those an interrupted compaction already wrote and listed (same

@@ -219,8 +219,12 @@ class ShardWriter:
     def complete(self) -> bool:
         return bool(self._file.attrs["complete"])
 
-    def write(self, features: np.ndarray, ok: np.ndarray, errors: Sequence[str] | None = None) -> None:
+    def write(self, features: np.ndarray, ok: np.ndarray, errors: Sequence[str] | None = None, *,
+              finite: bool = True) -> None:
         """Write the next rows, `[n_done, n_done + n)`, durably.
+
+        The features of ok rows must be finite (a model's inf or NaN is refused), unless `finite=False`: rows
+        copied as they are stored (compaction of a store that an older featurehead let hold them).
 
         Parameters
         ----------
@@ -248,13 +252,14 @@ class ShardWriter:
                 f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.6g}), the dtype of this "
                 f"store{advice}"
             )
-        nonfinite = ok[:, None] & ~np.isfinite(x)  # the model's own inf or NaN: stored, it failed training later
-        if nonfinite.any():
+        nonfinite = ok[:, None] & ~np.isfinite(x) if finite else None  # stored, they failed training later
+        if nonfinite is not None and nonfinite.any():
             rows = np.flatnonzero(nonfinite.any(axis=1))
             raise FeatureRangeError(
                 f"{self.store}: the model gave {int(nonfinite.sum())} features of {len(rows)} rows that are inf or NaN "
-                f"(the first: row {self._n_done + rows[0]} of shard {self.name}); under --precision float16 an "
-                "activation beyond 65504 overflows: extract with --precision bfloat16 or float32 into another --out"
+                f"(the first: row {self._n_done + rows[0]} of shard {self.name}), so nothing of that batch is stored: "
+                "an overflow (--precision float16 overflows past 65504; bfloat16 and float32 do not) or a model "
+                "that outputs them"
             )
         x = stored
         x[~ok] = np.nan

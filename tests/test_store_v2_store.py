@@ -127,6 +127,24 @@ def test_compaction_keeps_whole_shards_rewrites_the_rest_and_commits_first(tmp_p
     assert manifest["schema_version"] == 2 and len(manifest["shards"]) == 2
 
 
+def test_compaction_copies_a_stored_inf_as_it_is(tmp_path):
+    """An older featurehead stored a model's inf as an ok row; compacting such a store was refused with the
+    extraction's "the model gave ... inf" line, though compact runs no model."""
+    store, k = tmp_path / "store", keys(8)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        for part in fs.plan_shards(s.missing(k), 4):
+            with s.shard_writer(part, n_features=3) as w:
+                x = rows(part)
+                x[1, 2] = np.inf
+                w.write(x, np.ones(len(part), bool), finite=False)  # as the older version wrote it
+                s.commit(w)
+    view(store, k[1:3] + k[5:])
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        assert s.compact()["rows_after"] == 5
+    stored = fs.read_features(store)
+    assert np.isinf(stored[[0, 2], 2]).all() and np.isfinite(np.delete(stored, [0, 2], axis=0)).all()  # k1, k5
+
+
 def test_compaction_resumed_after_an_interruption_keeps_every_live_row(tmp_path):
     """An interrupted compaction has listed some of its new shards beside the old ones (a kill or a full disk
     after their commit); compacting again must keep every live row, the new shards' included."""
