@@ -9,6 +9,7 @@ error that names the cache folder and the alternatives.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import re
 import socket
@@ -30,6 +31,24 @@ from .registry import get_extractor_class, register_extractor
 # timeout (a socket of our own: the global default timeout is never touched), so offline fails in seconds
 WEIGHTS_HOST = "https://storage.googleapis.com"
 CONNECT_TIMEOUT_S = 10.0
+
+
+def _imagenet_stem_in(f) -> bool:
+    """`_imagenet_stem` of an open HDF5 weights file (see there)."""
+    if "layers" in f:  # Keras 3: one entry per layer, named by class
+        return "rescaling_1" in f["layers"]
+    from keras.src.applications.efficientnet import IMAGENET_STDDEV_RGB
+
+    for layer in f.attrs.get("layer_names", []):  # legacy: a group per layer, its weights named in an attribute
+        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        if layer.startswith("normalization") and layer in f:
+            for weight in f[layer].attrs.get("weight_names", []):
+                weight = weight.decode() if isinstance(weight, bytes) else str(weight)
+                if "variance" in weight:
+                    variance = np.asarray(f[layer][weight]).ravel()
+                    return variance.shape == (3,) and bool(np.allclose(variance, np.square(IMAGENET_STDDEV_RGB),
+                                                                       rtol=1e-3))
+    return False
 
 
 def _fold_imagenet_stem(base) -> None:
@@ -165,7 +184,7 @@ class KerasApplicationExtractor(Extractor):
                     if self._imagenet_stem():
                         _fold_imagenet_stem(base)
             layer = self._config["layer"]
-            base = cut_at_layer(base, layer)
+            base = cut_at_layer(base, layer, listed_by=f"featurehead models {self.name} --layers")
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
             x = base(preprocess_layer(mode)(inputs))
             if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
@@ -187,20 +206,23 @@ class KerasApplicationExtractor(Extractor):
     def _imagenet_stem(self) -> bool:
         """Whether the model that this EfficientNet (B0-B7) weights file was saved from had the input scaling that
         `keras.applications` adds only when it loads ImageNet weights (a `Rescaling` by 1/sqrt(ImageNet's stddev)
-        after the `Normalization`, `keras/src/applications/efficientnet.py`): a Keras 3 `.weights.h5` file holds
-        a second `rescaling` entry then; a legacy `.h5` file is Keras's own ImageNet download (Keras 3 writes no
-        other), so it has it too."""
+        after the `Normalization`, `keras/src/applications/efficientnet.py`). A Keras 3 file (`.weights.h5`, or
+        the weights inside a `.keras` archive) then lists a second `rescaling`; a legacy `.h5` file (Keras's own
+        ImageNet download is one) holds ImageNet's stddev squared as the Normalization's variance, which Keras's
+        comment there gives as the reason for the extra scaling (a model trained from scratch has its own)."""
         path = self.weights_file()
         if path is None or not self.application.startswith("EfficientNetB") or not Path(path).is_file():
             return False
         import h5py
 
         try:
+            if zipfile.is_zipfile(path):  # a .keras archive: its weights are model.weights.h5 inside
+                with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as inner:
+                    with h5py.File(io.BytesIO(inner.read()), "r") as f:
+                        return _imagenet_stem_in(f)
             with h5py.File(path, "r") as f:
-                if "layers" in f:
-                    return "rescaling_1" in f["layers"]
-                return "layer_names" in f.attrs
-        except OSError:  # not HDF5 (a .keras archive): loading it says what is wrong
+                return _imagenet_stem_in(f)
+        except (OSError, KeyError, zipfile.BadZipFile):  # not a weights file: loading it says what is wrong
             return False
 
     def layer_dims(self) -> list[int]:

@@ -205,22 +205,23 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(previous)
 
 
-def _some(names: list[str], wrong: str, most: int = 25) -> str:
+def _some(names: list[str], wrong: str, listed_by: str | None, most: int = 25) -> str:
     """The layer names for an error: all of a small model's; of a large one (a ResNet has 175), the closest to
-    `wrong`, and where to see them all."""
+    `wrong`, and the command that lists them all (`listed_by`), if any."""
     if len(names) <= most:
         return str(names)
     import difflib
 
     close = difflib.get_close_matches(str(wrong), names, n=3, cutoff=0.5)
-    return (f"(all {len(names)}, with their output shapes: `featurehead models MODEL --layers` for a backbone"
+    return (f"(all {len(names)}" + (f", with their output shapes: `{listed_by}`" if listed_by else "")
             + (f"; the closest: {', '.join(map(repr, close))})" if close else ")"))
 
 
-def cut_at_layer(model, layer: str | list[str] | None):
+def cut_at_layer(model, layer: str | list[str] | None, *, listed_by: str | None = None):
     """A sub-model of `model` ending at the layer named `layer` (never cut by index).
 
     A list of names gives one model with one output per name, in the order given (one forward pass for all).
+    `listed_by`: the command that lists the model's layers, named when an unknown name is refused.
     """
     keras = _keras()
     if layer is None:
@@ -229,7 +230,7 @@ def cut_at_layer(model, layer: str | list[str] | None):
     wanted = layer if isinstance(layer, list) else [layer]
     for name in wanted:
         if name not in names:
-            raise ExtractorConfigError(f"`layer` must be one of the model's layers {_some(names, name)}. "
+            raise ExtractorConfigError(f"`layer` must be one of the model's layers {_some(names, name, listed_by)}. "
                                        f"Received: layer={name!r}")
     if not isinstance(layer, list):
         return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")

@@ -49,7 +49,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     prefix = f".{os.path.basename(path)}.tmp-"
     tmp = os.path.join(folder, f"{prefix}{os.getpid()}{suffix}")
     try:
-        remove_dead_writers_files(path, suffix=suffix)
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
@@ -64,7 +63,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
 
 def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> None:
     """Remove the temporary files of `atomic_write`s of `path` whose process is gone (a SIGKILL: an export's is a
-    whole copy of the features), so that they neither fill the disk nor fail a free-space check."""
+    whole copy of the features), so that they neither fill the disk nor fail a free-space check.
+
+    Called by the writers of large files (export, a pretrained model), not by every `atomic_write`: it lists the
+    folder (a report's thumbnails would make that quadratic). A process is looked for on this machine only: a
+    folder that writers on other machines share may lose a live writer's temporary file (its rename then fails,
+    and it says so)."""
     path = os.fspath(path)
     folder, prefix = os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-"
     try:

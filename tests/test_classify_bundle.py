@@ -433,6 +433,9 @@ def test_a_save_killed_at_any_rename_leaves_a_whole_bundle_and_the_next_save_wor
         else:
             with pytest.raises(BundleNotFoundError, match="manifest.json is missing"):
                 load_bundle(path)
+        # a bundle's curves are its own or none: the old ones went before the commit
+        history = path / "history.png"
+        assert (history.read_bytes() == b"old curves") if at == 1 and not first else not history.exists(), at
         _save(new, path)  # the re-run: works, and leaves the new bundle alone
         assert _names(path) == ["head-*.skops", "manifest.json"], at
         np.testing.assert_allclose(load_bundle(path).predict_proba(X), new.predict_proba(X), rtol=1e-5)
@@ -465,3 +468,45 @@ def test_saves_into_one_folder_take_turns(tmp_path, head, monkeypatch):
 def _data():
     X, y = make_classification(n_samples=60, n_features=20, n_informative=5, n_classes=3, random_state=0)
     return X.astype(np.float32), y
+
+
+SAVE_WITH_A_LARGE_PLOT = """
+import sys
+import joblib
+from classify import save_bundle
+save_bundle(joblib.load(sys.argv[2]), sys.argv[1], extractor={"name": "x"}, fingerprint="f" * 64,
+            classes=["cat", "dog", "eel"], n_features=20, aux={"history.png": b"p" * 200_000})
+"""
+
+
+def test_a_plot_that_cannot_be_written_after_the_commit_says_the_bundle_was_saved(tmp_path, data, head):
+    """It failed as if the save had, with the new head already in place (and the old curves beside it)."""
+    import joblib
+
+    joblib.dump(head, tmp_path / "head.joblib")
+    path = _save(make_head("logreg", C=0.01).fit(*data), tmp_path / "b", aux={"history.png": b"old curves"})
+
+    def limit():  # the head and its manifest fit under it, the plot does not
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([sys.executable, "-c", SAVE_WITH_A_LARGE_PLOT, str(path), str(tmp_path / "head.joblib")],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode != 0
+    assert f"File too large; the bundle itself was saved, without this plot: '{path / 'history.png'}'" in proc.stderr
+    np.testing.assert_allclose(load_bundle(path).predict_proba(data[0]), head.predict_proba(data[0]), rtol=1e-5)
+    assert _names(path) == ["head-*.skops", "manifest.json"]  # no old curves, no old head
+
+
+def test_a_load_that_a_save_overtakes_reads_the_new_bundle(tmp_path, data, head, monkeypatch):
+    """A reader that read the manifest just before a save's commit found the files it names removed: "X is
+    missing; the bundle is incomplete", for a whole bundle."""
+    from classify.bundle import load as load_module
+    from classify.bundle.manifest import read_manifest
+
+    path = _save(make_head("logreg", C=0.01).fit(*data), tmp_path / "b")
+    before = read_manifest(path)  # what the reader read ...
+    _save(head, path)  # ... when a save committed and removed the old head's file
+    reads = iter([before])
+    monkeypatch.setattr(load_module, "read_manifest", lambda p: next(reads, None) or read_manifest(p))
+    np.testing.assert_allclose(load_bundle(path).predict_proba(data[0]), head.predict_proba(data[0]), rtol=1e-5)

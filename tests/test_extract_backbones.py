@@ -207,8 +207,18 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
 
     size = 32
     plain, plain_file = _reference("efficientnetb0", size, tmp_path)
-    legacy = tmp_path / "efficientnetb0_notop.h5"  # the format of Keras's own ImageNet download
+    # a stand-in for Keras's own ImageNet download: its format (legacy .h5), and ImageNet's stddev squared as the
+    # Normalization's variance (the random init's is 1)
+    imagenetlike = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
+    imagenetlike.set_weights(plain.get_weights())
+    norm = next(layer for layer in imagenetlike.layers if isinstance(layer, keras.layers.Normalization))
+    norm.set_weights([np.array([0.485, 0.456, 0.406], np.float32), np.square([0.229, 0.224, 0.225]).astype(np.float32),
+                      np.array(0)])
+    legacy = tmp_path / "efficientnetb0_notop.h5"
     with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, imagenetlike)
+    scratch = tmp_path / "from_scratch.h5"  # a legacy file of a model that is not ImageNet's: no extra scaling
+    with h5py.File(scratch, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, plain)
     # Keras's ImageNet model, its download served from the file this test saved (no network here)
     with pytest.MonkeyPatch.context() as mp:
@@ -217,6 +227,8 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
                                                      input_shape=(size, size, 3))
     saved = tmp_path / "imagenet_model.weights.h5"
     imagenet.save_weights(saved)
+    archive = tmp_path / "imagenet_model.keras"  # a whole saved model: its weights are read the same way
+    imagenet.save(archive)
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     layer = "stem_activation"  # right after the scaling (the random init's last layer is ~1e-17: no test there)
 
@@ -225,12 +237,13 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
         return keras.ops.convert_to_numpy(cut(images.astype("float32"), training=False)).mean(axis=(1, 2))
 
     expected = keras_own(imagenet)
-    for path in (saved, legacy):
+    for path in (saved, archive, legacy):
         ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
         _close(ours(images), expected)
         assert ours.spec()["efficientnet_stem"] == "imagenet"
-    # a file of the model without ImageNet weights: Keras's model as it is, and the fingerprint it always had
-    ours = get_extractor("efficientnetb0", weights=str(plain_file), input_size=size, layer=layer, pooling="avg")
-    _close(ours(images), keras_own(plain))
-    assert "efficientnet_stem" not in ours.spec()
-    assert not np.allclose(ours(images), expected, rtol=0.1)
+    # files of the model without ImageNet weights: Keras's model as it is, and the fingerprint it always had
+    for path in (plain_file, scratch):
+        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
+        _close(ours(images), keras_own(plain))
+        assert "efficientnet_stem" not in ours.spec()
+        assert not np.allclose(ours(images), expected, rtol=0.1)

@@ -454,5 +454,5 @@ def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp
     # a backbone of 175 layers: not all of them on one line (3,871 characters), the closest, and where the rest are
     code, _, err = run(capsys, "extract", csv_index, "--model", "resnet50", *FAST, "--layer", "conv4_block6_ot",
                        "--out", tmp_path / "s")
-    assert code == 2 and len(err) < 400 and "`featurehead models MODEL --layers`" in err
+    assert code == 2 and len(err) < 400 and "(all 175, with their output shapes: `featurehead models resnet50 --layers`" in err
     assert "the closest: 'conv4_block6_out'" in err

@@ -13,7 +13,7 @@ import numpy as np
 from classify.bundle.manifest import MANIFEST, read_manifest, verified
 from classify.bundle.save import networks
 from classify.bundle.trust import load_keras, load_pickle, load_skops
-from classify.errors import BundleFormatError, BundleIntegrityError, BundleMismatchError
+from classify.errors import BundleFormatError, BundleIntegrityError, BundleMismatchError, BundleNotFoundError
 from classify.mlp_network import model_from_bytes
 
 
@@ -158,6 +158,17 @@ def load_bundle(path: str | os.PathLike, *, trust_pickle: bool = False) -> Bundl
     """
     path = Path(path)
     manifest = read_manifest(path)
+    try:
+        return _load(path, manifest, trust_pickle)
+    except BundleNotFoundError:
+        # a save into the folder committed meanwhile and removed the files of the manifest read above: read again
+        again = read_manifest(path)
+        if again == manifest:
+            raise
+        return _load(path, again, trust_pickle)
+
+
+def _load(path: Path, manifest: dict, trust_pickle: bool) -> Bundle:
     data = verified(path, manifest["model_file"], manifest["model_sha256"])
     if manifest["kind"] == "full":  # custom layers of the model must be registered by the caller
         model = load_keras(path / manifest["model_file"], data, model_from_bytes)

@@ -77,11 +77,12 @@ def write_bundle(out_dir: Path, manifest: dict, files: dict, aux: dict | None = 
 
     `files` are the model files the manifest lists (with their sha256, `sha256_of`), under their content names
     (`content_name`): they are written in full beside the files of a bundle being replaced, which its manifest
-    still names, then the manifest is renamed into place, then `aux` (plots, e.g. ``history.png``; an aux file
-    of the old bundle that `aux` lacks is removed) and the old bundle's model files go. A save killed or stopped
-    by a full disk at any moment leaves the old bundle or the new one, whole; what it leaves over (temporary
-    files, unlisted model files) the next save into the folder removes. Saves into one folder take turns
-    (`LOCK_FILE`), so two at once leave one of the two bundles, not a mix.
+    still names; the old bundle's plots (`AUX_FILES`) go; the manifest is renamed into place; the old bundle's
+    model files go; then `aux` (plots, e.g. ``history.png``) is written. A save killed or stopped by a full disk
+    at any moment leaves the old bundle or the new one, whole, and never a plot of the other beside it; what it
+    leaves over (temporary files, unlisted model files) the next save into the folder removes. A plot that cannot
+    be written after the commit is an OSError that says the bundle itself was saved. Saves into one folder take
+    turns (`LOCK_FILE`), so two at once leave one of the two bundles, not a mix.
     """
     from features_store.durable import fsync_dir
 
@@ -92,15 +93,18 @@ def write_bundle(out_dir: Path, manifest: dict, files: dict, aux: dict | None = 
             if _TRANSIENT.fullmatch(leftover.name) and leftover.name != LOCK_FILE:
                 leftover.unlink(missing_ok=True)
         write_files(out_dir, files)
+        for name in AUX_FILES:  # the old head's curves are never left beside the new head
+            (out_dir / name).unlink(missing_ok=True)
         write_files(out_dir, {MANIFEST: text.encode()})  # the commit point
-        for name in AUX_FILES:
-            if name not in aux:
-                (out_dir / name).unlink(missing_ok=True)
-        write_files(out_dir, aux)
         for old in out_dir.iterdir():
             if _MODEL_FILE_NAME.fullmatch(old.name) and old.name not in files:
                 old.unlink(missing_ok=True)
         fsync_dir(out_dir)
+        try:
+            write_files(out_dir, aux)
+        except OSError as err:
+            raise OSError(err.errno, f"{err.strerror}; the bundle itself was saved, without this plot",
+                          err.filename) from err
 
 
 def _bundle_lock(out_dir: Path):
@@ -190,7 +194,8 @@ def write_files(out_dir: Path, files: dict) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         for name in list(staged):
-            os.replace(staged.pop(name), out_dir / name)
+            os.replace(staged[name], out_dir / name)
+            del staged[name]  # renamed: no temporary file to remove any more
     except BaseException as err:
         for tmp in staged.values():
             Path(tmp).unlink(missing_ok=True)

@@ -45,6 +45,11 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_pretrain_cnn)
 
 
+def _or(given, default):
+    """`given` unless it was not given (None); 0 is given (and refused by the runner), not the default."""
+    return default if given is None else given
+
+
 def _ints(text: str) -> tuple:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
@@ -58,7 +63,7 @@ def cmd_pretrain_cae(args) -> int:
     from ..workflows.pretrain import CAEConfig, run_pretrain_cae
 
     index = read_index(args.index, args.images_root)
-    config = CAEConfig(input_size=args.input_size or 28, channels=args.channels or 1, filters=_ints(args.filters),
+    config = CAEConfig(input_size=_or(args.input_size, 28), channels=_or(args.channels, 1), filters=_ints(args.filters),
                        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.learning_rate, seed=args.seed)
     result = run_pretrain_cae(index, args.out, config, progress=progress(args, "pretrain-cae"), workers=args.workers)
@@ -83,7 +88,7 @@ def cmd_pretrain_cnn(args) -> int:
             raise ValueError(f"--input-size and --channels come from --base {args.base} (its input: {have} px); "
                              "leave them out")
     index = read_index(args.index, args.images_root)
-    config = CNNConfig(input_size=args.input_size or 28, channels=args.channels or 1, epochs=args.epochs,
+    config = CNNConfig(input_size=_or(args.input_size, 28), channels=_or(args.channels, 1), epochs=args.epochs,
                        batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
                        seed=args.seed)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None

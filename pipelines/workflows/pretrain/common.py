@@ -130,6 +130,7 @@ def save_model(model, out: Path) -> None:
     """`model.save(out)`, atomic: saved beside `out` under a temporary name, then renamed into place, so a full
     disk or a kill keeps the previous model at `out`, if any, and never leaves a cut-off one that an extract would
     load."""
-    from features_store.durable import atomic_write
+    from features_store.durable import atomic_write, remove_dead_writers_files
 
+    remove_dead_writers_files(out, suffix=".keras")  # a killed run's whole model, beside it
     atomic_write(out, model.save, suffix=".keras")
