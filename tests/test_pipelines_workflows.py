@@ -90,6 +90,8 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
                      r"`--filters` must be comma-separated integers\. Received: --filters '8,x'", id="filters"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
                      r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'z'\]", id="classes"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "0"],  # was taken as 28
+                     r"`--input-size` must be an integer >= 6 .*Received: --input-size 0", id="cnn-size-0"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "5"],  # was Keras's shape error
                      r"`--input-size` must be an integer >= 6 \(two 3x3 convolutions and a 2x2 pooling\)\. Received: --input-size 5", id="cnn-size"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--base", "{tmp}/cae.keras",
