@@ -9,6 +9,7 @@ error that names the cache folder and the alternatives.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import os
 import re
@@ -31,6 +32,22 @@ from .registry import get_extractor_class, register_extractor
 # timeout (a socket of our own: the global default timeout is never touched), so offline fails in seconds
 WEIGHTS_HOST = "https://storage.googleapis.com"
 CONNECT_TIMEOUT_S = 10.0
+
+
+@functools.lru_cache(maxsize=16)
+def _imagenet_stem_of(path: str, *version) -> bool:
+    """`KerasApplicationExtractor._imagenet_stem` of the weights file `path` (`version`: its stat, for the cache)."""
+    import h5py
+
+    try:
+        if zipfile.is_zipfile(path):  # a .keras archive: its weights are model.weights.h5 inside
+            with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as inner:
+                with h5py.File(io.BytesIO(inner.read()), "r") as f:
+                    return _imagenet_stem_in(f)
+        with h5py.File(path, "r") as f:
+            return _imagenet_stem_in(f)
+    except (OSError, KeyError, zipfile.BadZipFile):  # not a weights file: loading it says what is wrong
+        return False
 
 
 def _imagenet_stem_in(f) -> bool:
@@ -213,17 +230,8 @@ class KerasApplicationExtractor(Extractor):
         path = self.weights_file()
         if path is None or not self.application.startswith("EfficientNetB") or not Path(path).is_file():
             return False
-        import h5py
-
-        try:
-            if zipfile.is_zipfile(path):  # a .keras archive: its weights are model.weights.h5 inside
-                with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as inner:
-                    with h5py.File(io.BytesIO(inner.read()), "r") as f:
-                        return _imagenet_stem_in(f)
-            with h5py.File(path, "r") as f:
-                return _imagenet_stem_in(f)
-        except (OSError, KeyError, zipfile.BadZipFile):  # not a weights file: loading it says what is wrong
-            return False
+        st = os.stat(path)  # read once per version of the file (spec() is asked for often)
+        return _imagenet_stem_of(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def layer_dims(self) -> list[int]:
         """Width of each layer's pooled block in the output, in the order of `layer` (builds the model)."""
