@@ -110,6 +110,9 @@ def test_what_sweep_cannot_do_is_one_line_before_any_forward_pass(csv_index, tmp
     assert main([*base, "--weights", "none", "--input-size", "32", "--layers", "block1_pool", "--out",
                  str(tmp_path / "taken")]) == 2
     assert "is a file; --out is the folder" in capsys.readouterr().err
+    assert main([*base, "--weights", "none", "--input-size", "8", "--layers", "block1_pool"]) == 2  # not Keras's words
+    assert capsys.readouterr().err.strip().endswith("`--input-size` must be an integer >= 32 for vgg16. "
+                                                    "Received: --input-size 8")
     with pytest.raises(SystemExit) as exit_:
         main([*base, "--weights", "none", "--layers", "block1_pool", "--cv", "1"])
     assert exit_.value.code == 2 and "argument --cv: must be an integer >= 2" in capsys.readouterr().err

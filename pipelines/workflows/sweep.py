@@ -90,6 +90,7 @@ def run_sweep(
         raise ValueError(f"sweep extracts several layers in one forward pass of a keras.applications backbone "
                          f"(`featurehead models` lists them), not of --model {extractor.name}; run `featurehead "
                          f"extract --model {extractor.name} --layer NAME` once per layer instead")
+    extractor.validate()  # its input size, before its graph is built
     known = {layer.name for layer in extractor.base_model().layers}  # the graph only: no weights are loaded
     unknown = [layer for layer in layers if layer not in known]
     if unknown:  # found before any store is made (it was found when the model was built for the pass)
