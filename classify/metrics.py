@@ -3,6 +3,7 @@ compiled Keras model on a dataset."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,8 @@ def evaluate(estimator: Any, X: Any, y: Any) -> dict:
         labels = np.unique(np.concatenate([y, y_pred]))
     classes = labels  # the head's own: the columns of predict_proba
     known = set(np.asarray(labels).tolist())
-    unknown = {}  # true labels the head has no class for: every such row is a miss, and it is scored as one
-    for value in y.tolist():
-        if value not in known:
-            unknown[value] = unknown.get(value, 0) + 1
+    # true labels the head has no class for: every such row is a miss, and it is scored as one
+    unknown = Counter(value for value in y.tolist() if value not in known)
     if unknown:
         labels = np.asarray([*np.asarray(labels).tolist(), *sorted(unknown, key=str)])
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -31,10 +31,13 @@ def content_seed(content_key: str) -> int:
 STAT_FIELDS = ("size", "mtime_ns", "inode", "ctime_ns")  # the quick path: a file with all four unchanged
 
 
+_UNKNOWN = (-1,) * len(STAT_FIELDS)
+
+
 def _unreadable(err: OSError) -> tuple:
     if isinstance(err, FileNotFoundError):
-        return "", (-1, -1, -1, -1), "file not found"
-    return "", (-1, -1, -1, -1), f"cannot read the file: {err.strerror or err}"
+        return "", _UNKNOWN, "file not found"
+    return "", _UNKNOWN, f"cannot read the file: {err.strerror or err}"
 
 
 def _stat_of(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -57,7 +60,7 @@ def _stat_key(path: Path, known: tuple | None) -> tuple:
     except OSError as err:
         return _unreadable(err)
     if after[:2] != st[:2]:  # written while we read it
-        return key, (-1, -1, -1, -1), ""
+        return key, _UNKNOWN, ""
     return key, st, ""
 
 

@@ -46,8 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    prefix = f".{os.path.basename(path)}.tmp-"
-    tmp = os.path.join(folder, f"{prefix}{os.getpid()}{suffix}")
+    tmp = os.path.join(folder, f"{temporary_prefix(path)}{os.getpid()}{suffix}")
     try:
         write(tmp)
         fsync_file(tmp)
@@ -61,6 +60,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
         raise
 
 
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """How the name of an `atomic_write`'s temporary file for `path` begins (the writer's pid and the suffix
+    follow), in `path`'s folder."""
+    return f".{os.path.basename(os.fspath(path))}.tmp-"
+
+
 def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> None:
     """Remove the temporary files of `atomic_write`s of `path` whose process is gone (a SIGKILL: an export's is a
     whole copy of the features), so that they neither fill the disk nor fail a free-space check.
@@ -70,7 +75,7 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     folder that writers on other machines share may lose a live writer's temporary file (its rename then fails,
     and it says so)."""
     path = os.fspath(path)
-    folder, prefix = os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-"
+    folder, prefix = os.path.dirname(path) or ".", temporary_prefix(path)
     try:
         names = os.listdir(folder)
     except OSError:

@@ -344,7 +344,6 @@ def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tupl
     except (OSError, KeyError):
         return None, {}
     keep = (c["view"] == 0) & (c["keys"] != "") & (c["size"] >= 0)
-    table = {str(i): (int(s), int(t), int(n), int(ct), str(k)) for i, s, t, n, ct, k in
-             zip(c["ids"][keep], c["size"][keep], c["mtime_ns"][keep], c["inode"][keep], c["ctime_ns"][keep],
-                 c["keys"][keep])}
+    stats = np.stack([c[name][keep] for name in schema.STAT_COLUMNS], axis=1).tolist()
+    table = {str(i): (*stat, str(k)) for i, stat, k in zip(c["ids"][keep], stats, c["keys"][keep])}
     return _str(c["attrs"].get("images_root", "")) or None, table

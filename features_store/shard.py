@@ -241,8 +241,9 @@ class ShardWriter:
                              f"{self.n_rows - self._n_done} rows left. Received: shape {x.shape}")
         with np.errstate(over="ignore"):  # the overflow is checked just below
             stored = x.astype(self._dtype, copy=True)
+        is_finite = np.isfinite(x) if finite or x.dtype != self._dtype else None  # once, for both checks
         # float16 turns |x| >= 65520 into inf: refused, never stored as a feature of an ok row
-        overflow = None if x.dtype == self._dtype else ok[:, None] & np.isinf(stored) & np.isfinite(x)
+        overflow = None if x.dtype == self._dtype else ok[:, None] & np.isinf(stored) & is_finite
         if overflow is not None and overflow.any():
             rows = np.flatnonzero(overflow.any(axis=1))
             advice = "; extract with --dtype float32 into another --out" if self._dtype == np.float16 else ""
@@ -252,7 +253,7 @@ class ShardWriter:
                 f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.6g}), the dtype of this "
                 f"store{advice}"
             )
-        nonfinite = ok[:, None] & ~np.isfinite(x) if finite else None  # stored, they failed training later
+        nonfinite = ok[:, None] & ~is_finite if finite else None  # stored, they failed training later
         if nonfinite is not None and nonfinite.any():
             rows = np.flatnonzero(nonfinite.any(axis=1))
             raise FeatureRangeError(

@@ -209,7 +209,7 @@ class StoreSession:
         temporary files of a manifest or view write that a killed writer left in the store folder."""
         removed = 0
         for name in os.listdir(self.store):  # we hold the lock: no other writer has a write in flight
-            if name.startswith((f".{schema.MANIFEST_FILE}.tmp-", f".{schema.VIEW_FILE}.tmp-")):
+            if name.startswith((durable.temporary_prefix(schema.MANIFEST_FILE), durable.temporary_prefix(schema.VIEW_FILE))):
                 os.remove(os.path.join(self.store, name))
                 removed += 1
         folder = shards_dir(self.store)

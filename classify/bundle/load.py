@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from classify.bundle.manifest import MANIFEST, read_manifest, verified
+from classify.bundle.manifest import MANIFEST, read_manifest, reordered, verified
 from classify.bundle.save import networks
 from classify.bundle.trust import load_keras, load_pickle, load_skops
 from classify.errors import BundleFormatError, BundleIntegrityError, BundleMismatchError, BundleNotFoundError
@@ -205,8 +205,7 @@ def _check_head(path: Path, manifest: dict, estimator: Any) -> None:
     fitted = getattr(estimator, "classes_", None)
     if fitted is not None:
         _check_outputs(path, manifest, len(fitted))
-        own = [str(c) for c in fitted]
-        if sorted(own) == sorted(manifest["classes"]) and own != manifest["classes"]:
+        if reordered(fitted, manifest["classes"]):
             raise BundleIntegrityError(f"{path / MANIFEST} lists the head's classes in another order than the head "
                                        "predicts them; the manifest was edited, and the bundle is not loaded")
     fitted_features = getattr(estimator, "n_features_in_", None)

@@ -115,6 +115,13 @@ def _bundle_lock(out_dir: Path):
         "`finetune` with the same --out?); re-run when it has finished"))
 
 
+def reordered(fitted_classes, classes) -> bool:
+    """Whether `classes` names a head's own classes (`classes_`, as strings) in another order than its
+    predict_proba columns: predict would then label every row with the wrong class."""
+    own = [str(c) for c in fitted_classes]
+    return sorted(own) == sorted(classes) and own != list(classes)
+
+
 def sha256_of(data) -> str:
     return hashlib.sha256(data).hexdigest()
 

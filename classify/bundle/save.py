@@ -24,6 +24,7 @@ from classify.bundle.manifest import (
     PICKLE_FILE,
     check_target,
     content_name,
+    reordered,
     sha256_of,
     versions,
     write_bundle,
@@ -140,10 +141,10 @@ def _check_consistent(estimator: Any, classes: list[str], n_features: int) -> No
         raise ValueError(
             f"`classes` must name the estimator's {len(fitted_classes)} classes. Received: classes={classes!r}"
         )
-    own = [str(c) for c in fitted_classes] if fitted_classes is not None else []
-    if sorted(own) == sorted(classes) and own != classes:  # `load_bundle` refuses it: predict would mislabel rows
-        raise ValueError(f"`classes` must be in the order of the estimator's classes_ {own}, the columns of its "
-                         f"predict_proba. Received: classes={classes!r}")
+    if fitted_classes is not None and reordered(fitted_classes, classes):  # `load_bundle` refuses it
+        raise ValueError(f"`classes` must be in the order of the estimator's classes_ "
+                         f"{[str(c) for c in fitted_classes]}, the columns of its predict_proba. "
+                         f"Received: classes={classes!r}")
     fitted_features = getattr(estimator, "n_features_in_", None)
     if fitted_features is not None and fitted_features != n_features:
         raise ValueError(

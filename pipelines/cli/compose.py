@@ -43,10 +43,11 @@ def cmd_sweep(args) -> int:
     else:
         print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")
     code = 0
-    failed = features_store.read_info(next(iter(result.stores.values()))).n_failed
+    first = next(iter(result.stores.values()))  # every layer's store lists the same images
+    failed = features_store.read_info(first).n_failed
     if failed:  # the probe left them out; say so, as `extract` does
         print(f"{failed} images could not be read and are left out of every layer's probe; "
-              f"`featurehead inspect {next(iter(result.stores.values()))}` lists them")
+              f"`featurehead inspect {first}` lists them")
         code = 1
     print(result.csv)
     return code
