@@ -353,7 +353,10 @@ def test_importing_and_decoding_leave_pillows_limit_alone(tmp_path):
     assert Image.MAX_IMAGE_PIXELS == before
 
 
-def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
+@pytest.mark.parametrize("plan, workers", [([(0, 3), (3, 6), (6, 7)], 3), ([(0, 7)], 2), ([(0, 5), (5, 7)], 4)],
+                         ids=["task-per-image", "two-parts", "uneven-parts"])
+def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path, plan, workers):
+    """Each batch is split into one task per worker: the rows come back in order whatever the split."""
     from extract.batches import decoded_batches
 
     paths = []
@@ -363,7 +366,7 @@ def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
         paths.append(tmp_path / f"{i}.png")
     (tmp_path / "3.png").write_bytes(b"junk")
     seen = []
-    for lo, hi, images, ok, errors in decoded_batches(paths, 8, [(0, 3), (3, 6), (6, 7)], workers=3, ahead=1):
+    for lo, hi, images, ok, errors in decoded_batches(paths, 8, plan, workers=workers, ahead=1):
         for i in range(hi - lo):
             row = lo + i
             assert ok[i] == (row != 3)
@@ -372,7 +375,19 @@ def test_decoded_batches_are_in_order_with_failures_in_place(tmp_path):
             else:
                 assert "not an image" in errors[i] and (images[i] == 0).all()
         seen.append((lo, hi))
-    assert seen == [(0, 3), (3, 6), (6, 7)]
+    assert seen == plan
+
+
+def test_a_failed_row_is_zeros_whatever_its_buffer_held(tmp_path):
+    """Batches are allocated uninitialised (np.empty): a failure must zero its row itself."""
+    from extract.batches import _load_into
+
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    Image.fromarray(np.full((10, 12, 3), 7, np.uint8)).save(tmp_path / "ok.png")
+    out = np.full((2, 8, 8, 3), 255, np.uint8)
+    assert "not an image" in _load_into(out, 0, tmp_path / "bad.png", (8, 8), "squash")
+    assert _load_into(out, 1, tmp_path / "ok.png", (8, 8), "squash") is None
+    assert (out[0] == 0).all() and (out[1] == 7).all()
 
 
 def test_decoding_and_hashing_threads_are_named_for_profilers(tmp_path, monkeypatch):
