@@ -95,6 +95,24 @@ def test_an_index_the_probe_cannot_use_is_refused_before_any_forward_pass(csv_in
     assert not list(tmp_path.glob("unlabelled.vgg16*"))  # no store: nothing was extracted
 
 
+def test_the_test_split_never_chooses_a_layer(csv_index, tmp_path):
+    """An index whose split column names only 'test' (the rest blank) had every row probed, the test images among
+    them, where `train` refuses the same store; the probe reads train + val whenever any row names a split."""
+    table = pd.read_csv(csv_index)
+    table["split"] = ["test" if name.split("/")[1].startswith("0.") else "" for name in table["filename"]]
+    test_only = tmp_path / "test_only.csv"
+    table.to_csv(test_only, index=False)
+    base = get_extractor("vgg16", **SMALL)
+    with pytest.raises(ValueError, match=r"the probe needs 2 classes with at least 2 images each among its train and "
+                                         r"val rows \(the test rows never choose a layer\)\. Received: counts \[\]"):
+        run_sweep(read_index(test_only, csv_index.parent), base, LAYERS[:1], tmp_path / "out", store_dir=tmp_path)
+    table["split"] = ["test" if s == "test" else "train" for s in table["split"]]
+    table.to_csv(test_only, index=False)
+    result = run_sweep(read_index(test_only, csv_index.parent), base, LAYERS[:1], tmp_path / "out", store_dir=tmp_path,
+                       cv=2)
+    assert result.table["layer"].tolist() == LAYERS[:1]
+
+
 def test_what_sweep_cannot_do_is_one_line_before_any_forward_pass(csv_index, tmp_path, capsys):
     """--model keras/cae crashed (exit 3, no `layer_dims`) after making the store folder; --cv 1 was scikit-learn's
     error after the forward pass; --out FILE was refused after extracting and probing."""

@@ -119,18 +119,26 @@ def run_sweep(
 
 
 def _check_probe_labels(index: ImageIndex) -> None:
-    """The index's rows the probe will use (train + val with a split column, else every row) must pass
+    """The index's rows the probe will use (`probe_splits`: train + val with a split column, else every row) must pass
     `probe_counts`, checked before the forward pass; `probe` checks again on what was read."""
     labels, split = np.asarray(index.labels, dtype=str), np.asarray(index.split, dtype=str)
-    probe_counts(labels[np.isin(split, ("train", "val"))] if np.isin(split, ("train", "val")).any() else labels,
-                 where=index.source)
+    probed = probe_splits(split)
+    probe_counts(labels if probed is None else labels[np.isin(split, probed)], where=index.source, splits=probed)
 
 
-def probe_counts(labels: np.ndarray, *, where) -> np.ndarray:
-    """The images per class among the labelled `labels`; 2 classes of at least 2 images each, or one line."""
+def probe_splits(split: np.ndarray) -> tuple[str, str] | None:
+    """The splits the probe reads: train + val when any row names a split (a 'test' alone too, as `split_rows`
+    reads it), so that a layer is never chosen on the test images; None (every row) without a split column."""
+    return ("train", "val") if np.isin(np.asarray(split, dtype=str), ("train", "val", "test")).any() else None
+
+
+def probe_counts(labels: np.ndarray, *, where, splits=None) -> np.ndarray:
+    """The images per class among the labelled `labels` (of `splits`, when the index has a split column); 2
+    classes of at least 2 images each, or one line."""
     _, counts = np.unique(labels[labels != ""], return_counts=True)
     if len(counts) < 2 or counts.min() < 2:
-        raise ValueError(f"{where}: the probe needs 2 classes with at least 2 images each. "
+        among = "" if splits is None else f" among its {' and '.join(splits)} rows (the test rows never choose a layer)"
+        raise ValueError(f"{where}: the probe needs 2 classes with at least 2 images each{among}. "
                          f"Received: counts {counts.tolist()}")
     return counts
 
@@ -202,10 +210,10 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
     import classify
 
     meta = features_store.read_meta(store)
-    has_split = np.isin(meta.split, ("train", "val")).any()
     # never choose a layer on the test images: with a split column, probe on train + val only
-    X, y, _ = features_store.load(store, views=False, split=("train", "val") if has_split else None)
-    counts = probe_counts(y, where=store)
+    splits = probe_splits(meta.split)
+    X, y, _ = features_store.load(store, views=False, split=splits)
+    counts = probe_counts(y, where=store, splits=splits)
     X, y = X[y != ""], y[y != ""]
     folds = StratifiedKFold(min(cv, int(counts.min())), shuffle=True, random_state=random_state)
     t0 = time.perf_counter()
