@@ -84,6 +84,35 @@ def test_tensorflow_start_up_lines_reach_the_user_only_with_verbose(csv_index, t
         pytest.skip("this TensorFlow build prints no start-up notes here, so -v has nothing to show")
 
 
+_SETTINGS = """
+import logging, os, sys
+from absl import logging as absl_logging
+def settings():  # once Keras is loaded
+    import keras
+    return (keras.config.is_interactive_logging_enabled(), absl_logging.get_verbosity(),
+            logging.getLogger("absl").level, logging.getLogger().level)
+"""
+
+
+def test_main_in_process_gives_back_the_logging_settings_it_quietened(csv_index, tmp_path):
+    """A caller of `main()` in its own process kept TF_CPP_MIN_LOG_LEVEL=3, Keras's interactive logging off (its
+    `fit(verbose=1)` progress went through absl, then at ERROR) and absl at ERROR after main returned: now each is
+    as a plain `import keras` leaves it, and the environment as it was before main."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEATUREHEAD_DEBUG")}
+    base = subprocess.run([sys.executable, "-c", _SETTINGS + "print(settings())"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert base.returncode == 0, base.stderr
+    plain = base.stdout.strip().splitlines()[-1]
+    script = _SETTINGS + f"""
+from pipelines.cli import main
+code = main(["extract", {str(csv_index)!r}, *{FAST!r}, "--out", {str(tmp_path / "s")!r}, "-q"])
+print(code, os.environ.get("TF_CPP_MIN_LOG_LEVEL"), settings())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"0 None {plain}"
+
+
 def test_a_reader_that_stops_early_is_exit_141_without_a_line(tmp_path):
     """`featurehead models | head -1`: the reader going away is not an error of featurehead's."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual

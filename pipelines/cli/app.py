@@ -8,6 +8,7 @@ FEATUREHEAD_DEBUG=1); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -48,9 +49,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("FEATUREHEAD_DEBUG", "") not in ("", "0")
+    quiet = None
     try:
         if not args.verbose and args.command not in _LIGHT_COMMANDS:
-            _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
+            quiet = _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
         func = getattr(args, "func", None) or COMMANDS[args.command]
         code = func(args)
         sys.stdout.flush()  # a block-buffered pipe fails here, inside the try, not at exit
@@ -80,8 +82,10 @@ def main(argv=None) -> int:
         print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}; "
               "re-run with --debug for the traceback", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
-    finally:  # an in-process caller of main() gets its import system back as it was
+    finally:  # an in-process caller of main() gets its import system and its logging settings back as they were
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
+        if quiet is not None:
+            quiet.restore()
 
 
 def _plain(err: BaseException) -> str:
@@ -118,18 +122,22 @@ def _stdout_reader_gone() -> bool:
         return False
 
 
-def _start_keras_quietly() -> None:
-    """Have the first `import keras` (which loads TensorFlow) keep its start-up notes from the user.
+def _start_keras_quietly() -> _QuietKerasImport | None:
+    """Have the first `import keras` (which loads TensorFlow) keep its start-up notes from the user; return the
+    hook (None when Keras is loaded already), whose `restore()` puts back what it changed.
 
-    Only the CLI does this (its own process), and lazily: a one-shot import hook, so a command that needs no model
-    (a relabel, an up-to-date extract, a logreg report) still never imports Keras. When Keras loads:
-    TF_CPP_MIN_LOG_LEVEL for TensorFlow's later C++ logs (unless the user set it), fd 2 captured while it loads,
-    lines that are not start-up notes written back, Keras's "interactive logging" (its download line on stdout)
-    turned off and absl set to ERROR.
+    Only the CLI does this, and lazily: a one-shot import hook, so a command that needs no model (a relabel, an
+    up-to-date extract, a logreg report) still never imports Keras. When Keras loads: TF_CPP_MIN_LOG_LEVEL for
+    TensorFlow's later C++ logs (unless the user set it), fd 2 captured while it loads, lines that are not
+    start-up notes written back, Keras's "interactive logging" (its download line on stdout) turned off and absl
+    set to ERROR. `main` restores them when it returns (a caller of `main()` in its own process keeps its
+    settings); a Dask worker of `--dask local:N` keeps them.
     """
     if "keras" in sys.modules or any(isinstance(f, _QuietKerasImport) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietKerasImport())
+        return None
+    hook = _QuietKerasImport()
+    sys.meta_path.insert(0, hook)
+    return hook
 
 
 def quiet_keras_plugin():
@@ -150,6 +158,13 @@ def quiet_keras_plugin():
 class _QuietKerasImport:
     """A one-shot meta-path finder: the real spec of `keras`, its module executed with fd 2 captured."""
 
+    def __init__(self):
+        self._undo: list = []  # what `restore` puts back, last change first
+
+    def restore(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
     def find_spec(self, name, path=None, target=None):
         if name != "keras":
             return None
@@ -162,7 +177,9 @@ class _QuietKerasImport:
         real = spec.loader.exec_module
 
         def exec_module(module):
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+                self._undo.append(lambda: os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None))
             sys.stderr.flush()
             saved = os.dup(2)
             with tempfile.TemporaryFile() as captured:
@@ -175,10 +192,21 @@ class _QuietKerasImport:
                     captured.seek(0)
                     lines = captured.read().decode(errors="replace").splitlines(keepends=True)
                     sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
-            module.config.disable_interactive_logging()
+            if module.config.is_interactive_logging_enabled():
+                module.config.disable_interactive_logging()
+                self._undo.append(module.config.enable_interactive_logging)
             from absl import logging as absl_logging
 
-            absl_logging.set_verbosity(absl_logging.ERROR)
+            verbosity, levels = absl_logging.get_verbosity(), [(lg, lg.level) for lg in
+                                                               (logging.getLogger("absl"), logging.getLogger())]
+            absl_logging.set_verbosity(absl_logging.ERROR)  # may set the absl logger's level, or the root's
+
+            def undo_absl():
+                absl_logging.set_verbosity(verbosity)
+                for lg, level in levels:
+                    lg.setLevel(level)
+
+            self._undo.append(undo_absl)
 
         spec.loader.exec_module = exec_module
         return spec
