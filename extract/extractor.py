@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ExtractorConfigError
 from .fingerprint import file_sha256, fingerprint
+from .layers import dtype_policy
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ class Extractor:
         if self._model is None:
             self.validate()
             built_from = self.weights_sha256()
-            self._model = self._build()
+            with dtype_policy(self._config.get("precision", "float32")):  # never the caller's own policy
+                self._model = self._build()
             self._built_from = built_from
             self._model.trainable = False
             logger.info("built %s: %d features", self.name, self.output_dim)

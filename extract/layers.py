@@ -188,16 +188,17 @@ def keep_python_random():
 
 @contextlib.contextmanager
 def dtype_policy(precision: str):
-    """Build layers under a mixed-precision policy; leave the caller's Keras policy and Python RNG as they were.
+    """Build layers under the policy of `precision` ("float32", or mixed bfloat16/float16); leave the caller's Keras
+    policy and Python RNG as they were.
 
     keras.applications constructors take no `dtype`, so their layers can only get a policy from Keras's default
-    one (`keras.config.set_dtype_policy`; Keras keeps it per thread). It is set here and restored in `finally`.
-    Their weights are loaded or seeded by us, so Python's `random` is kept too (`keep_python_random`).
+    one (`keras.config.set_dtype_policy`; Keras keeps it per thread). It is set here, float32 too (a caller's own
+    mixed policy must not make a float32 extractor compute in float16 under its float32 fingerprint), and restored
+    in `finally`. Their weights are loaded or seeded by us, so Python's `random` is kept too (`keep_python_random`).
     """
     keras = _keras()
     previous = keras.config.dtype_policy()
-    if precision != "float32":
-        keras.config.set_dtype_policy(f"mixed_{precision}")
+    keras.config.set_dtype_policy("float32" if precision == "float32" else f"mixed_{precision}")
     try:
         with keep_python_random():
             yield

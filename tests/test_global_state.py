@@ -102,6 +102,36 @@ def test_extract_changes_no_global_state(csv_index, tmp_path, precision):
     assert_unchanged(before)
 
 
+@pytest.mark.parametrize("model", ["vgg16", "keras"])
+def test_a_callers_mixed_policy_never_reaches_a_float32_extractor(tmp_path, model):
+    """A float32 extractor built under the caller's `mixed_float16` policy computed in float16 (features ~1e-3 off)
+    under its float32 fingerprint, to be mixed in one store with true float32 rows."""
+    import keras
+
+    from extract import get_extractor
+
+    if model == "keras":
+        inputs = keras.Input((16, 16, 3))
+        keras.Model(inputs, keras.layers.Conv2D(4, 3, name="conv")(inputs)).save(tmp_path / "m.keras")
+        config = dict(weights=str(tmp_path / "m.keras"), pooling="avg")
+    else:
+        config = dict(weights="none", input_size=32)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32 if model == "vgg16" else 16, 16 if model == "keras"
+                                                        else 32, 3)).astype(np.uint8)
+    expected = get_extractor(model, **config)(images)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        extractor = get_extractor(model, **config)
+        features = extractor(images)
+        policies = {layer.dtype_policy.name for layer in extractor.model._flatten_layers() if layer.weights}
+        assert keras.config.dtype_policy().name == "mixed_float16"  # the caller's, given back
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert policies == {"float32"}
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_plots_change_no_global_state_and_need_no_pyplot(tmp_path):
     import classify
     from pipelines.workflows.sweep import plot_sweep
