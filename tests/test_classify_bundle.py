@@ -203,6 +203,23 @@ def test_a_skops_file_of_another_type_is_refused_and_never_run(tmp_path, head):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("foreign", ["svc", "array"])
+def test_a_skops_file_of_scikit_learns_other_types_is_refused(tmp_path, head, data, foreign):
+    """skops trusts scikit-learn's own estimators by default: a pipeline with an SVC loaded, and `predict` then
+    failed as an internal error (exit 3) on its missing predict_proba."""
+    import skops.io
+    from sklearn.svm import SVC
+
+    X, y = data
+    other = make_pipeline(StandardScaler(), SVC()).fit(X, y) if foreign == "svc" else np.zeros(3)
+    path = _save(head, tmp_path / "bundle")
+    _tamper(path, _file(path).name, skops.io.dumps(other))
+    match = "sklearn.svm._classes.SVC" if foreign == "svc" else "numpy.ndarray"
+    with pytest.raises(BundleUnsafeError, match=rf"holds types that are not featurehead head types, so it is not "
+                                                rf"loaded: {match}$"):
+        load_bundle(path)
+
+
 def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     import keras
 

@@ -29,12 +29,29 @@ def load_skops(target: Path, data: bytes) -> Any:
     from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
-        return skops.io.loads(data, trusted=trusted_types())
+        head = skops.io.loads(data, trusted=trusted_types())
     except UntrustedTypesFoundException as err:
         raise BundleUnsafeError(f"{target} holds types that are not featurehead head types, so it is not loaded: "
                                 f"{err}") from err
     except Exception as err:  # a damaged or foreign file: skops raises zip, JSON and type errors alike
         raise BundleFormatError(f"{target} is not a readable skops head file ({type(err).__name__}: {err})") from err
+    _check_head_types(target, head)
+    return head
+
+
+def _check_head_types(target: Path, head: Any) -> None:
+    """skops also trusts its own defaults (scikit-learn's estimators, ~200 types: none runs code when loaded); a
+    head made of any but ours is refused here, in one line, not left to fail later as a bug."""
+    from sklearn.base import BaseEstimator
+
+    parts = [head]
+    if isinstance(head, BaseEstimator):
+        parts += [v for v in head.get_params(deep=True).values() if isinstance(v, BaseEstimator)]
+    allowed = head_types()
+    foreign = sorted({f"{type(p).__module__}.{type(p).__qualname__}" for p in parts if type(p) not in allowed})
+    if foreign:
+        raise BundleUnsafeError(f"{target} holds types that are not featurehead head types, so it is not loaded: "
+                                f"{', '.join(foreign)}")
 
 
 def load_keras(target: Path, data: bytes, loader) -> Any:
