@@ -50,6 +50,9 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
                               f"{os.path.normpath(view.store)}.h5")
     if os.path.isdir(out):
         raise StoreWriteError(f"{out} is a folder; give the file to write, e.g. {os.path.join(out, 'features.h5')}")
+    if os.path.lexists(out) and not _is_export(out):
+        raise StoreWriteError(f"{out} exists and is not a file that export wrote (the index? an image?); refusing to "
+                              "overwrite it: choose another --out")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
@@ -64,3 +67,12 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
     except OSError as err:
         raise durable.write_error(err, store=folder, what=out) from err
     return n
+
+
+def _is_export(path: str) -> bool:
+    """Whether `path` is an HDF5 file that `export` wrote (one it may replace)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("features_layout") == "exported"
+    except (OSError, ValueError):
+        return False

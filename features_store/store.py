@@ -71,6 +71,8 @@ class StoreSession:
         if dtype not in schema.DTYPES:
             raise ValueError(f"`dtype` must be one of 'float32', 'float16'. Received: dtype={dtype!r}")
         created = not os.path.isdir(store)
+        if not created:
+            _refuse_foreign_folder(store)
         if created:
             if os.path.isfile(store):
                 check_store_path(store)  # a v1 single-file store: one line saying what to do
@@ -278,6 +280,22 @@ class StoreSession:
     def compact(self, shard_rows: int | None = None) -> dict[str, int]:
         """Drop the stored rows that the view does not reference (`features_store.compaction.compact`)."""
         return compact(self, shard_rows)
+
+
+def _refuse_foreign_folder(store: str) -> None:
+    """A folder that holds files of its own (the images, a project's files) is not made a store: its features,
+    manifest and shards would be written among them, and a store's parent would list them. Hidden files (a
+    `.DS_Store`, the temporary files of a killed write) do not count."""
+    try:
+        names = os.listdir(store)
+    except OSError:
+        return  # unreadable: the writability check below says so
+    ours = {schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR}
+    foreign = sorted(n for n in names if n not in ours and not n.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise StoreWriteError(f"{store} is a folder of other files ({shown}), not a feature store; refusing to "
+                              "write a store among them: give --out a new or empty folder")
 
 
 def _holds_nothing(store: str) -> bool:

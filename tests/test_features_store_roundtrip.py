@@ -287,6 +287,18 @@ def test_export_writes_one_self_contained_file(store, tmp_path, args):
         np.testing.assert_array_equal(f["features"][:], expected_features())
         assert f["ids"].asstr()[:].tolist() == args["ids"] and f.attrs["features_layout"] == "exported"
     assert fs.export(store, tmp_path / "new" / "folder" / "x.h5") == N  # its folders are made
+    assert fs.export(store, out) == N  # an earlier export is replaced
+    for foreign, data in (("index.csv", b"filename,label\n"), ("other.h5", None)):  # it overwrote them, exit 0
+        if data is None:
+            with h5py.File(tmp_path / foreign, "w") as f:
+                f["x"] = np.arange(3)
+        else:
+            (tmp_path / foreign).write_bytes(data)
+        before = (tmp_path / foreign).read_bytes()
+        with pytest.raises(fs.StoreWriteError, match=r"exists and is not a file that export wrote \(the index\? an "
+                                                     r"image\?\); refusing to overwrite it: choose another --out"):
+            fs.export(store, tmp_path / foreign)
+        assert (tmp_path / foreign).read_bytes() == before
     with pytest.raises(fs.StoreWriteError, match=r"is a folder; give the file to write, e\.g\. .*features\.h5"):
         fs.export(store, tmp_path / "new")
     view = (store / "features.h5").read_bytes()

@@ -224,12 +224,31 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
     mnt = small_disk.path
-    (mnt / "p.csv").write_text("the previous predictions\n")
+    previous = "filename,ok,predicted,probability,p_a,p_b,error\na/0.png,True,a,0.9,0.9,0.1,\n"
+    (mnt / "p.csv").write_text(previous)
     small_disk.fill()  # the disk is full
     code, lines, err = run(capsys, "predict", bundle, csv_index, "--store", store, "--out", mnt / "p.csv")
     assert code == 2 and len(err.splitlines()) == 1 and str(mnt / "p.csv") in err and "free some space" in err
-    assert (mnt / "p.csv").read_text() == "the previous predictions\n"
+    assert (mnt / "p.csv").read_text() == previous
     assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
+
+
+def test_predict_never_overwrites_a_file_it_did_not_write(store, csv_index, tmp_path, capsys):
+    """`predict ... --out index.csv` replaced the index with the predictions (or a training image with a CSV),
+    exit 0; a predictions CSV of an earlier run is still replaced."""
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    index = csv_index.read_bytes()
+    image = (csv_index.parent / "a" / "0.png").read_bytes()
+    for target in (csv_index, csv_index.parent / "a" / "0.png"):
+        code, _, err = run(capsys, "predict", bundle, csv_index, "--store", store, "--out", target)
+        assert code == 2 and err == (f"featurehead predict: error: {target} exists and is not a predictions CSV of "
+                                     "featurehead (the index? an image?); refusing to overwrite it: choose another --out")
+    assert csv_index.read_bytes() == index and (csv_index.parent / "a" / "0.png").read_bytes() == image
+    out = tmp_path / "p.csv"
+    for _ in range(2):  # the second replaces the first's
+        assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", out)[0] == 0
+    assert out.read_text().startswith("filename,ok,predicted,probability,p_a,p_b,error\n")
 
 
 def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_result(small_disk, store, tmp_path, capsys):

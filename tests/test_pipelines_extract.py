@@ -273,6 +273,23 @@ def test_a_v1_single_file_store_is_refused_with_one_line(csv_index, tmp_path):
     assert extractor._model is None and old.is_file()
 
 
+def test_a_folder_of_other_files_is_not_made_a_store(csv_index, tmp_path, capsys):
+    """`extract --out photos/` wrote features.h5, manifest.json and shards/ among the user's images, exit 0."""
+    from pipelines.cli import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"mine")
+    (folder / ".DS_Store").write_bytes(b"")
+    code = main(["extract", str(csv_index), "--weights", "none", "--input-size", "32", "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{folder} is a folder of other files (a.jpg), not a feature store; refusing" in err
+    assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "a.jpg"]
+    (folder / "a.jpg").unlink()  # only hidden files left: a store may be made there
+    assert run_extract(read_index(csv_index), small_vgg(), folder).n_extracted == len(read_index(csv_index).ids)
+
+
 def test_a_model_that_gives_inf_stops_the_run_in_one_line(csv_index, tmp_path, capsys):
     """A float16 overflow inside the model was stored as inf for ok rows, exit 0 (here: a float32 overflow)."""
     import keras

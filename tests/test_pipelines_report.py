@@ -251,6 +251,27 @@ def test_a_second_command_writing_the_same_folder_is_one_line(run, capsys, tmp_p
     assert cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", out)[0] == 0
 
 
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(run, capsys, tmp_path, command):
+    """`report --out site/` replaced the site's index.html; `report --out IMAGES/` added thumbs/ and figures/,
+    which the next extract of that folder took for two new classes; both exit 0."""
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("<h1>my site</h1>")
+    (out / "about.html").write_text("<p>me</p>")
+    (out / ".DS_Store").write_bytes(b"")
+    code, _, err = cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)
+    assert code == 2 and err == (f"featurehead {command}: error: {out} holds files that evaluate and report do not "
+                                 "write (about.html); refusing to write among them: give --out a new or empty folder "
+                                 "(or one they wrote)")
+    assert sorted(p.name for p in out.iterdir()) == [".DS_Store", "about.html", "index.html"]
+    assert (out / "index.html").read_text() == "<h1>my site</h1>"
+    (out / "about.html").unlink()  # only what they write (and hidden files): written over
+    assert cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)[0] == 0
+    assert cli(capsys, "report" if command == "evaluate" else "evaluate", run / "head", run / "feats", "--split",
+               "test", "--out", out)[0] == 0  # each writes into the other's folder
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [

@@ -40,10 +40,7 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     rows it was fitted on; a head that held none out is refused); on any other store, every row. The training store is refused when its view has
     changed since training (another index, labels or split: its held-out rows are no longer known).
     """
-    if features_store.is_store(out_dir):
-        raise ValueError(f"{out_dir} is a feature store; write the evaluation to another --out")
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
+    check_output_folder(out_dir)
     bundle = load_head_bundle(bundle_path, "evaluate")
     info = features_store.read_info(store)
     bundle.check_fingerprint(info.fingerprint)
@@ -79,6 +76,23 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     return metrics
 
 
+def check_output_folder(out_dir) -> None:
+    """Refuse, in one line, an --out of evaluate or report that is a file, a feature store, or a folder holding
+    files they do not write (a website's index.html, the images: a report's thumbs/ became a class folder there);
+    hidden files do not count."""
+    out_dir = Path(out_dir)
+    if features_store.is_store(out_dir):
+        raise ValueError(f"{out_dir} is a feature store; write the evaluation to another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_NAMES and not p.name.startswith("."))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ValueError(f"{out_dir} holds files that evaluate and report do not write ({shown}); refusing to "
+                             "write among them: give --out a new or empty folder (or one they wrote)")
+
+
 def write_evaluation(out_dir, metrics: dict) -> None:
     """`out_dir/metrics.json` and `out_dir/confusion_matrix.png`, each replaced whole."""
     out_dir = Path(out_dir)
@@ -88,13 +102,17 @@ def write_evaluation(out_dir, metrics: dict) -> None:
 
 
 OUTPUT_LOCK = ".featurehead.lock"
+# what evaluate and report write in their --out (report: index.html, figures/, thumbs/), each into the other's
+OUTPUT_NAMES = frozenset({"metrics.json", "confusion_matrix.png", "index.html", "figures", "thumbs"})
 
 
 def output_lock(out_dir):
     """Make the folder `out_dir` and hold its `.featurehead.lock` while a command writes its files there; a second
-    command writing the same folder meanwhile stops at once with one line (its files would mix with ours)."""
+    command writing the same folder meanwhile stops at once with one line (its files would mix with ours); a
+    folder of other files is refused first (`check_output_folder`)."""
     from features_store.lock import folder_lock
 
+    check_output_folder(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return folder_lock(out_dir, OUTPUT_LOCK, timeout=0, busy=ValueError(
         f"{out_dir} is being written by another featurehead command (an evaluate or a report with the same --out?); "
@@ -160,6 +178,9 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     """
     if Path(out_csv).is_dir():
         raise ValueError(f"{out_csv} is a folder; --out is the CSV file to write, e.g. {Path(out_csv) / 'predictions.csv'}")
+    if Path(out_csv).exists() and not _is_predictions_csv(out_csv):
+        raise ValueError(f"{out_csv} exists and is not a predictions CSV of featurehead (the index? an image?); "
+                         "refusing to overwrite it: choose another --out")
     bundle = load_any_bundle(bundle_path)
     index = read_index(index_source, images_root)
     classes = list(bundle.manifest["classes"])
@@ -178,6 +199,18 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_output(out_csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
     return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
+
+
+PREDICTIONS_HEADER = "filename,ok,predicted,probability"  # the first columns `run_predict` writes
+
+
+def _is_predictions_csv(path) -> bool:
+    """Whether `path` begins with the header of the CSV that `run_predict` writes (one it may replace)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PREDICTIONS_HEADER) + 1).decode("utf-8", "replace").startswith(PREDICTIONS_HEADER + ",")
+    except OSError:
+        return False
 
 
 def load_head_bundle(bundle_path, command: str):
