@@ -115,6 +115,9 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
     try:
         with open(path, "rb") as f:
             body = json.loads(f.read().decode("utf-8"))
+        if isinstance(body, dict) and "schema_version" not in body and "model_file" in body:
+            raise StoreNotFoundError(f"{store} is a head bundle (what `featurehead train` writes), not a feature store; "
+                                     "give the store the head was trained on, or the --out of `featurehead extract`")
         if int(body["schema_version"]) != schema.SCHEMA_VERSION:
             raise StoreVersionError(
                 f"{store} has schema version {body['schema_version']}, this featurehead reads "
@@ -124,10 +127,11 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
                        for s in body["shards"])
         return Manifest(str(body["fingerprint"]), dict(body["extractor"]), int(body["n_features"]),
                         str(body["dtype"]), str(body["created"]), shards)
-    except StoreVersionError:
+    except (StoreVersionError, StoreNotFoundError):
         raise
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise StoreDamagedError(f"{path} is not a readable store manifest ({err}); re-extract into a new directory.") from err
+        why = f"it has no {err}" if isinstance(err, KeyError) else str(err)
+        raise StoreDamagedError(f"{path} is not a readable store manifest ({why}); re-extract into a new directory.") from err
 
 
 def is_store(path: str | os.PathLike) -> bool:

@@ -233,6 +233,18 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(
     assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
 
 
+def test_a_head_bundle_given_as_a_store_is_named_as_one(store, tmp_path, capsys):
+    """It was "manifest.json is not a readable store manifest ('schema_version'); re-extract into a new directory"."""
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    for argv in (["inspect", bundle], ["train", bundle, "--out", tmp_path / "h2"], ["compact", bundle]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err == (f"featurehead {argv[0]}: error: {bundle} is a head bundle (what `featurehead "
+                                     "train` writes), not a feature store; give the store the head was trained on, "
+                                     "or the --out of `featurehead extract`")
+    assert not (tmp_path / "h2").exists()
+
+
 def test_predict_never_overwrites_a_file_it_did_not_write(store, csv_index, tmp_path, capsys):
     """`predict ... --out index.csv` replaced the index with the predictions (or a training image with a CSV),
     exit 0; a predictions CSV of an earlier run is still replaced."""
