@@ -73,6 +73,28 @@ def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, t
     assert re.search(match, err)
 
 
+@pytest.mark.parametrize("text, note", [
+    ("filename,class\na/0.png,a\nb/0.png,b\n", "note: the index has no labels (its other columns: class): "
+     "`featurehead train` needs a `label` column, or class folders"),
+    ("filename,label,split\na/0.png,a,train\nb/0.png,b,\na/2.png,a,test\n", "note: 1 row with a label but no "
+     "split value is in no split: `train` and `evaluate --split` leave it out"),
+    ("filename,label,split\na/0.png,a,train\nb/0.png,b,\na/2.png,a,\n", "note: 2 rows with a label but no split "
+     "value are in no split: `train` and `evaluate --split` leave them out"),
+    ("filename,label\na/0.png,a\nb/0.png,b\n", None),
+])
+def test_extract_says_what_train_will_not_use(image_folder, tmp_path, capsys, text, note):
+    """A label column under another name, or a labelled row whose split was left blank, was taken silently:
+    `train` later found 0 labelled rows, or left the row out of every split."""
+    csv = tmp_path / "i.csv"
+    csv.write_text(text)
+    code, lines, _ = run(capsys, "extract", csv, "--images-root", image_folder, *FAST, "--out", tmp_path / "s")
+    assert code == 0 and [line for line in lines if line.startswith("note:")] == ([note] if note else [])
+    if "no labels" in (note or ""):
+        code, _, err = run(capsys, "train", tmp_path / "s", "--out", tmp_path / "h")
+        assert code == 2 and err.endswith("the store has 0 usable labelled rows (its index had no labels: a CSV needs "
+                                          "a `label` column, a folder class folders); training needs at least 2")
+
+
 def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsys):
     (csv_index.parent / "a" / "bad.png").write_bytes(b"nope")
     csv_index.write_text(csv_index.read_text() + "a/bad.png,a\n")

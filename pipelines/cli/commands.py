@@ -49,20 +49,44 @@ def cmd_extract(args) -> int:
     else:
         print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")
     if result.garbage_rows:
-        print(f"{result.garbage_rows} stored rows are no longer in the index; `featurehead compact {result.store}` drops them")
+        one = result.garbage_rows == 1
+        print(f"{result.garbage_rows} stored {'row is' if one else 'rows are'} no longer in the index; "
+              f"`featurehead compact {result.store}` drops {'it' if one else 'them'}")
+    for note in _index_notes(index):
+        print(note)
     code = 0
     if result.n_failed:
         try:
             where = f"the list is in {write_failures_csv(result.store)} and `featurehead inspect {result.store}`"
         except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
             where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
-        print(f"{result.n_failed} of {result.n_rows} rows failed; {where}")
+        print(f"{result.n_failed} of {_rows(result.n_rows)} failed; {where}")
         code = 1
     else:
         with contextlib.suppress(OSError):  # a list left by an earlier run would name rows that no longer fail
             failures_csv_path(result.store).unlink(missing_ok=True)
     print(result.store)
     return code
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _index_notes(index) -> list[str]:
+    """What `train` will make of the index, said when extracting it: no labels at all (a CSV whose label column
+    has another name), or labelled rows that no split names while others do (train, val and test leave them out)."""
+    labels, split = list(index.labels), list(index.split)
+    if not any(labels):
+        others = [str(c) for c in index.frame.columns if c not in ("id", "label", "split")]
+        seen = f" (its other columns: {', '.join(others)})" if others else ""
+        return [f"note: the index has no labels{seen}: `featurehead train` needs a `label` column, or class folders"]
+    loose = sum(1 for label, s in zip(labels, split) if label and not s)
+    if loose and any(split):
+        one = loose == 1
+        return [f"note: {_rows(loose)} with a label but no split value {'is' if one else 'are'} in no split: `train` "
+                f"and `evaluate --split` leave {'it' if one else 'them'} out"]
+    return []
 
 
 def cmd_inspect(args) -> int:
@@ -132,7 +156,8 @@ def cmd_predict(args) -> int:
                          progress=progress(args, "extract"))
     print(f"predicted {result.n_rows - result.n_failed} of {result.n_rows} rows")
     if result.n_failed:
-        print(f"{result.n_failed} rows failed; they are marked ok=False in {result.csv}")
+        print(f"{_rows(result.n_failed)} failed; {'it is' if result.n_failed == 1 else 'they are'} marked ok=False in "
+              f"{result.csv}")
     print(result.csv)
     return 1 if result.n_failed else 0
 

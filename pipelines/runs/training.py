@@ -50,7 +50,9 @@ def split_rows(meta, *, head: str = "logreg", validation_fraction: float = 0.2, 
         raise ValueError(f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction!r}")
     usable = meta.ok & (meta.codes >= 0)
     if usable.sum() < 2:
-        raise ValueError(f"the store has {int(usable.sum())} usable labelled rows; training needs at least 2")
+        why = ("" if (meta.codes >= 0).any() else
+               " (its index had no labels: a CSV needs a `label` column, a folder class folders)")
+        raise ValueError(f"the store has {int(usable.sum())} usable labelled rows{why}; training needs at least 2")
     pool = usable
     if np.isin(meta.split[usable], ("train", "val", "test")).any():
         pool = usable & (meta.split == "train")
