@@ -183,12 +183,13 @@ def _index_from_folders(root: Path) -> ImageIndex:
             rows += _class_rows(root, split_dir, split_dir.name)
     else:
         rows = _class_rows(root, root, "")
+    if not rows:  # a flat folder, e.g. new images to predict: unlabelled rows
+        rows = [(p.name, "", "") for p in sorted(root.iterdir())
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if not rows:
-        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        found = (f"{loose} images lie directly in it, in no class folder" if loose else "no images found")
         raise IndexValidationError(
-            f"{root}: {found}; expected root/<class>/<image> or root/{{train,val,test}}/<class>/<image> "
-            "(or give a CSV index with a filename column)"
+            f"{root}: no images found; expected root/<class>/<image>, root/{{train,val,test}}/<class>/<image> or "
+            "images directly in it (unlabelled), or give a CSV index with a filename column"
         )
     frame = pd.DataFrame(rows, columns=["id", "label", "split"])
     return ImageIndex(root=root, frame=frame, source=str(root))

@@ -93,13 +93,18 @@ def test_split_folders(tmp_path, image_folder):
     assert index.ids[0] == "train/a/0.png"
 
 
-def test_empty_folder_is_an_error(tmp_path):
+def test_empty_folder_is_an_error_and_a_flat_one_is_unlabelled(tmp_path):
+    """A flat folder (new images to predict, the commonest case there) was refused: it is an unlabelled index."""
+    (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(IndexValidationError, match="no images found"):
         read_index(tmp_path)
-    for i in range(3):
-        (tmp_path / f"{i}.jpg").write_bytes(b"x")
-    with pytest.raises(IndexValidationError, match="3 images lie directly in it, in no class folder.*CSV index"):
-        read_index(tmp_path)  # a flat folder: say what is there, not "no images"
+    for name in ("b.jpg", "a.PNG", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    index = read_index(tmp_path)
+    assert index.ids == ["a.PNG", "b.jpg"] and index.labels == ["", ""] and index.split == ["", ""]
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "c.jpg").write_bytes(b"x")
+    assert read_index(tmp_path).ids == ["cls/c.jpg"]  # with class folders, those are the index
 
 
 def test_sha256_changes_with_rows(tmp_path):

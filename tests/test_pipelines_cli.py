@@ -267,6 +267,22 @@ def test_a_head_bundle_given_as_a_store_is_named_as_one(store, tmp_path, capsys)
     assert not (tmp_path / "h2").exists()
 
 
+def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path, capsys):
+    """Images to predict rarely sit in class folders; a flat folder was refused ("in no class folder")."""
+    import shutil
+
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    new = tmp_path / "new"
+    new.mkdir()
+    for name in ("a/0.png", "b/1.jpg"):
+        shutil.copy(image_folder / name, new / name.replace("/", "_"))
+    code, lines, _ = run(capsys, "predict", bundle, new, "--out", tmp_path / "p.csv")
+    assert code == 0 and lines[-2:] == ["predicted 2 of 2 rows", str(tmp_path / "p.csv")]
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert frame["filename"].tolist() == ["a_0.png", "b_1.jpg"] and frame["ok"].all()
+
+
 def test_predict_never_overwrites_a_file_it_did_not_write(store, csv_index, tmp_path, capsys):
     """`predict ... --out index.csv` replaced the index with the predictions (or a training image with a CSV),
     exit 0; a predictions CSV of an earlier run is still replaced."""

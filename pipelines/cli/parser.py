@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Bring the store up to date with the index: images are keyed by their content, "
                        "so only images the store has not seen go through the model; labels, splits and order are "
                        "rewritten from the index every run.")
-    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
+    p.add_argument("index", help="a CSV (filename[,label][,split]), a folder of class subfolders, or a flat folder of images (unlabelled)")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
     p.add_argument("--shard-rows", type=positive_int, default=None,
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "its probability, every class's probability, and why a row failed. A fine-tuned bundle "
                        "predicts from the images directly.")
     p.add_argument("head", help="head bundle directory (`featurehead train` or `finetune`)")
-    p.add_argument("index", help="a CSV (filename column) or a folder of images in class subfolders")
+    p.add_argument("index", help="a CSV (filename column), a folder of images in class subfolders, or a flat folder of images")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
                    "folder)")
     p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index); its view becomes this index, so a "
