@@ -151,16 +151,32 @@ def commit_manifest(store: str | os.PathLike, manifest: Manifest) -> None:
     atomic_write_bytes(manifest_path(store), manifest.to_json())
 
 
+def spec_differences(stored: dict, asked: dict, most: int = 4) -> str:
+    """What differs between two extractor specs, as "layer None -> 'x', input_size 96 -> 128" (their config first,
+    then the rest: the model, the decoder, a weights file's hash); "" when nothing shown differs."""
+    def flat(spec):
+        spec = dict(spec or {})
+        out = {k: v for k, v in dict(spec.pop("config", {}) or {}).items()}
+        out.update({k: v for k, v in spec.items() if k not in out})
+        return out
+
+    a, b = flat(stored), flat(asked)
+    changes = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    shown = ", ".join(changes[:most]) + (f" and {len(changes) - most} more" if len(changes) > most else "")
+    return f"stored -> asked: {shown}" if changes else ""
+
+
 def check_identity(store: str, manifest: Manifest, fingerprint: str, n_features: int | None, dtype: str,
                    extractor: dict | None = None) -> None:
     """Refuse, with one line, a writer of another extractor (`extractor`: the spec asked for), feature width or
     dtype."""
     if manifest.fingerprint != fingerprint:
         asked = (extractor or {}).get("name")
+        differs = spec_differences(manifest.extractor, extractor) if extractor else ""
         raise StoreMismatchError(
             f"{store} holds features of another extractor ({manifest.extractor.get('name', '?')}, fingerprint "
             f"{manifest.fingerprint[:12]}), not of the one asked for ({asked + ', ' if asked else ''}fingerprint "
-            f"{fingerprint[:12]}); use another --out for this extractor."
+            f"{fingerprint[:12]}{'; ' + differs if differs else ''}); use another --out for this extractor."
         )
     if n_features is not None and manifest.n_features != n_features:
         raise StoreMismatchError(f"{store} holds {manifest.n_features} features per row, not {n_features}.")

@@ -53,14 +53,16 @@ def test_other_fingerprint_is_refused_before_building(csv_index, tmp_path):
     out = tmp_path / "s"
     run_extract(index, small_vgg(), out)
     other = small_vgg(pooling="avg")
-    with pytest.raises(features_store.StoreMismatchError, match="another extractor"):
+    with pytest.raises(features_store.StoreMismatchError,  # what differs is named (it was two hashes)
+                       match=r"another extractor .*; stored -> asked: pooling 'flatten' -> 'avg'\); use another"):
         run_extract(index, other, out)
     assert other._model is None
     vgg19 = get_extractor("vgg19", weights="none", input_size=32)  # each named on its own side (it said the
     with pytest.raises(features_store.StoreMismatchError) as caught:  # store's model where the asked one goes)
         run_extract(index, vgg19, out)
     assert re.search(rf"another extractor \(vgg16, fingerprint {small_vgg().fingerprint()[:12]}\), not of the one "
-                     rf"asked for \(vgg19, fingerprint {vgg19.fingerprint()[:12]}\)", str(caught.value))
+                     rf"asked for \(vgg19, fingerprint {vgg19.fingerprint()[:12]}; stored -> asked: name 'vgg16' -> "
+                     r"'vgg19'\)", str(caught.value))
 
 
 def test_a_relabelled_index_reuses_the_store_and_builds_no_model(csv_index, tmp_path):
