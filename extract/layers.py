@@ -213,7 +213,9 @@ def _some(names: list[str], wrong: str, listed_by: str | None, most: int = 25) -
         return str(names)
     import difflib
 
-    close = difflib.get_close_matches(str(wrong), names, n=3, cutoff=0.5)
+    # a prefix ("conv4") names a group of layers; else the nearest spellings
+    starting = [n for n in names if n.startswith(str(wrong))]
+    close = starting[:3] if starting else difflib.get_close_matches(str(wrong), names, n=3, cutoff=0.5)
     return (f"(all {len(names)}" + (f", with their output shapes: `{listed_by}`" if listed_by else "")
             + (f"; the closest: {', '.join(map(repr, close))})" if close else ")"))
 
@@ -227,7 +229,8 @@ def cut_at_layer(model, layer: str | list[str] | None, *, listed_by: str | None 
     keras = _keras()
     if layer is None:
         return model
-    names = [lay.name for lay in model.layers]
+    # the input layer is not a cut (its "features" are the pixels), as `featurehead models NAME --layers` lists
+    names = [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
     wanted = layer if isinstance(layer, list) else [layer]
     for name in wanted:
         if name not in names:

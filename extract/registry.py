@@ -25,12 +25,18 @@ def known_extractors() -> list[str]:
 
 
 def get_extractor_class(name: str) -> type:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownExtractorError(
-            f"`model` must be one of {', '.join(repr(n) for n in known_extractors())}. Received: model={name!r}"
-        ) from None
+    """The class registered as `name`, in any case (`ResNet50`, Keras's own spelling, is `resnet50`)."""
+    found = _REGISTRY.get(name) or (_REGISTRY.get(name.lower()) if isinstance(name, str) else None)
+    if found is not None:
+        return found
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), known_extractors(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise UnknownExtractorError(
+        f"`model` must be one of {', '.join(repr(n) for n in known_extractors())}. Received: model={name!r}"
+        + (f" ({hint.rstrip()})" if hint else "")
+    )
 
 
 def get_extractor(name: str, **config):

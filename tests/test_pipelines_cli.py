@@ -523,5 +523,24 @@ def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp
     # a backbone of 175 layers: not all of them on one line (3,871 characters), the closest, and where the rest are
     code, _, err = run(capsys, "extract", csv_index, "--model", "resnet50", *FAST, "--layer", "conv4_block6_ot",
                        "--out", tmp_path / "s")
-    assert code == 2 and len(err) < 400 and "(all 175, with their output shapes: `featurehead models resnet50 --layers`" in err
+    # 174, as `models resnet50 --layers` lists them: the input layer is not a cut (it was, and gave 3 features)
+    assert code == 2 and len(err) < 400 and "(all 174, with their output shapes: `featurehead models resnet50 --layers`" in err
     assert "the closest: 'conv4_block6_out'" in err
+    for layer, closest in (("conv4", "the closest: 'conv4_block1_1_conv', 'conv4_block1_1_bn', 'conv4_block1_1_relu')"),
+                           ("input_layer", "--layers`). Received")):  # a prefix names its group
+        code, _, err = run(capsys, "extract", csv_index, "--model", "resnet50", *FAST, "--layer", layer, "--out",
+                           tmp_path / "s")
+        assert code == 2 and closest in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_model_names_are_taken_in_any_case_and_a_typo_gets_a_suggestion(csv_index, tmp_path, capsys):
+    """`--model ResNet50` (Keras's own spelling) was refused with the 38 names and no suggestion."""
+    code, lines, _ = run(capsys, "extract", csv_index, "--model", "VGG16", *FAST, "--out", tmp_path / "s")
+    assert code == 0 and features_store.read_info(tmp_path / "s").extractor["name"] == "vgg16"
+    code, _, err = run(capsys, "extract", csv_index, "--model", "resnt50", *FAST, "--out", tmp_path / "t")
+    assert code == 2 and err.endswith("Received: --model 'resnt50' (did you mean 'resnet50' or 'resnet50v2' or "
+                                      "'resnet152'?)")
+    assert run(capsys, "models", "ResNet50")[1][1].startswith("resnet50 ")
+    code, _, err = run(capsys, "models", "resnt50")
+    assert code == 2 and err.endswith("(did you mean 'resnet50' or 'resnet50v2' or 'resnet152'?)")

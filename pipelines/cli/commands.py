@@ -177,8 +177,14 @@ def cmd_evaluate(args) -> int:
 def cmd_models(args) -> int:
     from extract.backbones import BACKBONES, backbone_layers, backbone_table, check_backbone
 
+    if args.name is not None and args.name.lower() in BACKBONES:
+        args.name = args.name.lower()  # Keras's own spelling, ResNet50, is resnet50
     if args.name is not None and args.name not in BACKBONES:
-        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}")
+        import difflib
+
+        close = difflib.get_close_matches(args.name.lower(), list(BACKBONES), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}{hint}")
     if args.layers:
         if args.name is None:
             raise ValueError("`--layers` needs a NAME, e.g. `featurehead models resnet50 --layers`")
