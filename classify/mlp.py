@@ -103,7 +103,8 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def fit(
-        self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None, validation_data: Any = None
+        self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None, validation_data: Any = None,
+        callbacks: Any = None,
     ) -> KerasMLPClassifier:
         """Build the network for ``X.shape[1]`` features and the classes of `y`, and train it.
 
@@ -121,6 +122,8 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         validation_data : tuple (X_val, y_val), default=None
             Rows to early-stop on (and to report as ``val_`` in `history_`), preprocessed like `X`; then all of
             `X` is trained on and `validation_fraction` and `groups` are not used. Labels must be among `y`'s.
+        callbacks : list of keras.callbacks.Callback, default=None
+            More callbacks of Keras's `fit` (a progress bar), after the early stopping.
 
         Returns
         -------
@@ -149,11 +152,13 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             loss="sparse_categorical_crossentropy",
             weighted_metrics=["accuracy"],
         )
+        fit = self._fit_data(keras, X, codes, weights, seed, groups, validation)
+        fit["callbacks"] = [*fit.get("callbacks", []), *(callbacks or [])]
         history = self.model_.fit(
             epochs=self.epochs,
             verbose=self.verbose,
             shuffle=False,  # the batches come shuffled by our own seeded generator, not Keras's global one
-            **self._fit_data(keras, X, codes, weights, seed, groups, validation),
+            **fit,
         )
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
         return self

@@ -267,6 +267,14 @@ def test_a_head_bundle_given_as_a_store_is_named_as_one(store, tmp_path, capsys)
     assert not (tmp_path / "h2").exists()
 
 
+def test_training_an_mlp_shows_its_epochs_unless_quiet(store, tmp_path, capsys):
+    """A minutes-long MLP fit was silent until its last line."""
+    assert main(["train", str(store), "--head", "mlp", "--epochs", "3", "--out", str(tmp_path / "h")]) == 0
+    err = capsys.readouterr().err
+    assert "train mlp: 100%" in err and "3/3" in err and "epoch" in err and "val_loss=" in err
+    assert run(capsys, "train", store, "--head", "mlp", "--epochs", "3", "--out", tmp_path / "h2")[2] == ""
+
+
 def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path, capsys):
     """Images to predict rarely sit in class folders; a flat folder was refused ("in no class folder")."""
     import shutil

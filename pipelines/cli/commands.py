@@ -139,7 +139,8 @@ def cmd_train(args) -> int:
             raise ValueError(f"`--hidden` must list at least one layer size, e.g. 1000,500,150 (a linear head is "
                              f"--head logreg). Received: --hidden {args.hidden!r}")
     result = run_train(args.store, args.out, head=args.head, params=params,
-                       validation_fraction=args.validation_fraction, random_state=args.random_state)
+                       validation_fraction=args.validation_fraction, random_state=args.random_state,
+                       progress=progress(args, f"train {args.head}"))
     val = result.metrics.get("validation")
     summary = f"trained {args.head} on {result.n_train} rows in {result.fit_seconds:.1f}s"
     if val:

@@ -117,11 +117,13 @@ def run_train(
     params: dict | None = None,
     validation_fraction: float = 0.2,
     random_state: int = 0,
+    progress=None,
 ) -> TrainResult:
     """Train a head on a complete store and save it as a bundle with its validation metrics.
 
     The rows are `split_rows`'s; the manifest records ``validation: {source, rows}``. The MLP early-stops on the
-    validation rows (the store's "val" whenever it has one); with none it trains for all its epochs.
+    validation rows (the store's "val" whenever it has one); with none it trains for all its epochs. `progress`,
+    a tqdm-like factory, gets the MLP's epochs (`total`, then one `update` per epoch, its losses as postfix).
     """
     store = Path(store)
     data = _StoreRows(store)
@@ -146,7 +148,7 @@ def run_train(
         estimator = _fit_sgd_out_of_core(estimator, data, meta, train_rows, info.n_features, params)
     elif head == "mlp":
         _fit_mlp(estimator, data.features(train_rows), meta.labels[train_rows],
-                 (data.features(val_rows), meta.labels[val_rows]) if len(val_rows) else None)
+                 (data.features(val_rows), meta.labels[val_rows]) if len(val_rows) else None, progress)
     else:
         _fit_in_memory(estimator, data.features(train_rows), meta.labels[train_rows])
     fit_seconds = time.perf_counter() - t0
@@ -184,7 +186,7 @@ def _fit_in_memory(estimator, X, y) -> None:
         first.set_params(copy=True)  # the saved head must not scale its callers' arrays in place
 
 
-def _fit_mlp(estimator, X, y, validation) -> None:
+def _fit_mlp(estimator, X, y, validation, progress=None) -> None:
     """Fit the scaler + MLP pipeline step by step, so that the MLP early-stops on the scaled validation rows."""
     *scalers, (_, mlp) = estimator.steps
     for _, scaler in scalers:
@@ -193,7 +195,27 @@ def _fit_mlp(estimator, X, y, validation) -> None:
         scaler.set_params(copy=True)
         if validation is not None:
             validation = (scaler.transform(validation[0]), validation[1])
-    mlp.fit(X, y, validation_data=validation)
+    mlp.fit(X, y, validation_data=validation, callbacks=[epoch_bar(progress, mlp.epochs)] if progress else None)
+
+
+def epoch_bar(progress, epochs: int):
+    """A Keras callback that shows the epochs on a `progress` bar (tqdm-like), with the losses as postfix; an
+    early stop closes it short of `epochs`."""
+    import keras
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = progress(total=epochs, unit="epoch")
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = {k: f"{v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_accuracy")}
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
 
 
 def _fit_sgd_out_of_core(estimator, store, meta, rows, n_features, params, slab_bytes=None):
