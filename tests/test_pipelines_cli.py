@@ -306,7 +306,9 @@ def test_predict_never_overwrites_a_file_it_did_not_write(store, csv_index, tmp_
     out = tmp_path / "p.csv"
     for _ in range(2):  # the second replaces the first's
         assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", out)[0] == 0
-    assert out.read_text().startswith("filename,ok,predicted,probability,p_a,p_b,error\n")
+    frame = pd.read_csv(out, keep_default_na=False)  # the index's labels last, beside the predictions
+    assert list(frame.columns) == ["filename", "ok", "predicted", "probability", "p_a", "p_b", "error", "label"]
+    assert frame["label"].tolist() == [name.split("/")[0] for name in frame["filename"]]
 
 
 def test_a_plot_onto_a_full_disk_is_one_line_and_leaves_no_plot_of_an_older_result(small_disk, store, tmp_path, capsys):

@@ -195,6 +195,9 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     for j, c in enumerate(classes):
         frame[f"p_{c}"] = proba[:, j]
     frame["error"] = errors
+    if any(index.labels):  # a labelled index: its labels beside the predictions (last: the header's start is ours)
+        known = dict(zip(index.ids, index.labels))
+        frame["label"] = [known.get(i, "") for i in ids]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_output(out_csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
