@@ -134,6 +134,22 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         raise StoreDamagedError(f"{path} is not a readable store manifest ({why}); re-extract into a new directory.") from err
 
 
+def foreign_files(path: str | os.PathLike) -> list[str]:
+    """The names in the folder `path` that no store holds (images, a project's files), sorted; hidden names (a
+    `.DS_Store`, the temporary files of a killed write) do not count; [] for a folder that cannot be listed."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    ours = {schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR}
+    return sorted(n for n in names if n not in ours and not n.startswith("."))
+
+
+def some(names: list[str], most: int = 3) -> str:
+    """A few of `names` for a message: "a.jpg, b.jpg, c.jpg and 4 more"."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def is_store(path: str | os.PathLike) -> bool:
     """Whether `path` is a store directory: one whose `manifest.json` is a store's (of any schema version, readable
     or not as one). Writers of other outputs (head bundles, reports) refuse such a directory."""

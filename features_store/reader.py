@@ -17,7 +17,7 @@ import numpy as np
 
 from features_store import schema
 from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
-from features_store.manifest import Manifest, check_store_path, read_manifest
+from features_store.manifest import Manifest, check_store_path, foreign_files, read_manifest, some
 from features_store.shard import read_shard, shard_path, shard_versions
 from features_store.view import stored_labels, take_rows, view_columns
 
@@ -74,6 +74,9 @@ class _View:
         self.store = check_store_path(store)
         self.manifest: Manifest | None = read_manifest(self.store)
         path = os.path.join(self.store, schema.VIEW_FILE)
+        if self.manifest is None and foreign_files(self.store):  # e.g. the images' folder
+            raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign_files(self.store))}); "
+                                     "give the --out of `featurehead extract`")
         if self.manifest is None or not os.path.exists(path):
             raise StoreNotFoundError(
                 f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."

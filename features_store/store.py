@@ -25,8 +25,10 @@ from features_store.manifest import (
     check_identity,
     check_store_path,
     commit_manifest,
+    foreign_files,
     new_manifest,
     read_manifest,
+    some,
 )
 from features_store.shard import ShardWriter, read_shard, runtime_tag, shard_name, shard_path, shards_dir
 from features_store.view import write_view
@@ -284,17 +286,10 @@ class StoreSession:
 
 def _refuse_foreign_folder(store: str) -> None:
     """A folder that holds files of its own (the images, a project's files) is not made a store: its features,
-    manifest and shards would be written among them, and a store's parent would list them. Hidden files (a
-    `.DS_Store`, the temporary files of a killed write) do not count."""
-    try:
-        names = os.listdir(store)
-    except OSError:
-        return  # unreadable: the writability check below says so
-    ours = {schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR}
-    foreign = sorted(n for n in names if n not in ours and not n.startswith("."))
+    manifest and shards would be written among them, and a store's parent would list them."""
+    foreign = foreign_files(store)
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise StoreWriteError(f"{store} is a folder of other files ({shown}), not a feature store; refusing to "
+        raise StoreWriteError(f"{store} is a folder of other files ({some(foreign)}), not a feature store; refusing to "
                               "write a store among them: give --out a new or empty folder")
 
 

@@ -291,6 +291,13 @@ def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path
     assert frame["filename"].tolist() == ["a_0.png", "b_1.jpg"] and frame["ok"].all()
 
 
+def test_a_folder_of_images_given_as_a_store_is_named_as_one(image_folder, capsys):
+    """It said "holds no features yet; run `featurehead extract ... --out IMAGES`": a store among the images."""
+    code, _, err = run(capsys, "inspect", image_folder / "a")
+    assert code == 2 and err == (f"featurehead inspect: error: {image_folder / 'a'} is not a feature store (it holds "
+                                 "0.png, 1.jpg, 2.png and 1 more); give the --out of `featurehead extract`")
+
+
 def test_predict_never_overwrites_a_file_it_did_not_write(store, csv_index, tmp_path, capsys):
     """`predict ... --out index.csv` replaced the index with the predictions (or a training image with a CSV),
     exit 0; a predictions CSV of an earlier run is still replaced."""
