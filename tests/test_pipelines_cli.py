@@ -291,6 +291,14 @@ def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path
     assert frame["filename"].tolist() == ["a_0.png", "b_1.jpg"] and frame["ok"].all()
 
 
+def test_evaluate_a_split_of_a_store_without_a_split_column_says_so(store, tmp_path, capsys):
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    code, _, err = run(capsys, "evaluate", bundle, store, "--split", "test", "--out", tmp_path / "e")
+    assert code == 2 and err.endswith("has no split column (its index named no train, val or test rows), so no row is "
+                                      "in split 'test': evaluate without --split, or give the index a split column")
+
+
 def test_a_folder_of_images_given_as_a_store_is_named_as_one(image_folder, capsys):
     """It said "holds no features yet; run `featurehead extract ... --out IMAGES`": a store among the images."""
     code, _, err = run(capsys, "inspect", image_folder / "a")

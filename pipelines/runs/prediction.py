@@ -64,6 +64,9 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
         evaluated = f"split {split!r}" if split else "all rows"
     keep = y != ""
     if not keep.any():
+        if split and not np.isin(features_store.read_meta(store).split, ("train", "val", "test")).any():
+            raise ValueError(f"{store} has no split column (its index named no train, val or test rows), so no row is "
+                             f"in split {split!r}: evaluate without --split, or give the index a split column")
         raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
     classes = [str(c) for c in bundle.manifest["classes"]]
     if not set(map(str, y[keep])) & set(classes):
