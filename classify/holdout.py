@@ -70,6 +70,9 @@ def holdout(
         raise ValueError("every class needs at least 2 groups to hold some out. "
                          f"Received: a class with {counts.min()} group")
     n_held = max(int(round(fraction * len(names))), len(counts) if stratify is not None else 1)
+    if stratify is not None and len(names) - n_held < len(counts):  # scikit-learn's "The train_size = 1 should be ..."
+        raise ValueError(f"holding out {fraction:g} of {len(names)} images ({n_held}) leaves {len(names) - n_held} to "
+                         f"train on, fewer than the {len(counts)} classes; hold out a smaller fraction")
     _, held = train_test_split(names, test_size=n_held, stratify=stratify, random_state=random_state)
     is_held = np.isin(groups, held)
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)

@@ -291,6 +291,13 @@ def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path
     assert frame["filename"].tolist() == ["a_0.png", "b_1.jpg"] and frame["ok"].all()
 
 
+def test_a_validation_fraction_that_leaves_too_few_to_train_says_so(store, tmp_path, capsys):
+    """It was scikit-learn's "The train_size = 0 should be greater or equal to the number of classes = 2"."""
+    code, _, err = run(capsys, "train", store, "--validation-fraction", "0.95", "--out", tmp_path / "h")
+    assert code == 2 and err.endswith("holding out 0.95 of 8 images (8) leaves 0 to train on, fewer than the 2 "
+                                      "classes; hold out a smaller fraction")
+
+
 def test_evaluate_a_split_of_a_store_without_a_split_column_says_so(store, tmp_path, capsys):
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
