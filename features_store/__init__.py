@@ -31,7 +31,7 @@ from features_store.reader import (
     read_meta,
 )
 from features_store.schema import SCHEMA_VERSION
-from features_store.shard import ShardWriter, durable_rows, runtime_tag, shard_name
+from features_store.shard import ShardWriter, durable_rows, runtime_tag, shard_name, shards_dir
 from features_store.store import StoreSession, is_writable
 
 __all__ = [
@@ -72,4 +72,5 @@ __all__ = [
     "read_meta",
     "runtime_tag",
     "shard_name",
+    "shards_dir",
 ]

@@ -66,7 +66,22 @@ def _status(info, pending: int) -> str:
         return "complete"
     if pending == 0:  # a run stopped after its last shard, before rewriting the view
         return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
-    return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet); re-run extract to resume"
+    resumable = _unlisted_durable_rows(info)
+    on_disk = (f", {resumable} of them on disk in the shards of an interrupted run, which a re-run resumes"
+               if resumable else "")
+    return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet{on_disk}); re-run extract to resume"
+
+
+def _unlisted_durable_rows(info) -> int:
+    """The final rows of shards that a run wrote but did not finish (so not in the manifest yet): an interrupted
+    run's work, which the next run resumes rather than extracts again."""
+    folder = Path(features_store.shards_dir(info.path))
+    listed = {s["file"] for s in info.shards}
+    try:
+        names = [p.name for p in folder.iterdir() if p.suffix == ".h5" and p.name not in listed]
+    except OSError:
+        return 0
+    return sum(features_store.durable_rows(info.path, name) for name in names)
 
 
 def compact_store(store, *, shard_rows: int | None = None) -> dict:
