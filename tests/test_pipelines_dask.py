@@ -244,3 +244,56 @@ def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(index, tmp_p
     resumed = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8)
     clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
     assert_same_store(resumed.store, clean.store)
+
+
+def test_a_run_uses_its_own_batch_size_on_a_long_lived_worker():
+    """The worker's cached extractor kept the first run's batch size (not part of the fingerprint): a smaller one,
+    after running out of memory, had no effect until the workers restarted."""
+    from pipelines.scale import distributed as scale
+
+    first = scale._worker_extractor(get_extractor("vgg16", **{**SMALL, "batch_size": 2}))
+    again = scale._worker_extractor(get_extractor("vgg16", **{**SMALL, "batch_size": 2}))
+    other = scale._worker_extractor(get_extractor("vgg16", **{**SMALL, "batch_size": 8}))
+    assert again is first and other.batch_size == 8
+
+
+def test_dask_shards_spread_an_index_over_the_workers_and_replan_the_same():
+    """One 4096-row shard was one task: one worker busy, the bar still until the end."""
+    from pipelines.scale.distributed import DASK_MIN_SHARD_ROWS, dask_shard_rows
+
+    assert dask_shard_rows(48, 512) == DASK_MIN_SHARD_ROWS
+    assert dask_shard_rows(3000, 512) == 94  # 32 shards: 8 tasks for each of 4 workers
+    assert dask_shard_rows(10**6, 512) == features_store.default_shard_rows(512)
+    assert dask_shard_rows(10**6, 10**6) == features_store.default_shard_rows(10**6)  # wide rows: smaller shards
+
+
+def test_a_worker_that_does_not_see_the_store_or_the_images_says_so(index, tmp_path):
+    """It said the images "vanished after they were hashed" (a re-run repeated it), or that a shard was missing."""
+    plan = plan_rows(index, tmp_path / "s", None, None)
+    keys = list(dict.fromkeys(plan.keys))[:4]
+    items = [(str(plan.todo[k][0]), 0, int(plan.todo[k][2])) for k in keys]
+    extractor = get_extractor("vgg16", **SMALL)
+    with pytest.raises(ValueError, match=r"does not see the store folder .*/s: the workers must see the store and "
+                                         r"the images at the driver's paths \(a shared filesystem\)"):
+        extract_shard(str(tmp_path / "s"), keys, items, extractor, None, "float32", False, 1)
+    (tmp_path / "s").mkdir()
+    elsewhere = [(str(tmp_path / "gone" / os.path.basename(p)), *rest) for p, *rest in items]
+    with pytest.raises(ValueError, match=r"does not see the images folder .*/gone: the workers must see"):
+        extract_shard(str(tmp_path / "s"), keys, elsewhere, extractor, None, "float32", False, 1)
+    assert not (tmp_path / "s" / "shards").exists()
+
+
+def test_a_new_store_whose_run_fails_after_a_shard_says_incomplete(client, index, tmp_path):
+    """A failed or killed Dask run of a new store left committed shards but no view: inspect and load said it
+    "holds no features yet"."""
+    from extract import ImageReadError
+    from pipelines.runs.inspection import describe_store
+
+    (index.root / "23.png").write_bytes(b"broken")  # the last row of the last shard: the others finish first
+    with pytest.raises(ImageReadError, match="--strict stops at the first failure"):
+        run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8, client=client,
+                    strict=True)
+    assert features_store.read_manifest(tmp_path / "dask").shards  # a shard was committed before the failure
+    assert "status:      INCOMPLETE (" in describe_store(tmp_path / "dask")
+    with pytest.raises(features_store.StoreIncompleteError):
+        features_store.load(tmp_path / "dask")

@@ -30,17 +30,18 @@ def cmd_extract(args) -> int:
             from .app import quiet_keras_plugin
 
             client.register_plugin(quiet_keras_plugin())  # local workers write to our terminal
-    try:
-        result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
-                             progress=progress(args, f"extract {extractor.name}"), views=views,
-                             shard_rows=args.shard_rows, dtype=args.dtype, client=client)
-    finally:
-        if client is not None and args.dask.startswith("local:"):
-            cluster = client.cluster
-            client.close()
-            cluster.close()
-        elif client is not None:
-            client.close()
+    with _dask_client_logs_quiet(client is not None and not args.verbose):  # its close too: it logs there
+        try:
+            result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
+                                 progress=progress(args, f"extract {extractor.name}"), views=views,
+                                 shard_rows=args.shard_rows, dtype=args.dtype, client=client)
+        finally:
+            if client is not None and args.dask.startswith("local:"):
+                cluster = client.cluster
+                client.close()
+                cluster.close()
+            elif client is not None:
+                client.close()
     if result.up_to_date and result.n_failed:  # rows that cannot be read hold no features: nothing to extract
         print(f"up to date: {result.n_rows - result.n_failed} of {result.n_rows} rows hold features of fingerprint "
               f"{result.fingerprint[:12]}; the other {result.n_failed} could not be read")
@@ -67,6 +68,24 @@ def cmd_extract(args) -> int:
             failures_csv_path(result.store).unlink(missing_ok=True)
     print(result.store)
     return code
+
+
+@contextlib.contextmanager
+def _dask_client_logs_quiet(quiet: bool):
+    """Without -v, the Dask client's own log (a lost scheduler: a traceback, then our one line) stays off the
+    terminal while we run; its level is given back after."""
+    if not quiet:
+        yield
+        return
+    import logging
+
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _rows(n: int) -> str:

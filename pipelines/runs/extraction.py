@@ -109,14 +109,19 @@ def run_extract(
             if target.missing and session.manifest is not None:
                 session.write_view(**args, versions=base_versions())  # "incomplete" until the new rows are in
             extractor.validate()
+            # a new store: "incomplete" from its first shard on (the model is built on the workers only)
             n_extracted = fill_store_on_dask(client, session, plan, target.missing, extractor, views=views,
-                                             shard_rows=shard_rows, dtype=dtype, strict=strict, progress=progress)
+                                             shard_rows=shard_rows, dtype=dtype, strict=strict, progress=progress,
+                                             after_first_commit=lambda: session.write_view(**args,
+                                                                                           versions=base_versions()))
             if session.manifest is None:  # nothing could be read: the width comes from the model here
                 session.ensure_manifest(extractor.output_dim)
             session.write_view(**args, versions=base_versions())
             session.remove_orphans()
             info = features_store.read_info(out)
-            return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp,
+            # up to date only when nothing was missing: shards that an interrupted run's tasks finished, committed
+            # now, were not (they were extracted, though by that run)
+            return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, not target.missing, fp,
                                  info.garbage_rows)
         if target.missing or session.manifest is None:
             extractor.validate()

@@ -9,6 +9,7 @@ complete and returns at once; a task whose worker was killed runs again elsewher
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -47,16 +48,38 @@ def client_from_spec(spec: str, *, quiet: bool = False):
         except ValueError:
             raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
         # any free port on this machine only (None would take 8787 and warn when another cluster holds it)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                               silence_logs=logging.CRITICAL if quiet else logging.WARNING)
+        with _workers_ignore_sigint():
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                   silence_logs=logging.CRITICAL if quiet else logging.WARNING)
         return Client(cluster)
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         return Client(spec, timeout="30s")
     raise ValueError(f"`--dask` must be local:N or a scheduler address such as tcp://HOST:8786. Received: {spec}")
 
 
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start local worker processes with SIGINT ignored (they inherit it): a terminal's Ctrl-C reaches the whole
+    process group, and each worker printed a KeyboardInterrupt traceback before our one line; we stop them
+    ourselves when the client stops. Our own handler is back once they are started (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_extractor(extractor):
-    key = f"{type(extractor).__module__}.{type(extractor).__qualname__}:{extractor.fingerprint()}"
+    # the batch size is not part of the fingerprint, but a run must use its own (a smaller one after running out
+    # of memory): a long-lived worker kept the first run's
+    key = (f"{type(extractor).__module__}.{type(extractor).__qualname__}:{extractor.fingerprint()}:"
+           f"{extractor.batch_size}")
     if key not in _WORKER_MODELS:
         _WORKER_MODELS.clear()
         _WORKER_MODELS[key] = extractor
@@ -71,8 +94,15 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
     mtime_ns when it was hashed (then a file changed since stops the task with `extract.ImageChangedError`).
     Idempotent: a complete shard is returned as is.
     """
+    node = os.uname().nodename
+    if not os.path.isdir(store):  # the driver made it: this worker sees another filesystem
+        raise ValueError(f"the Dask worker on {node} does not see the store folder {store}: the workers must see the "
+                         "store and the images at the driver's paths (a shared filesystem)")
+    if items and not os.path.isdir(os.path.dirname(items[0][0])):  # the driver hashed files there
+        raise ValueError(f"the Dask worker on {node} does not see the images folder {os.path.dirname(items[0][0])}: "
+                         "the workers must see the store and the images at the driver's paths (a shared filesystem)")
     extractor = _worker_extractor(extractor)
-    versions = {**library_versions(), "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    versions = {**library_versions(), "worker": f"{node}:{os.getpid()}"}
     n_features = extractor.output_dim  # builds the model once per worker process
     with features_store.ShardWriter.open(store, keys, fingerprint=extractor.fingerprint(), n_features=n_features,
                                          dtype=dtype, versions=versions) as writer:
@@ -101,15 +131,35 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
                 "failed": writer.failed(), "n_features": n_features, "versions": versions}
 
 
+# without --shard-rows, a Dask run cuts an index into about this many shards (the tasks that spread over the
+# workers; one 4096-row shard was one task, one worker busy and the bar still), of at least DASK_MIN_SHARD_ROWS rows
+DASK_SHARDS = 32
+DASK_MIN_SHARD_ROWS = 64
+
+
+def dask_shard_rows(n_keys: int, n_features: int | None) -> int:
+    """The rows per shard of a Dask run over an index of `n_keys` keys: about `DASK_SHARDS` shards, at least
+    `DASK_MIN_SHARD_ROWS` rows, at most `features_store.default_shard_rows`. It depends on the index alone (not on
+    what is missing, nor on the workers), so that a re-run plans the same shards and resumes those written."""
+    return min(features_store.default_shard_rows(n_features or 4096),
+               max(DASK_MIN_SHARD_ROWS, -(-n_keys // DASK_SHARDS)))
+
+
 def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, views, shard_rows: int | None,
-                       dtype: str, strict: bool, progress) -> int:
-    """Extract the `missing` keys of one store as shard tasks on `client`; commit each as it completes."""
+                       dtype: str, strict: bool, progress, after_first_commit=None) -> int:
+    """Extract the `missing` keys of one store as shard tasks on `client`; commit each as it completes.
+
+    `after_first_commit()`, when given, runs once the first shard is committed (a new store's manifest exists
+    from then on: the driver never builds the model)."""
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker, as_completed
+    from distributed.comm.core import CommClosedError
 
     if not missing:
         return 0
     n_features = session.n_features
-    rows = shard_rows or features_store.default_shard_rows(n_features or 4096)
+    rows = shard_rows or dask_shard_rows(len(dict.fromkeys(plan.keys)), n_features)
     shards = features_store.plan_shards(missing, rows)
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
@@ -134,7 +184,15 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
                     "(a worker's memory limit? the workers' and the scheduler's logs say); the shards written are "
                     "kept: re-run the same command to resume"
                 ) from err
+            except (CancelledError, CommClosedError) as err:  # the scheduler died, or the network went
+                raise DaskWorkersDiedError(
+                    f"lost the Dask scheduler while extracting {session.store} ({type(err).__name__}); the shards "
+                    "written are kept: re-run the same command, with a scheduler running, to resume"
+                ) from err
+            first = session.manifest is None
             session.commit_shard(futures[future], n_features=result["n_features"], versions=result["versions"])
+            if first and after_first_commit is not None:
+                after_first_commit()
             done += result["written"]
             if bar is not None:
                 bar.update(result["rows"])
