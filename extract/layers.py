@@ -229,8 +229,7 @@ def cut_at_layer(model, layer: str | list[str] | None, *, listed_by: str | None 
     keras = _keras()
     if layer is None:
         return model
-    # the input layer is not a cut (its "features" are the pixels), as `featurehead models NAME --layers` lists
-    names = [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+    names = [lay.name for lay in model.layers]  # the input layer too: stores and heads were made with it
     wanted = layer if isinstance(layer, list) else [layer]
     for name in wanted:
         if name not in names:

@@ -18,7 +18,14 @@ from features_store.errors import (
 from features_store.export import export
 from features_store.loader import iter_batches, load
 from features_store.manifest import Manifest, ShardRecord, is_store, read_manifest
-from features_store.plan import batch_plan, chunk_rows, default_shard_rows, default_store_name, plan_shards
+from features_store.plan import (
+    batch_plan,
+    chunk_rows,
+    dask_shard_rows,
+    default_shard_rows,
+    default_store_name,
+    plan_shards,
+)
 from features_store.reader import (
     StoreInfo,
     StoreMeta,
@@ -31,7 +38,7 @@ from features_store.reader import (
     read_meta,
 )
 from features_store.schema import SCHEMA_VERSION
-from features_store.shard import ShardWriter, durable_rows, runtime_tag, shard_name, shards_dir
+from features_store.shard import ShardWriter, durable_rows, plan_resuming, runtime_tag, shard_name, shards_dir
 from features_store.store import StoreSession, is_writable
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "StoreWriteError",
     "batch_plan",
     "chunk_rows",
+    "dask_shard_rows",
     "default_shard_rows",
     "default_store_name",
     "durable_rows",
@@ -60,6 +68,7 @@ __all__ = [
     "is_store",
     "iter_batches",
     "load",
+    "plan_resuming",
     "plan_shards",
     "digest_keys",
     "is_writable",

@@ -116,8 +116,8 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         with open(path, "rb") as f:
             body = json.loads(f.read().decode("utf-8"))
         if isinstance(body, dict) and "schema_version" not in body and "model_file" in body:
-            raise StoreNotFoundError(f"{store} is a head bundle (what `featurehead train` writes), not a feature store; "
-                                     "give the store the head was trained on, or the --out of `featurehead extract`")
+            raise StoreNotFoundError(f"{store} is a head bundle (what `featurehead train` writes), not a feature store "
+                                     "(what `featurehead extract` writes); give a store, or extract into a new folder")
         if int(body["schema_version"]) != schema.SCHEMA_VERSION:
             raise StoreVersionError(
                 f"{store} has schema version {body['schema_version']}, this featurehead reads "

@@ -97,3 +97,17 @@ def plan_shards(keys: Sequence[str], shard_rows: int) -> list[list[str]]:
         raise ValueError(f"`shard_rows` must be a positive integer. Received: shard_rows={shard_rows!r}")
     keys = list(keys)
     return [keys[lo : lo + shard_rows] for lo in range(0, len(keys), shard_rows)]
+
+
+# without --shard-rows, a Dask run cuts an index into about this many shards (the tasks that spread over the
+# workers; one 4096-row shard was one task, one worker busy and the bar still), of at least DASK_MIN_SHARD_ROWS rows
+DASK_SHARDS = 32
+DASK_MIN_SHARD_ROWS = 64
+
+
+def dask_shard_rows(n_keys: int, n_features: int | None) -> int:
+    """The rows per shard of a Dask run over an index of `n_keys` keys: about `DASK_SHARDS` shards, at least
+    `DASK_MIN_SHARD_ROWS` rows, at most `default_shard_rows`. It depends on the index alone (not on
+    what is missing, nor on the workers), so that a re-run plans the same shards and resumes those written."""
+    return min(default_shard_rows(n_features or 4096),
+               max(DASK_MIN_SHARD_ROWS, -(-n_keys // DASK_SHARDS)))

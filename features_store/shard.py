@@ -22,6 +22,7 @@ import numpy as np
 
 from features_store import durable, schema
 from features_store.errors import FeatureRangeError, StoreDamagedError, StoreMismatchError, StoreWriteError
+from features_store.plan import plan_shards
 
 logger = logging.getLogger(__name__)
 
@@ -331,3 +332,20 @@ def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], 
 def shard_versions(path: str) -> dict:
     with h5py.File(path, "r") as f:
         return json.loads(f.attrs["versions"])
+
+
+def plan_resuming(store, fingerprint: str, keys: Sequence[str], candidates: Sequence[int],
+                  runtime: str = "") -> list[list[str]]:
+    """`plan_shards(keys, rows)` for the first of `candidates` whose shards already on disk hold the most durable
+    rows: an interrupted run of another mode (a Dask run cuts smaller shards than a single process) or of an
+    older featurehead is resumed, not extracted again."""
+    plans = [plan_shards(keys, rows) for rows in dict.fromkeys(candidates)]
+    if len(plans) == 1 or not os.path.isdir(shards_dir(store)):
+        return plans[0]
+    on_disk = set(os.listdir(shards_dir(store)))
+
+    def resumed(plan) -> int:
+        names = (shard_name(fingerprint, shard, runtime) for shard in plan)
+        return sum(durable_rows(store, name) for name in names if name in on_disk)
+
+    return max(plans, key=resumed)  # the first of the best: the caller's own default on a tie

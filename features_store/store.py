@@ -73,7 +73,7 @@ class StoreSession:
         if dtype not in schema.DTYPES:
             raise ValueError(f"`dtype` must be one of 'float32', 'float16'. Received: dtype={dtype!r}")
         created = not os.path.isdir(store)
-        if not created:
+        if not created and read_manifest(store) is None:  # a store's folder may hold a user's README.txt
             _refuse_foreign_folder(store)
         if created:
             if os.path.isfile(store):

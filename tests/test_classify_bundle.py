@@ -220,6 +220,23 @@ def test_a_skops_file_of_scikit_learns_other_types_is_refused(tmp_path, head, da
         load_bundle(path)
 
 
+def test_a_head_of_other_types_is_refused_when_saved_not_only_when_loaded(tmp_path, data):
+    """save_bundle wrote a PCA pipeline that load_bundle then refused: the bundle was lost work."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data
+    other = make_pipeline(StandardScaler(), PCA(4), LogisticRegression()).fit(X, y)
+    with pytest.raises(BundleUnsafeError, match=r"holds types that are not featurehead head types, so it is not "
+                                                r"loaded: sklearn.decomposition._pca.PCA$"):
+        save_bundle(other, tmp_path / "b", extractor={}, fingerprint="f" * 12, classes=other.classes_,
+                    n_features=X.shape[1])
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+    with pytest.warns(PickleBundleWarning):  # a pickle holds any type (loading one is opt-in)
+        save_bundle(other, tmp_path / "p", extractor={}, fingerprint="f" * 12, classes=other.classes_,
+                    n_features=X.shape[1], model_format="joblib")
+
+
 def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     import keras
 

@@ -259,7 +259,7 @@ def test_a_run_uses_its_own_batch_size_on_a_long_lived_worker():
 
 def test_dask_shards_spread_an_index_over_the_workers_and_replan_the_same():
     """One 4096-row shard was one task: one worker busy, the bar still until the end."""
-    from pipelines.scale.distributed import DASK_MIN_SHARD_ROWS, dask_shard_rows
+    from features_store.plan import DASK_MIN_SHARD_ROWS, dask_shard_rows
 
     assert dask_shard_rows(48, 512) == DASK_MIN_SHARD_ROWS
     assert dask_shard_rows(3000, 512) == 94  # 32 shards: 8 tasks for each of 4 workers
@@ -297,3 +297,35 @@ def test_a_new_store_whose_run_fails_after_a_shard_says_incomplete(client, index
     assert "status:      INCOMPLETE (" in describe_store(tmp_path / "dask")
     with pytest.raises(features_store.StoreIncompleteError):
         features_store.load(tmp_path / "dask")
+
+
+def test_a_run_resumes_the_shards_another_mode_cut(tmp_path):
+    """A Dask run cuts smaller shards than a single process (or than an older featurehead's Dask run): the rows an
+    interrupted run of the other mode left on disk were extracted again, its shards removed as orphans."""
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(24)]
+    store = tmp_path / "s"
+    store.mkdir()
+    other = features_store.plan_shards(keys, 8)  # what the interrupted run planned
+    with features_store.ShardWriter.open(store, other[1], fingerprint="f" * 12, n_features=3) as writer:
+        writer.write(np.ones((5, 3), np.float32), np.ones(5, bool))
+    assert features_store.plan_resuming(store, "f" * 12, keys, [16, 8]) == other  # 5 rows on disk in its plan
+    assert features_store.plan_resuming(store, "f" * 12, keys, [16, 12]) == features_store.plan_shards(keys, 16)
+    assert features_store.plan_resuming(tmp_path / "new", "f" * 12, keys, [16, 8]) == features_store.plan_shards(keys, 16)
+
+
+def test_local_workers_ignore_a_terminals_ctrl_c_and_the_driver_does_not():
+    """A Ctrl-C reaches the whole process group: each local worker printed a KeyboardInterrupt traceback."""
+    from pipelines.scale.distributed import client_from_spec
+
+    before = signal.getsignal(signal.SIGINT)
+    client = client_from_spec("local:1", quiet=True)
+    try:
+        def ignored():
+            return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+        assert list(client.run(ignored).values()) == [True]
+        assert signal.getsignal(signal.SIGINT) is before  # ours is left as it was
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

@@ -316,6 +316,9 @@ def test_a_folder_of_other_files_is_not_made_a_store(csv_index, tmp_path, capsys
     assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "a.jpg"]
     (folder / "a.jpg").unlink()  # only hidden files left: a store may be made there
     assert run_extract(read_index(csv_index), small_vgg(), folder).n_extracted == len(read_index(csv_index).ids)
+    (folder / "README.txt").write_text("my notes")  # a store's own folder may hold a user's file
+    assert run_extract(read_index(csv_index), small_vgg(), folder).up_to_date
+    assert main(["compact", str(folder)]) == 0
 
 
 def test_a_model_that_gives_inf_stops_the_run_in_one_line(csv_index, tmp_path, capsys):

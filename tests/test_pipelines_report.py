@@ -229,7 +229,7 @@ def test_a_report_that_fails_leaves_no_page_of_the_old_one_beside_the_new_files(
     """A full disk left the old index.html beside the new metrics.json and figures, nothing saying it was stale."""
     out = small_disk.path / "r"
     out.mkdir()
-    (out / "index.html").write_text("<p>the report of another head</p>")
+    (out / "index.html").write_text("<title>featurehead report: another head</title><p>its page</p>")
     small_disk.fill(leave=4096)  # room for metrics.json, not for the figures
     code, _, err = cli(capsys, "report", run / "head", run / "feats", "--split", "test", "--out", out)
     assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err
@@ -262,11 +262,14 @@ def test_a_folder_of_other_files_is_refused_and_left_as_it_was(run, capsys, tmp_
     (out / ".DS_Store").write_bytes(b"")
     code, _, err = cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)
     assert code == 2 and err == (f"featurehead {command}: error: {out} holds files that evaluate and report do not "
-                                 "write (about.html); refusing to write among them: give --out a new or empty folder "
+                                 "write (about.html, index.html); refusing to write among them: give --out a new or empty folder "
                                  "(or one they wrote)")
     assert sorted(p.name for p in out.iterdir()) == [".DS_Store", "about.html", "index.html"]
     assert (out / "index.html").read_text() == "<h1>my site</h1>"
-    (out / "about.html").unlink()  # only what they write (and hidden files): written over
+    (out / "about.html").unlink()  # the name is report's, the page is not: still refused
+    code, _, err = cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)
+    assert code == 2 and "do not write (index.html)" in err and (out / "index.html").read_text() == "<h1>my site</h1>"
+    (out / "index.html").unlink()  # only what they write (and hidden files): written over
     assert cli(capsys, command, run / "head", run / "feats", "--split", "test", "--out", out)[0] == 0
     assert cli(capsys, "report" if command == "evaluate" else "evaluate", run / "head", run / "feats", "--split",
                "test", "--out", out)[0] == 0  # each writes into the other's folder

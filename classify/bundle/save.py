@@ -29,7 +29,7 @@ from classify.bundle.manifest import (
     versions,
     write_bundle,
 )
-from classify.bundle.trust import PICKLE_RISK
+from classify.bundle.trust import PICKLE_RISK, check_head_types
 from classify.errors import PickleBundleWarning
 from classify.mlp import KerasMLPClassifier
 from classify.mlp_network import model_to_bytes
@@ -106,6 +106,7 @@ def save_bundle(
     else:
         import skops.io
 
+        check_head_types(out_dir, estimator)  # what `load_bundle` refuses is never saved
         stripped, network = _without_network(estimator)
         data = skops.io.dumps(stripped)
         model_file = content_name(MODEL_FILE, data)

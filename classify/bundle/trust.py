@@ -35,13 +35,14 @@ def load_skops(target: Path, data: bytes) -> Any:
                                 f"{err}") from err
     except Exception as err:  # a damaged or foreign file: skops raises zip, JSON and type errors alike
         raise BundleFormatError(f"{target} is not a readable skops head file ({type(err).__name__}: {err})") from err
-    _check_head_types(target, head)
+    check_head_types(target, head)
     return head
 
 
-def _check_head_types(target: Path, head: Any) -> None:
+def check_head_types(target: Path, head: Any) -> None:
     """skops also trusts its own defaults (scikit-learn's estimators, ~200 types: none runs code when loaded); a
-    head made of any but ours is refused here, in one line, not left to fail later as a bug."""
+    head made of any but ours is refused here, in one line, not left to fail later as a bug (and `save_bundle`
+    refuses to save one in skops format: it would not load)."""
     from sklearn.base import BaseEstimator
 
     parts = [head]

@@ -27,6 +27,7 @@ class Target:
     session: features_store.StoreSession
     missing: list[str]
     shard_rows: int | None
+    n_index_keys: int = 0  # the keys of the whole index (a Dask run's shard size depends on it)
     versions: dict = field(default_factory=dict)
     n_features: int | None = None
     _plan: list = field(default_factory=list)
@@ -36,8 +37,12 @@ class Target:
     def start(self, n_features: int, versions: dict) -> set[str]:
         """Plan the shards and return the keys still to compute (those not durable in a resumed shard)."""
         self.n_features, self.versions = n_features, versions
-        rows = self.shard_rows or features_store.default_shard_rows(n_features)
-        self._plan = features_store.plan_shards(self.missing, rows)
+        # the plan that resumes the most rows already on disk: ours, or a Dask run's (smaller shards)
+        candidates = ([self.shard_rows] if self.shard_rows else
+                      [features_store.default_shard_rows(n_features),
+                       features_store.dask_shard_rows(self.n_index_keys, n_features)])
+        self._plan = features_store.plan_resuming(self.session.store, self.session.fingerprint, self.missing,
+                                                  candidates, features_store.runtime_tag(versions))
         self._need = set()
         store = self.session.store
         for keys in self._plan:

@@ -24,6 +24,8 @@ from .views import AugmentedViews, store_identity, training_split
 def default_store_path(index: ImageIndex, extractor, views: AugmentedViews | None = None) -> Path:
     """A store directory next to the index, naming the model and a short fingerprint (and the augmentation)."""
     src = Path(index.source)
+    if src.is_dir() and src.name in ("", "..") or str(src) == ".":  # `.` has no name: the store went inside it
+        src = src.resolve()
     stem, parent = (src.name, src.parent) if src.is_dir() else (src.stem, src.parent)
     if views is not None:
         stem = f"{stem}.aug{views.k}-{views_identity(views)[:8]}"

@@ -90,10 +90,21 @@ def check_output_folder(out_dir) -> None:
         raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
     if out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_NAMES and not p.name.startswith("."))
+        if (out_dir / "index.html").is_file() and not _is_report_page(out_dir / "index.html"):
+            foreign = sorted([*foreign, "index.html"])  # a website's page: only the name is report's
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise ValueError(f"{out_dir} holds files that evaluate and report do not write ({shown}); refusing to "
                              "write among them: give --out a new or empty folder (or one they wrote)")
+
+
+def _is_report_page(path: Path) -> bool:
+    """Whether `path` is a page that `featurehead report` wrote (its <title>, near the top, says so)."""
+    try:
+        with open(path, "rb") as f:
+            return b"<title>featurehead report" in f.read(4096)
+    except OSError:
+        return False
 
 
 def write_evaluation(out_dir, metrics: dict) -> None:
@@ -211,12 +222,15 @@ PREDICTIONS_HEADER = "filename,ok,predicted,probability"  # the first columns `r
 
 
 def _is_predictions_csv(path) -> bool:
-    """Whether `path` begins with the header of the CSV that `run_predict` writes (one it may replace)."""
+    """Whether `path` is empty or begins with the header of the CSV that `run_predict` writes (one it may
+    replace)."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(PREDICTIONS_HEADER) + 1).decode("utf-8", "replace").startswith(PREDICTIONS_HEADER + ",")
+            head = f.read(len(PREDICTIONS_HEADER) + 4)
     except OSError:
         return False
+    # an empty file (`mktemp`, `touch`) holds nothing to lose; a spreadsheet may have saved ours with a BOM
+    return not head or head.decode("utf-8", "replace").lstrip("\ufeff").startswith(PREDICTIONS_HEADER + ",")
 
 
 def load_head_bundle(bundle_path, command: str):

@@ -9,7 +9,6 @@ complete and returns at once; a task whose worker was killed runs again elsewher
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import uuid
@@ -48,31 +47,33 @@ def client_from_spec(spec: str, *, quiet: bool = False):
         except ValueError:
             raise ValueError(f"`--dask local:N` needs a positive number of workers. Received: --dask {spec}") from None
         # any free port on this machine only (None would take 8787 and warn when another cluster holds it)
-        with _workers_ignore_sigint():
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                                   silence_logs=logging.CRITICAL if quiet else logging.WARNING)
-        return Client(cluster)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                               silence_logs=logging.CRITICAL if quiet else logging.WARNING)
+        client = Client(cluster)
+        client.register_plugin(_ignore_sigint_plugin())  # restarted workers get it too
+        return client
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         return Client(spec, timeout="30s")
     raise ValueError(f"`--dask` must be local:N or a scheduler address such as tcp://HOST:8786. Received: {spec}")
 
 
-@contextlib.contextmanager
-def _workers_ignore_sigint():
-    """Start local worker processes with SIGINT ignored (they inherit it): a terminal's Ctrl-C reaches the whole
-    process group, and each worker printed a KeyboardInterrupt traceback before our one line; we stop them
-    ourselves when the client stops. Our own handler is back once they are started (main thread only)."""
-    import signal
-    import threading
+def _ignore_sigint_plugin():
+    """A Dask worker plugin that makes each local worker process ignore SIGINT: a terminal's Ctrl-C reaches the
+    whole process group, and each worker printed a KeyboardInterrupt traceback before our one line; the client
+    stops them itself. (Set inside the workers, not inherited from us: we keep our own Ctrl-C.)"""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    class IgnoreSigint(WorkerPlugin):
+        name = "featurehead-ignore-sigint"
+
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
 
 
 def _worker_extractor(extractor):
@@ -131,20 +132,6 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
                 "failed": writer.failed(), "n_features": n_features, "versions": versions}
 
 
-# without --shard-rows, a Dask run cuts an index into about this many shards (the tasks that spread over the
-# workers; one 4096-row shard was one task, one worker busy and the bar still), of at least DASK_MIN_SHARD_ROWS rows
-DASK_SHARDS = 32
-DASK_MIN_SHARD_ROWS = 64
-
-
-def dask_shard_rows(n_keys: int, n_features: int | None) -> int:
-    """The rows per shard of a Dask run over an index of `n_keys` keys: about `DASK_SHARDS` shards, at least
-    `DASK_MIN_SHARD_ROWS` rows, at most `features_store.default_shard_rows`. It depends on the index alone (not on
-    what is missing, nor on the workers), so that a re-run plans the same shards and resumes those written."""
-    return min(features_store.default_shard_rows(n_features or 4096),
-               max(DASK_MIN_SHARD_ROWS, -(-n_keys // DASK_SHARDS)))
-
-
 def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, views, shard_rows: int | None,
                        dtype: str, strict: bool, progress, after_first_commit=None) -> int:
     """Extract the `missing` keys of one store as shard tasks on `client`; commit each as it completes.
@@ -159,8 +146,12 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
     if not missing:
         return 0
     n_features = session.n_features
-    rows = shard_rows or dask_shard_rows(len(dict.fromkeys(plan.keys)), n_features)
-    shards = features_store.plan_shards(missing, rows)
+    # the plan that resumes the most rows already on disk: ours, or a single-process run's (larger shards)
+    candidates = [shard_rows] if shard_rows else [features_store.dask_shard_rows(len(dict.fromkeys(plan.keys)),
+                                                                                  n_features),
+                                                   features_store.default_shard_rows(n_features or 4096)]
+    shards = features_store.plan_resuming(session.store, session.fingerprint, missing, candidates,
+                                          features_store.runtime_tag(library_versions()))
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file
     futures = {}
     hashed = {k: (int(size), int(mtime)) for k, (size, mtime) in zip(missing, plan.hashed_stats(missing))}

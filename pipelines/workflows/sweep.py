@@ -163,7 +163,8 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
                 stores[layer], fingerprint=single.fingerprint(), extractor=single.spec()))
             for layer, single in singles.items()
         }
-        targets = {layer: Target(session, session.missing(plan.keys), None) for layer, session in sessions.items()}
+        targets = {layer: Target(session, session.missing(plan.keys), None, len(dict.fromkeys(plan.keys)))
+                   for layer, session in sessions.items()}
         todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
         multi = None
 
