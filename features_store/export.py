@@ -70,8 +70,11 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
 
 
 def _is_export(path: str) -> bool:
-    """Whether `path` is an HDF5 file that `export` wrote (one it may replace)."""
+    """Whether `path` is empty (`mktemp`: nothing to lose) or an HDF5 file that `export` wrote (one it may
+    replace)."""
     try:
+        if os.path.getsize(path) == 0:
+            return True
         with h5py.File(path, "r") as f:
             return f.attrs.get("features_layout") == "exported"
     except (OSError, ValueError):

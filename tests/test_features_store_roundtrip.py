@@ -288,6 +288,8 @@ def test_export_writes_one_self_contained_file(store, tmp_path, args):
         assert f["ids"].asstr()[:].tolist() == args["ids"] and f.attrs["features_layout"] == "exported"
     assert fs.export(store, tmp_path / "new" / "folder" / "x.h5") == N  # its folders are made
     assert fs.export(store, out) == N  # an earlier export is replaced
+    (tmp_path / "empty.h5").touch()
+    assert fs.export(store, tmp_path / "empty.h5") == N  # so is an empty file (mktemp)
     for foreign, data in (("index.csv", b"filename,label\n"), ("other.h5", None)):  # it overwrote them, exit 0
         if data is None:
             with h5py.File(tmp_path / foreign, "w") as f:
