@@ -25,6 +25,7 @@ from features_store.plan import (
     default_shard_rows,
     default_store_name,
     plan_shards,
+    shard_rows_candidates,
 )
 from features_store.reader import (
     StoreInfo,
@@ -81,5 +82,6 @@ __all__ = [
     "read_meta",
     "runtime_tag",
     "shard_name",
+    "shard_rows_candidates",
     "shards_dir",
 ]

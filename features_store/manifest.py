@@ -134,14 +134,17 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         raise StoreDamagedError(f"{path} is not a readable store manifest ({why}); re-extract into a new directory.") from err
 
 
-def foreign_files(path: str | os.PathLike) -> list[str]:
-    """The names in the folder `path` that no store holds (images, a project's files), sorted; hidden names (a
-    `.DS_Store`, the temporary files of a killed write) do not count; [] for a folder that cannot be listed."""
+STORE_NAMES = frozenset({schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR})
+
+
+def foreign_files(path: str | os.PathLike, ours=STORE_NAMES) -> list[str]:
+    """The names in the folder `path` other than `ours` (by default, what a store holds): images, a project's
+    files; sorted. Hidden names (a `.DS_Store`, the temporary files of a killed write) do not count; [] for a
+    folder that cannot be listed."""
     try:
         names = os.listdir(path)
     except OSError:
         return []
-    ours = {schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR}
     return sorted(n for n in names if n not in ours and not n.startswith("."))
 
 

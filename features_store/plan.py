@@ -105,6 +105,16 @@ DASK_SHARDS = 32
 DASK_MIN_SHARD_ROWS = 64
 
 
+def shard_rows_candidates(shard_rows: int | None, n_keys: int, n_features: int | None, *, dask: bool) -> list[int]:
+    """The shard sizes a run may plan (`plan_resuming` picks the one that resumes the most rows on disk):
+    `shard_rows` when given; else this kind of run's own default first (a Dask run's, or a single process's),
+    then the other's, so that either resumes what the other left unfinished."""
+    if shard_rows:
+        return [shard_rows]
+    own = [default_shard_rows(n_features or 4096), dask_shard_rows(n_keys, n_features)]
+    return own[::-1] if dask else own
+
+
 def dask_shard_rows(n_keys: int, n_features: int | None) -> int:
     """The rows per shard of a Dask run over an index of `n_keys` keys: about `DASK_SHARDS` shards, at least
     `DASK_MIN_SHARD_ROWS` rows, at most `default_shard_rows`. It depends on the index alone (not on

@@ -74,8 +74,9 @@ class _View:
         self.store = check_store_path(store)
         self.manifest: Manifest | None = read_manifest(self.store)
         path = os.path.join(self.store, schema.VIEW_FILE)
-        if self.manifest is None and foreign_files(self.store):  # e.g. the images' folder
-            raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign_files(self.store))}); "
+        foreign = foreign_files(self.store) if self.manifest is None else []
+        if foreign:  # e.g. the images' folder
+            raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign)}); "
                                      "give the --out of `featurehead extract`")
         if self.manifest is None or not os.path.exists(path):
             raise StoreNotFoundError(

@@ -26,6 +26,7 @@ from features_store.manifest import (
     check_store_path,
     commit_manifest,
     foreign_files,
+    manifest_path,
     new_manifest,
     read_manifest,
     some,
@@ -73,7 +74,7 @@ class StoreSession:
         if dtype not in schema.DTYPES:
             raise ValueError(f"`dtype` must be one of 'float32', 'float16'. Received: dtype={dtype!r}")
         created = not os.path.isdir(store)
-        if not created and read_manifest(store) is None:  # a store's folder may hold a user's README.txt
+        if not created and not os.path.exists(manifest_path(store)):  # a store's folder may hold a user's README
             _refuse_foreign_folder(store)
         if created:
             if os.path.isfile(store):

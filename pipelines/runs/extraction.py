@@ -103,7 +103,7 @@ def run_extract(
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)
         raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
     with features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session:
-        target = Target(session, session.missing(plan.keys), shard_rows, len(dict.fromkeys(plan.keys)))
+        target = Target(session, session.missing(plan.keys), shard_rows, plan.n_keys)
         args = view_args(index, plan, views)
         if client is not None:
             if target.missing and session.manifest is not None:

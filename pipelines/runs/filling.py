@@ -38,9 +38,7 @@ class Target:
         """Plan the shards and return the keys still to compute (those not durable in a resumed shard)."""
         self.n_features, self.versions = n_features, versions
         # the plan that resumes the most rows already on disk: ours, or a Dask run's (smaller shards)
-        candidates = ([self.shard_rows] if self.shard_rows else
-                      [features_store.default_shard_rows(n_features),
-                       features_store.dask_shard_rows(self.n_index_keys, n_features)])
+        candidates = features_store.shard_rows_candidates(self.shard_rows, self.n_index_keys, n_features, dask=False)
         self._plan = features_store.plan_resuming(self.session.store, self.session.fingerprint, self.missing,
                                                   candidates, features_store.runtime_tag(versions))
         self._need = set()

@@ -55,6 +55,11 @@ class RowPlan:
     reasons: list[str]
     todo: dict = field(default_factory=dict)  # key -> (path, view number, seed, id)
 
+    @property
+    def n_keys(self) -> int:
+        """The distinct keys of the rows (an image stored twice under two names is one key)."""
+        return len(set(self.keys))
+
     def hashed_stats(self, keys) -> list[tuple[int, int]]:
         """The (size, mtime_ns) each key's file had when it was hashed: the decoders check that it still has it
         (`extract.ImageChangedError`)."""

@@ -14,6 +14,7 @@ import classify
 import features_store
 from extract import extractor_from_spec, read_index
 from features_store.durable import atomic_write, write_error
+from features_store.manifest import foreign_files, some
 from features_store.reader import open_view
 
 from .extraction import run_extract
@@ -89,13 +90,12 @@ def check_output_folder(out_dir) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_NAMES and not p.name.startswith("."))
+        foreign = foreign_files(out_dir, OUTPUT_NAMES)
         if (out_dir / "index.html").is_file() and not _is_report_page(out_dir / "index.html"):
             foreign = sorted([*foreign, "index.html"])  # a website's page: only the name is report's
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise ValueError(f"{out_dir} holds files that evaluate and report do not write ({shown}); refusing to "
-                             "write among them: give --out a new or empty folder (or one they wrote)")
+            raise ValueError(f"{out_dir} holds files that evaluate and report do not write ({some(foreign)}); refusing "
+                             "to write among them: give --out a new or empty folder (or one they wrote)")
 
 
 def _is_report_page(path: Path) -> bool:

@@ -147,9 +147,7 @@ def fill_store_on_dask(client, session, plan, missing: list[str], extractor, *, 
         return 0
     n_features = session.n_features
     # the plan that resumes the most rows already on disk: ours, or a single-process run's (larger shards)
-    candidates = [shard_rows] if shard_rows else [features_store.dask_shard_rows(len(dict.fromkeys(plan.keys)),
-                                                                                  n_features),
-                                                   features_store.default_shard_rows(n_features or 4096)]
+    candidates = features_store.shard_rows_candidates(shard_rows, plan.n_keys, n_features, dask=True)
     shards = features_store.plan_resuming(session.store, session.fingerprint, missing, candidates,
                                           features_store.runtime_tag(library_versions()))
     run_id = uuid.uuid4().hex[:8]  # task keys unique per run: idempotence comes from the shard file

@@ -163,7 +163,7 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
                 stores[layer], fingerprint=single.fingerprint(), extractor=single.spec()))
             for layer, single in singles.items()
         }
-        targets = {layer: Target(session, session.missing(plan.keys), None, len(dict.fromkeys(plan.keys)))
+        targets = {layer: Target(session, session.missing(plan.keys), None, plan.n_keys)
                    for layer, session in sessions.items()}
         todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
         multi = None
