@@ -581,3 +581,20 @@ def test_model_names_are_taken_in_any_case_and_a_typo_gets_a_suggestion(csv_inde
     assert run(capsys, "models", "ResNet50")[1][1].startswith("resnet50 ")
     code, _, err = run(capsys, "models", "resnt50")
     assert code == 2 and err.endswith("(did you mean 'resnet50' or 'resnet50v2' or 'resnet152'?)")
+
+
+def test_extract_says_why_the_view_has_more_rows_than_it_extracted(image_folder, tmp_path, capsys):
+    """Two rows naming the same content (a file copied under another name) are one stored row: the lines say so,
+    on the first run and when up to date."""
+    (image_folder / "a" / "copy.png").write_bytes((image_folder / "a" / "0.png").read_bytes())
+    index = image_folder / "index.csv"
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
+    index.write_text("filename,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rows))
+    for first in (True, False):
+        code, lines, _ = run(capsys, "extract", index, *FAST, "--out", tmp_path / "feats")
+        assert code == 0
+        assert lines[0] == ("extracted 8 new rows (random-init weights (seed 0): NOT pretrained, for testing only); the "
+                            "view has 9 rows" if first else
+                            f"up to date: 9 rows, all already extracted with fingerprint {lines[0].split()[-1]}")
+        assert lines[1] == ("1 row lists an image that another row also lists (the same content): each image is "
+                            "extracted and stored once")

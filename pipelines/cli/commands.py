@@ -49,6 +49,10 @@ def cmd_extract(args) -> int:
         print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:
         print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")
+    if result.n_repeated:
+        one = result.n_repeated == 1
+        print(f"{result.n_repeated} {'row lists' if one else 'rows list'} an image that another row also lists "
+              "(the same content): each image is extracted and stored once")
     if result.garbage_rows:
         one = result.garbage_rows == 1
         print(f"{result.garbage_rows} stored {'row is' if one else 'rows are'} no longer in the index; "
