@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -97,7 +98,7 @@ def fit_out_of_core(
         ``Pipeline([("scale", scaler or "passthrough"), ("clf", classifier)])``, fitted.
     """
     passes = _passes(batches)
-    if not (isinstance(epochs, int) and epochs > 0):
+    if isinstance(epochs, bool) or not (isinstance(epochs, numbers.Integral) and epochs > 0):
         raise ValueError(f"`epochs` must be a positive integer. Received: epochs={epochs!r}")
     scale = StandardScaler() if scaler else None
     if scale is not None:

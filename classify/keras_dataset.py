@@ -153,6 +153,8 @@ def fit_mlp_batches(
         raise ValueError("out-of-core training needs `class_weight` as a dict (the class counts are not known "
                          f"up front). Received: class_weight={estimator.class_weight!r}")
     estimator.classes_, estimator.n_features_in_ = classes, int(n_features)
+    if hasattr(estimator, "feature_names_in_"):  # a previous `fit` on a DataFrame: not these batches' names
+        del estimator.feature_names_in_
     seed = estimator._seed()
     estimator.model_ = build_mlp(int(n_features), len(classes), hidden, estimator.dropout, seed=seed)
     estimator.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=estimator.learning_rate),
@@ -162,10 +164,10 @@ def fit_mlp_batches(
         kwargs["class_weight"] = {int(encode_labels([c], classes)[0]): float(w) for c, w in estimator.class_weight.items()}
     if validation is not None and estimator.early_stopping:
         kwargs["validation_data"] = feature_batches(validation, n_batches=n_validation_batches, classes=classes)
-        kwargs["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=estimator.patience,
+        kwargs["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(estimator.patience),
                                                              restore_best_weights=True)]
     data = feature_batches(batches, n_batches=n_batches, classes=classes)
     # shuffle=False: the batches are a stream, and Keras's random batch order would re-read it per step
-    history = estimator.model_.fit(data, epochs=estimator.epochs, verbose=estimator.verbose, shuffle=False, **kwargs)
+    history = estimator.model_.fit(data, epochs=int(estimator.epochs), verbose=estimator.verbose, shuffle=False, **kwargs)
     estimator.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
     return estimator

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
 from classify.holdout import holdout
 from classify.keras_dataset import array_batches, fit_mlp_batches
@@ -133,6 +133,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         hidden = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
+        if groups is not None:  # a wrong length is the caller's error, not a reason to train without early stopping
+            groups = column_or_1d(groups, warn=True)
+            check_consistent_length(y, groups)
         classes = np.unique(y)
         if len(classes) < 2:
             raise ValueError(
@@ -155,7 +158,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         fit = self._fit_data(keras, X, codes, weights, seed, groups, validation)
         fit["callbacks"] = [*fit.get("callbacks", []), *(callbacks or [])]
         history = self.model_.fit(
-            epochs=self.epochs,
+            epochs=int(self.epochs),
             verbose=self.verbose,
             shuffle=False,  # the batches come shuffled by our own seeded generator, not Keras's global one
             **fit,
@@ -226,33 +229,42 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_params(self) -> tuple[int, ...]:
-        """Validate the parameters (without touching them) and return the hidden sizes as a tuple."""
+        """Validate the parameters (without touching them) and return the hidden sizes as a tuple.
+
+        Every wrong value, of any type, is one ValueError naming the parameter (never a TypeError from a
+        comparison deep inside).
+        """
+        def integer(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def real(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
         sizes = self.hidden_layer_sizes
-        hidden = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
-        if not all(isinstance(n, numbers.Integral) and n > 0 for n in hidden):
+        try:
+            hidden = (sizes,) if integer(sizes) else tuple(sizes)
+        except TypeError:
+            hidden = None
+        if isinstance(sizes, (str, bytes)) or hidden is None or not all(integer(n) and n > 0 for n in hidden):
             raise ValueError(
                 f"`hidden_layer_sizes` must be positive integers. Received: hidden_layer_sizes={sizes!r}"
             )
         checks = {
-            "dropout": 0 <= self.dropout < 1,
-            "learning_rate": self.learning_rate > 0,
-            "epochs": isinstance(self.epochs, numbers.Integral) and self.epochs > 0,
-            "batch_size": isinstance(self.batch_size, numbers.Integral) and self.batch_size > 0,
-            "validation_fraction": 0 < self.validation_fraction < 1,
-            "patience": isinstance(self.patience, numbers.Integral) and self.patience >= 0,
+            "dropout": (real(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
+            "learning_rate": (real(self.learning_rate) and self.learning_rate > 0, "a number > 0"),
+            "epochs": (integer(self.epochs) and self.epochs > 0, "a positive integer"),
+            "batch_size": (integer(self.batch_size) and self.batch_size > 0, "a positive integer"),
+            "early_stopping": (isinstance(self.early_stopping, (bool, np.bool_)), "a bool"),
+            "validation_fraction": (real(self.validation_fraction) and 0 < self.validation_fraction < 1,
+                                    "a number in (0, 1)"),
+            "patience": (integer(self.patience) and self.patience >= 0, "a non-negative integer"),
+            "class_weight": (self.class_weight is None or self.class_weight == "balanced"
+                             or isinstance(self.class_weight, dict), "a dict, 'balanced' or None"),
         }
-        expected = {
-            "dropout": "in [0, 1)",
-            "learning_rate": "> 0",
-            "epochs": "a positive integer",
-            "batch_size": "a positive integer",
-            "validation_fraction": "in (0, 1)",
-            "patience": "a non-negative integer",
-        }
-        for name, ok in checks.items():
+        for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"`{name}` must be {expected[name]}. Received: {name}={getattr(self, name)!r}")
-        return hidden
+                raise ValueError(f"`{name}` must be {expected}. Received: {name}={getattr(self, name)!r}")
+        return tuple(int(n) for n in hidden)  # Keras layers refuse numpy integers (a numpy grid)
 
     def _seed(self) -> int | None:
         if self.random_state is None:
@@ -265,7 +277,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
                   groups: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None):
         """The data keyword arguments of ``model.fit``: with validation rows and EarlyStopping when possible."""
         def data(rows):
-            return {"x": array_batches(X[rows], codes[rows], weights[rows], batch_size=self.batch_size, seed=seed)}
+            return {"x": array_batches(X[rows], codes[rows], weights[rows], batch_size=int(self.batch_size), seed=seed)}
 
         plain = data(slice(None))
         if validation is not None:
@@ -280,6 +292,6 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
                 return plain
             fit = {**data(train), "validation_data": (X[val], codes[val], weights[val])}
         if self.early_stopping:
-            fit["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+            fit["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                               restore_best_weights=True)]
         return fit

@@ -35,12 +35,13 @@ def checked_validation(validation_data: Any, n_features: int, classes: np.ndarra
     if validation_data is None:
         return None
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-        raise ValueError("`validation_data` must be a tuple (X_val, y_val). "
-                         f"Received: {type(validation_data).__name__}")
+        length = f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else ""
+        raise ValueError("`validation_data` must be a tuple (X_val, y_val) (no validation sample weights). "
+                         f"Received: {type(validation_data).__name__}{length}")
     X_val = check_array(validation_data[0], dtype=np.float32, input_name="X_val")
     if X_val.shape[1] != n_features:
         raise ValueError(f"`X_val` must have {n_features} features, as X. Received: X_val.shape={X_val.shape}")
     y_val = np.asarray(validation_data[1])
     if y_val.shape != (len(X_val),):
         raise ValueError(f"`y_val` must have shape ({len(X_val)},). Received: y_val.shape={y_val.shape}")
-    return X_val, encode_labels(y_val, classes)
+    return X_val, encode_labels(y_val, classes, name="`y_val` labels")

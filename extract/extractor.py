@@ -37,6 +37,9 @@ class Extractor:
     NON_IDENTITY_KEYS = ("batch_size",)
 
     def __init__(self, **config):
+        # numpy scalars (a parameter grid built with numpy: GridSearchCV hands out np.int64) as Python values, so
+        # that the checks below accept them and the spec stays JSON-able (its fingerprint, a cache's attributes)
+        config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
         weights = config.get("weights")
         if isinstance(weights, (str, os.PathLike)) and os.fspath(weights) not in ("none", "imagenet"):
             # a weights file is recorded by its absolute path, so that the spec in a store or a head bundle loads
@@ -87,6 +90,9 @@ class Extractor:
         batch_size = self._config.get("batch_size", 32)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ExtractorConfigError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        seed = self._config.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ExtractorConfigError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
 
     # --- identity ---------------------------------------------------------------------------------------
     def spec(self) -> dict:

@@ -65,7 +65,7 @@ def test_fit_out_of_core(data):
     np.testing.assert_allclose(pipe["scale"].mean_, X.mean(axis=0), rtol=1e-4, atol=1e-5)
     assert pipe.score(X, y) > 0.5
     assert not hasattr(sgd, "coef_")  # the given estimator is cloned, never fitted in place
-    plain = fit_out_of_core(sgd, list(batches()), classes=[0, 1, 2], epochs=2, scaler=False)
+    plain = fit_out_of_core(sgd, list(batches()), classes=[0, 1, 2], epochs=np.int64(2), scaler=False)  # a numpy grid's
     assert plain["scale"] == "passthrough"
     assert plain.predict(X).shape == (120,)
 

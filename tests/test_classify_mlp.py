@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import tracemalloc
+import warnings
 
 import joblib
 import numpy as np
@@ -128,6 +129,14 @@ def test_class_weight_and_sample_weight(data):
         pytest.param("epochs", 0, id="epochs"),
         pytest.param("hidden_layer_sizes", (8, 0), id="hidden"),
         pytest.param("validation_fraction", 0.0, id="validation_fraction"),
+        # a value of the wrong type is the same one line, never a TypeError from a comparison inside (review)
+        pytest.param("dropout", "0.5", id="dropout-str"),
+        pytest.param("learning_rate", None, id="learning_rate-none"),
+        pytest.param("hidden_layer_sizes", None, id="hidden-none"),
+        pytest.param("hidden_layer_sizes", "16", id="hidden-str"),
+        pytest.param("validation_fraction", None, id="validation_fraction-none"),
+        pytest.param("early_stopping", "no", id="early_stopping-str"),  # a truthy string turned it on
+        pytest.param("class_weight", "balance", id="class_weight-typo"),
     ],
 )
 def test_bad_params_raise_in_fit(data, param, value):
@@ -205,3 +214,38 @@ def test_predictions_hold_across_batch_compositions_at_float32_tolerance(data, f
     np.testing.assert_allclose(one_by_one, proba[::7], rtol=1e-5, atol=1e-7)
     halves = np.concatenate([fitted.predict_proba(X[:50]), fitted.predict_proba(X[50:])])
     np.testing.assert_allclose(halves, proba, rtol=1e-5, atol=1e-7)
+
+
+def test_numpy_integers_are_integers(data):
+    """A parameter grid built with numpy hands out np.int64 (GridSearchCV passes values as they are)."""
+    clf = KerasMLPClassifier(hidden_layer_sizes=(np.int64(8),), epochs=np.int64(1), batch_size=np.int64(16),
+                             random_state=0)
+    assert clf.fit(*data).predict(data[0]).shape == (120,)
+
+
+def test_groups_of_another_length_are_refused(data):
+    """Not a silent fit without early stopping (the hold-out's fallback is for classes too small to split)."""
+    X, y = data
+    with pytest.raises(ValueError, match=r"inconsistent numbers of samples: \[120, 5\]"):
+        KerasMLPClassifier(**SMALL).fit(X, y, groups=np.arange(5))
+
+
+def test_validation_data_messages_name_what_is_wrong(data):
+    X, y = data
+    names = np.array(["cat", "dog", "fox"])[y]
+    with pytest.raises(ValueError, match=r"\(X_val, y_val\) \(no validation sample weights\). Received: tuple of length 3"):
+        KerasMLPClassifier(**SMALL).fit(X, names, validation_data=(X[:4], names[:4], np.ones(4)))
+    with pytest.raises(ValueError, match="`y_val` labels must be among"):
+        KerasMLPClassifier(**SMALL).fit(X, names, validation_data=(X[:2], np.array(["cat", "cow"])))
+
+
+def test_fit_batches_forgets_the_column_names_of_an_earlier_fit(data):
+    import pandas as pd
+
+    X, y = data
+    clf = KerasMLPClassifier(**{**SMALL, "epochs": 1}).fit(pd.DataFrame(X, columns=[f"c{i}" for i in range(20)]), y)
+    clf.fit_batches(lambda: [(X, y)], classes=[0, 1, 2], n_features=20, n_batches=1)
+    assert not hasattr(clf, "feature_names_in_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "X does not have valid feature names" came from the stale names
+        assert clf.predict(X).shape == (120,)

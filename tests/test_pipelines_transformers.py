@@ -15,7 +15,7 @@ from sklearn.exceptions import SkipTestWarning
 from sklearn.utils import estimator_checks, get_tags
 from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
-from extract import ImageReadError, UnknownExtractorError, get_extractor
+from extract import ExtractorConfigError, ImageReadError, UnknownExtractorError, get_extractor
 from pipelines import ImageFeatureExtractor
 
 SMALL = dict(weights="none", input_size=32, pooling="avg", batch_size=4)
@@ -150,6 +150,23 @@ def test_bad_parameters_and_unfitted_use_are_refused(images):
     t = ImageFeatureExtractor(**SMALL).fit(pd.DataFrame({"path": paths}))
     with pytest.raises(ValueError, match="`X` must have the column seen in fit, 'path'"):
         t.transform(pd.DataFrame({"file": paths}))
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        t.get_feature_names_out(["file"])
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        t.transform(paths)
+    with pytest.raises(ExtractorConfigError, match="`seed` must be a non-negative integer. Received: seed='a'"):
+        ImageFeatureExtractor(**SMALL, seed="a").fit(paths)
+
+
+def test_numpy_integer_parameters_as_a_numpy_grid_hands_them_out(images, tmp_path):
+    """GridSearchCV passes a grid's values as they are: np.int64 from np.array/np.arange. They were refused
+    (`input_size`, `batch_size`) or broke the cache's JSON (`seed`)."""
+    paths = images[0][:2]
+    plain = ImageFeatureExtractor(**SMALL).fit(paths)
+    numpy = ImageFeatureExtractor(**{**SMALL, "input_size": np.int64(32), "batch_size": np.int64(4)},
+                                  seed=np.int64(0), cache_dir=tmp_path / "cache").fit(paths)
+    assert numpy.extractor_.fingerprint() == plain.extractor_.fingerprint()
+    np.testing.assert_allclose(numpy.transform(paths), plain.transform(paths), rtol=1e-5, atol=1e-6)
 
 
 # The transformer takes image paths (strings) or a 4-D uint8 array, never a 2-D array of numbers, and its tags say

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names, _check_feature_names_in, check_is_fitted
 
 from extract import ImageReadError, get_extractor, read_batch
 from extract.batches import default_workers
@@ -139,6 +139,7 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         expected = getattr(self, "feature_names_in_", None)
         if expected is not None and columns is not None and list(columns) != list(expected):
             raise ValueError(f"`X` must have the column seen in fit, {expected[0]!r}. Received: columns={list(columns)}")
+        _check_feature_names(self, X, reset=False)  # scikit-learn's warnings when names were seen in fit only, or here only
         if self.cache_dir is None:
             return self._extract(kind, items, np.arange(len(items)))
         return self._cached(kind, items)
@@ -146,11 +147,18 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names ``{model}_{layer}_{i}`` of the output columns (builds the model to learn their number).
 
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only validated, as scikit-learn does: the one input column (`feature_names_in_` when fitted on a
+            DataFrame). The output names do not depend on it.
+
         Returns
         -------
         feature_names_out : ndarray of shape (n_features_out,), dtype object
         """
         check_is_fitted(self, "extractor_")
+        _check_feature_names_in(self, input_features)  # the one input column: its name, or a list of length 1
         layer = self.extractor_.layer
         layers = layer if isinstance(layer, list) else [layer or "features"]
         dims = self.extractor_.layer_dims() if hasattr(self.extractor_, "layer_dims") else [self.extractor_.output_dim]
