@@ -4,7 +4,7 @@ Real data: scikit-learn's 1797 handwritten digits, written as PNG files by `pipe
 scaled 4x to 32 px, 60/20/20 stratified split) and read back at the seed's 28x28. Head: StandardScaler +
 LogisticRegression on raw pixels (cheap, so 5 seeds fit in minutes on 2 cores). For each seed, n labelled
 training digits are drawn (stratified) from the train split, with and without K augmented views each
-(`extract.augment.row_views`: Keras RandomRotation/RandomZoom/RandomTranslation, seeded per row), and the
+(`extract.augment.row_views`: Keras RandomRotation and RandomZoom, no translation; seeded per row), and the
 head is scored on the untouched test split.
 
     python examples/augmentation.py            # the table of docs/experiments.md, section 1
