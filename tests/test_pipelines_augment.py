@@ -49,31 +49,54 @@ def test_views_follow_the_originals_and_only_train_rows_get_them(split_index, tm
 def test_no_view_of_a_training_image_is_validated_on(csv_index, tmp_path):
     result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "aug", views=VIEWS)
     meta = features_store.read_meta(result.store)
-    assert set(meta.split[:8]) == {"train", "val"}  # no split column: a seeded stratified one is assigned
+    assert set(meta.split[:8]) == {"train", "val"}  # no split column: one is drawn from the images' content
+    assert all(set(meta.split[:8][meta.labels[:8] == c]) == {"train", "val"} for c in "ab")
     train, val = split_rows(meta)
-    assert (meta.view[val] == 0).all() and len(val) == 2
+    n_val = len(val)
+    assert (meta.view[val] == 0).all() and 2 <= n_val <= 6
     assert not np.isin(meta.source[train], val).any()
-    assert (meta.view[train] > 0).sum() == 2 * 6
+    assert (meta.view[train] > 0).sum() == 2 * (8 - n_val)
     trained = run_train(result.store, tmp_path / "head")
-    assert trained.n_train == 6 * 3 and trained.n_val == 2
+    assert trained.n_train == (8 - n_val) * 3 and trained.n_val == n_val
     # the MLP's own early-stopping hold-out keeps each image with its views (groups = source rows)
     mlp = run_train(result.store, tmp_path / "head-mlp", head="mlp",
                     params={"epochs": 2, "hidden_layer_sizes": (8,), "validation_fraction": 0.34})
-    assert mlp.n_train == 6 * 3
+    assert mlp.n_train == (8 - n_val) * 3
 
 
-def test_assign_split_is_seeded_and_stratified():
-    labels = ["a"] * 5 + ["b"] * 5 + [""]
-    split = assign_split(labels, validation_fraction=0.2, random_state=0)
-    assert split == assign_split(labels, validation_fraction=0.2, random_state=0)
-    assert split[-1] == "" and split.count("val") == 2
-    assert {lab for lab, s in zip(labels, split) if s == "val"} == {"a", "b"}
+def test_assign_split_follows_each_images_content():
+    """The split an augmented store assigns (no split column) is drawn per image from its content key: a reorder, a
+    relabel or an append changes no other image's split, so no stored view is extracted again (a review found a
+    reversed index re-extracting views and moving images between train and val)."""
+    keys = [f"key{i}" for i in range(400)]
+    labels = ["a"] * 200 + ["b"] * 200
+    split = assign_split(labels, validation_fraction=0.2, random_state=0, keys=keys)
+    of = dict(zip(keys, split))
+    assert split == assign_split(labels, validation_fraction=0.2, random_state=0, keys=keys)
+    assert split != assign_split(labels, validation_fraction=0.2, random_state=1, keys=keys)  # seeded
+    for label in "ab":  # about the fraction of each class
+        share = np.mean([s == "val" for lab, s in zip(labels, split) if lab == label])
+        assert 0.12 < share < 0.28
+    reversed_ = assign_split(labels[::-1], validation_fraction=0.2, random_state=0, keys=keys[::-1])
+    assert dict(zip(keys[::-1], reversed_)) == of
+    relabelled = ["b" if i < 20 else lab for i, lab in enumerate(labels)]
+    assert assign_split(relabelled, validation_fraction=0.2, random_state=0, keys=keys) == split
+    more = assign_split(labels + ["c"] * 30, validation_fraction=0.2, random_state=0,
+                        keys=keys + [f"new{i}" for i in range(30)])
+    assert more[:400] == split
+    twice = assign_split(labels + ["a"], validation_fraction=0.2, random_state=0, keys=keys + ["key0"])
+    assert twice[-1] == twice[0]  # one image listed twice: never both trained and validated on
+
+    assert assign_split(["a", "a", ""], keys=["x", "y", "z"])[-1] == ""
     with pytest.raises(ValueError, match=r"`--augment` needs at least 2 labelled rows to split. Received: 1"):
         assign_split(["a", ""])
-    with_single = ["a"] * 6 + ["b"] * 6 + ["c"] * 5 + ["d"]
-    for seed in range(30):  # the lone "d" landed in 'val' with seeds 12, 15, 18, ...: a class no head learned
-        split = assign_split(with_single, validation_fraction=0.2, random_state=seed)
-        assert split[-1] == "train" and {lab for lab, s in zip(with_single, split) if s == "val"} == {"a", "b", "c"}
+    for seed in range(30):  # small classes: at least one val and one train image each; a lone image is trained on
+        with_single = ["a"] * 2 + ["b"] * 3 + ["c"]
+        for fraction in (0.01, 0.2, 0.99):
+            split = assign_split(with_single, validation_fraction=fraction, random_state=seed, keys=list("uvwxyz"))
+            assert split[-1] == "train"
+            for label in "ab":
+                assert {s for lab, s in zip(with_single, split) if lab == label} == {"train", "val"}
     assert assign_split(["a", "b"], random_state=0) == ["train", "train"]  # every class single: nothing held out
 
 
@@ -243,3 +266,29 @@ def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys
     err = capsys.readouterr().err  # the path and the root, not just "file not found"
     assert f"none of the first 1 images could be read (the first: {image_folder / 'missing.png'}: file not found)" in err
     assert f"is --images-root {image_folder} right?" in err
+
+
+def test_an_assigned_split_survives_a_reorder_and_an_append(csv_index, tmp_path):
+    """No split column: the split drawn from each image's content. The index reversed extracts nothing; images
+    appended in a new class extract only themselves and their own views, and nobody else's split moves."""
+    out = tmp_path / "aug"
+    run_extract(read_index(csv_index), small_vgg(), out, views=VIEWS)
+    before = features_store.read_meta(out)
+    split_of = dict(zip(before.ids[before.view == 0], before.split[before.view == 0]))
+    lines = csv_index.read_text().strip().splitlines()
+    reversed_csv = csv_index.parent / "reversed.csv"
+    reversed_csv.write_text("\n".join([lines[0], *lines[1:][::-1]]) + "\n")
+    again = run_extract(read_index(reversed_csv), small_vgg(), out, views=VIEWS)
+    assert (again.n_extracted, again.garbage_rows) == (0, 0)
+    for i in range(3):
+        make_image_at = csv_index.parent / "c" / f"{i}.png"
+        make_image_at.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(make_image_at)
+    appended = csv_index.parent / "appended.csv"
+    appended.write_text("\n".join([*lines, "c/0.png,c", "c/1.png,c", "c/2.png,c"]) + "\n")
+    grown = run_extract(read_index(appended), small_vgg(), out, views=VIEWS)
+    meta = features_store.read_meta(out)
+    originals = meta.view == 0
+    assert dict(zip(meta.ids[originals][:8], meta.split[originals][:8])) == split_of
+    new_train = int((meta.split[originals][8:] == "train").sum())
+    assert (grown.n_extracted, grown.garbage_rows) == (3 + 2 * new_train, 0)

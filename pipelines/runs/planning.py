@@ -77,7 +77,7 @@ def plan_rows(index: ImageIndex, store: Path, views: AugmentedViews | None, work
     if prev_root is None or Path(prev_root).resolve() != index.root.resolve():
         known = {}  # another root: the same ids may be other files, so hash them all (extracting none)
     content, stats, reasons = content_keys(index.root, index.ids, known, workers=workers)
-    split = index.split if views is None else training_split(index, views)
+    split = index.split if views is None else training_split(index, views, keys=content)
     source, view = view_layout(split, 0 if views is None else views.k)
     aug = canonical_json(views.to_dict()) if views is not None else ""
     paths, ids = index.paths, index.ids

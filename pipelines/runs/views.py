@@ -20,8 +20,9 @@ from extract.augment import Augmentation, grid_image, row_views
 class AugmentedViews:
     """`k` augmented views of every training row, stored after the originals (see `extract.augment.view_layout`).
 
-    Only rows whose split is "train" get views. When the index has no split column at all, a seeded stratified
-    train/val split of the labelled rows (`validation_fraction`, `seed`) is assigned and stored instead.
+    Only rows whose split is "train" get views. When the index has no split column at all, a seeded train/val split
+    of the labelled rows, drawn per image from its content (`assign_split`: `validation_fraction`, `seed`), is
+    assigned and stored instead.
     The views of an image are drawn from `view_seed(seed, content_seed(its key))`, so they follow the image.
     """
 
@@ -55,35 +56,56 @@ def store_identity(index: ImageIndex, views: AugmentedViews | None) -> str:
     return hashlib.sha256((index.sha256() + canonical_json(views.to_dict())).encode()).hexdigest()
 
 
-def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int = 0) -> list[str]:
-    """A seeded, stratified "train"/"val" split of the labelled rows; unlabelled rows get "" (pure).
+def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int = 0, keys=None) -> list[str]:
+    """A seeded "train"/"val" split of the labelled rows, drawn per image from its content; unlabelled rows get ""
+    (pure).
 
-    Stratified; the only image of a class stays in "train" (held out, it would be a class no head learns), and
-    the other classes are stratified as when every class has 2 images or more (that split is unchanged).
+    Each image draws a number u in [0, 1) from (random_state, its key): `keys`, the images' content keys, or the
+    labels' positions when None. An image is "val" when u < `validation_fraction`, so its split follows its content
+    and nothing else: reordering, relabelling, appending to or moving the index changes no other image's split
+    (and so re-extracts no augmented view). Each class gets about `validation_fraction` of its images, and within
+    a class of 2 images or more at least one "val" (the smallest u) and one "train" (the largest u); the only image
+    of a class stays in "train" (held out, it would be a class no head learns). Rows with the same key (one image
+    listed twice) share their split, so an image is never both trained and validated on.
     """
-    from sklearn.model_selection import train_test_split
-
     labels = np.asarray(labels, dtype=str)
     labelled = np.flatnonzero(labels != "")
     if len(labelled) < 2:
         raise ValueError(f"`--augment` needs at least 2 labelled rows to split. Received: {len(labelled)}")
+    keys = [str(i) for i in range(len(labels))] if keys is None else [k or f"row {i}" for i, k in enumerate(keys)]
+    if len(keys) != len(labels):
+        raise ValueError(f"`keys` must have one key per label. Received: {len(keys)} keys, {len(labels)} labels")
+
+    def draw(key: str) -> float:
+        digest = hashlib.sha256(f"{random_state}:{key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64
+
     split = np.where(labels != "", "train", "").astype(object)
-    classes, counts = np.unique(labels[labelled], return_counts=True)
-    pool = labelled[np.isin(labels[labelled], classes[counts >= 2])]  # every labelled row when no class is single
-    if len(pool):
-        k = int(np.count_nonzero(counts >= 2))
-        n_val = max(1, int(round(validation_fraction * len(labelled))), k)
-        n_val = min(n_val, len(pool) - 1)
-        _, val = train_test_split(pool, test_size=n_val, stratify=labels[pool], random_state=random_state)
-        split[val] = "val"
+    for label in np.unique(labels[labelled]):
+        rows = labelled[labels[labelled] == label]
+        by_key: dict[str, list[int]] = {}
+        for row in rows.tolist():
+            by_key.setdefault(keys[row], []).append(row)
+        if len(by_key) < 2:
+            continue  # the only image of its class: trained on
+        u = {key: draw(key) for key in by_key}
+        val = {key for key, x in u.items() if x < validation_fraction}
+        if not val:
+            val = {min(u, key=u.get)}
+        elif len(val) == len(u):
+            val.discard(max(u, key=u.get))
+        for key in val:
+            split[by_key[key]] = "val"
     return split.tolist()
 
 
-def training_split(index: ImageIndex, views: AugmentedViews) -> list[str]:
-    """The split column of an augmented store: the index's, or an assigned one when the index has none."""
+def training_split(index: ImageIndex, views: AugmentedViews, keys=None) -> list[str]:
+    """The split column of an augmented store: the index's, or, when the index has none, one drawn from the images'
+    content `keys` (see `assign_split`)."""
     split = index.split
     if not any(split):
-        return assign_split(index.labels, validation_fraction=views.validation_fraction, random_state=views.seed)
+        return assign_split(index.labels, validation_fraction=views.validation_fraction, random_state=views.seed,
+                            keys=keys)
     if "train" not in split:
         raise ValueError(
             "`--augment` augments only rows whose split is 'train', and the index's `split` column has none. "
