@@ -43,9 +43,25 @@ def base_rows(root):
     return [(f, f.split("/")[0], "train" if f[2] in "01" else "test") for f in files]
 
 
-def test_relabel_and_new_columns_rewrite_only_the_view_without_keras(image_folder, tmp_path, vgg):
+def _saved_model(path):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 4, strides=4, name="conv")(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="gap")(x)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("model", ["vgg16", "keras"])
+def test_relabel_and_new_columns_rewrite_only_the_view_without_keras(image_folder, tmp_path, vgg, model):
+    """Also for a saved model, whose input size is read from the model: a relabel built it (a review)."""
     csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
     store = tmp_path / "store"
+    if model == "keras":
+        flags = ["--model", "keras", "--weights", str(_saved_model(tmp_path / "m.keras"))]
+        vgg = get_extractor("keras", weights=flags[-1])
+    else:
+        flags = ["--model", "vgg16", "--weights", "none", "--input-size", "32"]
     first = run_extract(read_index(csv), vgg, store, shard_rows=3)
     assert first.n_extracted == 8 and len(features_store.read_info(store).shards) == 3
     before = by_id(store)
@@ -55,8 +71,7 @@ def test_relabel_and_new_columns_rewrite_only_the_view_without_keras(image_folde
     frame.to_csv(csv, index=False)
     script = ("import sys; from pipelines.cli import main; rc = main(sys.argv[1:]); "
               "print('keras loaded' if {'keras', 'tensorflow'} & set(sys.modules) else 'no keras'); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", script, "-q", "extract", str(csv), "--model", "vgg16",
-                          "--weights", "none", "--input-size", "32", "--out", str(store)],
+    out = subprocess.run([sys.executable, "-c", script, "-q", "extract", str(csv), *flags, "--out", str(store)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout and out.stdout.strip().endswith("no keras")

@@ -145,6 +145,27 @@ def test_compaction_copies_a_stored_inf_as_it_is(tmp_path):
     assert np.isinf(stored[[0, 2], 2]).all() and np.isfinite(np.delete(stored, [0, 2], axis=0)).all()  # k1, k5
 
 
+def test_compaction_killed_while_deleting_frees_the_rest_when_run_again(tmp_path):
+    """A compaction killed after its commit, while deleting the old shards, left them on disk; running it again
+    found nothing to rewrite and returned without deleting them: the disk space it promises stayed used (a review
+    reproduced it with SIGKILL and EIO at the second remove)."""
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k, 4)
+    view(store, k[:6])
+    old = {p.name: p.read_bytes() for p in (store / "shards").iterdir()}
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        s.compact()
+    kept = {p.name for p in (store / "shards").iterdir()}
+    for name, data in old.items():  # the files the kill left: unlisted by the committed manifest
+        (store / "shards" / name).write_bytes(data)
+    assert len(list((store / "shards").iterdir())) > len(kept)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        counts = s.compact()
+    assert counts["rows_after"] == counts["rows_before"] == 6
+    assert {p.name for p in (store / "shards").iterdir()} == kept
+    np.testing.assert_array_equal(fs.read_features(store), rows(k[:6]))
+
+
 def test_compaction_resumed_after_an_interruption_keeps_every_live_row(tmp_path):
     """An interrupted compaction has listed some of its new shards beside the old ones (a kill or a full disk
     after their commit); compacting again must keep every live row, the new shards' included."""

@@ -139,9 +139,11 @@ def run_extract(
         def build():
             return [extractor.output_dim], lambda images: [extractor(images)]
 
-        n_extracted = fill_stores(plan, [target], build, input_size=extractor.input_shape[:2], views=views,
-                                  strict=strict, workers=workers, progress=progress,
-                                  batch_size=extractor.batch_size, resize=extractor.resize)
+        # `input_shape` of a saved model (`keras`, `cae`) loads it: only when something is to extract, so that a
+        # relabel, a reorder or a moved root builds no model (and imports no Keras)
+        n_extracted = 0 if not target.missing else fill_stores(
+            plan, [target], build, input_size=extractor.input_shape[:2], views=views, strict=strict, workers=workers,
+            progress=progress, batch_size=extractor.batch_size, resize=extractor.resize)
         session.write_view(**args, versions=base_versions())
         session.remove_orphans()
     info = features_store.read_info(out)
