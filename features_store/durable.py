@@ -70,7 +70,7 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     """Remove the temporary files of `atomic_write`s of `path` whose process is gone (a SIGKILL: an export's is a
     whole copy of the features), so that they neither fill the disk nor fail a free-space check.
 
-    Called by the writers of large files (export, a pretrained model), not by every `atomic_write`: it lists the
+    Called by the writers of large files (export, a pretrained model, predictions), not by every `atomic_write`: it lists the
     folder (a report's thumbnails would make that quadratic). A process is looked for on this machine only: a
     folder that writers on other machines share may lose a live writer's temporary file (its rename then fails,
     and it says so)."""

@@ -159,7 +159,7 @@ def test_inspect_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tm
         run_extract(read_index(csv_index), small_vgg(), out, progress=Interrupted, shard_rows=100)
     status = next(line for line in describe_store(out).splitlines() if line.startswith("status:"))
     assert status == ("status:      INCOMPLETE (8 of 8 rows not extracted yet, 6 of them on disk in the shards of an "
-                      "interrupted run, which a re-run resumes); re-run extract to resume")
+                      "unfinished run (running now, or interrupted: a re-run resumes them)); re-run extract to resume")
     assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 2  # resumed: 6 were kept
 
 

@@ -18,6 +18,7 @@ from extract import ImageChangedError, get_extractor, read_index
 from extract.augment import Augmentation
 from pipelines.cli import main
 from pipelines.runs.extraction import run_extract
+from pipelines.runs.inspection import describe_store
 from pipelines.runs.views import AugmentedViews
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 network, other batch compositions
@@ -110,9 +111,20 @@ def test_removed_rows_become_garbage_until_compact(image_folder, tmp_path, vgg):
     write_csv(csv, rows[2:])
     again = run_extract(read_index(csv), vgg, store)
     assert (again.n_extracted, again.n_rows, again.garbage_rows) == (0, 6, 2)
+    old = {name: (store / "shards" / name).read_bytes() for name in os.listdir(store / "shards")}
     assert main(["-q", "compact", str(store)]) == 0
     info = features_store.read_info(store)
     assert (info.stored_rows, info.garbage_rows, info.n_rows) == (6, 0, 6)
+    assert len(os.listdir(store / "shards")) == len(info.shards)
+    assert not any(line.startswith("unlisted:") for line in describe_store(store).splitlines())
+    # a compaction killed while deleting the old shards leaves them: inspect says so, compact deletes them
+    gone = sorted(set(old) - set(os.listdir(store / "shards")))
+    for name in gone:
+        (store / "shards" / name).write_bytes(old[name])
+    unlisted = [line for line in describe_store(store).splitlines() if line.startswith("unlisted:")]
+    assert len(unlisted) == 1 and unlisted[0].startswith(f"unlisted:    {len(gone)} shard file")
+    assert unlisted[0].endswith(f"(`featurehead compact {store}` deletes those)")
+    assert main(["-q", "compact", str(store)]) == 0
     assert len(os.listdir(store / "shards")) == len(info.shards)
     after = by_id(store)
     assert set(after) == {r[0] for r in rows[2:]}

@@ -39,6 +39,7 @@ def describe_store(store, *, max_failures: int = 20) -> str:
         f"stored:      {info.stored_rows} rows in {len(info.shards)} shard{'' if len(info.shards) == 1 else 's'}, "
         f"{info.garbage_rows} garbage"
         + (f" (`featurehead compact {info.path}` drops them)" if info.garbage_rows else ""),
+        *_unlisted_line(info),
         f"features:    {info.n_features} x {info.dtype} ({info.features_layout} in features.h5)",
         f"classes:     {len(info.classes)}" + (f" ({', '.join(info.classes[:10])}{', ...' if len(info.classes) > 10 else ''})" if info.classes else ""),
         f"splits:      {', '.join(f'{k or (chr(39) * 2)}={v}' for k, v in sorted(info.split_counts.items()))}",
@@ -66,22 +67,39 @@ def _status(info, pending: int) -> str:
         return "complete"
     if pending == 0:  # a run stopped after its last shard, before rewriting the view
         return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
-    resumable = _unlisted_durable_rows(info)
-    on_disk = (f", {resumable} of them on disk in the shards of an interrupted run, which a re-run resumes"
-               if resumable else "")
+    resumable = sum(features_store.durable_rows(info.path, name) for name in _unlisted_shards(info))
+    on_disk = (f", {resumable} of them on disk in the shards of an unfinished run (running now, or interrupted: a "
+               "re-run resumes them)" if resumable else "")
     return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet{on_disk}); re-run extract to resume"
 
 
-def _unlisted_durable_rows(info) -> int:
-    """The final rows of shards that a run wrote but did not finish (so not in the manifest yet): an interrupted
-    run's work, which the next run resumes rather than extracts again."""
+def _unlisted_shards(info) -> list[str]:
+    """Shard files the manifest does not list: an unfinished run's (running, or interrupted: the next run resumes
+    them), or old shards a killed compaction had not deleted yet (the next extract or compact deletes them)."""
     folder = Path(features_store.shards_dir(info.path))
     listed = {s["file"] for s in info.shards}
     try:
-        names = [p.name for p in folder.iterdir() if p.suffix == ".h5" and p.name not in listed]
+        return sorted(p.name for p in folder.iterdir() if p.suffix == ".h5" and p.name not in listed)
     except OSError:
-        return 0
-    return sum(features_store.durable_rows(info.path, name) for name in names)
+        return []
+
+
+def _unlisted_line(info) -> list[str]:
+    """The `unlisted:` line of a complete store that holds shard files its manifest does not list (no line when
+    it holds none; an incomplete store's are in its `status:` line)."""
+    names = _unlisted_shards(info) if info.complete else []
+    if not names:
+        return []
+    folder = Path(features_store.shards_dir(info.path))
+    size = 0
+    for name in names:
+        try:
+            size += (folder / name).stat().st_size
+        except OSError:  # deleted meanwhile
+            pass
+    return [f"unlisted:    {len(names)} shard file{'' if len(names) == 1 else 's'} ({size / 2**20:.1f} MiB) that the "
+            "manifest does not list: a compaction's, running now, or old shards that an interrupted one left "
+            f"(`featurehead compact {info.path}` deletes those)"]
 
 
 def compact_store(store, *, shard_rows: int | None = None) -> dict:

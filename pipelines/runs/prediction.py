@@ -13,7 +13,7 @@ import pandas as pd
 import classify
 import features_store
 from extract import extractor_from_spec, read_index
-from features_store.durable import atomic_write, write_error
+from features_store.durable import atomic_write, remove_dead_writers_files, write_error
 from features_store.manifest import foreign_files, some
 from features_store.reader import open_view
 
@@ -214,6 +214,7 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
         frame["label"] = [known.get(i, "") for i in ids]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_files(out_csv)  # a killed predict's whole CSV, beside it (millions of rows, say)
     write_output(out_csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
     return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
 
