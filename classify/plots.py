@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_confusion_matrix(metrics: dict, path: str | os.PathLike) -> Path:
+def plot_confusion_matrix(metrics: dict, path: str | os.PathLike, *, note: str = "") -> Path:
     """Write the confusion matrix of `evaluate`'s output as a PNG, each cell annotated with its count.
 
     Parameters
     ----------
     metrics : dict
-        As returned by `classify.evaluate`: ``confusion_matrix`` and ``classes`` are used.
+        As returned by `classify.evaluate`: ``confusion_matrix`` and ``classes`` are used (``evaluated_on`` and
+        ``accuracy``, when present, go in the title).
     path : str or PathLike
         The PNG file to write.
+    note : str, default=""
+        A warning printed in red under the title (for example that the features are not pretrained).
 
     Returns
     -------
@@ -29,20 +32,37 @@ def plot_confusion_matrix(metrics: dict, path: str | os.PathLike) -> Path:
         The written file.
     """
     matrix = np.asarray(metrics["confusion_matrix"])
-    classes = metrics["classes"]
-    fig, canvas = new_figure(size=(1.0 + 0.6 * len(classes), 1.0 + 0.5 * len(classes)))
+    classes = [plain_label(c) for c in metrics["classes"]]
+    k = len(classes)
+    # room for the labels (about 0.09 in a character at 10 pt; the x labels are at 45 degrees) and for the
+    # widest count in a cell: without it long class names squeeze the matrix and counts spill over their cells
+    label_in = 0.09 * max((len(c) for c in classes), default=1)
+    digits = len(str(int(matrix.max()))) if matrix.size else 1
+    cell = max(0.6, 0.12 * digits + 0.2)
+    fig, canvas = new_figure(size=(2.2 + cell * k + label_in, 1.6 + cell * k + 0.72 * label_in))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax)
-    ticks = np.arange(len(classes))
+    fig.colorbar(image, ax=ax, label="images (count)", shrink=0.8)
+    ticks = np.arange(k)
     ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
     ax.set_yticks(ticks, labels=classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    title = ", ".join(x for x in (str(metrics.get("evaluated_on", "")),
+                                  f"accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else "") if x)
+    if title:
+        ax.set_title(plain_label(title))
+    if note:
+        fig.suptitle(plain_label(note), color="#c92a2a", fontweight="bold", fontsize=10)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     return save_png(canvas, path)
+
+
+def plain_label(text) -> str:
+    """A label as literal text: matplotlib reads a pair of `$` as mathematics (and fails on a bad formula)."""
+    return str(text).replace("$", r"\$")
 
 
 def plot_history(history: dict, path: str | os.PathLike) -> Path:
@@ -71,12 +91,15 @@ def history_png(history: dict) -> bytes:
 
 
 def _history_canvas(history: dict):
+    from matplotlib.ticker import MaxNLocator
+
     fig, canvas = new_figure(size=(10, 4))
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for key in (metric, f"val_{metric}"):
             if key in history:
                 ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25"
         ax.set_ylabel(metric)
         ax.legend()
     return canvas

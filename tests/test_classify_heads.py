@@ -149,6 +149,14 @@ def test_plots_write_pngs(tmp_path, data):
     assert plt.get_fignums() == []
 
 
+def test_confusion_plot_takes_class_names_literally(tmp_path):
+    # a pair of `$` was read as mathematics: "coins_$1_and_$2" stopped evaluate and report with a parse error
+    metrics = {"confusion_matrix": [[3, 1], [0, 4]], "classes": ["coins_$1_and_$2", "a $b$ <c>"],
+               "evaluated_on": "split 'test'", "accuracy": 0.875}
+    path = plot_confusion_matrix(metrics, tmp_path / "confusion.png", note="random-init weights: NOT pretrained")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_slab_scaler_matches_standard_scaler():
     from classify.scaling import SlabStandardScaler
 

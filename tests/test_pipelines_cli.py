@@ -216,6 +216,8 @@ def test_train_evaluate_predict(store, csv_index, tmp_path, capsys, head, extra)
     # the store the head was trained on: only its held-out rows (2 of 8), never the rows it was fitted on
     assert lines[0] == "evaluated on held-out validation rows (2 images)" and metrics["n_samples"] == 2
     assert (report / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # random-init features: said where the numbers are (the plot says it too), not only by `report`
+    assert lines[-2] == "NOTE: random-init weights: these are NOT pretrained results"
 
     (csv_index.parent / "b" / "bad.png").write_bytes(b"")
     csv_index.write_text(csv_index.read_text() + "b/bad.png,b\n")

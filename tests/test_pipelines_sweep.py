@@ -20,6 +20,7 @@ def test_sweep_cli_writes_one_store_per_layer_and_the_table(csv_index, tmp_path,
     assert main(argv) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(tmp_path / "sweep" / "sweep.csv") and "one forward pass over 3 of the 3 layers;" in out[-2]
+    assert "NOTE: random-init weights: these are NOT pretrained results" in out  # --weights none
     table = pd.read_csv(out[-1])
     assert table["layer"].tolist() == LAYERS and table["dimension"].tolist() == [4096, 2048, 512]
     assert set(table.columns) == {"layer", "dimension", "accuracy", "accuracy_std", "fit_seconds"}

@@ -189,11 +189,14 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from classify import format_metrics
 
-    from ..runs.prediction import run_evaluate
+    from ..runs.prediction import not_pretrained_note, run_evaluate
 
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
     print(format_metrics(metrics))
+    note = not_pretrained_note(args.head)
+    if note:
+        print(f"NOTE: {note}")
     print(Path(args.out))
     return 0
 

@@ -26,6 +26,7 @@ def cmd_sweep(args) -> int:
     import features_store
     from extract import read_index
 
+    from ..runs.prediction import NOT_PRETRAINED
     from ..workflows.sweep import run_sweep
 
     if args.layer is not None:
@@ -36,6 +37,8 @@ def cmd_sweep(args) -> int:
     result = run_sweep(index, extractor, layers, args.out, store_dir=args.store_dir, cv=args.cv,
                        workers=args.workers, progress=progress(args, f"sweep {extractor.name}"))
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if (extractor.spec().get("config") or {}).get("weights") in (None, "none"):
+        print(f"NOTE: {NOT_PRETRAINED}")
     done = result.extracted_layers
     if done:
         print(f"extracted {result.n_extracted} rows in one forward pass over {len(done)} of the {len(layers)} layers"

@@ -27,6 +27,7 @@ def add_parsers(sub) -> None:
 
 def cmd_report(args) -> int:
     from ..report.run import run_report
+    from ..runs.prediction import NOT_PRETRAINED
 
     if args.mistakes < 0:
         raise ValueError(f"`--mistakes` must be a non-negative integer. Received: --mistakes {args.mistakes}")
@@ -40,7 +41,7 @@ def cmd_report(args) -> int:
         where = f" of split {args.split!r}" if args.split else ""
         print(f"{result.n_failed} rows{where} failed at extraction; the page lists them with their reasons")
     if result.random_init:
-        print("NOTE: random-init weights: these are NOT pretrained results")
+        print(f"NOTE: {NOT_PRETRAINED}")
     for note in result.notes:
         print(f"NOTE: {note}")
     print(result.page)

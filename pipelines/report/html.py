@@ -150,7 +150,8 @@ def _figures(figures: list) -> str:
             items.append(f'<p class="note">{escape(fig.title)}: {escape(fig.note)}</p>')
         else:
             caption = escape(fig.title) + (f" — {escape(fig.note)}" if fig.note else "")
-            items.append(f'<figure><img src="{escape(fig.src)}" alt="{escape(fig.title)}">'
+            items.append(f'<figure><a href="{escape(fig.src)}" title="open at full size"><img src="{escape(fig.src)}" '
+                         f'alt="{escape(fig.title)}"></a>'
                          f"<figcaption>{caption}</figcaption></figure>")
     return '<div class="figs">' + "".join(items) + "</div>"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from classify.plots import new_figure, save_png
+from classify.plots import plain_label as _plain
 
 ANNOTATE_MAX_CLASSES = 30  # past this many classes the cells are too small to print numbers in
 
@@ -22,13 +23,15 @@ def plot_confusion_normalized(matrix, classes, path) -> Path:
     totals = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     k = len(classes)
-    side = min(2.5 + 0.55 * k, 24.0)
-    fig, canvas = new_figure((side + 1.2, side))
+    # at least 7 pt labels: the page shows the picture scaled to its width, and it links to it at full size
+    label_in = 0.06 * max((len(str(c)) for c in classes), default=1)
+    side = 2.5 + (0.55 * k if k <= ANNOTATE_MAX_CLASSES else 0.16 * k)
+    fig, canvas = new_figure((side + label_in + 1.2, side + 0.72 * label_in))
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
     ticks = np.arange(k)
-    size = 9 if k <= 15 else 7 if k <= ANNOTATE_MAX_CLASSES else 5
+    size = 9 if k <= 15 else 7
     ax.set_xticks(ticks, labels=[_plain(c) for c in classes], rotation=45, ha="right", fontsize=size)
     ax.set_yticks(ticks, labels=[_plain(c) for c in classes], fontsize=size)
     ax.set_xlabel("predicted")
@@ -60,11 +63,9 @@ def plot_reliability(bins: dict, path) -> Path:
     top.set_title(f"expected calibration error {bins['ece']:.3f}")
     top.legend(loc="upper left")
     bottom.bar(centers, count, width=width, edgecolor="black", color="lightgrey")
+    for x, n in zip(centers[filled], count[filled]):  # a bin of 2 rows is invisible beside one of 300
+        bottom.annotate(str(int(n)), (x, n), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+    bottom.set_ylim(0, max(int(count.max()), 1) * 1.3)
     bottom.set_xlabel("probability of the predicted class")
     bottom.set_ylabel("rows")
     return save_png(canvas, path)
-
-
-def _plain(text) -> str:
-    """A label as literal text: matplotlib would read a pair of `$` as mathematics."""
-    return str(text).replace("$", r"\$")

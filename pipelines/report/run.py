@@ -19,6 +19,7 @@ import classify
 import features_store
 
 from ..runs.prediction import (
+    NOT_PRETRAINED,
     evaluation,
     load_head_bundle,
     on_training_store,
@@ -86,11 +87,12 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     with output_lock(out_dir):  # another report or evaluate into this folder meanwhile would mix its files in
         # the old page goes first: a failure below (a full disk) would leave it beside the new figures and numbers
         (out_dir / PAGE).unlink(missing_ok=True)
-        write_evaluation(out_dir, metrics)  # metrics.json + confusion_matrix.png, as `evaluate` writes them
+        random_init = data.weights_statement(bundle.manifest.get("extractor") or {})[1]
+        # metrics.json + confusion_matrix.png, as `evaluate` writes them
+        write_evaluation(out_dir, metrics, note=NOT_PRETRAINED if random_init else "")
         gallery = _gallery(scored, mistakes, root, out_dir / THUMBS_DIR, thumb_size)
         figures = _figures(bundle, metrics, data.reliability(scored.confidence, scored.correct), out_dir)
         failed = np.flatnonzero(~meta.ok & (meta.view == 0) & ((meta.split == split) if split else True))
-        random_init = data.weights_statement(bundle.manifest.get("extractor") or {})[1]
         facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
                                evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
                                images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
@@ -215,10 +217,13 @@ def write_thumbnails(ids, root: Path | None, folder: Path, *, size: int = 160) -
 def _figures(bundle, metrics: dict, bins: dict, out_dir: Path) -> list[Figure]:
     folder = out_dir / FIGURES_DIR
     k = len(metrics["classes"])
-    note = "" if k <= ANNOTATE_MAX_CLASSES else f"{k} classes: too many to print numbers; the counts are in metrics.json"
+    annotated = k <= ANNOTATE_MAX_CLASSES
+    note = "click it to open it at full size" if annotated else (
+        f"{k} classes: too many to print numbers (the counts are in confusion_matrix.png and metrics.json); "
+        "click it to open it at full size")
     plot_confusion_normalized(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_normalized.png")
-    figures = [Figure("confusion matrix, each row divided by its true class's count (counts in brackets)",
-                      f"{FIGURES_DIR}/confusion_normalized.png", note)]
+    figures = [Figure("confusion matrix, each row divided by its true class's count"
+                      + (" (counts in brackets)" if annotated else ""), f"{FIGURES_DIR}/confusion_normalized.png", note)]
     estimator = bundle.estimator
     history = getattr(estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator, "history_", None)
     head = (bundle.manifest.get("params") or {}).get("head", "this")

@@ -30,8 +30,21 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
     """
     metrics = evaluation(bundle_path, store, out_dir, split=split)
     with output_lock(out_dir):
-        write_evaluation(out_dir, metrics)
+        write_evaluation(out_dir, metrics, note=not_pretrained_note(bundle_path))
     return metrics
+
+
+NOT_PRETRAINED = "random-init weights: these are NOT pretrained results"
+
+
+def not_pretrained_note(bundle_path) -> str:
+    """`NOT_PRETRAINED` when the bundle's features come from a random-init extractor (``--weights none``), else ""."""
+    try:
+        manifest = classify.bundle.manifest.read_manifest(Path(bundle_path))
+    except (classify.ClassifyError, OSError):
+        return ""
+    config = (manifest.get("extractor") or {}).get("config") or {}
+    return NOT_PRETRAINED if "weights" in config and config["weights"] in (None, "none") else ""
 
 
 def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
@@ -107,12 +120,12 @@ def _is_report_page(path: Path) -> bool:
         return False
 
 
-def write_evaluation(out_dir, metrics: dict) -> None:
-    """`out_dir/metrics.json` and `out_dir/confusion_matrix.png`, each replaced whole."""
+def write_evaluation(out_dir, metrics: dict, *, note: str = "") -> None:
+    """`out_dir/metrics.json` and `out_dir/confusion_matrix.png` (`note` in red on the plot), each replaced whole."""
     out_dir = Path(out_dir)
     text = json.dumps(metrics, indent=2)
     write_output(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
-    classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+    classify.plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png", note=note)
 
 
 OUTPUT_LOCK = ".featurehead.lock"

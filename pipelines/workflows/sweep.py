@@ -20,7 +20,7 @@ from extract import ImageIndex
 
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
-from ..runs.prediction import write_output
+from ..runs.prediction import NOT_PRETRAINED, write_output
 from ..runs.versions import base_versions
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,10 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "sweep.csv"
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    png = plot_sweep(table, out_dir / "sweep.png")
+    weights = (extractor.spec().get("config") or {}).get("weights")
+    shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
+    png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
+                     note=NOT_PRETRAINED if weights in (None, "none") else "")
     return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
 
 
@@ -224,19 +227,25 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
             "accuracy_std": float(np.std(scores["test_score"])), "fit_seconds": float(np.mean(scores["fit_time"]))}
 
 
-def plot_sweep(table: pd.DataFrame, path) -> Path:
-    """Accuracy ± std per layer, annotated with the dimension (a `Figure` on the Agg canvas: no pyplot state)."""
+def plot_sweep(table: pd.DataFrame, path, *, title: str = "layer sweep", note: str = "") -> Path:
+    """Accuracy ± std per layer, annotated with the accuracy and the dimension (a `Figure` on the Agg canvas: no
+    pyplot state); `note` in red under the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from classify.plots import save_png
 
-    fig = Figure(figsize=(max(4, 1.4 * len(table)), 3.5), layout="tight")
+    longest = max((len(str(layer)) for layer in table["layer"]), default=1)
+    fig = Figure(figsize=(max(4, 1.4 * len(table)), 3.5 + 0.06 * longest), layout="tight")
     ax = fig.add_subplot()
     ax.bar(table["layer"], table["accuracy"], yerr=table["accuracy_std"], capsize=4, color="tab:blue")
-    for x, (acc, dim) in enumerate(zip(table["accuracy"], table["dimension"])):
-        ax.annotate(f"d={dim}", (x, acc), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    ax.set_ylim(0, 1.1)
+    for x, (acc, std, dim) in enumerate(zip(table["accuracy"], table["accuracy_std"], table["dimension"])):
+        ax.annotate(f"{acc:.3f}\nd={dim}", (x, acc + std), textcoords="offset points", xytext=(0, 3), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.2)
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.set_ylabel("CV accuracy (logistic regression)")
-    ax.set_title("layer sweep")
+    ax.set_title(title + (f"\n{note}" if note else ""), color="#c92a2a" if note else "black", fontsize=10)
     return save_png(FigureCanvasAgg(fig), path)
