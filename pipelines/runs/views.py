@@ -81,11 +81,10 @@ def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int 
         return int.from_bytes(digest[:8], "big") / 2.0**64
 
     split = np.where(labels != "", "train", "").astype(object)
-    for label in np.unique(labels[labelled]):
-        rows = labelled[labels[labelled] == label]
-        by_key: dict[str, list[int]] = {}
-        for row in rows.tolist():
-            by_key.setdefault(keys[row], []).append(row)
+    classes: dict[str, dict[str, list[int]]] = {}  # label -> key -> its rows (one pass: many classes stay cheap)
+    for row in labelled.tolist():
+        classes.setdefault(labels[row], {}).setdefault(keys[row], []).append(row)
+    for by_key in classes.values():
         if len(by_key) < 2:
             continue  # the only image of its class: trained on
         u = {key: draw(key) for key in by_key}
