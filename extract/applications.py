@@ -54,6 +54,8 @@ def _imagenet_stem_in(f) -> bool:
     """`_imagenet_stem` of an open HDF5 weights file (see there)."""
     if "layers" in f:  # Keras 3: one entry per layer, named by class
         return "rescaling_1" in f["layers"]
+    if "layer_names" not in f.attrs and "model_weights" in f:  # a whole model saved as legacy HDF5 (model.save(
+        f = f["model_weights"]  # "x.h5")): its weights are in this group, as Keras reads them (saving_api.load_weights)
     from keras.src.applications.efficientnet import IMAGENET_STDDEV_RGB
 
     for layer in f.attrs.get("layer_names", []):  # legacy: a group per layer, its weights named in an attribute

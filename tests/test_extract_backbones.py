@@ -229,6 +229,8 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
     imagenet.save_weights(saved)
     archive = tmp_path / "imagenet_model.keras"  # a whole saved model: its weights are read the same way
     imagenet.save(archive)
+    whole_h5 = tmp_path / "imagenet_model.h5"  # a whole model as legacy HDF5: its weights are under model_weights/
+    imagenet.save(whole_h5)
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     layer = "stem_activation"  # right after the scaling (the random init's last layer is ~1e-17: no test there)
 
@@ -237,7 +239,7 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
         return keras.ops.convert_to_numpy(cut(images.astype("float32"), training=False)).mean(axis=(1, 2))
 
     expected = keras_own(imagenet)
-    for path in (saved, archive, legacy):
+    for path in (saved, archive, whole_h5, legacy):
         ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
         _close(ours(images), expected)
         assert ours.spec()["efficientnet_stem"] == "imagenet"
