@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+COUNTS_MAX_CLASSES = 60  # past this many classes the counts are not printed in the cells (they are in metrics.json)
+
 
 def plot_confusion_matrix(metrics: dict, path: str | os.PathLike, *, note: str = "") -> Path:
-    """Write the confusion matrix of `evaluate`'s output as a PNG, each cell annotated with its count.
+    """Write the confusion matrix of `evaluate`'s output as a PNG, each cell annotated with its count (up to
+    `COUNTS_MAX_CLASSES` classes; past it the counts are in metrics.json only and the figure stops growing).
 
     Parameters
     ----------
@@ -34,18 +37,22 @@ def plot_confusion_matrix(metrics: dict, path: str | os.PathLike, *, note: str =
     matrix = np.asarray(metrics["confusion_matrix"])
     classes = [plain_label(c) for c in metrics["classes"]]
     k = len(classes)
+    digits = len(str(int(matrix.max()))) if matrix.size else 1
+    annotate = k <= COUNTS_MAX_CLASSES  # past it the figure grew by k squared (150 classes: 4.5 GB to draw)
+    # past it cells of 0.16 in, at most 48 in in all (1000 classes at 0.16 in took 7.5 GB to draw)
+    cell = max(0.6, 0.12 * digits + 0.2) if annotate else min(0.16, 48 / k)
+    if cell < 0.08:  # labels of 6 pt no longer fit: the classes are in metrics.json, in this order
+        classes = [""] * k
     # room for the labels (about 0.09 in a character at 10 pt; the x labels are at 45 degrees) and for the
     # widest count in a cell: without it long class names squeeze the matrix and counts spill over their cells
-    label_in = 0.09 * max((len(c) for c in classes), default=1)
-    digits = len(str(int(matrix.max()))) if matrix.size else 1
-    cell = max(0.6, 0.12 * digits + 0.2)
+    label_in = (0.09 if annotate else 0.055) * max((len(c) for c in classes), default=1)
     fig, canvas = new_figure(size=(2.2 + cell * k + label_in, 1.6 + cell * k + 0.72 * label_in))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, label="images (count)", shrink=0.8)
     ticks = np.arange(k)
-    ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, labels=classes)
+    ax.set_xticks(ticks, labels=classes, rotation=45, ha="right", fontsize=None if annotate else 6)
+    ax.set_yticks(ticks, labels=classes, fontsize=None if annotate else 6)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     title = ", ".join(x for x in (str(metrics.get("evaluated_on", "")),
@@ -55,7 +62,7 @@ def plot_confusion_matrix(metrics: dict, path: str | os.PathLike, *, note: str =
     if note:
         fig.suptitle(plain_label(note), color="#c92a2a", fontweight="bold", fontsize=10)
     threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
+    for (i, j), count in np.ndenumerate(matrix if annotate else np.empty((0, 0))):  # else: in metrics.json
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     return save_png(canvas, path)
 

@@ -15,7 +15,7 @@ import numpy as np
 from features_store import schema
 from features_store.manifest import commit_manifest
 from features_store.plan import default_shard_rows, plan_shards
-from features_store.shard import read_shard, shard_path
+from features_store.shard import read_shard, shard_path, shards_dir
 from features_store.view import take_rows, view_columns
 
 
@@ -41,8 +41,8 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
         (keep if len(wanted) == len(keys) else rewrite).append((record, keys, wanted))
     if not rewrite:
         # nothing to copy, but a compaction stopped while deleting (a kill, an I/O error) left the old shards it had
-        # already unlisted: they are the disk space this command promises to free
-        session.remove_orphans()
+        # already unlisted: they are the disk space this command promises to free (not an unfinished extract's)
+        session.remove_orphans(keep=_resumable(session, live - seen))
         return {"rows_before": before.stored_rows, "rows_after": before.stored_rows,
                 "shards_before": len(before.shards), "shards_after": len(before.shards)}
     # the old shards stay listed until the new view no longer uses them: a crash here loses nothing
@@ -71,9 +71,29 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
                        index_sha256=str(cols["attrs"].get("index_sha256", "")),
                        versions=_json_attr(cols["attrs"].get("versions")))
     commit_manifest(session.store, session.manifest)  # only now are the rewritten shards unlisted
-    session.remove_orphans()
+    session.remove_orphans(keep=_resumable(session, live - seen))
     return {"rows_before": before.stored_rows, "rows_after": session.manifest.stored_rows,
             "shards_before": len(before.shards), "shards_after": len(session.manifest.shards)}
+
+
+def _resumable(session, pending: set[str]) -> list[str]:
+    """The unlisted shard files that hold a live key no listed shard holds: an unfinished extract's, which its
+    re-run resumes (a compaction's leftovers hold only moved or dead keys)."""
+    if not pending:
+        return []
+    folder = shards_dir(session.store)
+    listed = {s.file for s in session.manifest.shards}
+    keep = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name in listed or not name.endswith(".h5"):
+            continue
+        try:
+            with h5py.File(os.path.join(folder, name), "r", locking=False) as f:
+                if pending.intersection(f["keys"].asstr()[:].tolist()):
+                    keep.append(name)
+        except (OSError, KeyError, RuntimeError, ValueError):
+            continue
+    return keep
 
 
 def _gather(store: str, picked) -> tuple[np.ndarray, np.ndarray, list[str]]:

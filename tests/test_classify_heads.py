@@ -157,6 +157,19 @@ def test_confusion_plot_takes_class_names_literally(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_confusion_plot_of_many_classes_stays_bounded(tmp_path):
+    """Past 60 classes the counts leave the cells and the figure stops growing with the classes (1000 classes
+    took gigabytes to draw)."""
+    from PIL import Image
+
+    k = 400
+    matrix = np.diag(np.full(k, 12345))
+    path = plot_confusion_matrix({"confusion_matrix": matrix.tolist(), "classes": [f"class {i}" for i in range(k)]},
+                                 tmp_path / "confusion.png")
+    with Image.open(path) as im:
+        assert max(im.size) < 100 * 60  # 48 in of cells and the labels, at 100 dpi
+
+
 def test_slab_scaler_matches_standard_scaler():
     from classify.scaling import SlabStandardScaler
 

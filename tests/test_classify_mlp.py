@@ -137,6 +137,7 @@ def test_class_weight_and_sample_weight(data):
         pytest.param("validation_fraction", None, id="validation_fraction-none"),
         pytest.param("early_stopping", "no", id="early_stopping-str"),  # a truthy string turned it on
         pytest.param("class_weight", "balance", id="class_weight-typo"),
+        pytest.param("class_weight", np.array([1.0, 2.0]), id="class_weight-array"),
     ],
 )
 def test_bad_params_raise_in_fit(data, param, value):

@@ -292,3 +292,11 @@ def test_an_assigned_split_survives_a_reorder_and_an_append(csv_index, tmp_path)
     assert dict(zip(meta.ids[originals][:8], meta.split[originals][:8])) == split_of
     new_train = int((meta.split[originals][8:] == "train").sum())
     assert (grown.n_extracted, grown.garbage_rows) == (3 + 2 * new_train, 0)
+
+
+def test_assign_split_counts_no_unreadable_row():
+    """A class of one readable and one unreadable image: the readable one is trained on (it was 'val' for about
+    half the seeds, and `train --head mlp` then refused the store: a 'val' label that no 'train' row has)."""
+    for seed in range(20):
+        split = assign_split(["a", "a", "b", "b"], random_state=seed, keys=["ka", "", "kb", "kc"])
+        assert split[:2] == ["train", "train"] and sorted(split[2:]) == ["train", "val"]

@@ -163,6 +163,30 @@ def test_inspect_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tm
     assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 2  # resumed: 6 were kept
 
 
+def test_compact_keeps_the_shards_an_interrupted_extract_resumes(csv_index, tmp_path):
+    """compact deleted every shard file its manifest does not list, an interrupted extract's unfinished shards
+    too, so the re-run extracted all 8 rows again (a review of this change found it)."""
+    class Interrupted:
+        def __init__(self, total, initial):
+            self.done = 0
+
+        def update(self, n):
+            self.done += n
+            if self.done >= 6:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(read_index(csv_index), small_vgg(), out, progress=Interrupted, shard_rows=100)
+    from pipelines.runs.inspection import compact_store
+
+    compact_store(out)
+    assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 2  # resumed: 6 were kept
+
+
 def _many_images(tmp_path, n):
     root = tmp_path / "many"
     rows = ["filename,label"]

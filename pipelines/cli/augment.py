@@ -17,7 +17,7 @@ def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None
                        help="seed of the views, with each image's content (so they follow the image; default: 0)")
         g.add_argument("--validation-fraction", type=float, default=0.2,
                        help="with --augment and an index without a split column: about this share of each class "
-                       "is 'val', drawn per image from its content, so a relabel or reorder moves no image (default: 0.2)")
+                       "is 'val', drawn per image from its content, so a reorder moves no image (default: 0.2)")
     g.add_argument("--rotation", type=float, default=_AUGMENT_DEFAULTS["rotation"], help="RandomRotation factor, fraction of a turn (0.1)")
     g.add_argument("--zoom", type=float, default=_AUGMENT_DEFAULTS["zoom"], help="RandomZoom factor (0.1)")
     g.add_argument("--contrast", type=float, default=_AUGMENT_DEFAULTS["contrast"], help="RandomContrast factor (0: off)")

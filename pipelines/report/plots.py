@@ -25,7 +25,7 @@ def plot_confusion_normalized(matrix, classes, path) -> Path:
     k = len(classes)
     # at least 7 pt labels: the page shows the picture scaled to its width, and it links to it at full size
     label_in = 0.06 * max((len(str(c)) for c in classes), default=1)
-    side = 2.5 + (0.55 * k if k <= ANNOTATE_MAX_CLASSES else 0.16 * k)
+    side = 2.5 + (0.55 * k if k <= ANNOTATE_MAX_CLASSES else min(0.16 * k, 48.0))  # 1000 classes: 7 GB uncapped
     fig, canvas = new_figure((side + label_in + 1.2, side + 0.72 * label_in))
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)

@@ -219,7 +219,8 @@ def _figures(bundle, metrics: dict, bins: dict, out_dir: Path) -> list[Figure]:
     k = len(metrics["classes"])
     annotated = k <= ANNOTATE_MAX_CLASSES
     note = "click it to open it at full size" if annotated else (
-        f"{k} classes: too many to print numbers (the counts are in confusion_matrix.png and metrics.json); "
+        f"{k} classes: too many to print numbers (the counts are in metrics.json"
+        + (" and confusion_matrix.png" if k <= classify.plots.COUNTS_MAX_CLASSES else "") + "); "
         "click it to open it at full size")
     plot_confusion_normalized(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_normalized.png")
     figures = [Figure("confusion matrix, each row divided by its true class's count"

@@ -61,18 +61,19 @@ def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int 
     (pure).
 
     Each image draws a number u in [0, 1) from (random_state, its key): `keys`, the images' content keys, or the
-    labels' positions when None. An image is "val" when u < `validation_fraction`, so its split follows its content
-    and nothing else: reordering, relabelling, appending to or moving the index changes no other image's split
-    (and so re-extracts no augmented view). Each class gets about `validation_fraction` of its images, and within
-    a class of 2 images or more at least one "val" (the smallest u) and one "train" (the largest u); the only image
-    of a class stays in "train" (held out, it would be a class no head learns). Rows with the same key (one image
-    listed twice) share their split, so an image is never both trained and validated on.
+    labels' positions when None. An image is "val" when u < `validation_fraction`, so its split follows its content:
+    reordering or moving the index changes no image's split (and so re-extracts no augmented view). Each class gets
+    about `validation_fraction` of its images, and within a class of 2 readable images or more at least one "val"
+    (the smallest u, when no u fell below the fraction) and one "train" (the largest u, when every u did): in such a
+    small class an appended or relabelled image can move that one image. The only image of a class stays in
+    "train" (held out, it would be a class no head learns); an unreadable row (key "") is "train" and does not
+    count. Rows with the same key and label (one image listed twice) share their split.
     """
     labels = np.asarray(labels, dtype=str)
     labelled = np.flatnonzero(labels != "")
     if len(labelled) < 2:
         raise ValueError(f"`--augment` needs at least 2 labelled rows to split. Received: {len(labelled)}")
-    keys = [str(i) for i in range(len(labels))] if keys is None else [k or f"row {i}" for i, k in enumerate(keys)]
+    keys = [str(i) for i in range(len(labels))] if keys is None else list(keys)
     if len(keys) != len(labels):
         raise ValueError(f"`keys` must have one key per label. Received: {len(keys)} keys, {len(labels)} labels")
 
@@ -83,6 +84,8 @@ def assign_split(labels, *, validation_fraction: float = 0.2, random_state: int 
     split = np.where(labels != "", "train", "").astype(object)
     classes: dict[str, dict[str, list[int]]] = {}  # label -> key -> its rows (one pass: many classes stay cheap)
     for row in labelled.tolist():
+        if not keys[row]:  # unreadable (key ""): never trained or validated on, so it neither counts nor is drawn
+            continue
         classes.setdefault(labels[row], {}).setdefault(keys[row], []).append(row)
     for by_key in classes.values():
         if len(by_key) < 2:
