@@ -137,26 +137,34 @@ def test_progress_callback_sees_every_row(csv_index, tmp_path):
     assert seen[0] == ("start", 8, 0) and sum(n for n in seen[1:-1]) == 8 and seen[-1] == "closed"
 
 
+class _StopAfterSix:
+    """A progress bar that stops the run (a Ctrl-C) once 6 rows are durable."""
+
+    def __init__(self, total, initial):
+        self.done = 0
+
+    def update(self, n):  # called once a batch is durable
+        self.done += n
+        if self.done >= 6:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+def _interrupted_store(csv_index, tmp_path):
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(read_index(csv_index), small_vgg(), out, progress=_StopAfterSix, shard_rows=100)
+    return out
+
+
 def test_inspect_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tmp_path):
     """After a Ctrl-C, inspect said "stored: 0 rows" and "8 of 8 rows not extracted yet" though the interrupted
     shard held durable rows that the re-run resumed."""
     from pipelines.runs.inspection import describe_store
 
-    class Interrupted:
-        def __init__(self, total, initial):
-            self.done = 0
-
-        def update(self, n):  # called once a batch is durable
-            self.done += n
-            if self.done >= 6:
-                raise KeyboardInterrupt
-
-        def close(self):
-            pass
-
-    out = tmp_path / "s"
-    with pytest.raises(KeyboardInterrupt):
-        run_extract(read_index(csv_index), small_vgg(), out, progress=Interrupted, shard_rows=100)
+    out = _interrupted_store(csv_index, tmp_path)
     status = next(line for line in describe_store(out).splitlines() if line.startswith("status:"))
     assert status == ("status:      INCOMPLETE (8 of 8 rows not extracted yet, 6 of them on disk in the shards of an "
                       "unfinished run (running now, or interrupted: a re-run resumes them)); re-run extract to resume")
@@ -166,23 +174,9 @@ def test_inspect_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tm
 def test_compact_keeps_the_shards_an_interrupted_extract_resumes(csv_index, tmp_path):
     """compact deleted every shard file its manifest does not list, an interrupted extract's unfinished shards
     too, so the re-run extracted all 8 rows again (a review of this change found it)."""
-    class Interrupted:
-        def __init__(self, total, initial):
-            self.done = 0
-
-        def update(self, n):
-            self.done += n
-            if self.done >= 6:
-                raise KeyboardInterrupt
-
-        def close(self):
-            pass
-
-    out = tmp_path / "s"
-    with pytest.raises(KeyboardInterrupt):
-        run_extract(read_index(csv_index), small_vgg(), out, progress=Interrupted, shard_rows=100)
     from pipelines.runs.inspection import compact_store
 
+    out = _interrupted_store(csv_index, tmp_path)
     compact_store(out)
     assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 2  # resumed: 6 were kept
 
