@@ -258,8 +258,9 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             "validation_fraction": (real(self.validation_fraction) and 0 < self.validation_fraction < 1,
                                     "a number in (0, 1)"),
             "patience": (integer(self.patience) and self.patience >= 0, "a non-negative integer"),
-            "class_weight": (self.class_weight is None or isinstance(self.class_weight, str) and self.class_weight == "balanced"
-                             or isinstance(self.class_weight, dict), "a dict, 'balanced' or None"),
+            "class_weight": (self.class_weight is None or isinstance(self.class_weight, dict)
+                             or (isinstance(self.class_weight, str) and self.class_weight == "balanced"),
+                             "a dict, 'balanced' or None"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
