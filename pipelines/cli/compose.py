@@ -26,7 +26,7 @@ def cmd_sweep(args) -> int:
     import features_store
     from extract import read_index
 
-    from ..runs.prediction import NOT_PRETRAINED
+    from ..runs.prediction import NOT_PRETRAINED, random_init
     from ..workflows.sweep import run_sweep
 
     if args.layer is not None:
@@ -37,7 +37,7 @@ def cmd_sweep(args) -> int:
     result = run_sweep(index, extractor, layers, args.out, store_dir=args.store_dir, cv=args.cv,
                        workers=args.workers, progress=progress(args, f"sweep {extractor.name}"))
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if (extractor.spec().get("config") or {}).get("weights") in (None, "none"):
+    if random_init(extractor.spec()):
         print(f"NOTE: {NOT_PRETRAINED}")
     done = result.extracted_layers
     if done:

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from ..runs.prediction import trained_rows
+from ..runs.prediction import random_init, trained_rows
 
 TOP_K = 5  # top-k accuracy is shown when there are more than TOP_K classes
 
@@ -122,7 +122,7 @@ def weights_statement(extractor: dict) -> tuple[str, bool]:
     """How the extractor's weights read to a person, and whether they are a random init (not pretrained)."""
     config = extractor.get("config") or {}
     weights = config.get("weights")
-    if weights in (None, "none"):
+    if random_init(extractor):
         return f"random init (seed {config.get('seed', 0)}): NOT pretrained", True
     if weights == "imagenet":
         return "ImageNet-pretrained", False

@@ -37,14 +37,19 @@ def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> di
 NOT_PRETRAINED = "random-init weights: these are NOT pretrained results"
 
 
+def random_init(spec: dict) -> bool:
+    """Whether an extractor's spec (a store's, a bundle's, `Extractor.spec()`) is a random init (`--weights none`):
+    its results are not pretrained ones, and every output that shows them says so."""
+    return ((spec or {}).get("config") or {}).get("weights") in (None, "none")
+
+
 def not_pretrained_note(bundle_path) -> str:
-    """`NOT_PRETRAINED` when the bundle's features come from a random-init extractor (``--weights none``), else ""."""
+    """`NOT_PRETRAINED` when the bundle's features come from a random-init extractor, else ""."""
     try:
         manifest = classify.bundle.manifest.read_manifest(Path(bundle_path))
     except (classify.ClassifyError, OSError):
         return ""
-    config = (manifest.get("extractor") or {}).get("config") or {}
-    return NOT_PRETRAINED if "weights" in config and config["weights"] in (None, "none") else ""
+    return NOT_PRETRAINED if random_init(manifest.get("extractor") or {}) else ""
 
 
 def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict:

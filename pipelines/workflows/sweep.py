@@ -20,7 +20,7 @@ from extract import ImageIndex
 
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
-from ..runs.prediction import NOT_PRETRAINED, write_output
+from ..runs.prediction import NOT_PRETRAINED, random_init, write_output
 from ..runs.versions import base_versions
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def run_sweep(
     weights = (extractor.spec().get("config") or {}).get("weights")
     shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
     png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
-                     note=NOT_PRETRAINED if weights in (None, "none") else "")
+                     note=NOT_PRETRAINED if random_init(extractor.spec()) else "")
     return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
 
 
