@@ -91,6 +91,8 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
     recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),
-                                 out.parent / "reconstructions.png", channels=config.channels)
+                                 out.parent / "reconstructions.png", channels=config.channels,
+                                 source="images the CAE was fitted on (" + (
+                                     "its 'train' split)" if has_split else "the whole index)"))
     logger.info("trained a CAE on %d images; final loss %.4f", len(paths), history["loss"][-1])
     return PretrainResult(out, loss_plot, history, len(paths), timer.seconds, reconstructions=recon)
