@@ -29,14 +29,18 @@ def get_extractor_class(name: str) -> type:
     found = _REGISTRY.get(name) or (_REGISTRY.get(name.lower()) if isinstance(name, str) else None)
     if found is not None:
         return found
-    import difflib
-
-    close = difflib.get_close_matches(str(name).lower(), known_extractors(), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise UnknownExtractorError(
         f"`model` must be one of {', '.join(repr(n) for n in known_extractors())}. Received: model={name!r}"
-        + (f" ({hint.rstrip()})" if hint else "")
+        + did_you_mean(name, known_extractors())
     )
+
+
+def did_you_mean(name, choices) -> str:
+    """" (did you mean 'resnet50'?)" for a misspelt name among `choices` (compared in lower case), else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def get_extractor(name: str, **config):

@@ -39,7 +39,15 @@ from features_store.reader import (
     read_meta,
 )
 from features_store.schema import SCHEMA_VERSION
-from features_store.shard import ShardWriter, durable_rows, plan_resuming, runtime_tag, shard_name, shards_dir
+from features_store.shard import (
+    ShardWriter,
+    durable_rows,
+    plan_resuming,
+    runtime_tag,
+    shard_name,
+    shards_dir,
+    unlisted_shards,
+)
 from features_store.store import StoreSession, is_writable
 
 __all__ = [
@@ -84,4 +92,5 @@ __all__ = [
     "shard_name",
     "shard_rows_candidates",
     "shards_dir",
+    "unlisted_shards",
 ]

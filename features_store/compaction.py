@@ -15,7 +15,7 @@ import numpy as np
 from features_store import schema
 from features_store.manifest import commit_manifest
 from features_store.plan import default_shard_rows, plan_shards
-from features_store.shard import read_shard, shard_path, shards_dir
+from features_store.shard import read_shard, shard_path, unlisted_shards
 from features_store.view import take_rows, view_columns
 
 
@@ -81,14 +81,10 @@ def _resumable(session, pending: set[str]) -> list[str]:
     re-run resumes (a compaction's leftovers hold only moved or dead keys)."""
     if not pending:
         return []
-    folder = shards_dir(session.store)
-    listed = {s.file for s in session.manifest.shards}
     keep = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        if name in listed or not name.endswith(".h5"):
-            continue
+    for name in unlisted_shards(session.store, (s.file for s in session.manifest.shards)):
         try:
-            with h5py.File(os.path.join(folder, name), "r", locking=False) as f:
+            with h5py.File(shard_path(session.store, name), "r", locking=False) as f:
                 if pending.intersection(f["keys"].asstr()[:].tolist()):
                     keep.append(name)
         except (OSError, KeyError, RuntimeError, ValueError):

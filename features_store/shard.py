@@ -69,6 +69,18 @@ def shard_path(store: str | os.PathLike, name: str) -> str:
     return os.path.join(shards_dir(store), name)
 
 
+def unlisted_shards(store: str | os.PathLike, listed) -> list[str]:
+    """The shard files (`.h5`) in `store`'s shards folder whose names are not in `listed` (a manifest's files),
+    sorted: an unfinished run's, or old shards an interrupted compaction had not deleted yet; [] without a
+    readable folder."""
+    listed = set(listed)
+    try:
+        names = os.listdir(shards_dir(store))
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith(".h5") and n not in listed)
+
+
 def durable_rows(store: str | os.PathLike, name: str) -> int:
     """Rows `[0, n_done)` of shard `name` that are final on disk: 0 when it does not exist or cannot be read."""
     path = shard_path(store, name)

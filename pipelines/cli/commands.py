@@ -207,11 +207,10 @@ def cmd_models(args) -> int:
     if args.name is not None and args.name.lower() in BACKBONES:
         args.name = args.name.lower()  # Keras's own spelling, ResNet50, is resnet50
     if args.name is not None and args.name not in BACKBONES:
-        import difflib
+        from extract.registry import did_you_mean
 
-        close = difflib.get_close_matches(args.name.lower(), list(BACKBONES), n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}{hint}")
+        raise ValueError(f"`NAME` must be one of the backbones `featurehead models` lists. Received: {args.name!r}"
+                         + did_you_mean(args.name, BACKBONES))
     if args.layers:
         if args.name is None:
             raise ValueError("`--layers` needs a NAME, e.g. `featurehead models resnet50 --layers`")

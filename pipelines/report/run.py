@@ -24,6 +24,7 @@ from ..runs.prediction import (
     load_head_bundle,
     on_training_store,
     output_lock,
+    random_init,
     write_evaluation,
     write_output,
 )
@@ -87,9 +88,9 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     with output_lock(out_dir):  # another report or evaluate into this folder meanwhile would mix its files in
         # the old page goes first: a failure below (a full disk) would leave it beside the new figures and numbers
         (out_dir / PAGE).unlink(missing_ok=True)
-        random_init = data.weights_statement(bundle.manifest.get("extractor") or {})[1]
+        not_pretrained = random_init(bundle.manifest.get("extractor") or {})
         # metrics.json + confusion_matrix.png, as `evaluate` writes them
-        write_evaluation(out_dir, metrics, note=NOT_PRETRAINED if random_init else "")
+        write_evaluation(out_dir, metrics, note=NOT_PRETRAINED if not_pretrained else "")
         gallery = _gallery(scored, mistakes, root, out_dir / THUMBS_DIR, thumb_size)
         figures = _figures(bundle, metrics, data.reliability(scored.confidence, scored.correct), out_dir)
         failed = np.flatnonzero(~meta.ok & (meta.view == 0) & ((meta.split == split) if split else True))
@@ -99,7 +100,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         notes = _root_notes(root, images_root is not None) + _unknown_label_notes(metrics)
         page = Page(
             title=f"featurehead report: {Path(bundle_path).name} on {Path(store).name} ({metrics['evaluated_on']})",
-            random_init=random_init, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
+            random_init=not_pretrained, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
             mistakes=gallery, n_wrong=int(np.count_nonzero(~scored.correct)),
             failed=[(str(meta.ids[i]), str(meta.errors[i])) for i in failed[:MAX_FAILED_SHOWN]], n_failed=len(failed),
             notes=notes, links=[("metrics.json, as `featurehead evaluate` writes it", "metrics.json"),
@@ -107,7 +108,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         )
         path = _write_text(out_dir / PAGE, render_page(page))
     return ReportResult(page=path, metrics=metrics, headline=headline, n_samples=len(rows),
-                        n_wrong=page.n_wrong, n_failed=len(failed), random_init=random_init, notes=tuple(notes))
+                        n_wrong=page.n_wrong, n_failed=len(failed), random_init=not_pretrained, notes=tuple(notes))
 
 
 @dataclass(frozen=True)

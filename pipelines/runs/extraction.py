@@ -41,12 +41,6 @@ class ExtractResult:
     n_repeated: int = 0  # rows whose image (its content) another row of the view also lists: stored once
 
 
-def repeated_rows(keys) -> int:
-    """Rows of a view that repeat another row's content key (unreadable rows, key "", are not counted)."""
-    named = [k for k in keys if k]
-    return len(named) - len(set(named))
-
-
 def run_extract(
     index: ImageIndex,
     extractor,
@@ -129,7 +123,7 @@ def run_extract(
             # up to date only when nothing was missing: shards that an interrupted run's tasks finished, committed
             # now, were not (they were extracted, though by that run)
             return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, not target.missing, fp,
-                                 info.garbage_rows, repeated_rows(plan.keys))
+                                 info.garbage_rows, plan.n_repeated)
         if target.missing or session.manifest is None:
             extractor.validate()
             session.ensure_manifest(extractor.output_dim)  # builds the model: something is to extract
@@ -148,7 +142,7 @@ def run_extract(
         session.remove_orphans()
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
-                         repeated_rows(plan.keys))
+                         plan.n_repeated)
 
 
 def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> ExtractResult | None:
@@ -165,4 +159,4 @@ def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> 
             and info.index_sha256 == store_identity(index, views)
             and all(str(info.attrs.get(k, "")) == str(v) for k, v in attrs.items())):
         return None
-    return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp, info.garbage_rows, repeated_rows(plan.keys))
+    return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp, info.garbage_rows, plan.n_repeated)

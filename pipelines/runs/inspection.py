@@ -76,12 +76,7 @@ def _status(info, pending: int) -> str:
 def _unlisted_shards(info) -> list[str]:
     """Shard files the manifest does not list: an unfinished run's (running, or interrupted: the next run resumes
     them), or old shards a killed compaction had not deleted yet (the next extract or compact deletes them)."""
-    folder = Path(features_store.shards_dir(info.path))
-    listed = {s["file"] for s in info.shards}
-    try:
-        return sorted(p.name for p in folder.iterdir() if p.suffix == ".h5" and p.name not in listed)
-    except OSError:
-        return []
+    return features_store.unlisted_shards(info.path, (s["file"] for s in info.shards))
 
 
 def _unlisted_line(info) -> list[str]:

@@ -60,6 +60,12 @@ class RowPlan:
         """The distinct keys of the rows (an image stored twice under two names is one key)."""
         return len(set(self.keys))
 
+    @property
+    def n_repeated(self) -> int:
+        """Rows that repeat another row's image (its content key; unreadable rows, key "", are not counted)."""
+        named = [k for k in self.keys if k]
+        return len(named) - len(set(named))
+
     def hashed_stats(self, keys) -> list[tuple[int, int]]:
         """The (size, mtime_ns) each key's file had when it was hashed: the decoders check that it still has it
         (`extract.ImageChangedError`)."""

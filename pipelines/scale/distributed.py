@@ -96,12 +96,12 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
     Idempotent: a complete shard is returned as is.
     """
     node = os.uname().nodename
-    if not os.path.isdir(store):  # the driver made it: this worker sees another filesystem
-        raise ValueError(f"the Dask worker on {node} does not see the store folder {store}: the workers must see the "
-                         "store and the images at the driver's paths (a shared filesystem)")
-    if items and not os.path.isdir(os.path.dirname(items[0][0])):  # the driver hashed files there
-        raise ValueError(f"the Dask worker on {node} does not see the images folder {os.path.dirname(items[0][0])}: "
-                         "the workers must see the store and the images at the driver's paths (a shared filesystem)")
+    # the driver made the store folder and hashed the images there: a worker that does not see them is on
+    # another filesystem
+    for what, folder in (("store", store), ("images", os.path.dirname(items[0][0]) if items else None)):
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"the Dask worker on {node} does not see the {what} folder {folder}: the workers must see "
+                             "the store and the images at the driver's paths (a shared filesystem)")
     extractor = _worker_extractor(extractor)
     versions = {**library_versions(), "worker": f"{node}:{os.getpid()}"}
     n_features = extractor.output_dim  # builds the model once per worker process
