@@ -184,6 +184,9 @@ def test_pretrain_cnn_accuracy_codes_labels_by_the_order_of_classes(image_folder
     expected = np.mean(np.argmax(proba, axis=1) == [["b", "a"].index(index.labels[i]) for i in val])
     assert result.classes == ["b", "a"] and ok.all()
     np.testing.assert_allclose(result.accuracy["val"], expected, rtol=1e-5)
+    # the val rows are scored after every epoch too: the loss plot's val curves, the last the model's own
+    assert len(result.history["val_loss"]) == len(result.history["val_accuracy"]) == 2
+    np.testing.assert_allclose(result.history["val_accuracy"][-1], expected, rtol=1e-5)
 
 
 def test_an_unreadable_image_is_named_once_not_every_epoch(csv_index, tmp_path, caplog):

@@ -99,7 +99,7 @@ def cmd_pretrain_cnn(args) -> int:
     print(f"trained {kind} on {result.n_train} images of classes {','.join(result.classes)}")
     for split, acc in result.accuracy.items():
         print(f"{split} accuracy: {acc:.4f}")
-    print(f"loss curve: {result.loss_plot}")
+    print(f"loss and accuracy curves: {result.loss_plot}")
     if not args.base:
         print(f"use it: featurehead extract INDEX --model keras --weights {result.model} --layer features_flatten")
     print(result.model)

@@ -74,8 +74,9 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
                      feature_layer: str = "features_flatten", progress=None, workers: int | None = None) -> PretrainResult:
     """Train the small CNN on the rows of `classes`, from scratch or as a new head on `base`'s frozen features.
 
-    Trains on the "train" split (every chosen row when the index has none); reports the accuracy on the "val"
-    and "test" rows afterwards. Writes `out` and ``<stem>_loss.png`` next to it.
+    Trains on the "train" split (every chosen row when the index has none), with the loss and accuracy on the
+    "val" rows after every epoch (never used to choose anything); reports the accuracy on the "val" and "test" rows
+    afterwards. Writes `out` and ``<stem>_loss.png`` (the curves) next to it.
 
     Parameters
     ----------
@@ -125,12 +126,15 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
                              shuffle=shuffle, seed=config.seed, workers=workers)
 
     data = batches("train", shuffle=True)
+    val = batches("val") if len(rows["val"]) else None  # its loss and accuracy after every epoch: the plot's curves
     callbacks = [progress_callback(progress, data)] if progress else []
     try:
         history = train_cnn(model, data, epochs=config.epochs, optimizer=config.optimizer,
-                            learning_rate=config.learning_rate, callbacks=callbacks)
+                            learning_rate=config.learning_rate, validation_data=val, callbacks=callbacks)
     finally:
         data.close()
+        if val is not None:
+            val.close()
     accuracy = {name: _accuracy(model, batches(name)) for name in ("val", "test") if len(rows[name])}
     epoch_seconds = history.pop("epoch_seconds")
     save_model(model, out)
