@@ -167,19 +167,24 @@ def view_layout(split: Sequence[str], k: int, *, splits: Sequence[str] = ("train
     return source, view
 
 
-def grid_image(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
+def grid_image(rows: Sequence[np.ndarray], pad: int = 2, first_gap: int | None = None) -> np.ndarray:
     """Tile images into one RGB picture: one grid row per entry of `rows`, each of shape (m, h, w, 3).
+
+    `first_gap` (default `pad`) is the padding after the first column: wider, it sets the originals apart from
+    their views.
 
     Returns
     -------
     ndarray of shape (H, W, 3), uint8
         White padding between tiles.
     """
+    first_gap = pad if first_gap is None else first_gap
     n_cols = max(len(r) for r in rows)
     h, w = rows[0].shape[1:3]
-    out = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
+    extra = first_gap - pad if n_cols > 1 else 0
+    out = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad + extra, 3), 255, np.uint8)
     for i, tiles in enumerate(rows):
         for j, tile in enumerate(tiles):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            y, x = pad + i * (h + pad), pad + j * (w + pad) + (extra if j else 0)
             out[y : y + h, x : x + w] = tile
     return out

@@ -85,3 +85,7 @@ def test_grid_image_tiles_rows():
     grid = grid_image([images(3), images(2)], pad=2)
     assert grid.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and grid.dtype == np.uint8
     np.testing.assert_array_equal(grid[2:34, 2:34], images(1)[0])
+    wide = grid_image([images(3), images(2)], pad=2, first_gap=10)  # the first column set apart
+    assert wide.shape == (2 * 34 + 2, 3 * 34 + 2 + 8, 3)
+    assert (wide[:, 34:44] == 255).all()
+    np.testing.assert_array_equal(wide[2:34, 44:76], images(3)[1])

@@ -217,12 +217,14 @@ def test_augmentation_options_without_augment_are_refused_not_ignored(split_inde
 
 
 def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
+    from pipelines.runs.views import PREVIEW_GAP
+
     out = tmp_path / "grid.png"
     code = main(["augment-preview", str(csv_index), "--out", str(out), "--n-images", "2", "--views", "3",
                  "--size", "40", "--contrast", "0.2"])
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
     with Image.open(out) as grid:
-        assert grid.size == (4 * 42 + 2, 2 * 42 + 2)
+        assert grid.size == (4 * 42 + 2 + PREVIEW_GAP - 2, 2 * 42 + 2)  # the originals set apart by a wider gap
 
 
 @pytest.mark.parametrize("bad", [{"size": 0}, {"n_images": 0}, {"k": -1}])

@@ -70,8 +70,8 @@ def _unfreeze(value: str):
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
     p = sub.add_parser("augment-preview", help="write a grid image of a few images and their augmented views",
-                       description="One row per image (the first of the index): the image, then its views drawn "
-                       "with the augmentation options, to look at before `extract --augment`.")
+                       description="One row per image (the first of the index): the image, a wider gap, then its "
+                       "views drawn with the augmentation options, to look at before `extract --augment`.")
     p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
                    "folder)")

@@ -135,10 +135,13 @@ GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                 ".bmp": "BMP", ".gif": "GIF"}
 
 
+PREVIEW_GAP = 12  # pixels between each original and its views (2 between views)
+
+
 def run_augment_preview(index_source, out, augmentation: Augmentation, *, images_root=None, n_images: int = 4,
                         k: int = 4, size: int = 96, seed: int = 0) -> Path:
     """Write a grid image (PNG, or the format `out`'s extension names): one row per image (the first `n_images` of
-    the index), the original then `k` views."""
+    the index), the original, a wider gap (`PREVIEW_GAP` pixels), then `k` views."""
     from PIL import Image
 
     from extract import read_index
@@ -161,6 +164,6 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     grid = [np.concatenate([images[r][None], row_views(images[r], augmentation, k, seed=seed, row=r)])
             for r in rows if ok[r]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(grid_image(grid))
+    image = Image.fromarray(grid_image(grid, first_gap=PREVIEW_GAP))  # the originals set apart
     atomic_write(out, lambda tmp: image.save(tmp, format=image_format))  # a full disk keeps the previous grid
     return out
