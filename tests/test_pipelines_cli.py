@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import features_store
 from pipelines.cli import main
@@ -558,6 +559,34 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert code == 0 and again[-1] == str(tmp_path / "d") and len(stores) == 2
     assert {line.split("features: ")[1] for line in lines + again if line.startswith("features: ")} == {
         str(tmp_path / "d" / name) for name in stores}
+
+
+def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, capsys):
+    """`demo --out` a user's project folder wrote its own index.csv and digits over the user's files."""
+    from pipelines.runs.demo import write_digits
+
+    index = write_digits(tmp_path / "d")
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("*")}
+    assert write_digits(tmp_path / "d") == index  # its own earlier digits: kept as they are, nothing written
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("*")} == first
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.csv").write_text("filename,label\nphoto.jpg,cat\n")
+    code, _, err = run(capsys, "demo", "--out", mine, "--weights", "none", "--input-size", "32", "--epochs", "1")
+    assert code == 2 and len(err.splitlines()) == 1 and "index.csv is not the index the demo writes" in err
+    assert (mine / "index.csv").read_text() == "filename,label\nphoto.jpg,cat\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["index.csv"]  # nothing written
+
+    digit = tmp_path / "d" / "images" / "3" / "0003.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(digit)  # the user's own image at a digit's name
+    with pytest.raises(ValueError, match="0003.png is not the digit the demo writes there"):
+        write_digits(tmp_path / "d")
+    (tmp_path / "d" / "images" / "5" / "0005.png").unlink()  # a digit missing (a killed run): written again
+    digit.unlink()
+    write_digits(tmp_path / "d")
+    assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
+    assert not list((tmp_path / "d").rglob(".*"))  # no temporary file left
 
 
 @pytest.mark.parametrize(

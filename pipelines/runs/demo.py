@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,22 +33,19 @@ class DemoResult:
 def write_digits(workdir, *, scale: int = 4, random_state: int = 0) -> Path:
     """Write the 1797 digits as PNG files (8x8 scaled up `scale` times) and `index.csv` with a 60/20/20 split.
 
-    Returns the index path.
+    A file of the same name that holds anything else (a user's own index.csv or image in the folder) is refused,
+    in one line, before anything is written; the digits an earlier run wrote are kept as they are. Each file is
+    written to a temporary name and renamed, so a killed run never leaves a cut-off one. Returns the index path.
     """
-    from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     workdir = Path(workdir)
-    (workdir / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, images = [], []
     for i, (img, label) in enumerate(zip(digits.images, digits.target)):
-        name = f"images/{label}/{i:04d}.png"
-        (workdir / "images" / str(label)).mkdir(exist_ok=True)
-        pixels = np.kron((img * (255.0 / 16.0)).round().astype(np.uint8), np.ones((scale, scale), np.uint8))
-        Image.fromarray(pixels, "L").save(workdir / name)
-        rows.append((name, str(label)))
+        rows.append((f"images/{label}/{i:04d}.png", str(label)))
+        images.append(np.kron((img * (255.0 / 16.0)).round().astype(np.uint8), np.ones((scale, scale), np.uint8)))
     frame = pd.DataFrame(rows, columns=["filename", "label"])
     idx = np.arange(len(frame))
     train, rest = train_test_split(idx, test_size=0.4, stratify=frame["label"], random_state=random_state)
@@ -55,8 +53,57 @@ def write_digits(workdir, *, scale: int = 4, random_state: int = 0) -> Path:
     frame["split"] = ""
     frame.loc[train, "split"], frame.loc[val, "split"], frame.loc[test, "split"] = "train", "val", "test"
     path = workdir / "index.csv"
-    frame.to_csv(path, index=False)
+    if path.exists() and not _same_index(path, frame):
+        raise ValueError(f"{path} is not the index the demo writes; refusing to write over it: give --out a new "
+                         "folder (or one an earlier demo wrote)")
+    todo = [(workdir / name, pixels) for (name, _), pixels in zip(rows, images)
+            if not _same_image(workdir / name, pixels)]
+    for target, _ in todo:
+        if target.exists() or target.is_symlink():
+            raise ValueError(f"{target} is not the digit the demo writes there; refusing to write over it: give "
+                             "--out a new folder (or one an earlier demo wrote)")
+    for target, pixels in todo:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_replacing(target, lambda tmp, pixels=pixels: _save_png(pixels, tmp))
+    if not path.exists():
+        _write_replacing(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
+
+
+def _same_index(path: Path, frame: pd.DataFrame) -> bool:
+    try:
+        found = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return list(found.columns) == list(frame.columns) and found.astype(str).equals(frame.astype(str))
+
+
+def _same_image(path: Path, pixels: np.ndarray) -> bool:
+    from PIL import Image
+
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        with Image.open(path) as im:
+            return im.mode == "L" and np.array_equal(np.asarray(im), pixels)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _save_png(pixels: np.ndarray, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(pixels, "L").save(path, format="PNG")
+
+
+def _write_replacing(path: Path, write) -> None:
+    """`write(tmp)` then rename over `path`: a kill leaves the old file or the new one, never a cut-off one."""
+    tmp = path.with_name(f".{path.name}.demo-tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def choose_extractor(*, input_size: int = 64, batch_size: int = 32, weights: str = "imagenet"):
