@@ -552,9 +552,12 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert "random-init" in text and "NOT pretrained" in text
     assert "logreg head: test accuracy" in text and "mlp head: test accuracy" in text
     assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
-    # another input size, with --out: a store of its own beside the first, not a refused mismatch
-    code, again, _ = run(capsys, "demo", "--out", tmp_path / "d", "--weights", "none", "--input-size", "40",
-                         "--epochs", "1")
+    # another input size, with --out: a store of its own beside the first, not a refused mismatch; without -q the
+    # extraction and the MLP's epochs each show a bar (the MLP's fit was silent)
+    code = main(["demo", "--out", str(tmp_path / "d"), "--weights", "none", "--input-size", "40", "--epochs", "1"])
+    out, err = capsys.readouterr()
+    again = out.strip().splitlines()
+    assert "extract digits: 100%" in err and "train mlp: 100%" in err and "1/1" in err
     stores = sorted(p.name for p in (tmp_path / "d").glob("digits.vgg16-*"))
     assert code == 0 and again[-1] == str(tmp_path / "d") and len(stores) == 2
     assert {line.split("features: ")[1] for line in lines + again if line.startswith("features: ")} == {

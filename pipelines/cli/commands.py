@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
 
     weights = "none" if args.weights.lower() == "none" else args.weights
     result = run_demo(args.out, input_size=args.input_size, weights=weights, epochs=args.epochs,
-                      progress=progress(args, "extract digits"))
+                      progress=progress(args, "extract digits"), train_progress=progress(args, "train mlp"))
     for note in result.notes:
         print(f"NOTE: {note}")
     print(f"weights: {result.weights}")

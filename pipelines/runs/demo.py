@@ -119,11 +119,13 @@ def choose_extractor(*, input_size: int = 64, batch_size: int = 32, weights: str
         return fallback, f"ImageNet weights unavailable, so this demo uses RANDOM-INIT VGG16: {err}"
 
 
-def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs: int = 30, progress=None) -> DemoResult:
+def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs: int = 30, progress=None,
+             train_progress=None) -> DemoResult:
     """Digits -> VGG16 features -> logistic regression and the 1000-500-150 MLP, evaluated on held-out digits.
 
     The store, heads and reports are named by the extractor's fingerprint, so a run with other options (input
     size, weights) adds its own beside those of earlier runs, and a repeated run finds its store up to date.
+    `progress` (tqdm-like factories) shows the extraction, `train_progress` the MLP's epochs.
     """
     workdir = Path(workdir)
     index_path = write_digits(workdir)
@@ -136,7 +138,8 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     extraction = run_extract(index, extractor, workdir / f"digits.vgg16-{tag}", progress=progress)
     result.store = extraction.store
     for head, params in (("logreg", {}), ("mlp", {"epochs": epochs})):
-        trained = run_train(extraction.store, workdir / f"head-{head}-{tag}", head=head, params=params)
+        trained = run_train(extraction.store, workdir / f"head-{head}-{tag}", head=head, params=params,
+                            progress=train_progress)  # the MLP's epochs on a bar
         metrics = run_evaluate(trained.bundle, extraction.store, workdir / f"eval-{head}-{tag}", split="test")
         result.accuracy[head] = metrics["accuracy"]
         result.bundles[head] = trained.bundle
