@@ -106,11 +106,13 @@ def test_plan_unfrozen_errors(kwargs, match):
 def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
     assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
                  "--out", str(tmp_path / "head")]) == 0
-    capsys.readouterr()
+    # the accuracies of a random-init base say so, as evaluate's do
+    assert "NOTE: random-init weights: these are NOT pretrained results" in capsys.readouterr().out
     code = main(["-q", "finetune", str(tmp_path / "head"), "--unfreeze-from", "block5_conv3", "--epochs", "1",
                  "--batch-size", "4", "--augment", "--out", str(tmp_path / "ft")])
     out = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and out[-1] == str(tmp_path / "ft") and "before" in out[-2] and "after" in out[-2]
+    assert code == 0 and out[-1] == str(tmp_path / "ft") and "before" in out[-3] and "after" in out[-3]
+    assert out[-2] == "NOTE: random-init weights: these are NOT pretrained results"
     code = main(["-q", "predict", str(tmp_path / "ft"), str(csv_index), "--out", str(tmp_path / "p.csv")])
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "p.csv")
     frame = np.genfromtxt(tmp_path / "p.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")

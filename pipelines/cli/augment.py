@@ -125,6 +125,7 @@ def cmd_augment_preview(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    from ..runs.prediction import not_pretrained_note
     from ..workflows.finetune import run_finetune
 
     if not args.augment:
@@ -138,6 +139,9 @@ def cmd_finetune(args) -> int:
           f"in {result.fit_seconds:.1f}s")
     print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "
           f"after {result.accuracy_after:.4f}")
+    note = not_pretrained_note(result.bundle)
+    if note:
+        print(f"NOTE: {note}")
     print(result.bundle)
     return 0
 

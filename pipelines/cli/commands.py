@@ -161,6 +161,8 @@ def cmd_train(args) -> int:
         if not params["hidden_layer_sizes"]:  # an empty string: no hidden layer at all, likely not what was meant
             raise ValueError(f"`--hidden` must list at least one layer size, e.g. 1000,500,150 (a linear head is "
                              f"--head logreg). Received: --hidden {args.hidden!r}")
+    from ..runs.prediction import not_pretrained_note
+
     result = run_train(args.store, args.out, head=args.head, params=params,
                        validation_fraction=args.validation_fraction, random_state=args.random_state,
                        progress=progress(args, f"train {args.head}"))
@@ -169,6 +171,9 @@ def cmd_train(args) -> int:
     if val:
         summary += f"; validation accuracy {val['accuracy']:.4f} on {result.n_val} rows"
     print(summary)
+    note = not_pretrained_note(result.bundle)
+    if note:
+        print(f"NOTE: {note}")
     print(result.bundle)
     return 0
 
