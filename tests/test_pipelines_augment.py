@@ -1,4 +1,6 @@
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -225,6 +227,18 @@ def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(out)
     with Image.open(out) as grid:
         assert grid.size == (4 * 42 + 2 + PREVIEW_GAP - 2, 2 * 42 + 2)  # the originals set apart by a wider gap
+
+
+def test_augment_preview_refuses_to_write_over_an_image_of_the_index(csv_index, capsys):
+    """`--out` naming one of the index's own images replaced it with the grid (the next extract saw an edit)."""
+    from extract import read_index
+
+    image = Path(read_index(csv_index).paths[0])
+    before = image.read_bytes()
+    code = main(["augment-preview", str(csv_index), "--out", str(image)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is an image of the index" in err
+    assert image.read_bytes() == before
 
 
 @pytest.mark.parametrize("bad", [{"size": 0}, {"n_images": 0}, {"k": -1}])
