@@ -20,7 +20,12 @@ def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
     code = main(["-q", "pretrain-cae", str(csv_index), "--out", str(out), "--input-size", "16", "--filters", "4,2",
                  "--epochs", "2", "--batch-size", "3", "--workers", "1"])
     assert code == 0 and last_line(capsys) == str(out)
-    assert out.is_file() and (out.parent / "reconstructions.png").is_file() and (out.parent / "cae_loss.png").is_file()
+    assert out.is_file() and (out.parent / "cae_reconstructions.png").is_file() and (out.parent / "cae_loss.png").is_file()
+    # a second model in the same folder has plots of its own (its reconstructions replaced the first one's)
+    code = main(["-q", "pretrain-cae", str(csv_index), "--out", str(out.with_name("b.keras")), "--input-size", "16",
+                 "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--workers", "1"])
+    assert code == 0 and sorted(p.name for p in out.parent.iterdir()) == [
+        "b.keras", "b_loss.png", "b_reconstructions.png", "cae.keras", "cae_loss.png", "cae_reconstructions.png"]
 
     store = tmp_path / "cae"
     code = main(["-q", "extract", str(csv_index), "--model", "cae", "--weights", str(out), "--input-size", "16",

@@ -41,7 +41,7 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     split when it has a split column (never "val" or "test": a head evaluated there would score the images its
     encoder was fitted to), else every image.
 
-    Writes `out` (the model), ``<stem>_loss.png`` and ``reconstructions.png`` (originals above
+    Writes `out` (the model), ``<stem>_loss.png`` and ``<stem>_reconstructions.png`` (originals above
     reconstructions) in the folder of `out`.
 
     Parameters
@@ -87,11 +87,11 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     finally:
         data.close()
     save_model(model, out)
-    (out.parent / "reconstructions.png").unlink(missing_ok=True)  # the previous model's, if this one's fails
+    (out.parent / f"{out.stem}_reconstructions.png").unlink(missing_ok=True)  # the previous model's, if this one's fails
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     loss_plot = plot_loss(history, out.parent / f"{out.stem}_loss.png", title="CAE binary cross-entropy")
     recon = plot_reconstructions(originals, np.asarray(model.predict_on_batch(originals)),
-                                 out.parent / "reconstructions.png", channels=config.channels,
+                                 out.parent / f"{out.stem}_reconstructions.png", channels=config.channels,
                                  source="images the CAE was fitted on (" + (
                                      "its 'train' split)" if has_split else "the whole index)"))
     logger.info("trained a CAE on %d images; final loss %.4f", len(paths), history["loss"][-1])
