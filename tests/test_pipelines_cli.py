@@ -28,6 +28,17 @@ def store(csv_index, tmp_path, capsys):
     return tmp_path / "feats"
 
 
+def test_every_command_explains_itself_in_its_help():
+    """`pretrain-cnn --help` and `finetune --help` went from the usage straight to the flags."""
+    import argparse
+
+    from pipelines.cli.parser import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = sorted(name for name, p in sub.choices.items() if len(p.description or "") < 40)
+    assert not missing
+
+
 def test_help_lists_commands_without_importing_keras():
     proc = subprocess.run([sys.executable, "-c",
                            "import sys; from pipelines.cli import main\n"

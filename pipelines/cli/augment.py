@@ -83,7 +83,13 @@ def add_parsers(sub) -> None:
     add_augment_args(p)
     p.set_defaults(func=cmd_augment_preview)
 
-    p = sub.add_parser("finetune", help="transplant an MLP head onto its base, unfreeze the top, train on images")
+    p = sub.add_parser("finetune", help="transplant an MLP head onto its base, unfreeze the top, train on images",
+                       description="Fine-tuning: the MLP head of a bundle is put back on top of the backbone its "
+                       "features came from, the top base layers (--unfreeze N, or --unfreeze-from LAYER) are "
+                       "unfrozen, and the whole model trains on the images with a low learning rate. The rows are "
+                       "the head's own (the store's 'train', validated on its 'val' rows, never on 'test'); the "
+                       "validation accuracy is printed before and after. The result is a full-model bundle that "
+                       "`predict` takes.")
     p.add_argument("head", help="head bundle directory (an MLP head)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--unfreeze", type=_unfreeze, help="train the top N base layers with weights, or 'all'")

@@ -37,7 +37,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--filters", default="8,4", help="filters per encoder level, comma-separated (default: 8,4)")
     p.set_defaults(func=cmd_pretrain_cae)
 
-    p = sub.add_parser("pretrain-cnn", help="train the small CNN on some classes (a base for --model keras)")
+    p = sub.add_parser("pretrain-cnn", help="train the small CNN on some classes (a base for --model keras)",
+                       description="Class-split transfer: train the seed's small CNN on the images of --classes "
+                       "(from scratch, or with --base as a new classification block on a saved model's frozen "
+                       "features). It trains on the 'train' split (every chosen row when the index has no split "
+                       "column), scores 'val' after every epoch and 'val' and 'test' at the end, and writes the "
+                       ".keras model with <stem>_loss.png (loss and accuracy curves) beside it. Its features are "
+                       "then one `extract --model keras --weights MODEL --layer features_flatten` away.")
     _add_training_args(p, epochs=5, batch_size=128)
     p.add_argument("--classes", default=None, help="labels to train on, comma-separated (default: all)")
     p.add_argument("--base", default=None, help="a saved model whose feature block is frozen; only a new head trains")
