@@ -97,7 +97,7 @@ def read_index(source, images_root=None) -> ImageIndex:
             )
         return _index_from_folders(source)
     if not source.exists():
-        raise IndexValidationError(f"the index {source} does not exist (give a CSV file or a folder of class folders)")
+        raise IndexValidationError(f"the index {source} does not exist (give a CSV file, a folder of class folders or a folder of images)")
     root = Path(images_root) if images_root is not None else source.parent
     if not root.is_dir():
         raise IndexValidationError(f"the images root {root} is not a folder")
