@@ -128,10 +128,11 @@ def save_png(canvas, path: str | os.PathLike) -> Path:
     drawn of a result just written beside it (a bundle, metrics.json, sweep.csv), so when it cannot be written
     (a full disk) the previous plot at `path`, of an older result, is removed before the error is raised.
     """
-    from features_store.durable import atomic_write
+    from features_store.durable import atomic_write, remove_dead_writers_files
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_files(path)  # a killed run's temporary PNG, beside it
     try:
         atomic_write(path, canvas.print_png)
     except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable
 
@@ -70,8 +71,10 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     """Remove the temporary files of `atomic_write`s of `path` whose process is gone (a SIGKILL: an export's is a
     whole copy of the features), so that they neither fill the disk nor fail a free-space check.
 
-    Called by the writers of large files (export, a pretrained model, predictions), not by every `atomic_write`: it lists the
-    folder (a report's thumbnails would make that quadratic). A process is looked for on this machine only: a
+    Called before they write by the writers of the files a command makes (an export, a pretrained model, the
+    predictions, metrics.json, a report's page, every plot, sweep.csv, the augmentation preview), not by every
+    `atomic_write` (a store's shards and views are the store's own); it lists the folder, so a writer of many
+    files in one folder (a report's thumbnails) calls `remove_dead_temporaries` once instead. A process is looked for on this machine only: a
     folder that writers on other machines share may lose a live writer's temporary file (its rename then fails,
     and it says so)."""
     path = os.fspath(path)
@@ -83,6 +86,26 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     for name in names:
         pid = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp-(\d+)(\.[A-Za-z0-9]+)?")
+
+
+def remove_dead_temporaries(folder: str | os.PathLike) -> None:
+    """`remove_dead_writers_files` for every file of `folder`: the temporary files (``.NAME.tmp-PID[.suffix]``) of
+    `atomic_write`s whose process is gone, whatever file they were for. Called once per folder by the writers of
+    many files (a report's thumbnails), where one `remove_dead_writers_files` per file would list it each time."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

@@ -194,6 +194,14 @@ def test_a_killed_writers_temporary_file_is_removed(tmp_path):
     remove_dead_writers_files(tmp_path / "e.h5")
     remove_dead_writers_files(tmp_path / "m.keras", suffix=".keras")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.h5.tmp-{os.getppid()}", f".other.h5.tmp-{gone.pid}"]
+    # a whole folder's at once (a report's thumbnails): every dead writer's, whatever its file; nothing else
+    from features_store.durable import remove_dead_temporaries
+
+    (tmp_path / f".t.png.tmp-{gone.pid}").write_bytes(b"a killed report's thumbnail")
+    (tmp_path / f".m.keras.tmp-{gone.pid}.keras").write_bytes(b"a killed pretraining's model")
+    (tmp_path / f"notes.tmp-{gone.pid}").write_bytes(b"a user's file")
+    remove_dead_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.h5.tmp-{os.getppid()}", f"notes.tmp-{gone.pid}"]
 
 
 def _pid_alive(pid):

@@ -287,6 +287,32 @@ def test_predict_removes_the_temporary_csv_of_a_killed_predict(store, csv_index,
     assert (tmp_path / "p.csv").is_file() and not left.exists()
 
 
+def test_every_output_writer_removes_the_temporary_files_of_a_killed_run(store, csv_index, tmp_path, capsys):
+    """A run killed between writing a file and renaming it left `.NAME.tmp-PID` for good (evaluate, report,
+    every plot, augment-preview; a review), where predict, export and the models removed theirs."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        os.kill(gone.pid, 0)
+        pytest.skip("the finished process's pid was taken again (rare): the test cannot tell a dead writer here")
+    except ProcessLookupError:
+        pass
+    bundle = tmp_path / "h"
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    rep = tmp_path / "rep"
+    left = [rep / f".metrics.json.tmp-{gone.pid}", rep / f".confusion_matrix.png.tmp-{gone.pid}",
+            rep / f".index.html.tmp-{gone.pid}", rep / "figures" / f".reliability.png.tmp-{gone.pid}",
+            rep / "thumbs" / f".0123456789abcdef.png.tmp-{gone.pid}", tmp_path / f".g.png.tmp-{gone.pid}"]
+    alive = rep / f".index.html.tmp-{os.getppid()}"  # a live writer's (our parent's pid): kept
+    for path in [*left, alive]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a killed run's")
+    code, _, err = run(capsys, "report", bundle, store, "--out", rep)
+    assert code == 0, err
+    assert run(capsys, "augment-preview", csv_index, "--out", tmp_path / "g.png")[0] == 0
+    assert [p for p in left if p.exists()] == [] and alive.exists()
+
+
 def test_a_head_bundle_given_as_a_store_is_named_as_one(store, csv_index, tmp_path, capsys):
     """It was "manifest.json is not a readable store manifest ('schema_version'); re-extract into a new directory"."""
     bundle = tmp_path / "h"

@@ -154,6 +154,7 @@ def output_lock(out_dir):
 def write_output(path: Path, write) -> None:
     """Write `path` through `write(tmp)` atomically (a temporary file renamed into place): a full disk leaves the
     previous file, if any, and never a cut-off one that looks whole; a failure is one line naming the file."""
+    remove_dead_writers_files(path)  # a killed run's temporary file, beside it
     try:
         atomic_write(path, write)
     except OSError as err:
@@ -232,7 +233,6 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
         frame["label"] = [known.get(i, "") for i in ids]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_writers_files(out_csv)  # a killed predict's whole CSV, beside it (millions of rows, say)
     write_output(out_csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
     return PredictResult(out_csv, len(frame), int((~frame["ok"]).sum()))
 
