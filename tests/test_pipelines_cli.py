@@ -601,6 +601,27 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
         str(tmp_path / "d" / name) for name in stores}
 
 
+def test_a_second_demo_in_the_same_folder_stops_at_once(tmp_path, capsys):
+    """A second demo into a running one's folder rewrote its digits under it: the first died ("changed after it
+    was hashed") while the second finished (a review)."""
+    from features_store.lock import folder_lock
+
+    DEMO_LOCK = ".featurehead-demo.lock"
+    (tmp_path / "d").mkdir()
+    with folder_lock(tmp_path / "d", DEMO_LOCK, timeout=0, busy=AssertionError("the test holds it")):
+        code, _, err = run(capsys, "demo", "--out", tmp_path / "d", "--weights", "none", "--input-size", "32")
+    assert code == 2 and len(err.splitlines()) == 1 and "is being written by another featurehead demo" in err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [DEMO_LOCK]  # nothing of its own written
+
+
+def test_demo_onto_a_full_disk_names_the_file_in_one_line(small_disk, capsys):
+    """It said only "[Errno 28] No space left on device"."""
+    code, _, err = run(capsys, "demo", "--out", small_disk.path / "d", "--weights", "none", "--input-size", "32")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "No space left on device" in err and str(small_disk.path / "d" / "images") in err
+    assert not list((small_disk.path / "d").rglob(".*.tmp-*"))  # no temporary file left
+
+
 def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, capsys):
     """`demo --out` a user's project folder wrote its own index.csv and digits over the user's files."""
     from pipelines.runs.demo import write_digits
@@ -616,7 +637,7 @@ def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, 
     code, _, err = run(capsys, "demo", "--out", mine, "--weights", "none", "--input-size", "32", "--epochs", "1")
     assert code == 2 and len(err.splitlines()) == 1 and "index.csv is not the index the demo writes" in err
     assert (mine / "index.csv").read_text() == "filename,label\nphoto.jpg,cat\n"
-    assert sorted(p.name for p in mine.iterdir()) == ["index.csv"]  # nothing written
+    assert sorted(p.name for p in mine.iterdir()) == [".featurehead-demo.lock", "index.csv"]  # nothing written
 
     digit = tmp_path / "d" / "images" / "3" / "0003.png"
     Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(digit)  # the user's own image at a digit's name

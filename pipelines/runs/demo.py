@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 
 from extract import WeightsUnavailableError, get_extractor, read_index
+from features_store.durable import remove_dead_temporaries, temporary_prefix, write_error
+from features_store.lock import folder_lock
 
 from .extraction import run_extract
 from .prediction import run_evaluate
 from .training import run_train
 
 logger = logging.getLogger(__name__)
+DEMO_LOCK = ".featurehead-demo.lock"  # held in the demo's folder while it runs: a second demo there stops at once
 
 
 @dataclass
@@ -62,11 +65,16 @@ def write_digits(workdir, *, scale: int = 4, random_state: int = 0) -> Path:
         if target.exists() or target.is_symlink():
             raise ValueError(f"{target} is not the digit the demo writes there; refusing to write over it: give "
                              "--out a new folder (or one an earlier demo wrote)")
-    for target, pixels in todo:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_replacing(target, lambda tmp, pixels=pixels: _save_png(pixels, tmp))
-    if not path.exists():
-        _write_replacing(path, lambda tmp: frame.to_csv(tmp, index=False))
+    for folder in {workdir, *(target.parent for target, _ in todo)}:
+        remove_dead_temporaries(folder)  # a killed run's file, written but not renamed
+    try:
+        for target, pixels in todo:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_replacing(target, lambda tmp, pixels=pixels: _save_png(pixels, tmp))
+        if not path.exists():
+            _write_replacing(path, lambda tmp: frame.to_csv(tmp, index=False))
+    except OSError as err:  # a full disk: one line naming the file, as every other writer's
+        raise write_error(err, store=str(workdir), what=str(err.filename or workdir)) from err
     return path
 
 
@@ -98,10 +106,12 @@ def _save_png(pixels: np.ndarray, path) -> None:
 
 def _write_replacing(path: Path, write) -> None:
     """`write(tmp)` then rename over `path`: a kill leaves the old file or the new one, never a cut-off one."""
-    tmp = path.with_name(f".{path.name}.demo-tmp")
+    tmp = path.with_name(f"{temporary_prefix(path)}{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -128,6 +138,14 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     `progress` (tqdm-like factories) shows the extraction, `train_progress` the MLP's epochs.
     """
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    busy = ValueError(f"{workdir} is being written by another featurehead demo; re-run when it has finished")
+    with folder_lock(workdir, DEMO_LOCK, timeout=0, busy=busy):
+        return _run_demo(workdir, input_size=input_size, weights=weights, epochs=epochs, progress=progress,
+                         train_progress=train_progress)
+
+
+def _run_demo(workdir: Path, *, input_size: int, weights: str, epochs: int, progress, train_progress) -> DemoResult:
     index_path = write_digits(workdir)
     index = read_index(index_path)
     extractor, note = choose_extractor(input_size=input_size, weights=weights)
