@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -78,6 +79,18 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     yield SmallDisk(mnt)
     subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def dead_pid():
+    """The pid of a process that has finished: a killed writer's, for its temporary files' names."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        os.kill(gone.pid, 0)
+    except ProcessLookupError:
+        return gone.pid
+    pytest.skip("the finished process's pid was taken again (rare): the test cannot tell a dead writer here")
 
 
 @pytest.fixture

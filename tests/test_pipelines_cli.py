@@ -270,39 +270,26 @@ def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(
     assert sorted(p.name for p in mnt.iterdir()) == ["filler", "p.csv"]
 
 
-def test_predict_removes_the_temporary_csv_of_a_killed_predict(store, csv_index, tmp_path, capsys):
+def test_predict_removes_the_temporary_csv_of_a_killed_predict(store, csv_index, tmp_path, capsys, dead_pid):
     """A predict killed between writing and renaming its CSV left `.p.csv.tmp-PID` for good (a review)."""
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    try:
-        os.kill(gone.pid, 0)
-        pytest.skip("the finished process's pid was taken again (rare): the test cannot tell a dead writer here")
-    except ProcessLookupError:
-        pass
-    left = tmp_path / f".p.csv.tmp-{gone.pid}"
+    left = tmp_path / f".p.csv.tmp-{dead_pid}"
     left.write_text("filename,ok\n" * 1000)
     assert run(capsys, "predict", bundle, csv_index, "--store", store, "--out", tmp_path / "p.csv")[0] == 0
     assert (tmp_path / "p.csv").is_file() and not left.exists()
 
 
-def test_every_output_writer_removes_the_temporary_files_of_a_killed_run(store, csv_index, tmp_path, capsys):
+def test_every_output_writer_removes_the_temporary_files_of_a_killed_run(store, csv_index, tmp_path, capsys,
+                                                                          dead_pid):
     """A run killed between writing a file and renaming it left `.NAME.tmp-PID` for good (evaluate, report,
     every plot, augment-preview; a review), where predict, export and the models removed theirs."""
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    try:
-        os.kill(gone.pid, 0)
-        pytest.skip("the finished process's pid was taken again (rare): the test cannot tell a dead writer here")
-    except ProcessLookupError:
-        pass
     bundle = tmp_path / "h"
     assert run(capsys, "train", store, "--out", bundle)[0] == 0
     rep = tmp_path / "rep"
-    left = [rep / f".metrics.json.tmp-{gone.pid}", rep / f".confusion_matrix.png.tmp-{gone.pid}",
-            rep / f".index.html.tmp-{gone.pid}", rep / "figures" / f".reliability.png.tmp-{gone.pid}",
-            rep / "thumbs" / f".0123456789abcdef.png.tmp-{gone.pid}", tmp_path / f".g.png.tmp-{gone.pid}"]
+    left = [rep / f".metrics.json.tmp-{dead_pid}", rep / f".confusion_matrix.png.tmp-{dead_pid}",
+            rep / f".index.html.tmp-{dead_pid}", rep / "figures" / f".reliability.png.tmp-{dead_pid}",
+            rep / "thumbs" / f".0123456789abcdef.png.tmp-{dead_pid}", tmp_path / f".g.png.tmp-{dead_pid}"]
     alive = rep / f".index.html.tmp-{os.getppid()}"  # a live writer's (our parent's pid): kept
     for path in [*left, alive]:
         path.parent.mkdir(parents=True, exist_ok=True)
