@@ -92,20 +92,22 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
                 pass
 
 
-_TEMPORARY = re.compile(r"\..+\.tmp-(\d+)(\.[A-Za-z0-9]+)?")
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-(\d{1,10})(\.[A-Za-z0-9]+)?")
 
 
-def remove_dead_temporaries(folder: str | os.PathLike) -> None:
-    """`remove_dead_writers_files` for every file of `folder`: the temporary files (``.NAME.tmp-PID[.suffix]``) of
-    `atomic_write`s whose process is gone, whatever file they were for. Called once per folder by the writers of
-    many files (a report's thumbnails), where one `remove_dead_writers_files` per file would list it each time."""
+def remove_dead_temporaries(folder: str | os.PathLike, ours: Callable[[str], bool]) -> None:
+    """`remove_dead_writers_files` for the files of `folder` that `ours(name)` says a command writes there: the
+    temporary files (``.NAME.tmp-PID[.suffix]``) of their `atomic_write`s whose process is gone, listed once.
+    For the writers of many files in one folder (a report's thumbnails, the demo's digits), where one
+    `remove_dead_writers_files` per file would list the folder each time; a user's own hidden files of that shape
+    are kept (`ours` names only the command's files)."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
         match = _TEMPORARY.fullmatch(name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and ours(match.group(1)) and int(match.group(2)) != os.getpid() and not _alive(int(match.group(2))):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:
@@ -117,7 +119,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process: alive
+    except (OSError, OverflowError):  # another user's process: alive; a number no pid can be: not a writer's
         return True
     return True
 

@@ -200,8 +200,13 @@ def test_a_killed_writers_temporary_file_is_removed(tmp_path):
     (tmp_path / f".t.png.tmp-{gone.pid}").write_bytes(b"a killed report's thumbnail")
     (tmp_path / f".m.keras.tmp-{gone.pid}.keras").write_bytes(b"a killed pretraining's model")
     (tmp_path / f"notes.tmp-{gone.pid}").write_bytes(b"a user's file")
-    remove_dead_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.h5.tmp-{os.getppid()}", f"notes.tmp-{gone.pid}"]
+    (tmp_path / f".draft.tmp-{gone.pid}.md").write_bytes(b"a user's hidden file of that shape")
+    (tmp_path / ".backup.tmp-20240101123045").write_bytes(b"a number no pid can be")  # crashed os.kill
+    remove_dead_temporaries(tmp_path, {"t.png", "m.keras"}.__contains__)  # only the writer's own files
+    remove_dead_writers_files(tmp_path / "backup")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".backup.tmp-20240101123045", f".draft.tmp-{gone.pid}.md", f".e.h5.tmp-{os.getppid()}",
+        f".other.h5.tmp-{gone.pid}", f"notes.tmp-{gone.pid}"]
 
 
 def _pid_alive(pid):

@@ -593,12 +593,11 @@ def test_a_second_demo_in_the_same_folder_stops_at_once(tmp_path, capsys):
     was hashed") while the second finished (a review)."""
     from features_store.lock import folder_lock
 
-    DEMO_LOCK = ".featurehead-demo.lock"
-    (tmp_path / "d").mkdir()
-    with folder_lock(tmp_path / "d", DEMO_LOCK, timeout=0, busy=AssertionError("the test holds it")):
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    with folder_lock(tmp_path / "d" / "images", ".featurehead-demo.lock", timeout=0, busy=AssertionError("held")):
         code, _, err = run(capsys, "demo", "--out", tmp_path / "d", "--weights", "none", "--input-size", "32")
     assert code == 2 and len(err.splitlines()) == 1 and "is being written by another featurehead demo" in err
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [DEMO_LOCK]  # nothing of its own written
+    assert not (tmp_path / "d" / "index.csv").exists() and not list((tmp_path / "d").rglob("*.png"))  # nothing
 
 
 def test_demo_onto_a_full_disk_names_the_file_in_one_line(small_disk, capsys):
@@ -624,7 +623,7 @@ def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, 
     code, _, err = run(capsys, "demo", "--out", mine, "--weights", "none", "--input-size", "32", "--epochs", "1")
     assert code == 2 and len(err.splitlines()) == 1 and "index.csv is not the index the demo writes" in err
     assert (mine / "index.csv").read_text() == "filename,label\nphoto.jpg,cat\n"
-    assert sorted(p.name for p in mine.iterdir()) == [".featurehead-demo.lock", "index.csv"]  # nothing written
+    assert sorted(p.name for p in mine.iterdir()) == ["index.csv"]  # nothing written, not even its lock
 
     digit = tmp_path / "d" / "images" / "3" / "0003.png"
     Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(digit)  # the user's own image at a digit's name
@@ -632,9 +631,16 @@ def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, 
         write_digits(tmp_path / "d")
     (tmp_path / "d" / "images" / "5" / "0005.png").unlink()  # a digit missing (a killed run): written again
     digit.unlink()
+    # what an earlier version, writing in place, left when killed: a cut-off digit and a cut-off index
+    cut = tmp_path / "d" / "images" / "1" / "1000.png"
+    cut.write_bytes(cut.read_bytes()[:40])
+    index.write_text(index.read_text()[:500])
+    (tmp_path / "d" / ".draft.tmp-12345.md").write_text("a user's hidden file")  # not the demo's: kept
     write_digits(tmp_path / "d")
     assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
-    assert not list((tmp_path / "d").rglob(".*"))  # no temporary file left
+    with Image.open(cut) as written:
+        assert len(pd.read_csv(index)) == 1797 and written.size == (32, 32)
+    assert [p.name for p in (tmp_path / "d").rglob(".*")] == [".draft.tmp-12345.md"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -195,7 +195,7 @@ def write_thumbnails(ids, root: Path | None, folder: Path, *, size: int = 160) -
     from features_store.durable import atomic_write, remove_dead_temporaries
 
     folder.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(folder)  # a killed report's temporary thumbnails
+    remove_dead_temporaries(folder, _THUMB_NAME.fullmatch)  # a killed report's temporary thumbnails
     for old in folder.iterdir():
         if _THUMB_NAME.fullmatch(old.name):
             old.unlink()

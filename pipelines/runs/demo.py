@@ -19,7 +19,7 @@ from .prediction import run_evaluate
 from .training import run_train
 
 logger = logging.getLogger(__name__)
-DEMO_LOCK = ".featurehead-demo.lock"  # held in the demo's folder while it runs: a second demo there stops at once
+DEMO_LOCK = ".featurehead-demo.lock"  # held in the demo's images/ while it runs: a second demo there stops at once
 
 
 @dataclass
@@ -37,14 +37,27 @@ def write_digits(workdir, *, scale: int = 4, random_state: int = 0) -> Path:
     """Write the 1797 digits as PNG files (8x8 scaled up `scale` times) and `index.csv` with a 60/20/20 split.
 
     A file of the same name that holds anything else (a user's own index.csv or image in the folder) is refused,
-    in one line, before anything is written; the digits an earlier run wrote are kept as they are. Each file is
-    written to a temporary name and renamed, so a killed run never leaves a cut-off one. Returns the index path.
+    in one line, before anything is written; the digits an earlier run wrote are kept as they are, and a file an
+    earlier run was killed writing (a cut-off PNG or index) is written again. Each file is written to a temporary
+    name and renamed, so a killed run never leaves a cut-off one. Returns the index path.
     """
+    return _write_planned(_plan_digits(Path(workdir), scale=scale, random_state=random_state))
+
+
+@dataclass
+class _DigitsPlan:
+    workdir: Path
+    index: Path
+    frame: pd.DataFrame
+    todo: list  # (path, pixels) of the digits to write
+
+
+def _plan_digits(workdir: Path, *, scale: int = 4, random_state: int = 0) -> _DigitsPlan:
+    """What `write_digits` writes into `workdir`, checked against what is there; reads only."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    workdir = Path(workdir)
     rows, images = [], []
     for i, (img, label) in enumerate(zip(digits.images, digits.target)):
         rows.append((f"images/{label}/{i:04d}.png", str(label)))
@@ -56,26 +69,47 @@ def write_digits(workdir, *, scale: int = 4, random_state: int = 0) -> Path:
     frame["split"] = ""
     frame.loc[train, "split"], frame.loc[val, "split"], frame.loc[test, "split"] = "train", "val", "test"
     path = workdir / "index.csv"
-    if path.exists() and not _same_index(path, frame):
+    if (path.exists() or path.is_symlink()) and not _ours_index(path, frame):
         raise ValueError(f"{path} is not the index the demo writes; refusing to write over it: give --out a new "
                          "folder (or one an earlier demo wrote)")
-    todo = [(workdir / name, pixels) for (name, _), pixels in zip(rows, images)
-            if not _same_image(workdir / name, pixels)]
-    for target, _ in todo:
-        if target.exists() or target.is_symlink():
-            raise ValueError(f"{target} is not the digit the demo writes there; refusing to write over it: give "
-                             "--out a new folder (or one an earlier demo wrote)")
-    for folder in {workdir, *(target.parent for target, _ in todo)}:
-        remove_dead_temporaries(folder)  # a killed run's file, written but not renamed
+    todo = []
+    for (name, _), pixels in zip(rows, images):
+        found = _found_image(workdir / name, pixels)
+        if found == "other":
+            raise ValueError(f"{workdir / name} is not the digit the demo writes there; refusing to write over it: "
+                             "give --out a new folder (or one an earlier demo wrote)")
+        if found != "same":
+            todo.append((workdir / name, pixels))
+    return _DigitsPlan(workdir, path, frame, todo)
+
+
+def _write_planned(plan: _DigitsPlan) -> Path:
+    names = {}  # folder -> the names the demo writes there
+    for target, _ in plan.todo:
+        names.setdefault(target.parent, set()).add(target.name)
+    names.setdefault(plan.workdir, set()).add(plan.index.name)
+    for folder, ours in names.items():
+        remove_dead_temporaries(folder, ours.__contains__)  # a killed run's file, written but not renamed
     try:
-        for target, pixels in todo:
+        for target, pixels in plan.todo:
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_replacing(target, lambda tmp, pixels=pixels: _save_png(pixels, tmp))
-        if not path.exists():
-            _write_replacing(path, lambda tmp: frame.to_csv(tmp, index=False))
+        if not _same_index(plan.index, plan.frame):
+            _write_replacing(plan.index, lambda tmp: plan.frame.to_csv(tmp, index=False))
     except OSError as err:  # a full disk: one line naming the file, as every other writer's
-        raise write_error(err, store=str(workdir), what=str(err.filename or workdir)) from err
-    return path
+        raise write_error(err, store=str(plan.workdir), what=str(err.filename or plan.workdir)) from err
+    return plan.index
+
+
+def _ours_index(path: Path, frame: pd.DataFrame) -> bool:
+    """The demo's index, whole, or cut off by a killed write (an earlier version wrote it in place)."""
+    if _same_index(path, frame):
+        return True
+    try:
+        found = path.read_text(encoding="utf-8") if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError):
+        return False
+    return found is not None and frame.to_csv(index=False).startswith(found)
 
 
 def _same_index(path: Path, frame: pd.DataFrame) -> bool:
@@ -86,16 +120,20 @@ def _same_index(path: Path, frame: pd.DataFrame) -> bool:
     return list(found.columns) == list(frame.columns) and found.astype(str).equals(frame.astype(str))
 
 
-def _same_image(path: Path, pixels: np.ndarray) -> bool:
+def _found_image(path: Path, pixels: np.ndarray) -> str:
+    """"none" (no file), "same" (this digit), "cut-off" (a file no image can be read from, as an earlier version
+    left when killed while writing it in place) or "other" (anything else: a user's image, a folder, a link)."""
     from PIL import Image
 
+    if not (path.exists() or path.is_symlink()):
+        return "none"
     if not path.is_file() or path.is_symlink():
-        return False
+        return "other"
     try:
         with Image.open(path) as im:
-            return im.mode == "L" and np.array_equal(np.asarray(im), pixels)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
+            return "same" if im.mode == "L" and np.array_equal(np.asarray(im), pixels) else "other"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return "cut-off"
 
 
 def _save_png(pixels: np.ndarray, path) -> None:
@@ -138,15 +176,18 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     `progress` (tqdm-like factories) shows the extraction, `train_progress` the MLP's epochs.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    plan = _plan_digits(workdir)  # a folder of the user's own files is refused before anything is written
+    (workdir / "images").mkdir(parents=True, exist_ok=True)
     busy = ValueError(f"{workdir} is being written by another featurehead demo; re-run when it has finished")
-    with folder_lock(workdir, DEMO_LOCK, timeout=0, busy=busy):
-        return _run_demo(workdir, input_size=input_size, weights=weights, epochs=epochs, progress=progress,
+    with folder_lock(workdir / "images", DEMO_LOCK, timeout=0, busy=busy):  # in the demo's own images/
+        return _run_demo(plan, input_size=input_size, weights=weights, epochs=epochs, progress=progress,
                          train_progress=train_progress)
 
 
-def _run_demo(workdir: Path, *, input_size: int, weights: str, epochs: int, progress, train_progress) -> DemoResult:
-    index_path = write_digits(workdir)
+def _run_demo(plan: _DigitsPlan, *, input_size: int, weights: str, epochs: int, progress,
+              train_progress) -> DemoResult:
+    workdir = plan.workdir
+    index_path = _write_planned(plan)
     index = read_index(index_path)
     extractor, note = choose_extractor(input_size=input_size, weights=weights)
     result = DemoResult(workdir=workdir, weights=extractor.weights_source(), store=Path())
