@@ -239,6 +239,12 @@ def test_augment_preview_refuses_to_write_over_an_image_of_the_index(csv_index, 
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is an image of the index" in err
     assert image.read_bytes() == before
+    # an index image that is a link: its target, under another name, is refused too
+    target = csv_index.parent / "raw.png"
+    image.rename(target)
+    image.symlink_to(target)
+    assert main(["augment-preview", str(csv_index), "--out", str(target)]) == 2
+    assert target.read_bytes() == before
 
 
 @pytest.mark.parametrize("bad", [{"size": 0}, {"n_images": 0}, {"k": -1}])

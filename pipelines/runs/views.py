@@ -157,8 +157,7 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     index = read_index(index_source, images_root)
-    if out.exists() and any(os.path.basename(p) == out.name and os.path.exists(p) and os.path.samefile(out, p)
-                            for p in index.paths):
+    if out.exists() and any(os.path.exists(p) and os.path.samefile(out, p) for p in index.paths):  # links too
         raise ValueError(f"{out} is an image of the index; refusing to write the preview over it: give --out "
                          "another file name")
     rows = list(range(min(n_images, len(index))))
