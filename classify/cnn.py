@@ -160,19 +160,26 @@ def make_optimizer(name: str, learning_rate: float | None = None):
 
 
 def epoch_timer():
-    """A Keras callback whose ``seconds`` lists the wall time of each epoch."""
+    """A Keras callback whose ``seconds`` lists the wall time of each epoch's training: a `fit` that scores
+    validation data after every epoch (its `evaluate` calls `on_test_begin`) stops the clock there."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.seconds = []
+            self._start = self._trained = None
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+            self._start, self._trained = time.perf_counter(), None
+
+        def on_test_begin(self, logs=None):
+            if self._start is not None and self._trained is None:  # within an epoch: its validation begins
+                self._trained = time.perf_counter() - self._start
 
         def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
+            self.seconds.append(self._trained if self._trained is not None else time.perf_counter() - self._start)
+            self._start = None
 
     return EpochTimer()
 

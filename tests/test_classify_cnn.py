@@ -30,6 +30,31 @@ def test_train_on_arrays_returns_history_and_epoch_times(data):
     assert all(s > 0 for s in history["epoch_seconds"])
 
 
+def test_epoch_times_leave_out_the_validation_after_each_epoch(data):
+    """With val rows scored after every epoch (pretrain-cnn), the "s / epoch" of docs/experiments.md counted
+    that scoring too. A probe stalls every validation by 0.3 s: the epoch times do not hold it."""
+    import time
+
+    import keras
+
+    class Probe(keras.callbacks.Callback):  # runs after the timer (train_cnn puts its own callback first)
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            time.sleep(0.3)
+
+        def on_epoch_end(self, epoch, logs=None):
+            whole.append(time.perf_counter() - self.begin)
+
+    whole = []
+    X, y = data
+    model = build_cnn(X.shape[1:], 2, filters=4, dense_units=8, seed=0)
+    history = train_cnn(model, X, y, epochs=2, batch_size=8, validation_data=(X[:4], y[:4]), callbacks=[Probe()])
+    assert len(history["val_loss"]) == len(history["epoch_seconds"]) == len(whole) == 2
+    assert all(0 < s <= w - 0.3 for s, w in zip(history["epoch_seconds"], whole))
+
+
 def test_transfer_freezes_the_feature_block(data):
     import keras
 
