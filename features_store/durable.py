@@ -74,9 +74,9 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     Called before they write by the writers of the files a command makes (an export, a pretrained model, the
     predictions, metrics.json, a report's page, every plot, sweep.csv, the augmentation preview), not by every
     `atomic_write` (a store's shards and views are the store's own); it lists the folder, so a writer of many
-    files in one folder (a report's thumbnails) calls `remove_dead_temporaries` once instead. A process is looked for on this machine only: a
-    folder that writers on other machines share may lose a live writer's temporary file (its rename then fails,
-    and it says so)."""
+    files in one folder (a report's thumbnails) calls `remove_dead_temporaries` once instead. A process is
+    looked for on this machine only: a folder that writers on other machines share may lose a live writer's
+    temporary file (its rename then fails, and it says so)."""
     path = os.fspath(path)
     folder, prefix = os.path.dirname(path) or ".", temporary_prefix(path)
     try:
