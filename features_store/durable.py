@@ -85,7 +85,7 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
         return  # the write itself says what is wrong with the folder
     for name in names:
         pid = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):  # not '²'
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

@@ -204,8 +204,10 @@ def test_a_killed_writers_temporary_file_is_removed(tmp_path):
     (tmp_path / ".backup.tmp-20240101123045").write_bytes(b"a number no pid can be")  # crashed os.kill
     remove_dead_temporaries(tmp_path, {"t.png", "m.keras"}.__contains__)  # only the writer's own files
     remove_dead_writers_files(tmp_path / "backup")
+    (tmp_path / ".backup.tmp-\u00b2").write_bytes(b"'2' is a digit to str.isdigit, not to int")  # export failed
+    remove_dead_writers_files(tmp_path / "backup")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".backup.tmp-20240101123045", f".draft.tmp-{gone.pid}.md", f".e.h5.tmp-{os.getppid()}",
+        ".backup.tmp-20240101123045", ".backup.tmp-\u00b2", f".draft.tmp-{gone.pid}.md", f".e.h5.tmp-{os.getppid()}",
         f".other.h5.tmp-{gone.pid}", f"notes.tmp-{gone.pid}"]
 
 

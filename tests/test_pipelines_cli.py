@@ -629,17 +629,27 @@ def test_demo_refuses_a_folder_whose_index_or_images_it_did_not_write(tmp_path, 
     Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(digit)  # the user's own image at a digit's name
     with pytest.raises(ValueError, match="0003.png is not the digit the demo writes there"):
         write_digits(tmp_path / "d")
+    digit.write_text("version https://git-lfs.github.com/spec/v1\n")  # not an image at all: the user's too
+    with pytest.raises(ValueError, match="0003.png is not the digit the demo writes there"):
+        write_digits(tmp_path / "d")
     (tmp_path / "d" / "images" / "5" / "0005.png").unlink()  # a digit missing (a killed run): written again
     digit.unlink()
     # what an earlier version, writing in place, left when killed: a cut-off digit and a cut-off index
     cut = tmp_path / "d" / "images" / "1" / "1000.png"
-    cut.write_bytes(cut.read_bytes()[:40])
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[:40])
+    tail = tmp_path / "d" / "images" / "2" / "0002.png"  # cut in its last chunk: it still decodes the same pixels
+    tail.write_bytes(tail.read_bytes()[:-4])
     index.write_text(index.read_text()[:500])
     (tmp_path / "d" / ".draft.tmp-12345.md").write_text("a user's hidden file")  # not the demo's: kept
     write_digits(tmp_path / "d")
     assert len(list((tmp_path / "d" / "images").rglob("*.png"))) == 1797
     with Image.open(cut) as written:
         assert len(pd.read_csv(index)) == 1797 and written.size == (32, 32)
+    assert cut.read_bytes() == whole and tail.read_bytes().endswith(b"IEND\xaeB`\x82")
+    index.write_text(index.read_text()[:-1])  # all but its last newline
+    write_digits(tmp_path / "d")
+    assert index.read_text().endswith("\n")
     assert [p.name for p in (tmp_path / "d").rglob(".*")] == [".draft.tmp-12345.md"]  # no temporary file left
 
 

@@ -113,16 +113,19 @@ def _ours_index(path: Path, frame: pd.DataFrame) -> bool:
 
 
 def _same_index(path: Path, frame: pd.DataFrame) -> bool:
+    """The demo's index, whole (ending in its last newline)."""
     try:
         found = pd.read_csv(path, dtype=str, keep_default_na=False)
+        whole = path.read_bytes().endswith(b"\n")
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return list(found.columns) == list(frame.columns) and found.astype(str).equals(frame.astype(str))
+    return whole and list(found.columns) == list(frame.columns) and found.astype(str).equals(frame.astype(str))
 
 
 def _found_image(path: Path, pixels: np.ndarray) -> str:
-    """"none" (no file), "same" (this digit), "cut-off" (a file no image can be read from, as an earlier version
-    left when killed while writing it in place) or "other" (anything else: a user's image, a folder, a link)."""
+    """"none" (no file), "same" (this digit, whole), "cut-off" (the start of the PNG the demo writes, as an earlier
+    version left when killed while writing it in place) or "other" (anything else: a user's file, a folder, a
+    link)."""
     from PIL import Image
 
     if not (path.exists() or path.is_symlink()):
@@ -131,15 +134,31 @@ def _found_image(path: Path, pixels: np.ndarray) -> str:
         return "other"
     try:
         with Image.open(path) as im:
-            return "same" if im.mode == "L" and np.array_equal(np.asarray(im), pixels) else "other"
+            same = im.mode == "L" and np.array_equal(np.asarray(im), pixels)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return "cut-off"
+        same = False
+    data = path.read_bytes()
+    if same and data.endswith(_PNG_END):
+        return "same"
+    # cut off: the start of this very PNG (a cut-off file may still decode to the same pixels, without its end)
+    return "cut-off" if _png(pixels).startswith(data) and len(data) < len(_png(pixels)) else "other"
+
+
+_PNG_END = b"IEND\xaeB`\x82"  # a PNG's last chunk: a whole file ends with it
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _save_png(pixels: np.ndarray, path) -> None:
-    from PIL import Image
-
-    Image.fromarray(pixels, "L").save(path, format="PNG")
+    Path(path).write_bytes(_png(pixels))
 
 
 def _write_replacing(path: Path, write) -> None:
