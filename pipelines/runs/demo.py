@@ -140,8 +140,8 @@ def _found_image(path: Path, pixels: np.ndarray) -> str:
     data = path.read_bytes()
     if same and data.endswith(_PNG_END):
         return "same"
-    # cut off: the start of this very PNG (a cut-off file may still decode to the same pixels, without its end)
-    return "cut-off" if _png(pixels).startswith(data) and len(data) < len(_png(pixels)) else "other"
+    expected = _png(pixels)  # cut off: the start of this very PNG (it may decode to the same pixels, without its end)
+    return "cut-off" if len(data) < len(expected) and expected.startswith(data) else "other"
 
 
 _PNG_END = b"IEND\xaeB`\x82"  # a PNG's last chunk: a whole file ends with it
