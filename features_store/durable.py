@@ -77,37 +77,27 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
     files in one folder (a report's thumbnails) calls `remove_dead_temporaries` once instead. A process is
     looked for on this machine only: a folder that writers on other machines share may lose a live writer's
     temporary file (its rename then fails, and it says so)."""
-    path = os.fspath(path)
-    folder, prefix = os.path.dirname(path) or ".", temporary_prefix(path)
+    name = os.path.basename(os.fspath(path))
+    remove_dead_temporaries(os.path.dirname(os.fspath(path)) or ".", name.__eq__, suffix=suffix)
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-([0-9]+)(\.[A-Za-z0-9]+)?")  # `atomic_write`'s: .NAME.tmp-PID[.suffix]
+
+
+def remove_dead_temporaries(folder: str | os.PathLike, ours: Callable[[str], bool], *,
+                            suffix: str | None = None) -> None:
+    """Remove the temporary files in `folder` (``.NAME.tmp-PID[.suffix]``) of the `atomic_write`s whose process is
+    gone, for the NAMEs that `ours(NAME)` says a command writes there (and only with `suffix`, when given), listing
+    the folder once: a writer of many files in one folder (a report's thumbnails, the demo's digits) calls it
+    once; a user's own hidden files of that shape are kept."""
     try:
         names = os.listdir(folder)
     except OSError:
         return  # the write itself says what is wrong with the folder
     for name in names:
-        pid = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
-        if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):  # not '²'
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-_TEMPORARY = re.compile(r"\.(.+)\.tmp-(\d{1,10})(\.[A-Za-z0-9]+)?")
-
-
-def remove_dead_temporaries(folder: str | os.PathLike, ours: Callable[[str], bool]) -> None:
-    """`remove_dead_writers_files` for the files of `folder` that `ours(name)` says a command writes there: the
-    temporary files (``.NAME.tmp-PID[.suffix]``) of their `atomic_write`s whose process is gone, listed once.
-    For the writers of many files in one folder (a report's thumbnails, the demo's digits), where one
-    `remove_dead_writers_files` per file would list the folder each time; a user's own hidden files of that shape
-    are kept (`ours` names only the command's files)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
         match = _TEMPORARY.fullmatch(name)
-        if match and ours(match.group(1)) and int(match.group(2)) != os.getpid() and not _alive(int(match.group(2))):
+        if (match and ours(match.group(1)) and (suffix is None or (match.group(3) or "") == suffix)
+                and int(match.group(2)) != os.getpid() and not _alive(int(match.group(2)))):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from extract import WeightsUnavailableError, get_extractor, read_index
-from features_store.durable import remove_dead_temporaries, temporary_prefix, write_error
+from features_store.durable import atomic_write_bytes, remove_dead_temporaries, write_error
 from features_store.lock import folder_lock
 
 from .extraction import run_extract
@@ -93,9 +92,9 @@ def _write_planned(plan: _DigitsPlan) -> Path:
     try:
         for target, pixels in plan.todo:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_replacing(target, lambda tmp, pixels=pixels: _save_png(pixels, tmp))
+            atomic_write_bytes(target, _png(pixels))  # a kill leaves no cut-off file
         if not _same_index(plan.index, plan.frame):
-            _write_replacing(plan.index, lambda tmp: plan.frame.to_csv(tmp, index=False))
+            atomic_write_bytes(plan.index, plan.frame.to_csv(index=False).encode())
     except OSError as err:  # a full disk: one line naming the file, as every other writer's
         raise write_error(err, store=str(plan.workdir), what=str(err.filename or plan.workdir)) from err
     return plan.index
@@ -155,22 +154,6 @@ def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, "L").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _save_png(pixels: np.ndarray, path) -> None:
-    Path(path).write_bytes(_png(pixels))
-
-
-def _write_replacing(path: Path, write) -> None:
-    """`write(tmp)` then rename over `path`: a kill leaves the old file or the new one, never a cut-off one."""
-    tmp = path.with_name(f"{temporary_prefix(path)}{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(path)) from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def choose_extractor(*, input_size: int = 64, batch_size: int = 32, weights: str = "imagenet"):

@@ -146,7 +146,8 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     from PIL import Image
 
     from extract import read_index
-    from features_store.durable import atomic_write, remove_dead_writers_files
+
+    from .prediction import write_output  # (it imports this module)
 
     out = Path(out)
     image_format = GRID_FORMATS.get(out.suffix.lower())
@@ -169,6 +170,5 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
             for r in rows if ok[r]]
     out.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(grid_image(grid, first_gap=PREVIEW_GAP))  # the originals set apart
-    remove_dead_writers_files(out)  # a killed run's temporary grid, beside it
-    atomic_write(out, lambda tmp: image.save(tmp, format=image_format))  # a full disk keeps the previous grid
+    write_output(out, lambda tmp: image.save(tmp, format=image_format))  # a full disk keeps the previous grid
     return out

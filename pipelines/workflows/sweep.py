@@ -114,10 +114,11 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "sweep.csv"
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    weights = (extractor.spec().get("config") or {}).get("weights")
+    spec = extractor.spec()
+    weights = (spec.get("config") or {}).get("weights")
     shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
     png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
-                     note=NOT_PRETRAINED if random_init(extractor.spec()) else "")
+                     note=NOT_PRETRAINED if random_init(spec) else "")
     return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
 
 
