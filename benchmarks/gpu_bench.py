@@ -53,8 +53,24 @@ def make_jpegs(root: Path, n: int, photos_dir: Path | None) -> list[str]:
     return paths
 
 
-def seed_style(paths, size: int, precision: str) -> float:
-    """The seed's code: load every image (Pillow, one by one), preprocess_input, one model.predict."""
+def device_of(backend: str) -> str:
+    """What the forward pass runs on: "gpu: <name>" or "cpu"."""
+    if backend == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return f"gpu: {d.device_kind}" if d.platform in ("gpu", "cuda") else d.platform
+    if backend == "torch":
+        import torch
+
+        return f"gpu: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    return "unknown"
+
+
+def seed_style(paths, size: int, precision: str) -> dict:
+    """The seed's code: load every image (Pillow, one by one), preprocess_input, one model.predict. Timed cold (as
+    the seed runs: under jax its first predict compiles, twice: batch 32 and the last partial batch) and again warm
+    (the same predict repeated), so that a compile is not counted as the seed's forward speed."""
     import keras
     from PIL import Image
 
@@ -67,7 +83,29 @@ def seed_style(paths, size: int, precision: str) -> float:
     x = keras.applications.vgg16.preprocess_input(x)
     out = model.predict(x, verbose=0)
     assert len(out) == len(paths)
-    return len(paths) / (time.perf_counter() - t)
+    cold = len(paths) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    model.predict(x, verbose=0)
+    return {"seed_style_img_s": cold, "seed_style_predict_warm_img_s": len(paths) / (time.perf_counter() - t)}
+
+
+def float32_math(backend: str) -> str:
+    """What "float32" means for the convolutions on this device: on an A100/H100 both backends default to TF32."""
+    if backend == "torch":
+        import torch
+
+        return f"torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+    if backend == "jax":
+        import jax
+
+        return f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision}"
+    return "unknown"
+
+
+def versions(backend: str) -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("keras", "numpy", "jax" if backend == "jax" else backend)}
 
 
 def main(argv=None):
@@ -80,6 +118,7 @@ def main(argv=None):
     p.add_argument("--precisions", default="float32,bfloat16")
     p.add_argument("--torch-compile", action="store_true", help="torch only: also time torch.compile")
     p.add_argument("--json", default=None)
+    p.add_argument("--require-gpu", action="store_true", help="stop at once if the backend sees no GPU")
     args = p.parse_args(argv)
 
     import keras
@@ -91,6 +130,9 @@ def main(argv=None):
     from pipelines.runs.extraction import run_extract
 
     backend = keras.backend.backend()
+    device = device_of(backend)
+    if args.require_gpu and not device.startswith("gpu"):
+        sys.exit(f"{backend}: NO GPU visible to this backend (device: {device}); stopping, no CPU figures reported")
     work = Path(args.workdir)
     paths = make_jpegs(work / f"jpeg{args.n}", args.n, Path(args.photos) if args.photos else None)
     index = read_index(work / f"jpeg{args.n}")
@@ -98,8 +140,12 @@ def main(argv=None):
     images, _, _ = read_batch(paths, args.size, executor=None)
     decode_1core = len(paths) / (time.perf_counter() - t)
     result = {"backend": backend, "n": args.n, "size": args.size, "batch_size": args.batch_size,
-              "cores": default_workers(), "decoder": DECODER, "decode_1core_img_s": decode_1core, "runs": {}}
-    print(f"{backend}: {args.n} JPEGs 500x375 -> {args.size}, batch {args.batch_size}, {default_workers()} cores; "
+              "cores": default_workers(), "decoder": DECODER, "decode_1core_img_s": decode_1core, "device": device,
+              "float32_math": float32_math(backend),
+              "weights": "random init (seeded), speed only: no accuracy", "versions": versions(backend),
+              "runs": {}}
+    print(f"{backend} on {device}, VGG16 RANDOM-INIT weights (speed only): {args.n} JPEGs 500x375 -> {args.size}, "
+          f"batch {args.batch_size}, {default_workers()} cores; "
           f"decoder {DECODER}, decode+resize on 1 core {decode_1core:.0f} img/s", flush=True)
     for precision in args.precisions.split(","):
         run = {}
@@ -121,12 +167,12 @@ def main(argv=None):
         run_extract(index, extractor, store)
         run["end_to_end_img_s"] = args.n / (time.perf_counter() - t)
         run["e2e_over_model_only"] = run["end_to_end_img_s"] / run["model_only_img_s"]
-        run["seed_style_img_s"] = seed_style(paths, args.size, precision)
+        run.update(seed_style(paths, args.size, precision))
         run["ours_over_seed_style"] = run["end_to_end_img_s"] / run["seed_style_img_s"]
         result["runs"][precision] = run
         print(f"  {precision}: " + ", ".join(f"{k} {v:.2f}" for k, v in run.items()), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        if args.json:  # after each precision: a timeout later keeps what was measured
+            Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 

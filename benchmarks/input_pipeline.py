@@ -13,6 +13,7 @@ Timed, each on the same files, best of --repeat runs:
 - peer: `keras.utils.image_dataset_from_directory(image_size=(224, 224), batch_size=32)` + `model.predict`;
 - featurehead: `pipelines.run_extract` into a new store (hashing, decoding, forward pass, shard writes, view).
 - featurehead_model_only: featurehead's forward pass alone over 512 already decoded images (every core).
+- with `--only ...,tfdata`: a tf.data pipeline (`decode_jpeg` + `tf.image.resize`, antialiased or not) + the model.
 Ratios printed: featurehead / peer and featurehead / (pillow_decode_1core x cores), the issue's goals; and, for
 reference only, featurehead / a ceiling that also pays the forward pass on the same cores,
 1 / (1 / (pillow_decode_1core x cores) + 1 / featurehead_model_only).
@@ -94,6 +95,28 @@ def peer_rate(root: Path, model_path: Path) -> float:
     n = 0
     for out in [model.predict(ds, verbose=0)]:
         n += len(out)
+    return n / (time.perf_counter() - t)
+
+
+def tfdata_rate(paths, model_path: Path, antialias: bool) -> float:
+    """A tf.data pipeline a user might write instead of featurehead's decode pool (no GIL in its C++ threads):
+    `tf.io.decode_jpeg` + `tf.image.resize(antialias=...)` to 224, rounded to uint8, batches of 32, prefetch,
+    `model(batch)`. Not a peer of the issue's goals; it tests whether moving the decoding into tf.data would pay."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_path, compile=False)
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        image = tf.image.resize(image, (224, 224), antialias=antialias)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    t = time.perf_counter()
+    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    n = 0
+    for batch in ds.batch(32).prefetch(2):
+        n += len(model(batch, training=False))
     return n / (time.perf_counter() - t)
 
 
@@ -314,7 +337,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None, help="featurehead decode workers (default: its default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of: decode,resize,peer,featurehead,pools,vgg16,quality,stages "
+                   help="comma-separated subset of: decode,resize,peer,featurehead,tfdata,pools,vgg16,quality,stages "
                         "(default: the first four)")
     p.add_argument("--image-size", default="500x375",
                    help="WIDTHxHEIGHT of the generated JPEGs (larger than the photos' 640x427: upscaled, smooth)")
@@ -352,6 +375,10 @@ def main(argv=None):
             rates["featurehead"] = max(rates.get("featurehead", 0), this["featurehead"])
             rates["featurehead_model_only"] = max(rates.get("featurehead_model_only", 0),
                                                   cheap_model_only_rate(paths, model_path, args.batch_size))
+        if "tfdata" in only:
+            for antialias in (True, False):
+                name = f"tfdata_{'antialiased' if antialias else 'bilinear'}"
+                rates[name] = max(rates.get(name, 0), tfdata_rate(paths, model_path, antialias))
         if len(this) == 2:
             pairs.append(this["featurehead"] / this["peer"])
         if "pools" in only:
