@@ -181,6 +181,12 @@ class Extractor:
         """
         return self.forward().run(images)
 
+    def stream(self, chunks):
+        """`self(images)` for each array of images that the iterable `chunks` yields, in order, as a generator that
+        keeps the backend's batches in flight across the arrays (two under jax and torch), which one call per
+        array cannot: what `run_extract` feeds its decoded batches through."""
+        return self.forward().stream(chunks)
+
     def forward(self):
         """The backend's compiled forward pass over this extractor's model (built once, then reused)."""
         from .forward import make_forward

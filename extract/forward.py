@@ -2,8 +2,9 @@
 
 - tensorflow: the model's own compiled predict function (`predict_on_batch`).
 - jax: a jitted stateless call (`model.stateless_call` under `jax.jit`, the variables passed in, nothing traced
-  twice); jax dispatches asynchronously, so `run` keeps two batches in flight: the next is on the device while
-  the previous one's features are copied back.
+  twice); jax dispatches asynchronously, so `stream` keeps two batches in flight: the next is on the device while
+  the previous one's features are copied back, also across the arrays it is fed (`run_extract` feeds it one
+  decoded batch at a time).
 - torch: `torch.inference_mode`, the batch pinned in host memory and copied without blocking when the device is
   a GPU, and `torch.compile` when asked (`compile=True`; it helps on a GPU, costs a long warm-up on a CPU).
   Channels-last needs nothing of ours: the batch is NHWC, and Keras's torch backend hands every convolution its
@@ -16,6 +17,7 @@ Every batch has the same shape (the last one is padded), so nothing recompiles.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -45,28 +47,41 @@ class Forward:
         raise NotImplementedError
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
-            h, w, c = self.input_shape
-            raise ExtractorConfigError(f"images must have shape (n, {h}, {w}, {c}). Received: {images.shape}")
-        images = as_uint8(images)
-        bs = self.batch_size
-        out = np.empty((len(images), self.output_dim), dtype=np.float32)
-        pending: deque = deque()
-        for start in range(0, len(images), bs):
-            chunk = images[start : start + bs]
-            n = len(chunk)
-            if n < bs:  # pad so the compiled function always sees one shape and never retraces
-                chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
-            pending.append((start, n, self.submit(np.ascontiguousarray(chunk))))
-            if len(pending) > self.in_flight - 1:
-                self._collect(pending.popleft(), out)
-        while pending:
-            self._collect(pending.popleft(), out)
-        return out
+        return next(iter(self.stream((images,))))
 
-    def _collect(self, item, out):
-        start, n, handle = item
-        out[start : start + n] = np.asarray(self.fetch(handle), dtype=np.float32).reshape(self.batch_size, -1)[:n]
+    def stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The features of each array of images that `chunks` yields, in order: `in_flight` batches stay on the
+        device across the chunks' boundaries too (the next chunk's first batch is submitted before the previous
+        chunk's last one is fetched), so that a caller feeding chunks one batch long still keeps two in flight."""
+        bs = self.batch_size
+        pending: deque = deque()  # (out, start, n, handle, the last batch of its chunk)
+        for images in chunks:
+            if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+                h, w, c = self.input_shape
+                raise ExtractorConfigError(f"images must have shape (n, {h}, {w}, {c}). Received: {images.shape}")
+            images = as_uint8(images)
+            out = np.empty((len(images), self.output_dim), dtype=np.float32)
+            if not len(images):
+                pending.append((out, 0, 0, None, True))
+            for start in range(0, len(images), bs):
+                chunk = images[start : start + bs]
+                n = len(chunk)
+                if n < bs:  # pad so the compiled function always sees one shape and never retraces
+                    chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
+                pending.append((out, start, n, self.submit(np.ascontiguousarray(chunk)), start + bs >= len(images)))
+                while len(pending) > self.in_flight - 1:
+                    yield from self._collect(pending.popleft())
+            while pending and pending[0][3] is None:  # an empty chunk with nothing before it on the device
+                yield from self._collect(pending.popleft())
+        while pending:
+            yield from self._collect(pending.popleft())
+
+    def _collect(self, item):
+        out, start, n, handle, last = item
+        if handle is not None:
+            out[start : start + n] = np.asarray(self.fetch(handle), dtype=np.float32).reshape(self.batch_size, -1)[:n]
+        if last:
+            yield out
 
 
 class TensorflowForward(Forward):

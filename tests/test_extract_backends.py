@@ -65,3 +65,46 @@ def test_backend_gives_the_same_features_as_tensorflow(backend, pooling, weights
     other = _run(backend, cfg, tmp)
     assert other.shape == reference.shape == (5, 512)
     np.testing.assert_allclose(other, reference, rtol=1e-3, atol=1e-3 * np.abs(reference).max())
+
+
+EXTRACT_SCRIPT = r"""
+import sys
+import numpy as np
+import features_store
+from extract import get_extractor, read_index
+from pipelines import run_extract
+import keras
+extractor = get_extractor("vgg16", weights=sys.argv[2], input_size=32, pooling="avg", batch_size=2)
+result = run_extract(read_index(sys.argv[1]), extractor, sys.argv[3])
+X, y, ids = features_store.load(sys.argv[3], ok_only=False)
+np.savez(sys.argv[4], X=X, ids=ids.astype(str))
+print(result.n_failed, keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_run_extract_under_backend_writes_the_rows_tensorflow_writes(backend, weights_and_images, image_folder,
+                                                                      tmp_path):
+    """run_extract feeds its decoded batches through the extractor's stream (two batches in flight under jax and
+    torch): every row lands in its place, a failed row among them, as under tensorflow (batches of 2 over 9
+    files: several chunks, one with a failure, a padded tail)."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    (image_folder / "a" / "9.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    weights = str(weights_and_images / "vgg16.weights.h5")
+    runs = {}
+    for name in ("tensorflow", backend):
+        env = dict(os.environ, KERAS_BACKEND=name, TF_CPP_MIN_LOG_LEVEL="3")
+        out = tmp_path / f"{name}.npz"
+        proc = subprocess.run([sys.executable, "-c", EXTRACT_SCRIPT, str(image_folder), weights,
+                               str(tmp_path / f"store-{name}"), str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == f"1 {name}"
+        runs[name] = np.load(out)
+    ref, other = runs["tensorflow"], runs[backend]
+    np.testing.assert_array_equal(other["ids"], ref["ids"])
+    assert len(ref["ids"]) == 9 and np.isnan(ref["X"]).all(axis=1).sum() == 1
+    np.testing.assert_array_equal(np.isnan(other["X"]), np.isnan(ref["X"]))
+    ok = ~np.isnan(ref["X"]).any(axis=1)
+    np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max())

@@ -131,7 +131,7 @@ def run_extract(
             session.write_view(**args, versions=base_versions())
 
         def build():
-            return [extractor.output_dim], lambda images: [extractor(images)]
+            return [extractor.output_dim], lambda chunks: ([out] for out in extractor.stream(chunks))
 
         # `input_shape` of a saved model (`keras`, `cae`) loads it: only when something is to extract, so that a
         # relabel, a reorder or a moved root builds no model (and imports no Keras)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -148,13 +149,14 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     """Compute the keys that any target lacks, once, and write each target's share; return the rows computed.
 
     `build()` is called only when something is missing: it builds the model and returns the feature width of
-    each target and `compute(images) -> [features of each target]`. Three stages overlap: the decoding pool
-    (`extract.batches.decoded_batches`, a few batches ahead), the forward pass here, and the writes on an
-    `AsyncWriter`, each behind a bounded queue.
+    each target and `stream(chunks)`, a generator of [features of each target] for each array of images that
+    the iterable `chunks` yields, in order (an extractor's `stream`, which keeps two batches in flight on a GPU
+    across the arrays). Three stages overlap: the decoding pool (`extract.batches.decoded_batches`, a few batches
+    ahead), the forward pass here, and the writes on an `AsyncWriter`, each behind a bounded queue.
     """
     if not any(t.missing for t in targets):
         return 0
-    dims, compute = build()
+    dims, stream = build()
     versions = library_versions()
     need: set[str] = set()
     for target, dim in zip(targets, dims):
@@ -173,9 +175,10 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
             bar.update(len(batch_keys))
 
     writer = AsyncWriter(write)
-    try:
-        decoded = decoded_batches(paths, input_size, batches, workers, resize, stats=stats)
-        for lo, hi, images, ok, errors in decoded:
+    batches_in = deque()  # (lo, hi, ok, errors) of each batch handed to the forward pass, not yet written
+
+    def chunks():
+        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers, resize, stats=stats):
             batch_keys = keys[lo:hi]
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
@@ -184,14 +187,18 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
                 view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
                 seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
                 images = apply_views(images, ok, seeds, view, views)
-            if ok.all():
-                outputs = compute(images)
-            else:
+            batches_in.append((lo, hi, ok, errors))
+            yield images if ok.all() else images[ok]
+
+    try:
+        for parts in stream(chunks()):
+            lo, hi, ok, errors = batches_in.popleft()
+            outputs = parts
+            if not ok.all():
                 outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
-                if ok.any():
-                    for out, part in zip(outputs, compute(images[ok])):
-                        out[ok] = part
-            writer.put(batch_keys, outputs, ok, errors)
+                for out, part in zip(outputs, parts):
+                    out[ok] = part
+            writer.put(keys[lo:hi], outputs, ok, errors)
         writer.close()
         for target in targets:
             target.finish()

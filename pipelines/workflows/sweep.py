@@ -178,16 +178,16 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
             multi.validate()
             dims = multi.layer_dims()  # builds the one model
             bounds = np.cumsum(dims)[:-1]
-            return dims, lambda images: np.split(multi(images), bounds, axis=1)
+            return dims, lambda chunks: (np.split(out, bounds, axis=1) for out in multi.stream(chunks))
 
         done = 0
         if todo:
-            dims, compute = build()
+            dims, stream = build()
             for layer, dim in zip(todo, dims):
                 sessions[layer].ensure_manifest(dim)
                 sessions[layer].write_view(**_with_sweep_attr(args, stores[layer], layer, todo),
                                            versions=base_versions())
-            done = fill_stores(plan, [targets[layer] for layer in todo], lambda: (dims, compute),
+            done = fill_stores(plan, [targets[layer] for layer in todo], lambda: (dims, stream),
                                input_size=multi.input_shape[:2], views=None, strict=False, workers=workers,
                                progress=progress, batch_size=multi.batch_size, resize=multi.resize)
         for layer, session in sessions.items():
