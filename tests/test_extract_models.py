@@ -278,3 +278,30 @@ def test_fingerprint_follows_a_rewritten_weights_file(tmp_path):
     os.utime(path, ns=(1, 1))  # a different mtime even on coarse clocks
     assert e.fingerprint() != before
     assert restored.fingerprint() == e.fingerprint()
+
+
+def test_float16_features_that_come_out_all_zero_are_said(tmp_path, batch, caplog):
+    """An overflow inside the network under float16 came out of tensorflow's predict as exact zeros (jax and torch
+    give inf, which the store refuses): stored as ok rows with exit 0 and nothing said. Weights 4x VGG16's
+    random init overflow float16 (features ~1e7 in float32); every feature is then 0, and that is said once."""
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for layer in base.layers:
+        if layer.weights:
+            layer.kernel.assign(layer.kernel * 4)
+    path = tmp_path / "big.weights.h5"
+    base.save_weights(path)
+    full = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg", batch_size=2)(batch)
+    assert np.abs(full).max() > 65504 and full.any(axis=1).all()
+    caplog.set_level("WARNING", logger="extract")
+    half = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg", batch_size=2, precision="float16")
+    out = list(half.stream(iter([batch, batch])))
+    said = [r.getMessage() for r in caplog.records if "exactly 0 under --precision float16" in r.getMessage()]
+    if keras.backend.backend() == "tensorflow":
+        assert not any(o.any() for o in out)
+        assert len(said) == 1 and said[0].startswith("vgg16: every feature of 3 images")
+    # features that are not all zero are not flagged
+    caplog.clear()
+    get_extractor("vgg16", weights="none", input_size=32, pooling="avg", precision="float16")(batch)
+    assert not [r for r in caplog.records if "exactly 0" in r.getMessage()]
