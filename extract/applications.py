@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .backbones import BACKBONES, Backbone
-from .errors import ExtractorConfigError, WeightsUnavailableError
+from .errors import ExtractorConfigError, WeightsUnavailableError, not_a_file
 from .extractor import MIN_INPUT_SIZE, Extractor
 from .layers import cut_at_layer, dtype_policy, pooling_layer, preprocess_layer, seeded_init
 from .registry import get_extractor_class, register_extractor
@@ -164,7 +164,7 @@ class KerasApplicationExtractor(Extractor):
         path = self.weights_file()
         if path is not None and not Path(path).is_file():
             raise WeightsUnavailableError(
-                f"`weights` must be 'imagenet', 'none' or a path to a weights file; {path} does not exist"
+                f"`weights` must be 'imagenet', 'none' or a path to a weights file; {path} {not_a_file(path)}"
             )
 
     def weights_source(self) -> str:

@@ -31,3 +31,12 @@ class UnknownExtractorError(ExtractError, KeyError):
 
 class ExtractorConfigError(ExtractError, ValueError):
     """An extractor argument is out of range (pooling, input size, layer name...)."""
+
+
+def not_a_file(path) -> str:
+    """Why `path`, which is not a regular file, cannot be read as one: the end of a one-line error."""
+    import os
+
+    if os.path.isdir(path):
+        return "is a folder, not a file"
+    return "does not exist" if not os.path.lexists(path) else "is not a regular file"

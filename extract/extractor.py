@@ -129,10 +129,10 @@ class Extractor:
             key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)  # rewritten: hash again
             if self._weights_sha256 is None or self._weights_sha256[0] != key:
                 self._weights_sha256 = (key, file_sha256(path))
-        except FileNotFoundError as err:
-            from .errors import WeightsUnavailableError
+        except (FileNotFoundError, IsADirectoryError) as err:
+            from .errors import WeightsUnavailableError, not_a_file
 
-            raise WeightsUnavailableError(f"the weights file {path} does not exist") from err
+            raise WeightsUnavailableError(f"the weights file {path} {not_a_file(path)}") from err
         return self._weights_sha256[1]
 
     # --- the model --------------------------------------------------------------------------------------

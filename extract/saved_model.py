@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ExtractorConfigError, WeightsUnavailableError
+from .errors import ExtractorConfigError, WeightsUnavailableError, not_a_file
 from .extractor import Extractor
 from .layers import cut_at_layer, pooling_layer, register_layers
 from .registry import register_extractor
@@ -26,7 +26,7 @@ def load_saved_model(path):
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsUnavailableError(f"the saved model {path} does not exist")
+        raise WeightsUnavailableError(f"the saved model {path} {not_a_file(path)}")
     register_layers()
     try:
         return keras.saving.load_model(path, compile=False)
@@ -95,7 +95,7 @@ class SavedModelExtractor(Extractor):
                 f"Received: weights={weights!r}"
             )
         if not Path(weights).is_file():
-            raise WeightsUnavailableError(f"the saved model {weights} does not exist")
+            raise WeightsUnavailableError(f"the saved model {weights} {not_a_file(weights)}")
         if self._config["precision"] != "float32":
             raise ExtractorConfigError(
                 f"`precision` must be 'float32' for model {self.name!r} (a saved model keeps its own dtypes). "

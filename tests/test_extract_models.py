@@ -177,6 +177,7 @@ def test_unknown_model_lists_known_ones():
         pytest.param({"input_size": 16}, ExtractorConfigError, "`input_size` must be an integer >= 32", id="size"),
         pytest.param({"batch_size": 0}, ExtractorConfigError, "Received: batch_size=0", id="batch"),
         pytest.param({"weights": "/no/such.h5"}, WeightsUnavailableError, "does not exist", id="weights-file"),
+        pytest.param({"weights": "/"}, WeightsUnavailableError, "/ is a folder, not a file", id="weights-folder"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -111,6 +111,9 @@ def test_missing_and_unloadable_files(tmp_path):
         get_extractor("keras", weights=str(tmp_path / "nope.keras")).validate()
     with pytest.raises(WeightsUnavailableError, match=r"the weights file .*nope\.keras does not exist"):
         get_extractor("keras", weights=str(tmp_path / "nope.keras")).fingerprint()
+    for call in ("validate", "fingerprint"):  # a folder was "does not exist", or a bare IsADirectoryError
+        with pytest.raises(WeightsUnavailableError, match=r"the (saved model|weights file) .* is a folder, not a file"):
+            getattr(get_extractor("keras", weights=str(tmp_path)), call)()
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(WeightsUnavailableError, match=r"junk\.keras is not a loadable Keras model"):
