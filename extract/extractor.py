@@ -179,12 +179,18 @@ class Extractor:
         -------
         ndarray of shape (n, output_dim), float32
         """
-        return next(iter(self.stream((images,))))
+        return next(iter(self._stream((images,))))
 
     def stream(self, chunks):
         """`self(images)` for each array of images that the iterable `chunks` yields, in order, as a generator that
         keeps the backend's batches in flight across the arrays (two under jax and torch), which one call per
-        array cannot: what `run_extract` feeds its decoded batches through."""
+        array cannot: what `run_extract` feeds its decoded batches through. A subclass with a `__call__` of its
+        own is called once per array."""
+        if type(self).__call__ is not Extractor.__call__:
+            return map(self, chunks)
+        return self._stream(chunks)
+
+    def _stream(self, chunks):
         outputs = self.forward().stream(chunks)
         return _watch_float16(outputs, self.name) if self._config.get("precision") == "float16" else outputs
 

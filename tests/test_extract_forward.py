@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from extract import ExtractorConfigError, get_extractor
+from extract.applications import VGG16Extractor
 from extract.forward import TensorflowForward
 
 
@@ -73,3 +74,17 @@ def test_batches_stay_in_flight_across_chunks(extractor, in_flight):
 def test_a_chunk_of_the_wrong_shape_is_refused(extractor):
     with pytest.raises(ExtractorConfigError, match=r"images must have shape \(n, 32, 32, 3\)"):
         list(extractor.stream(iter([np.zeros((2, 16, 16, 3), np.uint8)])))
+
+
+class Doubled(VGG16Extractor):
+    """A subclass with a forward pass of its own."""
+
+    def __call__(self, images):
+        return 2 * super().__call__(images)
+
+
+def test_a_subclass_with_its_own_call_is_what_the_stream_runs(extractor):
+    chunks = _chunks([4, 3])
+    doubled = Doubled(weights="none", input_size=32, pooling="avg", batch_size=4)
+    for got, chunk in zip(doubled.stream(iter(chunks)), chunks):
+        np.testing.assert_allclose(got, 2 * extractor(chunk), rtol=1e-5, atol=1e-6)

@@ -50,7 +50,7 @@ class BlockingVGG16(VGG16Extractor):
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")  # not 8787: another test process may hold it
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()

@@ -143,6 +143,38 @@ class AsyncWriter:
         self._raise()
 
 
+def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: bool, names: Sequence[str],
+                     views: AugmentedViews | None = None, view_seeds: Sequence[tuple[int, int]] | None = None):
+    """`(lo, hi, ok, errors, [features of each target])` for each of the decoded batches
+    (`extract.batches.decoded_batches`), in order: the augmented views applied, the ok rows through
+    `stream` (which keeps batches in flight from one to the next), a failed row's features NaN.
+
+    `names[i]` names row i in the error that `strict` raises at the first failed row; `view_seeds[i]` is row i's
+    (view, seed) when `views` is given."""
+    batches_in: deque = deque()  # (lo, hi, ok, errors) of each batch handed to the forward pass, not yet out
+
+    def chunks():
+        for lo, hi, images, ok, errors in decoded:
+            if strict and not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise ImageReadError(f"{names[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
+            if views is not None:
+                view = np.array([v for v, _ in view_seeds[lo:hi]], np.int16)
+                seeds = np.array([seed for _, seed in view_seeds[lo:hi]], np.int64)
+                images = apply_views(images, ok, seeds, view, views)
+            batches_in.append((lo, hi, ok, errors))
+            yield images if ok.all() else images[ok]
+
+    for parts in stream(chunks()):
+        lo, hi, ok, errors = batches_in.popleft()
+        outputs = parts
+        if not ok.all():
+            outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
+            for out, part in zip(outputs, parts):
+                out[ok] = part
+        yield lo, hi, ok, errors, outputs
+
+
 def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tuple[list[int], Callable]], *,
                 input_size: tuple[int, int], views: AugmentedViews | None, strict: bool, workers: int | None,
                 progress, batch_size: int, resize: str = "squash") -> int:
@@ -175,29 +207,12 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
             bar.update(len(batch_keys))
 
     writer = AsyncWriter(write)
-    batches_in = deque()  # (lo, hi, ok, errors) of each batch handed to the forward pass, not yet written
-
-    def chunks():
-        for lo, hi, images, ok, errors in decoded_batches(paths, input_size, batches, workers, resize, stats=stats):
-            batch_keys = keys[lo:hi]
-            if strict and not ok.all():
-                bad = int(np.flatnonzero(~ok)[0])
-                raise ImageReadError(f"{plan.todo[batch_keys[bad]][3]}: {errors[bad]} (--strict stops at the first failure)")
-            if views is not None:
-                view = np.array([plan.todo[k][1] for k in batch_keys], np.int16)
-                seeds = np.array([plan.todo[k][2] for k in batch_keys], np.int64)
-                images = apply_views(images, ok, seeds, view, views)
-            batches_in.append((lo, hi, ok, errors))
-            yield images if ok.all() else images[ok]
-
+    decoded = decoded_batches(paths, input_size, batches, workers, resize, stats=stats)
     try:
-        for parts in stream(chunks()):
-            lo, hi, ok, errors = batches_in.popleft()
-            outputs = parts
-            if not ok.all():
-                outputs = [np.full((hi - lo, d), np.nan, np.float32) for d in dims]
-                for out, part in zip(outputs, parts):
-                    out[ok] = part
+        rows = computed_batches(decoded, stream, dims, strict=strict, names=[plan.todo[k][3] for k in keys],
+                                views=views, view_seeds=None if views is None else
+                                [plan.todo[k][1:3] for k in keys])
+        for lo, hi, ok, errors, outputs in rows:
             writer.put(keys[lo:hi], outputs, ok, errors)
         writer.close()
         for target in targets:

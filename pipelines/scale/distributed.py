@@ -14,14 +14,11 @@ import os
 import uuid
 from collections.abc import Sequence
 
-import numpy as np
-
 import features_store
-from extract import ImageReadError
 from extract.batches import decoded_batches
 
+from ..runs.filling import computed_batches
 from ..runs.versions import library_versions
-from ..runs.views import apply_views
 from . import DaskWorkersDiedError
 
 logger = logging.getLogger(__name__)
@@ -114,17 +111,10 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
         plan = features_store.batch_plan(len(todo), extractor.batch_size)
         decoded = decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers, extractor.resize,
                                   stats=stats)
-        for lo, hi, images, ok, errors in decoded:
-            if strict and not ok.all():
-                bad = int(np.flatnonzero(~ok)[0])
-                raise ImageReadError(f"{paths[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
-            if views is not None:
-                view = np.array([item[1] for item in todo[lo:hi]], np.int16)
-                seeds = np.array([item[2] for item in todo[lo:hi]], np.int64)
-                images = apply_views(images, ok, seeds, view, views)
-            features = np.full((hi - lo, n_features), np.nan, np.float32)
-            if ok.any():
-                features[ok] = extractor(images[ok])
+        rows = computed_batches(decoded, lambda chunks: ([out] for out in extractor.stream(chunks)), [n_features],
+                                strict=strict, names=paths, views=views,
+                                view_seeds=None if views is None else [item[1:3] for item in todo])
+        for _, _, ok, errors, (features,) in rows:
             writer.write(features, ok, errors)
         if not writer.complete:
             writer.finish()
