@@ -110,7 +110,9 @@ class JaxForward(Forward):
         self._call = jax.jit(call)
 
     def submit(self, batch):
-        return self._call(*self._state, batch)  # returns at once: jax dispatches asynchronously
+        # returns at once: jax dispatches asynchronously, and on a CPU it may read `batch` in place later, after
+        # the caller has refilled it (a data loader's reused buffer): the copy is the device's from now on
+        return self._call(*self._state, np.array(batch))
 
     def fetch(self, handle):
         return np.asarray(handle)

@@ -108,3 +108,33 @@ def test_run_extract_under_backend_writes_the_rows_tensorflow_writes(backend, we
     np.testing.assert_array_equal(np.isnan(other["X"]), np.isnan(ref["X"]))
     ok = ~np.isnan(ref["X"]).any(axis=1)
     np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max())
+
+
+REUSE_SCRIPT = r"""
+import numpy as np
+from extract import get_extractor
+e = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=4)
+chunks = [np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(5)]
+raw = np.empty(chunks[0].nbytes + 64, np.uint8)  # 64-byte aligned: what jax's CPU client reads in place
+start = -raw.ctypes.data % 64
+buffer = raw[start:start + chunks[0].nbytes].reshape(chunks[0].shape)
+def refill():
+    for chunk in chunks:
+        buffer[...] = chunk
+        yield buffer
+got = list(e.stream(refill()))
+wrong = [i for i, (g, c) in enumerate(zip(got, chunks)) if not np.allclose(g, e(c), rtol=1e-5, atol=1e-6)]
+print("wrong", wrong)
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_buffer_refilled_for_each_chunk_under_backend(backend, tmp_path):
+    """Under jax, with two batches in flight, the stream read a reused buffer after the caller had refilled it:
+    every chunk but the last came out with a later chunk's features."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "wrong []"

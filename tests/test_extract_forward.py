@@ -6,7 +6,7 @@ import pytest
 
 from extract import ExtractorConfigError, get_extractor
 from extract.applications import VGG16Extractor
-from extract.forward import TensorflowForward
+from extract.forward import make_forward
 
 
 @pytest.fixture(scope="module")
@@ -33,25 +33,29 @@ def test_stream_gives_each_chunk_what_one_call_gives(extractor):
         np.testing.assert_allclose(got, extractor(chunk), rtol=1e-5, atol=1e-6)
 
 
-class Recorded(TensorflowForward):
-    """The tensorflow forward pass with `in_flight` set as under jax and torch, recording its calls."""
+def _recorded(in_flight):
+    """This backend's forward pass (its own model) with `in_flight` set as under jax and torch, recording its
+    calls."""
+    model = get_extractor("vgg16", weights="none", input_size=32, pooling="avg").model
+    base = type(make_forward(model, 4, (32, 32, 3)))
 
-    def __init__(self, *args, in_flight, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.in_flight, self.events = in_flight, []
+    class Recorded(base):
+        def submit(self, batch):
+            self.events.append("submit")
+            return super().submit(batch)
 
-    def submit(self, batch):
-        self.events.append("submit")
-        return super().submit(batch)
+        def fetch(self, handle):
+            self.events.append("fetch")
+            return super().fetch(handle)
 
-    def fetch(self, handle):
-        self.events.append("fetch")
-        return super().fetch(handle)
+    forward = Recorded(model, 4, (32, 32, 3))
+    forward.in_flight, forward.events = in_flight, []
+    return forward
 
 
 @pytest.mark.parametrize("in_flight", [1, 2, 3])
 def test_batches_stay_in_flight_across_chunks(extractor, in_flight):
-    forward = Recorded(extractor.model, 4, (32, 32, 3), in_flight=in_flight)
+    forward = _recorded(in_flight)
     chunks = _chunks([4, 4, 4, 4])  # one batch each, as run_extract feeds them
     taken = []
 
@@ -69,6 +73,23 @@ def test_batches_stay_in_flight_across_chunks(extractor, in_flight):
     assert forward.events.count("submit") == forward.events.count("fetch") == 4
     for a, b in zip(got, chunks):
         np.testing.assert_allclose(a, extractor(b), rtol=1e-5, atol=1e-6)
+
+
+def test_a_buffer_refilled_for_each_chunk_gives_each_chunk_its_features(extractor):
+    """A data loader that reuses one buffer: under jax (two batches in flight, read in place on a CPU) every
+    chunk but the last came out with a later chunk's features."""
+    chunks = _chunks([4] * 5, seed=3)
+    raw = np.empty(chunks[0].nbytes + 64, np.uint8)  # 64-byte aligned: what jax's CPU client reads in place
+    start = -raw.ctypes.data % 64
+    buffer = raw[start : start + chunks[0].nbytes].reshape(chunks[0].shape)
+
+    def refill():
+        for chunk in chunks:
+            buffer[...] = chunk
+            yield buffer
+
+    for got, chunk in zip(extractor.stream(refill()), chunks):
+        np.testing.assert_allclose(got, extractor(chunk.copy()), rtol=1e-5, atol=1e-6)
 
 
 def test_a_chunk_of_the_wrong_shape_is_refused(extractor):
