@@ -191,8 +191,23 @@ class Extractor:
         return self._stream(chunks)
 
     def _stream(self, chunks):
-        outputs = self.forward().stream(chunks)
-        return _watch_float16(outputs, self.name) if self._config.get("precision") == "float16" else outputs
+        forward = self.forward()
+        outputs = forward.stream(chunks)
+        return self._watch_float16(outputs, forward) if self._config.get("precision") == "float16" else outputs
+
+    def _watch_float16(self, outputs, forward):
+        """Pass the features through; say once per model (not per call) when every feature of a batch is exactly
+        0 under float16 precision. An overflow inside the network (past float16's 65504) comes out of jax and torch
+        as inf or NaN, which the store refuses, but out of tensorflow's compiled predict as zeros, which nothing
+        after the model can tell from features (an all-black image through a model without biases gives zeros
+        too: so a warning, not an error)."""
+        for out in outputs:
+            if out.size and not out.any() and self.__dict__.get("_zeros_said") is not forward:
+                self.__dict__["_zeros_said"] = forward  # a rebuilt model (new weights) may say it again
+                logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "
+                               "inside the network comes out of tensorflow as zeros; compare with --precision "
+                               "bfloat16 or float32 on a few images", self.name, len(out))
+            yield out
 
     def forward(self):
         """The backend's compiled forward pass over this extractor's model (built once, then reused)."""
@@ -210,19 +225,3 @@ class Extractor:
         if self._model is not None and self.weights_file() is not None and self.weights_sha256() != self._built_from:
             logger.info("%s: %s was rewritten; the model is built again", self.name, self.weights_file())
             self._model = self._forward = None
-
-
-def _watch_float16(outputs, name: str):
-    """Pass the features through; say once when every feature of a batch is exactly 0 under float16 precision.
-    An overflow inside the network (past float16's 65504) comes out of jax and torch as inf or NaN, which the
-    store refuses, but out of tensorflow's compiled predict as zeros, which nothing after the model can tell from
-    features (an all-black image through a model without biases gives zeros too: so a warning, not an error)."""
-    warned = False
-    for out in outputs:
-        if not warned and out.size and not out.any():
-            warned = True
-            logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "
-                           "inside the network comes out of tensorflow as zeros; compare with --precision bfloat16 "
-                           "or float32 on a few images", name, len(out))
-        yield out
-
