@@ -78,44 +78,10 @@ extractor = get_extractor("vgg16", weights=sys.argv[2], input_size=32, pooling="
 result = run_extract(read_index(sys.argv[1]), extractor, sys.argv[3])
 X, y, ids = features_store.load(sys.argv[3], ok_only=False)
 np.savez(sys.argv[4], X=X, ids=ids.astype(str))
-print(result.n_failed, keras.backend.backend())
-"""
-
-
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_run_extract_under_backend_writes_the_rows_tensorflow_writes(backend, weights_and_images, image_folder,
-                                                                      tmp_path):
-    """run_extract feeds its decoded batches through the extractor's stream (two batches in flight under jax and
-    torch): every row lands in its place, a failed row among them, as under tensorflow (batches of 2 over 9
-    files: several chunks, one with a failure, a padded tail)."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    (image_folder / "a" / "9.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    weights = str(weights_and_images / "vgg16.weights.h5")
-    runs = {}
-    for name in ("tensorflow", backend):
-        env = dict(os.environ, KERAS_BACKEND=name, TF_CPP_MIN_LOG_LEVEL="3")
-        out = tmp_path / f"{name}.npz"
-        proc = subprocess.run([sys.executable, "-c", EXTRACT_SCRIPT, str(image_folder), weights,
-                               str(tmp_path / f"store-{name}"), str(out)],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proc.stdout.strip().splitlines()[-1] == f"1 {name}"
-        runs[name] = np.load(out)
-    ref, other = runs["tensorflow"], runs[backend]
-    np.testing.assert_array_equal(other["ids"], ref["ids"])
-    assert len(ref["ids"]) == 9 and np.isnan(ref["X"]).all(axis=1).sum() == 1
-    np.testing.assert_array_equal(np.isnan(other["X"]), np.isnan(ref["X"]))
-    ok = ~np.isnan(ref["X"]).any(axis=1)
-    np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max())
-
-
-REUSE_SCRIPT = r"""
-import numpy as np
-from extract import get_extractor
+# a data loader's reused buffer, 64-byte aligned (what jax's CPU client reads in place), refilled for each chunk
 e = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=4)
 chunks = [np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(5)]
-raw = np.empty(chunks[0].nbytes + 64, np.uint8)  # 64-byte aligned: what jax's CPU client reads in place
+raw = np.empty(chunks[0].nbytes + 64, np.uint8)
 start = -raw.ctypes.data % 64
 buffer = raw[start:start + chunks[0].nbytes].reshape(chunks[0].shape)
 def refill():
@@ -124,17 +90,55 @@ def refill():
         yield buffer
 got = list(e.stream(refill()))
 wrong = [i for i, (g, c) in enumerate(zip(got, chunks)) if not np.allclose(g, e(c), rtol=1e-5, atol=1e-6)]
-print("wrong", wrong)
+print(result.n_failed, keras.backend.backend(), "refilled buffer: wrong chunks", wrong)
 """
 
 
+@pytest.fixture(scope="module")
+def folder_with_a_bad_file(tmp_path_factory):
+    """9 files, one not a JPEG: with batches of 2, several chunks, one with a failure, a padded tail."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("stream") / "imgs"
+    for i in range(8):
+        path = root / "ab"[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    (root / "a" / "9.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return root
+
+
+_EXTRACTED: dict = {}
+
+
+def _extract(backend, folder, weights, tmp):
+    if backend not in _EXTRACTED:  # tensorflow's run is shared by both backends' tests
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        out = tmp / f"{backend}.npz"
+        proc = subprocess.run([sys.executable, "-c", EXTRACT_SCRIPT, str(folder), weights,
+                               str(tmp / f"store-{backend}"), str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        _EXTRACTED[backend] = proc.stdout.strip().splitlines()[-1], dict(np.load(out))
+    return _EXTRACTED[backend]
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_a_buffer_refilled_for_each_chunk_under_backend(backend, tmp_path):
-    """Under jax, with two batches in flight, the stream read a reused buffer after the caller had refilled it:
-    every chunk but the last came out with a later chunk's features."""
+def test_run_extract_under_backend_writes_the_rows_tensorflow_writes(backend, weights_and_images,
+                                                                      folder_with_a_bad_file):
+    """run_extract feeds its decoded batches through the extractor's stream (two batches in flight under jax and
+    torch): every row lands in its place, a failed row among them, as under tensorflow. And a caller's buffer
+    refilled for each chunk gives each chunk its own features (under jax, with two in flight, every chunk but
+    the last came out with a later chunk's: jax read the buffer in place after it was refilled)."""
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "wrong []"
+    weights, tmp = str(weights_and_images / "vgg16.weights.h5"), weights_and_images
+    said_ref, ref = _extract("tensorflow", folder_with_a_bad_file, weights, tmp)
+    said, other = _extract(backend, folder_with_a_bad_file, weights, tmp)
+    assert said_ref == "1 tensorflow refilled buffer: wrong chunks []"
+    assert said == f"1 {backend} refilled buffer: wrong chunks []"
+    np.testing.assert_array_equal(other["ids"], ref["ids"])
+    assert len(ref["ids"]) == 9 and np.isnan(ref["X"]).all(axis=1).sum() == 1
+    np.testing.assert_array_equal(np.isnan(other["X"]), np.isnan(ref["X"]))
+    ok = ~np.isnan(ref["X"]).any(axis=1)
+    np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max())
