@@ -75,23 +75,6 @@ def test_batches_stay_in_flight_across_chunks(extractor, in_flight):
         np.testing.assert_allclose(a, extractor(b), rtol=1e-5, atol=1e-6)
 
 
-def test_a_buffer_refilled_for_each_chunk_gives_each_chunk_its_features(extractor):
-    """A data loader that reuses one buffer: under jax (two batches in flight, read in place on a CPU) every
-    chunk but the last came out with a later chunk's features."""
-    chunks = _chunks([4] * 5, seed=3)
-    raw = np.empty(chunks[0].nbytes + 64, np.uint8)  # 64-byte aligned: what jax's CPU client reads in place
-    start = -raw.ctypes.data % 64
-    buffer = raw[start : start + chunks[0].nbytes].reshape(chunks[0].shape)
-
-    def refill():
-        for chunk in chunks:
-            buffer[...] = chunk
-            yield buffer
-
-    for got, chunk in zip(extractor.stream(refill()), chunks):
-        np.testing.assert_allclose(got, extractor(chunk.copy()), rtol=1e-5, atol=1e-6)
-
-
 def test_a_chunk_of_the_wrong_shape_is_refused(extractor):
     with pytest.raises(ExtractorConfigError, match=r"images must have shape \(n, 32, 32, 3\)"):
         list(extractor.stream(iter([np.zeros((2, 16, 16, 3), np.uint8)])))
