@@ -50,7 +50,9 @@ class BlockingVGG16(VGG16Extractor):
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")  # not 8787: another test process may hold it
+    # the dashboard on a free port, not 8787, which another test process's cluster may hold
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address="127.0.0.1:0")
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()
