@@ -208,13 +208,21 @@ class KerasApplicationExtractor(Extractor):
             x = base(preprocess_layer(mode)(inputs))
             if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
                 pooling = self._config["pooling"]
-                pooled = [pooling_layer(pooling, len(out.shape), name=f"features_{name}", layer=name)(t)
+                pooled = [pooling_layer(pooling, len(out.shape), name=f"features_{name}", layer=name,
+                                        default_of=self._default_pooling_of())(t)
                           for name, out, t in zip(layer, base.outputs, x)]
                 x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
             else:
-                x = pooling_layer(self._config["pooling"], len(base.output.shape), layer=layer)(x)
+                x = pooling_layer(self._config["pooling"], len(base.output.shape), layer=layer,
+                                  default_of=self._default_pooling_of())(x)
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
+
+    def _default_pooling_of(self) -> str | None:
+        """This model's name when its pooling is the model's default pooling (said in a pooling error: the user
+        may not have chosen it)."""
+        default = self.backbone.pooling if self.backbone else "flatten"
+        return self.name if self._config["pooling"] == default else None
 
     def spec(self) -> dict:
         spec = super().spec()

@@ -130,13 +130,16 @@ def _layer_classes() -> dict:
     return _CLASSES
 
 
-def pooling_layer(pooling: str, rank: int, name: str = "features", layer: str | None = None):
+def pooling_layer(pooling: str, rank: int, name: str = "features", layer: str | None = None,
+                  default_of: str | None = None):
     """The layer that turns a feature map into a vector: flatten, global avg or global max (`layer`, the cut
-    layer's name, for the error)."""
+    layer's name, and `default_of`, the model whose default pooling `pooling` is, for the error)."""
     keras = _keras()
     if pooling == "flatten" or rank == 2:
         if pooling != "flatten":
-            which = f" ({layer!r} is one)" if layer else ""
+            notes = ([f"{layer!r} is one"] if layer else []) + ([f"{pooling!r} is {default_of}'s default"]
+                                                                 if default_of else [])
+            which = f" ({'; '.join(notes)})" if notes else ""
             raise ExtractorConfigError(
                 f"`pooling` must be 'flatten' for a layer whose output is already a vector{which}. "
                 f"Received: pooling={pooling!r}"

@@ -141,9 +141,19 @@ def test_global_pooling_of_a_vector_layer_names_the_layer():
     """A sweep over several layers said only that some layer's output is already a vector."""
     from extract import ExtractorConfigError
 
-    e = get_extractor("efficientnetb0", weights="none", input_size=32, pooling="avg",
+    e = get_extractor("efficientnetb0", weights="none", input_size=32, pooling="max",
                       layer=["top_activation", "block2a_se_squeeze"])
     with pytest.raises(ExtractorConfigError, match=r"already a vector \('block2a_se_squeeze' is one\)"):
+        e.model  # noqa: B018
+
+
+def test_global_pooling_of_a_vector_layer_says_when_it_is_the_default():
+    """No --pooling given, the error said "Received: --pooling 'avg'" as if the user had chosen it."""
+    from extract import ExtractorConfigError
+
+    e = get_extractor("efficientnetb0", weights="none", input_size=32, layer="block2a_se_squeeze")
+    with pytest.raises(ExtractorConfigError, match=r"\('block2a_se_squeeze' is one; 'avg' is efficientnetb0's "
+                                                   r"default\)\. Received: pooling='avg'"):
         e.model  # noqa: B018
 
 
