@@ -174,6 +174,9 @@ def test_models_command_lists_and_cuts(capsys):
     assert main(["models", "resnet50", "--layers", "--input-size", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("conv4_block6_out") for line in lines)
+    # the input layer, which --layer takes, is listed too (it was left out; the error counted it: "all 175")
+    assert [line.split()[0] for line in lines].count("input_layer") == 1
+    assert len([line for line in lines if line.strip() and "(" in line]) == 175
     assert lines[-1].startswith("conv5_block3_out") and "(1, 1, 2048)" in lines[-1]
     assert main(["models", "resnet"]) == 2
     assert "backbones" in capsys.readouterr().err
