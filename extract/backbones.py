@@ -92,7 +92,7 @@ def backbone_layers(name: str, input_size: int | None = None) -> list[tuple[str,
     extractor.validate()
     base = extractor.base_model()
     layers = []
-    for layer in base.layers:  # the input layer too: cut there, the features are the preprocessed pixels, pooled
+    for layer in base.layers:  # the input layer too: cut there, the features are the pixels the backbone gets, pooled
         out = layer.output
         shapes = [tuple(t.shape[1:]) for t in out] if isinstance(out, (list, tuple)) else tuple(out.shape[1:])
         layers.append((layer.name, shapes))

@@ -40,5 +40,5 @@ def not_a_file(path) -> str:
     if os.path.isdir(path):
         return "is a folder, not a file"
     if os.path.islink(path) and not os.path.exists(path):
-        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"is a symbolic link that leads to no file ({os.readlink(path)})"
     return "does not exist" if not os.path.lexists(path) else "is not a regular file"

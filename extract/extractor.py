@@ -202,8 +202,8 @@ class Extractor:
         after the model can tell from features (an all-black image through a model without biases gives zeros
         too: so a warning, not an error)."""
         for out in outputs:
-            if out.size and not out.any() and self.__dict__.get("_zeros_said") is not forward:
-                self.__dict__["_zeros_said"] = forward  # a rebuilt model (new weights) may say it again
+            if out.size and not out.any() and not self.__dict__.get("_zeros_said"):
+                self.__dict__["_zeros_said"] = True  # until the model is rebuilt (_follow_weights_file)
                 logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "
                                "inside the network comes out of tensorflow as zeros; compare with --precision "
                                "bfloat16 or float32 on a few images", self.name, len(out))
@@ -225,3 +225,4 @@ class Extractor:
         if self._model is not None and self.weights_file() is not None and self.weights_sha256() != self._built_from:
             logger.info("%s: %s was rewritten; the model is built again", self.name, self.weights_file())
             self._model = self._forward = None
+            self.__dict__.pop("_zeros_said", None)  # the new weights may overflow too: said again

@@ -303,7 +303,18 @@ def test_float16_features_that_come_out_all_zero_are_said(tmp_path, batch, caplo
     if keras.backend.backend() == "tensorflow":
         assert not any(o.any() for o in out)
         assert len(said) == 1 and said[0].startswith("vgg16: every feature of 3 images")
+    # weights fixed in place: the old model is let go (the bookkeeping held it), and nothing is said
+    import gc
+    import weakref
+
+    old = weakref.ref(half.model)
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    caplog.clear()
+    assert half(batch).any(axis=1).all()
+    gc.collect()
+    assert old() is None
     # features that are not all zero are not flagged
+    assert not [r for r in caplog.records if "exactly 0" in r.getMessage()]
     caplog.clear()
     get_extractor("vgg16", weights="none", input_size=32, pooling="avg", precision="float16")(batch)
     assert not [r for r in caplog.records if "exactly 0" in r.getMessage()]
