@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class _DigitsPlan:
     index: Path
     frame: pd.DataFrame
     todo: list  # (path, pixels) of the digits to write
+    write_index: bool  # the index is missing or cut off
 
 
 def _plan_digits(workdir: Path, *, scale: int = 4, random_state: int = 0) -> _DigitsPlan:
@@ -68,7 +70,8 @@ def _plan_digits(workdir: Path, *, scale: int = 4, random_state: int = 0) -> _Di
     frame["split"] = ""
     frame.loc[train, "split"], frame.loc[val, "split"], frame.loc[test, "split"] = "train", "val", "test"
     path = workdir / "index.csv"
-    if (path.exists() or path.is_symlink()) and not _ours_index(path, frame):
+    index_found = _found_index(path, frame)
+    if index_found == "other":
         raise ValueError(f"{path} is not the index the demo writes; refusing to write over it: give --out a new "
                          "folder (or one an earlier demo wrote)")
     todo = []
@@ -79,7 +82,7 @@ def _plan_digits(workdir: Path, *, scale: int = 4, random_state: int = 0) -> _Di
                              "give --out a new folder (or one an earlier demo wrote)")
         if found != "same":
             todo.append((workdir / name, pixels))
-    return _DigitsPlan(workdir, path, frame, todo)
+    return _DigitsPlan(workdir, path, frame, todo, write_index=index_found != "same")
 
 
 def _write_planned(plan: _DigitsPlan) -> Path:
@@ -93,32 +96,31 @@ def _write_planned(plan: _DigitsPlan) -> Path:
         for target, pixels in plan.todo:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, _png(pixels))  # a kill leaves no cut-off file
-        if not _same_index(plan.index, plan.frame):
+        if plan.write_index:
             atomic_write_bytes(plan.index, plan.frame.to_csv(index=False).encode())
     except OSError as err:  # a full disk: one line naming the file, as every other writer's
         raise write_error(err, store=str(plan.workdir), what=str(err.filename or plan.workdir)) from err
     return plan.index
 
 
-def _ours_index(path: Path, frame: pd.DataFrame) -> bool:
-    """The demo's index, whole, or cut off by a killed write (an earlier version wrote it in place)."""
-    if _same_index(path, frame):
-        return True
+def _found_index(path: Path, frame: pd.DataFrame) -> str:
+    """"none" (no file), "same" (the demo's index, whole: ending in its last newline), "cut-off" (the start of
+    it, as an earlier version left when killed while writing it in place) or "other" (a user's file); read once."""
+    if not (path.exists() or path.is_symlink()):
+        return "none"
     try:
-        found = path.read_text(encoding="utf-8") if path.is_file() and not path.is_symlink() else None
-    except (OSError, UnicodeDecodeError):
-        return False
-    return found is not None and frame.to_csv(index=False).startswith(found)
-
-
-def _same_index(path: Path, frame: pd.DataFrame) -> bool:
-    """The demo's index, whole (ending in its last newline)."""
+        data = path.read_bytes()
+    except OSError:  # a folder, a broken link, no permission
+        return "other"
     try:
-        found = pd.read_csv(path, dtype=str, keep_default_na=False)
-        whole = path.read_bytes().endswith(b"\n")
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return whole and list(found.columns) == list(frame.columns) and found.astype(str).equals(frame.astype(str))
+        found = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError):  # empty, or not a CSV
+        found = None
+    if (found is not None and data.endswith(b"\n") and list(found.columns) == list(frame.columns)
+            and found.astype(str).equals(frame.astype(str))):
+        return "same"
+    cut = path.is_file() and not path.is_symlink() and frame.to_csv(index=False).encode().startswith(data)
+    return "cut-off" if cut else "other"
 
 
 def _found_image(path: Path, pixels: np.ndarray) -> str:
@@ -131,12 +133,12 @@ def _found_image(path: Path, pixels: np.ndarray) -> str:
         return "none"
     if not path.is_file() or path.is_symlink():
         return "other"
+    data = path.read_bytes()
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             same = im.mode == "L" and np.array_equal(np.asarray(im), pixels)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         same = False
-    data = path.read_bytes()
     if same and data.endswith(_PNG_END):
         return "same"
     expected = _png(pixels)  # cut off: the start of this very PNG (it may decode to the same pixels, without its end)
@@ -147,8 +149,6 @@ _PNG_END = b"IEND\xaeB`\x82"  # a PNG's last chunk: a whole file ends with it
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    import io
-
     from PIL import Image
 
     buffer = io.BytesIO()
