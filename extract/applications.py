@@ -206,15 +206,14 @@ class KerasApplicationExtractor(Extractor):
             base = cut_at_layer(base, layer, listed_by=f"featurehead models {self.name} --layers")
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
             x = base(preprocess_layer(mode)(inputs))
+            pooling, default_of = self._config["pooling"], self._default_pooling_of()
             if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
-                pooling = self._config["pooling"]
                 pooled = [pooling_layer(pooling, len(out.shape), name=f"features_{name}", layer=name,
-                                        default_of=self._default_pooling_of())(t)
+                                        default_of=default_of)(t)
                           for name, out, t in zip(layer, base.outputs, x)]
                 x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
             else:
-                x = pooling_layer(self._config["pooling"], len(base.output.shape), layer=layer,
-                                  default_of=self._default_pooling_of())(x)
+                x = pooling_layer(pooling, len(base.output.shape), layer=layer, default_of=default_of)(x)
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
 

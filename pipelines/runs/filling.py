@@ -143,13 +143,13 @@ class AsyncWriter:
         self._raise()
 
 
-def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: bool, names: Sequence[str],
+def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: bool, name_of: Callable[[int], str],
                      views: AugmentedViews | None = None, view_seeds: Sequence[tuple[int, int]] | None = None):
     """`(lo, hi, ok, errors, [features of each target])` for each of the decoded batches
     (`extract.batches.decoded_batches`), in order: the augmented views applied, the ok rows through
     `stream` (which keeps batches in flight from one to the next), a failed row's features NaN.
 
-    `names[i]` names row i in the error that `strict` raises at the first failed row; `view_seeds[i]` is row i's
+    `name_of(i)` names row i in the error that `strict` raises at the first failed row; `view_seeds[i]` is row i's
     (view, seed) when `views` is given."""
     batches_in: deque = deque()  # (lo, hi, ok, errors) of each batch handed to the forward pass, not yet out
 
@@ -157,7 +157,7 @@ def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: 
         for lo, hi, images, ok, errors in decoded:
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
-                raise ImageReadError(f"{names[lo + bad]}: {errors[bad]} (--strict stops at the first failure)")
+                raise ImageReadError(f"{name_of(lo + bad)}: {errors[bad]} (--strict stops at the first failure)")
             if views is not None:
                 view = np.array([v for v, _ in view_seeds[lo:hi]], np.int16)
                 seeds = np.array([seed for _, seed in view_seeds[lo:hi]], np.int64)
@@ -209,7 +209,7 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     writer = AsyncWriter(write)
     decoded = decoded_batches(paths, input_size, batches, workers, resize, stats=stats)
     try:
-        rows = computed_batches(decoded, stream, dims, strict=strict, names=[plan.todo[k][3] for k in keys],
+        rows = computed_batches(decoded, stream, dims, strict=strict, name_of=lambda i: plan.todo[keys[i]][3],
                                 views=views, view_seeds=None if views is None else
                                 [plan.todo[k][1:3] for k in keys])
         for lo, hi, ok, errors, outputs in rows:

@@ -112,7 +112,7 @@ def extract_shard(store: str, keys: Sequence[str], items: Sequence[tuple[str, in
         decoded = decoded_batches(paths, extractor.input_shape[:2], plan, decode_workers, extractor.resize,
                                   stats=stats)
         rows = computed_batches(decoded, lambda chunks: ([out] for out in extractor.stream(chunks)), [n_features],
-                                strict=strict, names=paths, views=views,
+                                strict=strict, name_of=paths.__getitem__, views=views,
                                 view_seeds=None if views is None else [item[1:3] for item in todo])
         for _, _, ok, errors, (features,) in rows:
             writer.write(features, ok, errors)

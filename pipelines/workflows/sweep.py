@@ -170,19 +170,16 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
         targets = {layer: Target(session, session.missing(plan.keys), None, plan.n_keys)
                    for layer, session in sessions.items()}
         todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
-        multi = None
-
-        def build():
-            nonlocal multi
+        done = 0
+        if todo:
             multi = type(extractor).from_config({**extractor.get_config(), "layer": todo})
             multi.validate()
             dims = multi.layer_dims()  # builds the one model
             bounds = np.cumsum(dims)[:-1]
-            return dims, lambda chunks: (np.split(out, bounds, axis=1) for out in multi.stream(chunks))
 
-        done = 0
-        if todo:
-            dims, stream = build()
+            def stream(chunks):  # each layer's features of each chunk, from the one forward pass
+                return (np.split(out, bounds, axis=1) for out in multi.stream(chunks))
+
             for layer, dim in zip(todo, dims):
                 sessions[layer].ensure_manifest(dim)
                 sessions[layer].write_view(**_with_sweep_attr(args, stores[layer], layer, todo),
