@@ -13,6 +13,7 @@ from .errors import (
     ImageChangedError,
     ImageReadError,
     IndexValidationError,
+    PrecisionOverflowError,
     UnknownExtractorError,
     WeightsUnavailableError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ImageIndex",
     "ImageReadError",
     "IndexValidationError",
+    "PrecisionOverflowError",
     "UnknownExtractorError",
     "WeightsUnavailableError",
     "canonical_json",

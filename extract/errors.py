@@ -33,6 +33,10 @@ class ExtractorConfigError(ExtractError, ValueError):
     """An extractor argument is out of range (pooling, input size, layer name...)."""
 
 
+class PrecisionOverflowError(ExtractError, FloatingPointError):
+    """The network overflowed under `precision="float16"`: features at float16's largest value, inf or NaN."""
+
+
 def not_a_file(path) -> str:
     """Why `path`, which is not a regular file, cannot be read as one: the end of a one-line error."""
     import os

@@ -12,11 +12,13 @@ import os
 
 import numpy as np
 
-from .errors import ExtractorConfigError
+from .errors import ExtractorConfigError, PrecisionOverflowError
 from .fingerprint import file_sha256, fingerprint
 from .layers import dtype_policy
 
 logger = logging.getLogger(__name__)
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 POOLINGS = ("flatten", "avg", "max")
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -196,17 +198,25 @@ class Extractor:
         return self._watch_float16(outputs, forward) if self._config.get("precision") == "float16" else outputs
 
     def _watch_float16(self, outputs, forward):
-        """Pass the features through; say once per model (not per call) when every feature of a batch is exactly
-        0 under float16 precision. An overflow inside the network (past float16's 65504) comes out of jax and torch
-        as inf or NaN, which the store refuses, but out of tensorflow's compiled predict as zeros, which nothing
-        after the model can tell from features (an all-black image through a model without biases gives zeros
-        too: so a warning, not an error)."""
+        """Pass the features through, checked for an overflow inside the network under float16 precision (past
+        float16's 65504). How it comes out depends on the backend and the CPU: inf or NaN (jax, torch), float16's
+        largest value, +-65504 (tensorflow on some CPUs, even out of a ReLU), or exact zeros (tensorflow's
+        compiled predict on others). The first three are an error: no feature reaches 65504 unless the network
+        saturated. Zeros are said once per model (not per call) as a warning: an all-black image through a model
+        without biases gives zeros too, and nothing after the model can tell them from features."""
         for out in outputs:
+            saturated = ~(np.abs(out) < _FLOAT16_MAX)  # NaN too
+            if saturated.any():
+                n = int(saturated.any(axis=1).sum())
+                raise PrecisionOverflowError(
+                    f"{self.name}: the network overflowed under --precision float16 (features of {n} of {len(out)} "
+                    f"images reached float16's largest value, {_FLOAT16_MAX:g}, or inf or NaN); extract with "
+                    "--precision bfloat16 (float32's range) or float32")
             if out.size and not out.any() and not self.__dict__.get("_zeros_said"):
                 self.__dict__["_zeros_said"] = True  # until the model is rebuilt (_follow_weights_file)
                 logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "
-                               "inside the network comes out of tensorflow as zeros; compare with --precision "
-                               "bfloat16 or float32 on a few images", self.name, len(out))
+                               "inside the network comes out of tensorflow as zeros on some CPUs; compare with "
+                               "--precision bfloat16 or float32 on a few images", self.name, len(out))
             yield out
 
     def forward(self):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import extract
+import features_store
 from extract import (
     ExtractorConfigError,
     UnknownExtractorError,
@@ -281,40 +282,94 @@ def test_fingerprint_follows_a_rewritten_weights_file(tmp_path):
     assert restored.fingerprint() == e.fingerprint()
 
 
-def test_float16_features_that_come_out_all_zero_are_said(tmp_path, batch, caplog):
-    """An overflow inside the network under float16 came out of tensorflow's predict as exact zeros (jax and torch
-    give inf, which the store refuses): stored as ok rows with exit 0 and nothing said. Weights 4x VGG16's
-    random init overflow float16 (features ~1e7 in float32); every feature is then 0, and that is said once."""
+def _vgg16_weights(path, scale):
+    """A VGG16 (32 px, include_top=False) weights file of its random init with every kernel times `scale`."""
     import keras
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     for layer in base.layers:
         if layer.weights:
-            layer.kernel.assign(layer.kernel * 4)
-    path = tmp_path / "big.weights.h5"
+            layer.kernel.assign(layer.kernel * scale)
+            if scale == 0:
+                layer.bias.assign(layer.bias * 0)
     base.save_weights(path)
-    full = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg", batch_size=2)(batch)
-    assert np.abs(full).max() > 65504 and full.any(axis=1).all()
-    caplog.set_level("WARNING", logger="extract")
-    half = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg", batch_size=2, precision="float16")
-    out = list(half.stream(iter([batch, batch])))
-    half(batch)  # once per model, not per call
-    said = [r.getMessage() for r in caplog.records if "exactly 0 under --precision float16" in r.getMessage()]
-    if keras.backend.backend() == "tensorflow":
-        assert not any(o.any() for o in out)
-        assert len(said) == 1 and said[0].startswith("vgg16: every feature of 3 images")
-    # weights fixed in place: the old model is let go (the bookkeeping held it), and nothing is said
+    return str(path)
+
+
+def test_a_float16_overflow_is_an_error(tmp_path, batch, caplog, capsys):
+    """An overflow inside the network under float16 comes out as inf or NaN (jax, torch), as float16's largest
+    value, -65504, even out of VGG16's ReLUs (tensorflow on this CPU), or as exact zeros (tensorflow's compiled
+    predict on another CPU): once stored as ok rows with exit 0. Weights 4x VGG16's random init overflow float16
+    (features ~1e7 in float32): an error naming the precisions that do not, or where the CPU gives zeros, said."""
     import gc
     import weakref
 
+    import keras
+
+    path = _vgg16_weights(tmp_path / "big.weights.h5", 4)
+    full = get_extractor("vgg16", weights=path, input_size=32, pooling="avg", batch_size=2)(batch)
+    assert np.abs(full).max() > 65504 and full.any(axis=1).all()
+    caplog.set_level("WARNING", logger="extract")
+    half = get_extractor("vgg16", weights=path, input_size=32, pooling="avg", batch_size=2, precision="float16")
+    try:
+        out = list(half.stream(iter([batch, batch])))
+    except extract.PrecisionOverflowError as err:
+        assert str(err).startswith("vgg16: the network overflowed under --precision float16 (features of 3 of 3 "
+                                   "images reached float16's largest value, 65504, or inf or NaN); extract with "
+                                   "--precision bfloat16"), err
+        # the CLI: one line, exit 2, and nothing of the batch stored as features
+        from PIL import Image
+
+        from pipelines.cli import main
+
+        (tmp_path / "imgs" / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(batch[i]).save(tmp_path / "imgs" / "a" / f"{i}.png")
+        capsys.readouterr()
+        assert main(["-q", "extract", str(tmp_path / "imgs"), "--model", "vgg16", "--weights", path, "--input-size",
+                     "32", "--pooling", "avg", "--precision", "float16", "--out", str(tmp_path / "store")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("featurehead extract: error: vgg16: the network overflowed")
+        assert features_store.load(tmp_path / "store", allow_incomplete=True)[0].shape[0] == 0
+    else:
+        assert keras.backend.backend() == "tensorflow" and not any(o.any() for o in out)
+        assert [r.getMessage() for r in caplog.records if "exactly 0" in r.getMessage()]
+    # weights fixed in place: the old model is let go (the bookkeeping held it), and nothing is said
     old = weakref.ref(half.model)
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    _vgg16_weights(path, 1)
     caplog.clear()
     assert half(batch).any(axis=1).all()
     gc.collect()
     assert old() is None
-    # features that are not all zero are not flagged
     assert not [r for r in caplog.records if "exactly 0" in r.getMessage()]
-    caplog.clear()
+    # features under float16's largest value pass
     get_extractor("vgg16", weights="none", input_size=32, pooling="avg", precision="float16")(batch)
-    assert not [r for r in caplog.records if "exactly 0" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name.startswith("extract")]
+
+
+def test_float16_features_all_zero_are_said_once_on_a_line_of_their_own(tmp_path, batch, caplog, capsys):
+    """Features that are all exactly 0 under float16 (tensorflow's overflow on some CPUs, or a model that gives
+    zeros: here VGG16 with every weight 0) are a warning, once per model; under the CLI's progress bar it gets a
+    line of its own (it used to end the bar's line)."""
+    from PIL import Image
+
+    from pipelines.cli import main
+
+    path = _vgg16_weights(tmp_path / "zero.weights.h5", 0)
+    caplog.set_level("WARNING", logger="extract")
+    half = get_extractor("vgg16", weights=path, input_size=32, pooling="avg", batch_size=2, precision="float16")
+    out = list(half.stream(iter([batch, batch])))
+    half(batch)  # once per model, not per call
+    assert not any(o.any() for o in out)
+    said = [r.getMessage() for r in caplog.records if "exactly 0 under --precision float16" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("vgg16: every feature of 3 images")
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(batch[i]).save(tmp_path / "imgs" / "a" / f"{i}.png")
+    capsys.readouterr()
+    assert main(["extract", str(tmp_path / "imgs"), "--model", "vgg16", "--weights", path, "--input-size", "32",
+                 "--pooling", "avg", "--batch-size", "2", "--precision", "float16",
+                 "--out", str(tmp_path / "store")]) == 0
+    err = capsys.readouterr().err
+    lines = [line.split("\r")[-1] for line in err.split("\n") if "every feature" in line]
+    assert len(lines) == 1 and lines[0].startswith("vgg16: every feature of 2 images"), err

@@ -54,7 +54,10 @@ def main(argv=None) -> int:
         if not args.verbose and args.command not in _LIGHT_COMMANDS:
             quiet = _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
         func = getattr(args, "func", None) or COMMANDS[args.command]
-        code = func(args)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # a warning during a progress bar gets its own line, not the bar's
+            code = func(args)
         sys.stdout.flush()  # a block-buffered pipe fails here, inside the try, not at exit
         return code
     except _expected_errors() as err:
