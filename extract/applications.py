@@ -205,15 +205,19 @@ class KerasApplicationExtractor(Extractor):
             layer = self._config["layer"]
             base = cut_at_layer(base, layer, listed_by=f"featurehead models {self.name} --layers")
             inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
-            x = base(preprocess_layer(mode)(inputs))
+            pixels = preprocess_layer(mode)(inputs)
             pooling, default_of = self._config["pooling"], self._default_pooling_of()
-            if isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
+            if self._pools_before_norm():  # as keras.applications.ConvNeXt*(pooling=...): pooled, then normalised
+                norm = base.layers[-1]
+                x = keras.Model(base.inputs, norm.input)(pixels)
+                x = norm(pooling_layer(pooling, len(x.shape), default_of=default_of)(x))
+            elif isinstance(layer, list):  # one forward pass, each layer pooled, concatenated in the order given
                 pooled = [pooling_layer(pooling, len(out.shape), name=f"features_{name}", layer=name,
                                         default_of=default_of)(t)
-                          for name, out, t in zip(layer, base.outputs, x)]
+                          for name, out, t in zip(layer, base.outputs, base(pixels))]
                 x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
             else:
-                x = pooling_layer(pooling, len(base.output.shape), layer=layer, default_of=default_of)(x)
+                x = pooling_layer(pooling, len(base.output.shape), layer=layer, default_of=default_of)(base(pixels))
             x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")
 
@@ -227,7 +231,16 @@ class KerasApplicationExtractor(Extractor):
         spec = super().spec()
         if self._imagenet_stem():  # features of such a file before this was known came without it: another store
             spec["efficientnet_stem"] = "imagenet"
+        if self._pools_before_norm():  # made before December 2026, they were normalised, then pooled: another store
+            spec["convnext_head"] = "pool_then_norm"
         return spec
+
+    def _pools_before_norm(self) -> bool:
+        """Whether this is ConvNeXt's default layer under avg or max pooling, which `keras.applications` (and
+        ConvNeXt's own head) pools before its final LayerNormalization: the features it gives with `pooling=`.
+        Normalised at every position first, then pooled, they came out other features (half the spread)."""
+        return (self.application.startswith("ConvNeXt") and self._config["layer"] is None
+                and self._config["pooling"] in ("avg", "max"))
 
     def _imagenet_stem(self) -> bool:
         """Whether the model that this EfficientNet (B0-B7) weights file was saved from had the input scaling that
