@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from classify.errors import ClassifyError
+from classify.keras_state import global_rng_kept
 
 FEATURE_LAYER = "features_flatten"
 OPTIMIZERS = ("adam", "adadelta", "sgd", "rmsprop")
@@ -143,8 +144,9 @@ def train_cnn(model, x, y=None, *, epochs: int = 5, batch_size: int = 128, optim
 
         x, y = array_batches(np.asarray(x), np.asarray(y), batch_size=batch_size, seed=seed), None
     # shuffle=False: Keras would shuffle a PyDataset's batches with Python's global `random`
-    history = model.fit(x, y, epochs=epochs, validation_data=validation_data, callbacks=[timer, *callbacks],
-                        verbose=0, shuffle=False)
+    with global_rng_kept():
+        history = model.fit(x, y, epochs=epochs, validation_data=validation_data, callbacks=[timer, *callbacks],
+                            verbose=0, shuffle=False)
     return {**{k: [float(v) for v in vals] for k, vals in history.history.items()}, "epoch_seconds": timer.seconds}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from classify.keras_state import global_rng_kept
 from classify.labels import encode_labels
 from classify.mlp_network import build_mlp
 
@@ -168,6 +169,8 @@ def fit_mlp_batches(
                                                              restore_best_weights=True)]
     data = feature_batches(batches, n_batches=n_batches, classes=classes)
     # shuffle=False: the batches are a stream, and Keras's random batch order would re-read it per step
-    history = estimator.model_.fit(data, epochs=int(estimator.epochs), verbose=estimator.verbose, shuffle=False, **kwargs)
+    with global_rng_kept():
+        history = estimator.model_.fit(data, epochs=int(estimator.epochs), verbose=estimator.verbose, shuffle=False,
+                                       **kwargs)
     estimator.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
     return estimator

@@ -16,6 +16,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from classify.keras_state import global_rng_kept
+
 TOP_K = 5  # top-k accuracy is reported when there are more than TOP_K classes
 
 
@@ -105,7 +107,8 @@ def model_accuracy(model: Any, data: Any) -> float:
     """
     if len(data) == 0:
         return float("nan")
-    return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+    with global_rng_kept():
+        return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
 
 
 def format_metrics(metrics: dict) -> str:

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 
 from classify.holdout import holdout
 from classify.keras_dataset import array_batches, fit_mlp_batches
+from classify.keras_state import global_rng_kept
 from classify.labels import encode_labels
 from classify.mlp_inputs import checked_validation, sample_weights
 from classify.mlp_network import build_mlp, model_from_bytes, model_to_bytes, network_proba
@@ -157,12 +158,13 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         )
         fit = self._fit_data(keras, X, codes, weights, seed, groups, validation)
         fit["callbacks"] = [*fit.get("callbacks", []), *(callbacks or [])]
-        history = self.model_.fit(
-            epochs=int(self.epochs),
-            verbose=self.verbose,
-            shuffle=False,  # the batches come shuffled by our own seeded generator, not Keras's global one
-            **fit,
-        )
+        with global_rng_kept():
+            history = self.model_.fit(
+                epochs=int(self.epochs),
+                verbose=self.verbose,
+                shuffle=False,  # the batches come shuffled by our own seeded generator, not Keras's global one
+                **fit,
+            )
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
         return self
 

@@ -159,3 +159,40 @@ def test_a_seeded_cae_build_changes_no_global_state():
     again = build_autoencoder(input_size=8, filters=(2,), seed=0)
     for a, b in zip(first.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+TORCH_TRAINING = r"""
+import numpy as np, torch
+from classify import KerasMLPClassifier, model_accuracy
+from classify.cnn import build_cnn, train_cnn
+from classify.keras_dataset import array_batches
+
+torch.manual_seed(1)
+before = torch.random.get_rng_state().clone()
+rng = np.random.default_rng(0)
+X, y = rng.random((40, 5)).astype("float32"), np.arange(40) % 2
+KerasMLPClassifier((4,), epochs=2, random_state=0).fit(X, y)
+KerasMLPClassifier((4,), epochs=2, random_state=0).fit_batches(lambda: [(X, y)], [0, 1], 5, n_batches=1)
+images = rng.integers(0, 256, (8, 16, 16, 3)).astype("uint8")
+model = build_cnn((16, 16, 3), 2, filters=2, dense_units=4, seed=0)
+train_cnn(model, images, np.arange(8) % 2, epochs=1, batch_size=4, seed=0)
+model_accuracy(model, array_batches(images, np.arange(8) % 2, batch_size=4, seed=0))
+print("kept" if torch.equal(torch.random.get_rng_state(), before) else "moved")
+"""
+
+
+def test_training_under_torch_leaves_its_global_generator_as_it_was():
+    """Keras's torch trainer wraps a PyDataset in a DataLoader, which drew its base seed from torch's global
+    generator every epoch: a caller's `torch.manual_seed` stream moved on with each fit."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", TORCH_TRAINING], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "kept"

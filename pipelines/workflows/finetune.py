@@ -19,6 +19,7 @@ import numpy as np
 
 import classify
 import features_store
+from classify.keras_state import global_rng_kept
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
 
@@ -253,7 +254,8 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     # shuffle=False: ImageRows reshuffles itself, seeded; Keras would shuffle its batches with Python's `random`
     train_data = data(train, augmentation=augmentation, shuffle=True)
     callbacks = [progress_callback(progress, train_data)] if progress else []
-    history = model.fit(train_data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    with global_rng_kept():
+        history = model.fit(train_data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
     fit_seconds = time.perf_counter() - t0
     after = classify.model_accuracy(model, val_data)
     metrics = {"validation_accuracy_before": before, "validation_accuracy_after": after, "n_train": len(train),

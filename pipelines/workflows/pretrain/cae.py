@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from classify.keras_state import global_rng_kept
 from extract import ImageIndex
 
 from .common import PretrainResult, check_out, image_batches, progress_callback, save_model
@@ -82,7 +83,8 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     callbacks = [timer] + ([progress_callback(progress, data)] if progress else [])
     try:
         # shuffle=False: `data` reshuffles itself (seeded); Keras would shuffle it with Python's global `random`
-        history = model.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False).history
+        with global_rng_kept():
+            history = model.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False).history
         originals = data[0][0][:8]
     finally:
         data.close()
