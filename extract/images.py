@@ -85,7 +85,7 @@ def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "s
     path = Path(path)
     hw = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     try:
-        data = path.read_bytes()
+        data = _read(path)
         if not data:
             raise _failure(path, "empty file")
         arr = None
@@ -108,6 +108,17 @@ def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "s
     except _RESIZE_ERRORS as err:
         raise _failure(path, f"cannot resize to {hw} ({' '.join(str(err).split())[:160]})") from err
     return arr
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; a file there that cannot be read (EIO, EACCES) says so, not "cannot decode" (a missing
+    file or a folder keeps its own reason in `load_image`)."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except OSError as err:
+        raise _failure(path, f"cannot read the file ({err.strerror or err})") from err
 
 
 def _failure(path: Path, reason: str) -> ImageReadError:

@@ -19,11 +19,14 @@ from features_store.shard import read_shard, shard_path, unlisted_shards
 from features_store.view import take_rows, view_columns
 
 
-def compact(session, shard_rows: int | None = None) -> dict[str, int]:
+def compact(session, shard_rows: int | None = None, *, failed: bool = False) -> dict[str, int]:
     """Drop the stored rows that the view does not reference; return the rows and shards before and after.
 
     Shards whose every row is referenced are kept as they are; the live rows of the others are copied into
-    new shards, the manifest and the view are committed, and only then are the old files deleted.
+    new shards, the manifest and the view are committed, and only then are the old files deleted. `failed`: the
+    rows of images that could not be read go too (a failure is stored under the content's key, so a file that
+    was unreadable for a while, an I/O error, would stay failed); the view then lists them as not extracted yet,
+    and the next extraction tries them again.
     """
     view_path = os.path.join(session.store, schema.VIEW_FILE)
     if session.manifest is None or not os.path.exists(view_path):
@@ -34,15 +37,18 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
     before = session.manifest
     keep, rewrite = [], []
     seen: set[str] = set()
+    dropped: set[str] = set()
     for record in before.shards:
-        keys, _, _ = read_shard(shard_path(session.store, record.file), record.rows)
-        wanted = [k for k in keys if k in live and k not in seen]
+        keys, ok, _ = read_shard(shard_path(session.store, record.file), record.rows)
+        if failed:
+            dropped.update(k for k, good in zip(keys, ok) if not good and k not in seen)
+        wanted = [k for k in keys if k in live and k not in seen and k not in dropped]
         seen.update(wanted)
         (keep if len(wanted) == len(keys) else rewrite).append((record, keys, wanted))
     if not rewrite:
         # nothing to copy, but a compaction stopped while deleting (a kill, an I/O error) left the old shards it had
         # already unlisted: they are the disk space this command promises to free (not an unfinished extract's)
-        session.remove_orphans(keep=_resumable(session, live - seen))
+        session.remove_orphans(keep=_resumable(session, live - seen - dropped))
         return {"rows_before": before.stored_rows, "rows_after": before.stored_rows,
                 "shards_before": len(before.shards), "shards_after": len(before.shards)}
     # the old shards stay listed until the new view no longer uses them: a crash here loses nothing
@@ -71,7 +77,7 @@ def compact(session, shard_rows: int | None = None) -> dict[str, int]:
                        index_sha256=str(cols["attrs"].get("index_sha256", "")),
                        versions=_json_attr(cols["attrs"].get("versions")))
     commit_manifest(session.store, session.manifest)  # only now are the rewritten shards unlisted
-    session.remove_orphans(keep=_resumable(session, live - seen))
+    session.remove_orphans(keep=_resumable(session, live - seen - dropped))  # never a dropped failure's old shard
     return {"rows_before": before.stored_rows, "rows_after": session.manifest.stored_rows,
             "shards_before": len(before.shards), "shards_after": len(session.manifest.shards)}
 

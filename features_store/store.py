@@ -280,9 +280,10 @@ class StoreSession:
                 "complete": pending == 0, "layout": layout}
 
     # --- compaction -------------------------------------------------------------------------------------
-    def compact(self, shard_rows: int | None = None) -> dict[str, int]:
-        """Drop the stored rows that the view does not reference (`features_store.compaction.compact`)."""
-        return compact(self, shard_rows)
+    def compact(self, shard_rows: int | None = None, *, failed: bool = False) -> dict[str, int]:
+        """Drop the stored rows that the view does not reference, and with `failed` the failed rows
+        (`features_store.compaction.compact`)."""
+        return compact(self, shard_rows, failed=failed)
 
 
 def _refuse_foreign_folder(store: str) -> None:

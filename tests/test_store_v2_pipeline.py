@@ -306,6 +306,35 @@ def test_an_unreadable_image_is_a_failed_row_that_a_fixed_file_replaces(image_fo
     assert (fixed.n_extracted, fixed.n_failed) == (1, 0)
 
 
+def test_a_failure_that_was_not_the_contents_fault_is_tried_again_after_compact_failed(image_folder, tmp_path, vgg,
+                                                                                        monkeypatch, capsys):
+    """A failure is stored under the content's key, so a file unreadable for a while (an I/O error, Pillow's
+    decompression-bomb limit set low: here) stayed failed in every later run, and compact kept it (a review).
+    `compact --failed` drops the failed rows; the next extract tries them again and equals a clean run."""
+    for name in ("a/big.png", "b/big.jpg"):  # 64x64: past a limit of 1024 pixels (Pillow refuses > 2x)
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(image_folder / name)
+    csv = write_csv(image_folder / "index.csv", base_rows(image_folder))
+    clean = tmp_path / "clean"
+    run_extract(read_index(csv), vgg, clean)
+    store = tmp_path / "store"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024)  # the user's own setting, later raised again
+    first = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    monkeypatch.undo()
+    assert first.n_failed == 2 and "too large" in features_store.read_errors(store)[0][1]
+    assert run_extract(read_index(csv), vgg, store).n_failed == 2  # the same content: failed as stored
+    capsys.readouterr()
+    assert main(["-q", "compact", str(store), "--failed"]) == 0
+    assert capsys.readouterr().out.startswith("compacted: 10 -> 8 stored rows")
+    assert not features_store.read_info(store).complete
+    again = run_extract(read_index(csv), vgg, store)
+    assert (again.n_extracted, again.n_failed) == (2, 0)
+    ours, expected = by_id(store), by_id(clean)
+    assert set(ours) == set(expected)
+    for i in expected:
+        np.testing.assert_allclose(ours[i], expected[i], **TOL)
+    assert len(os.listdir(store / "shards")) == len(features_store.read_info(store).shards)
+
+
 def test_augmented_views_survive_a_relabel(image_folder, tmp_path, vgg):
     rows = base_rows(image_folder)
     csv = write_csv(image_folder / "index.csv", rows)

@@ -65,7 +65,8 @@ def cmd_extract(args) -> int:
             where = f"the list is in {write_failures_csv(result.store)} and `featurehead inspect {result.store}`"
         except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
             where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
-        print(f"{result.n_failed} of {_rows(result.n_rows)} failed; {where}")
+        print(f"{result.n_failed} of {_rows(result.n_rows)} failed; {where} (a failure is kept with the image's "
+              f"content; after `featurehead compact {result.store} --failed` a re-run tries them again)")
         code = 1
     else:
         with contextlib.suppress(OSError):  # a list left by an earlier run would name rows that no longer fail
@@ -127,7 +128,7 @@ def cmd_inspect(args) -> int:
 def cmd_compact(args) -> int:
     from ..runs.inspection import compact_store
 
-    counts = compact_store(args.store, shard_rows=args.shard_rows)
+    counts = compact_store(args.store, shard_rows=args.shard_rows, failed=args.failed)
     print(f"compacted: {counts['rows_before']} -> {counts['rows_after']} stored rows, "
           f"{counts['shards_before']} -> {counts['shards_after']} shards")
     print(args.store)

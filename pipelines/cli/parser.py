@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Features the view lists are unchanged.")
     p.add_argument("store", help="a feature store directory")
     p.add_argument("--shard-rows", type=positive_int, default=None, help="rows per rewritten shard (default: as extract)")
+    p.add_argument("--failed", action="store_true",
+                   help="also drop the rows of images that could not be read, so that the next extract tries them "
+                   "again (a failure is stored with the image's content: a file unreadable for a while, an I/O "
+                   "error, stays failed until then)")
 
     p = sub.add_parser("export", help="write a store as one self-contained HDF5 file (real datasets, for h5py users)",
                        description="Copies the view's columns and its features, as a real dataset, into one file "

@@ -97,14 +97,15 @@ def _unlisted_line(info) -> list[str]:
             f"(`featurehead compact {info.path}` deletes those)"]
 
 
-def compact_store(store, *, shard_rows: int | None = None) -> dict:
-    """Drop the stored rows that the store's view does not use; return the counts before and after."""
+def compact_store(store, *, shard_rows: int | None = None, failed: bool = False) -> dict:
+    """Drop the stored rows that the store's view does not use (and with `failed`, the rows of images that could
+    not be read, which the next extraction tries again); return the counts before and after."""
     manifest = features_store.read_manifest(store)
     if manifest is None:
         raise features_store.StoreNotFoundError(f"{store} holds no features yet; nothing to compact.")
     with features_store.StoreSession.open(store, fingerprint=manifest.fingerprint, extractor=manifest.extractor,
                                           dtype=manifest.dtype) as session:
-        return session.compact(shard_rows)
+        return session.compact(shard_rows, failed=failed)
 
 
 def failures_csv_path(store) -> Path:
