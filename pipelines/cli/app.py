@@ -54,9 +54,7 @@ def main(argv=None) -> int:
         if not args.verbose and args.command not in _LIGHT_COMMANDS:
             quiet = _start_keras_quietly()  # only when Keras is imported: a relabel or a logreg report never loads it
         func = getattr(args, "func", None) or COMMANDS[args.command]
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        with logging_redirect_tqdm():  # a warning during a progress bar gets its own line, not the bar's
+        with _logs_above_progress_bars():
             code = func(args)
         sys.stdout.flush()  # a block-buffered pipe fails here, inside the try, not at exit
         return code
@@ -89,6 +87,22 @@ def main(argv=None) -> int:
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]
         if quiet is not None:
             quiet.restore()
+
+
+def _logs_above_progress_bars():
+    """Our warnings during a progress bar get a line of their own (through `tqdm.write`), not the end of the bar's.
+
+    Where the root logger prints to the console (a caller of `main()` configured logging), that handler is the one
+    redirected, as tqdm's own example does; otherwise our packages' loggers get the redirecting handler, and only
+    for the command: the root logger is left without one, so that a library which installs a console handler of its
+    own only when the root has none (tensorflow) does so as it would without us."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    console = any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+                  for h in logging.root.handlers)
+    return logging_redirect_tqdm(loggers=[logging.root] if console else
+                                 [logging.getLogger(name) for name in ("extract", "features_store", "classify",
+                                                                       "pipelines")])
 
 
 def _plain(err: BaseException) -> str:
