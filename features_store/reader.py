@@ -1,7 +1,8 @@
 """Reading a store: its summary (`read_info`), its per-row columns (`read_meta`), features and failures.
 
 Readers open the view file and read features from the shards directly (never through the virtual dataset). They
-refuse, with one line, a view whose shards are missing or incomplete. Every function returns plain values.
+refuse, with one line, a view whose shards are missing or incomplete, and a NaN or inf read for a row marked ok (a
+damaged shard: the writer refuses them). Every function returns plain values.
 """
 
 from __future__ import annotations
@@ -172,12 +173,29 @@ class _View:
 
     def _features(self, rows: np.ndarray) -> np.ndarray:
         out = np.full((len(rows), self.manifest.n_features), np.nan, dtype=np.float32)
-        shard, shard_row = self.cols["shard"][rows], self.cols["shard_row"][rows]
+        shard, shard_row, ok = self.cols["shard"][rows], self.cols["shard_row"][rows], self.cols["ok"][rows]
         for s in np.unique(shard[shard >= 0]):
             mine = np.flatnonzero(shard == s)
-            with h5py.File(shard_path(self.store, self.cols["shard_files"][s]), "r") as f:
-                out[mine] = take_rows(f["features"], shard_row[mine])
+            path = shard_path(self.store, self.cols["shard_files"][s])
+            with h5py.File(path, "r") as f:
+                values = take_rows(f["features"], shard_row[mine])
+            bad = ok[mine] & ~np.isfinite(values).all(axis=1)  # one pass over what is read anyway
+            if bad.any():
+                raise self._non_finite(s, path, rows[mine[bad]])
+            out[mine] = values
         return out
+
+    def _non_finite(self, s: int, path: str, rows: np.ndarray) -> StoreDamagedError:
+        """The writer refuses a NaN or inf for an ok row, so view rows `rows` of shard `s` holding one means its bytes
+        were damaged (or an older featurehead stored a model's overflow); without checksums, plausible wrong values
+        go unseen."""
+        n = len(rows)
+        return StoreDamagedError(
+            f"{self.store}: the shard {self.cols['shard_files'][s]} holds NaN or inf features in {n} row"
+            f"{'s' if n > 1 else ''} marked extracted (the first: {self.cols['ids'][rows[0]]}): the file is damaged (or "
+            f"holds a model's overflow that an older featurehead stored); delete {path} and re-run the same "
+            "`featurehead extract`: it extracts that shard's rows again."
+        )
 
     def info(self) -> StoreInfo:
         c, a, m = self.cols, self.attrs, self.manifest

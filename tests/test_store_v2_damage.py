@@ -1,0 +1,77 @@
+"""Store v2 damaged on disk: bytes overwritten inside a shard or the view, a manifest that no longer parses. Each
+is one line that names the file and what to do, and doing it gives back the clean store."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import features_store
+from extract import get_extractor, read_index
+from pipelines.cli import main
+from pipelines.runs.extraction import run_extract
+
+TOL = dict(rtol=1e-5, atol=1e-6)  # float32 network, other batch compositions
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return get_extractor("vgg16", weights="none", input_size=32, batch_size=3)
+
+
+@pytest.fixture
+def extracted(image_folder, tmp_path, vgg):
+    """A complete store of the 8 test images in shards of 3 rows, its index and its features by id."""
+    files = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*") if p.suffix != ".csv")
+    rows = [(f, f.split("/")[0], "train" if f[2] in "01" else "test") for f in files]
+    csv = image_folder / "index.csv"
+    pd.DataFrame(rows, columns=["filename", "label", "split"]).to_csv(csv, index=False)
+    store = tmp_path / "store"
+    run_extract(read_index(csv), vgg, store, shard_rows=3)
+    return store, csv, by_id(store)
+
+
+def by_id(store):
+    X, _, ids = features_store.load(store, ok_only=False)
+    return dict(zip(ids.tolist(), X))
+
+
+def overwrite_rows(shard, rows, byte=b"\xff"):
+    """Overwrite feature rows of a shard file in place, as a bad disk or a stray write would."""
+    with h5py.File(shard, "r") as f:
+        offset, width = f["features"].id.get_offset(), f["features"].shape[1] * f["features"].dtype.itemsize
+    with open(shard, "r+b") as f:
+        for r in rows:
+            f.seek(offset + r * width)
+            f.write(byte * width)
+
+
+def test_damaged_feature_bytes_are_refused_by_every_reader_and_a_rerun_restores_them(extracted, tmp_path, vgg,
+                                                                                  capsys):
+    store, csv, before = extracted
+    shard = store / "shards" / json.loads((store / "manifest.json").read_text())["shards"][1]["file"]
+    overwrite_rows(shard, [1])  # 0xff bytes: NaN in a row that the shard marks ok
+    reads = {"load": lambda: features_store.load(store), "read_features": lambda: features_store.read_features(store),
+             "iter_batches": lambda: list(features_store.iter_batches(store, 2)),
+             "export": lambda: features_store.export(store, tmp_path / "x.h5")}
+    for name, read in reads.items():
+        with pytest.raises(features_store.StoreDamagedError) as err:
+            read()
+        message = str(err.value)
+        assert len(message.splitlines()) == 1, name
+        assert f"the shard {shard.name} holds NaN or inf features in 1 row marked extracted" in message, name
+        assert f"delete {shard} and re-run the same `featurehead extract`" in message, name
+    assert not (tmp_path / "x.h5").exists()
+    capsys.readouterr()
+    assert main(["train", str(store), "--out", str(tmp_path / "head")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(store) in err[0] and shard.name in err[0], err
+    shard.unlink()  # what the line says to do
+    again = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert again.n_extracted == 3 and features_store.read_info(store).complete
+    after = by_id(store)
+    assert set(after) == set(before)
+    for i, x in before.items():
+        np.testing.assert_allclose(after[i], x, **TOL)
