@@ -85,12 +85,7 @@ class _View:
             )
         self._stamp = _stamp(path)  # before the read: a view replaced after it is seen as replaced
         self._successor: tuple[_View, dict] | None = None  # the view that replaced this one, and its key -> row
-        try:
-            self.cols = view_columns(path)
-        except (OSError, KeyError) as err:
-            raise StoreDamagedError(
-                f"{path} is not a readable store view ({err}); re-run the extraction to rewrite it."
-            ) from err
+        self.cols = view_columns(path)  # StoreDamagedError: one line that says extract rewrites it
         self.attrs = self.cols["attrs"]
         # a keyed row without a location is still to extract (failed images are stored rows, with ok=False)
         self.pending = (self.cols["shard"] < 0) & (self.cols["keys"] != "")
@@ -178,6 +173,12 @@ class _View:
             mine = np.flatnonzero(shard == s)
             path = shard_path(self.store, self.cols["shard_files"][s])
             with h5py.File(path, "r") as f:
+                if shard_row[mine].max() >= len(f["features"]):
+                    raise StoreDamagedError(
+                        f"{os.path.join(self.store, schema.VIEW_FILE)} is not a readable store view (its `shard_row` "
+                        f"column holds {int(shard_row[mine].max())}, past the {len(f['features'])} rows of the shard "
+                        f"{self.cols['shard_files'][s]}); re-run the extraction to rewrite it."
+                    )
                 values = take_rows(f["features"], shard_row[mine])
             bad = ok[mine] & ~np.isfinite(values).all(axis=1)  # one pass over what is read anyway
             if bad.any():
@@ -363,7 +364,7 @@ def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tupl
         return None, {}
     try:
         c = view_columns(path)
-    except (OSError, KeyError):
+    except StoreDamagedError:  # the next view written replaces it; every file is hashed again
         return None, {}
     keep = (c["view"] == 0) & (c["keys"] != "") & (c["size"] >= 0)
     stats = np.stack([c[name][keep] for name in schema.STAT_COLUMNS], axis=1).tolist()

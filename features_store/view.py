@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
+from features_store.errors import StoreDamagedError
 from features_store.manifest import Manifest
 from features_store.shard import shard_path
 
@@ -185,29 +186,66 @@ def take_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
 
 
 def view_columns(path: str) -> dict[str, Any]:
-    """Every per-row column of a view file, plus its `classes`, `shard_files` and root attributes."""
+    """Every per-row column of a view file, plus its `classes`, `shard_files` and root attributes.
+
+    Raises StoreDamagedError (an OSError) when the file cannot be read as a view: not HDF5, cut short, a column
+    missing, a string column that is not UTF-8, a label or shard index out of range. `extract` rewrites it."""
+    try:
+        cols = _read_columns(path)
+        _check_columns(cols)
+    except (OSError, KeyError, RuntimeError, ValueError) as err:  # h5py's, and UnicodeDecodeError (a ValueError)
+        damaged = StoreDamagedError(f"{path} is not a readable store view ({err}); re-run the extraction to rewrite it.")
+        damaged.certain = not (isinstance(err, OSError) and err.errno)  # a lock, permissions, I/O: it may be fine
+        raise damaged from err
+    return cols
+
+
+def _read_columns(path: str) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         cols: dict[str, Any] = {
-            "ids": f["ids"].asstr()[:].astype(str),
-            "keys": f["keys"].asstr()[:].astype(str),
+            "ids": _strings(f, "ids"),
+            "keys": _strings(f, "keys"),
             "labels": f["labels"][:].astype(np.int32),
-            "classes": tuple(f["classes"].asstr()[:].tolist()),
-            "split": f["split"].asstr()[:].astype(str),
+            "classes": tuple(_strings(f, "classes").tolist()),
+            "split": _strings(f, "split"),
             "view": f["view"][:],
             "source": f["source"][:],
             "ok": f["ok"][:].astype(bool),
-            "errors": f["errors"].asstr()[:].astype(str),
+            "errors": _strings(f, "errors"),
             "shard": f["shard"][:].astype(np.int32),
             "shard_row": f["shard_row"][:].astype(np.int64),
             # a view without `inode` and `ctime_ns` (written before they were added): "unknown", hashed again
             **{name: f[name][:] if name in f else np.full(len(f["ids"]), -1, np.int64)
                for name in schema.STAT_COLUMNS},
-            "shard_files": f["shard_files"].asstr()[:].tolist(),
+            "shard_files": _strings(f, "shard_files").tolist(),
             "features_shape": tuple(int(s) for s in f["features"].shape),
             "features_dtype": str(f["features"].dtype),
         }
         cols["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     return cols
+
+
+def _strings(f: h5py.File, name: str) -> np.ndarray:
+    try:
+        return f[name].asstr()[:].astype(str)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"its `{name}` column is not UTF-8 text: {err.reason} at byte {err.start} of a value") from err
+
+
+def _check_columns(cols: dict[str, Any]) -> None:
+    """Refuse per-row columns of different lengths, and label codes or shard indexes that point nowhere."""
+    n = len(cols["ids"])
+    names = ["keys", "labels", "split", "view", "source", "ok", "errors", "shard", "shard_row", *schema.STAT_COLUMNS]
+    for name in names:
+        if len(cols[name]) != n:
+            raise ValueError(f"its `{name}` column has {len(cols[name])} rows, `ids` has {n}")
+    for name, top in (("labels", len(cols["classes"])), ("shard", len(cols["shard_files"]))):
+        out = (cols[name] < -1) | (cols[name] >= top)
+        if out.any():
+            raise ValueError(f"its `{name}` column holds {int(cols[name][out][0])}, outside [-1, {top})")
+    located = cols["shard"] >= 0
+    if (cols["shard_row"][located] < 0).any():
+        raise ValueError("its `shard_row` column holds a negative row for a row with a shard")
 
 
 def stored_labels(codes: np.ndarray, classes: Sequence[str]) -> np.ndarray:

@@ -75,3 +75,44 @@ def test_damaged_feature_bytes_are_refused_by_every_reader_and_a_rerun_restores_
     assert set(after) == set(before)
     for i, x in before.items():
         np.testing.assert_allclose(after[i], x, **TOL)
+
+
+def _overwrite_column(view, name, value):
+    """Overwrite the first value of a view column in place, without HDF5 (h5py would encode it)."""
+    with h5py.File(view, "r") as f:
+        offset, size = f[name].id.get_offset(), f[name].dtype.itemsize
+    with open(view, "r+b") as f:
+        f.seek(offset)
+        f.write(value if isinstance(value, bytes) else np.asarray([value], f"<i{size}").tobytes())
+
+
+@pytest.mark.parametrize("column, value, why", [
+    ("errors", b"\xff" * 8, "its `errors` column is not UTF-8 text"),
+    ("labels", 7, r"its `labels` column holds 7, outside \[-1, 2\)"),
+    ("labels", -2, r"its `labels` column holds -2, outside \[-1, 2\)"),
+    ("shard_row", 99, "its `shard_row` column holds 99, past the 3 rows of the shard"),
+])
+def test_a_damaged_view_column_is_one_line_and_extract_rewrites_it(extracted, tmp_path, vgg, capsys, column, value,
+                                                                    why):
+    store, csv, before = extracted
+    view = store / "features.h5"
+    _overwrite_column(view, column, value)
+    wanted = rf"{view} is not a readable store view \({why}.*\); re-run the extraction to rewrite it\.$"
+    reads = [lambda: features_store.load(store), lambda: features_store.read_features(store)]
+    if column != "shard_row":  # only a read of the features finds where they are not
+        reads += [lambda: features_store.read_info(store), lambda: features_store.read_meta(store)]
+    for read in reads:
+        with pytest.raises(features_store.StoreDamagedError, match=wanted):
+            read()
+    capsys.readouterr()
+    for command in (["train", str(store), "--out", str(tmp_path / "head")], ["inspect", str(store)]):
+        code = main(command)
+        err = capsys.readouterr().err.strip().splitlines()
+        if command[0] == "train" or column != "shard_row":
+            assert code == 2 and len(err) == 1 and str(view) in err[0] and "re-run the extraction" in err[0], err
+    again = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert again.n_extracted == 0 and features_store.read_info(store).complete
+    after = by_id(store)
+    assert set(after) == set(before)
+    for i, x in before.items():
+        np.testing.assert_array_equal(after[i], x)
