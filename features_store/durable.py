@@ -3,7 +3,9 @@
 - `atomic_write`: temporary file, fsync, rename, fsync of the folder; the old file stays intact on failure.
 - `reserve`: allocate a file's blocks up front (`posix_fallocate`), so later writes into it cannot hit a full disk.
 - `check_free`: refuse to start a write that the free space cannot hold.
-- `write_error`: an `OSError` of any write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES) as one `StoreWriteError`.
+- `write_error`: a failed write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES; an `OSError`, or h5py's `RuntimeError`
+  when HDF5 fails to flush or close a file) as one `StoreWriteError`.
+- `h5_writing`: an h5py file for writing whose failure never crashes the process.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from features_store.errors import StoreWriteError
 
@@ -156,6 +159,11 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
+def _size(n: int) -> str:
+    """A size in KiB below 1 MiB ("20 KiB", not "0.0 MiB"), else in MiB."""
+    return f"{n >> 10} KiB" if n < MIB else _mib(n)
+
+
 def _mib_pair(a: int, b: int) -> tuple[str, str]:
     """Two sizes in MiB with as many decimals as it takes to tell them apart ("needs 1.6, 1.6 is free" said
     nothing)."""
@@ -166,10 +174,15 @@ def _mib_pair(a: int, b: int) -> tuple[str, str]:
     return f"{a} bytes", f"{b} bytes"
 
 
-def write_error(err: OSError, *, store: str, what: str, need: int | None = None) -> StoreWriteError:
-    """One line for a failed write: the store, what was written, why, and (for space) how much is needed."""
-    code = getattr(err, "errno", None)
+def write_error(err: OSError | RuntimeError, *, store: str, what: str, need: int | None = None) -> StoreWriteError:
+    """One line for a failed write: the store, what was written, why, and (for space) how much is needed.
+
+    `err` is an OSError, or the RuntimeError that h5py raises when HDF5 fails to flush or close a file (its errno
+    is in its message)."""
+    code = getattr(err, "errno", None) or _hdf5_errno(err)
     why = os.strerror(code) if code else str(err).split("\n")[0]
+    if code == errno.EFBIG:
+        return _too_large(store, what, why)
     if code in _SPACE_ERRNOS or "No space left" in str(err) or "too large" in str(err):
         space = ""
         try:
@@ -195,3 +208,70 @@ def write_error(err: OSError, *, store: str, what: str, need: int | None = None)
     return StoreWriteError(
         f"{store}: {why} while writing {what}. Nothing unwritten is claimed: re-run the same command to resume."
     )
+
+
+_HDF5_ERRNO = re.compile(r"errno = ([0-9]+)")
+
+
+def _hdf5_errno(err: BaseException) -> int | None:
+    """The errno inside an HDF5 error message ("... file write failed: ..., errno = 27, error message = ...")."""
+    found = _HDF5_ERRNO.search(str(err))
+    return int(found.group(1)) if found else None
+
+
+def _too_large(store: str, what: str, why: str) -> StoreWriteError:
+    """EFBIG: the process's file-size limit (`ulimit -f`), or the filesystem's largest file, not free space."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limited = limit != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        limit, limited = 0, False
+    if limited:
+        return StoreWriteError(
+            f"{store}: {why} while writing {what}: it passes this process's file-size limit ({_size(limit)}, "
+            "`ulimit -f`). Nothing unwritten is claimed: raise the limit (`ulimit -f unlimited`) and re-run the "
+            "same command to resume."
+        )
+    return StoreWriteError(
+        f"{store}: {why} while writing {what}: it passes the largest file that this filesystem holds. Nothing "
+        "unwritten is claimed: use a folder on another filesystem."
+    )
+
+
+@contextmanager
+def h5_writing(path: str | os.PathLike, mode: str = "w") -> Iterator:
+    """`h5py.File(path, mode)` for writing, flushed before it is closed; after a failure (a full disk, a file-size
+    limit, an I/O error) it is abandoned with `abandon_h5`, for the caller to remove or resume from its durable
+    part. Closed by h5py after a failed flush, HDF5 failed again as each object was freed, then crashed the
+    process (exit 139)."""
+    import h5py
+
+    f = h5py.File(path, mode)
+    try:
+        yield f
+        f.flush()
+    except BaseException:
+        abandon_h5(f)
+        raise
+    f.close()
+
+
+def abandon_h5(f) -> None:
+    """Close an h5py file after a failed write without HDF5 writing to it again: its descriptor is pointed at
+    /dev/null first, so that what HDF5 still holds unwritten cannot fail (the file keeps what was flushed)."""
+    if not f.id.valid:
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, f.id.get_vfd_handle())
+        finally:
+            os.close(null)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        pass
+    try:
+        f.close()
+    except (OSError, RuntimeError):
+        pass

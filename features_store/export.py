@@ -29,7 +29,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
     source_file = os.path.join(view.store, schema.VIEW_FILE)
 
     def write(tmp: str) -> None:
-        with h5py.File(source_file, "r") as src, h5py.File(tmp, "w") as f:
+        with h5py.File(source_file, "r") as src, durable.h5_writing(tmp) as f:
             if view.replaced():  # the columns copied below must be the rows whose features are read
                 raise StoreDamagedError(f"{view.store} changed while it was exported (a writer replaced its view); "
                                         "export it again.")
@@ -64,7 +64,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
         durable.atomic_write(out, write)
     except (StoreDamagedError, StoreWriteError):  # the store's own lines (also OSErrors), as they are
         raise
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # RuntimeError: HDF5 failed to flush or close the file
         raise durable.write_error(err, store=folder, what=out) from err
     return n
 

@@ -139,7 +139,7 @@ def _create(store: str, name: str, keys: Sequence[str], fingerprint: str, n_feat
     path = shard_path(store, name)
 
     def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
+        with durable.h5_writing(tmp) as f:
             f.create_dataset("keys", data=np.array(keys, dtype="S64"), dtype=schema.KEY_DTYPE)
             _preallocated(f, "features", (len(keys), n_features), np.dtype(dtype))
             _preallocated(f, "ok", (len(keys),), np.bool_)
@@ -156,7 +156,7 @@ def _create(store: str, name: str, keys: Sequence[str], fingerprint: str, n_feat
         durable.atomic_write(path, write)
     except StoreWriteError:
         raise
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # RuntimeError: HDF5 failed to flush or close it
         raise durable.write_error(err, store=store, what=f"shard {name}", need=need) from err
 
 
@@ -286,7 +286,8 @@ class ShardWriter:
             self._sync()  # the rows are on disk before the counter says so
             self._file.attrs.modify("n_done", np.int64(hi))
             self._sync()
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # RuntimeError: HDF5 failed to flush
+            durable.abandon_h5(self._file)  # the shard keeps its durable rows; HDF5 must not write again
             raise durable.write_error(err, store=self.store, what=f"rows {lo}-{hi} of shard {self.name}") from err
         self._n_done = hi
 
@@ -297,7 +298,8 @@ class ShardWriter:
         try:
             self._file.attrs.modify("complete", np.bool_(True))
             self._sync()
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            durable.abandon_h5(self._file)
             raise durable.write_error(err, store=self.store, what=f"shard {self.name}") from err
 
     def failed(self) -> int:
@@ -311,7 +313,7 @@ class ShardWriter:
         if self._file.id.valid:
             try:
                 self._file.close()
-            except OSError:  # a failed write already raised its one line; closing must not add a second
+            except (OSError, RuntimeError):  # a failed write already raised its one line; closing must not add a second
                 logger.debug("closing %s failed", self.path, exc_info=True)
 
     def __enter__(self) -> ShardWriter:

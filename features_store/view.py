@@ -126,11 +126,11 @@ def write_view(
             durable.atomic_write_bytes(path, buffer.getvalue())
         else:  # the features copied in: too large for memory, so the free space was checked first
             def write(tmp: str) -> None:
-                with h5py.File(tmp, "w") as f:
+                with durable.h5_writing(tmp) as f:
                     fill(f)
 
             durable.atomic_write(path, write)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # RuntimeError: HDF5 failed to flush or close the file
         raise durable.write_error(err, store=store, what=what) from err
     return layout
 

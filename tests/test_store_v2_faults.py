@@ -215,3 +215,46 @@ def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmp_path)
         assert_clean(store)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _cli_limited(fsize, *args):
+    """`featurehead ARGS` in a process whose files may not grow past `fsize` bytes (`ulimit -f`): HDF5 then fails
+    to flush or close a file, which h5py raises as RuntimeError, not OSError."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Python's own default too: the write fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", *args], capture_output=True, text=True,
+                         env=env, timeout=300, preexec_fn=None if fsize is None else limit)
+    noise = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ")  # TensorFlow's, not ours
+    return out.returncode, [line for line in out.stderr.splitlines() if not line.startswith(noise)]
+
+
+def _assert_file_size_line(code, err, path):
+    assert code == 2 and len(err) == 1, (code, err)
+    assert str(path) in err[0] and "file-size limit" in err[0] and "ulimit -f" in err[0], err
+    assert "free some space" not in err[0] and "MiB free" not in err[0], err
+
+
+def test_a_file_size_limit_in_hdf5s_flush_is_one_line_and_the_store_resumes(csv_index, image_folder, tmp_path):
+    from extract import get_extractor, read_index
+    from pipelines.runs.extraction import run_extract
+
+    store = tmp_path / "store"
+    args = ["extract", str(csv_index), "--model", "vgg16", "--weights", "none", "--input-size", "32",
+            "--shard-rows", "8", "--out", str(store)]
+    # the view (15 KiB) fits, a shard of 8 rows (27 KiB) does not: HDF5 fails to close it
+    code, err = _cli_limited(20 << 10, *args)
+    _assert_file_size_line(code, err, store)
+    assert stored_rows(store) == 0 and not [p for p in (store / "shards").iterdir() if ".tmp-" in p.name]
+    code, err = _cli_limited(None, *args)
+    assert code == 0, err
+    clean = run_extract(read_index(csv_index), get_extractor("vgg16", weights="none", input_size=32), tmp_path / "c")
+    np.testing.assert_allclose(fs.read_features(store), fs.read_features(clean.store), rtol=1e-5, atol=1e-6)
+    # export: the checked free space is there, the limit is not; it segfaulted (exit 139) after h5py's tracebacks
+    out = tmp_path / "exported.h5"
+    code, err = _cli_limited(24 << 10, "export", str(store), "--out", str(out))
+    _assert_file_size_line(code, err, out)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert fs.read_info(store).complete
