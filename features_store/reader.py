@@ -18,7 +18,7 @@ import numpy as np
 
 from features_store import schema
 from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
-from features_store.manifest import Manifest, check_store_path, foreign_files, read_manifest, some
+from features_store.manifest import Manifest, ShardRecord, check_store_path, foreign_files, read_manifest, some
 from features_store.shard import read_shard, shard_path, shard_versions
 from features_store.view import stored_labels, take_rows, view_columns
 
@@ -117,14 +117,37 @@ class _View:
                 f"{self.store} holds features of fingerprint {self.manifest.fingerprint[:12]}, not {fingerprint[:12]}: "
                 "the features come from another extractor. Re-extract with this extractor or pick the right store."
             )
-        n_pending = int(np.count_nonzero(self.pending))
+        pending = self._locate_pending() if self.pending.any() else self.pending
+        n_pending = int(np.count_nonzero(pending))
         if n_pending and not allow_incomplete:
             raise StoreIncompleteError(
-                f"{self.store} is incomplete (its view was written with {len(self.pending) - n_pending} of "
-                f"{len(self.pending)} rows extracted); re-run the extraction to resume it."
+                f"{self.store} is incomplete ({len(pending) - n_pending} of {len(pending)} rows extracted); re-run "
+                "the extraction to resume it."
             )
         self.check_shards()
-        return np.flatnonzero(~self.pending)
+        return np.flatnonzero(~pending)
+
+    def _locate_pending(self) -> np.ndarray:
+        """Locate the view's pending rows whose keys a committed shard holds (a run killed after committing shards,
+        before rewriting the view; `info` counts them done), in the columns read; return the rows still pending."""
+        c = self.cols
+        where: dict[str, tuple[str, int, bool, str]] = {}
+        for record, keys, ok, errors in self._stored():
+            for r, key in enumerate(keys):
+                where.setdefault(key, (record.file, r, bool(ok[r]), str(errors[r])))  # the first copy, as writers
+        files = list(c["shard_files"])
+        index = {file: s for s, file in enumerate(files)}
+        shard, row, ok, errors = c["shard"].copy(), c["shard_row"].copy(), c["ok"].copy(), c["errors"].tolist()
+        pending = self.pending.copy()
+        for i in np.flatnonzero(self.pending):
+            found = where.get(c["keys"][i])
+            if found is not None:
+                file, r, ok[i], errors[i] = found
+                shard[i], row[i], pending[i] = index.setdefault(file, len(index)), r, False
+        files += list(index)[len(files):]
+        self.cols = {**c, "shard_files": files, "shard": shard, "shard_row": row, "ok": ok,
+                     "errors": np.array(errors, dtype=str)}
+        return pending
 
     def meta(self, rows: np.ndarray) -> StoreMeta:
         c = self.cols
@@ -198,14 +221,18 @@ class _View:
             "`featurehead extract`: it extracts that shard's rows again."
         )
 
+    def _stored(self) -> list[tuple[ShardRecord, list[str], np.ndarray, np.ndarray]]:
+        """Each shard of the manifest: its record, keys, ok flags and errors."""
+        return [(record, *read_shard(shard_path(self.store, record.file), record.rows))
+                for record in self.manifest.shards]
+
     def info(self) -> StoreInfo:
         c, a, m = self.cols, self.attrs, self.manifest
         names, counts = np.unique(c["split"], return_counts=True) if len(c["split"]) else ([], [])
         wanted = set(c["keys"].tolist()) - {""}
         stored_live, stored = 0, set()
         shards = []
-        for record in m.shards:
-            keys, _, _ = read_shard(shard_path(self.store, record.file), record.rows)
+        for record, keys, _, _ in self._stored():
             stored_live += sum(1 for k in keys if k in wanted and k not in stored)  # a second copy is garbage
             stored.update(keys)
             shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})

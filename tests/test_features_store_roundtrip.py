@@ -247,7 +247,7 @@ def test_an_incomplete_store_is_refused_unless_allowed(tmp_path, args):
     info = fs.read_info(path)
     assert not info.complete and (info.n_rows, info.n_done, info.n_failed) == (N, 5, 1)
     for read in (fs.read_features, fs.read_meta, fs.load, lambda p: fs.iter_batches(p, 4), fs.export):
-        with pytest.raises(StoreIncompleteError, match=r"written with 5 of 12 rows extracted\); re-run"):
+        with pytest.raises(StoreIncompleteError, match=r"is incomplete \(5 of 12 rows extracted\); re-run"):
             read(path) if read is not fs.export else read(path, tmp_path / "x.h5")
     np.testing.assert_array_equal(fs.read_features(path, allow_incomplete=True), expected_features()[:5])
     np.testing.assert_array_equal(fs.read_features(path, [4, 0, 4], allow_incomplete=True),

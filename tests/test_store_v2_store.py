@@ -278,3 +278,29 @@ def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
         assert s.remove_orphans() == 3
     assert len(fs.read_manifest(store).shards) == 1
     assert sorted(p.name for p in store.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_run_killed_after_committing_shards_reads_them_when_a_partial_store_is_allowed(tmp_path):
+    """A run writes its view first ("incomplete"), then commits shards; killed before its last view, the store had
+    8 of 12 rows done for `read_info`, while `load(allow_incomplete=True)` returned none of them and `export` said
+    "its view was written with 0 of 12 rows extracted"."""
+    store, k = tmp_path / "store", keys(12)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        s.ensure_manifest(3)
+        s.write_view(ids=[f"{x[:6]}.png" for x in k], keys=k, labels=np.arange(12) % 2, classes=["a", "b"],
+                     split=["train"] * 12)
+        for part in fs.plan_shards(k[:8], 4):  # committed; the kill comes before the view is written again
+            with s.shard_writer(part, n_features=3) as w:
+                w.write(rows(part), np.arange(len(part)) != 1, ["", "unreadable", "", ""])
+                s.commit(w)
+    assert fs.read_info(store).n_done == 8 and not fs.read_info(store).complete
+    X, y, ids = fs.load(store, allow_incomplete=True)  # ok rows only: row 1 of each shard failed
+    done = [0, 2, 3, 4, 6, 7]
+    np.testing.assert_array_equal(X, rows([k[i] for i in done]))
+    assert ids.tolist() == [f"{k[i][:6]}.png" for i in done] and y.tolist() == ["ab"[i % 2] for i in done]
+    meta = fs.read_meta(store, allow_incomplete=True)
+    assert meta.ok.tolist() == [i not in (1, 5) for i in range(8)] and meta.errors[1] == "unreadable"
+    np.testing.assert_array_equal(fs.read_features(store, [7, 0], allow_incomplete=True), rows([k[7], k[0]]))
+    for read in (fs.load, lambda p: fs.export(p, tmp_path / "x.h5")):
+        with pytest.raises(fs.StoreIncompleteError, match=r"is incomplete \(8 of 12 rows extracted\); re-run"):
+            read(store)
