@@ -222,17 +222,29 @@ class _View:
         )
 
     def _stored(self) -> list[tuple[ShardRecord, list[str], np.ndarray, np.ndarray]]:
-        """Each shard of the manifest: its record, keys, ok flags and errors."""
-        return [(record, *read_shard(shard_path(self.store, record.file), record.rows))
-                for record in self.manifest.shards]
+        """Each shard of the manifest: its record, keys, ok flags and errors.
+
+        Readers take no lock: a listed shard that has gone because a writer committed another manifest meanwhile (a
+        compaction commits, then deletes the shards it rewrote) is read through the manifest now, as `features`
+        reads through the new view."""
+        while True:
+            try:
+                return [(record, *read_shard(shard_path(self.store, record.file), record.rows))
+                        for record in self.manifest.shards]
+            except StoreDamagedError as err:
+                now = read_manifest(self.store) if isinstance(err.__cause__, FileNotFoundError) else None
+                if now is None or now == self.manifest:
+                    raise  # the manifest still lists it: the shard is missing indeed
+                self.manifest = now  # each retry follows another commit
 
     def info(self) -> StoreInfo:
+        listed = self._stored()  # first: it may read a manifest committed since this view was opened
         c, a, m = self.cols, self.attrs, self.manifest
         names, counts = np.unique(c["split"], return_counts=True) if len(c["split"]) else ([], [])
         wanted = set(c["keys"].tolist()) - {""}
         stored_live, stored = 0, set()
         shards = []
-        for record, keys, _, _ in self._stored():
+        for record, keys, _, _ in listed:
             stored_live += sum(1 for k in keys if k in wanted and k not in stored)  # a second copy is garbage
             stored.update(keys)
             shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})

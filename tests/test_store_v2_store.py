@@ -9,6 +9,7 @@ import pytest
 
 import features_store as fs
 from features_store import view as view_module
+from features_store.reader import open_view
 
 FP = "f" * 64
 
@@ -214,6 +215,23 @@ def test_a_reader_that_opened_the_view_before_a_compaction_reads_the_same_rows(t
     view(store, live)  # k5, k6, k8 pending again
     with pytest.raises(fs.StoreDamagedError, match="changed while it was read"):
         list(batches)
+
+
+def test_a_reader_that_opened_the_view_before_a_compaction_reads_its_summary(tmp_path):
+    """`info` read the shards of the manifest it had opened: "the shard ... that the view uses is missing; re-run the
+    extraction" (`run_extract` reads it after releasing the lock: an extraction that succeeded exited 2 when a
+    compaction began)."""
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k, 4)
+    live = k[:4] + k[5:7] + k[8:9]
+    view(store, live)
+    stale = open_view(store)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        s.compact()
+    info = stale.info()
+    assert (info.n_rows, info.n_done, info.stored_rows, info.garbage_rows, info.complete) == (7, 7, 7, 0, True)
+    assert [shard["file"] for shard in info.shards] == [r.file for r in fs.read_manifest(store).shards]
+    np.testing.assert_array_equal(stale.features(np.arange(7)), rows(live))
 
 
 def test_a_listed_shard_that_another_process_holds_is_never_unlisted(tmp_path):
