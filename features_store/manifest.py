@@ -129,9 +129,18 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
                         str(body["dtype"]), str(body["created"]), shards)
     except (StoreVersionError, StoreNotFoundError):
         raise
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except OSError as err:  # permissions, I/O: the file itself may be fine
+        damaged = StoreDamagedError(f"{path} cannot be read ({err.strerror or err}); check its permissions and the disk.")
+        damaged.certain = False
+        raise damaged from err
+    except (ValueError, KeyError, TypeError) as err:
         why = f"it has no {err}" if isinstance(err, KeyError) else str(err)
-        raise StoreDamagedError(f"{path} is not a readable store manifest ({why}); re-extract into a new directory.") from err
+        # the shards keep their rows, and their names are planned from the keys: a re-run finds them again
+        raise StoreDamagedError(
+            f"{path} is not a readable store manifest ({why}); delete it and re-run the same `featurehead extract`: "
+            "it lists again the complete shards on disk that it plans (all of them for a store extracted in one run) "
+            "and extracts the rest."
+        ) from err
 
 
 STORE_NAMES = frozenset({schema.VIEW_FILE, schema.MANIFEST_FILE, schema.SHARDS_DIR})

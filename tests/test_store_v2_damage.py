@@ -116,3 +116,23 @@ def test_a_damaged_view_column_is_one_line_and_extract_rewrites_it(extracted, tm
     assert set(after) == set(before)
     for i, x in before.items():
         np.testing.assert_array_equal(after[i], x)
+
+
+def test_a_corrupted_manifest_says_to_delete_it_and_extract_finds_the_shards_again(extracted, vgg, capsys):
+    store, csv, before = extracted
+    manifest = store / "manifest.json"
+    shards = sorted(p.name for p in (store / "shards").iterdir())
+    manifest.write_bytes(manifest.read_bytes()[:40])  # cut short: a disk that failed under a copy
+    capsys.readouterr()
+    assert main(["inspect", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{manifest} is not a readable store manifest" in err[0], err
+    assert "delete it and re-run the same `featurehead extract`" in err[0] and "new directory" not in err[0], err
+    manifest.unlink()  # what the line says to do
+    again = run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert again.n_extracted == 0 and features_store.read_info(store).complete  # every shard listed again
+    assert sorted(p.name for p in (store / "shards").iterdir()) == shards
+    after = by_id(store)
+    assert set(after) == set(before)
+    for i, x in before.items():
+        np.testing.assert_array_equal(after[i], x)
