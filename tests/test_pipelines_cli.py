@@ -711,3 +711,37 @@ def test_extract_says_why_the_view_has_more_rows_than_it_extracted(image_folder,
                             f"up to date: 9 rows, all already extracted with fingerprint {lines[0].split()[-1]}")
         assert lines[1] == ("1 row lists an image that another row also lists (the same content): each image is "
                             "extracted and stored once")
+
+
+@pytest.mark.parametrize("labels", ["codes", "str-codes", "ints"])
+def test_evaluate_and_report_score_a_bundle_by_its_class_names_as_predict_does(store, csv_index, tmp_path, capsys,
+                                                                                labels):
+    """A head fitted on integer codes (or their strings, or int labels) and saved with the store's class names:
+    `predict` named them, but `evaluate` and `report` compared the head's own classes with the store's names (exit 2
+    "Mix of label input types", or accuracy 0)."""
+    import classify
+
+    if labels == "ints":  # the store's labels are "2" and "10"; the head is fitted on the ints 2 and 10
+        relabelled = csv_index.parent / "ints.csv"
+        relabelled.write_text(csv_index.read_text().replace(",a\n", ",2\n").replace(",b\n", ",10\n"))
+        csv_index, store = relabelled, tmp_path / "ints"
+        assert run(capsys, "extract", csv_index, *FAST, "--out", store)[0] == 0
+    info = features_store.read_info(store)
+    X, y, _ = features_store.load(store)
+    classes = np.unique(y)
+    codes = np.searchsorted(classes, y)
+    fitted = {"codes": codes, "str-codes": codes.astype(str)}[labels] if labels != "ints" else y.astype(int)
+    head = classify.make_head("logreg").fit(X, fitted)
+    names = [str(c) for c in head.classes_] if labels == "ints" else classes
+    classify.save_bundle(head, tmp_path / "b", extractor=info.extractor, fingerprint=info.fingerprint,
+                         classes=names, n_features=X.shape[1])
+    assert run(capsys, "predict", tmp_path / "b", csv_index, "--store", store, "--out", tmp_path / "p.csv")[0] == 0
+    frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False, dtype=str)
+    accuracy = float((frame["predicted"] == frame["label"]).mean())
+    assert accuracy > 0.5  # the fixture's classes differ in brightness: a head that learned nothing would not do
+    for command in ("evaluate", "report"):
+        code, _, err = run(capsys, command, tmp_path / "b", store, "--out", tmp_path / command)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / command / "metrics.json").read_text())
+        assert metrics["accuracy"] == accuracy and metrics["classes"] == list(map(str, names))
+        assert "unknown_labels" not in metrics

@@ -41,6 +41,13 @@ class Bundle:
         return list(self.manifest["classes"])
 
     @property
+    def classes_(self) -> np.ndarray:
+        """`classes` as an array, under scikit-learn's name: with `predict` and `predict_proba` it lets
+        `classify.evaluate(bundle, X, y)` score what the bundle predicts, by the manifest's class names (a head
+        fitted on codes 0..k-1 has those as its own ``classes_``)."""
+        return np.asarray(self.classes)
+
+    @property
     def kind(self) -> str:
         """"sklearn" (a head on features) or "full" (a Keras model on images)."""
         return str(self.manifest["kind"])

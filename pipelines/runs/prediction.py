@@ -93,7 +93,7 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
         raise ValueError(f"none of the labels in {store} ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}) "
                          f"is a class of {Path(bundle_path).name} ({', '.join(classes[:5])}"
                          f"{', ...' if len(classes) > 5 else ''}); evaluate it on a store of the images of its classes")
-    metrics = classify.evaluate(bundle.estimator, X[keep], y[keep])
+    metrics = classify.evaluate(bundle, X[keep], y[keep])  # by the manifest's class names, as `predict` names them
     metrics["evaluated_on"] = evaluated
     return metrics
 
