@@ -32,11 +32,15 @@ class ImageIndex:
         extra columns of the CSV.
     source : str
         Where the index came from (the CSV path or the folder), for messages.
+    left_out : tuple of str
+        The folders of a `root/{train,val,test}/<class>/*` index, beside its split folders, that hold images but
+        name no split, so are not in it (for a note); () otherwise.
     """
 
     root: Path
     frame: pd.DataFrame
     source: str
+    left_out: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -81,7 +85,8 @@ def read_index(source, images_root=None) -> ImageIndex:
     ----------
     source : str or Path
         A CSV with a `filename` column, or a folder laid out as `root/<class>/*` or
-        `root/{train,val,test}/<class>/*`.
+        `root/{train,val,test}/<class>/*` (split folders named as a CSV's split values are: in any case, `valid`
+        or `validation` for `val`; when there are any, they are the index, and other folders beside them are not).
     images_root : str or Path, optional
         The folder the CSV's filenames are relative to; defaults to the CSV's own folder.
 
@@ -136,12 +141,19 @@ def _index_from_csv(csv_path: Path, root: Path) -> ImageIndex:
         raise IndexValidationError(f"{csv_path}: the index has no rows")
     frame = pd.DataFrame({"id": df["filename"].str.strip()})
     frame["label"] = df["label"].str.strip() if "label" in df.columns else ""
-    frame["split"] = df["split"].str.strip().str.lower().replace(_SPLIT_ALIASES) if "split" in df.columns else ""
+    frame["split"] = df["split"].str.strip().map(split_name) if "split" in df.columns else ""
     extra = df.drop(columns=[c for c in ("filename", "label", "split") if c in df.columns])
     frame = pd.concat([frame, extra.reset_index(drop=True)], axis=1)
     _validate(frame, csv_path, root, label_required="label" in df.columns)
     frame["id"] = [_normalise(i) for i in frame["id"]]
     return ImageIndex(root=root, frame=frame, source=str(csv_path))
+
+
+def split_name(value: str) -> str:
+    """A split as written (a CSV's split value, a split folder's name) as the index stores it: in lower case, with
+    `valid` and `validation` as `val`; an unknown name is returned lowered, for the caller to refuse or pass by."""
+    value = value.lower()
+    return _SPLIT_ALIASES.get(value, value)
 
 
 def _normalise(rel: str) -> str:
@@ -176,11 +188,13 @@ def _validate(frame: pd.DataFrame, csv_path: Path, root: Path, label_required: b
 
 
 def _index_from_folders(root: Path) -> ImageIndex:
-    split_dirs = [root / s for s in SPLIT_NAMES if (root / s).is_dir()]
-    rows = []
+    split_dirs = _split_folders(root)
+    rows, left_out = [], ()
     if split_dirs:
-        for split_dir in split_dirs:
-            rows += _class_rows(root, split_dir, split_dir.name)
+        for split, split_dir in split_dirs:
+            rows += _class_rows(root, split_dir, split)
+        named = {d.name for _, d in split_dirs}
+        left_out = tuple(p.name for p in _subfolders(root) if p.name not in named and _holds_an_image(p))
     else:
         rows = _class_rows(root, root, "")
     if not rows:  # a flat folder, e.g. new images to predict: unlabelled rows
@@ -192,12 +206,37 @@ def _index_from_folders(root: Path) -> ImageIndex:
             "images directly in it (unlabelled), or give a CSV index with a filename column"
         )
     frame = pd.DataFrame(rows, columns=["id", "label", "split"])
-    return ImageIndex(root=root, frame=frame, source=str(root))
+    return ImageIndex(root=root, frame=frame, source=str(root), left_out=left_out)
+
+
+def _split_folders(root: Path) -> list[tuple[str, Path]]:
+    """The folders of `root` that name a split, as (split, folder) in the order train, val, test; two folders of
+    one split (`val` and `valid`, `Train` and `train`) are refused: which one is meant is not known."""
+    found: dict[str, list[Path]] = {}
+    for folder in _subfolders(root):
+        if split_name(folder.name) in SPLIT_NAMES:
+            found.setdefault(split_name(folder.name), []).append(folder)
+    for split, folders in found.items():
+        if len(folders) > 1:
+            names = ", ".join(f.name for f in folders[:-1]) + f" and {folders[-1].name}"
+            raise IndexValidationError(f"{root}: the folders {names} are {'both' if len(folders) == 2 else 'all'} "
+                                       f"split {split!r}; keep one of them "
+                                       "(or give a CSV index with a split column)")
+    return [(s, found[s][0]) for s in SPLIT_NAMES if s in found]
+
+
+def _subfolders(base: Path) -> list[Path]:
+    """The folders in `base`, sorted, hidden ones left out."""
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _holds_an_image(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in folder.rglob("*"))
 
 
 def _class_rows(root: Path, base: Path, split: str) -> list[tuple[str, str, str]]:
     rows = []
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for class_dir in _subfolders(base):
         for f in sorted(class_dir.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                 rows.append((f.relative_to(root).as_posix(), class_dir.name, split))

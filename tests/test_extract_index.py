@@ -93,6 +93,47 @@ def test_split_folders(tmp_path, image_folder):
     assert index.ids[0] == "train/a/0.png"
 
 
+@pytest.mark.parametrize("train, val, test", [
+    pytest.param("train", "valid", "test", id="valid"),
+    pytest.param("train", "validation", "test", id="validation"),
+    pytest.param("Train", "Val", "TEST", id="any-case"),
+    pytest.param("TRAIN", "Validation", "Test", id="alias-any-case"),
+])
+def test_split_folders_take_the_csv_split_names_in_any_case(tmp_path, image_folder, train, val, test):
+    """`valid/` was left out of the index without a word, and `Train/` and `TEST/` became classes; a CSV's split
+    column took them all."""
+    import shutil
+
+    root = tmp_path / "ds"
+    for split, (cls, i) in ((train, ("a", 0)), (val, ("a", 2)), (test, ("b", 0))):
+        (root / split / cls).mkdir(parents=True)
+        shutil.copy(image_folder / cls / f"{i}.png", root / split / cls / f"{i}.png")
+    index = read_index(root)
+    assert index.ids == [f"{train}/a/0.png", f"{val}/a/2.png", f"{test}/b/0.png"]  # the files' own paths
+    assert index.split == ["train", "val", "test"] and index.labels == ["a", "a", "b"]
+    assert index.left_out == ()
+
+
+def test_split_folders_with_other_folders_beside_them(tmp_path, image_folder):
+    """The split folders are the index; other folders beside them that hold images are named (`left_out`), and two
+    folders of one split are refused (which one is meant is not known)."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(image_folder / "a", root / "train" / "a")
+    shutil.copytree(image_folder / "b", root / "dev" / "b")
+    (root / "docs").mkdir()
+    (root / "docs" / "notes.txt").write_text("no image here")
+    (root / ".cache" / "x").mkdir(parents=True)
+    (root / ".cache" / "x" / "0.png").write_bytes(b"x")
+    index = read_index(root)
+    assert set(index.split) == {"train"} and index.left_out == ("dev",)
+    shutil.copytree(image_folder / "a", root / "Train" / "a")
+    with pytest.raises(IndexValidationError, match=r"ds: the folders Train and train are both split 'train'; "
+                                                   "keep one of them"):
+        read_index(root)
+
+
 def test_empty_folder_is_an_error_and_a_flat_one_is_unlabelled(tmp_path):
     """A flat folder (new images to predict, the commonest case there) was refused: it is an unlabelled index."""
     (tmp_path / "notes.txt").write_text("not an image")

@@ -745,3 +745,19 @@ def test_evaluate_and_report_score_a_bundle_by_its_class_names_as_predict_does(s
         metrics = json.loads((tmp_path / command / "metrics.json").read_text())
         assert metrics["accuracy"] == accuracy and metrics["classes"] == list(map(str, names))
         assert "unknown_labels" not in metrics
+
+
+def test_extract_of_split_folders_keeps_valid_and_names_the_folders_it_leaves_out(image_folder, tmp_path, capsys):
+    """`root/{train,valid,test}` lost its `valid` images without a word (the store listed train and test only)."""
+    import shutil
+
+    root = tmp_path / "ds"
+    for split, cls in (("Train", "a"), ("valid", "b"), ("TEST", "a"), ("extra", "b")):
+        shutil.copytree(image_folder / cls, root / split / cls)
+    code, lines, _ = run(capsys, "extract", root, *FAST, "--out", tmp_path / "s")
+    assert code == 0 and lines[-1] == str(tmp_path / "s")
+    assert (f"note: {root} has split folders (train, val, test), so the folder of images beside them is not in the "
+            "index: extra") in lines
+    meta = features_store.read_meta(tmp_path / "s")
+    assert sorted(set(meta.split)) == ["test", "train", "val"] and list(meta.split).count("val") == 4
+    assert sorted(set(meta.labels)) == ["a", "b"]

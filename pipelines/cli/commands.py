@@ -98,19 +98,26 @@ def _rows(n: int) -> str:
 
 
 def _index_notes(index) -> list[str]:
-    """What `train` will make of the index, said when extracting it: no labels at all (a CSV whose label column
-    has another name), or labelled rows that no split names while others do (train, val and test leave them out)."""
+    """What `train` will make of the index, said when extracting it: folders of images beside split folders (not
+    in the index); no labels at all (a CSV whose label column has another name), or labelled rows that no split
+    names while others do (train, val and test leave them out)."""
+    notes = []
+    if index.left_out:
+        one = len(index.left_out) == 1
+        notes.append(f"note: {index.source} has split folders (train, val, test), so the folder{'' if one else 's'} "
+                     f"of images beside them {'is' if one else 'are'} not in the index: {', '.join(index.left_out)}")
     labels, split = list(index.labels), list(index.split)
     if not any(labels):
         others = [str(c) for c in index.frame.columns if c not in ("id", "label", "split")]
         seen = f" (its other columns: {', '.join(others)})" if others else ""
-        return [f"note: the index has no labels{seen}: `featurehead train` needs a `label` column, or class folders"]
+        return [*notes, f"note: the index has no labels{seen}: `featurehead train` needs a `label` column, or class "
+                "folders"]
     loose = sum(1 for label, s in zip(labels, split) if label and not s)
     if loose and any(split):
         one = loose == 1
-        return [f"note: {_rows(loose)} with a label but no split value {'is' if one else 'are'} in no split: `train` "
-                f"and `evaluate --split` leave {'it' if one else 'them'} out"]
-    return []
+        notes.append(f"note: {_rows(loose)} with a label but no split value {'is' if one else 'are'} in no split: "
+                     f"`train` and `evaluate --split` leave {'it' if one else 'them'} out")
+    return notes
 
 
 def cmd_inspect(args) -> int:

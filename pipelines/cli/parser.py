@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Bring the store up to date with the index: images are keyed by their content, "
                        "so only images the store has not seen go through the model; labels, splits and order are "
                        "rewritten from the index every run.")
-    p.add_argument("index", help="a CSV (filename[,label][,split]), a folder of class subfolders, or a flat folder of images (unlabelled)")
+    p.add_argument("index", help="a CSV (filename[,label][,split]), a folder of class subfolders (or of train, val (valid, validation) "
+                   "and test folders of class subfolders, in any case), or a flat folder of images (unlabelled)")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's folder)")
     p.add_argument("--out", default=None, help="store directory (default: next to the index, named by model and fingerprint)")
     p.add_argument("--shard-rows", type=positive_int, default=None,
