@@ -53,13 +53,21 @@ def test_an_internal_error_is_exit_3_with_one_line(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_debug_raises_the_internal_error(tmp_path, monkeypatch, how):
-    monkeypatch.setitem(cli.COMMANDS, "inspect", _bug)
-    argv = ["inspect", str(tmp_path)] + (["--debug"] if how == "flag" else [])
+@pytest.mark.parametrize("what", ["bug", "bad-input"])
+def test_debug_prints_the_traceback_and_keeps_the_exit_code(tmp_path, monkeypatch, capsys, how, what):
+    """With --debug an error was re-raised: Python's exit 1 for bad input (2) and for a bug (3) alike."""
+    if what == "bug":
+        monkeypatch.setitem(cli.COMMANDS, "inspect", _bug)
+    argv = ["inspect", str(tmp_path / "missing")] + (["--debug"] if how == "flag" else [])
+    monkeypatch.delenv("FEATUREHEAD_DEBUG", raising=False)
     if how == "env":
         monkeypatch.setenv("FEATUREHEAD_DEBUG", "1")
-    with pytest.raises(RuntimeError, match="boom: a bug"):
-        main(argv)
+    assert main(argv) == (3 if what == "bug" else 2)
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("featurehead inspect: internal error" if what == "bug" else "featurehead inspect: error:")
+    assert "re-run with --debug" not in last
 
 
 def test_bad_input_stays_exit_2(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr);
 3 an internal error, i.e. a bug in featurehead (one line on stderr; the traceback with --debug or
-FEATUREHEAD_DEBUG=1); 130 interrupted.
+FEATUREHEAD_DEBUG=1, before that line: the exit code stays the same); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 
 from .commands import COMMANDS
 from .parser import build_parser
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
             return EXIT_BROKEN_PIPE
-        if debug:  # the traceback, for bug reports
-            raise
+        if debug:  # the traceback, for bug reports; the exit code stays the one without --debug
+            traceback.print_exc(file=sys.stderr)
         message = _as_flags(" ".join(_plain(err).split()), parser.commands.get(args.command))
         print(f"featurehead {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -78,10 +79,10 @@ def main(argv=None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001  (anything else is a bug: say so in one line)
         if debug:
-            raise
+            traceback.print_exc(file=sys.stderr)
         message = " ".join(f"{type(err).__name__}: {err}".split())
-        print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}; "
-              "re-run with --debug for the traceback", file=sys.stderr)
+        print(f"featurehead {args.command}: internal error (a bug in featurehead, please report it): {message}"
+              + ("" if debug else "; re-run with --debug for the traceback"), file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     finally:  # an in-process caller of main() gets its import system and its logging settings back as they were
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietKerasImport)]

@@ -71,7 +71,8 @@ def add_output_flags(p: argparse.ArgumentParser, default) -> None:
     g.add_argument("-v", "--verbose", action="store_true", default=default,
                    help="also show TensorFlow's start-up notes and Keras's download messages")
     g.add_argument("--debug", action="store_true", default=default,
-                   help="print the traceback of an error (as FEATUREHEAD_DEBUG=1 does)")
+                   help="print the traceback of an error before its line, with the same exit code "
+                        "(as FEATUREHEAD_DEBUG=1 does)")
 
 
 def progress(args, desc):
