@@ -225,6 +225,20 @@ def test_a_second_report_replaces_its_thumbnails_only(run, capsys, tmp_path):
     assert len(list((out / "thumbs").glob("*.png"))) == 1
 
 
+def test_evaluate_into_a_report_folder_removes_the_report_it_makes_stale(run, capsys, tmp_path):
+    """evaluate wrote a new metrics.json beside the old report's page, figures and thumbnails: the page showed the
+    old numbers. It removes them (only the report's own files: another file in figures/ stays)."""
+    out = tmp_path / "r"
+    shutil.copytree(run / "rep", out)
+    assert (out / "index.html").exists() and list((out / "figures").iterdir()) and list((out / "thumbs").iterdir())
+    (out / "thumbs" / "mine.txt").write_text("kept")
+    code, lines, _ = cli(capsys, "evaluate", run / "head", run / "feats", "--out", out)  # held-out rows, not test
+    assert code == 0 and lines[-1] == str(out)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.name.startswith(".")) == [
+        "confusion_matrix.png", "metrics.json", "thumbs", "thumbs/mine.txt"]
+    assert json.loads((out / "metrics.json").read_text())["evaluated_on"] == "held-out validation rows"
+
+
 def test_a_report_that_fails_leaves_no_page_of_the_old_one_beside_the_new_files(run, capsys, small_disk):
     """A full disk left the old index.html beside the new metrics.json and figures, nothing saying it was stale."""
     out = small_disk.path / "r"

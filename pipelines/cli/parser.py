@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "macro-F1, per-class scores, the confusion matrix (and top-5 accuracy past 5 classes).")
     p.add_argument("head", help="head bundle directory (`featurehead train`)")
     p.add_argument("store", help="a feature store of the head's extractor")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--out", required=True, help="folder to write metrics.json and confusion_matrix.png into (a "
+                   "`featurehead report` there loses its page, figures and thumbnails: they would show old numbers)")
     p.add_argument("--split", default=None,
                    help="evaluate only this split (train/val/test); default: on the store the head was trained on "
                    "(or a copy of it: the same index over the same images), its held-out validation rows, "

@@ -21,6 +21,7 @@ import features_store
 from ..runs.prediction import (
     NOT_PRETRAINED,
     evaluation,
+    is_report_page,
     load_head_bundle,
     on_training_store,
     output_lock,
@@ -37,6 +38,25 @@ FIGURES_DIR = "figures"
 THUMBS_DIR = "thumbs"
 MAX_FAILED_SHOWN = 200
 _THUMB_NAME = re.compile(r"[0-9a-f]{16}\.png")
+CONFUSION_FIGURE, CURVES_FIGURE, RELIABILITY_FIGURE = "confusion_normalized.png", "learning_curves.png", "reliability.png"
+
+
+def remove_report(out_dir) -> None:
+    """Remove a report's page, figures and thumbnails from `out_dir`, and their folders when that empties them:
+    `evaluate` writing new numbers there makes them stale (the page would show the old head's). Only the report's
+    own files go (its page, by its title): anything else in figures/ or thumbs/ stays. The caller holds the lock."""
+    out_dir = Path(out_dir)
+    if is_report_page(out_dir / PAGE):
+        (out_dir / PAGE).unlink()
+    for folder, ours in ((out_dir / FIGURES_DIR, {CONFUSION_FIGURE, CURVES_FIGURE, RELIABILITY_FIGURE}.__contains__),
+                         (out_dir / THUMBS_DIR, _THUMB_NAME.fullmatch)):
+        if not folder.is_dir():
+            continue
+        for old in folder.iterdir():
+            if ours(old.name) and old.is_file():
+                old.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @dataclass(frozen=True)
@@ -225,22 +245,22 @@ def _figures(bundle, metrics: dict, bins: dict, out_dir: Path) -> list[Figure]:
         f"{k} classes: too many to print numbers (the counts are in metrics.json"
         + (" and confusion_matrix.png" if k <= classify.plots.COUNTS_MAX_CLASSES else "") + "); "
         "click it to open it at full size")
-    plot_confusion_normalized(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_normalized.png")
+    plot_confusion_normalized(metrics["confusion_matrix"], metrics["classes"], folder / CONFUSION_FIGURE)
     figures = [Figure("confusion matrix, each row divided by its true class's count"
-                      + (" (counts in brackets)" if annotated else ""), f"{FIGURES_DIR}/confusion_normalized.png", note)]
+                      + (" (counts in brackets)" if annotated else ""), f"{FIGURES_DIR}/{CONFUSION_FIGURE}", note)]
     estimator = bundle.estimator
     history = getattr(estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator, "history_", None)
     head = (bundle.manifest.get("params") or {}).get("head", "this")
     if history:
-        classify.plot_history(history, folder / "learning_curves.png")
-        figures.append(Figure("learning curves (loss and accuracy per epoch)", f"{FIGURES_DIR}/learning_curves.png"))
+        classify.plot_history(history, folder / CURVES_FIGURE)
+        figures.append(Figure("learning curves (loss and accuracy per epoch)", f"{FIGURES_DIR}/{CURVES_FIGURE}"))
     else:  # an earlier report's curves, of another head, would stay in the folder beside this report
-        (folder / "learning_curves.png").unlink(missing_ok=True)
+        (folder / CURVES_FIGURE).unlink(missing_ok=True)
         figures.append(Figure("learning curves", None, f"the {head} head records no per-epoch history "
                               "(the mlp head does)"))
-    plot_reliability(bins, folder / "reliability.png")
+    plot_reliability(bins, folder / RELIABILITY_FIGURE)
     figures.append(Figure("calibration: reliability diagram of the predicted class's probability",
-                          f"{FIGURES_DIR}/reliability.png", f"expected calibration error {bins['ece']:.3f}"))
+                          f"{FIGURES_DIR}/{RELIABILITY_FIGURE}", f"expected calibration error {bins['ece']:.3f}"))
     return figures
 
 

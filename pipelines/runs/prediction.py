@@ -26,10 +26,14 @@ from .views import store_identity
 def run_evaluate(bundle_path, store, out_dir, *, split: str | None = None) -> dict:
     """Evaluate a head bundle on a store's ok, labelled original rows; write metrics.json and the plot.
 
-    See `evaluation` for the rows; the writes hold `out_dir`'s `output_lock`.
+    See `evaluation` for the rows; the writes hold `out_dir`'s `output_lock`. A report in `out_dir` (its page,
+    figures and thumbnails) is removed first: it would show other numbers than the new metrics.json.
     """
+    from ..report.run import remove_report
+
     metrics = evaluation(bundle_path, store, out_dir, split=split)
     with output_lock(out_dir):
+        remove_report(out_dir)
         write_evaluation(out_dir, metrics, note=not_pretrained_note(bundle_path))
     return metrics
 
@@ -109,14 +113,14 @@ def check_output_folder(out_dir) -> None:
         raise ValueError(f"{out_dir} is a file; --out is the folder to write metrics.json and the plot into")
     if out_dir.is_dir():
         foreign = foreign_files(out_dir, OUTPUT_NAMES)
-        if (out_dir / "index.html").is_file() and not _is_report_page(out_dir / "index.html"):
+        if (out_dir / "index.html").is_file() and not is_report_page(out_dir / "index.html"):
             foreign = sorted([*foreign, "index.html"])  # a website's page: only the name is report's
         if foreign:
             raise ValueError(f"{out_dir} holds files that evaluate and report do not write ({some(foreign)}); refusing "
                              "to write among them: give --out a new or empty folder (or one they wrote)")
 
 
-def _is_report_page(path: Path) -> bool:
+def is_report_page(path: Path) -> bool:
     """Whether `path` is a page that `featurehead report` wrote (its <title>, near the top, says so)."""
     try:
         with open(path, "rb") as f:
