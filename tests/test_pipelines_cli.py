@@ -356,6 +356,20 @@ def test_evaluate_a_split_of_a_store_without_a_split_column_says_so(store, tmp_p
                                       "in split 'test': evaluate without --split, or give the index a split column")
 
 
+def test_evaluate_of_a_head_fitted_on_every_row_of_a_store_without_a_split_column_says_to_use_another_store(
+        store, tmp_path, capsys):
+    """Its hints went in a circle: without --split "evaluate with --split test", with --split test "evaluate without
+    --split"."""
+    bundle = tmp_path / "h0"
+    assert run(capsys, "train", store, "--validation-fraction", "0", "--out", bundle)[0] == 0
+    hint = (f"h0 was fitted on every labelled row of {store} (the store has no split column, and the head held none "
+            "of its rows out), so none of its rows is unseen: evaluate h0 on another store")
+    for split in ([], ["--split", "test"]):
+        code, _, err = run(capsys, "evaluate", bundle, store, *split, "--out", tmp_path / "e")
+        assert code == 2 and len(err.splitlines()) == 1 and err.endswith(hint), err
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_folder_of_images_given_as_a_store_is_named_as_one(image_folder, capsys):
     """It said "holds no features yet; run `featurehead extract ... --out IMAGES`": a store among the images."""
     code, _, err = run(capsys, "inspect", image_folder / "a")

@@ -77,17 +77,18 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
         meta = features_store.read_meta(store)
         _, rows = trained_rows(bundle.manifest, meta)
         if not len(rows):
-            raise ValueError(
-                f"{Path(bundle_path).name} was fitted on every labelled 'train' row of {store} and holds none out "
-                "(its validation source is 'none'); evaluate with --split test, or on another store"
-            )
+            raise ValueError(_none_held_out(bundle_path, store, meta))
         X, y, evaluated = features_store.read_features(store, rows), meta.labels[rows], "held-out validation rows"
     else:
         X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
         evaluated = f"split {split!r}" if split else "all rows"
     keep = y != ""
     if not keep.any():
-        if split and not np.isin(features_store.read_meta(store).split, ("train", "val", "test")).any():
+        meta = features_store.read_meta(store)
+        if split and not _has_split_column(meta):
+            if (on_training_store(bundle.manifest, store, info) and not training_view_changed(bundle.manifest, info)
+                    and not len(trained_rows(bundle.manifest, meta)[1])):  # without --split: no row either
+                raise ValueError(_none_held_out(bundle_path, store, meta))
             raise ValueError(f"{store} has no split column (its index named no train, val or test rows), so no row is "
                              f"in split {split!r}: evaluate without --split, or give the index a split column")
         raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
@@ -100,6 +101,22 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     metrics = classify.evaluate(bundle, X[keep], y[keep])  # by the manifest's class names, as `predict` names them
     metrics["evaluated_on"] = evaluated
     return metrics
+
+
+def _has_split_column(meta) -> bool:
+    """Whether a store's index named train, val or test rows."""
+    return bool(np.isin(meta.split, ("train", "val", "test")).any())
+
+
+def _none_held_out(bundle_path, store, meta) -> str:
+    """Why a head has no rows of its training store to be evaluated on, and where to evaluate it instead: the
+    store's test split when it has a split column, another store when every row of it trained the head."""
+    name = Path(bundle_path).name
+    if not _has_split_column(meta):
+        return (f"{name} was fitted on every labelled row of {store} (the store has no split column, and the head "
+                f"held none of its rows out), so none of its rows is unseen: evaluate {name} on another store")
+    return (f"{name} was fitted on every labelled 'train' row of {store} and holds none out (its validation source "
+            "is 'none'); evaluate with --split test, or on another store")
 
 
 def check_output_folder(out_dir) -> None:
