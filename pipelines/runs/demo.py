@@ -177,6 +177,9 @@ def run_demo(workdir, *, input_size: int = 64, weights: str = "imagenet", epochs
     size, weights) adds its own beside those of earlier runs, and a repeated run finds its store up to date.
     `progress` (tqdm-like factories) shows the extraction, `train_progress` the MLP's epochs.
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:  # the MLP's wording, before any work
+        raise ValueError(f"`epochs` must be a positive integer. Received: epochs={epochs!r}")
+    get_extractor("vgg16", weights=weights, input_size=input_size).validate()  # its size, a weights file: also now
     workdir = Path(workdir)
     plan = _plan_digits(workdir)  # a folder of the user's own files is refused before anything is written
     (workdir / "images").mkdir(parents=True, exist_ok=True)
