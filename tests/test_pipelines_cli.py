@@ -204,6 +204,25 @@ def test_inspect(store, capsys):
     assert '"name": "vgg16"' in text and "features" in text and "(8, 512)" in text
 
 
+def test_inspect_json_holds_what_the_text_says(csv_index, tmp_path, capsys):
+    """`--json` ("the same as one JSON object") left out the failures and the datasets of features.h5."""
+    bad = [f"a/bad{i:02}.png" for i in range(21)]
+    for name in bad:
+        (csv_index.parent / name).write_bytes(b"nope")
+    csv_index.write_text(csv_index.read_text() + "".join(f"{name},a\n" for name in bad))
+    assert run(capsys, "extract", csv_index, *FAST, "--out", tmp_path / "s")[0] == 1
+    code, lines, _ = run(capsys, "inspect", tmp_path / "s")
+    assert code == 0 and "failures (21):" in lines and lines[-1] == "  ... and 1 more (read the `errors` dataset)"
+    code, lines, _ = run(capsys, "inspect", tmp_path / "s", "--json")
+    summary = json.loads("\n".join(lines))
+    assert code == 0 and summary["failed"] == 21 and len(summary["failures"]) == 20  # capped as the text is
+    assert summary["failures"][0]["filename"] == "a/bad00.png" and summary["failures"][0]["error"]
+    assert set(summary["failures"][0]) == {"filename", "error"}
+    assert summary["datasets"]["features"] == {"shape": [29, 512], "dtype": "float32"}
+    assert summary["datasets"]["ids"]["shape"] == [29]
+    assert (summary["pending_rows"], summary["resumable_rows"], summary["unlisted_shards"]) == (0, 0, [])
+
+
 def test_inspect_of_a_non_store_is_exit_2(tmp_path, capsys):
     junk = tmp_path / "junk"
     junk.write_bytes(b"garbage")

@@ -171,6 +171,20 @@ def test_inspect_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tm
     assert run_extract(read_index(csv_index), small_vgg(), out).n_extracted == 2  # resumed: 6 were kept
 
 
+def test_inspect_json_counts_the_rows_an_interrupted_run_left_to_resume(csv_index, tmp_path):
+    """`inspect --json`, "the same as one JSON object", said only done=0 of rows=8: not the 6 rows on disk."""
+    from pipelines.runs.inspection import store_summary
+
+    out = _interrupted_store(csv_index, tmp_path)
+    summary = store_summary(out)
+    assert (summary["complete"], summary["pending_rows"], summary["resumable_rows"]) == (False, 8, 6)
+    assert len(summary["unlisted_shards"]) == 1 and summary["unlisted_bytes"] > 0
+    run_extract(read_index(csv_index), small_vgg(), out)
+    summary = store_summary(out)
+    assert (summary["complete"], summary["pending_rows"], summary["resumable_rows"]) == (True, 0, 0)
+    assert summary["unlisted_shards"] == [] and summary["unlisted_bytes"] == 0
+
+
 def test_compact_keeps_the_shards_an_interrupted_extract_resumes(csv_index, tmp_path):
     """compact deleted every shard file its manifest does not list, an interrupted extract's unfinished shards
     too, so the re-run extracted all 8 rows again (a review of this change found it)."""

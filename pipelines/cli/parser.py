@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "failed rows with their reasons.")
     p.add_argument("store", help="a feature store directory")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (rows, stored_rows, garbage_rows, shards, failed, complete, fingerprint, ...)")
+                   help="print one JSON object (rows, stored_rows, garbage_rows, shards, failed, complete, pending_rows, "
+                   "resumable_rows, fingerprint, datasets, failures: the first 20 as {filename, error}, ...)")
 
     p = sub.add_parser("compact", help="drop a store's rows that its index no longer uses (removed or edited images)",
                        description="Rewrites the shards that hold rows the view no longer lists, keeps whole shards "

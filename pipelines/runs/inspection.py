@@ -11,22 +11,38 @@ import h5py
 import features_store
 from features_store.durable import atomic_write_bytes
 
+MAX_FAILURES = 20  # failed rows that inspect lists (text and JSON); the errors dataset holds them all
 
-def store_summary(store) -> dict:
-    """The `featurehead inspect --json` object."""
+
+def store_summary(store, *, max_failures: int = MAX_FAILURES) -> dict:
+    """The `featurehead inspect --json` object: what `describe_store` says, as values (the first `max_failures`
+    failed rows; `failed` counts them all)."""
     info = features_store.read_info(store)
+    pending = info.n_rows - info.n_done
+    unlisted = _unlisted_shards(info)
     return {
         "store": str(info.path), "schema_version": info.schema_version, "rows": info.n_rows,
         "stored_rows": info.stored_rows, "garbage_rows": info.garbage_rows, "shards": len(info.shards),
-        "failed": info.n_failed, "complete": info.complete, "done": info.n_done, "fingerprint": info.fingerprint,
+        "failed": info.n_failed, "complete": info.complete, "done": info.n_done, "pending_rows": pending,
+        "resumable_rows": _resumable_rows(info) if pending and not info.complete else 0,
+        "unlisted_shards": unlisted, "unlisted_bytes": _size(info, unlisted),
+        "fingerprint": info.fingerprint,
         "extractor": info.extractor, "n_features": info.n_features, "dtype": info.dtype,
         "classes": list(info.classes), "splits": info.split_counts, "features_layout": info.features_layout,
         "versions": info.versions, "shard_versions": [s["versions"] for s in info.shards],
         "created": info.created,
+        "datasets": {name: {"shape": list(shape), "dtype": dtype} for name, shape, dtype in _datasets(store)},
+        "failures": [{"filename": i, "error": reason} for i, reason in features_store.read_errors(store)[:max_failures]],
     }
 
 
-def describe_store(store, *, max_failures: int = 20) -> str:
+def _datasets(store) -> list[tuple[str, tuple, str]]:
+    """(name, shape, dtype) of each dataset of the view file."""
+    with h5py.File(Path(store) / "features.h5", "r") as f:
+        return [(name, obj.shape, str(obj.dtype)) for name, obj in f.items() if isinstance(obj, h5py.Dataset)]
+
+
+def describe_store(store, *, max_failures: int = MAX_FAILURES) -> str:
     """Return the text `featurehead inspect` prints."""
     info = features_store.read_info(store)
     pending = info.n_rows - info.n_done
@@ -49,10 +65,7 @@ def describe_store(store, *, max_failures: int = 20) -> str:
         f"shards by:   {'; '.join(writers) if writers else '-'}",
         "datasets of features.h5:",
     ]
-    with h5py.File(Path(store) / "features.h5", "r") as f:
-        for name, obj in f.items():
-            if isinstance(obj, h5py.Dataset):
-                lines.append(f"  {name:<12} {str(obj.shape):<16} {obj.dtype}")
+    lines += [f"  {name:<12} {str(shape):<16} {dtype}" for name, shape, dtype in _datasets(store)]
     failures = features_store.read_errors(store)
     if failures:
         lines.append(f"failures ({len(failures)}):")
@@ -67,10 +80,15 @@ def _status(info, pending: int) -> str:
         return "complete"
     if pending == 0:  # a run stopped after its last shard, before rewriting the view
         return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
-    resumable = sum(features_store.durable_rows(info.path, name) for name in _unlisted_shards(info))
+    resumable = _resumable_rows(info)
     on_disk = (f", {resumable} of them on disk in the shards of an unfinished run (running now, or interrupted: a "
                "re-run resumes them)" if resumable else "")
     return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet{on_disk}); re-run extract to resume"
+
+
+def _resumable_rows(info) -> int:
+    """The durable rows in the shard files of an unfinished run, which a re-run resumes."""
+    return sum(features_store.durable_rows(info.path, name) for name in _unlisted_shards(info))
 
 
 def _unlisted_shards(info) -> list[str]:
@@ -85,16 +103,22 @@ def _unlisted_line(info) -> list[str]:
     names = _unlisted_shards(info) if info.complete else []
     if not names:
         return []
+    size = _size(info, names)
+    return [f"unlisted:    {len(names)} shard file{'' if len(names) == 1 else 's'} ({size / 2**20:.1f} MiB) that the "
+            "manifest does not list: a compaction's, running now, or old shards that an interrupted one left "
+            f"(`featurehead compact {info.path}` deletes those)"]
+
+
+def _size(info, names: list[str]) -> int:
+    """The bytes of the store's shard files `names` (one deleted meanwhile counts 0)."""
     folder = Path(features_store.shards_dir(info.path))
     size = 0
     for name in names:
         try:
             size += (folder / name).stat().st_size
-        except OSError:  # deleted meanwhile
+        except OSError:
             pass
-    return [f"unlisted:    {len(names)} shard file{'' if len(names) == 1 else 's'} ({size / 2**20:.1f} MiB) that the "
-            "manifest does not list: a compaction's, running now, or old shards that an interrupted one left "
-            f"(`featurehead compact {info.path}` deletes those)"]
+    return size
 
 
 def compact_store(store, *, shard_rows: int | None = None, failed: bool = False) -> dict:
