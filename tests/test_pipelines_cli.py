@@ -114,6 +114,9 @@ def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsy
     out = tmp_path / "f"
     code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
     assert code == 1 and lines[-1] == str(out)
+    # it said "extracted 9 new rows", the failed one counted as extracted
+    assert lines[0] == ("extracted 8 new rows, 1 failed (random-init weights (seed 0): NOT pretrained, for testing "
+                        "only); the view has 9 rows")
     assert any(line.startswith("1 of 9 rows failed") and "f.failed.csv" in line for line in lines)
     failed = pd.read_csv(str(out) + ".failed.csv")
     assert failed["id"].tolist() == ["a/bad.png"]

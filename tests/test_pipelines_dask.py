@@ -90,7 +90,8 @@ def test_dask_run_equals_a_single_process_run(client, index, tmp_path):
     (index.root / "7.png").write_bytes(b"broken")  # a failed row is counted the same way
     single = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "single", shard_rows=8)
     dask = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8, client=client)
-    assert (dask.n_extracted, dask.n_failed) == (single.n_extracted, single.n_failed) == (24, 1)
+    assert (dask.n_extracted, dask.n_extracted_failed, dask.n_failed) == (
+        single.n_extracted, single.n_extracted_failed, single.n_failed) == (24, 1, 1)
     assert_same_store(dask.store, single.store)
     workers = {s["versions"]["worker"] for s in features_store.read_info(dask.store).shards}
     assert len(workers) >= 1

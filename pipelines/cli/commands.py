@@ -48,7 +48,9 @@ def cmd_extract(args) -> int:
     elif result.up_to_date:
         print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:
-        print(f"extracted {result.n_extracted} new rows ({extractor.weights_source()}); the view has {result.n_rows} rows")
+        failed = f", {result.n_extracted_failed} failed" if result.n_extracted_failed else ""
+        print(f"extracted {result.n_extracted - result.n_extracted_failed} new rows{failed} "
+              f"({extractor.weights_source()}); the view has {result.n_rows} rows")
     if result.n_repeated:
         one = result.n_repeated == 1
         print(f"{result.n_repeated} {'row lists' if one else 'rows list'} an image that another row also lists "
