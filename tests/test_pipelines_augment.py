@@ -211,11 +211,13 @@ def test_augmentation_options_without_augment_are_refused_not_ignored(split_inde
         code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", *extra,
                      "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "take effect only with --augment K" in err
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert err.endswith(("--rotation takes effect only with --augment K; add it, or leave it out\n",
+                             "--flip, --augment-seed take effect only with --augment K; add it, or leave them out\n"))
         assert extra[0] in err and not (tmp_path / "x").exists()
     code = main(["-q", "finetune", str(tmp_path / "no-head"), "--unfreeze", "1", "--zoom", "0.2",
                  "--out", str(tmp_path / "f")])
-    assert code == 2 and "--zoom take effect only with --augment;" in capsys.readouterr().err
+    assert code == 2 and "--zoom takes effect only with --augment; add it, or leave it out" in capsys.readouterr().err
 
 
 def test_cli_augment_preview_writes_a_grid(csv_index, tmp_path, capsys):

@@ -718,6 +718,18 @@ def test_train_refuses_options_of_another_head(store, tmp_path, capsys, argv, ma
     assert code == 2 and match in err and not (tmp_path / "h").exists()
 
 
+@pytest.mark.parametrize("argv, err", [
+    pytest.param(["--head", "mlp", "--hidden", "8,0"], "`--hidden` must be positive integers. Received: --hidden 8,0",
+                 id="hidden"),  # it said "`hidden_layer_sizes` must be ... Received: hidden_layer_sizes=(8, 0)"
+    pytest.param(["--C", "-1"], "`--C` must be a float in the range (0.0, inf]. Received: --C -1.0", id="C"),
+    # scikit-learn's own: "The 'C' parameter of LogisticRegression must be ... Got -1.0 instead."
+])
+def test_train_names_its_flags_in_errors_of_the_head_s_parameters(store, tmp_path, capsys, argv, err):
+    code, _, message = run(capsys, "train", store, *argv, "--out", tmp_path / "h")
+    assert code == 2 and message == f"featurehead train: error: {err}"
+    assert not (tmp_path / "h").exists()
+
+
 def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp_path, capsys):
     code, _, err = run(capsys, "extract", csv_index, "--weights", "none", "--input-size", "8", "--out", tmp_path / "s")
     assert code == 2 and err == ("featurehead extract: error: `--input-size` must be an integer >= 32 for vgg16. "

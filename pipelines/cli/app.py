@@ -117,11 +117,16 @@ def _plain(err: BaseException) -> str:
 def _as_flags(message: str, command_parser) -> str:
     """An error of the Python API in the command's own words: "`input_size` must be ... Received: input_size=8"
     becomes "`--input-size` must be ... Received: --input-size 8" for every parameter that the command takes as
-    that option (same name, underscores as dashes); any other name is left as it is."""
+    that option (same name, underscores as dashes), and so does scikit-learn's "The 'C' parameter of ... must be
+    ... Got -1.0 instead."; any other name is left as it is."""
     for action in getattr(command_parser, "_actions", ()):
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag is None or flag.lstrip("-").replace("-", "_") != action.dest or action.help == argparse.SUPPRESS:
             continue  # a hidden option (sweep's --layer, refused) is not what the user set
+        # scikit-learn's wording of a bad parameter ("The 'C' parameter of LogisticRegression must be a float in the
+        # range (0.0, inf]. Got -1.0 instead.") in ours first
+        message = re.sub(rf"^The '{re.escape(action.dest)}' parameter of \w+ must be (.*)\. Got (.*) instead\.$",
+                         lambda m, dest=action.dest: f"`{dest}` must be {m[1]}. Received: {dest}={m[2]}", message)
         message = message.replace(f"`{action.dest}`", f"`{flag}`")
         head, sep, tail = message.partition("Received: ")
         message = head + sep + re.sub(rf"(?<![\w-]){action.dest}=", f"{flag} ", tail) if sep else message

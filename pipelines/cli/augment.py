@@ -37,7 +37,9 @@ def check_augment_given(args, flag: str = "--augment K") -> None:
                                         else {})}
     changed = [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
     if changed:
-        raise ValueError(f"{', '.join(changed)} take effect only with {flag}; add it, or leave them out")
+        one = len(changed) == 1
+        raise ValueError(f"{', '.join(changed)} {'takes' if one else 'take'} effect only with {flag}; add it, or leave "
+                         f"{'it' if one else 'them'} out")
 
 
 def augmentation_from_args(args):

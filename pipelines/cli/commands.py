@@ -171,6 +171,8 @@ def cmd_train(args) -> int:
         if not params["hidden_layer_sizes"]:  # an empty string: no hidden layer at all, likely not what was meant
             raise ValueError(f"`--hidden` must list at least one layer size, e.g. 1000,500,150 (a linear head is "
                              f"--head logreg). Received: --hidden {args.hidden!r}")
+        if min(params["hidden_layer_sizes"]) < 1:  # the head's own check names its parameter, with a tuple
+            raise ValueError(f"`--hidden` must be positive integers. Received: --hidden {args.hidden}")
     from ..runs.prediction import not_pretrained_note
 
     result = run_train(args.store, args.out, head=args.head, params=params,
