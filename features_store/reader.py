@@ -79,9 +79,15 @@ class _View:
         if foreign:  # e.g. the images' folder
             raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign)}); "
                                      "give the --out of `featurehead extract`")
-        if self.manifest is None or not os.path.exists(path):
+        if self.manifest is None:
             raise StoreNotFoundError(
                 f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."
+            )
+        if not os.path.exists(path):  # the shards keep their rows: a re-run finds them and writes the view
+            raise StoreIncompleteError(
+                f"{self.store} has no view file ({schema.VIEW_FILE}: a run stopped before writing it, or it was "
+                f"deleted), though its manifest lists {self.manifest.stored_rows} stored rows; re-run the same "
+                "`featurehead extract` to write it."
             )
         self._stamp = _stamp(path)  # before the read: a view replaced after it is seen as replaced
         self._successor: tuple[_View, dict] | None = None  # the view that replaced this one, and its key -> row

@@ -126,6 +126,13 @@ def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsy
     assert code == 0 and not (tmp_path / "f.failed.csv").exists()  # no stale list of rows that no longer fail
 
 
+def test_no_image_found_is_said_not_up_to_date(csv_index, tmp_path, capsys):
+    """A wrong --images-root (every file missing) said "up to date: 0 of 8 rows hold features"."""
+    for _ in range(2):  # the first run, and a re-run
+        code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--images-root", tmp_path, "--out", tmp_path / "s")
+        assert code == 1 and lines[0] == "none of the 8 images could be read; check --images-root and the index's paths"
+
+
 def test_strict_is_exit_2(csv_index, tmp_path, capsys):
     csv_index.write_text(csv_index.read_text() + "a/missing.png,a\n")
     code, _, err = run(capsys, "extract", csv_index, *FAST, "--strict", "--out", tmp_path / "s")

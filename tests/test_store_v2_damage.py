@@ -136,3 +136,19 @@ def test_a_corrupted_manifest_says_to_delete_it_and_extract_finds_the_shards_aga
     assert set(after) == set(before)
     for i, x in before.items():
         np.testing.assert_array_equal(after[i], x)
+
+
+def test_a_deleted_view_file_says_so_and_extract_writes_it_again(extracted, vgg, capsys):
+    """It said the store "holds no features yet; run featurehead extract", though its manifest listed every row."""
+    store, csv, before = extracted
+    (store / "features.h5").unlink()
+    with pytest.raises(features_store.StoreIncompleteError, match=r"has no view file \(features.h5: a run stopped "
+                       r"before writing it, or it was deleted\), though its manifest lists 8 stored rows; re-run"):
+        features_store.read_info(store)
+    assert main(["-q", "train", str(store), "--out", str(store.parent / "head")]) == 2
+    assert "has no view file" in capsys.readouterr().err
+    assert run_extract(read_index(csv), vgg, store).n_extracted == 0
+    after = by_id(store)
+    assert set(after) == set(before)
+    for i in before:
+        np.testing.assert_allclose(after[i], before[i], **TOL)
