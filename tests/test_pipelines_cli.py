@@ -351,6 +351,36 @@ def test_training_an_mlp_shows_its_epochs_unless_quiet(store, tmp_path, capsys):
     assert run(capsys, "train", store, "--head", "mlp", "--epochs", "3", "--out", tmp_path / "h2")[2] == ""
 
 
+def test_predict_finds_a_moved_weights_file_through_weights(csv_index, tmp_path, capsys):
+    """A head records its extractor's weights file by path: moved (a project copied elsewhere), predict said only
+    that the file does not exist, and had no way to name its new place."""
+    import shutil
+
+    import keras
+
+    old = tmp_path / "w" / "vgg.weights.h5"
+    old.parent.mkdir()
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(old)
+    fast = [a if a != "none" else str(old) for a in FAST]
+    assert run(capsys, "extract", csv_index, *fast, "--out", tmp_path / "feats")[0] == 0
+    assert run(capsys, "train", tmp_path / "feats", "--out", tmp_path / "h")[0] == 0
+    assert run(capsys, "predict", tmp_path / "h", csv_index, "--store", tmp_path / "p1", "--out", tmp_path / "a.csv")[0] == 0
+    new = tmp_path / "moved" / "vgg.weights.h5"
+    shutil.move(old.parent, new.parent)
+    code, _, err = run(capsys, "predict", tmp_path / "h", csv_index, "--store", tmp_path / "p2", "--out", tmp_path / "b.csv")
+    assert code == 2 and err.endswith("if it moved, give its new place with --weights FILE")
+    assert run(capsys, "predict", tmp_path / "h", csv_index, "--store", tmp_path / "p2", "--weights", new,
+               "--out", tmp_path / "b.csv")[0] == 0
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert a["predicted"].tolist() == b["predicted"].tolist()
+    np.testing.assert_allclose(a["probability"], b["probability"], rtol=1e-5)
+    other = tmp_path / "other.weights.h5"
+    keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(other)
+    code, _, err = run(capsys, "predict", tmp_path / "h", csv_index, "--weights", other, "--out", tmp_path / "c.csv")
+    assert code == 2 and "is not the weights file this head's features were made with" in err
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_predict_takes_a_flat_folder_of_new_images(store, image_folder, tmp_path, capsys, monkeypatch):
     """Images to predict rarely sit in class folders; a flat folder was refused ("in no class folder")."""
     import shutil

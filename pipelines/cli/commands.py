@@ -196,7 +196,7 @@ def cmd_predict(args) -> int:
     from ..runs.prediction import run_predict
 
     result = run_predict(args.head, args.index, args.out, images_root=args.images_root, store=args.store,
-                         progress=progress(args, "extract"))
+                         progress=progress(args, "extract"), weights=args.weights)
     print(f"predicted {result.n_rows - result.n_failed} of {result.n_rows} rows")
     if result.n_failed:
         print(f"{_rows(result.n_failed)} failed; {'it is' if result.n_failed == 1 else 'they are'} marked ok=False in "

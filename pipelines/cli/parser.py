@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index); its view becomes this index, so a "
                    "store that lists labelled images of another index, such as the training store, is refused")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="where the weights file of the head's extractor is now (the head records its path; moved, "
+                   "or on another machine): it must hold the same content (its sha256)")
 
     p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store",
                        description="Scores a head bundle on a store of its extractor: accuracy, balanced accuracy, "

@@ -3,6 +3,7 @@ extractor (`run_predict`)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 
 import classify
 import features_store
-from extract import extractor_from_spec, read_index
+from extract import WeightsUnavailableError, extractor_from_spec, read_index
 from features_store.durable import atomic_write, remove_dead_writers_files, write_error
 from features_store.manifest import foreign_files, some
 from features_store.reader import open_view
@@ -223,12 +224,14 @@ class PredictResult:
     n_failed: int
 
 
-def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None) -> PredictResult:
+def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=None, progress=None,
+                weights=None) -> PredictResult:
     """Predict every row of an index with a bundle, extracting with exactly the bundle's extractor.
 
     The store (`store`, default: the directory next to the index) is brought up to date first: images whose
     content it holds under the bundle's extractor are not extracted again, and its view becomes this index's.
-    Failed rows are kept, marked `ok=False`.
+    Failed rows are kept, marked `ok=False`. `weights`: where the weights file of the bundle's extractor is now
+    (moved, or on another machine); its content must be the one the head was trained on (its sha256).
     """
     if Path(out_csv).is_dir():
         raise ValueError(f"{out_csv} is a folder; --out is the CSV file to write, e.g. {Path(out_csv) / 'predictions.csv'}")
@@ -238,10 +241,12 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     bundle = load_any_bundle(bundle_path)
     index = read_index(index_source, images_root)
     classes = list(bundle.manifest["classes"])
+    if bundle.kind == "full" and weights is not None:
+        raise ValueError(f"{bundle_path} is a fine-tuned whole model, which holds its weights: leave out --weights")
     if bundle.kind == "full":  # a fine-tuned model: images in, probabilities out; no store
         ids, ok, errors, proba = _predict_images(bundle, index, progress)
     else:
-        ids, ok, errors, proba = _predict_features(bundle, index, store, progress)
+        ids, ok, errors, proba = _predict_features(bundle, index, store, progress, weights)
     frame = pd.DataFrame({"filename": ids, "ok": ok})
     best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
     frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
@@ -303,8 +308,33 @@ def load_any_bundle(bundle_path):
     return classify.load_bundle(bundle_path)
 
 
-def _predict_features(bundle, index, store, progress):
-    extractor = extractor_from_spec(bundle.manifest["extractor"])
+def bundle_extractor(bundle, weights=None):
+    """The extractor of a head bundle's features: its spec, with its weights file at `weights` when given (the
+    head records the file's path and its sha256; a moved file is named by its new path, and must hold the same
+    content). A missing file says that --weights names its new place."""
+    spec = copy.deepcopy(bundle.manifest["extractor"])
+    recorded = spec.get("weights_sha256")
+    if weights is not None:
+        if recorded is None:
+            raise ValueError(f"--weights: this head's features come from {spec['config'].get('weights')!r} weights, "
+                             "not a weights file; leave it out")
+        spec["config"]["weights"] = str(Path(weights).expanduser().absolute())
+    extractor = extractor_from_spec(spec)
+    try:
+        actual = extractor.weights_sha256()
+    except WeightsUnavailableError as err:
+        if weights is None:
+            raise WeightsUnavailableError(f"{err}: the head's features were made with it (sha256 {recorded[:12]}); "
+                                          "if it moved, give its new place with --weights FILE") from err
+        raise
+    if weights is not None and actual != recorded:
+        raise WeightsUnavailableError(f"{weights} is not the weights file this head's features were made with (its "
+                                      f"sha256 is {actual[:12]}, the head's {recorded[:12]})")
+    return extractor
+
+
+def _predict_features(bundle, index, store, progress, weights=None):
+    extractor = bundle_extractor(bundle, weights)
     bundle.check_fingerprint(extractor.fingerprint())  # an edited spec: refused before anything is extracted
     if store is not None:  # the default store, next to the index, is predict's own: its view follows the index
         _keep_a_labelled_view(Path(store), index, extractor)
