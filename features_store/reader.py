@@ -209,7 +209,7 @@ class _View:
                         f"{self.cols['shard_files'][s]}); re-run the extraction to rewrite it."
                     )
                 values = take_rows(f["features"], shard_row[mine])
-            bad = ok[mine] & ~np.isfinite(values).all(axis=1)  # one pass over what is read anyway
+            bad = ok[mine] & ~_finite_rows(values)
             if bad.any():
                 raise self._non_finite(s, path, rows[mine[bad]])
             out[mine] = values
@@ -415,3 +415,11 @@ def read_file_keys(store: str | os.PathLike) -> tuple[str | None, dict[str, tupl
     stats = np.stack([c[name][keep] for name in schema.STAT_COLUMNS], axis=1).tolist()
     table = {str(i): (*stat, str(k)) for i, stat, k in zip(c["ids"][keep], stats, c["keys"][keep])}
     return _str(c["attrs"].get("images_root", "")) or None, table
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray:
+    """Whether each row holds no NaN or inf, through per-row temporaries only: `np.isfinite(values)` would make a
+    bool copy a quarter of the features' size while `train` reads them (max and min carry a NaN, and show an inf)."""
+    if not values.size:
+        return np.ones(len(values), dtype=bool)
+    return np.isfinite(values.max(axis=1)) & np.isfinite(values.min(axis=1))
