@@ -38,6 +38,14 @@ def by_id(store):
     return dict(zip(ids.tolist(), X))
 
 
+def assert_same_features(store, before):
+    """The store holds the rows of `before` (id -> features), within a float32 network's tolerance."""
+    after = by_id(store)
+    assert set(after) == set(before)
+    for i, x in before.items():
+        np.testing.assert_allclose(after[i], x, **TOL)
+
+
 def overwrite_rows(shard, rows, byte=b"\xff"):
     """Overwrite feature rows of a shard file in place, as a bad disk or a stray write would."""
     with h5py.File(shard, "r") as f:
@@ -71,10 +79,7 @@ def test_damaged_feature_bytes_are_refused_by_every_reader_and_a_rerun_restores_
     shard.unlink()  # what the line says to do
     again = run_extract(read_index(csv), vgg, store, shard_rows=3)
     assert again.n_extracted == 3 and features_store.read_info(store).complete
-    after = by_id(store)
-    assert set(after) == set(before)
-    for i, x in before.items():
-        np.testing.assert_allclose(after[i], x, **TOL)
+    assert_same_features(store, before)
 
 
 def _overwrite_column(view, name, value):
@@ -112,10 +117,7 @@ def test_a_damaged_view_column_is_one_line_and_extract_rewrites_it(extracted, tm
             assert code == 2 and len(err) == 1 and str(view) in err[0] and "re-run the extraction" in err[0], err
     again = run_extract(read_index(csv), vgg, store, shard_rows=3)
     assert again.n_extracted == 0 and features_store.read_info(store).complete
-    after = by_id(store)
-    assert set(after) == set(before)
-    for i, x in before.items():
-        np.testing.assert_array_equal(after[i], x)
+    assert_same_features(store, before)
 
 
 def test_a_corrupted_manifest_says_to_delete_it_and_extract_finds_the_shards_again(extracted, vgg, capsys):
@@ -132,10 +134,7 @@ def test_a_corrupted_manifest_says_to_delete_it_and_extract_finds_the_shards_aga
     again = run_extract(read_index(csv), vgg, store, shard_rows=3)
     assert again.n_extracted == 0 and features_store.read_info(store).complete  # every shard listed again
     assert sorted(p.name for p in (store / "shards").iterdir()) == shards
-    after = by_id(store)
-    assert set(after) == set(before)
-    for i, x in before.items():
-        np.testing.assert_array_equal(after[i], x)
+    assert_same_features(store, before)
 
 
 def test_a_deleted_view_file_says_so_and_extract_writes_it_again(extracted, vgg, capsys):
@@ -148,7 +147,4 @@ def test_a_deleted_view_file_says_so_and_extract_writes_it_again(extracted, vgg,
     assert main(["-q", "train", str(store), "--out", str(store.parent / "head")]) == 2
     assert "has no view file" in capsys.readouterr().err
     assert run_extract(read_index(csv), vgg, store).n_extracted == 0
-    after = by_id(store)
-    assert set(after) == set(before)
-    for i in before:
-        np.testing.assert_allclose(after[i], before[i], **TOL)
+    assert_same_features(store, before)
