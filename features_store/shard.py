@@ -174,6 +174,9 @@ class ShardWriter:
         self._dtype = self._file["features"].dtype
         self._n_done = int(self._file.attrs["n_done"])
         self._fd = self._file.id.get_vfd_handle()
+        # held open while writing: a dataset object made per write and freed after it wrote HDF5's cached bytes as it
+        # was freed, where a failed write (EIO) is only printed by h5py, and the flush after it crashed the process
+        self._columns = {name: self._file[name] for name in ("features", "ok", "errors")}
 
     @classmethod
     def open(cls, store: str | os.PathLike, keys: Sequence[str], *, fingerprint: str, n_features: int,
@@ -280,9 +283,9 @@ class ShardWriter:
         reasons = [""] * n if errors is None else ["" if good else str(r) for good, r in zip(ok, errors)]
         lo, hi = self._n_done, self._n_done + n
         try:
-            self._file["features"][lo:hi] = x
-            self._file["ok"][lo:hi] = ok
-            self._file["errors"][lo:hi] = schema.encode_errors(reasons)
+            self._columns["features"][lo:hi] = x
+            self._columns["ok"][lo:hi] = ok
+            self._columns["errors"][lo:hi] = schema.encode_errors(reasons)
             self._sync()  # the rows are on disk before the counter says so
             self._file.attrs.modify("n_done", np.int64(hi))
             self._sync()

@@ -258,3 +258,65 @@ def test_a_file_size_limit_in_hdf5s_flush_is_one_line_and_the_store_resumes(csv_
     _assert_file_size_line(code, err, out)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert fs.read_info(store).complete
+
+
+EIO_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/types.h>
+/* From the FAIL_AT-th pwrite to a file whose path holds FAIL_PATH on, every such write fails with EIO. */
+static long count = 0;
+static int fail(int fd) {
+  char link[64], path[4096];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, sizeof path - 1);
+  if (n < 0) return 0;
+  path[n] = 0;
+  if (!strstr(path, getenv("FAIL_PATH"))) return 0;
+  return ++count >= atol(getenv("FAIL_AT"));
+}
+ssize_t pwrite64(int fd, const void *b, size_t n, off_t o) {
+  static ssize_t (*real)(int, const void *, size_t, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pwrite64");
+  if (fail(fd)) { errno = EIO; return -1; }
+  return real(fd, b, n, o);
+}
+ssize_t pwrite(int fd, const void *b, size_t n, off_t o) {
+  static ssize_t (*real)(int, const void *, size_t, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pwrite");
+  if (fail(fd)) { errno = EIO; return -1; }
+  return real(fd, b, n, o);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or not sys.platform.startswith("linux"),
+                    reason="the I/O-error shim is built with gcc and preloaded (Linux)")
+def test_an_io_error_while_writing_a_shards_rows_is_one_line_and_the_store_resumes(csv_index, tmp_path):
+    """EIO from the disk (a failing disk, NFS) while a shard's rows were written: h5py printed its tracebacks as the
+    per-write dataset objects were freed, then the process segfaulted (exit 139) at the next flush."""
+    from extract import get_extractor, read_index
+    from pipelines.runs.extraction import run_extract
+
+    shim = tmp_path / "eio.so"
+    (tmp_path / "eio.c").write_text(EIO_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "eio.c"), "-ldl"], check=True)
+    clean = run_extract(read_index(csv_index), get_extractor("vgg16", weights="none", input_size=32), tmp_path / "c")
+    args = [sys.executable, "-m", "pipelines.cli", "-q", "extract", str(csv_index), "--model", "vgg16", "--weights",
+            "none", "--input-size", "32", "--shard-rows", "4"]
+    noise = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ")
+    store = tmp_path / "store"
+    # the second write to a shard: its first rows (the first, 1, creates the shard); 2 to 4 all crashed
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "LD_PRELOAD": str(shim), "FAIL_PATH": "shards/shard-",
+           "FAIL_AT": "2"}
+    out = subprocess.run([*args, "--out", str(store)], capture_output=True, text=True, env=env, timeout=300)
+    err = [line for line in out.stderr.splitlines() if not line.startswith(noise)]
+    assert out.returncode == 2 and len(err) == 1 and "Input/output error while writing rows 0-4" in err[0], err
+    del env["LD_PRELOAD"]
+    assert subprocess.run([*args, "--out", str(store)], env=env, capture_output=True, timeout=300).returncode == 0
+    np.testing.assert_allclose(fs.read_features(store), fs.read_features(clean.store), rtol=1e-5, atol=1e-6)
