@@ -137,9 +137,9 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         why = f"it has no {err}" if isinstance(err, KeyError) else str(err)
         # the shards keep their rows, and their names are planned from the keys: a re-run finds them again
         raise StoreDamagedError(
-            f"{path} is not a readable store manifest ({why}); delete it and re-run the same `featurehead extract`: "
-            "it lists again the complete shards on disk that it plans (all of them for a store extracted in one run) "
-            "and extracts the rest."
+            f"{path} is not a readable store manifest ({why}); delete it and re-run the same `featurehead extract` "
+            "(its options as they were, --dtype among them): it lists again the complete shards on disk that it plans "
+            "(all of them for a store extracted in one run) and extracts the rest."
         ) from err
 
 

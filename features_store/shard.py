@@ -223,6 +223,9 @@ class ShardWriter:
         writer = cls(store, name)
         if writer.keys != keys or writer.n_features != n_features or str(writer._dtype) != dtype:
             writer.close()
+            if writer.keys == keys and writer.n_features == n_features:  # a re-run with another --dtype
+                raise StoreMismatchError(f"{path} holds {writer._dtype} features, not {dtype}: re-run with --dtype "
+                                         f"{writer._dtype} (or delete it to extract its rows again)")
             raise StoreMismatchError(f"{path} holds other keys or another shape; delete it and re-run.")
         return writer
 

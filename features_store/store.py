@@ -95,6 +95,8 @@ class StoreSession:
             raise durable.write_error(err, store=store, what="the lock file") from err
         try:
             manifest = read_manifest(store)
+            if manifest is not None and not manifest.shards and manifest.dtype != dtype:
+                manifest = None  # it lists no rows: the store starts again as `dtype` (a re-run with --dtype)
             if manifest is not None:
                 check_identity(store, manifest, fingerprint, None, dtype, extractor)
             yield cls(store, manifest, fingerprint, extractor, dtype)

@@ -148,3 +148,19 @@ def test_a_deleted_view_file_says_so_and_extract_writes_it_again(extracted, vgg,
     assert "has no view file" in capsys.readouterr().err
     assert run_extract(read_index(csv), vgg, store).n_extracted == 0
     assert_same_features(store, before)
+
+
+def test_after_a_deleted_manifest_a_rerun_without_the_stores_dtype_says_which_and_is_not_stuck(extracted, vgg,
+                                                                                                   tmp_path):
+    """A float16 store's manifest deleted, then extract re-run without --dtype: its shard was refused as "other keys
+    or another shape; delete it", and --dtype float16 after that as "stores float32 features" (a review)."""
+    _, csv, _ = extracted
+    store = tmp_path / "half"
+    run_extract(read_index(csv), vgg, store, shard_rows=3, dtype="float16")
+    before = by_id(store)
+    (store / "manifest.json").unlink()
+    with pytest.raises(features_store.StoreMismatchError, match="holds float16 features, not float32: re-run with "
+                                                                "--dtype float16"):
+        run_extract(read_index(csv), vgg, store, shard_rows=3)
+    assert run_extract(read_index(csv), vgg, store, shard_rows=3, dtype="float16").n_extracted == 0
+    assert_same_features(store, before)
