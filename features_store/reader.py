@@ -133,12 +133,13 @@ class _View:
         self.check_shards()
         return np.flatnonzero(~pending)
 
-    def _locate_pending(self) -> np.ndarray:
+    def _locate_pending(self, listed=None) -> np.ndarray:
         """Locate the view's pending rows whose keys a committed shard holds (a run killed after committing shards,
-        before rewriting the view; `info` counts them done), in the columns read; return the rows still pending."""
+        before rewriting the view; `info` counts them done), in the columns read; return the rows still pending.
+        `listed`: what `_stored()` gave, when the caller has read it."""
         c = self.cols
         where: dict[str, tuple[str, int, bool, str]] = {}
-        for record, keys, ok, errors in self._stored():
+        for record, keys, ok, errors in self._stored() if listed is None else listed:
             for r, key in enumerate(keys):
                 where.setdefault(key, (record.file, r, bool(ok[r]), str(errors[r])))  # the first copy, as writers
         files = list(c["shard_files"])
@@ -254,13 +255,15 @@ class _View:
             stored_live += sum(1 for k in keys if k in wanted and k not in stored)  # a second copy is garbage
             stored.update(keys)
             shards.append({**record.to_dict(), "versions": record.versions or _versions(self.store, record.file)})
-        # rows still to extract, counted against the manifest now (a crashed run committed shards after the view)
-        n_pending = int(sum(1 for k, p in zip(c["keys"], self.pending) if p and k not in stored))
+        # rows still to extract, counted against the manifest now (a crashed run committed shards after the view);
+        # their ok flags too, as the readers see them
+        pending = self._locate_pending(listed) if self.pending.any() else self.pending
+        c, n_pending = self.cols, int(np.count_nonzero(pending))
         return StoreInfo(
             path=self.store, schema_version=int(a["schema_version"]), fingerprint=m.fingerprint,
             extractor=m.extractor, index_sha256=_str(a.get("index_sha256", "")), n_rows=len(c["ids"]),
             n_features=m.n_features, n_done=len(c["ids"]) - n_pending,
-            n_failed=int(np.count_nonzero(~c["ok"] & ~self.pending)), complete=not self.pending.any(),
+            n_failed=int(np.count_nonzero(~c["ok"] & ~pending)), complete=not self.pending.any(),
             classes=tuple(c["classes"]), created=m.created, versions=json.loads(_str(a.get("versions", "{}"))),
             attrs={k: _str(v) for k, v in a.items() if k not in schema.VIEW_ATTRS}, dtype=m.dtype,
             split_counts={str(n): int(k) for n, k in zip(names, counts)}, stored_rows=m.stored_rows,
