@@ -131,6 +131,10 @@ def test_no_image_found_is_said_not_up_to_date(csv_index, tmp_path, capsys):
     for _ in range(2):  # the first run, and a re-run
         code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--images-root", tmp_path, "--out", tmp_path / "s")
         assert code == 1 and lines[0] == "none of the 8 images could be read; check --images-root and the index's paths"
+    (tmp_path / "one" / "a").mkdir(parents=True)
+    (tmp_path / "one" / "a" / "x.png").write_bytes(b"junk")  # a folder index: no --images-root to check
+    code, lines, _ = run(capsys, "extract", tmp_path / "one", *FAST, "--out", tmp_path / "s1")
+    assert code == 1 and lines[0] == "the one image could not be read; why: below"
 
 
 def test_strict_is_exit_2(csv_index, tmp_path, capsys):

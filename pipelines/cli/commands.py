@@ -43,7 +43,10 @@ def cmd_extract(args) -> int:
             elif client is not None:
                 client.close()
     if result.n_rows and result.n_failed == result.n_rows:  # "up to date" said nothing of a wrong --images-root
-        print(f"none of the {result.n_rows} images could be read; check --images-root and the index's paths")
+        what = ("the one image could not be read" if result.n_rows == 1
+                else f"none of the {result.n_rows} images could be read")
+        check = "check --images-root and the index's paths" if Path(index.source).is_file() else "why: below"  # CSV
+        print(f"{what}; {check}")
     elif result.up_to_date and result.n_failed:  # rows that cannot be read hold no features: nothing to extract
         print(f"up to date: {result.n_rows - result.n_failed} of {result.n_rows} rows hold features of fingerprint "
               f"{result.fingerprint[:12]}; the other {result.n_failed} could not be read")
