@@ -193,11 +193,10 @@ class Extractor:
         return self._stream(chunks)
 
     def _stream(self, chunks):
-        forward = self.forward()
-        outputs = forward.stream(chunks)
-        return self._watch_float16(outputs, forward) if self._config.get("precision") == "float16" else outputs
+        outputs = self.forward().stream(chunks)
+        return self._watch_float16(outputs) if self._config.get("precision") == "float16" else outputs
 
-    def _watch_float16(self, outputs, forward):
+    def _watch_float16(self, outputs):
         """Pass the features through, checked for an overflow inside the network under float16 precision (past
         float16's 65504). How it comes out depends on the backend and the CPU: inf or NaN (jax, torch), float16's
         largest value, +-65504 (tensorflow on some CPUs, even out of a ReLU), or exact zeros (tensorflow's

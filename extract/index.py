@@ -214,8 +214,9 @@ def _split_folders(root: Path) -> list[tuple[str, Path]]:
     one split (`val` and `valid`, `Train` and `train`) are refused: which one is meant is not known."""
     found: dict[str, list[Path]] = {}
     for folder in _subfolders(root):
-        if split_name(folder.name) in SPLIT_NAMES:
-            found.setdefault(split_name(folder.name), []).append(folder)
+        split = split_name(folder.name)
+        if split in SPLIT_NAMES:
+            found.setdefault(split, []).append(folder)
     for split, folders in found.items():
         if len(folders) > 1:
             names = ", ".join(f.name for f in folders[:-1]) + f" and {folders[-1].name}"

@@ -24,7 +24,7 @@ def store_summary(store, *, max_failures: int = MAX_FAILURES) -> dict:
         "store": str(info.path), "schema_version": info.schema_version, "rows": info.n_rows,
         "stored_rows": info.stored_rows, "garbage_rows": info.garbage_rows, "shards": len(info.shards),
         "failed": info.n_failed, "complete": info.complete, "done": info.n_done, "pending_rows": pending,
-        "resumable_rows": _resumable_rows(info) if pending and not info.complete else 0,
+        "resumable_rows": _resumable_rows(info, unlisted) if pending and not info.complete else 0,
         "unlisted_shards": unlisted, "unlisted_bytes": _size(info, unlisted),
         "fingerprint": info.fingerprint,
         "extractor": info.extractor, "n_features": info.n_features, "dtype": info.dtype,
@@ -80,15 +80,16 @@ def _status(info, pending: int) -> str:
         return "complete"
     if pending == 0:  # a run stopped after its last shard, before rewriting the view
         return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
-    resumable = _resumable_rows(info)
+    resumable = _resumable_rows(info, _unlisted_shards(info))
     on_disk = (f", {resumable} of them on disk in the shards of an unfinished run (running now, or interrupted: a "
                "re-run resumes them)" if resumable else "")
     return f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet{on_disk}); re-run extract to resume"
 
 
-def _resumable_rows(info) -> int:
-    """The durable rows in the shard files of an unfinished run, which a re-run resumes."""
-    return sum(features_store.durable_rows(info.path, name) for name in _unlisted_shards(info))
+def _resumable_rows(info, unlisted: list[str]) -> int:
+    """The durable rows in the shard files of an unfinished run (`unlisted`: `_unlisted_shards(info)`), which a re-run
+    resumes."""
+    return sum(features_store.durable_rows(info.path, name) for name in unlisted)
 
 
 def _unlisted_shards(info) -> list[str]:
