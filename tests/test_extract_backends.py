@@ -1,10 +1,13 @@
 """The same extraction under the torch (and jax, when installed) backend gives the same features as tensorflow.
 
 The GPU machine has torch and jax but no tensorflow, so the model code must be backend-agnostic Keras 3.
+
+Each backend's whole share runs in one subprocess (importing torch or jax and Keras on it takes most of a run);
+tensorflow's reference runs in the test process when its backend is tensorflow (a subprocess when not).
 """
 
 import importlib.util
-import json
+import inspect
 import os
 import subprocess
 import sys
@@ -12,17 +15,65 @@ import sys
 import numpy as np
 import pytest
 
-SCRIPT = r"""
-import json, sys
-import numpy as np
-from extract import get_extractor
-cfg = json.loads(sys.argv[1])
-images = np.load(sys.argv[2])
-import keras
-out = get_extractor(cfg.pop("model"), **cfg)(images)
-np.save(sys.argv[3], out)
-print(keras.backend.backend())
-"""
+CONFIGS = [("flatten", "file"), ("avg", "none")]  # (pooling, weights) of the plain feature comparison
+
+
+def extract_everything(tmp, folder, out=None):
+    """One backend's work: features of 5 images per configuration in CONFIGS, a run_extract of a folder with a bad
+    file into a store, and a reused buffer refilled for each chunk fed through a stream. Runs under tensorflow in
+    the test process, and as the script of a subprocess (its source is sent) under torch and jax."""
+    import os
+
+    import keras
+    import numpy as np
+
+    import features_store
+    from extract import get_extractor, read_index
+    from pipelines import run_extract
+
+    weights = os.path.join(tmp, "vgg16.weights.h5")  # saved under tensorflow, loaded under the other backends
+    images = np.load(os.path.join(tmp, "images.npy"))
+    backend = keras.backend.backend()
+    said = {"backend": backend}
+    for pooling, source in CONFIGS:
+        e = get_extractor("vgg16", weights=weights if source == "file" else "none", input_size=32, pooling=pooling,
+                          batch_size=2)
+        said[f"{pooling}-{source}"] = e(images)
+    extractor = get_extractor("vgg16", weights=weights, input_size=32, pooling="avg", batch_size=2)
+    store = os.path.join(tmp, f"store-{backend}")
+    said["n_failed"] = run_extract(read_index(folder), extractor, store).n_failed
+    said["X"], _, ids = features_store.load(store, ok_only=False)
+    said["ids"] = ids.astype(str)
+    # a data loader's reused buffer, 64-byte aligned (what jax's CPU client reads in place), refilled for each chunk
+    e = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=4)
+    chunks = [np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(5)]
+    raw = np.empty(chunks[0].nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    buffer = raw[start:start + chunks[0].nbytes].reshape(chunks[0].shape)
+
+    def refill():
+        for chunk in chunks:
+            buffer[...] = chunk
+            yield buffer
+
+    got = list(e.stream(refill()))
+    said["wrong chunks"] = np.array([i for i, (g, c) in enumerate(zip(got, chunks))
+                                     if not np.allclose(g, e(c), rtol=1e-5, atol=1e-6)], dtype=int)
+    if out is not None:
+        np.savez(out, **said)
+    return said
+
+
+def _in_a_subprocess(backend, tmp, folder):
+    out = tmp / f"{backend}.npz"
+    script = (f"CONFIGS = {CONFIGS!r}\n{inspect.getsource(extract_everything)}\n"
+              "import sys\nextract_everything(*sys.argv[1:])\n")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp), str(folder), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(out) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
 @pytest.fixture(scope="module")
@@ -35,63 +86,6 @@ def weights_and_images(tmp_path_factory):
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.save(tmp / "images.npy", images)
     return tmp
-
-
-def _run(backend, cfg, tmp):
-    out = tmp / f"{backend}-{cfg['pooling']}.npy"
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cfg), str(tmp / "images.npy"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == backend
-    return np.load(out)
-
-
-_REFERENCES: dict = {}
-
-
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("pooling, weights", [("flatten", "file"), ("avg", "none")])
-def test_backend_gives_the_same_features_as_tensorflow(backend, pooling, weights, weights_and_images):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    tmp = weights_and_images
-    cfg = {"model": "vgg16", "weights": str(tmp / "vgg16.weights.h5") if weights == "file" else "none",
-           "input_size": 32, "pooling": pooling, "batch_size": 2}
-    key = (pooling, weights)
-    if key not in _REFERENCES:  # one tensorflow run per configuration, shared by both backends
-        _REFERENCES[key] = _run("tensorflow", dict(cfg), tmp)
-    reference = _REFERENCES[key]
-    other = _run(backend, cfg, tmp)
-    assert other.shape == reference.shape == (5, 512)
-    np.testing.assert_allclose(other, reference, rtol=1e-3, atol=1e-3 * np.abs(reference).max())
-
-
-EXTRACT_SCRIPT = r"""
-import sys
-import numpy as np
-import features_store
-from extract import get_extractor, read_index
-from pipelines import run_extract
-import keras
-extractor = get_extractor("vgg16", weights=sys.argv[2], input_size=32, pooling="avg", batch_size=2)
-result = run_extract(read_index(sys.argv[1]), extractor, sys.argv[3])
-X, y, ids = features_store.load(sys.argv[3], ok_only=False)
-np.savez(sys.argv[4], X=X, ids=ids.astype(str))
-# a data loader's reused buffer, 64-byte aligned (what jax's CPU client reads in place), refilled for each chunk
-e = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=4)
-chunks = [np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(5)]
-raw = np.empty(chunks[0].nbytes + 64, np.uint8)
-start = -raw.ctypes.data % 64
-buffer = raw[start:start + chunks[0].nbytes].reshape(chunks[0].shape)
-def refill():
-    for chunk in chunks:
-        buffer[...] = chunk
-        yield buffer
-got = list(e.stream(refill()))
-wrong = [i for i, (g, c) in enumerate(zip(got, chunks)) if not np.allclose(g, e(c), rtol=1e-5, atol=1e-6)]
-print(result.n_failed, keras.backend.backend(), "refilled buffer: wrong chunks", wrong)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -108,37 +102,42 @@ def folder_with_a_bad_file(tmp_path_factory):
     return root
 
 
-_EXTRACTED: dict = {}
+@pytest.fixture(scope="module")
+def tensorflow_reference(weights_and_images, folder_with_a_bad_file):
+    """Tensorflow's run, shared by both backends' tests (in the test process when it runs tensorflow)."""
+    import keras
 
-
-def _extract(backend, folder, weights, tmp):
-    if backend not in _EXTRACTED:  # tensorflow's run is shared by both backends' tests
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = tmp / f"{backend}.npz"
-        proc = subprocess.run([sys.executable, "-c", EXTRACT_SCRIPT, str(folder), weights,
-                               str(tmp / f"store-{backend}"), str(out)],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        _EXTRACTED[backend] = proc.stdout.strip().splitlines()[-1], dict(np.load(out))
-    return _EXTRACTED[backend]
+    if keras.backend.backend() == "tensorflow":
+        return extract_everything(str(weights_and_images), str(folder_with_a_bad_file))
+    return _in_a_subprocess("tensorflow", weights_and_images, folder_with_a_bad_file)
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_run_extract_under_backend_writes_the_rows_tensorflow_writes(backend, weights_and_images,
-                                                                      folder_with_a_bad_file):
-    """run_extract feeds its decoded batches through the extractor's stream (two batches in flight under jax and
-    torch): every row lands in its place, a failed row among them, as under tensorflow. And a caller's buffer
-    refilled for each chunk gives each chunk its own features (under jax, with two in flight, every chunk but
-    the last came out with a later chunk's: jax read the buffer in place after it was refilled)."""
+def test_backend_extracts_what_tensorflow_extracts(backend, weights_and_images, folder_with_a_bad_file,
+                                                   tensorflow_reference):
+    """Both configurations of CONFIGS give tensorflow's features. run_extract feeds its decoded batches through the
+    extractor's stream (two batches in flight under jax and torch): every row lands in its place, a failed row
+    among them, as under tensorflow. And a caller's buffer refilled for each chunk gives each chunk its own
+    features (under jax, with two in flight, every chunk but the last came out with a later chunk's: jax read the
+    buffer in place after it was refilled)."""
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    weights, tmp = str(weights_and_images / "vgg16.weights.h5"), weights_and_images
-    said_ref, ref = _extract("tensorflow", folder_with_a_bad_file, weights, tmp)
-    said, other = _extract(backend, folder_with_a_bad_file, weights, tmp)
-    assert said_ref == "1 tensorflow refilled buffer: wrong chunks []"
-    assert said == f"1 {backend} refilled buffer: wrong chunks []"
+    ref = tensorflow_reference
+    other = _in_a_subprocess(backend, weights_and_images, folder_with_a_bad_file)
+    assert str(ref["backend"]) == "tensorflow" and str(other["backend"]) == backend
+    for pooling, source in CONFIGS:
+        key = f"{pooling}-{source}"
+        assert other[key].shape == ref[key].shape == (5, 512), key
+        np.testing.assert_allclose(other[key], ref[key], rtol=1e-3, atol=1e-3 * np.abs(ref[key]).max(),
+                                   err_msg=f"{backend} against tensorflow, pooling={pooling}, weights={source}")
+    # run_extract: the same rows in the same places, the failed one included
+    assert int(ref["n_failed"]) == 1 and int(other["n_failed"]) == 1, (ref["n_failed"], other["n_failed"])
     np.testing.assert_array_equal(other["ids"], ref["ids"])
     assert len(ref["ids"]) == 9 and np.isnan(ref["X"]).all(axis=1).sum() == 1
     np.testing.assert_array_equal(np.isnan(other["X"]), np.isnan(ref["X"]))
     ok = ~np.isnan(ref["X"]).any(axis=1)
-    np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max())
+    np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max(),
+                               err_msg=f"run_extract's rows under {backend} against tensorflow's")
+    # the refilled buffer: each chunk its own features
+    assert ref["wrong chunks"].tolist() == [], "tensorflow: refilled buffer: wrong chunks"
+    assert other["wrong chunks"].tolist() == [], f"{backend}: refilled buffer: wrong chunks"
