@@ -17,8 +17,7 @@ from classify import KerasMLPClassifier
 SMALL = dict(hidden_layer_sizes=(16,), epochs=5, learning_rate=0.01, random_state=0)
 
 
-@pytest.fixture
-def data():
+def _data():
     X, y = make_classification(
         n_samples=120, n_features=20, n_informative=5, n_classes=3, class_sep=2.0, random_state=0
     )
@@ -26,8 +25,15 @@ def data():
 
 
 @pytest.fixture
-def fitted(data):
-    return KerasMLPClassifier(**SMALL).fit(*data)
+def data():
+    return _data()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """One fit shared by the tests that only read it (predict, inspect the model, pickle it as it is); a test that
+    needs an estimator no test has touched fits its own."""
+    return KerasMLPClassifier(**SMALL).fit(*_data())
 
 
 def test_fit_predict_shapes(data, fitted):
@@ -44,7 +50,7 @@ def test_fit_predict_shapes(data, fitted):
 
 def test_learns_better_than_chance(data):
     X, y = data
-    clf = KerasMLPClassifier((32,), dropout=0.1, epochs=30, learning_rate=0.01, random_state=0).fit(X, y)
+    clf = KerasMLPClassifier((32,), dropout=0.1, epochs=10, learning_rate=0.01, random_state=0).fit(X, y)
     assert clf.score(X, y) > 0.8
 
 
@@ -165,8 +171,9 @@ def test_joblib_round_trip_in_a_fresh_process(tmp_path, data, fitted):
     np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), fitted.predict_proba(X))
 
 
-def test_pickle_leaves_the_fitted_estimator_intact(data, fitted):
-    X, _ = data
+def test_pickle_leaves_the_fitted_estimator_intact(data):
+    X, y = data
+    fitted = KerasMLPClassifier(**SMALL).fit(X, y)  # its own: the shared one may have been pickled already
     before = fitted.predict_proba(X)
     joblib.hash(fitted)  # pickles it
     np.testing.assert_array_equal(fitted.predict_proba(X), before)
