@@ -156,22 +156,45 @@ def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsy
     assert "positive number of workers" in capsys.readouterr().err
 
 
+# One process runs the CLI twice (a Python start-up and a TensorFlow import fewer than two `featurehead` processes);
+# each run starts its own `--dask local:1` cluster, whose fresh worker shares this process's stderr (the terminal).
+# The marker line between the runs tells whose output is whose; whatever the process writes at exit is the second
+# run's, which must still be one line.
+_TWO_RUNS = """
+import json, sys
+from pipelines.cli import main
+first, second, broken = json.loads(sys.argv[1])
+print(f"exit {main(first)}", flush=True)
+print("=== the --strict run ===", flush=True)
+print("=== the --strict run ===", file=sys.stderr, flush=True)
+with open(broken, "wb") as f:
+    f.write(b"broken")
+print(f"exit {main(second)}", flush=True)
+"""
+
+
 def test_cli_local_workers_keep_tensorflow_notes_from_the_terminal(index, tmp_path):
+    import json
     import subprocess
     import sys
 
     out = tmp_path / "local"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", "extract", str(index.root / "index.csv"),
-                           "--weights", "none", "--input-size", "32", "--batch-size", "4", "--dask", "local:1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out)
-    assert proc.stderr == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
-    (index.root / "7.png").write_bytes(b"broken")  # --strict stops a task: the error is one line, Dask's log silent
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", "extract", str(index.root / "index.csv"),
-                           "--weights", "none", "--input-size", "32", "--batch-size", "4", "--dask", "local:1",
-                           "--strict", "--out", str(tmp_path / "strict")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert "7.png" in proc.stderr and "--strict stops at the first failure" in proc.stderr
+    argv = ["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
+            "--batch-size", "4", "--dask", "local:1"]
+    # --strict stops a task (7.png broken between the runs): the error is one line, Dask's log silent
+    runs = [argv + ["--out", str(out)], argv + ["--strict", "--out", str(tmp_path / "strict")],
+            str(index.root / "7.png")]
+    proc = subprocess.run([sys.executable, "-c", _TWO_RUNS, json.dumps(runs)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out1, _, out2 = proc.stdout.partition("=== the --strict run ===\n")
+    err1, marked, err2 = proc.stderr.partition("=== the --strict run ===\n")
+    assert marked, proc.stderr
+    assert out1.splitlines()[-2:] == [str(out), "exit 0"], proc.stdout
+    assert err1 == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
+    assert out2.splitlines()[-1:] == ["exit 2"], proc.stdout
+    assert len(err2.splitlines()) == 1, err2
+    assert "7.png" in err2 and "--strict stops at the first failure" in err2
 
 
 def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index, tmp_path):
