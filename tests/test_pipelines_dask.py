@@ -97,26 +97,6 @@ def test_dask_run_equals_a_single_process_run(client, index, tmp_path):
     assert len(workers) >= 1
 
 
-def test_a_worker_killed_mid_shard_costs_nothing(client, index, tmp_path):
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    (markers / "block").touch()
-    extractor = BlockingVGG16(str(markers), **SMALL, seed=1)  # a model no worker has built yet
-    assert extractor.fingerprint() == get_extractor("vgg16", **SMALL, seed=1).fingerprint()
-    with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(run_extract, index, extractor, tmp_path / "dask", shard_rows=8, client=client)
-        deadline = time.monotonic() + 120
-        while not (blocked := [p for p in os.listdir(markers) if p.startswith("blocked-")]):
-            assert time.monotonic() < deadline and not run.done(), "no worker blocked"
-            time.sleep(0.2)
-        os.kill(int(blocked[0].split("-")[1]), signal.SIGKILL)  # the worker dies in the middle of a shard
-        result = run.result(timeout=300)
-    assert result.n_rows == 24 and result.n_failed == 0
-    assert not os.path.exists(f"/proc/{blocked[0].split('-')[1]}")  # the worker really died
-    clean = run_extract(index, get_extractor("vgg16", **SMALL, seed=1), tmp_path / "clean", shard_rows=8)
-    assert_same_store(result.store, clean.store)
-
-
 def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent(client, index, tmp_path):
     extractor = get_extractor("vgg16", **SMALL)
     store = tmp_path / "dask"
@@ -247,31 +227,6 @@ def test_a_worker_keeps_only_the_model_of_the_last_extractor(client):
     assert client.submit(built, [11, 12, 13], pure=False).result() == 1
 
 
-class DyingVGG16(VGG16Extractor):
-    """VGG16 whose forward pass kills its worker process, wherever it runs."""
-
-    def __call__(self, images):
-        os._exit(1)
-
-
-def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(index, tmp_path, capsys):
-    import dask
-
-    from pipelines.scale import DaskWorkersDiedError
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                           dashboard_address="127.0.0.1:0", silence_logs=50)
-        with distributed.Client(cluster) as dying:
-            with pytest.raises(DaskWorkersDiedError, match="died.*re-run the same command to resume") as caught:
-                run_extract(index, DyingVGG16(**SMALL), tmp_path / "dask", shard_rows=8, client=dying)
-        cluster.close()
-    assert "\n" not in str(caught.value)
-    resumed = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8)
-    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
-    assert_same_store(resumed.store, clean.store)
-
-
 def test_a_run_uses_its_own_batch_size_on_a_long_lived_worker():
     """The worker's cached extractor kept the first run's batch size (not part of the fingerprint): a smaller one,
     after running out of memory, had no effect until the workers restarted."""
@@ -355,3 +310,55 @@ def test_local_workers_ignore_a_terminals_ctrl_c_and_the_driver_does_not():
         cluster = client.cluster
         client.close()
         cluster.close()
+
+
+# The tests below kill the module cluster's workers (their nannies start fresh ones, which import TensorFlow again
+# when they get a shard): they run last.
+
+
+def test_a_worker_killed_mid_shard_costs_nothing(client, index, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (markers / "block").touch()
+    extractor = BlockingVGG16(str(markers), **SMALL, seed=1)  # a model no worker has built yet
+    assert extractor.fingerprint() == get_extractor("vgg16", **SMALL, seed=1).fingerprint()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_extract, index, extractor, tmp_path / "dask", shard_rows=8, client=client)
+        deadline = time.monotonic() + 120
+        while not (blocked := [p for p in os.listdir(markers) if p.startswith("blocked-")]):
+            assert time.monotonic() < deadline and not run.done(), "no worker blocked"
+            time.sleep(0.2)
+        os.kill(int(blocked[0].split("-")[1]), signal.SIGKILL)  # the worker dies in the middle of a shard
+        result = run.result(timeout=300)
+    assert result.n_rows == 24 and result.n_failed == 0
+    assert not os.path.exists(f"/proc/{blocked[0].split('-')[1]}")  # the worker really died
+    clean = run_extract(index, get_extractor("vgg16", **SMALL, seed=1), tmp_path / "clean", shard_rows=8)
+    assert_same_store(result.store, clean.store)
+
+
+class DyingVGG16(VGG16Extractor):
+    """VGG16 whose forward pass kills its worker process, wherever it runs."""
+
+    def __call__(self, images):
+        os._exit(1)
+
+
+def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(client, index, tmp_path):
+    """On the module's cluster, with the scheduler allowing no failure while it runs (its own cluster cost a worker
+    that imported TensorFlow again). Its workers die and come back without a model: it runs after the others."""
+    from pipelines.scale import DaskWorkersDiedError
+
+    def allow_failures(n, dask_scheduler):  # distributed.scheduler.allowed-failures, read when a scheduler starts
+        before, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, n
+        return before
+
+    before = client.run_on_scheduler(allow_failures, 0)
+    try:
+        with pytest.raises(DaskWorkersDiedError, match="died.*re-run the same command to resume") as caught:
+            run_extract(index, DyingVGG16(**SMALL), tmp_path / "dask", shard_rows=8, client=client)
+    finally:
+        client.run_on_scheduler(allow_failures, before)
+    assert "\n" not in str(caught.value)
+    resumed = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8)
+    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
+    assert_same_store(resumed.store, clean.store)
