@@ -58,6 +58,13 @@ def client():
     cluster.close()
 
 
+@pytest.fixture(scope="module")
+def vgg16():
+    """The extractor of the single-process runs in this process: its model built, and its forward pass traced, once
+    (the same config and fingerprint as each test's `get_extractor("vgg16", **SMALL)` sent to the workers)."""
+    return get_extractor("vgg16", **SMALL)
+
+
 @pytest.fixture
 def index(tmp_path):
     root = tmp_path / "imgs"
@@ -86,9 +93,9 @@ def assert_same_store(a, b):
     assert len(set(files)) == len(files) == len(os.listdir(a / "shards"))  # each shard listed once, no stray file
 
 
-def test_dask_run_equals_a_single_process_run(client, index, tmp_path):
+def test_dask_run_equals_a_single_process_run(client, vgg16, index, tmp_path):
     (index.root / "7.png").write_bytes(b"broken")  # a failed row is counted the same way
-    single = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "single", shard_rows=8)
+    single = run_extract(index, vgg16, tmp_path / "single", shard_rows=8)
     dask = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8, client=client)
     assert (dask.n_extracted, dask.n_extracted_failed, dask.n_failed) == (
         single.n_extracted, single.n_extracted_failed, single.n_failed) == (24, 1, 1)
@@ -97,7 +104,7 @@ def test_dask_run_equals_a_single_process_run(client, index, tmp_path):
     assert len(workers) >= 1
 
 
-def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent(client, index, tmp_path):
+def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent(client, vgg16, index, tmp_path):
     extractor = get_extractor("vgg16", **SMALL)
     store = tmp_path / "dask"
     plan = plan_rows(index, store, None, None)
@@ -116,7 +123,7 @@ def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent
     assert result.n_extracted == 16  # only the shards not done
     names = [s["file"] for s in features_store.read_info(store).shards]
     assert names.count(first["name"]) == 1
-    clean = run_extract(index, extractor, tmp_path / "clean", shard_rows=8)
+    clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=8)
     assert_same_store(store, clean.store)
 
 
@@ -194,7 +201,7 @@ def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index,
         client.submit(extract_shard, *args, pure=False).result()
 
 
-def test_relative_paths_reach_workers_that_run_in_another_directory(client, index, tmp_path, monkeypatch):
+def test_relative_paths_reach_workers_that_run_in_another_directory(client, vgg16, index, tmp_path, monkeypatch):
     """A cluster's workers do not share the driver's working directory: a relative --images-root and --out were
     sent as they were (every image "vanished after it was hashed", or the shards went to the workers' folder)."""
     from pipelines.cli import main
@@ -212,7 +219,7 @@ def test_relative_paths_reach_workers_that_run_in_another_directory(client, inde
         for worker, cwd in before.items():
             client.run(os.chdir, cwd, workers=[worker])
     assert os.listdir(elsewhere) == []  # nothing written where the workers run
-    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
+    clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=8)
     assert_same_store(index.root.parent / "rel", clean.store)
 
 
@@ -343,7 +350,7 @@ class DyingVGG16(VGG16Extractor):
         os._exit(1)
 
 
-def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(client, index, tmp_path):
+def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(client, vgg16, index, tmp_path):
     """On the module's cluster, with the scheduler allowing no failure while it runs (its own cluster cost a worker
     that imported TensorFlow again). Its workers die and come back without a model: it runs after the others."""
     from pipelines.scale import DaskWorkersDiedError
@@ -359,6 +366,6 @@ def test_workers_that_keep_dying_are_one_line_and_the_store_resumes(client, inde
     finally:
         client.run_on_scheduler(allow_failures, before)
     assert "\n" not in str(caught.value)
-    resumed = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "dask", shard_rows=8)
-    clean = run_extract(index, get_extractor("vgg16", **SMALL), tmp_path / "clean", shard_rows=8)
+    resumed = run_extract(index, vgg16, tmp_path / "dask", shard_rows=8)
+    clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=8)
     assert_same_store(resumed.store, clean.store)
