@@ -17,6 +17,17 @@ def batch():
     return np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
 
+@pytest.fixture(scope="module")
+def vgg16_weights(tmp_path_factory):
+    """A VGG16 (32 px, include_top=False) weights file of its random init, saved once: tests only read it (a test
+    that rewrites a weights file copies it first)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "vgg16.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return path
+
+
 @pytest.mark.parametrize("model", ["vgg16", "vgg19"])
 @pytest.mark.parametrize(
     "pooling, layer, dim",
@@ -81,9 +92,8 @@ def test_weights_file_round_trip(tmp_path, batch):
     assert "sha256" in e.weights_source()
 
 
-def test_a_weights_file_of_another_model_is_one_line_naming_it(tmp_path, capsys):
+def test_a_weights_file_of_another_model_is_one_line_naming_it(tmp_path, capsys, vgg16_weights):
     """Keras lists every layer it could not load, after a warning per layer: the user gets one line."""
-    import keras
     from PIL import Image
 
     from pipelines.cli import main
@@ -91,8 +101,7 @@ def test_a_weights_file_of_another_model_is_one_line_naming_it(tmp_path, capsys)
     for c in "ab":
         (tmp_path / "imgs" / c).mkdir(parents=True)
         Image.fromarray(np.full((20, 30, 3), ord(c), np.uint8)).save(tmp_path / "imgs" / c / "x.png")
-    vgg16 = tmp_path / "vgg16.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(vgg16)
+    vgg16 = vgg16_weights
     truncated = tmp_path / "cut.weights.h5"
     truncated.write_bytes(vgg16.read_bytes()[:100_000])
     suffix = tmp_path / "vgg19.bin"
@@ -155,11 +164,10 @@ def test_fingerprint_changes_with_version(monkeypatch):
     assert e.fingerprint() != before
 
 
-def test_weights_file_counts_by_content(tmp_path):
-    import keras
+def test_weights_file_counts_by_content(tmp_path, vgg16_weights):
+    import shutil
 
-    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    base.save_weights(tmp_path / "a.weights.h5")
+    shutil.copyfile(vgg16_weights, tmp_path / "a.weights.h5")
     (tmp_path / "b.weights.h5").write_bytes((tmp_path / "a.weights.h5").read_bytes())
     a = get_extractor("vgg16", weights=str(tmp_path / "a.weights.h5"), input_size=32)
     b = get_extractor("vgg16", weights=str(tmp_path / "b.weights.h5"), input_size=32)
@@ -245,13 +253,15 @@ def test_imagenet_weights_load_when_they_can_be_had():
     assert e.output_dim == 512
 
 
-def test_features_follow_a_weights_file_rewritten_after_the_model_was_built(tmp_path, batch):
+def test_features_follow_a_weights_file_rewritten_after_the_model_was_built(tmp_path, batch, vgg16_weights):
     """The fingerprint counts the file's new content: the features must be the new weights' too (the old model
     was kept, and its features were cached under the new fingerprint)."""
+    import shutil
+
     import keras
 
     path = tmp_path / "w.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    shutil.copyfile(vgg16_weights, path)
     e = get_extractor("vgg16", weights=str(path), input_size=32, pooling="avg")
     old = e(batch)
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -263,14 +273,15 @@ def test_features_follow_a_weights_file_rewritten_after_the_model_was_built(tmp_
     assert not np.allclose(new, old, rtol=1e-3)
 
 
-def test_fingerprint_follows_a_rewritten_weights_file(tmp_path):
+def test_fingerprint_follows_a_rewritten_weights_file(tmp_path, vgg16_weights):
     import os
     import pickle
+    import shutil
 
     import keras
 
     path = tmp_path / "w.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    shutil.copyfile(vgg16_weights, path)
     e = get_extractor("vgg16", weights=str(path), input_size=32)
     before = e.fingerprint()
     restored = pickle.loads(pickle.dumps(e))
