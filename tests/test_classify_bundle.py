@@ -427,20 +427,30 @@ def test_write_files_is_all_or_none_whichever_file_fails(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"small": b"old small", "large": b"old large"}
 
 
-KILLED_SAVE = """
-import os, signal, sys
+KILLED_SAVES = """
+import os, signal, sys, traceback
 import joblib
+import skops.io  # what the save imports, imported once for the three
 from classify import save_bundle
-real, calls, at = os.replace, [0], int(sys.argv[3])
-def replace(src, dst):
-    calls[0] += 1
-    if calls[0] == at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(src, dst)
-os.replace = replace
-head = joblib.load(sys.argv[2])
-save_bundle(head, sys.argv[1], extractor={"name": "x"}, fingerprint="f" * 64, classes=["cat", "dog", "eel"],
-            n_features=20, aux={"history.png": b"new curves"} if sys.argv[4] == "aux" else None)
+head = joblib.load(sys.argv[1])
+for path, at in zip(sys.argv[2::2], sys.argv[3::2]):  # a save into PATH killed at its AT-th rename, each in a child
+    pid = os.fork()  # a process of its own, killed for real, that need not import scikit-learn again
+    if pid == 0:
+        real, calls = os.replace, [0]
+        def replace(src, dst):
+            calls[0] += 1
+            if calls[0] == int(at):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        os.replace = replace
+        try:
+            save_bundle(head, path, extractor={"name": "x"}, fingerprint="f" * 64, classes=["cat", "dog", "eel"],
+                        n_features=20, aux={"history.png": b"new curves"})
+        except BaseException:
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)  # not killed: the test fails on this status
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
@@ -453,13 +463,16 @@ def test_a_save_killed_at_any_rename_leaves_a_whole_bundle_and_the_next_save_wor
     X, y = data
     old, new = make_head("logreg", C=0.01).fit(X, y), make_head("logreg", C=100.0).fit(X, y)
     joblib.dump(new, tmp_path / "new.joblib")
-    for at in (1, 2, 3):  # the model file, the manifest, history.png
-        path = tmp_path / f"b{at}"
-        if not first:
+    paths = {at: tmp_path / f"b{at}" for at in (1, 2, 3)}  # killed at the model file, the manifest, history.png
+    if not first:
+        for path in paths.values():
             _save(old, path, aux={"history.png": b"old curves"})
-        proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path), str(tmp_path / "new.joblib"), str(at),
-                               "aux"], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # one process forks the three saves; single-threaded (no OpenBLAS threads), so that forking it is safe
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVES, str(tmp_path / "new.joblib"),
+                           *(str(arg) for at, path in paths.items() for arg in (path, at))],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.split() == [str(-signal.SIGKILL)] * 3, (proc.stdout, proc.stderr)
+    for at, path in paths.items():
         committed = at > 2
         if committed or not first:
             expected = new if committed else old
