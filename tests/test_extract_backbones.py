@@ -5,6 +5,8 @@ Weights are a seeded random init saved by the test (`--weights FILE`): no ImageN
 it fast; the table's default-size numbers are checked by `featurehead models --check` (minutes, not in CI).
 """
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -30,15 +32,31 @@ FAMILIES = [
 POOLED = {"resnet50", "mobilenetv3small", "convnexttiny"}
 
 
-def _reference(name, size, tmp_path):
+SEED = 7  # of every reference's seeded init (the random-init test's `--weights none --seed` too)
+SHARED = {"efficientnetb0", "resnet50"}  # references that later tests use again (kept, on the worker that made them)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """reference(name, size) -> (Keras's include_top=False model seeded by SEED, its saved weights file): built
+    once per test process for the names in SHARED (a build, an init and a save of ~100 MB is seconds each)."""
     from keras import applications
 
-    ref = getattr(applications, BACKBONES[name].constructor)(include_top=False, weights=None,
-                                                            input_shape=(size, size, 3))
-    seeded_init(ref, 7)
-    path = tmp_path / f"{name}.weights.h5"
-    ref.save_weights(path)
-    return ref, path
+    kept = {}
+
+    def build(name, size):
+        if (name, size) in kept:
+            return kept[name, size]
+        ref = getattr(applications, BACKBONES[name].constructor)(include_top=False, weights=None,
+                                                                input_shape=(size, size, 3))
+        seeded_init(ref, SEED)
+        path = tmp_path_factory.mktemp("reference") / f"{name}.weights.h5"
+        ref.save_weights(path)
+        if name in SHARED:
+            kept[name, size] = ref, path
+        return ref, path
+
+    return build
 
 
 def _close(ours, expected):
@@ -48,11 +66,12 @@ def _close(ours, expected):
 
 
 @pytest.mark.parametrize("name, module, size", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_path):
+def test_family_equals_keras_on_its_own_preprocessing(name, module, size, reference):
     from keras import applications
 
-    ref, path = _reference(name, size, tmp_path)
+    ref, path = reference(name, size)
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    one_batch = dict(batch_size=len(images))  # not padded to 32 images: a tenth of the forward pass
     preprocess = getattr(applications, module).preprocess_input
     import keras
 
@@ -62,7 +81,7 @@ def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_pa
     expected = keras_own(preprocess(images.astype("float32")))
     channels = expected.shape[-1]
 
-    flat = get_extractor(name, weights=str(path), input_size=size, pooling="flatten")
+    flat = get_extractor(name, weights=str(path), input_size=size, pooling="flatten", **one_batch)
     ours = flat(images)
     _close(ours, expected.reshape(len(images), -1))
     assert flat.output_dim == expected[0].size
@@ -72,8 +91,8 @@ def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_pa
         for pooling in ("avg", "max") if name.startswith("convnext") else ("avg",):
             own = getattr(applications, BACKBONES[name].constructor)(include_top=False, weights=None,
                                                                     input_shape=(size, size, 3), pooling=pooling)
-            own.load_weights(path)
-            pooled = get_extractor(name, weights=str(path), input_size=size, pooling=pooling)
+            own.set_weights(ref.get_weights())  # the file's weights (pooling adds none), without reading it again
+            pooled = get_extractor(name, weights=str(path), input_size=size, pooling=pooling, **one_batch)
             _close(pooled(images), keras.ops.convert_to_numpy(own(preprocess(images.astype("float32")))))
             assert pooled.output_dim == channels
 
@@ -82,19 +101,18 @@ def test_family_equals_keras_on_its_own_preprocessing(name, module, size, tmp_pa
         assert not np.allclose(ours, raw, rtol=1e-3, atol=1e-4 * float(np.abs(raw).max()))
 
 
-def test_random_init_is_the_seeded_reference_and_not_all_zero():
+def test_random_init_is_the_seeded_reference_and_not_all_zero(reference):
     """`--weights none` on a normalised family: batch-norm statistics stay at their constants (not zeroed)."""
     import keras
 
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    features = get_extractor("resnet50", weights="none", input_size=32, seed=3)(images)
+    features = get_extractor("resnet50", weights="none", input_size=32, seed=SEED, batch_size=2)(images)
     assert np.abs(features).max() > 1e-3
-    ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    seeded_init(ref, 3)
+    ref, _ = reference("resnet50", 32)  # Keras's ResNet50 after seeded_init(ref, SEED)
     expected = keras.ops.convert_to_numpy(ref(keras.applications.resnet.preprocess_input(images.astype("float32")),
                                               training=False)).mean(axis=(1, 2))
     _close(features, expected)
-    other = get_extractor("resnet50", weights="none", input_size=32, seed=4)(images)
+    other = get_extractor("resnet50", weights="none", input_size=32, seed=SEED + 1, batch_size=2)(images)
     assert not np.allclose(features, other, rtol=1e-3)
 
 
@@ -137,8 +155,9 @@ def test_layer_names_keras_numbers_are_the_same_in_every_build(name):
     assert dims[0] == dims[1] > 0
     # the last layer by its numbered name: the default's features (another fingerprint, as stores made with it have)
     batch = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_allclose(get_extractor(name, weights="none", input_size=32, layer=first[-1])(batch),
-                               get_extractor(name, weights="none", input_size=32)(batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(get_extractor(name, weights="none", input_size=32, layer=first[-1], batch_size=2)(batch),
+                               get_extractor(name, weights="none", input_size=32, batch_size=2)(batch),
+                               rtol=1e-5, atol=1e-6)
     assert number(keras.layers.Activation("relu").name) == number(before) + 2
 
 
@@ -215,7 +234,7 @@ def test_cached_weights_are_found_by_keras_own_file_names(tmp_path):
     assert not _weights_cached(only_v2, "resnet50") and not _weights_cached(tmp_path / "empty", "vgg16")
 
 
-def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scaling(tmp_path):
+def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scaling(tmp_path, reference):
     """Keras adds a Rescaling by 1/sqrt(ImageNet's stddev) to EfficientNet B0-B7 only when it loads ImageNet
     weights; a weights file saved from that model (the offline route) was run without it: features ~2x off."""
     import h5py
@@ -224,20 +243,23 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
     from keras.src.legacy.saving import legacy_h5_format
 
     size = 32
-    plain, plain_file = _reference("efficientnetb0", size, tmp_path)
-    # a stand-in for Keras's own ImageNet download: its format (legacy .h5), and ImageNet's stddev squared as the
-    # Normalization's variance (the random init's is 1)
-    imagenetlike = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
-    imagenetlike.set_weights(plain.get_weights())
-    norm = next(layer for layer in imagenetlike.layers if isinstance(layer, keras.layers.Normalization))
-    norm.set_weights([np.array([0.485, 0.456, 0.406], np.float32), np.square([0.229, 0.224, 0.225]).astype(np.float32),
-                      np.array(0)])
-    legacy = tmp_path / "efficientnetb0_notop.h5"
-    with h5py.File(legacy, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, imagenetlike)
+    plain, plain_file = reference("efficientnetb0", size)
     scratch = tmp_path / "from_scratch.h5"  # a legacy file of a model that is not ImageNet's: no extra scaling
     with h5py.File(scratch, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, plain)
+    # a stand-in for Keras's own ImageNet download: its format (legacy .h5), and ImageNet's stddev squared as the
+    # Normalization's variance (the random init's is 1): the same file with the Normalization's weights rewritten
+    legacy = tmp_path / "efficientnetb0_notop.h5"
+    shutil.copyfile(scratch, legacy)
+    norm = next(layer for layer in plain.layers if isinstance(layer, keras.layers.Normalization))
+    imagenet_norm = {"mean": np.array([0.485, 0.456, 0.406], np.float32),
+                     "variance": np.square([0.229, 0.224, 0.225]).astype(np.float32), "count": np.array(0)}
+    with h5py.File(legacy, "r+") as f:
+        group = f[norm.name]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["weight_names"]]
+        assert sorted(n.rsplit("/", 1)[-1] for n in names) == sorted(imagenet_norm), names
+        for weight_name in names:
+            group[weight_name][...] = imagenet_norm[weight_name.rsplit("/", 1)[-1]]
     # Keras's ImageNet model, its download served from the file this test saved (no network here)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(efficientnet.file_utils, "get_file", lambda *a, **k: str(legacy))
@@ -258,12 +280,14 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
 
     expected = keras_own(imagenet)
     for path in (saved, archive, whole_h5, legacy):
-        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
+        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg",
+                             batch_size=len(images))
         _close(ours(images), expected)
         assert ours.spec()["efficientnet_stem"] == "imagenet"
     # files of the model without ImageNet weights: Keras's model as it is, and the fingerprint it always had
     for path in (plain_file, scratch):
-        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg")
+        ours = get_extractor("efficientnetb0", weights=str(path), input_size=size, layer=layer, pooling="avg",
+                             batch_size=len(images))
         _close(ours(images), keras_own(plain))
         assert "efficientnet_stem" not in ours.spec()
         assert not np.allclose(ours(images), expected, rtol=0.1)
