@@ -24,10 +24,8 @@ def make_image(path, size=32, seed=0, mode="RGB", fmt=None):
     return path
 
 
-@pytest.fixture
-def image_folder(tmp_path):
-    """root/<class>/<n>.png|jpg: 2 classes x 4 images, 32x32, class 'b' brighter."""
-    root = tmp_path / "imgs"
+def write_image_folder(root):
+    """root/<class>/<n>.png|jpg: 2 classes x 4 images, 32x32, class 'b' brighter; returns root."""
     for c, (label, offset) in enumerate((("a", 0), ("b", 120))):
         for i in range(4):
             rng = np.random.default_rng(10 * c + i)
@@ -39,14 +37,25 @@ def image_folder(tmp_path):
     return root
 
 
-@pytest.fixture
-def csv_index(image_folder):
-    """index.csv next to the class folders, listing every image with its label."""
+def write_csv_index(image_folder):
+    """index.csv next to the class folders, listing every image with its label; returns its path."""
     rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
     lines = ["filename,label"] + [f"{r},{r.split('/')[0]}" for r in rows]
     path = image_folder / "index.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """root/<class>/<n>.png|jpg: 2 classes x 4 images, 32x32, class 'b' brighter."""
+    return write_image_folder(tmp_path / "imgs")
+
+
+@pytest.fixture
+def csv_index(image_folder):
+    """index.csv next to the class folders, listing every image with its label."""
+    return write_csv_index(image_folder)
 
 
 class SmallDisk:

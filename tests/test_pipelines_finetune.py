@@ -23,6 +23,19 @@ def small_vgg():
     return get_extractor("vgg16", weights="none", input_size=32, batch_size=4)
 
 
+def save_scaled_bundle(store, out):
+    """A StandardScaler + MLP head, saved with the store it was trained on."""
+    X, y, _ = features_store.load(store)
+    head = make_pipeline(StandardScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
+    info = features_store.read_info(store)
+    return classify.save_bundle(head, out, extractor=info.extractor, fingerprint=info.fingerprint,
+                                classes=head.classes_, n_features=info.n_features,
+                                params={"validation_fraction": 0.25, "random_state": 0},
+                                extra={"trained_on": str(store)})
+
+
+# The tests that change the store or the bundle (or whose bug would: `--out HEAD`) get their own; the others share
+# one per test process (`shared_*`): each is an extraction, or a Keras fit, of a second or two.
 @pytest.fixture
 def store(csv_index, tmp_path):
     return run_extract(read_index(csv_index), small_vgg(), tmp_path / "s").store
@@ -30,35 +43,51 @@ def store(csv_index, tmp_path):
 
 @pytest.fixture
 def scaled_bundle(store, tmp_path):
-    """A StandardScaler + MLP head, saved with the store it was trained on."""
-    X, y, _ = features_store.load(store)
-    head = make_pipeline(StandardScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
-    info = features_store.read_info(store)
-    return classify.save_bundle(head, tmp_path / "head", extractor=info.extractor, fingerprint=info.fingerprint,
-                                classes=head.classes_, n_features=info.n_features,
-                                params={"validation_fraction": 0.25, "random_state": 0},
-                                extra={"trained_on": str(store)})
+    return save_scaled_bundle(store, tmp_path / "head")
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("finetune_shared")
+
+
+@pytest.fixture(scope="module")
+def shared_index(shared_root):
+    """csv_index's images and index.csv, once per test process."""
+    from conftest import write_csv_index, write_image_folder
+
+    return write_csv_index(write_image_folder(shared_root / "imgs"))
+
+
+@pytest.fixture(scope="module")
+def shared_store(shared_index, shared_root):
+    return run_extract(read_index(shared_index), small_vgg(), shared_root / "s").store
+
+
+@pytest.fixture(scope="module")
+def shared_bundle(shared_store, shared_root):
+    return save_scaled_bundle(shared_store, shared_root / "head")
 
 
 def images_of(index):
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in index.paths]).astype(np.float32)
 
 
-def test_transplant_equals_the_bundle_before_training(scaled_bundle, store, csv_index):
-    bundle = classify.load_bundle(scaled_bundle)
+def test_transplant_equals_the_bundle_before_training(shared_bundle, shared_store, shared_index):
+    bundle = classify.load_bundle(shared_bundle)
     model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)
     mlp = bundle.estimator[-1].model_
     head = model.layers[-1]
     assert len(head.get_weights()) == len(mlp.get_weights())
     for a, b in zip(head.get_weights(), mlp.get_weights()):
         np.testing.assert_array_equal(a, b)
-    expected = bundle.predict_proba(features_store.read_features(store))
-    got = np.asarray(model.predict_on_batch(images_of(read_index(csv_index))))
+    expected = bundle.predict_proba(features_store.read_features(shared_store))
+    got = np.asarray(model.predict_on_batch(images_of(read_index(shared_index))))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_only_the_unfrozen_layers_change(scaled_bundle, csv_index, tmp_path):
-    result = run_finetune(scaled_bundle, tmp_path / "ft", unfreeze=1, epochs=1, batch_size=4, learning_rate=1e-3)
+def test_only_the_unfrozen_layers_change(shared_bundle, shared_index, tmp_path):
+    result = run_finetune(shared_bundle, tmp_path / "ft", unfreeze=1, epochs=1, batch_size=4, learning_rate=1e-3)
     assert result.unfrozen == ("block5_conv3",) and result.n_train == 6 and result.n_val == 2
     tuned = load_any_bundle(result.bundle)
     assert tuned.kind == "full"
@@ -66,11 +95,11 @@ def test_only_the_unfrozen_layers_change(scaled_bundle, csv_index, tmp_path):
     changed = {lay.name for lay in leaf_layers(tuned.estimator.layers[1])
                if lay.weights and not all(np.array_equal(a, b) for a, b in zip(lay.get_weights(), fresh[lay.name]))}
     assert changed == {"block5_conv3"}
-    old_head = classify.load_bundle(scaled_bundle).estimator[-1].model_.get_weights()
+    old_head = classify.load_bundle(shared_bundle).estimator[-1].model_.get_weights()
     assert not np.array_equal(tuned.estimator.layers[-1].get_weights()[0], old_head[0])  # the head trains too
     scaler = tuned.estimator.get_layer("head_scaler")
     np.testing.assert_allclose(np.asarray(scaler.mean).ravel(),
-                               classify.load_bundle(scaled_bundle).estimator[0].mean_, rtol=1e-6)
+                               classify.load_bundle(shared_bundle).estimator[0].mean_, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -103,8 +132,8 @@ def test_plan_unfrozen_errors(kwargs, match):
         plan_unfrozen(["c1", "p", "c2"], [True, False, True], **kwargs)
 
 
-def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
-    assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
+def test_cli_finetune_then_predict(shared_store, shared_index, tmp_path, capsys):
+    assert main(["-q", "train", str(shared_store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
                  "--out", str(tmp_path / "head")]) == 0
     # the accuracies of a random-init base say so, as evaluate's do
     assert "NOTE: random-init weights: these are NOT pretrained results" in capsys.readouterr().out
@@ -113,13 +142,13 @@ def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and out[-1] == str(tmp_path / "ft") and "before" in out[-3] and "after" in out[-3]
     assert out[-2] == "NOTE: random-init weights: these are NOT pretrained results"
-    code = main(["-q", "predict", str(tmp_path / "ft"), str(csv_index), "--out", str(tmp_path / "p.csv")])
+    code = main(["-q", "predict", str(tmp_path / "ft"), str(shared_index), "--out", str(tmp_path / "p.csv")])
     assert code == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "p.csv")
     frame = np.genfromtxt(tmp_path / "p.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     assert len(frame) == 8 and set(frame["predicted"]) <= {"a", "b"}
     # the commands that need a head on stored features say what the fine-tuned bundle is, in one line
-    for argv in (["evaluate", tmp_path / "ft", store, "--out", tmp_path / "ev"],
-                 ["report", tmp_path / "ft", store, "--out", tmp_path / "rep"],
+    for argv in (["evaluate", tmp_path / "ft", shared_store, "--out", tmp_path / "ev"],
+                 ["report", tmp_path / "ft", shared_store, "--out", tmp_path / "rep"],
                  ["finetune", tmp_path / "ft", "--unfreeze", "1", "--out", tmp_path / "ft2"]):
         assert main(["-q", *map(str, argv)]) == 2
         err = capsys.readouterr().err.strip()
@@ -127,8 +156,8 @@ def test_cli_finetune_then_predict(store, csv_index, tmp_path, capsys):
         assert not (tmp_path / "ev").exists() and not (tmp_path / "rep").exists()
 
 
-def test_cli_finetune_refuses_a_logreg_head(store, tmp_path, capsys):
-    run_train(store, tmp_path / "logreg")
+def test_cli_finetune_refuses_a_logreg_head(shared_store, tmp_path, capsys):
+    run_train(shared_store, tmp_path / "logreg")
     assert main(["finetune", str(tmp_path / "logreg"), "--unfreeze", "1", "--out", str(tmp_path / "ft")]) == 2
     assert "`finetune` needs an MLP head (`featurehead train --head mlp`)" in capsys.readouterr().err
 
@@ -167,8 +196,8 @@ def test_cli_finetune_refuses_a_training_store_that_lists_another_index(store, c
     assert not (tmp_path / "ft").exists()
 
 
-def test_full_bundle_checks_the_image_shape(scaled_bundle, tmp_path):
-    bundle = classify.load_bundle(scaled_bundle)
+def test_full_bundle_checks_the_image_shape(shared_bundle, tmp_path):
+    bundle = classify.load_bundle(shared_bundle)
     model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)
     info = features_store.read_info(bundle.manifest["trained_on"])
     path = classify.save_model_bundle(model, tmp_path / "full", extractor=info.extractor,
@@ -181,10 +210,10 @@ def test_full_bundle_checks_the_image_shape(scaled_bundle, tmp_path):
         classify.save_model_bundle(model, tmp_path / "bad", extractor={}, fingerprint="", classes=["a"])
 
 
-def test_a_non_standard_scaler_is_refused(store, tmp_path):
+def test_a_non_standard_scaler_is_refused(shared_store, tmp_path):
     from sklearn.preprocessing import MinMaxScaler
 
-    X, y, _ = features_store.load(store)
+    X, y, _ = features_store.load(shared_store)
     head = make_pipeline(MinMaxScaler(), KerasMLPClassifier(**MLP)).fit(X, y)
     with pytest.raises(ValueError, match=r"`finetune` can fold only a StandardScaler into the model"):
         transplant(small_vgg().model, head, X.shape[1])
@@ -223,13 +252,13 @@ def test_finetune_without_val_holds_out_train_rows_never_test(image_folder, tmp_
         assert {index.split[i] for i in [*train, *val]} == {"train"}  # never a test row
 
 
-def test_same_random_state_same_finetuned_model_and_no_global_state_changed(scaled_bundle, tmp_path):
+def test_same_random_state_same_finetuned_model_and_no_global_state_changed(shared_bundle, tmp_path):
     from test_global_state import assert_unchanged, snapshot
 
     kwargs = dict(unfreeze=1, epochs=2, batch_size=4, learning_rate=1e-3, random_state=3)
-    first = run_finetune(scaled_bundle, tmp_path / "a", **kwargs)
+    first = run_finetune(shared_bundle, tmp_path / "a", **kwargs)
     before = snapshot()
-    second = run_finetune(scaled_bundle, tmp_path / "b", **kwargs)
+    second = run_finetune(shared_bundle, tmp_path / "b", **kwargs)
     assert_unchanged(before)
     a, b = (load_any_bundle(r.bundle).estimator.get_weights() for r in (first, second))
     for x, y in zip(a, b):
