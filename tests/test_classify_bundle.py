@@ -433,6 +433,7 @@ import joblib
 import skops.io  # what the save imports, imported once for the three
 from classify import save_bundle
 head = joblib.load(sys.argv[1])
+assert len(os.listdir("/proc/self/task")) == 1, "a thread before the fork"  # OPENBLAS_NUM_THREADS=1: none
 for path, at in zip(sys.argv[2::2], sys.argv[3::2]):  # a save into PATH killed at its AT-th rename, each in a child
     pid = os.fork()  # a process of its own, killed for real, that need not import scikit-learn again
     if pid == 0:

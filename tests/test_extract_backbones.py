@@ -38,19 +38,20 @@ SHARED = {"efficientnetb0", "resnet50"}  # references that later tests use again
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """reference(name, size) -> (Keras's include_top=False model seeded by SEED, its saved weights file): built
-    once per test process for the names in SHARED (a build, an init and a save of ~100 MB is seconds each)."""
+    """reference(name, size, where) -> (Keras's include_top=False model seeded by SEED, its saved weights file in
+    `where`, the test's tmp_path, removed when it passes): built once per test process for the names in SHARED (a
+    build, an init and a save of ~100 MB is seconds each), whose files are kept for the session."""
     from keras import applications
 
     kept = {}
 
-    def build(name, size):
+    def build(name, size, where):
         if (name, size) in kept:
             return kept[name, size]
         ref = getattr(applications, BACKBONES[name].constructor)(include_top=False, weights=None,
                                                                 input_shape=(size, size, 3))
         seeded_init(ref, SEED)
-        path = tmp_path_factory.mktemp("reference") / f"{name}.weights.h5"
+        path = (tmp_path_factory.mktemp("reference") if name in SHARED else where) / f"{name}.weights.h5"
         ref.save_weights(path)
         if name in SHARED:
             kept[name, size] = ref, path
@@ -66,10 +67,10 @@ def _close(ours, expected):
 
 
 @pytest.mark.parametrize("name, module, size", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_family_equals_keras_on_its_own_preprocessing(name, module, size, reference):
+def test_family_equals_keras_on_its_own_preprocessing(name, module, size, reference, tmp_path):
     from keras import applications
 
-    ref, path = reference(name, size)
+    ref, path = reference(name, size, tmp_path)
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     one_batch = dict(batch_size=len(images))  # not padded to 32 images: a tenth of the forward pass
     preprocess = getattr(applications, module).preprocess_input
@@ -101,14 +102,14 @@ def test_family_equals_keras_on_its_own_preprocessing(name, module, size, refere
         assert not np.allclose(ours, raw, rtol=1e-3, atol=1e-4 * float(np.abs(raw).max()))
 
 
-def test_random_init_is_the_seeded_reference_and_not_all_zero(reference):
+def test_random_init_is_the_seeded_reference_and_not_all_zero(reference, tmp_path):
     """`--weights none` on a normalised family: batch-norm statistics stay at their constants (not zeroed)."""
     import keras
 
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     features = get_extractor("resnet50", weights="none", input_size=32, seed=SEED, batch_size=2)(images)
     assert np.abs(features).max() > 1e-3
-    ref, _ = reference("resnet50", 32)  # Keras's ResNet50 after seeded_init(ref, SEED)
+    ref, _ = reference("resnet50", 32, tmp_path)  # Keras's ResNet50 after seeded_init(ref, SEED)
     expected = keras.ops.convert_to_numpy(ref(keras.applications.resnet.preprocess_input(images.astype("float32")),
                                               training=False)).mean(axis=(1, 2))
     _close(features, expected)
@@ -243,7 +244,7 @@ def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scali
     from keras.src.legacy.saving import legacy_h5_format
 
     size = 32
-    plain, plain_file = reference("efficientnetb0", size)
+    plain, plain_file = reference("efficientnetb0", size, tmp_path)
     scratch = tmp_path / "from_scratch.h5"  # a legacy file of a model that is not ImageNet's: no extra scaling
     with h5py.File(scratch, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, plain)

@@ -112,7 +112,9 @@ def tensorflow_reference(weights_and_images, folder_with_a_bad_file):
     return _in_a_subprocess("tensorflow", weights_and_images, folder_with_a_bad_file)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", [  # skipped before tensorflow's reference is made
+    pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(name) is None,
+                                                reason=f"{name} is not installed")) for name in ("torch", "jax")])
 def test_backend_extracts_what_tensorflow_extracts(backend, weights_and_images, folder_with_a_bad_file,
                                                    tensorflow_reference):
     """Both configurations of CONFIGS give tensorflow's features. run_extract feeds its decoded batches through the
@@ -120,8 +122,6 @@ def test_backend_extracts_what_tensorflow_extracts(backend, weights_and_images, 
     among them, as under tensorflow. And a caller's buffer refilled for each chunk gives each chunk its own
     features (under jax, with two in flight, every chunk but the last came out with a later chunk's: jax read the
     buffer in place after it was refilled)."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
     ref = tensorflow_reference
     other = _in_a_subprocess(backend, weights_and_images, folder_with_a_bad_file)
     assert str(ref["backend"]) == "tensorflow" and str(other["backend"]) == backend

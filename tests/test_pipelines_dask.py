@@ -145,18 +145,25 @@ def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsy
 
 # One process runs the CLI twice (a Python start-up and a TensorFlow import fewer than two `featurehead` processes);
 # each run starts its own `--dask local:1` cluster, whose fresh worker shares this process's stderr (the terminal).
-# The marker line between the runs tells whose output is whose; whatever the process writes at exit is the second
-# run's, which must still be one line.
+# The --strict run goes first, so that its one-line error comes from a process that starts Keras as a user's
+# `featurehead` does (quietly, its fd 2 caught and given back on the way out); the plain run after it still has a
+# fresh worker. The marker line between the runs tells whose output is whose; whatever the process writes at exit
+# is the plain run's, which must be nothing.
 _TWO_RUNS = """
 import json, sys
 from pipelines.cli import main
-first, second, broken = json.loads(sys.argv[1])
-print(f"exit {main(first)}", flush=True)
-print("=== the --strict run ===", flush=True)
-print("=== the --strict run ===", file=sys.stderr, flush=True)
+strict, plain, broken = json.loads(sys.argv[1])
+assert "keras" not in sys.modules, "the --strict run must start Keras itself"
+with open(broken, "rb") as f:
+    kept = f.read()
 with open(broken, "wb") as f:
     f.write(b"broken")
-print(f"exit {main(second)}", flush=True)
+print(f"exit {main(strict)}", flush=True)
+with open(broken, "wb") as f:
+    f.write(kept)
+print("=== the plain run ===", flush=True)
+print("=== the plain run ===", file=sys.stderr, flush=True)
+print(f"exit {main(plain)}", flush=True)
 """
 
 
@@ -168,20 +175,20 @@ def test_cli_local_workers_keep_tensorflow_notes_from_the_terminal(index, tmp_pa
     out = tmp_path / "local"
     argv = ["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
             "--batch-size", "4", "--dask", "local:1"]
-    # --strict stops a task (7.png broken between the runs): the error is one line, Dask's log silent
-    runs = [argv + ["--out", str(out)], argv + ["--strict", "--out", str(tmp_path / "strict")],
+    # --strict stops a task (7.png broken for that run): the error is one line, Dask's log silent
+    runs = [argv + ["--strict", "--out", str(tmp_path / "strict")], argv + ["--out", str(out)],
             str(index.root / "7.png")]
     proc = subprocess.run([sys.executable, "-c", _TWO_RUNS, json.dumps(runs)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    out1, _, out2 = proc.stdout.partition("=== the --strict run ===\n")
-    err1, marked, err2 = proc.stderr.partition("=== the --strict run ===\n")
+    out1, _, out2 = proc.stdout.partition("=== the plain run ===\n")
+    err1, marked, err2 = proc.stderr.partition("=== the plain run ===\n")
     assert marked, proc.stderr
-    assert out1.splitlines()[-2:] == [str(out), "exit 0"], proc.stdout
-    assert err1 == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
-    assert out2.splitlines()[-1:] == ["exit 2"], proc.stdout
-    assert len(err2.splitlines()) == 1, err2
-    assert "7.png" in err2 and "--strict stops at the first failure" in err2
+    assert out1.splitlines()[-1:] == ["exit 2"], proc.stdout
+    assert len(err1.splitlines()) == 1, err1
+    assert "7.png" in err1 and "--strict stops at the first failure" in err1
+    assert out2.splitlines()[-2:] == [str(out), "exit 0"], proc.stdout
+    assert err2 == ""  # the workers share the terminal; without -v their TensorFlow start-up is silent
 
 
 def test_a_shard_task_stops_on_a_file_changed_since_it_was_hashed(client, index, tmp_path):
@@ -320,7 +327,8 @@ def test_local_workers_ignore_a_terminals_ctrl_c_and_the_driver_does_not():
 
 
 # The tests below kill the module cluster's workers (their nannies start fresh ones, which import TensorFlow again
-# when they get a shard): they run last.
+# when they get a shard): they come last in the file, so that on one test process they usually run last (a test
+# stolen by the other process may run after them: slower, on fresh workers, not wrong; no test here depends on order).
 
 
 def test_a_worker_killed_mid_shard_costs_nothing(client, index, tmp_path):
