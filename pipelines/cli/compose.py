@@ -41,7 +41,8 @@ def cmd_sweep(args) -> int:
         print(f"NOTE: {NOT_PRETRAINED}")
     done = result.extracted_layers
     if done:
-        print(f"extracted {result.n_extracted} rows in one forward pass over {len(done)} of the {len(layers)} layers"
+        failed = f", {result.n_extracted_failed} failed," if result.n_extracted_failed else ""
+        print(f"extracted {result.n_extracted - result.n_extracted_failed} rows{failed} in one forward pass over {len(done)} of the {len(layers)} layers"
               f"{' (' + ', '.join(done) + ')' if len(done) < len(layers) else ''}; plot: {result.png}")
     else:
         print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")

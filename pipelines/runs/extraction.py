@@ -124,7 +124,7 @@ def run_extract(
             # up to date only when nothing was missing: shards that an interrupted run's tasks finished, committed
             # now, were not (they were extracted, though by that run)
             return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, not target.missing, fp,
-                                 info.garbage_rows, plan.n_repeated, _failed_among(out, target.missing))
+                                 info.garbage_rows, plan.n_repeated, len(failed_keys(out, target.missing)))
         if target.missing or session.manifest is None:
             extractor.validate()
             session.ensure_manifest(extractor.output_dim)  # builds the model: something is to extract
@@ -143,16 +143,15 @@ def run_extract(
         session.remove_orphans()
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
-                         plan.n_repeated, _failed_among(out, target.missing) if n_extracted else 0)
+                         plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0)
 
 
-def _failed_among(out: Path, keys: list[str]) -> int:
-    """How many of the stored rows `keys` (this run's) the view marks failed: images that could not be decoded."""
+def failed_keys(out: Path, keys: list[str]) -> set[str]:
+    """Which of the stored rows `keys` (a run's) the view marks failed: images that could not be decoded."""
     if not keys:
-        return 0
+        return set()
     cols = open_view(out).cols
-    failed = cols["keys"][~cols["ok"]]
-    return len(set(failed.tolist()) & set(keys))
+    return set(cols["keys"][~cols["ok"]].tolist()) & set(keys)
 
 
 def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> ExtractResult | None:

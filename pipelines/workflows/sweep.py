@@ -18,6 +18,7 @@ import pandas as pd
 import features_store
 from extract import ImageIndex
 
+from ..runs.extraction import failed_keys
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
 from ..runs.prediction import NOT_PRETRAINED, random_init, write_output
@@ -38,6 +39,7 @@ class SweepResult:
     stores: dict
     n_extracted: int  # forward-pass rows computed by this run (0 when every store was complete)
     extracted_layers: list = field(default_factory=list)  # the layers that pass computed
+    n_extracted_failed: int = 0  # of `n_extracted`, the rows whose image could not be decoded (stored as failed)
 
 
 def layer_extractors(extractor, layers: list[str]) -> dict:
@@ -106,8 +108,8 @@ def run_sweep(
     for layer, single in singles.items():
         default = default_store_path(index, single)
         stores[layer] = default if store_dir is None else Path(store_dir) / default.name
-    n_extracted, extracted_layers = extract_layers(index, extractor, singles, stores, workers=workers,
-                                                   progress=progress)
+    n_extracted, extracted_layers, n_failed = extract_layers(index, extractor, singles, stores, workers=workers,
+                                                             progress=progress)
     rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
@@ -119,7 +121,7 @@ def run_sweep(
     shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
     png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
                      note=NOT_PRETRAINED if random_init(spec) else "")
-    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers)
+    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed)
 
 
 def _check_probe_labels(index: ImageIndex) -> None:
@@ -153,9 +155,10 @@ def _default_out_dir(index: ImageIndex) -> Path:
 
 
 def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int | None = None,
-                   progress=None) -> tuple[int, list[str]]:
-    """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed and the
-    layers they were computed for (those whose store lacked any).
+                   progress=None) -> tuple[int, list[str], int]:
+    """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed, the
+    layers they were computed for (those whose store lacked any) and how many of those rows failed (images that
+    could not be decoded).
 
     Each store extracts only the images it lacks; an image that any store lacks goes through the model once.
     """
@@ -190,7 +193,8 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
         for layer, session in sessions.items():
             session.write_view(**_with_sweep_attr(args, stores[layer], layer, todo), versions=base_versions())
             session.remove_orphans()
-    return done, todo
+    failed = set().union(*(failed_keys(stores[layer], targets[layer].missing) for layer in todo)) if done else set()
+    return done, todo, len(failed)
 
 
 def _with_sweep_attr(args: dict, store: Path, layer: str, todo: list[str]) -> dict:
