@@ -42,8 +42,9 @@ def cmd_sweep(args) -> int:
     done = result.extracted_layers
     if done:
         failed = f", {result.n_extracted_failed} failed," if result.n_extracted_failed else ""
-        print(f"extracted {result.n_extracted - result.n_extracted_failed} rows{failed} in one forward pass over {len(done)} of the {len(layers)} layers"
-              f"{' (' + ', '.join(done) + ')' if len(done) < len(layers) else ''}; plot: {result.png}")
+        which = f" ({', '.join(done)})" if len(done) < len(layers) else ""
+        print(f"extracted {result.n_extracted - result.n_extracted_failed} rows{failed} in one forward pass over "
+              f"{len(done)} of the {len(layers)} layers{which}; plot: {result.png}")
     else:
         print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")
     code = 0
