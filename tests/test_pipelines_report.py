@@ -181,6 +181,7 @@ def test_cli_prints_the_page_last_and_says_not_pretrained(run, capsys, tmp_path)
     assert code == 0 and lines[-1] == str(tmp_path / "r" / "index.html")
     assert lines[0].startswith("evaluated on split 'test'") and "top-5-accuracy" in lines[0]
     assert any("NOT pretrained" in line for line in lines)
+    assert "1 row of split 'test' failed at extraction; the page lists each with its reason" in lines
     thumbs = [a for t, a in parse(lines[-1]).tags if t == "img" and a["src"].startswith("thumbs/")]
     assert len(thumbs) == 2
 

@@ -149,4 +149,4 @@ def test_sweep_says_which_images_it_could_not_read_and_exits_1(csv_index, tmp_pa
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(tmp_path / "sweep" / "sweep.csv")
     assert out[-3].startswith("extracted 8 rows, 1 failed, in one forward pass over 1 of the 1 layers"), out[-3]
-    assert out[-2].startswith("1 images could not be read and are left out of every layer's probe")
+    assert out[-2].startswith("1 image could not be read and is left out of every layer's probe")

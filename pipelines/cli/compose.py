@@ -51,7 +51,8 @@ def cmd_sweep(args) -> int:
     first = next(iter(result.stores.values()))  # every layer's store lists the same images
     failed = features_store.read_info(first).n_failed
     if failed:  # the probe left them out; say so, as `extract` does
-        print(f"{failed} images could not be read and are left out of every layer's probe; "
+        print(f"{failed} {'image' if failed == 1 else 'images'} could not be read and {'is' if failed == 1 else 'are'} "
+              "left out of every layer's probe; "
               f"`featurehead inspect {first}` lists them")
         code = 1
     print(result.csv)

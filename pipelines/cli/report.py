@@ -39,7 +39,8 @@ def cmd_report(args) -> int:
     print(f"{result.n_wrong} wrong; " + (f"the gallery shows the {shown} most confident" if shown else "no gallery"))
     if result.n_failed:
         where = f" of split {args.split!r}" if args.split else ""
-        print(f"{result.n_failed} rows{where} failed at extraction; the page lists them with their reasons")
+        rows = "1 row" if result.n_failed == 1 else f"{result.n_failed} rows"
+        print(f"{rows}{where} failed at extraction; the page lists each with its reason")
     if result.random_init:
         print(f"NOTE: {NOT_PRETRAINED}")
     for note in result.notes:
