@@ -44,6 +44,15 @@ def extract_everything(tmp, folder, out=None):
     said["n_failed"] = run_extract(read_index(folder), extractor, store).n_failed
     said["X"], _, ids = features_store.load(store, ok_only=False)
     said["ids"] = ids.astype(str)
+    # --strict stops at the bad file's batch; the batches before it are written (under jax and torch the last of them
+    # was still in flight when the bad batch came out of the decoder)
+    strict = os.path.join(tmp, f"strict-{backend}")
+    try:
+        run_extract(read_index(folder), extractor, strict, strict=True)
+    except Exception as err:  # noqa: BLE001 (the class is checked below, by name: the script has no pytest)
+        said["strict error"] = f"{type(err).__name__}: {err}"
+    said["strict durable"] = sum(features_store.durable_rows(strict, name)
+                                 for name in os.listdir(features_store.shards_dir(strict)))
     # a data loader's reused buffer, 64-byte aligned (what jax's CPU client reads in place), refilled for each chunk
     e = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=4)
     chunks = [np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(5)]
@@ -138,6 +147,13 @@ def test_backend_extracts_what_tensorflow_extracts(backend, weights_and_images, 
     ok = ~np.isnan(ref["X"]).any(axis=1)
     np.testing.assert_allclose(other["X"][ok], ref["X"][ok], rtol=1e-3, atol=1e-3 * np.abs(ref["X"][ok]).max(),
                                err_msg=f"run_extract's rows under {backend} against tensorflow's")
+    # --strict: the rows before the bad file's batch of 2 are on disk, as many as under tensorflow
+    bad = int(np.flatnonzero(np.isnan(ref["X"]).any(axis=1))[0])
+    assert bad >= 4, "the bad file must come after two whole batches"
+    for said in (ref, other):
+        assert str(said["strict error"]).startswith("ImageReadError: ") and "9.jpg" in str(said["strict error"])
+    assert int(ref["strict durable"]) == int(other["strict durable"]) == bad // 2 * 2, (
+        ref["strict durable"], other["strict durable"])
     # the refilled buffer: each chunk its own features
     assert ref["wrong chunks"].tolist() == [], "tensorflow: refilled buffer: wrong chunks"
     assert other["wrong chunks"].tolist() == [], f"{backend}: refilled buffer: wrong chunks"

@@ -149,15 +149,19 @@ def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: 
     (`extract.batches.decoded_batches`), in order: the augmented views applied, the ok rows through
     `stream` (which keeps batches in flight from one to the next), a failed row's features NaN.
 
-    `name_of(i)` names row i in the error that `strict` raises at the first failed row; `view_seeds[i]` is row i's
-    (view, seed) when `views` is given."""
+    `name_of(i)` names row i in the error that `strict` raises at the first failed row, once the batches before
+    its batch are out (under jax and torch one of them is still in flight then: it is yielded, so written, first);
+    `view_seeds[i]` is row i's (view, seed) when `views` is given."""
     batches_in: deque = deque()  # (lo, hi, ok, errors) of each batch handed to the forward pass, not yet out
+    stopped: list[ImageReadError] = []  # the --strict error, raised after the batches before it
 
     def chunks():
         for lo, hi, images, ok, errors in decoded:
             if strict and not ok.all():
                 bad = int(np.flatnonzero(~ok)[0])
-                raise ImageReadError(f"{name_of(lo + bad)}: {errors[bad]} (--strict stops at the first failure)")
+                stopped.append(ImageReadError(f"{name_of(lo + bad)}: {errors[bad]} (--strict stops at the first "
+                                              "failure)"))
+                return
             if views is not None:
                 view = np.array([v for v, _ in view_seeds[lo:hi]], np.int16)
                 seeds = np.array([seed for _, seed in view_seeds[lo:hi]], np.int64)
@@ -173,6 +177,8 @@ def computed_batches(decoded, stream: Callable, dims: Sequence[int], *, strict: 
             for out, part in zip(outputs, parts):
                 out[ok] = part
         yield lo, hi, ok, errors, outputs
+    if stopped:
+        raise stopped[0]
 
 
 def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tuple[list[int], Callable]], *,
