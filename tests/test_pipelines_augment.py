@@ -288,8 +288,29 @@ def test_cli_augment_preview_of_unreadable_images(image_folder, tmp_path, capsys
     csv.write_text("filename,label\nmissing.png,a\n")
     assert main(["augment-preview", str(csv), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err  # the path and the root, not just "file not found"
-    assert f"none of the first 1 images could be read (the first: {image_folder / 'missing.png'}: file not found)" in err
+    assert f"the first image could not be read ({image_folder / 'missing.png'}: file not found)" in err
     assert f"is --images-root {image_folder} right?" in err
+    csv.write_text("filename,label\nmissing.png,a\nnone.png,a\n")
+    assert main(["augment-preview", str(csv), "--out", str(tmp_path / "g.png")]) == 2
+    assert "none of the first 2 images could be read (" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_augment_preview_lists_the_images_it_leaves_out(csv_index, tmp_path, capsys):
+    """An unreadable image among the first ones has no row in the grid: it is listed, and the exit code is 1 (as
+    extract's for failed rows); it left the grid a row short without a word."""
+    from extract import read_index
+    from pipelines.runs.views import PREVIEW_GAP
+
+    first = Path(read_index(csv_index).paths[1])
+    first.write_bytes(b"not an image")
+    code = main(["augment-preview", str(csv_index), "--out", str(tmp_path / "g.png"), "--n-images", "3", "--views",
+                 "2", "--size", "40"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and lines[-1] == str(tmp_path / "g.png")
+    assert lines[:-1] == [f"left out of the grid, could not be read: {first}: not an image file"], lines
+    with Image.open(tmp_path / "g.png") as grid:
+        assert grid.size == (3 * 42 + 2 + PREVIEW_GAP - 2, 2 * 42 + 2)  # two rows, of the two that could be read
 
 
 def test_an_assigned_split_survives_a_reorder_and_an_append(csv_index, tmp_path):

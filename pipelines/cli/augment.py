@@ -73,7 +73,8 @@ def add_parsers(sub) -> None:
     """Add this module's subcommands to the `featurehead` parser."""
     p = sub.add_parser("augment-preview", help="write a grid image of a few images and their augmented views",
                        description="One row per image (the first of the index): the image, a wider gap, then its "
-                       "views drawn with the augmentation options, to look at before `extract --augment`.")
+                       "views drawn with the augmentation options, to look at before `extract --augment`. An image "
+                       "that cannot be read gets no row: it is listed, and the exit code is 1.")
     p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
                    "folder)")
@@ -126,10 +127,12 @@ def add_parsers(sub) -> None:
 def cmd_augment_preview(args) -> int:
     from ..runs.views import run_augment_preview
 
-    out = run_augment_preview(args.index, args.out, augmentation_from_args(args), images_root=args.images_root,
-                              n_images=args.n_images, k=args.views, size=args.size, seed=args.seed)
-    print(out)
-    return 0
+    preview = run_augment_preview(args.index, args.out, augmentation_from_args(args), images_root=args.images_root,
+                                  n_images=args.n_images, k=args.views, size=args.size, seed=args.seed)
+    for path, reason in preview.failed:  # exit 1, as extract: the grid has no row for them
+        print(f"left out of the grid, could not be read: {path}: {reason}")
+    print(preview.path)
+    return 1 if preview.failed else 0
 
 
 def cmd_finetune(args) -> int:

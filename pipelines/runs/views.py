@@ -139,10 +139,19 @@ GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
 PREVIEW_GAP = 12  # pixels between each original and its views (2 between views)
 
 
+@dataclass(frozen=True)
+class AugmentPreview:
+    """What `run_augment_preview` wrote: the grid's `path`, and the (path, reason) of each of the first images that
+    could not be read, so has no row in it."""
+
+    path: Path
+    failed: list[tuple[str, str]]
+
+
 def run_augment_preview(index_source, out, augmentation: Augmentation, *, images_root=None, n_images: int = 4,
-                        k: int = 4, size: int = 96, seed: int = 0) -> Path:
+                        k: int = 4, size: int = 96, seed: int = 0) -> AugmentPreview:
     """Write a grid image (PNG, or the format `out`'s extension names): one row per image (the first `n_images` of
-    the index), the original, a wider gap (`PREVIEW_GAP` pixels), then `k` views."""
+    the index) that can be read, the original, a wider gap (`PREVIEW_GAP` pixels), then `k` views."""
     from PIL import Image
 
     from extract import read_index
@@ -164,11 +173,12 @@ def run_augment_preview(index_source, out, augmentation: Augmentation, *, images
     rows = list(range(min(n_images, len(index))))
     images, ok, errors = read_batch([index.paths[r] for r in rows], size)
     if not ok.any():
-        raise ImageReadError(f"none of the first {len(rows)} images could be read (the first: "
-                             f"{index.paths[rows[0]]}: {errors[0]}); is --images-root {index.root} right?")
+        which = "the first image" if len(rows) == 1 else f"none of the first {len(rows)} images"
+        raise ImageReadError(f"{which} could {'not ' if len(rows) == 1 else ''}be read ({index.paths[rows[0]]}: "
+                             f"{errors[0]}); is --images-root {index.root} right?")
     grid = [np.concatenate([images[r][None], row_views(images[r], augmentation, k, seed=seed, row=r)])
             for r in rows if ok[r]]
     out.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(grid_image(grid, first_gap=PREVIEW_GAP))  # the originals set apart
     write_output(out, lambda tmp: image.save(tmp, format=image_format))  # a full disk keeps the previous grid
-    return out
+    return AugmentPreview(out, [(index.paths[r], errors[r]) for r in rows if not ok[r]])
