@@ -86,7 +86,8 @@ def read_index(source, images_root=None) -> ImageIndex:
     source : str or Path
         A CSV with a `filename` column, or a folder laid out as `root/<class>/*` or
         `root/{train,val,test}/<class>/*` (split folders named as a CSV's split values are: in any case, `valid`
-        or `validation` for `val`; when there are any, they are the index, and other folders beside them are not).
+        or `validation` for `val`; when one of them holds a class folder with an image, they are the index, and
+        other folders beside them are not; when none does, a folder named `test` is a class like the others).
     images_root : str or Path, optional
         The folder the CSV's filenames are relative to; defaults to the CSV's own folder.
 
@@ -189,6 +190,8 @@ def _validate(frame: pd.DataFrame, csv_path: Path, root: Path, label_required: b
 
 def _index_from_folders(root: Path) -> ImageIndex:
     split_dirs = _split_folders(root)
+    if not any(_holds_an_image(c) for _, d in split_dirs for c in _subfolders(d)):  # no class folder in them: a
+        split_dirs = []  # class named Test (images directly in it) beside the others, not a split
     rows, left_out = [], ()
     if split_dirs:
         for split, split_dir in split_dirs:

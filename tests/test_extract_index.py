@@ -134,6 +134,24 @@ def test_split_folders_with_other_folders_beside_them(tmp_path, image_folder):
         read_index(root)
 
 
+def test_a_class_named_test_beside_the_others_is_a_class(tmp_path, image_folder):
+    """`root/{cat,dog,Test}/*.png`: `Test` holds images, no class folder, so it names a class, not a split (it was
+    read as a split folder with no class in it, and the index failed with "no images found")."""
+    import shutil
+
+    root = tmp_path / "ds"
+    for name, cls in (("cat", "a"), ("dog", "b"), ("Test", "a")):
+        shutil.copytree(image_folder / cls, root / name)
+    index = read_index(root)
+    assert index.classes == ["Test", "cat", "dog"] and set(index.split) == {""} and len(index) == 12
+    assert index.ids[0] == "Test/0.png" and index.left_out == ()
+    # one class folder with an image inside a split-named folder makes them split folders again
+    shutil.copytree(image_folder / "a", root / "train" / "a")
+    index = read_index(root)
+    assert len(index) == 4 and index.ids[0] == "train/a/0.png" and set(index.split) == {"train"}
+    assert index.left_out == ("cat", "dog")  # Test: a split folder of the index now, with no class in it
+
+
 def test_empty_folder_is_an_error_and_a_flat_one_is_unlabelled(tmp_path):
     """A flat folder (new images to predict, the commonest case there) was refused: it is an unlabelled index."""
     (tmp_path / "notes.txt").write_text("not an image")
