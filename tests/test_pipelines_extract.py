@@ -370,3 +370,18 @@ def test_a_model_that_gives_inf_stops_the_run_in_one_line(csv_index, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "that are inf or NaN" in err
     assert features_store.read_info(tmp_path / "s").n_done == 0
+
+
+@pytest.mark.parametrize("workers", [0, -1, 2.5, True])
+def test_a_bad_workers_is_refused_before_the_store_is_made(csv_index, tmp_path, workers):
+    out = tmp_path / "store"
+    with pytest.raises(ValueError, match=re.escape(f"`workers` (--workers) must be a positive integer. Received: {workers!r}")):
+        run_extract(read_index(csv_index), small_vgg(), out, workers=workers)
+    assert not out.exists()  # no "incomplete" store left behind
+
+
+def test_numpy_integers_are_workers_and_shard_rows(csv_index, tmp_path):
+    result = run_extract(read_index(csv_index), small_vgg(), tmp_path / "store", workers=np.int64(2),
+                         shard_rows=np.int64(3))
+    info = features_store.read_info(result.store)
+    assert info.complete and [s["rows"] for s in info.shards] == [3, 3, 2]

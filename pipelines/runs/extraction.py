@@ -11,8 +11,11 @@ in `filling`.
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import features_store
 from extract import ImageIndex, ImageReadError
@@ -87,8 +90,10 @@ def run_extract(
     """
     if views is not None:
         views.validate()
-    if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
-        raise ValueError(f"`shard_rows` (--shard-rows) must be a positive integer. Received: {shard_rows!r}")
+    # checked before anything is hashed or written (a bad `workers` left a new store "incomplete"); numpy
+    # integers are integers (a parameter grid built with numpy hands them out)
+    shard_rows = _positive_int("shard_rows", "--shard-rows", shard_rows)
+    workers = _positive_int("workers", "--workers", workers)
     out = Path(out) if out is not None else default_store_path(index, extractor, views)
     fp = extractor.fingerprint()
     if out.is_file():
@@ -144,6 +149,15 @@ def run_extract(
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
                          plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0)
+
+
+def _positive_int(name: str, flag: str, value):
+    """`value` as a Python int when it is a positive integer (numpy's too), None as None; else a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` ({flag}) must be a positive integer. Received: {value!r}")
+    return int(value)
 
 
 def failed_keys(out: Path, keys: list[str]) -> set[str]:
