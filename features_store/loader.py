@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 
@@ -90,8 +91,9 @@ def iter_batches(
     y : ndarray of shape (batch_size,), dtype str
     ids : ndarray of shape (batch_size,), dtype str
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    batch_size = int(batch_size)  # numpy's integers too (a parameter grid built with numpy)
     view = open_view(store)  # fail here, not at the first `next()`
     visible = view.visible(fingerprint=fingerprint, allow_incomplete=False)
     if split is not None:

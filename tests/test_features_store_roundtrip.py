@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 
@@ -359,7 +360,7 @@ def test_load_rejects_unknown_split(store):
         fs.load(store, split="training")
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 5, 100])
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 100, np.int64(3), np.int32(5)])
 def test_iter_batches_covers_every_row_once(store, batch_size):
     batches = list(fs.iter_batches(store, batch_size, ok_only=False))
     assert all(len(X) == len(y) == len(ids) <= batch_size for X, y, ids in batches)
@@ -376,9 +377,10 @@ def test_iter_batches_filters_like_load(store):
     assert np.concatenate([b[1] for b in batches]).tolist() == y.tolist()
 
 
-def test_iter_batches_rejects_bad_batch_size(store):
-    with pytest.raises(ValueError, match="`batch_size` must be a positive integer. Received: batch_size=0"):
-        fs.iter_batches(store, 0)
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True, np.int64(0)])
+def test_iter_batches_rejects_bad_batch_size(store, bad):
+    with pytest.raises(ValueError, match=re.escape(f"`batch_size` must be a positive integer. Received: batch_size={bad!r}")):
+        fs.iter_batches(store, bad)
 
 
 def test_read_errors(store):
