@@ -137,7 +137,8 @@ def fit_mlp_batches(
     """Train a `KerasMLPClassifier` from batches, never holding more than one batch of features.
 
     Its `epochs`, `learning_rate`, `hidden_layer_sizes`, `dropout`, `random_state` and a dict `class_weight`
-    apply; `batch_size` is the batches' own size. Early stopping needs `validation` batches.
+    apply; `batch_size` is the batches' own size. Early stopping needs `validation` batches (`n_validation_batches`
+    of them); as in `fit`, they are reported as ``val_`` in `history_` with or without early stopping.
 
     Returns
     -------
@@ -153,6 +154,10 @@ def fit_mlp_batches(
     if estimator.class_weight is not None and not isinstance(estimator.class_weight, dict):
         raise ValueError("out-of-core training needs `class_weight` as a dict (the class counts are not known "
                          f"up front). Received: class_weight={estimator.class_weight!r}")
+    if validation is not None and (isinstance(n_validation_batches, bool)
+                                   or not isinstance(n_validation_batches, numbers.Integral) or n_validation_batches < 1):
+        raise ValueError("`n_validation_batches` must be a positive integer when `validation` is given. "
+                         f"Received: n_validation_batches={n_validation_batches!r}")
     estimator.classes_, estimator.n_features_in_ = classes, int(n_features)
     if hasattr(estimator, "feature_names_in_"):  # a previous `fit` on a DataFrame: not these batches' names
         del estimator.feature_names_in_
@@ -163,8 +168,9 @@ def fit_mlp_batches(
     kwargs = {}
     if estimator.class_weight is not None:
         kwargs["class_weight"] = {int(encode_labels([c], classes)[0]): float(w) for c, w in estimator.class_weight.items()}
-    if validation is not None and estimator.early_stopping:
+    if validation is not None:
         kwargs["validation_data"] = feature_batches(validation, n_batches=n_validation_batches, classes=classes)
+    if validation is not None and estimator.early_stopping:
         kwargs["callbacks"] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(estimator.patience),
                                                              restore_best_weights=True)]
     data = feature_batches(batches, n_batches=n_batches, classes=classes)

@@ -174,6 +174,22 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
     ) -> KerasMLPClassifier:
         """Train from a zero-argument factory of ``(X, y)`` batches (out of core; see `classify.keras_dataset`).
 
+        Parameters
+        ----------
+        batches : callable
+            ``batches()`` starts a fresh pass: an iterable of ``(ndarray of shape (n_batch, n_features), ndarray of
+            shape (n_batch,))`` pairs, in the same order every time; `batch_size` is the batches' own size.
+        classes : array-like of shape (n_classes,)
+            Every class of the labels (sorted into `classes_`).
+        n_features : int
+            Width of each batch's X.
+        n_batches : int
+            Pairs per pass (Keras needs the epoch length up front).
+        validation : callable, default=None
+            A factory like `batches` of the rows to early-stop on; reported as ``val_`` in `history_`.
+        n_validation_batches : int, default=None
+            Pairs per pass of `validation`; required with it.
+
         Returns
         -------
         self : KerasMLPClassifier

@@ -257,3 +257,16 @@ def test_fit_batches_forgets_the_column_names_of_an_earlier_fit(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "X does not have valid feature names" came from the stale names
         assert clf.predict(X).shape == (120,)
+
+
+def test_fit_batches_reports_validation_batches_without_early_stopping_too(data):
+    X, y = data
+    batches, validation = (lambda: [(X[:80], y[:80])]), (lambda: [(X[80:], y[80:])])
+    params = {**SMALL, "epochs": 2, "early_stopping": False}
+    clf = KerasMLPClassifier(**params).fit_batches(batches, classes=[0, 1, 2], n_features=20, n_batches=1,
+                                                   validation=validation, n_validation_batches=1)
+    assert len(clf.history_["val_loss"]) == 2  # as `fit(..., validation_data=...)` reports them
+    with pytest.raises(ValueError, match="`n_validation_batches` must be a positive integer when `validation` is "
+                                         "given. Received: n_validation_batches=None"):
+        KerasMLPClassifier(**params).fit_batches(batches, classes=[0, 1, 2], n_features=20, n_batches=1,
+                                                 validation=validation)
