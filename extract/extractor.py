@@ -90,7 +90,7 @@ class Extractor:
         if resize not in RESIZES:
             raise ExtractorConfigError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
         batch_size = self._config.get("batch_size", 32)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # True is not 1 image
             raise ExtractorConfigError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
         seed = self._config.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

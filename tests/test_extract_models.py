@@ -185,6 +185,8 @@ def test_unknown_model_lists_known_ones():
         pytest.param({"pooling": "mean"}, ExtractorConfigError, "Received: pooling='mean'", id="pooling"),
         pytest.param({"input_size": 16}, ExtractorConfigError, "`input_size` must be an integer >= 32", id="size"),
         pytest.param({"batch_size": 0}, ExtractorConfigError, "Received: batch_size=0", id="batch"),
+        pytest.param({"batch_size": True}, ExtractorConfigError, "Received: batch_size=True", id="batch-bool"),
+        pytest.param({"batch_size": 2.0}, ExtractorConfigError, "Received: batch_size=2.0", id="batch-float"),
         pytest.param({"weights": "/no/such.h5"}, WeightsUnavailableError, "does not exist", id="weights-file"),
         pytest.param({"weights": "/"}, WeightsUnavailableError, "/ is a folder, not a file", id="weights-folder"),
     ],
