@@ -142,10 +142,12 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes. Received: 1 class ({classes[0]!r})"
             )
-        self.classes_ = classes
+        # every input checked before any learned state is set: a fit that fails on them leaves none of it behind
+        # (a `classes_` without `model_` passed check_is_fitted, and predict failed on the missing network)
         codes = encode_labels(y, classes)
         weights = sample_weights(y, sample_weight, self.class_weight)
-        validation = checked_validation(validation_data, self.n_features_in_, self.classes_)
+        validation = checked_validation(validation_data, X.shape[1], classes)
+        self.classes_ = classes
 
         import keras
 
@@ -210,7 +212,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Probabilities, columns in the order of `classes_`.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, ("classes_", "model_"))  # not n_features_in_ alone: a fit that failed sets it
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return network_proba(self.model_, X, self.classes_.shape[0])
 
@@ -227,7 +229,7 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Predicted labels, from `classes_`.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, ("classes_", "model_"))  # not n_features_in_ alone: a fit that failed sets it
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def __getstate__(self) -> dict:

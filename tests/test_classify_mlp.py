@@ -270,3 +270,15 @@ def test_fit_batches_reports_validation_batches_without_early_stopping_too(data)
                                          "given. Received: n_validation_batches=None"):
         KerasMLPClassifier(**params).fit_batches(batches, classes=[0, 1, 2], n_features=20, n_batches=1,
                                                  validation=validation)
+
+
+def test_a_fit_refused_for_its_validation_data_leaves_an_unfitted_estimator(data):
+    from sklearn.exceptions import NotFittedError
+
+    X, y = data
+    clf = KerasMLPClassifier(**SMALL)
+    with pytest.raises(ValueError, match="`y_val` labels must be among"):
+        clf.fit(X, y, validation_data=(X[:2], np.array([7, 8])))
+    assert not hasattr(clf, "classes_")
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
