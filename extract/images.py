@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,14 @@ def decoder_versions() -> dict:
             "opencv": getattr(cv2, "__version__", "none")}
 
 
+def _height_width(size) -> tuple[int, int]:
+    """`size` (an int, or (height, width); numpy's integers too) as a (height, width) of Python ints."""
+    hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size) if isinstance(size, (tuple, list, np.ndarray)) else ()
+    if len(hw) != 2 or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1 for v in hw):
+        raise ValueError(f"`size` must be a positive integer or a (height, width) of them. Received: size={size!r}")
+    return int(hw[0]), int(hw[1])
+
+
 def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "squash") -> np.ndarray:
     """Read one image as RGB uint8.
 
@@ -83,7 +92,7 @@ def load_image(path, size: int | tuple[int, int] | None = None, resize: str = "s
     if resize not in RESIZES:
         raise ValueError(f"`resize` must be one of 'squash', 'crop'. Received: resize={resize!r}")
     path = Path(path)
-    hw = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    hw = None if size is None else _height_width(size)
     try:
         data = _read(path)
         if not data:

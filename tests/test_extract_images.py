@@ -213,6 +213,17 @@ def test_resize_keeps_size_when_none(tmp_path):
     assert load_image(tmp_path / "s.png", (12, 16)).shape == (12, 16, 3)
 
 
+def test_a_size_is_a_positive_integer_or_two_numpy_integers_too(tmp_path):
+    """`size=np.int64(16)` (a size from a numpy grid) failed with "'numpy.int64' object is not iterable"; a size of
+    0, a bool or a float is refused in one line naming `size`, before the file is read."""
+    Image.fromarray(_rgb((17, 9))).save(tmp_path / "s.png")
+    assert load_image(tmp_path / "s.png", np.int64(16)).shape == (16, 16, 3)
+    assert load_image(tmp_path / "s.png", np.array([12, 16])).shape == (12, 16, 3)
+    for bad in (0, True, 2.5, (12,), (12, 0), "ab"):
+        with pytest.raises(ValueError, match=r"`size` must be a positive integer or a \(height, width\) of them"):
+            load_image(tmp_path / "s.png", bad)
+
+
 def _truncated(p):
     Image.fromarray(_rgb((64, 64))).save(p, format="JPEG")
     p.write_bytes(p.read_bytes()[:200])
