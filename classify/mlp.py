@@ -70,6 +70,8 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         Class labels.
     n_features_in_ : int
         Number of features seen during `fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features seen during `fit`, when X was a DataFrame with string column names.
     model_ : keras.Model
         The trained network.
     history_ : dict of str to list of float

@@ -307,7 +307,9 @@ def read_info(store: str | os.PathLike) -> StoreInfo:
     Raises
     ------
     StoreNotFoundError
-        When `store` does not exist or holds no view yet.
+        When `store` does not exist, is not a store, or holds no features yet.
+    StoreIncompleteError
+        When a run committed shards but stopped before writing the view file (re-running it writes the view).
     StoreVersionError
         When `store` is a v1 single-file store.
     StoreDamagedError
