@@ -167,12 +167,16 @@ class StoreSession:
                                 dtype=self.dtype, versions=versions)
 
     def commit(self, writer: ShardWriter, versions: dict | None = None) -> None:
-        """Mark the shard complete and list it in the manifest (atomically): its rows now belong to the store."""
+        """Mark the shard complete, close it and list it in the manifest (atomically): its rows now belong to the
+        store. Closed first: a listed shard is open for writing nowhere (HDF5's lock refused the readers of a shard
+        still open here, and they said it could not be read)."""
         if not writer.complete:
             writer.finish()
+        failed = writer.failed()
+        writer.close()
         if any(s.file == writer.name for s in self.manifest.shards):
             return  # committed already: a shard is listed once
-        record = ShardRecord(writer.name, writer.n_rows, writer.failed(), dict(versions or {}))
+        record = ShardRecord(writer.name, writer.n_rows, failed, dict(versions or {}))
         self._append(record)
 
     def commit_shard(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None) -> None:

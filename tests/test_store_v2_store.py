@@ -324,3 +324,23 @@ def test_a_run_killed_after_committing_shards_reads_them_when_a_partial_store_is
     for read in (fs.load, lambda p: fs.export(p, tmp_path / "x.h5")):
         with pytest.raises(fs.StoreIncompleteError, match=r"is incomplete \(8 of 12 rows extracted\); re-run"):
             read(store)
+
+
+def test_a_shard_is_closed_before_it_is_listed_so_a_reader_of_the_store_reads_it(tmp_path):
+    """`featurehead inspect` while extract runs: a shard the manifest lists must be open for writing nowhere, or
+    HDF5's lock made the reader say the shard "cannot be read; re-run the extraction to rebuild it"."""
+    import subprocess
+    import sys
+
+    store, k = tmp_path / "store", keys(8)
+    fill(store, k[:4], 4)
+    view(store, k)  # as an extract of 4 more images writes it first: incomplete until they are in
+    reader = ("import sys, features_store as fs; info = fs.read_info(sys.argv[1]); "
+              "x = fs.read_features(sys.argv[1], allow_incomplete=True); print(info.n_done, info.stored_rows, len(x))")
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        with s.shard_writer(k[4:], n_features=3) as w:
+            w.write(rows(k[4:]), np.ones(4, bool))
+            s.commit(w)  # listed: readers may read it from now on
+            done = subprocess.run([sys.executable, "-c", reader, str(store)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-400:]
+    assert done.stdout.split() == ["8", "8", "8"]
