@@ -114,8 +114,9 @@ def write_view(
 
     path = os.path.join(store, schema.VIEW_FILE)
     what = f"the view {schema.VIEW_FILE} ({n} rows)"
+    need = _view_bytes(columns, files, attrs, n, d, manifest.dtype) if layout != "virtual" else 0
     if layout != "virtual":
-        durable.check_free(store, _view_bytes(columns, n, d, manifest.dtype), store=store, what=what)
+        durable.check_free(store, need, store=store, what=what)
     try:
         if layout == "virtual":
             # built in memory, then written as plain bytes: a full disk is one OSError, never HDF5 failing to
@@ -124,9 +125,13 @@ def write_view(
             with h5py.File(buffer, "w") as f:
                 fill(f)
             durable.atomic_write_bytes(path, buffer.getvalue())
-        else:  # the features copied in: too large for memory, so the free space was checked first
+        else:  # the features copied in: too large for memory, so their space is reserved first
             def write(tmp: str) -> None:
-                with durable.h5_writing(tmp) as f:
+                with durable.h5_writing(tmp):
+                    pass  # an empty HDF5 file, whose blocks are then reserved for the whole view: HDF5 meeting a
+                    # full disk or a file-size limit as it frees or flushes objects printed tracebacks, then crashed
+                durable.reserve(tmp, need)
+                with durable.h5_writing(tmp, "r+") as f:  # HDF5 cuts the file to its end when it closes it
                     fill(f)
 
             durable.atomic_write(path, write)
@@ -135,10 +140,17 @@ def write_view(
     return layout
 
 
-def _view_bytes(columns: Mapping[str, Any], n: int, d: int, dtype: str) -> int:
-    """An upper bound of a materialised view's size: the features, the per-row columns, HDF5's overhead."""
-    text = sum(len(str(x).encode()) + 16 for name in ("ids", "split", "errors") for x in columns[name])
-    return n * d * np.dtype(dtype).itemsize + n * (64 + 4 + 2 + 8 + 1 + 4 + 8 + 8 + 8) + text + (1 << 20)
+def _view_bytes(columns: Mapping[str, Any], files: Sequence[str], attrs: Mapping[str, str], n: int, d: int,
+                dtype: str) -> int:
+    """An upper bound of a materialised view's size: the features (and their chunk index), the fixed-size columns
+    (`errors` takes `ERROR_BYTES` a row), each variable-length string (a 16-byte reference, a 16-byte heap header,
+    its bytes padded to 8 and its share of the heap), the attributes and HDF5's overhead."""
+    strings = [*columns["ids"], *columns["split"], *columns["classes"], *files]
+    text = sum(len(str(x).encode()) + 48 for x in strings) + sum(len(str(v).encode()) + 64 for v in attrs.values())
+    fixed = (schema.KEY_BYTES + schema.ERROR_BYTES + 4 + 2 + 8 + 1 + 4 + 8  # keys, errors, labels ... shard_row
+             + 8 * len(schema.STAT_COLUMNS))
+    features = n * d * np.dtype(dtype).itemsize
+    return features + (features >> 20) * 256 + n * fixed + text + (1 << 20)
 
 
 def _virtual_features(f: h5py.File, manifest: Manifest, runs, n: int, d: int) -> None:

@@ -321,3 +321,86 @@ def test_an_io_error_while_writing_a_shards_rows_is_one_line_and_the_store_resum
     assert out.returncode == 2 and len(err) == 1 and "Input/output error while writing rows 0-4" in err[0], err
     assert run_extract(read_index(csv_index), vgg, store, shard_rows=4).n_extracted > 0  # the resume, here
     np.testing.assert_allclose(fs.read_features(store), fs.read_features(clean.store), rtol=1e-5, atol=1e-6)
+
+
+SHUFFLED_VIEW = """
+import sys
+import numpy as np
+import features_store as fs
+from features_store.errors import FeatureStoreError
+
+n = int(sys.argv[2])
+keys = [__import__("hashlib").sha256(str(i).encode()).hexdigest() for i in range(n)]
+keys = [keys[i] for i in np.random.default_rng(0).permutation(n)]  # past 1024 runs: `features` is materialised
+try:
+    with fs.StoreSession.open(sys.argv[1], fingerprint="c" * 64, extractor={"name": "faults"}) as s:
+        print(s.write_view(ids=[f"{k[:8]}.png" for k in keys], keys=keys, labels=np.zeros(n, int), classes=["a"],
+                           split=["train"] * n)["layout"])
+except FeatureStoreError as err:
+    print(f"writer: error: {err}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def _shuffled_view_store(store, n, scratch):
+    """A store of `n` one-feature rows in storage order; returns the size of its view in a shuffled order (written
+    in a copy under `scratch`)."""
+    keys = [__import__("hashlib").sha256(str(i).encode()).hexdigest() for i in range(n)]
+    with fs.StoreSession.open(store, fingerprint="c" * 64, extractor={"name": "faults"}) as s:
+        with s.shard_writer(keys, n_features=1) as w:
+            w.write(np.arange(n, dtype=np.float32)[:, None], np.ones(n, bool))
+            s.commit(w)
+    copy = scratch / "sized"
+    shutil.copytree(store, copy)
+    assert _write_shuffled_view(copy, n) == (0, [])
+    return os.path.getsize(copy / "features.h5")
+
+
+def _write_shuffled_view(store, n, fsize=None):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    out = subprocess.run([sys.executable, "-c", SHUFFLED_VIEW, str(store), str(n)], capture_output=True, text=True,
+                         timeout=120, preexec_fn=None if fsize is None else limit)
+    return out.returncode, out.stderr.splitlines()
+
+
+def _assert_view_refused(store, n, code, err, why):
+    assert code == 2 and len(err) == 1 and why in err[0] and "the view features.h5" in err[0], (code, err)
+    assert sorted(p.name for p in store.iterdir()) == [".lock", "manifest.json", "shards"]  # no temporary file left
+    assert _write_shuffled_view(store, n) == (0, [])  # the limit lifted, the same write succeeds
+    assert fs.read_info(store).features_layout == "materialised"
+    np.testing.assert_array_equal(fs.load(store)[0][:, 0], np.random.default_rng(0).permutation(n))  # row j: perm[j]
+
+
+def test_a_materialised_view_that_meets_a_file_size_limit_is_one_line(tmp_path):
+    """A shuffled index's view copies the features in through HDF5: a limit met near its end made HDF5 fail as it
+    freed or flushed its objects, printing tracebacks, then crash the process (exit -11)."""
+    store = tmp_path / "store"
+    size = _shuffled_view_store(store, 2000, tmp_path)
+    for fraction in (0.9, 0.99):
+        code, err = _write_shuffled_view(store, 2000, fsize=int(size * fraction))
+        assert code == 2 and len(err) == 1 and "file-size limit" in err[0], (fraction, code, err)
+    _assert_view_refused(store, 2000, code, err, "file-size limit")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_materialised_view_that_the_free_space_cannot_hold_is_refused_before_it_is_written(tmp_path):
+    """The free-space check before a materialised view counted 16 bytes for each row's `errors` (it takes 256) and
+    no overhead for a variable-length string: with the space in between (10,000 rows: 4.8 MB of view, 3.8 MB
+    counted), HDF5 met the full disk mid-write."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        store = mnt / "store"
+        size = _shuffled_view_store(store, 10000, tmp_path)
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - int(size * 0.9)))  # 90% of the view's size is free
+        code, err = _write_shuffled_view(store, 10000)
+        filler.unlink()
+        _assert_view_refused(store, 10000, code, err, "not enough free space")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
