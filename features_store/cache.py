@@ -22,8 +22,8 @@ import filelock
 import h5py
 import numpy as np
 
-from features_store import schema
-from features_store.errors import StoreMismatchError
+from features_store import durable, schema
+from features_store.errors import FeatureStoreError, StoreMismatchError
 from features_store.plan import chunk_rows
 from features_store.view import take_rows
 
@@ -149,19 +149,25 @@ def _open(path: Path, fingerprint: str, *, write: bool) -> h5py.File | None:
     return f
 
 
-def _create(path: Path, fingerprint: str, n_features: int, extractor: dict) -> h5py.File:
+def _create(path: Path, fingerprint: str, n_features: int, extractor: dict, need: int) -> h5py.File:
     rows = chunk_rows(n_features)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with h5py.File(tmp, "w", locking=False) as f:
-        f.create_dataset("features", shape=(rows, n_features), maxshape=(None, n_features), dtype=np.float32,
-                         chunks=(rows, n_features))
-        f.create_dataset("keys", shape=(rows,), maxshape=(None,), dtype=KEY_DTYPE, chunks=(rows,))
-        f.create_dataset("names", shape=(rows,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(rows,))
-        f.attrs["cache_schema_version"] = np.int64(CACHE_SCHEMA_VERSION)
-        f.attrs["fingerprint"] = fingerprint
-        f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
-        for counter in COUNTERS:
-            f.attrs[counter] = np.int64(0)
+    try:
+        with durable.h5_writing(tmp) as f:
+            f.create_dataset("features", shape=(rows, n_features), maxshape=(None, n_features), dtype=np.float32,
+                             chunks=(rows, n_features))
+            f.create_dataset("keys", shape=(rows,), maxshape=(None,), dtype=KEY_DTYPE, chunks=(rows,))
+            f.create_dataset("names", shape=(rows,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(rows,))
+            f.attrs["cache_schema_version"] = np.int64(CACHE_SCHEMA_VERSION)
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
+            for counter in COUNTERS:
+                f.attrs[counter] = np.int64(0)
+        durable.reserve(tmp, os.path.getsize(tmp) + need)  # the rows to append (HDF5 cuts the rest when it closes)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)  # never a half-created file under the real name
     return h5py.File(path, "r+", locking=False)
 
@@ -248,10 +254,28 @@ def append(
         raise ValueError(f"`features` must have shape ({len(keys)}, n_features). Received: shape {x.shape}")
     names = [""] * len(keys) if names is None else [str(n) for n in names]
     path = cache_path(cache_dir, fingerprint)
-    with _locked(path, write=True):
-        f = _open(path, fingerprint, write=True) or _create(path, fingerprint, x.shape[1], extractor)
-        with f:
-            return _append_rows(f, keys, x, names)
+    need = _append_bytes(x.shape[1], names)
+    try:
+        with _locked(path, write=True):
+            if path.exists():
+                durable.reserve(path, os.path.getsize(path) + need)
+            f = _open(path, fingerprint, write=True) or _create(path, fingerprint, x.shape[1], extractor, need)
+            with f:
+                return _append_rows(f, keys, x, names)
+    except OSError as err:
+        if isinstance(err, FeatureStoreError):
+            raise
+        raise durable.write_error(err, store=os.fspath(cache_dir), what=f"the feature cache {path.name}",
+                                  need=need) from err
+
+
+def _append_bytes(n_features: int, names: Sequence[str]) -> int:
+    """An upper bound of what appending rows of `names` adds to a cache file: its datasets grow by fewer than
+    len(names) rows and one chunk (the features, the key, a string reference a row), each name goes to HDF5's heap,
+    and its indexes grow. Reserved before HDF5 opens the file, so that it never meets a full disk or a file-size
+    limit mid-write: it then printed tracebacks and crashed the process, and left the file cut short."""
+    rows = len(names) + chunk_rows(n_features)
+    return rows * (n_features * 4 + np.dtype(KEY_DTYPE).itemsize + 16) + sum(len(n.encode()) + 48 for n in names) + (1 << 20)
 
 
 def _append_rows(f: h5py.File, keys: np.ndarray, x: np.ndarray, names: list[str]) -> int:

@@ -166,3 +166,48 @@ def test_two_processes_share_one_file_without_duplicates(tmp_path):
     features, found = cache.lookup(tmp_path, FP, keys)
     assert found.all() and cache.cache_info(tmp_path, FP).n_rows == 40
     np.testing.assert_array_equal(features[:, 0], np.arange(40))
+
+
+APPEND = """
+import sys
+import numpy as np
+from features_store import FeatureStoreError, cache
+
+keys = cache.array_keys(np.arange(2000, dtype=np.int16).reshape(2000, 1))
+try:
+    cache.append(sys.argv[1], "ab" * 32, keys[:int(sys.argv[2])], np.ones((int(sys.argv[2]), 512), np.float32),
+                 extractor={"name": "test"})
+except FeatureStoreError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_an_append_that_meets_a_file_size_limit_is_one_error_and_keeps_the_cached_rows(tmp_path):
+    """HDF5 meeting a full disk or a file-size limit while it grew the cache printed tracebacks, crashed the process
+    (exit -11) or cut the file short, and the next append moved the whole cache aside."""
+    import resource
+    import signal
+    import sys
+
+    def append(n, fsize=None):
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+        out = subprocess.run([sys.executable, "-c", APPEND, str(tmp_path), str(n)], capture_output=True, text=True,
+                             timeout=60, preexec_fn=None if fsize is None else limit)
+        return out.returncode, out.stderr.splitlines()
+
+    assert append(100) == (0, [])  # 512 rows a chunk: 1 MiB
+    size = os.path.getsize(cache.cache_path(tmp_path, FP))
+    for limit in (2 * size, 4 * size):  # the 2000 rows need 4 MiB
+        code, err = append(2000, limit)
+        assert code == 2 and len(err) == 1 and "file-size limit" in err[0] and "feature cache" in err[0], (code, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"features-{FP[:16]}.h5", f"features-{FP[:16]}.h5.lock"]
+        assert cache.cache_info(tmp_path, FP).n_rows == 100
+    assert append(2000) == (0, [])
+    keys = cache.array_keys(np.arange(2000, dtype=np.int16).reshape(2000, 1))
+    features, found = cache.lookup(tmp_path, FP, keys)
+    assert found.all() and cache.cache_info(tmp_path, FP).n_rows == 2000
+    np.testing.assert_array_equal(features, np.ones((2000, 512), np.float32))
