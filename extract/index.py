@@ -201,8 +201,7 @@ def _index_from_folders(root: Path) -> ImageIndex:
     else:
         rows = _class_rows(root, root, "")
     if not rows:  # a flat folder, e.g. new images to predict: unlabelled rows
-        rows = [(p.name, "", "") for p in sorted(root.iterdir())
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        rows = [(p.name, "", "") for p in sorted(root.iterdir()) if _is_image_entry(p) and not p.name.startswith(".")]
     if not rows:
         raise IndexValidationError(
             f"{root}: no images found; expected root/<class>/<image>, root/{{train,val,test}}/<class>/<image> or "
@@ -234,14 +233,20 @@ def _subfolders(base: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_image_entry(path: Path) -> bool:
+    """A file with an image suffix, or a link so named that leads to no file: a row (failed when unreadable), as a
+    CSV's broken link is; it was left out of a folder index without a word."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or (path.is_symlink() and not path.exists()))
+
+
 def _holds_an_image(folder: Path) -> bool:
-    return any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in folder.rglob("*"))
+    return any(_is_image_entry(f) for f in folder.rglob("*"))
 
 
 def _class_rows(root: Path, base: Path, split: str) -> list[tuple[str, str, str]]:
     rows = []
     for class_dir in _subfolders(base):
         for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+            if _is_image_entry(f):
                 rows.append((f.relative_to(root).as_posix(), class_dir.name, split))
     return rows

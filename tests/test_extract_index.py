@@ -70,6 +70,24 @@ def test_symlinks_under_the_root_may_point_anywhere_and_a_broken_one_is_a_failed
     assert reasons[1] == "file not found" and "symbolic links" in reasons[2]
 
 
+def test_a_broken_link_in_a_folder_index_is_a_failed_row_not_left_out(tmp_path):
+    """A class folder (or a flat folder) of links into a shared dataset, one of them dangling: it was left out of
+    the index without a word, where a CSV lists it as a failed row."""
+    from extract.content import content_keys
+
+    for folder in (tmp_path / "classes" / "cat", tmp_path / "flat"):
+        folder.mkdir(parents=True)
+        (folder / "ok.png").write_bytes(b"pixels")
+        (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "classes" / "dog").mkdir()
+    (tmp_path / "classes" / "dog" / "only.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    index = read_index(tmp_path / "classes")
+    assert index.ids == ["cat/gone.png", "cat/ok.png", "dog/only.jpg"] and index.labels == ["cat", "cat", "dog"]
+    _, _, reasons = content_keys(index.root, index.ids)
+    assert reasons == ["file not found", "", "file not found"]
+    assert read_index(tmp_path / "flat").ids == ["gone.png", "ok.png"]
+
+
 def test_missing_index_file(tmp_path):
     with pytest.raises(IndexValidationError, match="does not exist"):
         read_index(tmp_path / "nope.csv")
