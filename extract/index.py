@@ -239,14 +239,17 @@ def _is_image_entry(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or (path.is_symlink() and not path.exists()))
 
 
+def _images_under(folder: Path):
+    """The images under `folder` at any depth; hidden files and folders (a Mac's `._x.jpg`, `.thumbnails/`) left
+    out, as they are in a flat folder and among the class folders."""
+    return (f for f in folder.rglob("*")
+            if _is_image_entry(f) and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+
+
 def _holds_an_image(folder: Path) -> bool:
-    return any(_is_image_entry(f) for f in folder.rglob("*"))
+    return any(_images_under(folder))
 
 
 def _class_rows(root: Path, base: Path, split: str) -> list[tuple[str, str, str]]:
-    rows = []
-    for class_dir in _subfolders(base):
-        for f in sorted(class_dir.rglob("*")):
-            if _is_image_entry(f):
-                rows.append((f.relative_to(root).as_posix(), class_dir.name, split))
-    return rows
+    return [(f.relative_to(root).as_posix(), class_dir.name, split)
+            for class_dir in _subfolders(base) for f in sorted(_images_under(class_dir))]

@@ -88,6 +88,18 @@ def test_a_broken_link_in_a_folder_index_is_a_failed_row_not_left_out(tmp_path):
     assert read_index(tmp_path / "flat").ids == ["gone.png", "ok.png"]
 
 
+def test_hidden_files_and_folders_in_class_folders_are_left_out(tmp_path):
+    """As in a flat folder: a Mac's `._x.jpg` beside each image and a `.thumbnails/` folder were rows (failed ones,
+    or thumbnails trained on as images of the class)."""
+    (tmp_path / "cat" / ".thumbnails").mkdir(parents=True)
+    (tmp_path / "cat" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "cat" / "._x.jpg").write_bytes(b"AppleDouble")
+    (tmp_path / "cat" / ".thumbnails" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "._only.jpg").write_bytes(b"AppleDouble")
+    assert read_index(tmp_path).ids == ["cat/x.jpg"]
+
+
 def test_missing_index_file(tmp_path):
     with pytest.raises(IndexValidationError, match="does not exist"):
         read_index(tmp_path / "nope.csv")
