@@ -133,6 +133,8 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"{name:<{width}}  {row['precision']:>9.3f}  {row['recall']:>6.3f}  {row['support']:>7d}")
     unknown = metrics.get("unknown_labels")
     if unknown:
-        lines.append(f"not a class of this head, so always wrong: {sum(unknown.values())} rows labelled "
-                     + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + " (it was trained without them)")
+        n = sum(unknown.values())
+        lines.append(f"not a class of this head, so always wrong: {n} {'row' if n == 1 else 'rows'} labelled "
+                     + ", ".join(f"{k} ({v})" for k, v in unknown.items())
+                     + f" (it was trained without {'it' if n == 1 else 'them'})")
     return "\n".join(lines)

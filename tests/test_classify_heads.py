@@ -135,6 +135,8 @@ def test_a_true_label_the_head_never_learned_is_scored_as_misses_and_named():
     assert metrics["top_5_accuracy"] <= 140 / 160  # the head's 7 classes: an "h" row is a miss
     assert "always wrong: 20 rows labelled h (20)" in format_metrics(metrics)
     assert "unknown_labels" not in evaluate(head, X[seen], y[seen])
+    one = np.r_[seen.nonzero()[0], 140]  # a single row of the unknown class: '1 row', not '1 rows'
+    assert "always wrong: 1 row labelled h (1) (it was trained without it)" in format_metrics(evaluate(head, X[one], y[one]))
 
 
 def test_plots_write_pngs(tmp_path, data):
