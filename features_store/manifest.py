@@ -75,6 +75,10 @@ def check_store_path(store: str | os.PathLike) -> str:
                 f"{store} is a file that `featurehead export` wrote (plain HDF5 for other tools: h5py, pandas); "
                 "featurehead's commands read the store directory it was exported from."
             )
+        if kind == "view":
+            folder = os.path.dirname(store) or "."
+            raise StoreNotFoundError(f"{store} is the view file of the store {folder}; featurehead's commands take the "
+                                     f"store directory: {folder}")
         if kind != "v1":
             raise StoreNotFoundError(f"{store} is a file, not a feature store (a store is a directory).")
         raise StoreVersionError(
@@ -88,7 +92,8 @@ def check_store_path(store: str | os.PathLike) -> str:
 
 
 def _single_file_kind(path: str) -> str:
-    """"v1" (a single-file store of featurehead v1), "exported" (`export`'s file) or "" (any other file)."""
+    """"v1" (a single-file store of featurehead v1), "exported" (`export`'s file), "view" (a v2 store's view file,
+    given in place of its directory) or "" (any other file)."""
     import h5py
 
     try:
@@ -96,7 +101,11 @@ def _single_file_kind(path: str) -> str:
             if "schema_version" not in f.attrs:
                 return ""
             layout = f.attrs.get("features_layout", "")
-            return "exported" if (layout.decode() if isinstance(layout, bytes) else layout) == "exported" else "v1"
+            if (layout.decode() if isinstance(layout, bytes) else layout) == "exported":
+                return "exported"
+            in_a_store = os.path.basename(path) == schema.VIEW_FILE and os.path.isfile(
+                manifest_path(os.path.dirname(path) or "."))
+            return "view" if in_a_store and int(f.attrs["schema_version"]) >= schema.SCHEMA_VERSION else "v1"
     except OSError:
         return ""
 

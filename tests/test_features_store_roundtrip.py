@@ -280,6 +280,16 @@ def test_a_v1_single_file_store_is_refused_with_one_line(tmp_path):
     assert old.is_file() and old.stat().st_size == size  # left untouched
 
 
+def test_a_stores_view_file_given_for_the_store_names_the_store(store):
+    """`train STORE/features.h5` was called a v1 single-file store, with advice to re-extract into STORE/features."""
+    view = store / "features.h5"
+    for call in (fs.read_info, fs.load, lambda p: fs.StoreSession.open(p, fingerprint=FP, extractor={}).__enter__()):
+        with pytest.raises(fs.StoreNotFoundError) as err:
+            call(view)
+        assert str(err.value) == (f"{view} is the view file of the store {store}; featurehead's commands take the "
+                                  f"store directory: {store}")
+
+
 def test_export_writes_one_self_contained_file(store, tmp_path, args):
     out = tmp_path / "exported.h5"
     assert fs.export(store, out) == N
