@@ -317,6 +317,12 @@ def test_missing_pieces(tmp_path, head):
     with pytest.raises(BundleNotFoundError, match="the directory does not exist"):
         load_bundle(tmp_path / "nope")
     path = _save(head, tmp_path / "bundle")
+    (tmp_path / "model.keras").write_bytes(b"a file")  # both were "the directory does not exist"
+    with pytest.raises(BundleNotFoundError, match=r"model\.keras: it is a file; a head bundle is a folder \(what "):
+        load_bundle(tmp_path / "model.keras")
+    with pytest.raises(BundleNotFoundError, match=r"manifest\.json: it is a file of the bundle .*bundle; give that "
+                                                  "folder"):
+        load_bundle(path / "manifest.json")
     _file(path).unlink()
     with pytest.raises(BundleNotFoundError, match=r"head-[0-9a-f]{12}\.skops is missing"):
         load_bundle(path)

@@ -127,6 +127,12 @@ def sha256_of(data) -> str:
 
 
 def read_manifest(path: Path) -> dict:
+    if path.is_file() and (path.parent / MANIFEST).is_file():
+        raise BundleNotFoundError(f"no head bundle at {path}: it is a file of the bundle {path.parent}; give that "
+                                  "folder")
+    if path.is_file():
+        raise BundleNotFoundError(f"no head bundle at {path}: it is a file; a head bundle is a folder (what "
+                                  "`featurehead train --out` writes)")
     if not path.is_dir():
         raise BundleNotFoundError(f"no head bundle at {path}: the directory does not exist")
     if not (path / MANIFEST).is_file():
