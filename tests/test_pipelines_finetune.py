@@ -154,6 +154,13 @@ def test_cli_finetune_then_predict(shared_store, shared_index, tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "is a fine-tuned whole model" in err and "featurehead predict" in err
         assert not (tmp_path / "ev").exists() and not (tmp_path / "rep").exists()
+    # it keeps no store and holds its weights: --store was ignored without a word
+    for flag, value in (("--store", tmp_path / "s2"), ("--weights", shared_index)):
+        argv = ["-q", "predict", tmp_path / "ft", shared_index, "--out", tmp_path / "p2.csv", flag, value]
+        assert main(list(map(str, argv))) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is a fine-tuned whole model, which " in err and f"leave out {flag}" in err
+        assert not (tmp_path / "p2.csv").exists() and not (tmp_path / "s2").exists()
 
 
 def test_cli_finetune_refuses_a_logreg_head(shared_store, tmp_path, capsys):

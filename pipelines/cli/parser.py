@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
                    "folder)")
     p.add_argument("--store", default=None, help="feature store to reuse or write (default: next to the index); its view becomes this index, so a "
-                   "store that lists labelled images of another index, such as the training store, is refused")
+                   "store that lists labelled images of another index, such as the training store, is refused (a fine-tuned bundle keeps no store)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="where the weights file of the head's extractor is now (the head records its path; moved, "

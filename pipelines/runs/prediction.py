@@ -243,6 +243,9 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
     classes = list(bundle.manifest["classes"])
     if bundle.kind == "full" and weights is not None:
         raise ValueError(f"{bundle_path} is a fine-tuned whole model, which holds its weights: leave out --weights")
+    if bundle.kind == "full" and store is not None:  # it was ignored without a word
+        raise ValueError(f"{bundle_path} is a fine-tuned whole model, which predicts from the images and keeps no "
+                         "features: leave out --store")
     if bundle.kind == "full":  # a fine-tuned model: images in, probabilities out; no store
         ids, ok, errors, proba = _predict_images(bundle, index, progress)
     else:
