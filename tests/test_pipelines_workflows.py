@@ -203,4 +203,17 @@ def test_an_unreadable_image_is_named_once_not_every_epoch(csv_index, tmp_path, 
         run_pretrain_cae(read_index(csv_index), tmp_path / "cae.keras",
                          CAEConfig(input_size=16, filters=(4, 2), epochs=3, batch_size=3), workers=1)
     warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
-    assert warned == [f"skipping 1 unreadable images: {csv_index.parent / 'broken.png'}: not an image file"]
+    assert warned == [f"skipping 1 unreadable image: {csv_index.parent / 'broken.png'}: not an image file"]
+
+
+def test_cli_pretrain_cae_on_images_it_cannot_read_is_one_line(csv_index, tmp_path, capsys):
+    """A wrong --images-root: every image of the first batch fails. The error was preceded by a warning line that
+    listed every one of them."""
+    from pipelines.cli import main
+
+    code = main(["-q", "pretrain-cae", str(csv_index), "--images-root", str(tmp_path), "--out",
+                 str(tmp_path / "cae.keras"), "--input-size", "16", "--epochs", "1", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "none of the images of batch 0 could be read" in err and "file not found" in err
+    assert not (tmp_path / "cae.keras").exists()

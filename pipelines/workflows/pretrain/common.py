@@ -75,14 +75,15 @@ def image_batches(paths, size: int, targets=None, *, batch_size: int = 32, shuff
         def __getitem__(self, i):
             rows = self.order[i * batch_size : (i + 1) * batch_size]
             images, ok, errors = read_batch([paths[r] for r in rows], size, self.decoders)
+            if not ok.any():  # before the warning: the run stops with this one line
+                raise ImageReadError(f"none of the images of batch {i} could be read (the first: "
+                                     f"{paths[rows[0]]}: {errors[0]})")
             if not ok.all():
                 new = [(paths[r], e) for r, e, good in zip(rows, errors, ok) if not good and paths[r] not in self.bad]
                 self.bad.update(p for p, _ in new)
                 if new:  # once per file, named (it was every epoch, by reason alone)
-                    logger.warning("skipping %d unreadable images: %s", len(new), "; ".join(f"{p}: {e}" for p, e in new))
-                if not ok.any():
-                    raise ImageReadError(f"every image of batch {i} failed to decode (the first: "
-                                         f"{paths[rows[0]]}: {errors[0]})")
+                    logger.warning("skipping %d unreadable %s: %s", len(new), "image" if len(new) == 1 else "images",
+                                   "; ".join(f"{p}: {e}" for p, e in new))
             x = images[ok].astype(np.float32)
             y = reconstruction_target(images[ok], channels) if targets is None else targets[rows][ok]
             return x, y
