@@ -207,7 +207,9 @@ def test_cli_extract_bad_augmentation_is_one_line(split_index, tmp_path, capsys)
 
 
 def test_augmentation_options_without_augment_are_refused_not_ignored(split_index, tmp_path, capsys):
-    for extra in (["--rotation", "0.3"], ["--flip", "--augment-seed", "2"]):
+    """Given at its default value too (`--rotation 0.1`, `--augment-seed 0`: it passed without a word)."""
+    for extra in (["--rotation", "0.3"], ["--flip", "--augment-seed", "2"], ["--rotation", "0.1"],
+                  ["--flip", "--augment-seed", "0"]):
         code = main(["-q", "extract", str(split_index), "--weights", "none", "--input-size", "32", *extra,
                      "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err

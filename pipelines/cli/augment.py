@@ -8,34 +8,47 @@ from .options import non_negative_int, positive_float, positive_int, progress
 
 
 def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None:
-    """The augmentation options (Keras preprocessing-layer factors); with `views`, also extract's --augment K."""
+    """The augmentation options (Keras preprocessing-layer factors); with `views`, also extract's --augment K.
+
+    Their argparse defaults are None (`_AUGMENT_DEFAULTS` fills them in), so that an option given at its default
+    value without augmentation on is seen as given, and refused as the others are (it passed without a word)."""
     g = p.add_argument_group("augmentation")
     if views:
         g.add_argument("--augment", type=non_negative_int, default=0, metavar="K",
                        help="also store K augmented views of each 'train' row (default: 0, none)")
-        g.add_argument("--augment-seed", type=non_negative_int, default=0,
+        g.add_argument("--augment-seed", type=non_negative_int, default=None,
                        help="seed of the views, with each image's content (so they follow the image; default: 0)")
-        g.add_argument("--validation-fraction", type=float, default=0.2,
+        g.add_argument("--validation-fraction", type=float, default=None,
                        help="with --augment and an index without a split column: about this share of each class "
                        "is 'val', drawn per image from its content, so a reorder moves no image (default: 0.2)")
-    g.add_argument("--rotation", type=float, default=_AUGMENT_DEFAULTS["rotation"], help="RandomRotation factor, fraction of a turn (0.1)")
-    g.add_argument("--zoom", type=float, default=_AUGMENT_DEFAULTS["zoom"], help="RandomZoom factor (0.1)")
-    g.add_argument("--contrast", type=float, default=_AUGMENT_DEFAULTS["contrast"], help="RandomContrast factor (0: off)")
+    g.add_argument("--rotation", type=float, default=None, help="RandomRotation factor, fraction of a turn (default: 0.1)")
+    g.add_argument("--zoom", type=float, default=None, help="RandomZoom factor (default: 0.1)")
+    g.add_argument("--contrast", type=float, default=None, help="RandomContrast factor (default: 0, off)")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
-    g.add_argument("--translate", type=float, default=_AUGMENT_DEFAULTS["translate"], help="RandomTranslation factor (0: off)")
-    g.add_argument("--fill-mode", default=_AUGMENT_DEFAULTS["fill_mode"], choices=["reflect", "wrap", "constant", "nearest"],
+    g.add_argument("--translate", type=float, default=None, help="RandomTranslation factor (default: 0, off)")
+    g.add_argument("--fill-mode", default=None, choices=["reflect", "wrap", "constant", "nearest"],
                    help="fill outside the image (default: reflect)")
 
 
 _AUGMENT_DEFAULTS = {"rotation": 0.1, "zoom": 0.1, "contrast": 0.0, "flip": False, "translate": 0.0,
                      "fill_mode": "reflect"}
+_VIEW_DEFAULTS = {"augment_seed": 0, "validation_fraction": 0.2}
+
+
+def _given(args) -> list[str]:
+    """The augmentation options given on the command line (whatever their value)."""
+    names = [*_AUGMENT_DEFAULTS, *(_VIEW_DEFAULTS if hasattr(args, "augment_seed") else ())]
+    return [name for name in names if getattr(args, name) is not None and getattr(args, name) is not False]
+
+
+def _value(args, name: str):
+    value = getattr(args, name)
+    return {**_AUGMENT_DEFAULTS, **_VIEW_DEFAULTS}[name] if value is None else value
 
 
 def check_augment_given(args, flag: str = "--augment K") -> None:
     """Augmentation options set without the flag that turns augmentation on would be ignored: say so instead."""
-    defaults = {**_AUGMENT_DEFAULTS, **({"augment_seed": 0, "validation_fraction": 0.2} if hasattr(args, "augment_seed")
-                                        else {})}
-    changed = [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
+    changed = [f"--{name.replace('_', '-')}" for name in _given(args)]
     if changed:
         one = len(changed) == 1
         raise ValueError(f"{', '.join(changed)} {'takes' if one else 'take'} effect only with {flag}; add it, or leave "
@@ -45,8 +58,7 @@ def check_augment_given(args, flag: str = "--augment K") -> None:
 def augmentation_from_args(args):
     from extract.augment import Augmentation
 
-    return Augmentation(rotation=args.rotation, zoom=args.zoom, contrast=args.contrast, flip=args.flip,
-                        translate=args.translate, fill_mode=args.fill_mode)
+    return Augmentation(**{name: _value(args, name) for name in _AUGMENT_DEFAULTS})
 
 
 def views_from_args(args):
@@ -56,8 +68,8 @@ def views_from_args(args):
         return None
     from ..runs.views import AugmentedViews
 
-    return AugmentedViews(args.augment, augmentation_from_args(args), seed=args.augment_seed,
-                          validation_fraction=args.validation_fraction)
+    return AugmentedViews(args.augment, augmentation_from_args(args), seed=_value(args, "augment_seed"),
+                          validation_fraction=_value(args, "validation_fraction"))
 
 
 def _unfreeze(value: str):
