@@ -24,6 +24,7 @@ def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
     # a second model in the same folder has plots of its own (its reconstructions replaced the first one's)
     code = main(["-q", "pretrain-cae", str(csv_index), "--out", str(out.with_name("b.keras")), "--input-size", "16",
                  "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--workers", "1"])
+    assert capsys.readouterr().out.startswith("trained a CAE on 8 images for 1 epoch; final loss ")
     assert code == 0 and sorted(p.name for p in out.parent.iterdir()) == [
         "b.keras", "b_loss.png", "b_reconstructions.png", "cae.keras", "cae_loss.png", "cae_reconstructions.png"]
 

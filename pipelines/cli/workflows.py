@@ -73,7 +73,8 @@ def cmd_pretrain_cae(args) -> int:
                        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.learning_rate, seed=args.seed)
     result = run_pretrain_cae(index, args.out, config, progress=progress(args, "pretrain-cae"), workers=args.workers)
-    print(f"trained a CAE on {result.n_train} images for {config.epochs} epochs; final loss {result.history['loss'][-1]:.4f}")
+    epochs = "1 epoch" if config.epochs == 1 else f"{config.epochs} epochs"
+    print(f"trained a CAE on {result.n_train} images for {epochs}; final loss {result.history['loss'][-1]:.4f}")
     print(f"loss curve: {result.loss_plot}")
     print(f"reconstructions: {result.reconstructions}")
     print(f"use it: featurehead extract INDEX --model cae --weights {result.model}")
