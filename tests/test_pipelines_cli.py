@@ -93,11 +93,14 @@ def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, t
      "split value is in no split: `train` and `evaluate --split` leave it out"),
     ("filename,label,split\na/0.png,a,train\nb/0.png,b,\na/2.png,a,\n", "note: 2 rows with a label but no split "
      "value are in no split: `train` and `evaluate --split` leave them out"),
+    ("filename,label\na/0.png,a\nb/0.png,nan\na/2.png,NaN\n", "note: 2 rows are labelled 'NaN' or 'nan', a class of "
+     "its own for `train`; if that marks a missing label, leave the cell empty (unlabelled)"),
     ("filename,label\na/0.png,a\nb/0.png,b\n", None),
 ])
 def test_extract_says_what_train_will_not_use(image_folder, tmp_path, capsys, text, note):
     """A label column under another name, or a labelled row whose split was left blank, was taken silently:
-    `train` later found 0 labelled rows, or left the row out of every split."""
+    `train` later found 0 labelled rows, or left the row out of every split; a label "nan" (pandas' text for a
+    missing value) became a class without a word."""
     csv = tmp_path / "i.csv"
     csv.write_text(text)
     code, lines, _ = run(capsys, "extract", csv, "--images-root", image_folder, *FAST, "--out", tmp_path / "s")

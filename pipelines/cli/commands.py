@@ -104,6 +104,9 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
+_MISSING_WORDS = {"nan", "<na>"}  # what pandas writes for a missing value as text (not "NA" or "none": real classes)
+
+
 def _index_notes(index) -> list[str]:
     """What `train` will make of the index, said when extracting it: folders of images beside split folders (not
     in the index); no labels at all (a CSV whose label column has another name), or labelled rows that no split
@@ -119,6 +122,11 @@ def _index_notes(index) -> list[str]:
         seen = f" (its other columns: {', '.join(others)})" if others else ""
         return [*notes, f"note: the index has no labels{seen}: `featurehead train` needs a `label` column, or class "
                 "folders"]
+    missing = sorted({label for label in labels if label.lower() in _MISSING_WORDS})
+    if missing:  # a label column written by pandas after astype(str): its empty cells became the word "nan"
+        n = sum(1 for label in labels if label in missing)
+        notes.append(f"note: {_rows(n)} {'is' if n == 1 else 'are'} labelled {' or '.join(map(repr, missing))}, a "
+                     "class of its own for `train`; if that marks a missing label, leave the cell empty (unlabelled)")
     loose = sum(1 for label, s in zip(labels, split) if label and not s)
     if loose and any(split):
         one = loose == 1
