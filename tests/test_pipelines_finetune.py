@@ -270,3 +270,33 @@ def test_same_random_state_same_finetuned_model_and_no_global_state_changed(shar
     a, b = (load_any_bundle(r.bundle).estimator.get_weights() for r in (first, second))
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_finetune_refuses_to_guess_the_heads_validation_rows_from_another_index(image_folder, csv_index, tmp_path):
+    """Without its store, finetune reads the rows from the index: a hold-out drawn again over an index other than
+    the one trained on (another split, other labels) would validate on images the head was fitted on."""
+    from extract.augment import Augmentation
+    from pipelines.runs.views import AugmentedViews
+    from pipelines.workflows.finetune import finetune_rows
+
+    index = read_index(csv_index)  # no split column: extract --augment draws the store's val by content
+    store = run_extract(index, small_vgg(), tmp_path / "aug", views=AugmentedViews(1, Augmentation(flip=True))).store
+    head = run_train(store, tmp_path / "head", head="mlp", params={"hidden_layer_sizes": (8,), "epochs": 1})
+    assert head.validation_source == "val"
+    bundle = classify.load_bundle(head.bundle)
+    meta = features_store.read_meta(store)
+    fitted_on = set(meta.ids[meta.split == "train"])
+    train, val, _, _ = finetune_rows(bundle, index, store)  # from the store: the head's own rows
+    assert not {index.ids[i] for i in val} & fitted_on
+    with pytest.raises(ValueError, match=r"validation rows .* unknown"):
+        finetune_rows(bundle, index, None)  # the index alone has no such split
+    relabelled = csv_index.parent / "relabelled.csv"
+    lines = csv_index.read_text().splitlines()
+    relabelled.write_text("\n".join(lines[:5] + [line[:-1] + "a" for line in lines[5:7]] + lines[7:]) + "\n")
+    plain = run_train(run_extract(index, small_vgg(), tmp_path / "plain").store, tmp_path / "plain-head", head="mlp",
+                      params={"hidden_layer_sizes": (8,), "epochs": 1}, validation_fraction=0.5)
+    plain_bundle = classify.load_bundle(plain.bundle)
+    assert plain.validation_source == "train-holdout"
+    finetune_rows(plain_bundle, index, None)  # the very index it was trained on: the same hold-out, drawn again
+    with pytest.raises(ValueError, match=r"validation rows .* unknown"):
+        finetune_rows(plain_bundle, read_index(relabelled), None)

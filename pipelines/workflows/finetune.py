@@ -204,7 +204,18 @@ def finetune_rows(bundle, index, store):
     meta = SimpleNamespace(ok=np.ones(n, bool), codes=classify.encode_labels(index.labels, classes, unknown="code"),
                            split=np.asarray(index.split, dtype=str), view=np.zeros(n, np.int16), source=np.arange(n))
     train, val = trained_rows(bundle.manifest, meta, head="mlp")
-    return train, val, classes, validation_source(meta, val)
+    source = validation_source(meta, val)
+    recorded = (bundle.manifest.get("validation") or {}).get("source")
+    trained_index = bundle.manifest.get("trained_index_sha256")
+    # a hold-out drawn again is the head's own only over the very index it was trained on; over another one (other
+    # labels or rows, or a store whose 'val' extract --augment drew) it would validate on images the head was fitted on
+    if (recorded == "val" and source != "val") or (
+            source == "train-holdout" and trained_index and trained_index != index.sha256()):
+        raise ValueError(f"{index.source} is not the index the head was trained on and names no 'val' rows, so the "
+                         "head's validation rows are unknown (a hold-out drawn from it again would hold out images the "
+                         "head was fitted on): give the index the head was trained on, or one with a split column "
+                         "whose 'val' rows the head never trained on")
+    return train, val, classes, source
 
 
 def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=None, images_root=None,
