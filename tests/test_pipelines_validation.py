@@ -227,3 +227,17 @@ def test_sgd_reads_the_store_metadata_once_whatever_the_number_of_slabs(tmp_path
         assert result.validation_source == "train-holdout" and result.n_train == 320
     assert counts[80]["slabs"] >= 4 * 4 and counts[8]["slabs"] >= 40 * 4  # the scaler's pass and 3 epochs
     assert counts[80]["metadata"] == counts[8]["metadata"] == 1
+
+
+def test_evaluate_on_another_store_of_the_training_images_says_the_head_was_fitted_on_them(tmp_path, capsys):
+    """Another store of the same images (another index: no split column) is not the training store, so every row
+    counts; the rows whose image the head was fitted on are counted and named, never passed off as held out."""
+    store = make_store(tmp_path / "s", TRAIN_TEST, index_sha256="train-test")
+    other = make_store(tmp_path / "other", [""] * 20, index_sha256="no-split")  # the same 20 images (keys)
+    bundle = run_train(store, tmp_path / "head", head="logreg").bundle
+    assert run_evaluate(bundle, store, tmp_path / "test", split="test").get("fitted_on") is None
+    assert run_evaluate(bundle, store, tmp_path / "train", split="train")["fitted_on"] == 16
+    assert main(["evaluate", str(bundle), str(other), "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "NOTE: the head was fitted on 16 of these 20 images" in out
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["fitted_on"] == 16

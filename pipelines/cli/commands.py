@@ -224,6 +224,9 @@ def cmd_evaluate(args) -> int:
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
     print(format_metrics(metrics))
+    if metrics.get("fitted_on"):
+        print(f"NOTE: the head was fitted on {metrics['fitted_on']} of these {metrics['n_samples']} images (the same "
+              "content in its training store): these numbers are not held-out results")
     note = not_pretrained_note(args.head)
     if note:
         print(f"NOTE: {note}")

@@ -80,9 +80,11 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
         if not len(rows):
             raise ValueError(_none_held_out(bundle_path, store, meta))
         X, y, evaluated = features_store.read_features(store, rows), meta.labels[rows], "held-out validation rows"
+        seen = None  # its own held-out rows: never fitted on
     else:
         X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
         evaluated = f"split {split!r}" if split else "all rows"
+        seen = _fitted_images(bundle.manifest, store, split, info)
     keep = y != ""
     if not keep.any():
         meta = features_store.read_meta(store)
@@ -101,7 +103,33 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
                          f"{', ...' if len(classes) > 5 else ''}); evaluate it on a store of the images of its classes")
     metrics = classify.evaluate(bundle, X[keep], y[keep])  # by the manifest's class names, as `predict` names them
     metrics["evaluated_on"] = evaluated
+    if split is not None or not on_training_store(bundle.manifest, store, info):
+        fitted = int(np.count_nonzero(seen[keep])) if seen is not None else 0
+        if fitted:  # another store of the same images: its rows are not unseen (the score counts them)
+            metrics["fitted_on"] = fitted
     return metrics
+
+
+def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
+    """Per row that `features_store.load(store, split=split, views=False)` returns: whether the head was fitted on
+    that image (by content key), read from its training store; None when that store is gone or of another index."""
+    trained_on = manifest.get("trained_on")
+    if not trained_on or not features_store.is_store(trained_on):
+        return None
+    try:
+        trained = open_view(trained_on)
+        visible = trained.visible(fingerprint=info.fingerprint, allow_incomplete=False)
+        if trained.info().index_sha256 != manifest.get("trained_index_sha256"):
+            return None  # its view changed since: the rows fitted on are unknown
+        rows, _ = trained_rows(manifest, trained.meta(visible))
+        fitted = set(trained.cols["keys"][visible][rows].tolist())
+        view = open_view(store)
+        visible = view.visible(fingerprint=info.fingerprint, allow_incomplete=False)
+        meta = view.meta(visible)
+        keep = meta.ok & (meta.view == 0) & (np.isin(meta.split, [split]) if split is not None else True)
+        return np.isin(view.cols["keys"][visible][keep], list(fitted))
+    except (features_store.FeatureStoreError, OSError, ValueError):
+        return None
 
 
 def _has_split_column(meta) -> bool:
