@@ -88,3 +88,16 @@ def test_cli_advise_threshold_and_errors(capsys):
         assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", model]) == 2
         assert "`--model` must be a keras.applications backbone" in capsys.readouterr().err
     assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", "resnet50"]) == 0
+
+
+def test_cli_advise_evaluates_on_the_test_split_when_the_index_has_one(csv_index, capsys):
+    """The small/high strategy's `evaluate` had no `--split test`: it scored the head's validation rows, or was
+    refused when the index had train and test but no val (logreg then validates on nothing)."""
+    assert main(["advise", "--index", str(csv_index), "--similarity", "high"]) == 0
+    assert "featurehead evaluate head/ feats/ --out report/" in capsys.readouterr().out  # no split: its hold-out
+    with_test = csv_index.with_name("split.csv")
+    lines = csv_index.read_text().splitlines()
+    with_test.write_text("\n".join([lines[0] + ",split"] + [f"{line},{'test' if i % 4 == 3 else 'train'}"
+                                                             for i, line in enumerate(lines[1:])]) + "\n")
+    assert main(["advise", "--index", str(with_test), "--similarity", "high"]) == 0
+    assert "featurehead evaluate head/ feats/ --split test --out report/" in capsys.readouterr().out

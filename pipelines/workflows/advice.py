@@ -76,8 +76,10 @@ def choose_strategy(n_per_class: int, similarity: str, *, small_threshold: int =
     return ("small" if n_per_class < small_threshold else "large"), similarity
 
 
-def strategy_commands(key: tuple[str, str], *, index: str = "INDEX", model: str = "vgg16") -> tuple[str, ...]:
-    """The featurehead commands that carry out the strategy of `key`, for `index` and `model`."""
+def strategy_commands(key: tuple[str, str], *, index: str = "INDEX", model: str = "vgg16",
+                      has_test: bool = False) -> tuple[str, ...]:
+    """The featurehead commands that carry out the strategy of `key`, for `index` and `model`; `has_test`: the index
+    names 'test' rows, which `evaluate` then scores (without it, the head's own held-out rows)."""
     vgg = model in ("vgg16", "vgg19")
     top_block = "--unfreeze-from block5_conv1" if vgg else "--unfreeze 2"
     late_blocks = "--unfreeze-from block4_conv1" if vgg else "--unfreeze 4"
@@ -85,7 +87,7 @@ def strategy_commands(key: tuple[str, str], *, index: str = "INDEX", model: str 
     mlp = "featurehead train feats/ --head mlp --out head-mlp/"
     if key == ("small", "high"):
         return (extract, "featurehead train feats/ --head logreg --out head/",
-                "featurehead evaluate head/ feats/ --out report/")
+                f"featurehead evaluate head/ feats/{' --split test' if has_test else ''} --out report/")
     if key == ("small", "low"):
         return (f"featurehead augment-preview {index} --rotation 0.1 --zoom 0.1 --out augment.png",
                 f"featurehead extract {index} --model {model} --augment 4 --rotation 0.1 --zoom 0.1 --out feats/",
@@ -97,11 +99,12 @@ def strategy_commands(key: tuple[str, str], *, index: str = "INDEX", model: str 
 
 
 def advise(n_per_class: int, similarity: str, *, index: str = "INDEX", model: str = "vgg16",
-           small_threshold: int = SMALL_PER_CLASS) -> Advice:
-    """The strategy, its reason and its commands for a scenario."""
+           small_threshold: int = SMALL_PER_CLASS, has_test: bool = False) -> Advice:
+    """The strategy, its reason and its commands for a scenario (`has_test`: the index names 'test' rows)."""
     key = choose_strategy(n_per_class, similarity, small_threshold=small_threshold)
     strategy, reason = STRATEGIES[key]
-    return Advice(key[0], key[1], int(n_per_class), strategy, reason, strategy_commands(key, index=index, model=model))
+    return Advice(key[0], key[1], int(n_per_class), strategy, reason,
+                  strategy_commands(key, index=index, model=model, has_test=has_test))
 
 
 def images_per_class(labels, split) -> int:
@@ -134,10 +137,13 @@ def run_advise(*, n_images: int | None = None, similarity: str, index=None, imag
 
         frame = read_index(index, images_root)
         n_images = images_per_class(frame.labels, frame.split)
+        has_test = "test" in frame.split
+    else:
+        has_test = False
     # what the commands take as their index: with its --images-root, quoted for the shell
     source = "INDEX" if index is None else shlex.join(
         [str(index), *(["--images-root", str(images_root)] if images_root is not None else [])])
-    return advise(n_images, similarity, index=source, model=model, small_threshold=small_threshold)
+    return advise(n_images, similarity, index=source, model=model, small_threshold=small_threshold, has_test=has_test)
 
 
 def format_advice(advice: Advice, small_threshold: int = SMALL_PER_CLASS) -> str:
