@@ -129,6 +129,12 @@ class SavedModelExtractor(Extractor):
                 f"a model that --model {self.name} takes (for any saved model: --model keras --layer NAME)"
             )
         base = cut_at_layer(loaded, layer)
+        if len(base.outputs) != 1:  # its output would be a list: which one is the features is the user's choice
+            names = [t._keras_history.operation.name for t in base.outputs]
+            raise ExtractorConfigError(
+                f"`layer` must name one layer for the model in {self._config['weights']}, which has "
+                f"{len(names)} outputs ({', '.join(map(repr, names))}). Received: layer={layer!r}"
+            )
         inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
         x = base(keras.ops.cast(inputs, "float32"))
         x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)

@@ -142,3 +142,28 @@ def test_a_fully_convolutional_model_needs_input_size(tmp_path, batch):
     with pytest.raises(ExtractorConfigError, match=r"`input_size` must be given: .* has no fixed input size\. Received: input_size=None"):
         get_extractor("keras", weights=str(path)).model  # noqa: B018
     assert get_extractor("keras", weights=str(path), input_size=16, pooling="max")(batch).shape == (3, 2)
+
+
+def test_a_model_of_several_outputs_needs_a_layer(tmp_path, image_folder, capsys):
+    """Without --layer, a saved model of two outputs was an internal error (exit 3: "'SavedModelExtractor' object
+    has no attribute 'output_dim'"); it is one line naming its outputs, and --layer picks one."""
+    import keras
+
+    from pipelines.cli import main
+
+    inputs = keras.Input((16, 16, 3))
+    first = keras.layers.Conv2D(4, 3, name="first")(inputs)
+    second = keras.layers.Conv2D(2, 3, name="second")(first)
+    path = tmp_path / "two.keras"
+    keras.Model(inputs, [first, second]).save(path)
+    with pytest.raises(ExtractorConfigError, match=r"`layer` must name one layer for the model in .*two\.keras, which "
+                                                   r"has 2 outputs \('first', 'second'\)\. Received: layer=None"):
+        get_extractor("keras", weights=str(path)).model  # noqa: B018
+    assert main(["-q", "extract", str(image_folder), "--model", "keras", "--weights", str(path),
+                 "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 outputs ('first', 'second')" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    batch = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    out = get_extractor("keras", weights=str(path), layer="second", pooling="avg", batch_size=2)(batch)
+    expected = keras.ops.convert_to_numpy(keras.Model(inputs, second)(batch.astype("float32"))).mean(axis=(1, 2))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
