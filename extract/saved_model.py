@@ -46,6 +46,18 @@ def model_input_size(model) -> int | None:
     return shape[0]
 
 
+def _keras_reason(err: Exception) -> str:
+    """The sentence of a Keras error that says what is wrong: the bold part of "Exception encountered when calling
+    ..." (its ANSI codes and the arguments dump left out), else its first line."""
+    import re
+
+    text = str(err)
+    bold = re.search(r"\x1b\[1m(.*?)\x1b\[0m", text, re.S)
+    reason = bold.group(1) if bold else next((line for line in text.splitlines() if line.strip()), type(err).__name__)
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(reason.split()))
+    return reason.replace("Received: ", "")[:200].rstrip(".")
+
+
 @register_extractor("keras")
 class SavedModelExtractor(Extractor):
     """A saved Keras model (`weights` = the `.keras` file) cut at the layer named `layer`, frozen.
@@ -136,7 +148,15 @@ class SavedModelExtractor(Extractor):
                 f"{len(names)} outputs ({', '.join(map(repr, names))}). Received: layer={layer!r}"
             )
         inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
-        x = base(keras.ops.cast(inputs, "float32"))
+        try:
+            x = base(keras.ops.cast(inputs, "float32"))
+        except ValueError as err:  # a model without a fixed size, at a size it cannot take (a pooling to nothing)
+            if self._config["input_size"] is None:
+                raise
+            raise ExtractorConfigError(
+                f"`input_size` must be a size the model in {self._config['weights']} can run at ({_keras_reason(err)}). "
+                f"Received: input_size={size}"
+            ) from err
         x = pooling_layer(self._config["pooling"], len(base.output.shape))(x)
         x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
         return keras.Model(inputs, x, name=f"{self.name}_extractor")

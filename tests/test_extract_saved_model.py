@@ -167,3 +167,27 @@ def test_a_model_of_several_outputs_needs_a_layer(tmp_path, image_folder, capsys
     out = get_extractor("keras", weights=str(path), layer="second", pooling="avg", batch_size=2)(batch)
     expected = keras.ops.convert_to_numpy(keras.Model(inputs, second)(batch.astype("float32"))).mean(axis=(1, 2))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_input_size_a_model_cannot_run_at_is_one_plain_line(tmp_path, image_folder, capsys):
+    """A model without a fixed size, at an --input-size its poolings shrink to nothing: Keras's error came through
+    whole, with its terminal colour codes, its arguments dump and, after "Received:", its "dtype=float32" rewritten
+    as "--dtype float32", an option that has nothing to do with it."""
+    import keras
+
+    from pipelines.cli import main
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.MaxPooling2D(2, name="pool1")(keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs))
+    path = tmp_path / "fcn.keras"
+    keras.Model(inputs, keras.layers.MaxPooling2D(2, name="pool2")(x)).save(path)
+    with pytest.raises(ExtractorConfigError, match=r"`input_size` must be a size the model in .*fcn\.keras can run at "
+                                                   r"\(.*\)\. Received: input_size=2$"):
+        get_extractor("keras", weights=str(path), input_size=2).model  # noqa: B018
+    assert main(["-q", "extract", str(image_folder), "--model", "keras", "--weights", str(path), "--input-size", "2",
+                 "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("Received: --input-size 2") and len(err.strip().splitlines()) == 1
+    assert "\x1b" not in err and "--dtype" not in err and "Traceback" not in err
+    assert get_extractor("keras", weights=str(path), input_size=4, batch_size=2)(
+        np.zeros((2, 4, 4, 3), np.uint8)).shape == (2, 2)
