@@ -146,7 +146,11 @@ class Extractor:
             self.validate()
             built_from = self.weights_sha256()
             with dtype_policy(self._config.get("precision", "float32")):  # never the caller's own policy
-                self._model = self._build()
+                try:
+                    self._model = self._build()
+                except AttributeError as err:  # else Python reports it as this property missing ("no attribute
+                    # 'model'"), and the error's own words and traceback are lost
+                    raise RuntimeError(f"building the {self.name} extractor failed: {err}") from err
             self._built_from = built_from
             self._model.trainable = False
             logger.info("built %s: %d features", self.name, self.output_dim)

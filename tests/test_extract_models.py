@@ -386,3 +386,18 @@ def test_float16_features_all_zero_are_said_once_on_a_line_of_their_own(tmp_path
     err = capsys.readouterr().err
     lines = [line.split("\r")[-1] for line in err.split("\n") if "every feature" in line]
     assert len(lines) == 1 and lines[0].startswith("vgg16: every feature of 2 images"), err
+
+
+def test_an_attribute_error_while_building_keeps_its_own_words():
+    """An AttributeError raised inside `_build` came out as "'X' object has no attribute 'model'" (Python's fallback
+    to `__getattr__` for a property that raises it), so its cause and traceback were lost, even with --debug."""
+    base = type(get_extractor("vgg16", weights="none", input_size=32))
+
+    class Broken(base):
+        def _build(self):
+            return self.missing_piece_of_the_build
+
+    broken = Broken(weights="none", input_size=32)
+    with pytest.raises(RuntimeError, match="building the vgg16 extractor failed: .*'missing_piece_of_the_build'") as info:
+        _ = broken.model
+    assert isinstance(info.value.__cause__, AttributeError)
