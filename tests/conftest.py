@@ -11,6 +11,21 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
+def file_size_limit(fsize):
+    """A `preexec_fn` for subprocess that caps the files the child writes at `fsize` bytes (`ulimit -f`), with
+    SIGXFSZ ignored so that a write past it fails with EFBIG; None (no limit) when `fsize` is None."""
+    if fsize is None:
+        return None
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return limit
+
+
 def make_image(path, size=32, seed=0, mode="RGB", fmt=None):
     """Write a small random image; returns its path."""
     rng = np.random.default_rng(seed)

@@ -186,17 +186,13 @@ except FeatureStoreError as err:
 def test_an_append_that_meets_a_file_size_limit_is_one_error_and_keeps_the_cached_rows(tmp_path):
     """HDF5 meeting a full disk or a file-size limit while it grew the cache printed tracebacks, crashed the process
     (exit -11) or cut the file short, and the next append moved the whole cache aside."""
-    import resource
-    import signal
     import sys
 
-    def append(n, fsize=None):
-        def limit():
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    from conftest import file_size_limit
 
+    def append(n, fsize=None):
         out = subprocess.run([sys.executable, "-c", APPEND, str(tmp_path), str(n)], capture_output=True, text=True,
-                             timeout=60, preexec_fn=None if fsize is None else limit)
+                             timeout=60, preexec_fn=file_size_limit(fsize))
         return out.returncode, out.stderr.splitlines()
 
     assert append(100) == (0, [])  # 512 rows a chunk: 1 MiB

@@ -4,15 +4,14 @@ the clean run."""
 
 import os
 import re
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
+from conftest import file_size_limit
 
 import features_store as fs
 
@@ -53,13 +52,8 @@ def expected():
 
 
 def run(store, *, sleep=0.0, fsize=None, kill_after=None, timeout=120):
-    def limit():
-        if fsize is not None:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), str(sleep)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=file_size_limit(fsize))
     if kill_after is not None:
         for line in proc.stdout:  # progress lines, not a clock
             if int(line) >= kill_after:
@@ -220,13 +214,9 @@ def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmp_path)
 def _cli_limited(fsize, *args):
     """`featurehead ARGS` in a process whose files may not grow past `fsize` bytes (`ulimit -f`): HDF5 then fails
     to flush or close a file, which h5py raises as RuntimeError, not OSError."""
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Python's own default too: the write fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", *args], capture_output=True, text=True,
-                         env=env, timeout=300, preexec_fn=None if fsize is None else limit)
+                         env=env, timeout=300, preexec_fn=file_size_limit(fsize))
     noise = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ")  # TensorFlow's, not ours
     return out.returncode, [line for line in out.stderr.splitlines() if not line.startswith(noise)]
 
@@ -357,12 +347,8 @@ def _shuffled_view_store(store, n, scratch):
 
 
 def _write_shuffled_view(store, n, fsize=None):
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-
     out = subprocess.run([sys.executable, "-c", SHUFFLED_VIEW, str(store), str(n)], capture_output=True, text=True,
-                         timeout=120, preexec_fn=None if fsize is None else limit)
+                         timeout=120, preexec_fn=file_size_limit(fsize))
     return out.returncode, out.stderr.splitlines()
 
 
