@@ -93,16 +93,31 @@ class SmallDisk:
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real full-disk setting: a 64 KiB tmpfs mounted for the test (root only, as CI runs; skipped otherwise)."""
+def tmpfs(tmp_path):
+    """`tmpfs(size)` mounts a tmpfs of `size` ("64k", "1m") at tmp_path/tmpfs for the test and returns its path; it
+    is unmounted after the test (a real full disk: root only, as CI runs; the test is skipped otherwise)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield SmallDisk(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mounted = []
+
+    def mount(size: str):
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmpfs):
+    """A real full-disk setting: a 64 KiB tmpfs mounted for the test (root only, as CI runs; skipped otherwise)."""
+    return SmallDisk(tmpfs("64k"))
 
 
 @pytest.fixture

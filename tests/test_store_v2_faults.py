@@ -190,25 +190,18 @@ def test_not_enough_space_shows_two_different_sizes(small_disk):
     assert need != have and need.endswith("MiB"), str(info.value)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        store = mnt / "store"
-        code, err = run(store)  # 1.2 MB of features cannot fit in 1 MiB
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1, err
-        assert "space" in lines[0] and str(store) in lines[0]
-        assert stored_rows(store) < N
-        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)  # space is freed
-        code, err = run(store)
-        assert code == 0, err
-        assert_clean(store)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmpfs):
+    mnt = tmpfs("1m")
+    store = mnt / "store"
+    code, err = run(store)  # 1.2 MB of features cannot fit in 1 MiB
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "space" in lines[0] and str(store) in lines[0]
+    assert stored_rows(store) < N
+    subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)  # space is freed
+    code, err = run(store)
+    assert code == 0, err
+    assert_clean(store)
 
 
 def _cli_limited(fsize, *args):
@@ -371,22 +364,15 @@ def test_a_materialised_view_that_meets_a_file_size_limit_is_one_line(tmp_path):
     _assert_view_refused(store, 2000, code, err, "file-size limit")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_a_materialised_view_that_the_free_space_cannot_hold_is_refused_before_it_is_written(tmp_path):
+def test_a_materialised_view_that_the_free_space_cannot_hold_is_refused_before_it_is_written(tmp_path, tmpfs):
     """The free-space check before a materialised view counted 16 bytes for each row's `errors` (it takes 256) and
     no overhead for a variable-length string: with the space in between (10,000 rows: 4.8 MB of view, 3.8 MB
     counted), HDF5 met the full disk mid-write."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        store = mnt / "store"
-        size = _shuffled_view_store(store, 10000, tmp_path)
-        filler = mnt / "filler"
-        filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - int(size * 0.9)))  # 90% of the view's size is free
-        code, err = _write_shuffled_view(store, 10000)
-        filler.unlink()
-        _assert_view_refused(store, 10000, code, err, "not enough free space")
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mnt = tmpfs("16m")
+    store = mnt / "store"
+    size = _shuffled_view_store(store, 10000, tmp_path)
+    filler = mnt / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - int(size * 0.9)))  # 90% of the view's size is free
+    code, err = _write_shuffled_view(store, 10000)
+    filler.unlink()
+    _assert_view_refused(store, 10000, code, err, "not enough free space")

@@ -403,44 +403,30 @@ def sixty_images(tmp_path_factory):
     return csv, by_id(clean.store)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 @pytest.mark.parametrize("size", ["1536k", "24k"])  # the shards do not fit; not even the view does
-def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmp_path, sixty_images, size, capsys):
+def test_extract_onto_a_full_disk_says_one_line_and_resumes_to_the_clean_run(tmpfs, sixty_images, size, capsys):
     csv, want = sixty_images
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        store = mnt / "store"
-        args = ["-q", "extract", str(csv), "--model", "vgg16", "--weights", "none", "--input-size", "64",
-                "--shard-rows", "16", "--out", str(store)]  # 60 rows x 8 KiB of features do not fit
-        code, err = _cli(*args)  # a process of its own: its stderr is all that the user sees, HDF5's included
-        assert 0 < code < 128 and len(err) == 1, err
-        assert str(store) in err[0] and "free" in err[0] and "re-run" in err[0]
-        with pytest.raises((features_store.StoreIncompleteError, features_store.StoreNotFoundError)):
-            features_store.read_features(store)  # never zeros, never "up to date"
-        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)  # space is freed
-        assert main(args) == 0, capsys.readouterr().err  # the re-run: in this process, no TF start-up
-        got = by_id(store)
-        assert set(got) == set(want)
-        for i in want:
-            np.testing.assert_allclose(got[i], want[i], **TOL)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mnt = tmpfs(size)
+    store = mnt / "store"
+    args = ["-q", "extract", str(csv), "--model", "vgg16", "--weights", "none", "--input-size", "64",
+            "--shard-rows", "16", "--out", str(store)]  # 60 rows x 8 KiB of features do not fit
+    code, err = _cli(*args)  # a process of its own: its stderr is all that the user sees, HDF5's included
+    assert 0 < code < 128 and len(err) == 1, err
+    assert str(store) in err[0] and "free" in err[0] and "re-run" in err[0]
+    with pytest.raises((features_store.StoreIncompleteError, features_store.StoreNotFoundError)):
+        features_store.read_features(store)  # never zeros, never "up to date"
+    subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)  # space is freed
+    assert main(args) == 0, capsys.readouterr().err  # the re-run: in this process, no TF start-up
+    got = by_id(store)
+    assert set(got) == set(want)
+    for i in want:
+        np.testing.assert_allclose(got[i], want[i], **TOL)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-def test_export_onto_a_full_disk_says_one_line_and_leaves_nothing(image_folder, tmp_path, vgg):
+def test_export_onto_a_full_disk_says_one_line_and_leaves_nothing(image_folder, tmp_path, tmpfs, vgg):
     store = run_extract(read_index(write_csv(image_folder / "index.csv", base_rows(image_folder))), vgg,
                         tmp_path / "store").store
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        code, err = _cli("-q", "export", str(store), "--out", str(mnt / "e.h5"))
-        assert code == 2 and len(err) == 1 and "not enough free space" in err[0], err
-        assert list(mnt.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    mnt = tmpfs("24k")
+    code, err = _cli("-q", "export", str(store), "--out", str(mnt / "e.h5"))
+    assert code == 2 and len(err) == 1 and "not enough free space" in err[0], err
+    assert list(mnt.iterdir()) == []
