@@ -143,6 +143,59 @@ def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsy
     assert "positive number of workers" in capsys.readouterr().err
 
 
+
+def _serve(reply: bytes):
+    """A local TCP server that is not a Dask scheduler: it accepts, sends `reply`, and keeps the connection open."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            conn.sendall(reply)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+@pytest.mark.parametrize("reply", [pytest.param(b"", id="silent-http-port"),
+                                   pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n" * 4, id="ssh-banner")])
+def test_an_address_that_is_not_a_scheduler_is_one_line_in_time(reply, monkeypatch):
+    """The dashboard's port (HTTP waits for a request) hung `Client(address, timeout=...)` for ever; a service that
+    speaks first (an SSH banner) was a MemoryError of Dask's decoder: an "internal error"."""
+    import threading
+
+    from pipelines.scale import distributed as scale
+
+    monkeypatch.setattr(scale, "_CONNECT_TIMEOUT_S", 1)
+    server, held = _serve(reply)
+    outcome = []
+
+    def connect():
+        try:
+            outcome.append(scale.client_from_spec(f"tcp://127.0.0.1:{server.getsockname()[1]}"))
+        except Exception as err:  # noqa: BLE001
+            outcome.append(err)
+
+    try:
+        thread = threading.Thread(target=connect, daemon=True)  # a hung Client must fail the test, not hang it
+        thread.start()
+        thread.join(15)
+        assert outcome, "client_from_spec still waiting after 15 s"
+        assert isinstance(outcome[0], ValueError), outcome[0]
+        assert "does not answer as a Dask scheduler" in str(outcome[0]) and "\n" not in str(outcome[0])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
 # One process runs the CLI twice (a Python start-up and a TensorFlow import fewer than two `featurehead` processes);
 # each run starts its own `--dask local:1` cluster, whose fresh worker shares this process's stderr (the terminal).
 # The --strict run goes first, so that its one-line error comes from a process that starts Keras as a user's

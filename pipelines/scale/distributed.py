@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # The model of the last extractor a worker process ran: built by its first shard, reused by the others (only the
 # last: a long-lived worker serving a sweep would otherwise hold every backbone it was ever sent).
 _WORKER_MODELS: dict[str, object] = {}  # key: class and fingerprint
+_CONNECT_TIMEOUT_S = 30  # a scheduler's address: how long to try to connect, and to wait for its handshake
 
 
 def client_from_spec(spec: str, *, quiet: bool = False):
@@ -50,8 +51,35 @@ def client_from_spec(spec: str, *, quiet: bool = False):
         client.register_plugin(_ignore_sigint_plugin())  # restarted workers get it too
         return client
     if spec.startswith(("tcp://", "tls://", "ucx://")):
-        return Client(spec, timeout="30s")
+        _check_scheduler(spec, _CONNECT_TIMEOUT_S)
+        return Client(spec, timeout=f"{_CONNECT_TIMEOUT_S}s")
     raise ValueError(f"`--dask` must be local:N or a scheduler address such as tcp://HOST:8786. Received: {spec}")
+
+
+def _check_scheduler(address: str, timeout: float) -> None:
+    """Raise a ValueError unless `address` answers Dask's handshake within about `timeout` seconds (an OSError when
+    nothing accepts the connection). `Client(address, timeout=...)` waited for ever on a server that accepts and
+    never answers (an HTTP port: the dashboard's 8787), and a server that answers first (an SSH banner) came out
+    as a MemoryError of Dask's decoder."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def handshake():
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout + 1)
+        await comm.close()
+
+    try:
+        asyncio.run(handshake())
+    except asyncio.TimeoutError as err:  # connected, no handshake (Dask's own "Timed out" is a plain OSError)
+        raise ValueError(f"{address} accepts connections but does not answer as a Dask scheduler (a dashboard's or "
+                         "another service's port?): give --dask the scheduler's address, tcp://HOST:8786 by default"
+                         ) from err
+    except OSError:  # nothing listens, an unknown host: Dask's line says so
+        raise
+    except Exception as err:  # noqa: BLE001  (whatever Dask's decoder makes of another protocol's bytes)
+        raise ValueError(f"{address} does not answer as a Dask scheduler (another service's port?): give --dask the "
+                         f"scheduler's address, tcp://HOST:8786 by default ({type(err).__name__} in the handshake)") from err
 
 
 def _ignore_sigint_plugin():
