@@ -257,7 +257,7 @@ def append(
     need = _append_bytes(x.shape[1], names)
     try:
         with _locked(path, write=True):
-            if path.exists():
+            if path.exists() and _opens(path):  # a damaged file is moved aside by `_open`, never extended
                 durable.reserve(path, os.path.getsize(path) + need)
             f = _open(path, fingerprint, write=True) or _create(path, fingerprint, x.shape[1], extractor, need)
             with f:
@@ -267,6 +267,16 @@ def append(
             raise
         raise durable.write_error(err, store=os.fspath(cache_dir), what=f"the feature cache {path.name}",
                                   need=need) from err
+
+
+def _opens(path: Path) -> bool:
+    """Whether HDF5 opens `path`. It refuses a file shorter than the end its superblock records (cut short);
+    reserving space past that end first would hide the cut, and the lost part would be read as zeros."""
+    try:
+        with h5py.File(path, "r", locking=False):
+            return True
+    except OSError:
+        return False
 
 
 def _append_bytes(n_features: int, names: Sequence[str]) -> int:

@@ -207,3 +207,22 @@ def test_an_append_that_meets_a_file_size_limit_is_one_error_and_keeps_the_cache
     features, found = cache.lookup(tmp_path, FP, keys)
     assert found.all() and cache.cache_info(tmp_path, FP).n_rows == 2000
     np.testing.assert_array_equal(features, np.ones((2000, 512), np.float32))
+
+
+@pytest.mark.parametrize("cut", [1 / 8, 1 / 4, 1 / 2], ids=["an eighth", "a quarter", "half"])
+def test_a_file_cut_short_is_moved_aside_by_a_writer_not_extended_and_read(tmp_path, caplog, cut):
+    """HDF5 refuses a file shorter than it says it is; reserving an append's space before opening it extended the
+    file past that check, so the cut-off part read as zeros: the append failed with a 'write error' every time and
+    lookups raised HDF5's errors."""
+    keys = cache.array_keys(np.arange(3000, dtype=np.int16).reshape(3000, 1))
+    x = _rows(3000, d=64)
+    cache.append(tmp_path, FP, keys[:1500], x[:1500], extractor=SPEC)
+    path = cache.cache_path(tmp_path, FP)
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * (1 - cut)))
+    cache.append(tmp_path, FP, keys[1500:], x[1500:], extractor=SPEC)
+    assert "moved it to" in caplog.text
+    assert any(p.name.startswith(path.name + ".damaged-") for p in tmp_path.iterdir())
+    features, found = cache.lookup(tmp_path, FP, keys)
+    assert found.tolist() == [False] * 1500 + [True] * 1500
+    np.testing.assert_array_equal(features, x[1500:])
