@@ -241,3 +241,16 @@ def test_evaluate_on_another_store_of_the_training_images_says_the_head_was_fitt
     out = capsys.readouterr().out
     assert "NOTE: the head was fitted on 16 of these 20 images" in out
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["fitted_on"] == 16
+
+
+def test_evaluate_names_no_fitted_images_when_the_training_store_now_holds_other_images(tmp_path, capsys):
+    """The training store re-extracted after its images were edited in place (the same index: ids, labels, split)
+    holds other content keys than the head was fitted on: the rows fitted on are unknown, so none is counted (it
+    counted the new images, which the head never saw, as fitted on)."""
+    store = make_store(tmp_path / "s", TRAIN_TEST, index_sha256="train-test")
+    bundle = run_train(store, tmp_path / "head", head="logreg").bundle
+    make_store(store, TRAIN_TEST, index_sha256="train-test", key_salt="edited")  # the same index, new images
+    other = make_store(tmp_path / "other", [""] * 20, index_sha256="no-split", key_salt="edited")
+    assert run_evaluate(bundle, other, tmp_path / "all").get("fitted_on") is None
+    assert main(["evaluate", str(bundle), str(other), "--out", str(tmp_path / "cli")]) == 0
+    assert "fitted on" not in capsys.readouterr().out

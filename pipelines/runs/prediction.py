@@ -16,7 +16,7 @@ import features_store
 from extract import WeightsUnavailableError, extractor_from_spec, read_index
 from features_store.durable import atomic_write, remove_dead_writers_files, write_error
 from features_store.manifest import foreign_files, some
-from features_store.reader import open_view
+from features_store.reader import digest_keys, open_view
 
 from .extraction import run_extract
 from .planning import default_store_path
@@ -121,6 +121,9 @@ def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
         visible = trained.visible(fingerprint=info.fingerprint, allow_incomplete=False)
         if trained.info().index_sha256 != manifest.get("trained_index_sha256"):
             return None  # its view changed since: the rows fitted on are unknown
+        keys = manifest.get("trained_keys_sha256")  # the same index over edited images holds other content
+        if keys is not None and keys != digest_keys(trained.cols["keys"]):
+            return None
         rows, _ = trained_rows(manifest, trained.meta(visible))
         fitted = set(trained.cols["keys"][visible][rows].tolist())
         view = open_view(store)
