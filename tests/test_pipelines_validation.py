@@ -254,3 +254,15 @@ def test_evaluate_names_no_fitted_images_when_the_training_store_now_holds_other
     assert run_evaluate(bundle, other, tmp_path / "all").get("fitted_on") is None
     assert main(["evaluate", str(bundle), str(other), "--out", str(tmp_path / "cli")]) == 0
     assert "fitted on" not in capsys.readouterr().out
+
+
+def test_report_on_another_store_of_the_training_images_says_the_head_was_fitted_on_them(tmp_path, capsys):
+    """`report` shows `evaluate`'s numbers: the images the head was fitted on are named on its page and in its
+    output too, not only in metrics.json."""
+    store = make_store(tmp_path / "s", TRAIN_TEST, index_sha256="train-test")
+    other = make_store(tmp_path / "other", [""] * 20, index_sha256="no-split")  # the same 20 images (keys)
+    bundle = run_train(store, tmp_path / "head", head="logreg").bundle
+    assert main(["report", str(bundle), str(other), "--out", str(tmp_path / "rep"), "--mistakes", "0"]) == 0
+    assert "NOTE: the head was fitted on 16 of these 20 images" in capsys.readouterr().out
+    assert "the head was fitted on 16 of these 20 images" in (tmp_path / "rep" / "index.html").read_text()
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["fitted_on"] == 16

@@ -219,14 +219,13 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from classify import format_metrics
 
-    from ..runs.prediction import not_pretrained_note, run_evaluate
+    from ..runs.prediction import fitted_on_note, not_pretrained_note, run_evaluate
 
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
     print(format_metrics(metrics))
-    if metrics.get("fitted_on"):
-        print(f"NOTE: the head was fitted on {metrics['fitted_on']} of these {metrics['n_samples']} images (the same "
-              "content in its training store): these numbers are not held-out results")
+    if fitted_on_note(metrics):
+        print(f"NOTE: {fitted_on_note(metrics)}")
     note = not_pretrained_note(args.head)
     if note:
         print(f"NOTE: {note}")

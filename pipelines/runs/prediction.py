@@ -110,6 +110,15 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     return metrics
 
 
+def fitted_on_note(metrics: dict) -> str:
+    """What `evaluate` and `report` say when the head was fitted on some of the evaluated images (`fitted_on`)."""
+    n = metrics.get("fitted_on")
+    if not n:
+        return ""
+    return (f"the head was fitted on {n} of these {metrics['n_samples']} images (the same content in its training "
+            "store): these numbers are not held-out results")
+
+
 def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
     """Per row that `features_store.load(store, split=split, views=False)` returns: whether the head was fitted on
     that image (by content key), read from its training store; None when that store is gone or of another index."""
