@@ -128,7 +128,9 @@ def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
     try:
         trained = open_view(trained_on)
         visible = trained.visible(fingerprint=info.fingerprint, allow_incomplete=False)
-        if trained.info().index_sha256 != manifest.get("trained_index_sha256"):
+        index_sha256 = trained.attrs.get("index_sha256", "")  # the view's attribute: info() reads every shard
+        if (index_sha256.decode() if isinstance(index_sha256, bytes) else str(index_sha256)) != manifest.get(
+                "trained_index_sha256"):
             return None  # its view changed since: the rows fitted on are unknown
         keys = manifest.get("trained_keys_sha256")  # the same index over edited images holds other content
         if keys is not None and keys != digest_keys(trained.cols["keys"]):
@@ -139,7 +141,8 @@ def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
         visible = view.visible(fingerprint=info.fingerprint, allow_incomplete=False)
         meta = view.meta(visible)
         keep = meta.ok & (meta.view == 0) & (np.isin(meta.split, [split]) if split is not None else True)
-        return np.isin(view.cols["keys"][visible][keep], list(fitted))
+        keys = view.cols["keys"][visible][keep].tolist()  # a set lookup: np.isin sorts 64-character strings
+        return np.fromiter((key in fitted for key in keys), dtype=bool, count=len(keys))
     except (features_store.FeatureStoreError, OSError, ValueError):
         return None
 
