@@ -62,6 +62,8 @@ def decoder_versions() -> dict:
 
 def _height_width(size) -> tuple[int, int]:
     """`size` (an int, or (height, width); numpy's integers too) as a (height, width) of Python ints."""
+    if isinstance(size, np.ndarray) and size.ndim == 0:  # np.array(16)
+        size = size.item()
     hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size) if isinstance(size, (tuple, list, np.ndarray)) else ()
     if len(hw) != 2 or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1 for v in hw):
         raise ValueError(f"`size` must be a positive integer or a (height, width) of them. Received: size={size!r}")

@@ -219,6 +219,7 @@ def test_a_size_is_a_positive_integer_or_two_numpy_integers_too(tmp_path):
     Image.fromarray(_rgb((17, 9))).save(tmp_path / "s.png")
     assert load_image(tmp_path / "s.png", np.int64(16)).shape == (16, 16, 3)
     assert load_image(tmp_path / "s.png", np.array([12, 16])).shape == (12, 16, 3)
+    assert load_image(tmp_path / "s.png", np.array(16)).shape == (16, 16, 3)
     for bad in (0, True, 2.5, (12,), (12, 0), "ab"):
         with pytest.raises(ValueError, match=r"`size` must be a positive integer or a \(height, width\) of them"):
             load_image(tmp_path / "s.png", bad)
