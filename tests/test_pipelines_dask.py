@@ -143,7 +143,6 @@ def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsy
     assert "positive number of workers" in capsys.readouterr().err
 
 
-
 def _serve(reply: bytes):
     """A local TCP server that is not a Dask scheduler: it accepts, sends `reply`, and keeps the connection open."""
     import socket
@@ -195,6 +194,7 @@ def test_an_address_that_is_not_a_scheduler_is_one_line_in_time(reply, monkeypat
         server.close()
         for conn in held:
             conn.close()
+
 
 # One process runs the CLI twice (a Python start-up and a TensorFlow import fewer than two `featurehead` processes);
 # each run starts its own `--dask local:1` cluster, whose fresh worker shares this process's stderr (the terminal).
