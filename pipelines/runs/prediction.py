@@ -104,7 +104,8 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     metrics = classify.evaluate(bundle, X[keep], y[keep])  # by the manifest's class names, as `predict` names them
     metrics["evaluated_on"] = evaluated
     if split is not None or not on_training_store(bundle.manifest, store, info):
-        fitted = int(np.count_nonzero(seen[keep])) if seen is not None else 0
+        # (a view rewritten between the two reads, by an extract meanwhile, gives other rows: then not counted)
+        fitted = int(np.count_nonzero(seen[keep])) if seen is not None and len(seen) == len(keep) else 0
         if fitted:  # another store of the same images: its rows are not unseen (the score counts them)
             metrics["fitted_on"] = fitted
     return metrics
