@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from features_store import schema
+from features_store.plan import positive_int
 from features_store.reader import StoreMeta, open_view
 
 
-def _selected(meta: StoreMeta, split: str | Sequence[str] | None, ok_only: bool, views: bool) -> np.ndarray:
+def selected_rows(meta: StoreMeta, split: str | Sequence[str] | None, ok_only: bool, views: bool) -> np.ndarray:
+    """The positions in `meta` of the rows that `load(split=..., ok_only=..., views=...)` returns, in order."""
     keep = np.ones(len(meta.ids), dtype=bool)
     if split is not None:
         wanted = [split] if isinstance(split, str) else list(split)
@@ -61,7 +62,7 @@ def load(
     view = open_view(store)
     visible = view.visible(fingerprint=fingerprint, allow_incomplete=allow_incomplete)
     meta = view.meta(visible)
-    rows = _selected(meta, split, ok_only, views)
+    rows = selected_rows(meta, split, ok_only, views)
     return view.features(visible[rows]), meta.labels[rows], meta.ids[rows]
 
 
@@ -91,15 +92,13 @@ def iter_batches(
     y : ndarray of shape (batch_size,), dtype str
     ids : ndarray of shape (batch_size,), dtype str
     """
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    batch_size = int(batch_size)  # numpy's integers too (a parameter grid built with numpy)
+    batch_size = positive_int("batch_size", batch_size)  # numpy's integers too (a parameter grid built with numpy)
     view = open_view(store)  # fail here, not at the first `next()`
     visible = view.visible(fingerprint=fingerprint, allow_incomplete=False)
     if split is not None:
         schema.check_split([split] if isinstance(split, str) else list(split))
     meta = view.meta(visible)
-    rows = _selected(meta, split, ok_only, views)
+    rows = selected_rows(meta, split, ok_only, views)
     return _batches(view, visible, meta, rows, batch_size)
 
 

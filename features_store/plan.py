@@ -5,8 +5,20 @@ Nothing here touches a file, so all of it is tested on plain data.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+
+
+def positive_int(name: str, value: Any, flag: str | None = None) -> int:
+    """`value` as a Python int when it is a positive integer (numpy's integers too); else a ValueError naming `name`
+    (and the CLI's `flag`, when given)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        received = f"{value!r}" if flag else f"{name}={value!r}"
+        raise ValueError(f"`{name}`{f' ({flag})' if flag else ''} must be a positive integer. Received: {received}")
+    return int(value)
 
 
 def _check_positive(name: str, value: Any) -> None:

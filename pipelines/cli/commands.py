@@ -224,8 +224,9 @@ def cmd_evaluate(args) -> int:
     metrics = run_evaluate(args.head, args.store, args.out, split=args.split)
     print(f"evaluated on {metrics['evaluated_on']} ({metrics['n_samples']} images)")
     print(format_metrics(metrics))
-    if fitted_on_note(metrics):
-        print(f"NOTE: {fitted_on_note(metrics)}")
+    fitted = fitted_on_note(metrics)
+    if fitted:
+        print(f"NOTE: {fitted}")
     note = not_pretrained_note(args.head)
     if note:
         print(f"NOTE: {note}")

@@ -118,8 +118,8 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
                                evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
                                images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
-        notes = ([fitted_on_note(metrics)] if fitted_on_note(metrics) else []) + _root_notes(
-            root, images_root is not None) + _unknown_label_notes(metrics)
+        fitted = fitted_on_note(metrics)
+        notes = [fitted] * bool(fitted) + _root_notes(root, images_root is not None) + _unknown_label_notes(metrics)
         page = Page(
             title=f"featurehead report: {Path(bundle_path).name} on {Path(store).name} ({metrics['evaluated_on']})",
             random_init=not_pretrained, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,

@@ -11,14 +11,12 @@ in `filling`.
 from __future__ import annotations
 
 import logging
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import features_store
 from extract import ImageIndex, ImageReadError
+from features_store.plan import positive_int
 from features_store.reader import open_view
 
 from ..scale.distributed import fill_store_on_dask
@@ -92,8 +90,8 @@ def run_extract(
         views.validate()
     # checked before anything is hashed or written (a bad `workers` left a new store "incomplete"); numpy
     # integers are integers (a parameter grid built with numpy hands them out)
-    shard_rows = _positive_int("shard_rows", "--shard-rows", shard_rows)
-    workers = _positive_int("workers", "--workers", workers)
+    shard_rows = None if shard_rows is None else positive_int("shard_rows", shard_rows, "--shard-rows")
+    workers = None if workers is None else positive_int("workers", workers, "--workers")
     out = Path(out) if out is not None else default_store_path(index, extractor, views)
     fp = extractor.fingerprint()
     if out.is_file():
@@ -149,15 +147,6 @@ def run_extract(
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
                          plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0)
-
-
-def _positive_int(name: str, flag: str, value):
-    """`value` as a Python int when it is a positive integer (numpy's too), None as None; else a ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` ({flag}) must be a positive integer. Received: {value!r}")
-    return int(value)
 
 
 def failed_keys(out: Path, keys: list[str]) -> set[str]:

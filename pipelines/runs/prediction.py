@@ -15,6 +15,7 @@ import classify
 import features_store
 from extract import WeightsUnavailableError, extractor_from_spec, read_index
 from features_store.durable import atomic_write, remove_dead_writers_files, write_error
+from features_store.loader import selected_rows
 from features_store.manifest import foreign_files, some
 from features_store.reader import digest_keys, open_view
 
@@ -141,8 +142,8 @@ def _fitted_images(manifest: dict, store, split, info) -> np.ndarray | None:
         view = open_view(store)
         visible = view.visible(fingerprint=info.fingerprint, allow_incomplete=False)
         meta = view.meta(visible)
-        keep = meta.ok & (meta.view == 0) & (np.isin(meta.split, [split]) if split is not None else True)
-        keys = view.cols["keys"][visible][keep].tolist()  # a set lookup: np.isin sorts 64-character strings
+        rows = selected_rows(meta, split, ok_only=True, views=False)  # the rows `evaluation`'s load returns
+        keys = view.cols["keys"][visible][rows].tolist()  # a set lookup: np.isin sorts 64-character strings
         return np.fromiter((key in fitted for key in keys), dtype=bool, count=len(keys))
     except (features_store.FeatureStoreError, OSError, ValueError):
         return None
