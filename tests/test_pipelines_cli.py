@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_image
 from PIL import Image
 
 import features_store
@@ -120,13 +121,35 @@ def test_failed_rows_exit_1_and_say_where_the_list_is(csv_index, tmp_path, capsy
     # it said "extracted 9 new rows", the failed one counted as extracted
     assert lines[0] == ("extracted 8 new rows, 1 failed (random-init weights (seed 0): NOT pretrained, for testing "
                         "only); the view has 9 rows")
-    assert any(line.startswith("1 of 9 rows failed") and "f.failed.csv" in line for line in lines)
+    assert any(line.startswith("1 of the view's 9 rows failed") and "f.failed.csv" in line for line in lines)
     failed = pd.read_csv(str(out) + ".failed.csv")
     assert failed["id"].tolist() == ["a/bad.png"]
     (csv_index.parent / "a" / "bad.png").unlink()  # fixed: removed from the folder and the index
     csv_index.write_text(csv_index.read_text().replace("a/bad.png,a\n", ""))
     code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
     assert code == 0 and not (tmp_path / "f.failed.csv").exists()  # no stale list of rows that no longer fail
+
+
+def test_extract_counts_a_file_it_could_not_read_as_failed_in_both_lines(csv_index, tmp_path, capsys):
+    """A row whose file could not be read when hashed (here: missing) was in "N of M failed" but not in the "K
+    failed" of the rows extracted, and the list's note said it was kept with its content (nothing is stored for
+    it: every run tries it again). The first line counts this run's failures, the second the view's."""
+    (csv_index.parent / "a" / "bad.png").write_bytes(b"nope")  # read, but not an image: kept as failed
+    csv_index.write_text(csv_index.read_text() + "a/bad.png,a\na/gone.png,a\n")
+    out = tmp_path / "f"
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 1
+    assert lines[0] == ("extracted 8 new rows, 2 failed (random-init weights (seed 0): NOT pretrained, for testing "
+                        "only); the view has 10 rows")
+    assert lines[1] == (f"2 of the view's 10 rows failed; the list is in {out}.failed.csv and `featurehead inspect "
+                        f"{out}` (the next run tries again the row whose file could not be read; any other failure is "
+                        f"kept with the image's content; after `featurehead compact {out} --failed` a re-run tries "
+                        "those again)")
+    make_image(csv_index.parent / "b" / "new.png", seed=5)  # the next run: one new image, the missing file again
+    csv_index.write_text(csv_index.read_text() + "b/new.png,b\n")
+    code, lines, _ = run(capsys, "extract", csv_index, *FAST, "--out", out)
+    assert code == 1 and lines[0].startswith("extracted 1 new row, 1 failed (") and lines[0].endswith("view has 11 rows")
+    assert lines[1].startswith("2 of the view's 11 rows failed; ")
 
 
 def test_no_image_found_is_said_not_up_to_date(csv_index, tmp_path, capsys):

@@ -53,8 +53,12 @@ def cmd_extract(args) -> int:
     elif result.up_to_date:
         print(f"up to date: {result.n_rows} rows, all already extracted with fingerprint {result.fingerprint[:12]}")
     else:
-        failed = f", {result.n_extracted_failed} failed" if result.n_extracted_failed else ""
-        print(f"extracted {result.n_extracted - result.n_extracted_failed} new rows{failed} "
+        # this run's failures: the new images that could not be decoded and the files that could not be read at
+        # all (no run stores those); failures kept from an earlier run are in the view's count below only
+        n_failed_now = result.n_extracted_failed + result.n_unreadable
+        failed = f", {n_failed_now} failed" if n_failed_now else ""
+        n_new = result.n_extracted - result.n_extracted_failed
+        print(f"extracted {n_new} new {'row' if n_new == 1 else 'rows'}{failed} "
               f"({extractor.weights_source()}); the view has {result.n_rows} rows")
     if result.n_repeated:
         one = result.n_repeated == 1
@@ -72,8 +76,8 @@ def cmd_extract(args) -> int:
             where = f"the list is in {write_failures_csv(result.store)} and `featurehead inspect {result.store}`"
         except OSError as err:  # next to the store, e.g. a read-only parent folder: the store itself is fine
             where = f"`featurehead inspect {result.store}` lists them (no list next to it: {err.strerror or err})"
-        print(f"{result.n_failed} of {_rows(result.n_rows)} failed; {where} (a failure is kept with the image's "
-              f"content; after `featurehead compact {result.store} --failed` a re-run tries them again)")
+        print(f"{result.n_failed} of the view's {_rows(result.n_rows)} failed; {where} "
+              f"({_failures_retried(result)})")
         code = 1
     else:
         with contextlib.suppress(OSError):  # a list left by an earlier run would name rows that no longer fail
@@ -98,6 +102,18 @@ def _dask_client_logs_quiet(quiet: bool):
         yield
     finally:
         log.setLevel(level)
+
+
+def _failures_retried(result) -> str:
+    """When the view's failed rows are tried again: a file that could not be read has no content key, so nothing
+    is stored for it and every run tries it; any other failure is stored with the image's content."""
+    unreadable, kept = result.n_unreadable, result.n_failed - result.n_unreadable
+    again = (f"the next run tries again the {_rows(unreadable)} whose file could not be read" if unreadable > 1
+             else "the next run tries again the row whose file could not be read")
+    kept_text = (f"{'any other' if unreadable else 'a'} failure is kept with the image's content; after "
+                 f"`featurehead compact {result.store} --failed` a re-run tries {'those' if unreadable else 'them'} "
+                 "again")
+    return "; ".join(([again] if unreadable else []) + ([kept_text] if kept else []))
 
 
 def _rows(n: int) -> str:

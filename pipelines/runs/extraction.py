@@ -41,6 +41,9 @@ class ExtractResult:
     garbage_rows: int = 0
     n_repeated: int = 0  # rows whose image (its content) another row of the view also lists: stored once
     n_extracted_failed: int = 0  # of `n_extracted`, the rows whose image could not be decoded (stored as failed)
+    # rows whose file could not be read at all when hashed (missing, unreadable, a folder): they have no content
+    # key, so nothing is stored for them and every run tries them again; failed rows of the view like the above
+    n_unreadable: int = 0
 
 
 def run_extract(
@@ -127,7 +130,8 @@ def run_extract(
             # up to date only when nothing was missing: shards that an interrupted run's tasks finished, committed
             # now, were not (they were extracted, though by that run)
             return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, not target.missing, fp,
-                                 info.garbage_rows, plan.n_repeated, len(failed_keys(out, target.missing)))
+                                 info.garbage_rows, plan.n_repeated, len(failed_keys(out, target.missing)),
+                                 plan.n_unreadable)
         if target.missing or session.manifest is None:
             extractor.validate()
             session.ensure_manifest(extractor.output_dim)  # builds the model: something is to extract
@@ -146,7 +150,8 @@ def run_extract(
         session.remove_orphans()
     info = features_store.read_info(out)
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
-                         plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0)
+                         plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0,
+                         plan.n_unreadable)
 
 
 def failed_keys(out: Path, keys: list[str]) -> set[str]:
@@ -171,4 +176,5 @@ def _up_to_date_as_it_is(index, plan, out: Path, views, fp: str, dtype: str) -> 
             and info.index_sha256 == store_identity(index, views)
             and all(str(info.attrs.get(k, "")) == str(v) for k, v in attrs.items())):
         return None
-    return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp, info.garbage_rows, plan.n_repeated)
+    return ExtractResult(out, info.n_rows, info.n_failed, 0, True, fp, info.garbage_rows, plan.n_repeated,
+                         n_unreadable=plan.n_unreadable)

@@ -66,6 +66,11 @@ class RowPlan:
         named = [k for k in self.keys if k]
         return len(named) - len(set(named))
 
+    @property
+    def n_unreadable(self) -> int:
+        """Rows whose file could not be read when hashed (key ""): failed rows that no run stores."""
+        return sum(1 for k in self.keys if not k)
+
     def hashed_stats(self, keys) -> list[tuple[int, int]]:
         """The (size, mtime_ns) each key's file had when it was hashed: the decoders check that it still has it
         (`extract.ImageChangedError`)."""
