@@ -209,18 +209,43 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(previous)
 
 
+def _misspelt(names: list[str], wrong: str) -> list[str]:
+    """The layer names within a typo or two of `wrong`, in any case, closest first. A ratio of 0.8: a typo in a layer
+    name scores 0.86 to 0.97 ("cnv5_block3_out", "block5_pol"), while a name the model has nothing like scores up
+    to 0.67 with some layer ("nolayer" and 'input_layer'; VGG's "block5_pol" and ResNet's 'conv4_block5_out'), which
+    must not be offered as what was meant."""
+    import difflib
+
+    lower = {n.lower(): n for n in reversed(names)}  # the first of two names equal but for case
+    return [lower[n] for n in difflib.get_close_matches(str(wrong).lower(), list(lower), n=3, cutoff=0.8)]
+
+
+def _close_names(names: list[str], wrong: str) -> list[str]:
+    """The layer names `wrong` may have meant: those it begins (a prefix, "conv4", names a group), else its
+    misspellings."""
+    starting = [n for n in names if n.startswith(str(wrong))]
+    return starting[:3] if starting else _misspelt(names, wrong)
+
+
 def _some(names: list[str], wrong: str, listed_by: str | None, most: int = 25) -> str:
     """The layer names for an error: all of a small model's; of a large one (a ResNet has 175), the closest to
     `wrong`, and the command that lists them all (`listed_by`), if any."""
     if len(names) <= most:
         return str(names)
-    import difflib
-
-    # a prefix ("conv4") names a group of layers; else the nearest spellings
-    starting = [n for n in names if n.startswith(str(wrong))]
-    close = starting[:3] if starting else difflib.get_close_matches(str(wrong), names, n=3, cutoff=0.5)
+    close = _close_names(names, wrong)
+    if not close:  # no guess, which would mislead: where to look instead
+        where = (f"`{listed_by}` lists them, with their output shapes" if listed_by
+                 else "the model's `summary()` lists them")
+        return f"({len(names)} layers, none named like {str(wrong)!r}: {where})"
     return (f"(all {len(names)}" + (f", with their output shapes: `{listed_by}`" if listed_by else "")
-            + (f"; the closest: {', '.join(map(repr, close))})" if close else ")"))
+            + f"; the closest: {', '.join(map(repr, close))})")
+
+
+def _did_you_mean(names: list[str], wrong: str, most: int = 25) -> str:
+    """" (did you mean 'block5_pool'?)" after a misspelt layer name of a small model, whose every name the error
+    lists; "" otherwise (a large model's error names the closest itself)."""
+    close = _misspelt(names, wrong) if len(names) <= most else []
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def cut_at_layer(model, layer: str | list[str] | None, *, listed_by: str | None = None):
@@ -237,7 +262,7 @@ def cut_at_layer(model, layer: str | list[str] | None, *, listed_by: str | None 
     for name in wanted:
         if name not in names:
             raise ExtractorConfigError(f"`layer` must be one of the model's layers {_some(names, name, listed_by)}. "
-                                       f"Received: layer={name!r}")
+                                       f"Received: layer={name!r}{_did_you_mean(names, name)}")
     if not isinstance(layer, list):
         return keras.Model(model.inputs, model.get_layer(layer).output, name=f"{model.name}_{layer}")
     outputs = [model.get_layer(name).output for name in wanted]

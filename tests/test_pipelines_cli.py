@@ -815,6 +815,22 @@ def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("model, layer, said", [
+    pytest.param("vgg16", "block5_pol", "Received: --layer 'block5_pol' (did you mean 'block5_pool' or 'block4_pool' "
+                 "or 'block3_pool'?)", id="typo"),
+    pytest.param("vgg16", "nolayer", "Received: --layer 'nolayer'", id="far-small"),  # the list is all there is
+    # it said "the closest: 'input_layer'"
+    pytest.param("resnet50", "nolayer", "(175 layers, none named like 'nolayer': `featurehead models resnet50 "
+                 "--layers` lists them, with their output shapes). Received: --layer 'nolayer'", id="far-large"),
+])
+def test_an_unknown_layer_gets_a_suggestion_only_when_one_is_close(csv_index, tmp_path, capsys, model, layer, said):
+    """A name like no layer of the model was answered with whatever was least unlike it ("nolayer": 'input_layer');
+    a typo of a small model's layer got no suggestion at all."""
+    code, _, err = run(capsys, "extract", csv_index, "--model", model, *FAST, "--layer", layer, "--out", tmp_path / "s")
+    assert code == 2 and err.endswith(said) and "\n" not in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_model_names_are_taken_in_any_case_and_a_typo_gets_a_suggestion(csv_index, tmp_path, capsys):
     """`--model ResNet50` (Keras's own spelling) was refused with the 38 names and no suggestion."""
     code, lines, _ = run(capsys, "extract", csv_index, "--model", "VGG16", *FAST, "--out", tmp_path / "s")
