@@ -330,6 +330,36 @@ def test_mlp_head_on_a_store_without_val_shows_learning_curves_and_evaluate_s_ro
     assert not (tmp_path / "r" / "figures" / "learning_curves.png").exists()
 
 
+@pytest.mark.parametrize("head, no_val, listed, failed_of", [
+    pytest.param(["logreg"], False, [], "split 'val' (the head's validation rows)", id="val"),
+    pytest.param(["mlp", "--hidden", "8", "--epochs", "2"], True, ["c0/gone.png"],
+                 "split 'train' (the held-out validation rows were drawn from its readable rows)", id="train-holdout"),
+])
+def test_failed_rows_on_the_training_store_are_those_of_the_evaluated_selection(run, capsys, monkeypatch, tmp_path,
+                                                                               head, no_val, listed, failed_of):
+    """Without --split, on the training store, the report scores the held-out validation rows, but its failed-rows
+    list was every failed row of the store: here the broken test image too, and a missing train image that the
+    'val' rows never came from."""
+    shutil.copytree(run / "feats", tmp_path / "feats")
+    index = (run / "imgs" / "index.csv").read_text(encoding="utf-8") + "c0/gone.png,cat,train\n"  # no such file
+    if no_val:  # the mlp holds rows of "train" out instead
+        index = index.replace(",val\n", ",train\n")
+    (tmp_path / "index.csv").write_text(index, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "extract", "index.csv", "--images-root", run / "imgs", *FAST, "--out", "feats")[0] == 1
+    assert cli(capsys, "train", "feats", "--head", *head, "--out", "h")[0] == 0
+    code, lines, _ = cli(capsys, "report", "h", "feats", "--out", "r", "--mistakes", "0")
+    assert code == 0, lines
+    page = parse(lines[-1])
+    rows = [a for t, a in page.tags if t == "table" and a.get("id") == "failed"]
+    shown = [t for t in page.text if t in ("c0/gone.png", "c0/broken.png")]
+    assert shown == listed and bool(rows) == bool(listed) and f"Failed rows ({len(listed)})" in page.text
+    said = ("None: every image of " + failed_of + " was read and extracted." if not listed else
+            "These rows of " + failed_of + " failed when the store was extracted, so they are not in the metrics.")
+    assert said in page.text
+    assert (f"1 row of {failed_of} failed at extraction; the page lists each with its reason" in lines) == bool(listed)
+
+
 def test_labels_the_head_never_learned_are_named_on_the_page(run, capsys, monkeypatch, tmp_path):
     """metrics.json named them (unknown_labels) and scored them as misses; the page did not say so."""
     shutil.copytree(run / "feats", tmp_path / "feats")

@@ -38,9 +38,8 @@ def cmd_report(args) -> int:
     shown = min(args.mistakes, result.n_wrong)
     print(f"{result.n_wrong} wrong; " + (f"the gallery shows the {shown} most confident" if shown else "no gallery"))
     if result.n_failed:
-        where = f" of split {args.split!r}" if args.split else ""
         rows = "1 row" if result.n_failed == 1 else f"{result.n_failed} rows"
-        print(f"{rows}{where} failed at extraction; the page lists each with its reason")
+        print(f"{rows} of {result.failed_of} failed at extraction; the page lists each with its reason")
     if result.random_init:
         print(f"NOTE: {NOT_PRETRAINED}")
     for note in result.notes:

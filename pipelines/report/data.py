@@ -44,6 +44,36 @@ def evaluated_rows(meta, manifest: dict, *, split: str | None, on_training_store
     return rows[meta.labels[rows] != ""]
 
 
+def failed_rows(meta, manifest: dict, *, split: str | None, on_training_store: bool) -> tuple[np.ndarray, str]:
+    """The failed rows of the selection that `evaluated_rows` draws from, and that selection in words.
+
+    A failed row is in no metric; the page lists those that the evaluation would have scored had they been read:
+    the labelled originals of `split`; on the training store without `split`, of the rows its held-out validation
+    rows come from (the 'val' split, or the 'train' split or the whole store they were held out of: a failed row
+    there was neither fitted on nor held out); else of the whole store. Never another split's: a report on the
+    held-out rows listed the failed test rows too.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_failed,), dtype int64
+    selection : str
+        Words that follow "of": "split 'test'", "the store", ...
+    """
+    failed = ~meta.ok & (meta.view == 0) & (meta.labels != "")
+    if split is not None:
+        return np.flatnonzero(failed & (meta.split == split)), f"split {split!r}"
+    if not on_training_store:
+        return np.flatnonzero(failed), "the store"
+    _, val = trained_rows(manifest, meta)
+    drawn_from = str(meta.split[val[0]]) if len(val) else ""  # `split_rows`: all of one split, or of none
+    if drawn_from == "val":
+        return np.flatnonzero(failed & (meta.split == "val")), "split 'val' (the head's validation rows)"
+    if drawn_from == "train":
+        return (np.flatnonzero(failed & (meta.split == "train")),
+                "split 'train' (the held-out validation rows were drawn from its readable rows)")
+    return np.flatnonzero(failed), "the store (the held-out validation rows were drawn from its readable rows)"
+
+
 def headline_metrics(metrics: dict, y_true, y_pred, proba, classes, *, k: int = TOP_K) -> dict:
     """Accuracy and macro-F1 as `evaluate` wrote them, balanced accuracy and top-k (more than `k` classes).
 

@@ -46,6 +46,7 @@ class Page:
     failed: list
     n_failed: int
     notes: list = field(default_factory=list)
+    failed_of: str = "the store"  # the selection the failed rows are of: "split 'test'", ...
     links: list = field(default_factory=list)
 
 
@@ -107,7 +108,7 @@ def render_page(page: Page) -> str:
     parts += ["<h2>Pictures</h2>", _figures(page.figures)]
     parts += [f"<h2>Most confident mistakes ({len(page.mistakes)} of {page.n_wrong} wrong)</h2>",
               _gallery(page.mistakes)]
-    parts += [f"<h2>Failed rows ({page.n_failed})</h2>", _failed(page.failed, page.n_failed)]
+    parts += [f"<h2>Failed rows ({page.n_failed})</h2>", _failed(page.failed, page.n_failed, page.failed_of)]
     body = "\n".join(parts)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -173,12 +174,13 @@ def _gallery(mistakes: list) -> str:
     return '<div class="gallery">' + "".join(tiles) + "</div>"
 
 
-def _failed(failed: list, n_failed: int) -> str:
+def _failed(failed: list, n_failed: int, failed_of: str) -> str:
     if not n_failed:
-        return "<p>None: every image of this selection was read and extracted.</p>"
+        return f'<p id="failed-of">None: every image of {escape(failed_of)} was read and extracted.</p>'
     rows = "".join(f"<tr><td>{escape(i)}</td><td>{escape(reason)}</td></tr>" for i, reason in failed)
     more = f"<p>... and {n_failed - len(failed)} more.</p>" if n_failed > len(failed) else ""
-    return ("<p>These rows failed when the store was extracted, so they are not in the metrics.</p>"
+    return (f'<p id="failed-of">These rows of {escape(failed_of)} failed when the store was extracted, so they are not '
+            "in the metrics.</p>"
             f'<table id="failed"><thead><tr><th>image</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>'
             + more)
 

@@ -70,6 +70,7 @@ class ReportResult:
     n_failed: int
     random_init: bool
     notes: tuple[str, ...]
+    failed_of: str = "the store"  # the selection `n_failed` counts in, in words: "split 'test'", ...
 
 
 def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_root=None, mistakes: int = 24,
@@ -98,8 +99,8 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
     bundle = load_head_bundle(bundle_path, "a report")
     metrics = evaluation(bundle_path, store, out_dir, split=split)
     info, meta = features_store.read_info(store), features_store.read_meta(store)
-    rows = data.evaluated_rows(meta, bundle.manifest, split=split,
-                               on_training_store=on_training_store(bundle.manifest, store, info))
+    training_store = on_training_store(bundle.manifest, store, info)
+    rows = data.evaluated_rows(meta, bundle.manifest, split=split, on_training_store=training_store)
     scored = _score(bundle, store, meta, rows)
     _check_same_rows(metrics, scored.y_true, scored.y_pred)
     headline = data.headline_metrics(metrics, scored.y_true, scored.y_pred, scored.proba, bundle.classes)
@@ -114,7 +115,7 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
         write_evaluation(out_dir, metrics, note=NOT_PRETRAINED if not_pretrained else "")
         gallery = _gallery(scored, mistakes, root, out_dir / THUMBS_DIR, thumb_size)
         figures = _figures(bundle, metrics, data.reliability(scored.confidence, scored.correct), out_dir)
-        failed = np.flatnonzero(~meta.ok & (meta.view == 0) & ((meta.split == split) if split else True))
+        failed, failed_of = data.failed_rows(meta, bundle.manifest, split=split, on_training_store=training_store)
         facts = data.run_facts(bundle.manifest, info, bundle=str(bundle_path), store=str(store),
                                evaluated_on=metrics["evaluated_on"], n_samples=len(rows),
                                images_root=str(root) if root is not None else None, seconds=time.perf_counter() - t0)
@@ -125,12 +126,14 @@ def run_report(bundle_path, store, out_dir, *, split: str | None = None, images_
             random_init=not_pretrained, facts=facts, headline=headline, per_class=metrics["per_class"], figures=figures,
             mistakes=gallery, n_wrong=int(np.count_nonzero(~scored.correct)),
             failed=[(str(meta.ids[i]), str(meta.errors[i])) for i in failed[:MAX_FAILED_SHOWN]], n_failed=len(failed),
+            failed_of=failed_of,
             notes=notes, links=[("metrics.json, as `featurehead evaluate` writes it", "metrics.json"),
                                 ("confusion matrix in counts", "confusion_matrix.png")],
         )
         path = _write_text(out_dir / PAGE, render_page(page))
     return ReportResult(page=path, metrics=metrics, headline=headline, n_samples=len(rows),
-                        n_wrong=page.n_wrong, n_failed=len(failed), random_init=not_pretrained, notes=tuple(notes))
+                        n_wrong=page.n_wrong, n_failed=len(failed), random_init=not_pretrained, notes=tuple(notes),
+                        failed_of=failed_of)
 
 
 @dataclass(frozen=True)
