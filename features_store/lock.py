@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,32 @@ def writer_lock(store: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def writer_running(store: str | os.PathLike) -> bool:
+    """Whether a live process holds the store's writer lock now (this process too, through `writer_lock`).
+
+    True only when that is certain: the lock is a `flock`, which the kernel drops when its holder exits however it
+    ends, so a probe that finds it taken has found a running writer. The probe takes it shared and without waiting,
+    and drops it at once (a writer starting in that instant is refused as a second writer); it never creates the
+    lock file, which a reader may have no right to. False when the lock is free, and whenever it cannot tell (no
+    lock file, no `flock` here or on this filesystem, a file it may not open).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: filelock locks otherwise there
+        return False
+    try:
+        fd = os.open(os.path.join(os.fspath(store), schema.LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:  # EWOULDBLOCK alone is contention; ENOSYS, ENOLCK, EACCES... cannot tell
+        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # drops the probe's shared lock, if it got it
+    return False
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import numpy as np
 
 from features_store import schema
 from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
+from features_store.lock import writer_running
 from features_store.manifest import Manifest, ShardRecord, check_store_path, foreign_files, read_manifest, some
 from features_store.shard import read_shard, shard_path, shard_versions
 from features_store.view import stored_labels, take_rows, view_columns
@@ -79,6 +80,13 @@ class _View:
         if foreign:  # e.g. the images' folder
             raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign)}); "
                                      "give the --out of `featurehead extract`")
+        if (self.manifest is None or not os.path.exists(path)) and writer_running(self.store):
+            # a new store's first run, before its first view: "no features yet" or "a run stopped" would be wrong
+            raise StoreIncompleteError(
+                f"{self.store} is being written: an extraction still running holds its writer lock and has not "
+                f"written the view ({schema.VIEW_FILE}) yet; wait for it to finish, or stop it and re-run the same "
+                "`featurehead extract` to resume."
+            )
         if self.manifest is None:
             raise StoreNotFoundError(
                 f"{self.store} holds no features yet; run `featurehead extract ... --out {self.store}`."
@@ -309,7 +317,8 @@ def read_info(store: str | os.PathLike) -> StoreInfo:
     StoreNotFoundError
         When `store` does not exist, is not a store, or holds no features yet.
     StoreIncompleteError
-        When a run committed shards but stopped before writing the view file (re-running it writes the view).
+        When a run committed shards but stopped before writing the view file (re-running it writes the view), or
+        a writer still running holds the lock of a store that has no view yet (its first run).
     StoreVersionError
         When `store` is a v1 single-file store.
     StoreDamagedError

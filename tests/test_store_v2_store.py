@@ -282,6 +282,36 @@ def test_a_partial_shard_that_another_process_writes_is_never_started_again(tmp_
         assert w.n_done == 2  # its durable rows are still there
 
 
+def test_a_new_store_before_its_first_view_is_being_written_while_its_writer_holds_the_lock(tmp_path, capsys):
+    """A reader of a new store in its first run, before the first view (the model still building, or the first
+    shard just committed), said "holds no features yet; run featurehead extract" or "a run stopped before writing
+    it" while the run went on. The writer here is a real `StoreSession`, which holds the real lock."""
+    from pipelines.cli import main
+
+    store, k = tmp_path / "store", keys(4)
+    still = (f"{store} is being written: an extraction still running holds its writer lock and has not written the "
+             "view (features.h5) yet; wait for it to finish, or stop it and re-run the same `featurehead extract` to "
+             "resume.")
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        with pytest.raises(fs.StoreIncompleteError) as err:  # no manifest yet
+            fs.read_info(store)
+        assert str(err.value) == still
+        with s.shard_writer(k, n_features=3) as w:
+            w.write(rows(k), np.ones(len(k), bool))
+            s.commit(w)
+        for read in (fs.read_info, fs.read_meta, fs.load):
+            with pytest.raises(fs.StoreIncompleteError) as err:
+                read(store)
+            assert str(err.value) == still
+        capsys.readouterr()
+        for command in (["inspect", str(store)], ["train", str(store), "--out", str(tmp_path / "head")]):
+            assert main(["-q", *command]) == 2
+            assert capsys.readouterr().err.strip().splitlines() == [f"featurehead {command[0]}: error: {still}"]
+    # the writer gone, its lock with it: now a run did stop before writing the view
+    with pytest.raises(fs.StoreIncompleteError, match="a run stopped before writing it"):
+        fs.read_info(store)
+
+
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
     store, k = tmp_path / "store", keys(6)
     fill(store, k, 6)
