@@ -13,12 +13,15 @@ import filelock
 from features_store import schema
 from features_store.errors import StoreLockedError
 
+_WRITER_WAIT_S = 0.5
+
 
 @contextmanager
 def writer_lock(store: str | os.PathLike) -> Iterator[None]:
-    """Hold the store's writer lock, or raise StoreLockedError at once when another process holds it."""
+    """Hold the store's writer lock, or raise StoreLockedError when another process holds it (after
+    `_WRITER_WAIT_S`: a reader's `writer_running` probe holds it for microseconds, which must not refuse a writer)."""
     store = os.fspath(store)
-    lock = filelock.FileLock(os.path.join(store, schema.LOCK_FILE), timeout=0)
+    lock = filelock.FileLock(os.path.join(store, schema.LOCK_FILE), timeout=_WRITER_WAIT_S)
     try:
         lock.acquire()
     except filelock.Timeout as err:
@@ -37,7 +40,7 @@ def writer_running(store: str | os.PathLike) -> bool:
 
     True only when that is certain: the lock is a `flock`, which the kernel drops when its holder exits however it
     ends, so a probe that finds it taken has found a running writer. The probe takes it shared and without waiting,
-    and drops it at once (a writer starting in that instant is refused as a second writer); it never creates the
+    and drops it at once (a writer starting in that instant waits for it: `writer_lock`); it never creates the
     lock file, which a reader may have no right to. False when the lock is free, and whenever it cannot tell (no
     lock file, no `flock` here or on this filesystem, a file it may not open).
     """

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import h5py
 import numpy as np
@@ -310,6 +311,26 @@ def test_a_new_store_before_its_first_view_is_being_written_while_its_writer_hol
     # the writer gone, its lock with it: now a run did stop before writing the view
     with pytest.raises(fs.StoreIncompleteError, match="a run stopped before writing it"):
         fs.read_info(store)
+
+
+def test_a_reader_probing_the_lock_does_not_refuse_a_writer_starting_then(tmp_path):
+    """`writer_running` takes the lock shared for an instant; a writer that starts in it waits, not "is being
+    written by another process". The probe's hold is stretched here to 0.1 s (a real shared flock on the file)."""
+    import fcntl
+    import threading
+
+    store = tmp_path / "store"
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}):
+        pass  # the store folder and its lock file exist
+    fd = os.open(store / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    release = threading.Timer(0.1, os.close, (fd,))
+    release.start()
+    try:
+        with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}):
+            pass
+    finally:
+        release.join()
 
 
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
