@@ -134,10 +134,11 @@ class _View:
         pending = self._locate_pending() if self.pending.any() else self.pending
         n_pending = int(np.count_nonzero(pending))
         if n_pending and not allow_incomplete:
-            raise StoreIncompleteError(
-                f"{self.store} is incomplete ({len(pending) - n_pending} of {len(pending)} rows extracted); re-run "
-                "the extraction to resume it."
-            )
+            done = f"{len(pending) - n_pending} of {len(pending)} rows extracted"
+            if writer_running(self.store):  # "re-run to resume" would start a second writer, refused
+                raise StoreIncompleteError(f"{self.store} is being extracted now ({done}); wait for the extraction to "
+                                           "finish, or stop it and re-run the same `featurehead extract` to resume.")
+            raise StoreIncompleteError(f"{self.store} is incomplete ({done}); re-run the extraction to resume it.")
         self.check_shards()
         return np.flatnonzero(~pending)
 

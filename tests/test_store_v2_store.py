@@ -375,6 +375,11 @@ def test_a_run_killed_after_committing_shards_reads_them_when_a_partial_store_is
     for read in (fs.load, lambda p: fs.export(p, tmp_path / "x.h5")):
         with pytest.raises(fs.StoreIncompleteError, match=r"is incomplete \(8 of 12 rows extracted\); re-run"):
             read(store)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}):  # a run going on: not "re-run"
+        with pytest.raises(fs.StoreIncompleteError) as err:
+            fs.load(store)
+        assert str(err.value) == (f"{store} is being extracted now (8 of 12 rows extracted); wait for the extraction "
+                                  "to finish, or stop it and re-run the same `featurehead extract` to resume.")
 
 
 def test_a_shard_is_closed_before_it_is_listed_so_a_reader_of_the_store_reads_it(tmp_path):
