@@ -140,13 +140,14 @@ def test_what_sweep_cannot_do_is_one_line_before_any_forward_pass(csv_index, tmp
 
 def test_sweep_says_which_images_it_could_not_read_and_exits_1(csv_index, tmp_path, capsys):
     """It printed "extracted N rows" and exited 0, the unreadable images silently left out of the probe; then it
-    counted the unreadable one among the rows extracted (as `extract` says: N new rows, K failed)."""
+    counted the unreadable one among the rows extracted (as `extract` says: N new rows, K failed), but not a file it
+    could not read at all (missing: no content key)."""
     (csv_index.parent / "broken.png").write_bytes(b"not a png")
-    csv_index.write_text(csv_index.read_text() + "broken.png,a\n")
+    csv_index.write_text(csv_index.read_text() + "broken.png,a\nmissing.png,b\n")
     argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
             "--cv", "2", "--store-dir", str(tmp_path / "stores"), "--out", str(tmp_path / "sweep")]
     assert main(argv) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(tmp_path / "sweep" / "sweep.csv")
-    assert out[-3].startswith("extracted 8 rows, 1 failed, in one forward pass over 1 of the 1 layers"), out[-3]
-    assert out[-2].startswith("1 image could not be read and is left out of every layer's probe")
+    assert out[-3].startswith("extracted 8 rows, 2 failed, in one forward pass over 1 of the 1 layers"), out[-3]
+    assert out[-2].startswith("2 images could not be read and are left out of every layer's probe")

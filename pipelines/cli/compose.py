@@ -41,7 +41,8 @@ def cmd_sweep(args) -> int:
         print(f"NOTE: {NOT_PRETRAINED}")
     done = result.extracted_layers
     if done:
-        failed = f", {result.n_extracted_failed} failed," if result.n_extracted_failed else ""
+        n_failed = result.n_extracted_failed + result.n_unreadable  # as `extract` counts this run's failures
+        failed = f", {n_failed} failed," if n_failed else ""
         which = f" ({', '.join(done)})" if len(done) < len(layers) else ""
         print(f"extracted {result.n_extracted - result.n_extracted_failed} rows{failed} in one forward pass over "
               f"{len(done)} of the {len(layers)} layers{which}; plot: {result.png}")

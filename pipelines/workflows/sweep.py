@@ -40,6 +40,9 @@ class SweepResult:
     n_extracted: int  # forward-pass rows computed by this run (0 when every store was complete)
     extracted_layers: list = field(default_factory=list)  # the layers that pass computed
     n_extracted_failed: int = 0  # of `n_extracted`, the rows whose image could not be decoded (stored as failed)
+    # rows whose file could not be read at all (no content key: never stored, so every run tries them), counted
+    # when this run extracted rows, as `extract` counts them
+    n_unreadable: int = 0
 
 
 def layer_extractors(extractor, layers: list[str]) -> dict:
@@ -108,8 +111,8 @@ def run_sweep(
     for layer, single in singles.items():
         default = default_store_path(index, single)
         stores[layer] = default if store_dir is None else Path(store_dir) / default.name
-    n_extracted, extracted_layers, n_failed = extract_layers(index, extractor, singles, stores, workers=workers,
-                                                             progress=progress)
+    n_extracted, extracted_layers, n_failed, n_unreadable = extract_layers(index, extractor, singles, stores,
+                                                                           workers=workers, progress=progress)
     rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
@@ -121,7 +124,7 @@ def run_sweep(
     shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
     png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
                      note=NOT_PRETRAINED if random_init(spec) else "")
-    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed)
+    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable)
 
 
 def _check_probe_labels(index: ImageIndex) -> None:
@@ -155,10 +158,10 @@ def _default_out_dir(index: ImageIndex) -> Path:
 
 
 def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *, workers: int | None = None,
-                   progress=None) -> tuple[int, list[str], int]:
+                   progress=None) -> tuple[int, list[str], int, int]:
     """Bring every layer store up to date from ONE multi-output forward pass; return the rows computed, the
-    layers they were computed for (those whose store lacked any) and how many of those rows failed (images that
-    could not be decoded).
+    layers they were computed for (those whose store lacked any), how many of those rows failed (images that
+    could not be decoded) and, when it computed any, how many rows' files could not be read at all.
 
     Each store extracts only the images it lacks; an image that any store lacks goes through the model once.
     """
@@ -194,7 +197,7 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
             session.write_view(**_with_sweep_attr(args, stores[layer], layer, todo), versions=base_versions())
             session.remove_orphans()
     failed = set().union(*(failed_keys(stores[layer], targets[layer].missing) for layer in todo)) if done else set()
-    return done, todo, len(failed)
+    return done, todo, len(failed), plan.n_unreadable if done else 0
 
 
 def _with_sweep_attr(args: dict, store: Path, layer: str, todo: list[str]) -> dict:
