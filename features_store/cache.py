@@ -150,9 +150,12 @@ def _open(path: Path, fingerprint: str, *, write: bool) -> h5py.File | None:
 
 
 def _create(path: Path, fingerprint: str, n_features: int, extractor: dict, need: int) -> h5py.File:
+    """A new cache file, made whole under a temporary name and renamed into place (`durable.atomic_write`), its
+    blocks for the rows to append reserved; a killed creation's temporary file (those reserved blocks) is removed by
+    the next `append`."""
     rows = chunk_rows(n_features)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def write(tmp: str) -> None:
         with durable.h5_writing(tmp) as f:
             f.create_dataset("features", shape=(rows, n_features), maxshape=(None, n_features), dtype=np.float32,
                              chunks=(rows, n_features))
@@ -164,11 +167,8 @@ def _create(path: Path, fingerprint: str, n_features: int, extractor: dict, need
             for counter in COUNTERS:
                 f.attrs[counter] = np.int64(0)
         durable.reserve(tmp, os.path.getsize(tmp) + need)  # the rows to append (HDF5 cuts the rest when it closes)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)  # never a half-created file under the real name
+
+    durable.atomic_write(path, write)  # never a half-created file under the real name
     return h5py.File(path, "r+", locking=False)
 
 
@@ -257,6 +257,7 @@ def append(
     need = _append_bytes(x.shape[1], names)
     try:
         with _locked(path, write=True):
+            durable.remove_dead_writers_files(path)  # a killed creation's, whoever created the file since
             if path.exists() and _opens(path):  # a damaged file is moved aside by `_open`, never extended
                 durable.reserve(path, os.path.getsize(path) + need)
             f = _open(path, fingerprint, write=True) or _create(path, fingerprint, x.shape[1], extractor, need)

@@ -209,6 +209,36 @@ def test_an_append_that_meets_a_file_size_limit_is_one_error_and_keeps_the_cache
     np.testing.assert_array_equal(features, np.ones((2000, 512), np.float32))
 
 
+KILLED_CREATION = """
+import os, signal, sys
+import numpy as np
+from features_store import cache
+
+def replace(src, dst):  # SIGKILL at the rename of the new cache file: its temporary file is whole and reserved
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+keys = cache.array_keys(np.arange(600, dtype=np.int16).reshape(600, 1))
+cache.append(sys.argv[1], "ab" * 32, keys, np.ones((600, 512), np.float32), extractor={"name": "test"})
+"""
+
+
+def test_a_creation_killed_before_its_rename_leaves_no_file_for_good(tmp_path):
+    """A first append SIGKILLed while it created the cache left `features-....h5.tmp-PID`, with the blocks reserved
+    for all its rows, for good: no later append removed it (it is `atomic_write`'s temporary file now)."""
+    import signal
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_CREATION, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert any(".tmp-" in p.name for p in tmp_path.iterdir())  # what the kill left
+    keys = cache.array_keys(np.arange(3, dtype=np.int16).reshape(3, 1))
+    assert cache.append(tmp_path, FP, keys, _rows(3), extractor=SPEC) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"features-{FP[:16]}.h5", f"features-{FP[:16]}.h5.lock"]
+    np.testing.assert_array_equal(cache.lookup(tmp_path, FP, keys)[0], _rows(3))
+
+
 @pytest.mark.parametrize("cut", [1 / 8, 1 / 4, 1 / 2], ids=["an eighth", "a quarter", "half"])
 def test_a_file_cut_short_is_moved_aside_by_a_writer_not_extended_and_read(tmp_path, caplog, cut):
     """HDF5 refuses a file shorter than it says it is; reserving an append's space before opening it extended the
