@@ -2,7 +2,8 @@
 
 - `atomic_write`: temporary file, fsync, rename, fsync of the folder; the old file stays intact on failure.
 - `reserve`: allocate a file's blocks up front (`posix_fallocate`), so later writes into it cannot hit a full disk.
-- `check_free`: refuse to start a write that the free space cannot hold.
+- `check_free`: refuse to start a write that the free space cannot hold; `check_writable`: one that a read-only or
+  forbidden folder would refuse.
 - `write_error`: a failed write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES; an `OSError`, or h5py's `RuntimeError`
   when HDF5 fails to flush or close a file) as one `StoreWriteError`.
 - `h5_writing`: an h5py file for writing whose failure never crashes the process.
@@ -115,6 +116,22 @@ def _alive(pid: int) -> bool:
     except (OSError, OverflowError):  # another user's process: alive; a number no pid can be: not a writer's
         return True
     return True
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the OSError, naming `path`, that writing `path` would meet in its folder (the nearest one that exists):
+    a read-only mount (EROFS, root's case too) or no permission (EACCES). For the commands that compute for long
+    before they write one result (a trained model, a sweep's table): found after the computation, it was lost."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return  # the write itself says what is wrong
+    code = errno.EROFS if read_only else None if os.access(folder, os.W_OK | os.X_OK) else errno.EACCES
+    if code:
+        raise OSError(code, os.strerror(code), os.fspath(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -121,6 +121,24 @@ def small_disk(tmpfs):
 
 
 @pytest.fixture
+def read_only_folder(tmp_path):
+    """An empty folder that this process cannot write: a read-only bind mount for root (permission bits do not stop
+    root), a 0o555 folder otherwise; skipped where root cannot mount."""
+    folder, ro = tmp_path / "writable", tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+        yield folder
+        os.chmod(folder, 0o755)
+        return
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(ro)], capture_output=True).returncode:
+        pytest.skip("root, and cannot bind-mount read-only here")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.fixture
 def dead_pid():
     """The pid of a process that has finished: a killed writer's, for its temporary files' names."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

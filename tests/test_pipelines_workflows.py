@@ -65,6 +65,32 @@ def test_a_pretrained_model_onto_a_full_disk_is_one_line_and_keeps_the_previous_
     assert sorted(p.name for p in mnt.iterdir()) == ["cae.keras", "filler"]
 
 
+@pytest.mark.parametrize("command", ["pretrain-cae", "pretrain-cnn"])
+def test_a_read_only_out_is_one_line_before_any_training(read_only_folder, csv_index, capsys, command):
+    """A read-only --out folder was found when the trained model was saved: the whole training was lost."""
+    from pipelines.workflows.pretrain import run_pretrain_cae, run_pretrain_cnn
+
+    started = []
+
+    def progress(total):  # the CLI's progress bar: made when the training begins
+        started.append(total)
+        return __import__("tqdm").tqdm(total=total, disable=True)
+
+    out = read_only_folder / "m.keras"
+    index = read_index(csv_index)
+    with pytest.raises(OSError) as err:
+        if command == "pretrain-cae":
+            run_pretrain_cae(index, out, CAEConfig(input_size=16, filters=(4, 2), epochs=1, batch_size=3),
+                             progress=progress)
+        else:
+            run_pretrain_cnn(index, out, CNNConfig(input_size=16, epochs=1, batch_size=3), progress=progress)
+    assert err.value.filename == str(out) and started == []
+    code = main(["-q", command, str(csv_index), "--out", str(out), "--input-size", "16", "--epochs", "1"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"featurehead {command}: error: {out}: "), lines
+    assert list(read_only_folder.iterdir()) == []
+
+
 def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_path, capsys):
     base = tmp_path / "base.keras"
     args = ["--input-size", "16", "--epochs", "1", "--batch-size", "4", "--workers", "1"]

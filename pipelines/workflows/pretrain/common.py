@@ -124,6 +124,9 @@ def check_out(out) -> Path:
     if out.is_dir():  # found only when the trained model was saved
         raise ValueError(f"`out` must be a .keras file; {out} is a folder. Received: out={str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    from features_store.durable import check_writable
+
+    check_writable(out)  # a read-only folder was found only when the trained model was saved
     return out
 
 
