@@ -57,6 +57,17 @@ def test_sweep_onto_a_full_disk_keeps_the_previous_table(small_disk, csv_index, 
     assert sorted(p.name for p in (mnt / "sweep").iterdir()) == ["sweep.csv"]
 
 
+def test_a_read_only_out_is_one_line_before_any_store_is_made(read_only_folder, csv_index, tmp_path, capsys):
+    """A read-only --out was found after every layer was extracted and probed."""
+    out = read_only_folder / "sweep"
+    argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
+            "--store-dir", str(tmp_path / "stores"), "--out", str(out)]
+    assert main(argv) == 2
+    assert not (tmp_path / "stores").exists() and list(read_only_folder.iterdir()) == []
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"featurehead sweep: error: {out / 'sweep.csv'}: ")
+
+
 def _load(path):
     from extract import load_image
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 import features_store
 from extract import ImageIndex
+from features_store.durable import check_writable
 
 from ..runs.extraction import failed_keys
 from ..runs.filling import Target, fill_stores
@@ -104,6 +105,8 @@ def run_sweep(
                          f"--layers` lists them). Received: layers={','.join(layers)!r}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"{out_dir} is a file; --out is the folder to write sweep.csv and sweep.png into")
+    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
+    check_writable(out_dir / "sweep.csv")  # a read-only --out was found after extracting and probing
     if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
         raise ValueError(f"`cv` must be an integer >= 2 (cross-validation folds). Received: cv={cv!r}")
     singles = layer_extractors(extractor, list(layers))
@@ -115,7 +118,6 @@ def run_sweep(
                                                                            workers=workers, progress=progress)
     rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "sweep.csv"
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
