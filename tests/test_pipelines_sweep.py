@@ -54,7 +54,7 @@ def test_sweep_onto_a_full_disk_keeps_the_previous_table(small_disk, csv_index, 
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "sweep" / "sweep.csv") in err
     assert (mnt / "sweep" / "sweep.csv").read_text() == "the previous table\n"
-    assert sorted(p.name for p in (mnt / "sweep").iterdir()) == ["sweep.csv"]
+    assert sorted(p.name for p in (mnt / "sweep").iterdir()) == [".featurehead.lock", "sweep.csv"]
 
 
 def test_a_read_only_out_is_one_line_before_any_store_is_made(read_only_folder, csv_index, tmp_path, capsys):
@@ -66,6 +66,24 @@ def test_a_read_only_out_is_one_line_before_any_store_is_made(read_only_folder, 
     assert not (tmp_path / "stores").exists() and list(read_only_folder.iterdir()) == []
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"featurehead sweep: error: {out / 'sweep.csv'}: ")
+
+
+def test_a_second_sweep_into_the_same_folder_is_one_line_before_any_store_is_made(csv_index, tmp_path, capsys):
+    """Two sweeps at once into one --out (two models over one index, without --out: the same index.sweep/) could
+    leave one's sweep.csv beside the other's sweep.png, both exit 0."""
+    import filelock
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
+            "--store-dir", str(tmp_path / "stores"), "--out", str(out)]
+    with filelock.FileLock(out / ".featurehead.lock"):  # another sweep, running
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.strip().endswith(
+        "is being written by another featurehead sweep (one with the same --out, or over the same index without "
+        "--out?); give this one another --out, or re-run when it has finished"), err
+    assert not (tmp_path / "stores").exists() and [p.name for p in out.iterdir()] == [".featurehead.lock"]
 
 
 def _load(path):

@@ -18,11 +18,12 @@ import pandas as pd
 import features_store
 from extract import ImageIndex
 from features_store.durable import check_writable
+from features_store.lock import folder_lock
 
 from ..runs.extraction import failed_keys
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
-from ..runs.prediction import NOT_PRETRAINED, random_init, write_output
+from ..runs.prediction import NOT_PRETRAINED, OUTPUT_LOCK, random_init, write_output
 from ..runs.versions import base_versions
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,26 @@ def run_sweep(
     for layer, single in singles.items():
         default = default_store_path(index, single)
         stores[layer] = default if store_dir is None else Path(store_dir) / default.name
-    n_extracted, extracted_layers, n_failed, n_unreadable = extract_layers(index, extractor, singles, stores,
-                                                                           workers=workers, progress=progress)
-    rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _output_lock(out_dir):  # a second sweep into this folder meanwhile would mix its table and plot with ours
+        n_extracted, extracted_layers, n_failed, n_unreadable = extract_layers(index, extractor, singles, stores,
+                                                                               workers=workers, progress=progress)
+        rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
+        table = pd.DataFrame(rows, columns=list(COLUMNS))
+        csv, png = _write_table(table, extractor, out_dir)
+    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable)
+
+
+def _output_lock(out_dir: Path):
+    """Hold `out_dir/.featurehead.lock` while a sweep runs; a second sweep into the same folder (the default one
+    beside the index, for a sweep of another model) stops at once with one line."""
+    return folder_lock(out_dir, OUTPUT_LOCK, timeout=0, busy=ValueError(
+        f"{out_dir} is being written by another featurehead sweep (one with the same --out, or over the same index "
+        "without --out?); give this one another --out, or re-run when it has finished"))
+
+
+def _write_table(table: pd.DataFrame, extractor, out_dir: Path) -> tuple[Path, Path]:
+    """`out_dir/sweep.csv` and `out_dir/sweep.png`, each replaced whole."""
     csv = out_dir / "sweep.csv"
     write_output(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     spec = extractor.spec()
@@ -126,7 +142,7 @@ def run_sweep(
     shown = weights if weights in (None, "none", "imagenet") else Path(str(weights)).name  # a file: its name
     png = plot_sweep(table, out_dir / "sweep.png", title=f"layer sweep: {extractor.name}, weights {shown}",
                      note=NOT_PRETRAINED if random_init(spec) else "")
-    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable)
+    return csv, png
 
 
 def _check_probe_labels(index: ImageIndex) -> None:
