@@ -119,10 +119,11 @@ def _alive(pid: int) -> bool:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise the OSError, naming `path`, that writing `path` would meet in its folder (the nearest one that exists):
-    a read-only mount (EROFS, root's case too) or no permission (EACCES). For the commands that compute for long
-    before they write one result (a trained model, a sweep's table): found after the computation, it was lost."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Raise the OSError, naming `path`, that writing into `path` (an existing folder) or writing `path` (a file or
+    folder to make; then into the nearest folder above it that exists) would meet: a read-only mount (EROFS, root's
+    case too) or no permission (EACCES). For the commands that compute for long before they write their result (a
+    trained model, a bundle, a sweep's table): found after the computation, the computation was lost."""
+    folder = os.path.abspath(path)
     while not os.path.isdir(folder) and folder != os.path.dirname(folder):
         folder = os.path.dirname(folder)
     try:

@@ -73,6 +73,24 @@ def images_of(index):
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in index.paths]).astype(np.float32)
 
 
+def test_a_read_only_out_is_refused_before_any_epoch(read_only_folder, shared_bundle, shared_store):
+    """A read-only --out folder (one that exists: the bundle folder) was found when the bundle was saved, after every
+    epoch of train's mlp and of finetune."""
+    started = []
+
+    def progress(total, **kwargs):  # the CLI's progress bar: made when the epochs begin
+        started.append(total)
+        return __import__("tqdm").tqdm(total=total, disable=True)
+
+    with pytest.raises(OSError) as err:
+        run_finetune(shared_bundle, read_only_folder, unfreeze=1, epochs=1, batch_size=4, progress=progress)
+    assert err.value.filename == str(read_only_folder) and started == []
+    with pytest.raises(OSError) as err:
+        run_train(shared_store, read_only_folder, head="mlp", params={"epochs": 2, "hidden_layer_sizes": (4,)}, progress=progress)
+    assert err.value.filename == str(read_only_folder) and started == []
+    assert list(read_only_folder.iterdir()) == []
+
+
 def test_transplant_equals_the_bundle_before_training(shared_bundle, shared_store, shared_index):
     bundle = classify.load_bundle(shared_bundle)
     model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)

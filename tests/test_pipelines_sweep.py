@@ -65,7 +65,7 @@ def test_a_read_only_out_is_one_line_before_any_store_is_made(read_only_folder, 
     assert main(argv) == 2
     assert not (tmp_path / "stores").exists() and list(read_only_folder.iterdir()) == []
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and err.startswith(f"featurehead sweep: error: {out / 'sweep.csv'}: ")
+    assert len(err.splitlines()) == 1 and err.startswith(f"featurehead sweep: error: {out}: ")
 
 
 def test_a_second_sweep_into_the_same_folder_is_one_line_before_any_store_is_made(csv_index, tmp_path, capsys):

@@ -107,7 +107,7 @@ def run_sweep(
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"{out_dir} is a file; --out is the folder to write sweep.csv and sweep.png into")
     out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(index)
-    check_writable(out_dir / "sweep.csv")  # a read-only --out was found after extracting and probing
+    check_writable(out_dir)  # a read-only --out was found after extracting and probing
     if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
         raise ValueError(f"`cv` must be an integer >= 2 (cross-validation folds). Received: cv={cv!r}")
     singles = layer_extractors(extractor, list(layers))
