@@ -55,6 +55,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
                               "overwrite it: choose another --out")
     try:
         os.makedirs(folder, exist_ok=True)
+        durable.check_writable(folder)  # before the free space: a small read-only mount said to free space
     except OSError as err:
         raise durable.write_error(err, store=folder, what=out) from err
     durable.remove_dead_writers_files(out)  # a killed export's copy would count against the space it needs

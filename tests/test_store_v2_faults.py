@@ -204,6 +204,18 @@ def test_a_real_full_disk_is_one_line_and_resumes_after_space_is_freed(tmpfs):
     assert_clean(store)
 
 
+def test_an_export_into_a_small_read_only_filesystem_says_read_only(tmpfs, tmp_path):
+    """A read-only mount with less free space than the export needs said 'not enough free space ... Free some
+    space': freeing it only led to the read-only error."""
+    store = tmp_path / "store"
+    assert run(store)[0] == 0
+    mnt = tmpfs("64k")
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    with pytest.raises(fs.StoreWriteError) as err:
+        fs.export(store, mnt / "e.h5")
+    assert str(err.value) == f"{mnt}: cannot write {mnt / 'e.h5'} (Read-only file system); it needs a writable folder."
+
+
 def _cli_limited(fsize, *args):
     """`featurehead ARGS` in a process whose files may not grow past `fsize` bytes (`ulimit -f`): HDF5 then fails
     to flush or close a file, which h5py raises as RuntimeError, not OSError."""
