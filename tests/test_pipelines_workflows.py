@@ -26,6 +26,7 @@ def test_pretrain_cae_then_extract_with_it(csv_index, tmp_path, capsys):
                  "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--workers", "1"])
     assert capsys.readouterr().out.startswith("trained a CAE on 8 images for 1 epoch; final loss ")
     assert code == 0 and sorted(p.name for p in out.parent.iterdir()) == [
+        ".b.keras.lock", ".cae.keras.lock",
         "b.keras", "b_loss.png", "b_reconstructions.png", "cae.keras", "cae_loss.png", "cae_reconstructions.png"]
 
     store = tmp_path / "cae"
@@ -62,7 +63,7 @@ def test_a_pretrained_model_onto_a_full_disk_is_one_line_and_keeps_the_previous_
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "cae.keras") in err
     assert (mnt / "cae.keras").read_bytes() == b"the previous model"
-    assert sorted(p.name for p in mnt.iterdir()) == ["cae.keras", "filler"]
+    assert sorted(p.name for p in mnt.iterdir()) == [".cae.keras.lock", "cae.keras", "filler"]
 
 
 @pytest.mark.parametrize("command", ["pretrain-cae", "pretrain-cnn"])
@@ -89,6 +90,21 @@ def test_a_read_only_out_is_one_line_before_any_training(read_only_folder, csv_i
     lines = capsys.readouterr().err.splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"featurehead {command}: error: {out}: "), lines
     assert list(read_only_folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["pretrain-cae", "pretrain-cnn"])
+def test_a_second_pretraining_into_the_same_out_is_one_line_at_once(csv_index, tmp_path, capsys, command):
+    """Two at once into one --out could leave one's model beside the other's plots, both exit 0."""
+    import filelock
+
+    out = tmp_path / "m.keras"
+    with filelock.FileLock(tmp_path / ".m.keras.lock"):  # another pre-training into m.keras, running
+        code = main(["-q", command, str(csv_index), "--out", str(out), "--input-size", "16", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"featurehead {command}: error: {out} is being written by another featurehead "
+                                 "command (a pretrain-cae or pretrain-cnn with the same --out?); give this one another "
+                                 "--out, or re-run when it has finished\n"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.keras.lock", "imgs"]
 
 
 def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_path, capsys):

@@ -10,7 +10,7 @@ import numpy as np
 from classify.keras_state import global_rng_kept
 from extract import ImageIndex
 
-from .common import PretrainResult, check_out, image_batches, progress_callback, save_model
+from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class CAEConfig:
         return cls(**{**d, "filters": tuple(d.get("filters", cls.filters))})
 
 
+@holding_out
 def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *, progress=None,
                      workers: int | None = None) -> PretrainResult:
     """Train a CAE on the images of `index` (labels ignored) and save it with its plots next to it: its "train"

@@ -10,7 +10,7 @@ import numpy as np
 from classify import encode_labels, model_accuracy
 from extract import ImageIndex
 
-from .common import PretrainResult, check_out, image_batches, progress_callback, save_model
+from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
     return classes, rows
 
 
+@holding_out
 def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *, classes=None, base=None,
                      feature_layer: str = "features_flatten", progress=None, workers: int | None = None) -> PretrainResult:
     """Train the small CNN on the rows of `classes`, from scratch or as a new head on `base`'s frozen features.

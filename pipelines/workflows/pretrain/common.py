@@ -4,6 +4,7 @@ and the result."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -128,6 +129,22 @@ def check_out(out) -> Path:
 
     check_writable(out)  # a read-only folder was found only when the trained model was saved
     return out
+
+
+def holding_out(run):
+    """Run `run(index, out, ...)` holding `.OUT.lock` beside `out` (a checked .keras path): a second pre-training
+    into the same `out` meanwhile stops at once with one line (its model and plots would mix with ours)."""
+    from features_store.lock import folder_lock
+
+    @functools.wraps(run)
+    def locked(index, out, *args, **kwargs):
+        out = check_out(out)
+        busy = ValueError(f"{out} is being written by another featurehead command (a pretrain-cae or pretrain-cnn "
+                          "with the same --out?); give this one another --out, or re-run when it has finished")
+        with folder_lock(out.parent, f".{out.name}.lock", timeout=0, busy=busy):
+            return run(index, out, *args, **kwargs)
+
+    return locked
 
 
 def save_model(model, out: Path) -> None:
