@@ -3,7 +3,7 @@
 - `atomic_write`: temporary file, fsync, rename, fsync of the folder; the old file stays intact on failure.
 - `reserve`: allocate a file's blocks up front (`posix_fallocate`), so later writes into it cannot hit a full disk.
 - `check_free`: refuse to start a write that the free space cannot hold; `check_writable`: one that a read-only or
-  forbidden folder would refuse.
+  forbidden folder would refuse; `check_room`: a training whose model's weights alone the free space cannot hold.
 - `write_error`: a failed write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES; an `OSError`, or h5py's `RuntimeError`
   when HDF5 fails to flush or close a file) as one `StoreWriteError`.
 - `h5_writing`: an h5py file for writing whose failure never crashes the process.
@@ -123,9 +123,7 @@ def check_writable(path: str | os.PathLike) -> None:
     folder to make; then into the nearest folder above it that exists) would meet: a read-only mount (EROFS, root's
     case too) or no permission (EACCES). For the commands that compute for long before they write their result (a
     trained model, a bundle, a sweep's table): found after the computation, the computation was lost."""
-    folder = os.path.abspath(path)
-    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
-        folder = os.path.dirname(folder)
+    folder = _existing_folder(path)
     try:
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
@@ -133,6 +131,28 @@ def check_writable(path: str | os.PathLike) -> None:
     code = errno.EROFS if read_only else None if os.access(folder, os.W_OK | os.X_OK) else errno.EACCES
     if code:
         raise OSError(code, os.strerror(code), os.fspath(path))
+
+
+def check_room(path: str | os.PathLike, nbytes: int, *, what: str) -> None:
+    """Raise StoreWriteError when the filesystem that `path` (a file or folder, made or to make) is on has less
+    than `nbytes` free: a lower bound of `what` (a model's weights), checked before the training that makes it, which
+    a full disk found at the save lost. No slack: the bound is below the real size, whose write still says so."""
+    try:
+        free = free_bytes(_existing_folder(path))
+    except OSError:
+        return  # the write itself says what is wrong
+    if free < nbytes:
+        raise StoreWriteError(f"{path}: not enough free space for {what}: its weights alone take {_size(nbytes)}, "
+                              f"{_size(free)} is free. Free some space and re-run the same command (nothing was "
+                              "trained yet).")
+
+
+def _existing_folder(path: str | os.PathLike) -> str:
+    """`path` itself when it is a folder, else the nearest folder above it that exists."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    return folder
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

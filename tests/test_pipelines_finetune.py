@@ -91,6 +91,22 @@ def test_a_read_only_out_is_refused_before_any_epoch(read_only_folder, shared_bu
     assert list(read_only_folder.iterdir()) == []
 
 
+def test_a_disk_that_cannot_hold_the_weights_is_refused_before_any_epoch(small_disk, shared_bundle):
+    """A full disk was found when the fine-tuned model was saved, after every epoch."""
+    started = []
+
+    def progress(total, **kwargs):
+        started.append(total)
+        return __import__("tqdm").tqdm(total=total, disable=True)
+
+    out = small_disk.path / "tuned"
+    with pytest.raises(features_store.StoreWriteError, match=r"not enough free space for the fine-tuned model: its weights alone "
+                       r"take [\d.]+ MiB, \d+ KiB is free\. Free some space and re-run the same command \(nothing was "
+                       r"trained yet\)\.$"):
+        run_finetune(shared_bundle, out, unfreeze=1, epochs=1, batch_size=4, progress=progress)
+    assert started == [] and not out.exists()
+
+
 def test_transplant_equals_the_bundle_before_training(shared_bundle, shared_store, shared_index):
     bundle = classify.load_bundle(shared_bundle)
     model = transplant(small_vgg().model, bundle.estimator, bundle.n_features)

@@ -55,13 +55,24 @@ def test_pretrain_cae_fits_the_train_split_never_val_or_test(csv_index, tmp_path
 def test_a_pretrained_model_onto_a_full_disk_is_one_line_and_keeps_the_previous_model(
         small_disk, csv_index, tmp_path, capsys
 ):
+    """Two full disks: one that cannot hold even the model's weights (1.6 KiB here) is refused before the training
+    (it was found at the save, the training lost); one that holds them but not the saved file (46 KiB) fails at the
+    save. Each is one line, and the previous model stays."""
     mnt = small_disk.path
     (mnt / "cae.keras").write_bytes(b"the previous model")
+    argv = ["-q", "pretrain-cae", str(csv_index), "--out", str(mnt / "cae.keras"), "--input-size", "16",
+            "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--workers", "1"]
     small_disk.fill()  # the disk is full
-    code = main(["-q", "pretrain-cae", str(csv_index), "--out", str(mnt / "cae.keras"), "--input-size", "16",
-                 "--filters", "4,2", "--epochs", "1", "--batch-size", "3", "--workers", "1"])
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "cae.keras") in err
+    assert err.splitlines() == [f"featurehead pretrain-cae: error: {mnt / 'cae.keras'}: not enough free space for the "
+                                "trained CAE: its weights alone take 1 KiB, 0 KiB is free. Free some space and re-run "
+                                "the same command (nothing was trained yet)."]
+    (mnt / "filler").unlink()
+    small_disk.fill(leave=16 << 10)  # room for the weights, not for the saved model
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "No space left" in err and str(mnt / "cae.keras") in err
     assert (mnt / "cae.keras").read_bytes() == b"the previous model"
     assert sorted(p.name for p in mnt.iterdir()) == [".cae.keras.lock", "cae.keras", "filler"]
 

@@ -19,10 +19,10 @@ import numpy as np
 
 import classify
 import features_store
-from classify.keras_state import global_rng_kept
+from classify.keras_state import global_rng_kept, weights_nbytes
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
-from features_store.durable import check_writable
+from features_store.durable import check_room, check_writable
 
 from ..runs.prediction import load_head_bundle, trained_rows, training_view_changed
 from ..runs.training import validation_source
@@ -254,6 +254,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     set_trainable(base, set(unfrozen))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
+    check_room(out, weights_nbytes(model), what="the fine-tuned model")  # a full disk was found after every epoch
     codes = classify.encode_labels(frame.labels, classes, unknown="code")
     paths = frame.paths  # a property that builds the list: read it once
 

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from classify.keras_state import global_rng_kept
+from classify.keras_state import global_rng_kept, weights_nbytes
 from extract import ImageIndex
+from features_store.durable import check_room
 
 from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
 
@@ -78,6 +79,7 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
     model = build_autoencoder(input_size=config.input_size, channels=config.channels, filters=config.filters,
                               seed=config.seed)
     model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss="binary_crossentropy")
+    check_room(out, weights_nbytes(model), what="the trained CAE")  # a full disk was found after the training
     data = image_batches(paths, config.input_size, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                          channels=config.channels, workers=workers)
     timer = epoch_timer()

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from classify import encode_labels, model_accuracy
+from classify.keras_state import weights_nbytes
 from extract import ImageIndex
+from features_store.durable import check_room
 
 from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
 
@@ -120,6 +122,7 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
         base_model = load_saved_model(base)
         size = model_input_size(base_model) or config.input_size
         model = build_transfer(base_model, len(classes), feature_layer=feature_layer, seed=config.seed)
+    check_room(out, weights_nbytes(model), what="the trained CNN")  # a full disk was found after the training
     paths = index.paths
 
     def batches(name, shuffle=False):
