@@ -196,6 +196,39 @@ def test_an_address_that_is_not_a_scheduler_is_one_line_in_time(reply, monkeypat
             conn.close()
 
 
+
+def _refused_address() -> str:
+    """A local port where nothing listens: bound, then closed."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("address, said", [
+    pytest.param(None, "nothing listens at tcp://127.0.0.1:", id="refused"),
+    pytest.param("tcp://nonexistent.invalid:8786", "cannot resolve the host of tcp://nonexistent.invalid:8786",
+                 id="unknown-host")])
+def test_an_address_where_nothing_listens_is_one_line_at_once(address, said, index, capsys):
+    """Dask's `connect` retried a refused connection and an unknown host for the whole 30 s connect timeout, then
+    said only "Timed out trying to connect". The CLI runs in a thread given 20 s: the old code's 30 s fail it."""
+    import threading
+
+    from pipelines.cli import main
+
+    argv = ["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
+            "--dask", address or _refused_address(), "--out", str(index.root.parent / "never")]
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert codes == [2], "still connecting after 20 s" if not codes else codes
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and said in err and "--dask" in err, err
+    assert not (index.root.parent / "never").exists()
+
+
 # One process runs the CLI twice (a Python start-up and a TensorFlow import fewer than two `featurehead` processes);
 # each run starts its own `--dask local:1` cluster, whose fresh worker shares this process's stderr (the terminal).
 # The --strict run goes first, so that its one-line error comes from a process that starts Keras as a user's

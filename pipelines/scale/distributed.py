@@ -57,29 +57,63 @@ def client_from_spec(spec: str, *, quiet: bool = False):
 
 
 def _check_scheduler(address: str, timeout: float) -> None:
-    """Raise a ValueError unless `address` answers Dask's handshake within about `timeout` seconds (an OSError when
-    nothing accepts the connection). `Client(address, timeout=...)` waited for ever on a server that accepts and
-    never answers (an HTTP port: the dashboard's 8787), and a server that answers first (an SSH banner) came out
-    as a MemoryError of Dask's decoder."""
+    """Raise a ValueError unless `address` answers Dask's handshake within about `timeout` seconds.
+
+    Dask's `connect` retries a refused connection or an unknown host until its timeout (30 s of the same error), so
+    one attempt of its connector comes first and says what is wrong at once. `Client(address, timeout=...)` waited for
+    ever on a server that accepts and never answers (an HTTP port: the dashboard's 8787), and a server that answers
+    first (an SSH banner) came out as a MemoryError of Dask's decoder: hence the handshake."""
     import asyncio
 
-    from distributed.comm import connect
+    from distributed.comm import connect, parse_address
+    from distributed.comm.registry import get_backend
+    from distributed.security import Security
+
+    args = Security().get_connection_args("client")  # what `Client` connects with (TLS from Dask's configuration)
 
     async def handshake():
-        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout + 1)
+        scheme, loc = parse_address(address)
+        try:
+            comm = await asyncio.wait_for(get_backend(scheme).get_connector().connect(loc, **args), timeout)
+        except (OSError, asyncio.TimeoutError) as err:  # Dask's CommClosedError is an OSError
+            return err
         await comm.close()
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout + 1)
+        await comm.close()
+        return None
 
     try:
-        asyncio.run(handshake())
+        unreachable = asyncio.run(handshake())
     except asyncio.TimeoutError as err:  # connected, no handshake (Dask's own "Timed out" is a plain OSError)
         raise ValueError(f"{address} accepts connections but does not answer as a Dask scheduler (a dashboard's or "
                          "another service's port?): give --dask the scheduler's address, tcp://HOST:8786 by default"
                          ) from err
-    except OSError:  # nothing listens, an unknown host: Dask's line says so
+    except OSError:  # the scheduler went away between the attempt and the handshake: Dask's line says so
         raise
     except Exception as err:  # noqa: BLE001  (whatever Dask's decoder makes of another protocol's bytes)
         raise ValueError(f"{address} does not answer as a Dask scheduler (another service's port?): give --dask the "
                          f"scheduler's address, tcp://HOST:8786 by default ({type(err).__name__} in the handshake)") from err
+    if unreachable is not None:
+        raise ValueError(_unreachable(address, unreachable, timeout)) from unreachable
+
+
+def _unreachable(address: str, err: BaseException, timeout: float) -> str:
+    """The line for an address whose first connection attempt failed with `err` (Dask wraps the socket's error in a
+    CommClosedError: its cause says what happened)."""
+    import asyncio
+    import socket
+
+    while isinstance(err.__cause__, OSError):
+        err = err.__cause__
+    if isinstance(err, ConnectionRefusedError):
+        return (f"nothing listens at {address} (connection refused): check the host and port of --dask "
+                "(tcp://HOST:8786 by default) and that `dask scheduler` runs there")
+    if isinstance(err, socket.gaierror):
+        return f"cannot resolve the host of {address} ({err.strerror}): check the host name in --dask"
+    if isinstance(err, asyncio.TimeoutError):
+        return (f"no answer from {address} within {timeout:g} s (the host down, or a firewall dropping the "
+                "connection?): check the address given to --dask")
+    return f"cannot connect to {address} ({err.strerror or err}): check the address given to --dask"
 
 
 def _ignore_sigint_plugin():
