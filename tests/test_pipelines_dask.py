@@ -412,6 +412,28 @@ def test_local_workers_ignore_a_terminals_ctrl_c_and_the_driver_does_not():
         cluster.close()
 
 
+
+@pytest.mark.parametrize("fails", ["client", "plugin"])
+def test_a_local_cluster_whose_client_fails_is_closed(fails, monkeypatch):
+    """`Client(cluster)` or `register_plugin` raising left the LocalCluster and its worker processes running."""
+    import psutil
+
+    from pipelines.scale import distributed as scale
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(*((distributed, "Client") if fails == "client" else (scale, "_ignore_sigint_plugin")), broken)
+    def workers():  # multiprocessing's children that run a nanny's worker (not its resource tracker, which stays)
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline())}
+
+    before = workers()
+    with pytest.raises(RuntimeError, match="refused"):
+        scale.client_from_spec("local:1", quiet=True)
+    assert workers() - before == set()
+
+
 # The tests below kill the module cluster's workers (their nannies start fresh ones, which import TensorFlow again
 # when they get a shard): they come last in the file, so that on one test process they usually run last (a test
 # stolen by the other process may run after them: slower, on fresh workers, not wrong; no test here depends on order).

@@ -47,8 +47,15 @@ def client_from_spec(spec: str, *, quiet: bool = False):
         # any free port on this machine only (None would take 8787 and warn when another cluster holds it)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                silence_logs=logging.CRITICAL if quiet else logging.WARNING)
-        client = Client(cluster)
-        client.register_plugin(_ignore_sigint_plugin())  # restarted workers get it too
+        client = None
+        try:
+            client = Client(cluster)
+            client.register_plugin(_ignore_sigint_plugin())  # restarted workers get it too
+        except BaseException:  # a Ctrl-C too: the caller gets no client to close, so its worker processes stayed
+            if client is not None:
+                client.close()
+            cluster.close()
+            raise
         return client
     if spec.startswith(("tcp://", "tls://", "ucx://")):
         _check_scheduler(spec, _CONNECT_TIMEOUT_S)
