@@ -413,25 +413,48 @@ def test_local_workers_ignore_a_terminals_ctrl_c_and_the_driver_does_not():
 
 
 
+def _worker_pids() -> set[int]:
+    """This process's children that run a local cluster's worker (multiprocessing's resource tracker stays)."""
+    import psutil
+
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                pids.add(p.pid)
+        except psutil.NoSuchProcess:  # gone meanwhile
+            pass
+    return pids
+
+
 @pytest.mark.parametrize("fails", ["client", "plugin"])
 def test_a_local_cluster_whose_client_fails_is_closed(fails, monkeypatch):
     """`Client(cluster)` or `register_plugin` raising left the LocalCluster and its worker processes running."""
-    import psutil
-
     from pipelines.scale import distributed as scale
 
     def broken(*args, **kwargs):
         raise RuntimeError("refused")
 
     monkeypatch.setattr(*((distributed, "Client") if fails == "client" else (scale, "_ignore_sigint_plugin")), broken)
-    def workers():  # multiprocessing's children that run a nanny's worker (not its resource tracker, which stays)
-        return {p.pid for p in psutil.Process().children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline())}
-
-    before = workers()
+    before = _worker_pids()
     with pytest.raises(RuntimeError, match="refused"):
         scale.client_from_spec("local:1", quiet=True)
-    assert workers() - before == set()
+    assert _worker_pids() - before == set()
+
+
+def test_cli_closes_its_local_cluster_when_a_plugin_fails(index, monkeypatch, capsys):
+    """`extract --dask local:N` registered its quiet-Keras plugin outside the `try` that closes the cluster."""
+    from pipelines.cli import app, main
+
+    def broken():
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(app, "quiet_keras_plugin", broken)
+    before = _worker_pids()
+    assert main(["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
+                 "--dask", "local:1", "--out", str(index.root.parent / "never")]) == app.EXIT_INTERNAL_ERROR
+    assert "RuntimeError: refused" in capsys.readouterr().err
+    assert _worker_pids() - before == set()
 
 
 # The tests below kill the module cluster's workers (their nannies start fresh ones, which import TensorFlow again

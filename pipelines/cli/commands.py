@@ -26,12 +26,13 @@ def cmd_extract(args) -> int:
         from ..scale.distributed import client_from_spec
 
         client = client_from_spec(args.dask, quiet=not args.verbose)
-        if not args.verbose and args.dask.startswith("local:"):
-            from .app import quiet_keras_plugin
-
-            client.register_plugin(quiet_keras_plugin())  # local workers write to our terminal
     with _dask_client_logs_quiet(client is not None and not args.verbose):  # its close too: it logs there
         try:
+            if client is not None and not args.verbose and args.dask.startswith("local:"):
+                from .app import quiet_keras_plugin
+
+                # inside the `try`: a failure here left the local cluster's workers running
+                client.register_plugin(quiet_keras_plugin())  # local workers write to our terminal
             result = run_extract(index, extractor, args.out, strict=args.strict, workers=args.workers,
                                  progress=progress(args, f"extract {extractor.name}"), views=views,
                                  shard_rows=args.shard_rows, dtype=args.dtype, client=client)
