@@ -1,9 +1,11 @@
-"""The one-writer lock of a store: `STORE/.lock`, held with `filelock` (an advisory `flock` on POSIX); and
-`folder_lock`, the same for a folder of other results (a head bundle, a report)."""
+"""The one-writer lock of a store: `STORE/.lock`, held with `filelock` (an advisory `flock` on POSIX); the lock of
+one shard file, held by whoever writes that shard; and `folder_lock`, the same for a folder of other results (a head
+bundle, a report)."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,8 @@ from features_store import schema
 from features_store.errors import StoreLockedError
 
 _WRITER_WAIT_S = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -59,6 +63,38 @@ def writer_running(store: str | os.PathLike) -> bool:
     finally:
         os.close(fd)  # drops the probe's shared lock, if it got it
     return False
+
+
+def hold_shard_lock(path: str | os.PathLike, what: str) -> filelock.BaseFileLock:
+    """Acquire and return the lock file `path` of one shard, waiting (with a warning naming `what`) while another
+    process holds it.
+
+    The store's lock does not cover a Dask worker: a task of a stopped run goes on writing its shard after its driver
+    died (a running thread cannot be stopped), and a second writer would resume that shard from rows that the first is
+    still writing. No timeout: the holder lets go when its shard is done, or when its process dies."""
+    lock = filelock.FileLock(os.fspath(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        logger.warning("%s is being written by another process (a Dask task of a stopped run?); waiting for it to "
+                       "finish", what)
+        lock.acquire(timeout=-1)
+    return lock
+
+
+@contextmanager
+def unless_locked(path: str | os.PathLike) -> Iterator[bool]:
+    """Hold the lock file `path` for the block and yield True, or yield False at once when a process holds it."""
+    lock = filelock.FileLock(os.fspath(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -4,7 +4,9 @@ A shard is created whole (its keys written, its rows allocated and reserved on d
 renamed into place. Rows are then written in order; each batch is flushed and fsynced before the progress
 counter `n_done` moves, so a crash at any moment leaves a shard that resumes from its durable rows. A complete
 shard is never opened for writing again. Its name is a hash of the fingerprint and its keys, so planning the same
-keys twice names the same file: a shard is an idempotent unit of work (the Dask issue builds on this).
+keys twice names the same file: a shard is an idempotent unit of work (the Dask issue builds on this). Its writer
+holds the shard's lock file (`.NAME.lock`) from open to close: a second writer of that shard waits, then resumes it
+from where the first one left it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from features_store import durable, schema
 from features_store.errors import FeatureRangeError, StoreDamagedError, StoreMismatchError, StoreWriteError
+from features_store.lock import hold_shard_lock
 from features_store.plan import plan_shards
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,30 @@ def shards_dir(store: str | os.PathLike) -> str:
 
 def shard_path(store: str | os.PathLike, name: str) -> str:
     return os.path.join(shards_dir(store), name)
+
+
+_LOCK_SUFFIX = ".lock"
+
+
+def shard_lock_name(name: str) -> str:
+    """The name of shard `name`'s lock file, `.NAME.lock` in the shards folder: held by the one process that writes
+    the shard."""
+    return f".{name}{_LOCK_SUFFIX}"
+
+
+def shard_lock_path(store: str | os.PathLike, name: str) -> str:
+    return os.path.join(shards_dir(store), shard_lock_name(name))
+
+
+def shard_of(name: str) -> str:
+    """The shard file that a file of the shards folder belongs to: itself, or the shard of its lock file or of
+    its temporary file (``.NAME.lock``, ``.NAME.tmp-PID``)."""
+    if name.startswith("."):
+        if name.endswith(_LOCK_SUFFIX):
+            return name[1:-len(_LOCK_SUFFIX)]
+        if ".tmp-" in name:  # `durable.atomic_write`'s
+            return name[1:name.rindex(".tmp-")]
+    return name
 
 
 def unlisted_shards(store: str | os.PathLike, listed) -> list[str]:
@@ -165,6 +192,7 @@ class ShardWriter:
 
     def __init__(self, store: str, name: str) -> None:
         self.store, self.name, self.path = store, name, shard_path(store, name)
+        self._lock = None  # the shard's lock (`open` holds it until `close`)
         try:
             self._file = h5py.File(self.path, "r+")
         except OSError as err:
@@ -206,6 +234,25 @@ class ShardWriter:
         if not keys:
             raise ValueError("`keys` must not be empty. Received: keys=[]")
         name = shard_name(fingerprint, keys, runtime_tag(versions))
+        try:
+            os.makedirs(shards_dir(store), exist_ok=True)
+        except OSError as err:
+            raise durable.write_error(err, store=store, what="the shards folder") from err
+        try:
+            lock = hold_shard_lock(shard_lock_path(store, name), f"{store}: shard {name}")
+        except OSError as err:
+            raise durable.write_error(err, store=store, what=f"the lock of shard {name}") from err
+        try:  # from here on, no other process writes this shard: what is on disk is where it stands
+            writer = cls._open_locked(store, name, keys, fingerprint, int(n_features), dtype, dict(versions or {}))
+        except BaseException:
+            _let_go(lock, store, name, done=False)
+            raise
+        writer._lock = lock
+        return writer
+
+    @classmethod
+    def _open_locked(cls, store: str, name: str, keys: list[str], fingerprint: str, n_features: int, dtype: str,
+                     versions: dict) -> ShardWriter:
         path = shard_path(store, name)
         if os.path.exists(path) and not _opens(path):
             # cut short (a truncated copy, a disk that filled while it was created): nothing in it is readable, so
@@ -215,11 +262,7 @@ class ShardWriter:
             except OSError as err:
                 raise durable.write_error(err, store=store, what=f"shard {name}") from err
         if not os.path.exists(path):
-            try:
-                os.makedirs(shards_dir(store), exist_ok=True)
-            except OSError as err:
-                raise durable.write_error(err, store=store, what="the shards folder") from err
-            _create(store, name, keys, fingerprint, int(n_features), dtype, dict(versions or {}))
+            _create(store, name, keys, fingerprint, n_features, dtype, versions)
         writer = cls(store, name)
         if writer.keys != keys or writer.n_features != n_features or str(writer._dtype) != dtype:
             writer.close()
@@ -316,17 +359,34 @@ class ShardWriter:
         os.fsync(self._fd)
 
     def close(self) -> None:
+        complete = False
         if self._file.id.valid:
             try:
+                complete = self.complete
                 self._file.close()
             except (OSError, RuntimeError):  # a failed write already raised its one line; closing must not add a second
                 logger.debug("closing %s failed", self.path, exc_info=True)
+        if self._lock is not None:
+            _let_go(self._lock, self.store, self.name, done=complete)
+            self._lock = None
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _let_go(lock, store: str, name: str, *, done: bool) -> None:
+    """Release a shard's lock; `done` (the shard complete): its lock file goes too, removed while still held. A
+    process waiting on that file then holds a lock file that is gone, harmless only because what it finds is a
+    complete shard, which nobody writes again (so an unfinished shard's lock file stays)."""
+    if done:
+        try:
+            os.remove(shard_lock_path(store, name))
+        except OSError:
+            pass
+    lock.release()
 
 
 def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:

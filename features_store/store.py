@@ -18,7 +18,7 @@ import numpy as np
 from features_store import durable, schema
 from features_store.compaction import compact
 from features_store.errors import StoreDamagedError, StoreWriteError
-from features_store.lock import writer_lock
+from features_store.lock import unless_locked, writer_lock
 from features_store.manifest import (
     Manifest,
     ShardRecord,
@@ -31,7 +31,17 @@ from features_store.manifest import (
     read_manifest,
     some,
 )
-from features_store.shard import ShardWriter, read_shard, runtime_tag, shard_name, shard_path, shards_dir
+from features_store.shard import (
+    ShardWriter,
+    read_shard,
+    runtime_tag,
+    shard_lock_name,
+    shard_lock_path,
+    shard_name,
+    shard_of,
+    shard_path,
+    shards_dir,
+)
 from features_store.view import write_view
 
 logger = logging.getLogger(__name__)
@@ -217,7 +227,8 @@ class StoreSession:
 
     def remove_orphans(self, keep: Sequence[str] = ()) -> int:
         """Delete shard files that no manifest lists (partial shards of another plan, temporary files), and the
-        temporary files of a manifest or view write that a killed writer left in the store folder."""
+        temporary files of a manifest or view write that a killed writer left in the store folder; a shard whose
+        lock another process holds (a Dask task of a stopped run, still writing it) is kept."""
         removed = 0
         for name in os.listdir(self.store):  # we hold the lock: no other writer has a write in flight
             if name.startswith((durable.temporary_prefix(schema.MANIFEST_FILE), durable.temporary_prefix(schema.VIEW_FILE))):
@@ -227,10 +238,21 @@ class StoreSession:
         if not os.path.isdir(folder):
             return removed
         listed = {s.file for s in self.manifest.shards} if self.manifest else set()
+        files: dict[str, list[str]] = {}  # shard -> its files: itself, its lock file, a temporary file
         for name in os.listdir(folder):
-            if name not in listed and name not in set(keep):
-                os.remove(os.path.join(folder, name))
-                removed += 1
+            files.setdefault(shard_of(name), []).append(name)
+        for shard, names in files.items():
+            if shard in listed or shard in set(keep):
+                continue
+            # a shard that a Dask task of a stopped run still writes (its lock held) stays, with its files: that task
+            # finishes it for the run that plans it again; the others go, the lock file last, while held
+            with unless_locked(shard_lock_path(self.store, shard)) as free:
+                if free:
+                    for name in names:
+                        if name != shard_lock_name(shard):
+                            os.remove(os.path.join(folder, name))
+                            removed += 1
+                    os.remove(shard_lock_path(self.store, shard))
         return removed
 
     # --- the view ---------------------------------------------------------------------------------------
@@ -302,11 +324,13 @@ def _refuse_foreign_folder(store: str) -> None:
 
 
 def _holds_nothing(store: str) -> bool:
-    """Only the lock file (and an empty shards folder): nothing that any process wrote rows into."""
+    """Only the lock file (and a shards folder without a shard, its lock files aside): nothing that any process
+    wrote rows into."""
     try:
         names = set(os.listdir(store))
         shards = os.path.join(store, schema.SHARDS_DIR)
-        return names <= {schema.LOCK_FILE, schema.SHARDS_DIR} and not (os.path.isdir(shards) and os.listdir(shards))
+        return names <= {schema.LOCK_FILE, schema.SHARDS_DIR} and not (
+            os.path.isdir(shards) and any(n != shard_lock_name(shard_of(n)) for n in os.listdir(shards)))
     except OSError:
         return False
 

@@ -333,6 +333,61 @@ def test_a_reader_probing_the_lock_does_not_refuse_a_writer_starting_then(tmp_pa
         release.join()
 
 
+def _wait_for(condition, what):
+    import time
+
+    deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_second_writer_of_a_shard_waits_for_the_first_and_finds_it_where_that_one_left_it(tmp_path, caplog):
+    """A Dask task of a stopped run goes on writing its shard: a re-run's writer opened that shard at once (HDF5's lock
+    refused it, "open for writing in another process"; with HDF5's locking off, both wrote it, each resuming from the
+    rows it had seen). This process's two writers stand for the two processes (each holds its own lock file)."""
+    import logging
+    import threading
+
+    store, k = tmp_path / "store", keys(4)
+    first = fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+    first.write(rows(k[:2]), np.ones(2, bool))
+    second = []
+    thread = threading.Thread(target=lambda: second.append(fs.ShardWriter.open(store, k, fingerprint=FP,
+                                                                                n_features=3)), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="features_store"):
+        thread.start()
+        _wait_for(lambda: "is being written by another process" in caplog.text or second,
+                  "the second writer neither waited nor opened the shard")
+    assert second == [], "the second writer opened a shard that another writer still writes"
+    first.write(rows(k[2:]), np.ones(2, bool))
+    first.finish()
+    first.close()
+    thread.join(60)
+    assert len(second) == 1 and second[0].complete and second[0].n_done == 4
+    second[0].close()
+    assert os.listdir(store / "shards") == [first.name]  # a complete shard's lock file goes with its writer
+
+
+def test_orphans_that_another_process_writes_are_kept_until_it_lets_go(tmp_path):
+    """A re-run with another plan (another index, another --shard-rows) removed as an orphan the shard that a Dask
+    task of a stopped run still wrote: that task's work was lost (it went on writing a deleted file)."""
+    store, k = tmp_path / "store", keys(6)
+    fill(store, k, 6)
+    other = keys(3, "other")
+    writer = fs.ShardWriter.open(store, other, fingerprint=FP, n_features=3)  # another process's, still writing
+    writer.write(rows(other[:1]), np.ones(1, bool))
+    try:
+        with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+            assert s.remove_orphans() == 0
+        assert os.path.exists(writer.path)
+    finally:
+        writer.close()  # its process let go (or died) with the shard unfinished
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        assert s.remove_orphans() == 1
+    assert os.listdir(store / "shards") == [fs.read_manifest(store).shards[0].file]  # its lock file went too
+
+
 def test_a_committed_shard_is_listed_once_and_an_orphan_is_removed(tmp_path):
     store, k = tmp_path / "store", keys(6)
     fill(store, k, 6)
