@@ -48,6 +48,22 @@ class BlockingVGG16(VGG16Extractor):
         return super().__call__(images)
 
 
+class GatedVGG16(VGG16Extractor):
+    """VGG16 (same name, config and fingerprint) that runs two batches, then waits for the event `gate` before the
+    next (a batch's rows are written once the next one is computed): a shard task that goes on running after its
+    driver died."""
+
+    def __init__(self, gate=None, **config):
+        super().__init__(**config)
+        self.__dict__["gate"] = gate
+
+    def __call__(self, images):
+        calls = self.__dict__["_calls"] = self.__dict__.get("_calls", 0) + 1
+        if calls > 2:
+            self.__dict__["gate"].wait()
+        return super().__call__(images)
+
+
 @pytest.fixture(scope="module")
 def client():
     # the dashboard on a free port, not 8787, which another test process's cluster may hold
@@ -124,6 +140,48 @@ def test_a_restarted_driver_keeps_complete_shards_and_a_shard_task_is_idempotent
     names = [s["file"] for s in features_store.read_info(store).shards]
     assert names.count(first["name"]) == 1
     clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=8)
+    assert_same_store(store, clean.store)
+
+
+def test_a_rerun_waits_for_a_stopped_runs_shard_task_and_stores_its_rows_once(vgg16, index, tmp_path, caplog,
+                                                                              monkeypatch):
+    """The task of a killed driver still wrote its shard when a single-process re-run began: the re-run planned that
+    shard's rows from what was durable then, and opened the shard either while the task wrote it (HDF5: "open for
+    writing in another process", exit 2) or after the task had finished it: "internal error: rows arrived beyond the
+    planned shards", exit 3. (The task runs in a thread here; a worker process holds the same lock file.)"""
+    import logging
+    import threading
+
+    from pipelines.scale import distributed as scale
+
+    monkeypatch.setattr(scale, "_WORKER_MODELS", {})  # the stand-in task's model is not kept in this process
+    store = tmp_path / "dask"
+    store.mkdir()
+    plan = plan_rows(index, store, None, None)
+    keys = list(dict.fromkeys(plan.keys))  # one shard of 24 rows: the re-run's plan too (shard_rows=24)
+    items = [(str(plan.todo[k][0]), 0, int(plan.todo[k][2])) for k in keys]
+    gate = threading.Event()
+    task_extractor = GatedVGG16(gate, **SMALL)
+
+    def until(condition, what):
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timing assertion
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    with ThreadPoolExecutor(2) as pool, caplog.at_level(logging.WARNING, logger="features_store"):
+        task = pool.submit(extract_shard, str(store), keys, items, task_extractor, None, "float32", False, 1)
+        try:
+            until(lambda: task_extractor.__dict__.get("_calls", 0) > 2 or task.done(), "the task wrote no batch")
+            rerun = pool.submit(run_extract, index, vgg16, store, shard_rows=24)
+            until(lambda: "is being written by another process" in caplog.text or rerun.done(), "the re-run is stuck")
+            assert not rerun.done(), f"the re-run did not wait for the task's shard ({rerun.exception()!r})"
+        finally:
+            gate.set()
+        assert task.result(timeout=120)["written"] == 24
+        result = rerun.result(timeout=120)
+    assert (result.n_rows, result.n_failed) == (24, 0)
+    clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=24)
     assert_same_store(store, clean.store)
 
 

@@ -55,6 +55,9 @@ class Target:
         mine = [i for i, k in enumerate(keys) if k in self._need]
         while mine:
             writer = self._current()
+            mine = [i for i in mine if keys[i] in self._need]  # less the rows another writer stored since the plan
+            if not mine:
+                return
             if writer is None:
                 raise RuntimeError("rows arrived beyond the planned shards")  # a bug, not input
             expected = writer.keys[writer.n_done : writer.n_done + len(mine)]
@@ -74,6 +77,9 @@ class Target:
                 return None
             keys = self._plan.pop()
             writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions)
+            # the plan read the shard's durable rows without its lock: a Dask task of a stopped run may have written
+            # more since (its lock, held until its shard was done, is ours now); those rows are not written again
+            self._need.difference_update(writer.keys[: writer.n_done])
             if writer.n_done == writer.n_rows:  # complete on disk but not committed (a crash in between)
                 self.session.commit(writer, self.versions)
                 writer.close()
