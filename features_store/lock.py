@@ -71,8 +71,9 @@ def hold_shard_lock(path: str | os.PathLike, what: str) -> filelock.BaseFileLock
 
     The store's lock does not cover a Dask worker: a task of a stopped run goes on writing its shard after its driver
     died (a running thread cannot be stopped), and a second writer would resume that shard from rows that the first is
-    still writing. No timeout: the holder lets go when its shard is done, or when its process dies."""
-    lock = filelock.FileLock(os.fspath(path), timeout=0)
+    still writing. No timeout: the holder lets go when its shard is done, or when its process dies. Not per thread: a
+    run's writer thread opens a shard that the run's main thread may close (after an error)."""
+    lock = filelock.FileLock(os.fspath(path), timeout=0, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -85,7 +86,7 @@ def hold_shard_lock(path: str | os.PathLike, what: str) -> filelock.BaseFileLock
 @contextmanager
 def unless_locked(path: str | os.PathLike) -> Iterator[bool]:
     """Hold the lock file `path` for the block and yield True, or yield False at once when a process holds it."""
-    lock = filelock.FileLock(os.fspath(path), timeout=0)
+    lock = filelock.FileLock(os.fspath(path), timeout=0, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout:
