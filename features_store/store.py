@@ -237,12 +237,13 @@ class StoreSession:
         folder = shards_dir(self.store)
         if not os.path.isdir(folder):
             return removed
-        listed = {s.file for s in self.manifest.shards} if self.manifest else set()
+        kept = {s.file for s in self.manifest.shards} if self.manifest else set()
+        kept.update(keep)
         files: dict[str, list[str]] = {}  # shard -> its files: itself, its lock file, a temporary file
         for name in os.listdir(folder):
             files.setdefault(shard_of(name), []).append(name)
         for shard, names in files.items():
-            if shard in listed or shard in set(keep):
+            if shard in kept:
                 continue
             # a shard that a Dask task of a stopped run still writes (its lock held) stays, with its files: that task
             # finishes it for the run that plans it again; the others go, the lock file last, while held
