@@ -360,15 +360,20 @@ class ShardWriter:
 
     def close(self) -> None:
         complete = False
-        if self._file.id.valid:
-            try:
-                complete = self.complete
-                self._file.close()
-            except (OSError, RuntimeError):  # a failed write already raised its one line; closing must not add a second
-                logger.debug("closing %s failed", self.path, exc_info=True)
-        if self._lock is not None:
-            _let_go(self._lock, self.store, self.name, done=complete)
-            self._lock = None
+        try:
+            if self._file.id.valid:
+                try:
+                    complete = self.complete
+                except (OSError, RuntimeError):  # unreadable after a failed write: not complete, and closed below
+                    logger.debug("reading %s's state failed", self.path, exc_info=True)
+                try:
+                    self._file.close()
+                except (OSError, RuntimeError):  # a failed write already raised its one line; closing must not add a second
+                    logger.debug("closing %s failed", self.path, exc_info=True)
+        finally:  # the shard's lock goes whatever happened above
+            if self._lock is not None:
+                _let_go(self._lock, self.store, self.name, done=complete)
+                self._lock = None
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -81,8 +81,10 @@ class Target:
             # more since (its lock, held until its shard was done, is ours now); those rows are not written again
             self._need.difference_update(writer.keys[: writer.n_done])
             if writer.n_done == writer.n_rows:  # complete on disk but not committed (a crash in between)
-                self.session.commit(writer, self.versions)
-                writer.close()
+                try:
+                    self.session.commit(writer, self.versions)
+                finally:  # its shard's lock too, also when the commit fails
+                    writer.close()
                 continue
             self._writer = writer
         return self._writer
