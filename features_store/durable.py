@@ -88,6 +88,12 @@ def remove_dead_writers_files(path: str | os.PathLike, *, suffix: str = "") -> N
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-([0-9]+)(\.[A-Za-z0-9]+)?")  # `atomic_write`'s: .NAME.tmp-PID[.suffix]
 
 
+def temporary_of(name: str) -> str | None:
+    """The NAME whose `atomic_write` temporary file `name` is (``.NAME.tmp-PID[.suffix]``), else None."""
+    match = _TEMPORARY.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def remove_dead_temporaries(folder: str | os.PathLike, ours: Callable[[str], bool], *,
                             suffix: str | None = None) -> None:
     """Remove the temporary files in `folder` (``.NAME.tmp-PID[.suffix]``) of the `atomic_write`s whose process is

@@ -21,11 +21,6 @@ def positive_int(name: str, value: Any, flag: str | None = None) -> int:
     return int(value)
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
 def chunk_rows(n_features: int, itemsize: int = 4, target_bytes: int = 1 << 20) -> int:
     """Number of whole rows per chunk so that a chunk holds about `target_bytes`.
 
@@ -43,9 +38,9 @@ def chunk_rows(n_features: int, itemsize: int = 4, target_bytes: int = 1 << 20) 
     int
         Rows per chunk, at least 1.
     """
-    _check_positive("n_features", n_features)
-    _check_positive("itemsize", itemsize)
-    _check_positive("target_bytes", target_bytes)
+    positive_int("n_features", n_features)
+    positive_int("itemsize", itemsize)
+    positive_int("target_bytes", target_bytes)
     return max(1, target_bytes // (n_features * itemsize))
 
 
@@ -66,7 +61,7 @@ def batch_plan(n_rows: int, batch_size: int, start: int = 0) -> list[tuple[int, 
     list of tuple of (int, int)
         Half-open row ranges; empty when `start == n_rows`.
     """
-    _check_positive("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
         raise ValueError(f"`n_rows` must be a non-negative integer. Received: n_rows={n_rows!r}")
     if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= n_rows:

@@ -88,12 +88,9 @@ def shard_lock_path(store: str | os.PathLike, name: str) -> str:
 def shard_of(name: str) -> str:
     """The shard file that a file of the shards folder belongs to: itself, or the shard of its lock file or of
     its temporary file (``.NAME.lock``, ``.NAME.tmp-PID``)."""
-    if name.startswith("."):
-        if name.endswith(_LOCK_SUFFIX):
-            return name[1:-len(_LOCK_SUFFIX)]
-        if ".tmp-" in name:  # `durable.atomic_write`'s
-            return name[1:name.rindex(".tmp-")]
-    return name
+    if name.startswith(".") and name.endswith(_LOCK_SUFFIX):
+        return name[1:-len(_LOCK_SUFFIX)]
+    return durable.temporary_of(name) or name
 
 
 def unlisted_shards(store: str | os.PathLike, listed) -> list[str]:

@@ -43,9 +43,17 @@ MODEL_FORMATS = ("skops", "joblib")
 
 def check_target(out_dir: Path) -> None:
     """Refuse to save a bundle into a directory that holds anything but a bundle (a feature store has a
-    `manifest.json` too: saving over it would replace the store's manifest). The lock file, and what a first
-    save that was killed left (temporary files, content-named model files), count as nothing: the next save
-    removes them."""
+    `manifest.json` too: saving over it would replace the store's manifest), or that a read-only or forbidden
+    folder would refuse (an OSError: `train` and `finetune` call this before their fit, not only at the save). The
+    lock file, and what a first save that was killed left (temporary files, content-named model files), count as
+    nothing: the next save removes them."""
+    from features_store.durable import check_writable
+
+    _check_contents(out_dir)
+    check_writable(out_dir)
+
+
+def _check_contents(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise BundleExistsError(f"{out_dir} is a file; a head bundle is a folder: choose another --out")
     if not out_dir.is_dir() or all(_TRANSIENT.fullmatch(p.name) or _CONTENT_NAMED.fullmatch(p.name)

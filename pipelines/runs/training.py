@@ -126,10 +126,8 @@ def run_train(
     a tqdm-like factory, gets the MLP's epochs (`total`, then one `update` per epoch, its losses as postfix).
     """
     from classify.bundle.manifest import check_target
-    from features_store.durable import check_writable
 
     check_target(Path(out))  # before the fit, not after it: a folder of other files, or one it cannot write
-    check_writable(out)
     store = Path(store)
     data = _StoreRows(store)
     info, meta = data.info(), data.meta

@@ -22,7 +22,7 @@ import features_store
 from classify.keras_state import global_rng_kept, weights_nbytes
 from extract import extractor_from_spec, read_batch, read_index
 from extract.augment import Augmentation, augment, view_seed
-from features_store.durable import check_room, check_writable
+from features_store.durable import check_room
 
 from ..runs.prediction import load_head_bundle, trained_rows, training_view_changed
 from ..runs.training import validation_source
@@ -235,8 +235,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     if os.path.realpath(out) == os.path.realpath(bundle_path):
         raise ValueError(f"`out` must be another folder than the head bundle {bundle_path}: the fine-tuned whole "
                          f"model would replace the head it starts from. Received: out={str(out)!r}")
-    check_target(Path(out))  # before the epochs, not after them
-    check_writable(out)  # a read-only folder too (it was found when the bundle was saved)
+    check_target(Path(out))  # before the epochs, not after them: a folder of other files, or one it cannot write
     if not learning_rate > 0 or not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"`learning_rate` must be > 0 and `epochs` a positive integer. "
                          f"Received: learning_rate={learning_rate!r}, epochs={epochs!r}")

@@ -11,7 +11,7 @@ from classify.keras_state import global_rng_kept, weights_nbytes
 from extract import ImageIndex
 from features_store.durable import check_room
 
-from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
+from .common import PretrainResult, holding_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ def run_pretrain_cae(index: ImageIndex, out, config: CAEConfig = CAEConfig(), *,
 
     from .plots import plot_loss, plot_reconstructions
 
-    out = check_out(out)
     if not len(index):
         raise ValueError("the index has no rows; pre-training needs images")
     split = np.asarray(index.split, dtype=str)

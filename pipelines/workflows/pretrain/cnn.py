@@ -12,7 +12,7 @@ from classify.keras_state import weights_nbytes
 from extract import ImageIndex
 from features_store.durable import check_room
 
-from .common import PretrainResult, check_out, holding_out, image_batches, progress_callback, save_model
+from .common import PretrainResult, holding_out, image_batches, progress_callback, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
     from extract.autoencoder import preprocessing_layers
     from extract.saved_model import load_saved_model, model_input_size
 
-    out = check_out(out)
     if base is None and config.input_size < min_input_size():
         raise ValueError(f"`input_size` must be an integer >= {min_input_size()} (two 3x3 convolutions and a 2x2 "
                          f"pooling). Received: input_size={config.input_size}")

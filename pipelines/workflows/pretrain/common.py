@@ -132,8 +132,9 @@ def check_out(out) -> Path:
 
 
 def holding_out(run):
-    """Run `run(index, out, ...)` holding `.OUT.lock` beside `out` (a checked .keras path): a second pre-training
-    into the same `out` meanwhile stops at once with one line (its model and plots would mix with ours)."""
+    """Run `run(index, out, ...)` with `out` checked (`check_out`, a Path) and holding `.OUT.lock` beside it: a second
+    pre-training into the same `out` meanwhile stops at once with one line (its model and plots would mix with
+    ours)."""
     from features_store.lock import folder_lock
 
     @functools.wraps(run)
