@@ -105,7 +105,12 @@ def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, 
     _check_classes(n_classes)
     names = [layer.name for layer in base.layers]
     if feature_layer not in names:
-        raise CNNConfigError(f"`feature_layer` must be one of the base's layers {names}. Received: feature_layer={feature_layer!r}")
+        import difflib
+
+        close = difflib.get_close_matches(str(feature_layer), names, n=1, cutoff=0.8)  # extract/layers.py's cutoff
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CNNConfigError(f"`feature_layer` must be one of the base's layers {names}. "
+                             f"Received: feature_layer={feature_layer!r}{meant}")
     features = keras.Model(base.inputs, base.get_layer(feature_layer).output, name="frozen_features")
     features.trainable = False
     inputs = keras.Input(tuple(base.inputs[0].shape[1:]), name="image")

@@ -83,7 +83,11 @@ def test_seeded_builds_are_identical():
         pytest.param(lambda: build_cnn((5, 12, 1), 2), r"`input_shape` must be at least 6x6 pixels .*Received: input_shape=\(5, 12, 1\)", id="size"),
         pytest.param(lambda: make_optimizer("adagrad"), r"`optimizer` must be one of 'adam', 'adadelta', 'sgd', 'rmsprop'\. Received: optimizer='adagrad'", id="optimizer"),
         pytest.param(lambda: build_transfer(build_cnn((12, 12, 1), 2, filters=4, dense_units=8), 2, feature_layer="flatten"),
-                     r"`feature_layer` must be one of the base's layers .*Received: feature_layer='flatten'", id="feature-layer"),
+                     r"`feature_layer` must be one of the base's layers .*Received: feature_layer='flatten'$", id="feature-layer"),
+        pytest.param(lambda: build_transfer(build_cnn((12, 12, 1), 2, filters=4, dense_units=8), 2,
+                                            feature_layer="features_flaten"),
+                     r"Received: feature_layer='features_flaten' \(did you mean 'features_flatten'\?\)$",
+                     id="feature-layer-typo"),
     ],
 )
 def test_errors(call, match):
