@@ -245,6 +245,12 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
             state = {**state, "model_": model_from_bytes(state["model_"])}
         super().__setstate__(state)
 
+    def weights_nbytes(self, n_features: int, n_classes: int) -> int:
+        """The bytes of the float32 network `fit` builds for `n_features` inputs and `n_classes` classes (kernels
+        and biases): a lower bound of its saved size, which a training checks the free space against first."""
+        units = (int(n_features), *self._check_params(), int(n_classes))
+        return 4 * sum((a + 1) * b for a, b in zip(units, units[1:]))
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None

@@ -54,6 +54,12 @@ def test_learns_better_than_chance(data):
     assert clf.score(X, y) > 0.8
 
 
+def test_weights_nbytes_is_the_built_networks_before_any_fit(fitted):
+    from classify.keras_state import weights_nbytes
+
+    assert KerasMLPClassifier(**SMALL).weights_nbytes(20, 3) == weights_nbytes(fitted.model_)
+
+
 def test_string_labels(data):
     X, y = data
     names = np.array(["cat", "dog", "eel"])[y]

@@ -314,6 +314,17 @@ def test_a_head_or_an_evaluation_is_never_written_into_a_store(store, tmp_path, 
     assert run(capsys, "inspect", store)[0] == 0
 
 
+def test_an_mlp_head_the_disk_cannot_hold_is_refused_before_its_fit(small_disk, store, capsys):
+    """The MLP's network (1000-500-150: 2.9 MiB of weights here) is checked against the free space before its
+    epochs, as pretrain and finetune check theirs: a full disk was found at the save, after the whole fit."""
+    out = small_disk.path / "h"
+    code, lines, err = run(capsys, "train", store, "--head", "mlp", "--epochs", "1", "--out", out)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(r"not enough free space for the MLP head: its weights alone take [\d.]+ MiB, \d+ KiB is free\. "
+                     r"Free some space and re-run the same command \(nothing was trained yet\)\.$", err), err
+    assert "epoch" not in err and not (out / "manifest.json").exists()
+
+
 def test_predictions_onto_a_full_disk_are_one_line_and_keep_the_previous_file(
         small_disk, store, csv_index, tmp_path, capsys
 ):

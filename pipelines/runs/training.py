@@ -11,6 +11,7 @@ import numpy as np
 
 import classify
 import features_store
+from features_store.durable import check_room
 from features_store.reader import digest_keys, open_view
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ def run_train(
     if head == "mlp" and source == "none":
         params["early_stopping"] = False  # nothing to stop on: no rows of its training set are held out
     estimator = classify.make_head(head, **params)
+    if head == "mlp":  # a full disk was found at the save, after every epoch
+        check_room(out, estimator[-1].weights_nbytes(info.n_features, len(trained_labels)), what="the MLP head")
     t0 = time.perf_counter()
     if head == "sgd":  # out of core: one slab of the store in memory at a time
         estimator = _fit_sgd_out_of_core(estimator, data, meta, train_rows, info.n_features, params)
