@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ from features_store import schema
 from features_store.errors import StoreLockedError
 
 _WRITER_WAIT_S = 0.5
+_SHARD_POLL_S = 0.1  # how soon a wait for a shard's lock sees `stop`
 
 logger = logging.getLogger(__name__)
 
@@ -65,22 +67,30 @@ def writer_running(store: str | os.PathLike) -> bool:
     return False
 
 
-def hold_shard_lock(path: str | os.PathLike, what: str) -> filelock.BaseFileLock:
+def hold_shard_lock(path: str | os.PathLike, what: str, *, stop: threading.Event | None = None) -> filelock.BaseFileLock:
     """Acquire and return the lock file `path` of one shard, waiting (with a warning naming `what`) while another
-    process holds it.
+    process holds it, until `stop` is set: then raise StoreLockedError (the lock never taken).
 
     The store's lock does not cover a Dask worker: a task of a stopped run goes on writing its shard after its driver
     died (a running thread cannot be stopped), and a second writer would resume that shard from rows that the first is
-    still writing. No timeout: the holder lets go when its shard is done, or when its process dies. Not per thread: a
+    still writing. No timeout: the holder lets go when its shard is done, or when its process dies. `stop` is for a
+    wait on a thread that a Ctrl-C does not reach (a run's writer thread, whose run is stopping). Not per thread: a
     run's writer thread opens a shard that the run's main thread may close (after an error)."""
     lock = filelock.FileLock(os.fspath(path), timeout=0, thread_local=False)
     try:
         lock.acquire()
+        return lock
     except filelock.Timeout:
         logger.warning("%s is being written by another process (a Dask task of a stopped run?); waiting for it to "
                        "finish", what)
-        lock.acquire(timeout=-1)
-    return lock
+    while stop is None or not stop.is_set():
+        try:
+            lock.acquire(timeout=_SHARD_POLL_S)
+            return lock
+        except filelock.Timeout:
+            pass
+    raise StoreLockedError(f"{what} is being written by another process; stopped waiting for it (the run is "
+                           "stopping): re-run once it has finished to resume")
 
 
 @contextmanager

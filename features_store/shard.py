@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -23,7 +24,13 @@ import h5py
 import numpy as np
 
 from features_store import durable, schema
-from features_store.errors import FeatureRangeError, StoreDamagedError, StoreMismatchError, StoreWriteError
+from features_store.errors import (
+    FeatureRangeError,
+    StoreDamagedError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreWriteError,
+)
 from features_store.lock import hold_shard_lock
 from features_store.plan import plan_shards
 
@@ -205,7 +212,7 @@ class ShardWriter:
 
     @classmethod
     def open(cls, store: str | os.PathLike, keys: Sequence[str], *, fingerprint: str, n_features: int,
-             dtype: str = "float32", versions: dict | None = None) -> ShardWriter:
+             dtype: str = "float32", versions: dict | None = None, stop: threading.Event | None = None) -> ShardWriter:
         """Create the shard of `keys`, or resume the one already on disk.
 
         Parameters
@@ -221,6 +228,8 @@ class ShardWriter:
         dtype : {"float32", "float16"}, default="float32"
         versions : dict, default=None
             The backend and library versions of the writer, kept in the shard.
+        stop : threading.Event, default=None
+            Ends a wait for the shard's lock, which another process holds, with StoreLockedError once set.
 
         Returns
         -------
@@ -236,7 +245,9 @@ class ShardWriter:
         except OSError as err:
             raise durable.write_error(err, store=store, what="the shards folder") from err
         try:
-            lock = hold_shard_lock(shard_lock_path(store, name), f"{store}: shard {name}")
+            lock = hold_shard_lock(shard_lock_path(store, name), f"{store}: shard {name}", stop=stop)
+        except StoreLockedError:
+            raise
         except OSError as err:
             raise durable.write_error(err, store=store, what=f"the lock of shard {name}") from err
         try:  # from here on, no other process writes this shard: what is on disk is where it stands

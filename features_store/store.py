@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -168,13 +169,14 @@ class StoreSession:
         return self.manifest.n_features if self.manifest else None
 
     # --- writing shards ---------------------------------------------------------------------------------
-    def shard_writer(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None) -> ShardWriter:
-        """Create or resume the shard of `keys` (not yet committed)."""
+    def shard_writer(self, keys: Sequence[str], *, n_features: int, versions: dict | None = None,
+                     stop: threading.Event | None = None) -> ShardWriter:
+        """Create or resume the shard of `keys` (not yet committed); `stop` ends a wait for its lock (`ShardWriter.open`)."""
         if self.manifest is None:
             self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
         check_identity(self.store, self.manifest, self.fingerprint, n_features, self.dtype)
         return ShardWriter.open(self.store, keys, fingerprint=self.fingerprint, n_features=n_features,
-                                dtype=self.dtype, versions=versions)
+                                dtype=self.dtype, versions=versions, stop=stop)
 
     def commit(self, writer: ShardWriter, versions: dict | None = None) -> None:
         """Mark the shard complete, close it and list it in the manifest (atomically): its rows now belong to the

@@ -261,6 +261,69 @@ def test_resume_after_sigkill_equals_a_clean_run(tmp_path):
     assert info.stored_rows == 120 and len(os.listdir(out / "shards")) == len(info.shards)  # no stray shard
 
 
+_HOLD_A_LOCK = """
+import sys, time, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _interrupted_once(argv):
+    """Run `featurehead ARGV` until it waits for a shard's lock, send it one SIGINT; its exit code and stderr lines
+    (None when it was still running 20 s later: then it is killed)."""
+    import threading
+
+    with subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while not any("waiting for it to finish" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        time.sleep(0.5)  # the forward pass fills the writer's queue meanwhile
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+        reader.join(10)
+    return code, lines
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGINT sent to a child process (POSIX)")
+def test_one_ctrl_c_stops_a_run_that_waits_for_a_shard_another_process_holds(tmp_path):
+    """The writer thread waited for that shard's lock (no timeout) with the queue full: a Ctrl-C then blocked in the
+    drain of the queue until the other process let go, and only a second Ctrl-C stopped the run."""
+    csv = _many_images(tmp_path, 14)
+    args = ["--weights", "none", "--input-size", "32", "--batch-size", "2", "--workers", "1", "--shard-rows", "4"]
+    clean = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "clean", shard_rows=4).store
+    first, second = (s.file for s in features_store.read_manifest(clean).shards[:2])
+    out = tmp_path / "held"
+    (out / "shards").mkdir(parents=True)
+    # the second shard's lock, held by another process: its writer waits with 5 batches to come (the queue holds 2)
+    with subprocess.Popen([sys.executable, "-c", _HOLD_A_LOCK, str(out / "shards" / f".{second}.lock")],
+                          stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            code, lines = _interrupted_once(["-q", "extract", str(csv), *args, "--out", str(out)])
+            assert code is not None, "one Ctrl-C left the run waiting for the other process (20 s)"
+            assert code == 130, lines
+            assert lines[-1] == "featurehead extract: interrupted; re-run the same command to resume\n"
+            assert holder.poll() is None and not (out / "shards" / second).exists()  # its shard: left to its holder
+            assert [s.file for s in features_store.read_manifest(out).shards] == [first]  # what was written is kept
+        finally:
+            holder.kill()
+    again = run_extract(read_index(csv), small_vgg(batch_size=2), out, shard_rows=4)
+    assert again.n_extracted == 10  # resumed: the 4 rows of the first shard were not extracted again
+    np.testing.assert_allclose(features_store.read_features(out), features_store.read_features(clean), rtol=1e-5)
+    assert sorted(os.listdir(out / "shards")) == sorted(os.listdir(clean / "shards"))  # no stray shard or lock
+
+
 def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):
     import shutil
 

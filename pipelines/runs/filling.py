@@ -34,6 +34,7 @@ class Target:
     _plan: list = field(default_factory=list)
     _writer: features_store.ShardWriter | None = None
     _need: set = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)  # set: a wait for a shard's lock gives up
 
     def start(self, n_features: int, versions: dict) -> set[str]:
         """Plan the shards and return the keys still to compute (those not durable in a resumed shard)."""
@@ -76,7 +77,8 @@ class Target:
             if not self._plan:
                 return None
             keys = self._plan.pop()
-            writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions)
+            writer = self.session.shard_writer(keys, n_features=self.n_features, versions=self.versions,
+                                               stop=self._stop)
             # the plan read the shard's durable rows without its lock: a Dask task of a stopped run may have written
             # more since (its lock, held until its shard was done, is ours now); those rows are not written again
             self._need.difference_update(writer.keys[: writer.n_done])
@@ -102,6 +104,11 @@ class Target:
             if writer.n_done != writer.n_rows:
                 raise RuntimeError(f"shard {writer.name} was left with {writer.n_rows - writer.n_done} rows unwritten")
             self._close_current()
+
+    def stop_waiting(self) -> None:
+        """End a wait (on the writer thread) for a shard that another process holds: the run is stopping, and that
+        shard is left to it (it raises StoreLockedError there)."""
+        self._stop.set()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -232,6 +239,8 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
         for target in targets:
             target.finish()
     finally:
+        for target in targets:  # a Ctrl-C waited (a second one needed) for a shard's lock that another process held
+            target.stop_waiting()
         if writer._thread.is_alive():  # stopped by an error here: let the queued writes end, keep our error
             try:
                 writer.close()
