@@ -324,6 +324,37 @@ def test_one_ctrl_c_stops_a_run_that_waits_for_a_shard_another_process_holds(tmp
     assert sorted(os.listdir(out / "shards")) == sorted(os.listdir(clean / "shards"))  # no stray shard or lock
 
 
+def test_a_ctrl_c_in_the_writers_close_still_waits_for_the_write_under_way():
+    """Python 3.11 marks a thread whose join a KeyboardInterrupt cut short as stopped: the run's error path took the
+    writer thread for done (its close returned at once) and closed the shards that thread was still writing."""
+    import threading
+
+    from pipelines.runs.filling import AsyncWriter
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a SIGINT reaches only the main thread")
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def write():
+        started.set()
+        release.wait(30)
+        done.append(True)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        writer = AsyncWriter(write)
+        writer.put()
+        assert started.wait(30)
+        threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            writer.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    threading.Timer(0.3, release.set).start()
+    writer.close()  # what fill_stores does after an error: wait for the writes under way
+    assert done == [True]
+
+
 def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):
     import shutil
 

@@ -129,19 +129,30 @@ class AsyncWriter:
 
     def __init__(self, write: Callable, depth: int = 2):
         self._write, self._queue, self._error = write, queue.Queue(maxsize=depth), None
+        # set as the thread ends: not Thread.join or is_alive, since Python 3.11 marks a thread whose join a Ctrl-C cut
+        # short as stopped while it still runs (and join then returns at once)
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="featurehead-writer", daemon=True)
         self._thread.start()
 
     def _run(self):
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None:
-                try:
-                    self._write(*item)
-                except BaseException as err:  # handed to the producer by put/close
-                    self._error = err
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if self._error is None:
+                    try:
+                        self._write(*item)
+                    except BaseException as err:  # handed to the producer by put/close
+                        self._error = err
+        finally:
+            self._done.set()
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread has not ended yet (a write under way, or items still to come)."""
+        return not self._done.is_set()
 
     def _raise(self):
         if self._error is not None:
@@ -154,7 +165,7 @@ class AsyncWriter:
     def close(self) -> None:
         """Wait for every queued write; raise the first failure."""
         self._queue.put(None)
-        self._thread.join()
+        self._done.wait()
         self._raise()
 
 
@@ -241,7 +252,7 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
     finally:
         for target in targets:  # a Ctrl-C waited (a second one needed) for a shard's lock that another process held
             target.stop_waiting()
-        if writer._thread.is_alive():  # stopped by an error here: let the queued writes end, keep our error
+        if writer.running:  # stopped by an error here: let the queued writes end, keep our error
             try:
                 writer.close()
             except BaseException:
