@@ -40,6 +40,27 @@ def test_every_command_explains_itself_in_its_help():
     assert not missing
 
 
+def _option_helps(command):
+    import argparse
+
+    from pipelines.cli.parser import build_parser
+
+    parser = build_parser().commands[command]
+    required = {id(a) for g in parser._mutually_exclusive_groups if g.required for a in g._group_actions}
+    return {a.option_strings[-1]: a for a in parser._actions
+            if a.option_strings and a.help != argparse.SUPPRESS and id(a) not in required
+            and not a.required and not isinstance(a, (argparse._HelpAction, argparse._StoreTrueAction))}
+
+
+def test_sweep_help_offers_only_the_models_it_takes():
+    """sweep refuses --model cae and keras (one forward pass of a keras.applications backbone: test_pipelines_sweep);
+    its help offered them, as extract's does."""
+    sweep, extract = _option_helps("sweep"), _option_helps("extract")
+    assert "cae" not in sweep["--model"].help and "keras (any saved model" not in sweep["--model"].help
+    assert "saved model" not in sweep["--pooling"].help + sweep["--input-size"].help + sweep["--weights"].help
+    assert "cae (with --weights cae.keras)" in extract["--model"].help and "bottleneck for cae" in extract["--layer"].help
+
+
 def test_help_lists_commands_without_importing_keras():
     proc = subprocess.run([sys.executable, "-c",
                            "import sys; from pipelines.cli import main\n"

@@ -18,7 +18,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--store-dir", default=None, help="where the per-layer stores go (default: next to the index)")
     p.add_argument("--cv", type=at_least_two, default=5, help="folds of the logistic-regression probe (default: 5)")
     p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
-    add_extractor_args(p, layer=False)
+    add_extractor_args(p, layer=False, saved_models=False)
     p.set_defaults(func=cmd_sweep)
 
 

@@ -30,29 +30,34 @@ positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a positive num
 at_least_two = _bounded(int, lambda v: v >= 2, "an integer >= 2")  # cross-validation folds
 
 
-def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True) -> None:
+def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True, saved_models: bool = True) -> None:
     """The extractor's options; `layer=False` (sweep, which takes --layers) keeps --layer out of the help (it is
-    still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers)."""
+    still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers), and
+    `saved_models=False` (sweep too, which refuses cae and keras) keeps the saved models out of the help."""
     g = p.add_argument_group("extractor")
+    saved = ("cae (with --weights cae.keras), or keras (any saved model: --weights model.keras --layer NAME) "
+             if saved_models else "")
     g.add_argument("--model", default="vgg16",
                    help="a keras.applications backbone (vgg16, resnet50, efficientnetb0, convnexttiny, ...: "
-                   "`featurehead models` lists them), cae (with --weights cae.keras), or keras (any saved model: "
-                   "--weights model.keras --layer NAME) (default: vgg16)")
+                   f"`featurehead models` lists them){', ' if saved_models else ' '}{saved}(default: vgg16)")
     g.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (default; Keras cache, else download), a local .weights.h5 file saved from the same "
-        "include_top=False model, or 'none' (random init: NOT pretrained, for tests)",
+        help="'imagenet' (default; Keras cache, else download), a local weights file saved from the same "
+        "include_top=False model (.weights.h5, .keras, or Keras's own .h5 download), "
+        + ("the .keras model of --model cae or keras, " if saved_models else "")
+        + "or 'none' (random init: NOT pretrained, for tests)",
     )
     g.add_argument("--layer", default=None,
                    help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
-                   "default: the last)" if layer else argparse.SUPPRESS)
+                   "default: the last; bottleneck for cae)" if layer else argparse.SUPPRESS)
     g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
-                   help="feature map -> vector (default: flatten for vgg16/vgg19 and saved models, avg for the "
-                   "other backbones)")
+                   help="feature map -> vector (default: flatten for vgg16/vgg19"
+                   + (" and saved models" if saved_models else "") + ", avg for the other backbones)")
     g.add_argument("--input-size", type=int, default=None,
                    help="square input side in pixels (default: the model's own: 224 for most backbones, 299 for "
-                   "inceptionv3/xception, up to 600 for efficientnetb7; a saved model's fixed size)")
+                   "inceptionv3/xception, up to 600 for efficientnetb7" + ("; a saved model's fixed size" if
+                                                                           saved_models else "") + ")")
     g.add_argument("--resize", default="squash", choices=["squash", "crop"],
                    help="squash: the whole image resized to the input (default; keeps every pixel, changes the aspect "
                    "ratio); crop: the shorter side resized, the centre cut (what ImageNet backbones were trained on)")
