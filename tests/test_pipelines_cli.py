@@ -52,6 +52,16 @@ def _option_helps(command):
             and not a.required and not isinstance(a, (argparse._HelpAction, argparse._StoreTrueAction))}
 
 
+def test_every_option_states_its_default():
+    """demo's --weights, the --images-root of pretrain-cae, pretrain-cnn, finetune and advise, extract's --dask,
+    predict's --weights and pretrain-cnn's --base did not say what they are when left out."""
+    from pipelines.cli.parser import build_parser
+
+    silent = sorted(f"{command} {flag}" for command in build_parser().commands
+                    for flag, action in _option_helps(command).items() if "default" not in action.help)
+    assert not silent
+
+
 def test_sweep_help_offers_only_the_models_it_takes():
     """sweep refuses --model cae and keras (one forward pass of a keras.applications backbone: test_pipelines_sweep);
     its help offered them, as extract's does."""

@@ -87,7 +87,8 @@ def add_parsers(sub) -> None:
                        description="One row per image (the first of the index): the image, a wider gap, then its "
                        "views drawn with the augmentation options, to look at before `extract --augment`. An image "
                        "that cannot be read gets no row: it is listed, and the exit code is 1.")
-    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
+    p.add_argument("index", help="a CSV (filename[,label][,split]), a folder of class subfolders, or a flat folder of "
+                   "images")
     p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
                    "folder)")
     p.add_argument("--out", required=True, help="image file to write: .png (or .jpg, .webp, .tif, .bmp, .gif)")
@@ -111,11 +112,12 @@ def add_parsers(sub) -> None:
     g.add_argument("--unfreeze-from", default=None, help="train this base layer and all after it (e.g. block5_conv1)")
     p.add_argument("--out", required=True, help="full-model bundle directory to write")
     p.add_argument("--index", default=None, help="images index (default: the one of the head's training store)")
-    p.add_argument("--images-root", default=None, help="folder the --index filenames are relative to")
+    p.add_argument("--images-root", default=None, help="folder the --index filenames are relative to (default: the "
+                   "--index CSV's folder; without --index, the images root that the training store records)")
     p.add_argument("--augment", action="store_true", help="augment the training images on the fly")
     p.add_argument("--learning-rate", type=positive_float, default=1e-5, help="Adam learning rate (default: 1e-5)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="default: 5")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
+    p.add_argument("--epochs", type=positive_int, default=5, help="passes over the training images (default: 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per training step (default: 32)")
     p.add_argument("--random-state", type=non_negative_int, default=0,
                    help="seed of the new layers, the shuffling and the augmentation (default: 0)")
     add_augment_args(p)
@@ -128,7 +130,8 @@ def add_parsers(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--n-images", type=int, help="labelled training images per class (the smallest class)")
     g.add_argument("--index", help="count the images per class of this index instead")
-    p.add_argument("--images-root", default=None, help="folder the --index filenames are relative to")
+    p.add_argument("--images-root", default=None, help="folder the --index filenames are relative to (default: the "
+                   "CSV's folder)")
     p.add_argument("--similarity", required=True, choices=["high", "low"], help="similarity to ImageNet photos")
     p.add_argument("--model", default="vgg16", help="ImageNet backbone of the suggested commands, as `featurehead models` lists them (default: vgg16)")
     p.add_argument("--small-threshold", type=positive_int, default=None,

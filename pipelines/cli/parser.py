@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per shard file (default: 4096, or fewer when 4096 rows pass 1 GiB of features)")
     p.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
                    help="extract the shards on Dask: local:N starts N one-thread worker processes here; an address "
-                   "joins a running scheduler (workers must see the store and images at the same paths)")
+                   "joins a running scheduler (workers must see the store and images at the same paths); default: "
+                   "no Dask, this process")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of recording it")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="image decoding (and hashing) threads (default: every core); with --dask, each Dask worker "
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="where the weights file of the head's extractor is now (the head records its path; moved, "
-                   "or on another machine): it must hold the same content (its sha256)")
+                   "or on another machine): it must hold the same content (its sha256); default: the recorded path")
 
     p = sub.add_parser("evaluate", help="metrics.json and confusion_matrix.png of a head on a store",
                        description="Scores a head bundle on a store of its extractor: accuracy, balanced accuracy, "
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "--workdir", dest="out", default="featurehead-demo",
                    help="where images, stores and heads go (default: ./featurehead-demo; --workdir is an alias)")
     p.add_argument("--input-size", type=int, default=64, help="VGG16 input side (default: 64, fast on a CPU)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (falls back to random init offline), a file, or none")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (default; falls back to random init offline), a weights file, or none")
     p.add_argument("--epochs", type=int, default=30, help="MLP epochs (default: 30, with early stopping)")
 
     for module in COMMAND_MODULES:

@@ -11,18 +11,24 @@ import argparse
 from .options import non_negative_int, positive_float, positive_int, progress
 
 
-def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
-    p.add_argument("index", help="a CSV (filename[,label][,split]) or a folder of class subfolders")
-    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to")
+def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, index: str, base: bool) -> None:
+    p.add_argument("index", help=index)
+    p.add_argument("--images-root", default=None, help="folder the CSV filenames are relative to (default: the CSV's "
+                   "folder)")
     p.add_argument("--out", required=True, help="the .keras model file to write (plots go next to it)")
     # None: not given (pretrain-cnn --base takes both from its base and refuses them given)
-    p.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: 28)")
+    of_base = "; with --base, the base's own" if base else ""
+    p.add_argument("--input-size", type=int, default=None, help=f"square input side in pixels (default: 28{of_base})")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3],
-                   help="1: grayscale inside the model (default), 3: RGB")
-    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"default: {epochs}")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default: {batch_size}")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"], help="default: adam")
-    p.add_argument("--learning-rate", type=positive_float, default=None, help="default: the optimizer's Keras default")
+                   help=f"1: grayscale inside the model (default{of_base}), 3: RGB")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the training images (default: "
+                   f"{epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"images per training step (default: {batch_size})")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd", "rmsprop"],
+                   help="the Keras optimizer (default: adam)")
+    p.add_argument("--learning-rate", type=positive_float, default=None,
+                   help="the optimizer's learning rate (default: the optimizer's Keras default)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="initial weights and shuffling (default: 0)")
     p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads (default: every core)")
 
@@ -33,7 +39,8 @@ def add_parsers(sub) -> None:
                        description="Train the seed's convolutional autoencoder on the index's images (labels are "
                        "not used): its 'train' split when it has a split column (never 'val' or 'test', where its "
                        "features would be evaluated), else every image.")
-    _add_training_args(p, epochs=10, batch_size=32)
+    _add_training_args(p, epochs=10, batch_size=32, index="a CSV (filename[,label][,split]), a folder of class "
+                       "subfolders, or a flat folder of images", base=False)
     p.add_argument("--filters", default="8,4", help="filters per encoder level, comma-separated (default: 8,4)")
     p.set_defaults(func=cmd_pretrain_cae)
 
@@ -44,9 +51,12 @@ def add_parsers(sub) -> None:
                        "column), scores 'val' after every epoch and 'val' and 'test' at the end, and writes the "
                        ".keras model with <stem>_loss.png (loss and accuracy curves) beside it. Its features are "
                        "then one `extract --model keras --weights MODEL --layer features_flatten` away.")
-    _add_training_args(p, epochs=5, batch_size=128)
+    _add_training_args(p, epochs=5, batch_size=128,
+                       index="a CSV (filename,label[,split]) or a folder of class subfolders", base=True)
     p.add_argument("--classes", default=None, help="labels to train on, comma-separated (default: all)")
-    p.add_argument("--base", default=None, help="a saved model whose feature block is frozen; only a new head trains")
+    p.add_argument("--base", default=None,
+                   help="a saved model whose feature block is frozen; only a new head trains (default: none, the "
+                   "small CNN trains from scratch)")
     p.add_argument("--feature-layer", default="features_flatten", help="where --base is cut (default: features_flatten)")
     p.set_defaults(func=cmd_pretrain_cnn)
 
