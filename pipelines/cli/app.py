@@ -1,8 +1,9 @@
 """The `featurehead` process: parse, run the command, map errors to exit codes, keep TensorFlow's start-up quiet.
 
-Exit codes: 0 success; 1 the run finished but some rows failed; 2 bad usage or input (one line on stderr);
-3 an internal error, i.e. a bug in featurehead (one line on stderr; the traceback with --debug or
-FEATUREHEAD_DEBUG=1, before that line: the exit code stays the same); 130 interrupted.
+Exit codes: 0 success; 1 the run finished but some rows failed (models --check: the table differs); 2 bad usage or
+input (one line on stderr); 3 an internal error, i.e. a bug in featurehead (one line on stderr; the traceback with
+--debug or FEATUREHEAD_DEBUG=1, before that line: the exit code stays the same); 130 interrupted; 141 the reader of
+standard output stopped early.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ that the index no longer uses.
 Every command that writes something prints that path as the last line of standard output.
 -q/--quiet, -v/--verbose and --debug go before or after COMMAND. Without -v, TensorFlow's start-up notes
 and Keras's download messages are not shown.
-Exit codes: 0 success; 1 finished, but some rows failed (listed); 2 bad usage or input (one line on stderr);
-3 internal error, a bug in featurehead (one line on stderr; --debug or FEATUREHEAD_DEBUG=1 for the traceback:
-please report it); 130 interrupted; 141 the reader of its output stopped early (`| head`), nothing printed.
+Exit codes: 0 success; 1 finished, but some rows failed (listed; models --check: the table differs); 2 bad usage
+or input (one line on stderr); 3 internal error, a bug in featurehead (one line on stderr; --debug or
+FEATUREHEAD_DEBUG=1 for the traceback: please report it); 130 interrupted; 141 the reader of its output stopped
+early (`| head`), nothing printed.
 """
 
 # Subcommands of the seed workflows, the scikit-learn composition and the report live in their own modules; each
@@ -165,11 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "default input size, its preprocessing (inside the graph) and its features per image for "
                        "each pooling. With NAME --layers: the layers it can be cut at (--layer), with their output "
                        "shapes, from the model built without weights.")
-    p.add_argument("name", nargs="?", default=None, help="one backbone, e.g. resnet50")
+    p.add_argument("name", nargs="?", default=None, help="one backbone, e.g. resnet50 (default: every one)")
     p.add_argument("--layers", action="store_true", help="list NAME's layers and output shapes")
     p.add_argument("--input-size", type=int, default=None, help="with --layers: the input side (default: the model's)")
     p.add_argument("--check", action="store_true",
-                   help="build every listed backbone without weights and compare it with the table (slow: minutes)")
+                   help="build every listed backbone (NAME alone, with NAME) without weights and compare it with the table; "
+                   "each difference is printed, and the exit code is 1 when there is one (slow: minutes)")
 
     p = sub.add_parser("demo", help="offline end-to-end run on scikit-learn's handwritten digits",
                        description="Writes the digits as PNG files with an index, extracts VGG16 features into a "
