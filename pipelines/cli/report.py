@@ -12,8 +12,8 @@ def add_parsers(sub) -> None:
         "per-class table, the row-normalised confusion matrix, learning curves (mlp heads), the reliability "
         "diagram, thumbnails of the most confident mistakes and the failed rows. The page loads nothing from "
         "the network.")
-    p.add_argument("head", help="head bundle directory")
-    p.add_argument("store", help="feature store directory")
+    p.add_argument("head", help="head bundle directory (`featurehead train`)")
+    p.add_argument("store", help="a feature store of the head's extractor")
     p.add_argument("--out", required=True, help="report directory (index.html, metrics.json, figures/, thumbs/)")
     p.add_argument("--split", default=None,
                    help="evaluate only this split (train/val/test); default: as `evaluate` (the held-out "
