@@ -213,11 +213,21 @@ def _misspelt(names: list[str], wrong: str) -> list[str]:
     """The layer names within a typo or two of `wrong`, in any case, closest first. A ratio of 0.8: a typo in a layer
     name scores 0.86 to 0.97 ("cnv5_block3_out", "block5_pol"), while a name the model has nothing like scores up
     to 0.67 with some layer ("nolayer" and 'input_layer'; VGG's "block5_pol" and ResNet's 'conv4_block5_out'), which
-    must not be offered as what was meant."""
+    must not be offered as what was meant. Only the closest are offered, up to 3 equally close ("block6_pool": blocks
+    3 to 5), not whatever else passes the cutoff ("block5_pol" is not a typo of 'block4_pool')."""
     import difflib
 
     lower = {n.lower(): n for n in reversed(names)}  # the first of two names equal but for case
-    return [lower[n] for n in difflib.get_close_matches(str(wrong).lower(), list(lower), n=3, cutoff=0.8)]
+    close = difflib.get_close_matches(str(wrong).lower(), list(lower), n=len(lower), cutoff=0.8)
+    score = difflib.SequenceMatcher(None, b=str(wrong).lower())
+
+    def ratio(name):
+        score.set_seq1(name)
+        return score.ratio()
+
+    best = ratio(close[0]) if close else 0
+    order = {n: i for i, n in enumerate(names)}
+    return sorted([lower[n] for n in close if ratio(n) >= best - 1e-9][:3], key=order.get)  # in the model's order
 
 
 def _close_names(names: list[str], wrong: str) -> list[str]:

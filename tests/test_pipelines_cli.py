@@ -858,8 +858,10 @@ def test_errors_name_the_commands_flags_not_the_python_parameters(csv_index, tmp
 
 
 @pytest.mark.parametrize("model, layer, said", [
-    pytest.param("vgg16", "block5_pol", "Received: --layer 'block5_pol' (did you mean 'block5_pool' or 'block4_pool' "
-                 "or 'block3_pool'?)", id="typo"),
+    # it also offered 'block4_pool' and 'block3_pool' (above the cutoff, below 'block5_pool')
+    pytest.param("vgg16", "block5_pol", "Received: --layer 'block5_pol' (did you mean 'block5_pool'?)", id="typo"),
+    pytest.param("vgg16", "block6_pool", "Received: --layer 'block6_pool' (did you mean 'block3_pool' or "
+                 "'block4_pool' or 'block5_pool'?)", id="equally-close"),
     pytest.param("vgg16", "nolayer", "Received: --layer 'nolayer'", id="far-small"),  # the list is all there is
     # it said "the closest: 'input_layer'"
     pytest.param("resnet50", "nolayer", "(175 layers, none named like 'nolayer': `featurehead models resnet50 "
