@@ -280,7 +280,7 @@ class KerasApplicationExtractor(Extractor):
         cache = keras_cache_dir()
         before = set(cache.iterdir()) if cache.is_dir() else set()
         try:
-            if not _weights_cached(cache, self.name):
+            if not _weights_cached(cache, self.name, self._config["input_size"]):
                 _reachable(WEIGHTS_HOST)
             return self.base_model(weights="imagenet")
         except Exception as err:  # Keras raises a bare Exception on a failed download
@@ -350,15 +350,28 @@ def _weights_file_problem(err: Exception) -> str:
     return f"it does not fit this model ({text.splitlines()[0][:160] if text else type(err).__name__})"
 
 
-def _weights_cached(cache: Path, name: str) -> bool:
-    """Whether the Keras cache holds a no-top weights file of this model (Keras names them per family:
-    vgg16_..._notop.h5, mobilenet_v2_..._no_top.h5, efficientnetv2-b0_notop.h5, convnext_tiny_notop.h5, ...)."""
+# MobileNetV2's ImageNet weights come in one file per input size (keras/src/applications/mobilenet_v2.py: its
+# `..._{alpha}_{rows}_no_top.h5`), the 224 one for any other size
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
+def _weights_cached(cache: Path, name: str, input_size: int | None = None) -> bool:
+    """Whether the Keras cache holds the no-top weights file Keras loads for this model at `input_size` (Keras
+    names them per family: vgg16_..._notop.h5, mobilenet_v2_..._1.0_224_no_top.h5, efficientnetv2-b0_notop.h5,
+    convnext_tiny_notop.h5, ...). The MobileNets' files are also named by their width (alpha: featurehead builds
+    1.0) and MobileNetV2's by the input size; a file of another width, size or MobileNetV3's minimalistic variant
+    is not this model's."""
     if not cache.is_dir():
         return False
     own = re.compile(re.escape(name) + r"(?!v)")  # resnet50 is not resnet50v2
+    variant = None  # the part of a MobileNet's file name that says its width (and size)
+    if name == "mobilenetv2":
+        variant = f"_1.0_{input_size if input_size in MOBILENET_V2_SIZES else 224}_no_top"
+    elif name.startswith("mobilenetv3"):
+        variant = f"_{name[len('mobilenetv3'):]}_224_1.0_float_no_top"
     for f in cache.iterdir():
         flat = re.sub(r"[_\-]", "", f.name.lower())
-        if "notop" in flat and own.search(flat):
+        if "notop" in flat and own.search(flat) and (variant is None or variant in f.name.lower()):
             return True
     return False
 

@@ -235,6 +235,29 @@ def test_cached_weights_are_found_by_keras_own_file_names(tmp_path):
     assert not _weights_cached(only_v2, "resnet50") and not _weights_cached(tmp_path / "empty", "vgg16")
 
 
+def test_cached_mobilenet_weights_are_those_of_the_size_and_width_built(tmp_path):
+    """Keras keeps a MobileNetV2 file per input size (96, 128, 160, 192, 224; 224 for any other) and MobileNet
+    files per width (alpha; featurehead builds 1.0) and variant: the 224 file counted as cached at 160, and a 0.35 or
+    a minimalistic one as the model's, so the quick reachability check was skipped and an offline run went straight
+    to Keras's download, which has no timeout (minutes behind a firewall that drops packets, not seconds)."""
+    from extract.applications import _weights_cached
+
+    other_width = tmp_path / "other_width"
+    other_width.mkdir()
+    (other_width / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5").write_bytes(b"x")
+    (other_width / "weights_mobilenet_v3_small_224_0.75_float_no_top_v2.h5").write_bytes(b"x")
+    (other_width / "weights_mobilenet_v3_small_minimalistic_224_1.0_float_no_top_v2.h5").write_bytes(b"x")
+    assert not _weights_cached(other_width, "mobilenetv2", 224)
+    assert not _weights_cached(other_width, "mobilenetv3small", 224)
+    (tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").write_bytes(b"x")
+    assert _weights_cached(tmp_path, "mobilenetv2", 224) and _weights_cached(tmp_path, "mobilenetv2", 100)
+    assert not _weights_cached(tmp_path, "mobilenetv2", 160)
+    (tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5").write_bytes(b"x")
+    assert _weights_cached(tmp_path, "mobilenetv2", 160)
+    (tmp_path / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5").write_bytes(b"x")  # one file, any size
+    assert _weights_cached(tmp_path, "mobilenetv3small", 160) and not _weights_cached(tmp_path, "mobilenetv3large")
+
+
 def test_an_efficientnet_weights_file_of_the_imagenet_model_gets_its_input_scaling(tmp_path, reference):
     """Keras adds a Rescaling by 1/sqrt(ImageNet's stddev) to EfficientNet B0-B7 only when it loads ImageNet
     weights; a weights file saved from that model (the offline route) was run without it: features ~2x off."""
