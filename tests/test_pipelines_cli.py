@@ -875,6 +875,17 @@ def test_an_unknown_layer_gets_a_suggestion_only_when_one_is_close(csv_index, tm
     assert not (tmp_path / "s").exists()
 
 
+def test_an_empty_layer_is_refused_in_the_words_of_the_cli(csv_index, tmp_path, capsys):
+    """`--layer ''` was answered in the API's words: "must be None, a layer name or a non-empty list"."""
+    with pytest.raises(SystemExit) as exit_:  # argparse's exit, as for every refused option value
+        main(["extract", str(csv_index), *FAST, "--layer", " ", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines() == [
+        "featurehead extract: error: argument --layer: must name a layer; leave --layer out for the model's default. "
+        "Received: ' ' (see `featurehead extract --help`)"]
+    assert not (tmp_path / "s").exists()
+
+
 def test_model_names_are_taken_in_any_case_and_a_typo_gets_a_suggestion(csv_index, tmp_path, capsys):
     """`--model ResNet50` (Keras's own spelling) was refused with the 38 names and no suggestion."""
     code, lines, _ = run(capsys, "extract", csv_index, "--model", "VGG16", *FAST, "--out", tmp_path / "s")

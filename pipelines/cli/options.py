@@ -30,6 +30,14 @@ positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a positive num
 at_least_two = _bounded(int, lambda v: v >= 2, "an integer >= 2")  # cross-validation folds
 
 
+def layer_name(text: str) -> str:
+    """An argparse type: a non-empty layer name (an empty `--layer ""` is refused in CLI words, not the API's)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a layer; leave --layer out for the model's default. "
+                                         f"Received: {text!r}")
+    return text
+
+
 def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True, saved_models: bool = True) -> None:
     """The extractor's options; `layer=False` (sweep, which takes --layers) keeps --layer out of the help (it is
     still parsed, so that it is refused with one line rather than taken as an abbreviation of --layers), and
@@ -48,7 +56,7 @@ def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True, saved_
         + ("the .keras model of --model cae or keras, " if saved_models else "")
         + "or 'none' (random init: NOT pretrained, for tests)",
     )
-    g.add_argument("--layer", default=None,
+    g.add_argument("--layer", default=None, type=layer_name,
                    help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
                    "default: the last; bottleneck for cae)" if layer else argparse.SUPPRESS)
     g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
