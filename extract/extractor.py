@@ -218,8 +218,10 @@ class Extractor:
             if out.size and not out.any() and not self.__dict__.get("_zeros_said"):
                 self.__dict__["_zeros_said"] = True  # until the model is rebuilt (_follow_weights_file)
                 logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "
-                               "inside the network comes out of tensorflow as zeros on some CPUs; compare with "
-                               "--precision bfloat16 or float32 on a few images", self.name, len(out))
+                               "inside the network comes out of tensorflow as zeros on some CPUs, and features below "
+                               "float16's smallest (6e-8; a random-init MobileNet's or EfficientNet's) underflow to "
+                               "zeros; compare with --precision bfloat16 or float32 on a few images", self.name,
+                               len(out))
             yield out
 
     def forward(self):
