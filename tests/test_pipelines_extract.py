@@ -345,14 +345,65 @@ def test_a_ctrl_c_in_the_writers_close_still_waits_for_the_write_under_way():
         writer = AsyncWriter(write)
         writer.put()
         assert started.wait(30)
-        threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # the timer started inside: its SIGINT never lands outside the block
+            threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
             writer.close()
     finally:
         signal.signal(signal.SIGINT, previous)
     threading.Timer(0.3, release.set).start()
     writer.close()  # what fill_stores does after an error: wait for the writes under way
     assert done == [True]
+
+
+def test_a_second_ctrl_c_never_closes_a_shard_under_the_writer_thread(tmp_path, monkeypatch):
+    """A second Ctrl-C cut short the wait of fill_stores' error path for the write under way (the first Ctrl-C's
+    drain), and that path then closed the shard that the writer thread was writing and let its lock go: another
+    process could take the shard while this one still wrote it. Its shards are now closed as that thread ends."""
+    import threading
+
+    from features_store.lock import unless_locked
+    from features_store.shard import ShardWriter, shard_lock_path
+    from pipelines.runs.filling import Target
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a SIGINT reaches only the main thread")
+    csv = _many_images(tmp_path, 14)
+    stopping, seen, calls = threading.Event(), [], []
+    main_thread = threading.main_thread().ident
+    write, stop_waiting = ShardWriter.write, Target.stop_waiting
+
+    def slow_write(self, *args, **kwargs):  # a slow disk: both Ctrl-Cs come during the second write
+        calls.append(self.name)
+        if len(calls) == 2:
+            signal.pthread_kill(main_thread, signal.SIGINT)
+            assert stopping.wait(30)  # fill_stores' error path has begun: it then waits for this write
+            time.sleep(0.5)
+            signal.pthread_kill(main_thread, signal.SIGINT)
+            time.sleep(0.5)  # the main thread goes on, out of the run
+            seen.append((bool(self._file.id.valid), self._lock is not None))
+        return write(self, *args, **kwargs)
+
+    def stop_waiting_seen(self):
+        stopping.set()
+        stop_waiting(self)
+
+    monkeypatch.setattr(ShardWriter, "write", slow_write)
+    monkeypatch.setattr(Target, "stop_waiting", stop_waiting_seen)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "out", shard_rows=8)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for thread in threading.enumerate():
+        if thread.name == "featurehead-writer":
+            thread.join(30)
+    assert seen == [(True, True)]  # the shard still open and locked while its writer thread wrote it
+    with unless_locked(shard_lock_path(tmp_path / "out", calls[1])) as free:
+        assert free  # and let go once that thread ended
+    monkeypatch.undo()
+    again = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "out", shard_rows=8)
+    assert features_store.read_info(again.store).stored_rows == 14
 
 
 def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):

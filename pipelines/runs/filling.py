@@ -4,6 +4,7 @@ decode -> forward pass -> write loop (`fill_stores`, the writes on an `AsyncWrit
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -19,6 +20,8 @@ from extract.batches import decoded_batches
 from .planning import RowPlan
 from .versions import library_versions
 from .views import AugmentedViews, apply_views
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class AsyncWriter:
         # set as the thread ends: not Thread.join or is_alive, since Python 3.11 marks a thread whose join a Ctrl-C cut
         # short as stopped while it still runs (and join then returns at once)
         self._done = threading.Event()
+        self._ending, self._at_end = threading.Lock(), None  # `when_done`'s
         self._thread = threading.Thread(target=self._run, name="featurehead-writer", daemon=True)
         self._thread.start()
 
@@ -141,13 +145,35 @@ class AsyncWriter:
                 item = self._queue.get()
                 if item is None:
                     return
-                if self._error is None:
+                if self._error is None and self._at_end is None:  # handed over by `when_done`: the run has ended
                     try:
                         self._write(*item)
                     except BaseException as err:  # handed to the producer by put/close
                         self._error = err
+                if self._at_end is not None and self._queue.empty():  # close's None may not have been queued
+                    return
         finally:
-            self._done.set()
+            with self._ending:
+                self._done.set()
+                at_end = self._at_end
+            if at_end is not None:
+                try:
+                    at_end()
+                except BaseException:  # the run has ended with its own error already
+                    logger.debug("closing the shards after the writer thread failed", exc_info=True)
+
+    def when_done(self, func: Callable[[], None]) -> None:
+        """Call `func` now when the thread has ended; else on the thread, as it ends: after the write under way,
+        the items still queued then dropped (the run that queued them has ended, its error raised)."""
+        with self._ending:
+            if not self._done.is_set():
+                self._at_end = func
+                try:  # wakes a thread that waits for an item
+                    self._queue.put_nowait(None)
+                except queue.Full:  # it has items to drop first
+                    pass
+                return
+        func()
 
     @property
     def running(self) -> bool:
@@ -257,8 +283,14 @@ def fill_stores(plan: RowPlan, targets: Sequence[Target], build: Callable[[], tu
                 writer.close()
             except BaseException:
                 pass
-        for target in targets:
-            target.close()
+
+        def close_targets():
+            for target in targets:
+                target.close()
+
+        # now, or (a second Ctrl-C cut the wait above short) by the writer thread once its writes end: a shard it is
+        # writing is never closed, nor its lock let go, under it
+        writer.when_done(close_targets)
         if bar is not None:
             bar.close()
     return len(keys)
