@@ -241,6 +241,9 @@ class StoreSession:
             return removed
         kept = {s.file for s in self.manifest.shards} if self.manifest else set()
         kept.update(keep)
+        # a killed creation's temporary file of a shard that a re-run made (under its lock) and listed since: its rows
+        # reserved, up to a whole shard's size; kept with that shard's files below, it stayed for good
+        durable.remove_dead_temporaries(folder, kept.__contains__)
         files: dict[str, list[str]] = {}  # shard -> its files: itself, its lock file, a temporary file
         for name in os.listdir(folder):
             files.setdefault(shard_of(name), []).append(name)
