@@ -886,6 +886,14 @@ def test_an_empty_layer_is_refused_in_the_words_of_the_cli(csv_index, tmp_path, 
     assert not (tmp_path / "s").exists()
 
 
+def test_an_empty_layer_to_sweep_is_refused_as_any_layer_is(csv_index, tmp_path, capsys):
+    """sweep parses --layer only to refuse it (it takes --layers): `--layer ''` was told to leave --layer out "for the
+    model's default", which sweep has not, instead of sweep's own line."""
+    code = main(["sweep", str(csv_index), *FAST, "--layers", "block5_pool", "--layer", "", "--out", str(tmp_path / "w")])
+    assert code == 2 and "`sweep` takes `--layers`, not `--layer`" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_model_names_are_taken_in_any_case_and_a_typo_gets_a_suggestion(csv_index, tmp_path, capsys):
     """`--model ResNet50` (Keras's own spelling) was refused with the 38 names and no suggestion."""
     code, lines, _ = run(capsys, "extract", csv_index, "--model", "VGG16", *FAST, "--out", tmp_path / "s")

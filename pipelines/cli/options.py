@@ -56,7 +56,7 @@ def add_extractor_args(p: argparse.ArgumentParser, *, layer: bool = True, saved_
         + ("the .keras model of --model cae or keras, " if saved_models else "")
         + "or 'none' (random init: NOT pretrained, for tests)",
     )
-    g.add_argument("--layer", default=None, type=layer_name,
+    g.add_argument("--layer", default=None, type=layer_name if layer else str,  # sweep refuses any --layer itself
                    help="cut the model at this named layer (`featurehead models NAME --layers` lists them; "
                    "default: the last; bottleneck for cae)" if layer else argparse.SUPPRESS)
     g.add_argument("--pooling", default=None, choices=["flatten", "avg", "max"],
