@@ -270,12 +270,17 @@ time.sleep(600)
 """
 
 
+# `featurehead` with every thread's stack on stderr at SIGUSR1: what a run that did not stop was doing
+_CLI_WITH_STACKS = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+                    "from pipelines.cli import main; sys.exit(main())")
+
+
 def _interrupted_once(argv):
     """Run `featurehead ARGV` until it waits for a shard's lock, send it one SIGINT; its exit code and stderr lines
-    (None when it was still running 20 s later: then it is killed)."""
+    (None when it was still running 20 s later: then its threads' stacks end the lines, and it is killed)."""
     import threading
 
-    with subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], stdout=subprocess.DEVNULL,
+    with subprocess.Popen([sys.executable, "-c", _CLI_WITH_STACKS, *argv], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as proc:
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
@@ -289,6 +294,8 @@ def _interrupted_once(argv):
         try:
             code = proc.wait(20)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
             proc.kill()
             code = None
         reader.join(10)
@@ -311,7 +318,7 @@ def test_one_ctrl_c_stops_a_run_that_waits_for_a_shard_another_process_holds(tmp
         try:
             assert holder.stdout.readline().strip() == "held"
             code, lines = _interrupted_once(["-q", "extract", str(csv), *args, "--out", str(out)])
-            assert code is not None, "one Ctrl-C left the run waiting for the other process (20 s)"
+            assert code is not None, "one Ctrl-C left the run waiting (20 s):\n" + "".join(lines[-150:])
             assert code == 130, lines
             assert lines[-1] == "featurehead extract: interrupted; re-run the same command to resume\n"
             assert holder.poll() is None and not (out / "shards" / second).exists()  # its shard: left to its holder
