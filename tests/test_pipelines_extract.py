@@ -270,8 +270,11 @@ time.sleep(600)
 """
 
 
-# `featurehead` with every thread's stack on stderr at SIGUSR1: what a run that did not stop was doing
-_CLI_WITH_STACKS = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+# `featurehead` as started from a terminal, whose Ctrl-C raises KeyboardInterrupt (a command that a script starts in
+# the background, as `.ci/run &` does, inherits an ignored SIGINT, and Python keeps it ignored: that run never stopped),
+# with every thread's stack on stderr at SIGUSR1: what a run that did not stop was doing
+_CLI_WITH_STACKS = ("import faulthandler, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "faulthandler.register(signal.SIGUSR1, all_threads=True); "
                     "from pipelines.cli import main; sys.exit(main())")
 
 

@@ -184,30 +184,14 @@ class AsyncWriter:
         if self._error is not None:
             raise self._error
 
-    # The waits of the caller (the main thread) wake this often: a Ctrl-C's SIGINT that another thread (TensorFlow's,
-    # the decoders') took only marks it pending, and a wait with no timeout never saw it; the run went on waiting for
-    # the writer thread, for good while that waited for a shard's lock (a test of that hung in 3 of 4 xdist runs)
-    _POLL_S = 0.1
-
     def put(self, *item) -> None:
         self._raise()
-        while True:
-            try:
-                self._queue.put(item, timeout=self._POLL_S)
-                return
-            except queue.Full:
-                self._raise()  # a failed write says so now, not once the queue has room
+        self._queue.put(item)
 
     def close(self) -> None:
         """Wait for every queued write; raise the first failure."""
-        while True:
-            try:
-                self._queue.put(None, timeout=self._POLL_S)
-                break
-            except queue.Full:
-                pass
-        while not self._done.wait(self._POLL_S):
-            pass
+        self._queue.put(None)
+        self._done.wait()
         self._raise()
 
 
