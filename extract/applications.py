@@ -299,8 +299,8 @@ class KerasApplicationExtractor(Extractor):
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
                 f"downloaded ({_short_reason(err)}); copy the {self.application} no-top weights file into {cache}, "
-                f"or use --weights PATH (a .weights.h5 file saved from the same include_top=False model) "
-                f"or --weights none (random init, not pretrained)"
+                "or use --weights PATH (a .weights.h5, .keras or Keras's own .h5 file of the same include_top=False "
+                "model) or --weights none (random init, not pretrained)"
             ) from err
 
 

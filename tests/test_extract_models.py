@@ -223,7 +223,7 @@ def test_offline_imagenet_fails_fast_with_alternatives(keras_home, tmp_path, mon
     message = str(info.value)
     assert str(tmp_path / "keras" / "models") in message
     assert "VGG16 no-top weights file" in message
-    assert "--weights PATH" in message and "--weights none" in message
+    assert "--weights PATH (a .weights.h5, .keras or Keras's own .h5 file" in message and "--weights none" in message
 
 
 def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(keras_home, tmp_path, monkeypatch):
