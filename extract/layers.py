@@ -218,16 +218,18 @@ def _misspelt(names: list[str], wrong: str) -> list[str]:
     import difflib
 
     lower = {n.lower(): n for n in reversed(names)}  # the first of two names equal but for case
-    close = difflib.get_close_matches(str(wrong).lower(), list(lower), n=len(lower), cutoff=0.8)
-    score = difflib.SequenceMatcher(None, b=str(wrong).lower())
-
-    def ratio(name):
+    score = difflib.SequenceMatcher(None, b=str(wrong).lower())  # difflib.get_close_matches' measure, once a name
+    ratios = {}
+    for name in lower:
         score.set_seq1(name)
-        return score.ratio()
-
-    best = ratio(close[0]) if close else 0
+        ratios[name] = score.ratio()
+    best = max(ratios.values(), default=0.0)
+    if best < 0.8:
+        return []
+    # of more than 3 equally close, get_close_matches' choice (the names last in sorted order), in the model's order
+    closest = sorted((n for n, r in ratios.items() if r >= best - 1e-9), reverse=True)[:3]
     order = {n: i for i, n in enumerate(names)}
-    return sorted([lower[n] for n in close if ratio(n) >= best - 1e-9][:3], key=order.get)  # in the model's order
+    return sorted((lower[n] for n in closest), key=order.get)
 
 
 def _close_names(names: list[str], wrong: str) -> list[str]:

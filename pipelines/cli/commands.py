@@ -37,12 +37,11 @@ def cmd_extract(args) -> int:
                                  progress=progress(args, f"extract {extractor.name}"), views=views,
                                  shard_rows=args.shard_rows, dtype=args.dtype, client=client)
         finally:
-            if client is not None and args.dask.startswith("local:"):
-                cluster = client.cluster
+            if client is not None:
+                cluster = client.cluster if args.dask.startswith("local:") else None  # ours to stop
                 client.close()
-                cluster.close()
-            elif client is not None:
-                client.close()
+                if cluster is not None:
+                    cluster.close()
     if result.n_rows and result.n_failed == result.n_rows:  # "up to date" said nothing of a wrong --images-root
         what = ("the one image could not be read" if result.n_rows == 1
                 else f"none of the {result.n_rows} images could be read")
