@@ -40,6 +40,8 @@ class Manifest:
     created: str
     shards: tuple[ShardRecord, ...] = ()
     schema_version: int = schema.SCHEMA_VERSION
+    # why the last extraction stopped where a re-run stops again (features this store cannot hold); "" otherwise
+    stopped: str = ""
 
     @property
     def stored_rows(self) -> int:
@@ -52,6 +54,8 @@ class Manifest:
         body = {"schema_version": self.schema_version, "fingerprint": self.fingerprint, "extractor": self.extractor,
                 "n_features": self.n_features, "dtype": self.dtype, "created": self.created,
                 "shards": [s.to_dict() for s in self.shards]}
+        if self.stopped:
+            body["stopped"] = self.stopped
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -135,7 +139,7 @@ def read_manifest(store: str | os.PathLike) -> Manifest | None:
         shards = tuple(ShardRecord(str(s["file"]), int(s["rows"]), int(s["failed"]), dict(s.get("versions", {})))
                        for s in body["shards"])
         return Manifest(str(body["fingerprint"]), dict(body["extractor"]), int(body["n_features"]),
-                        str(body["dtype"]), str(body["created"]), shards)
+                        str(body["dtype"]), str(body["created"]), shards, stopped=str(body.get("stopped", "")))
     except (StoreVersionError, StoreNotFoundError):
         raise
     except OSError as err:  # permissions, I/O: the file itself may be fine

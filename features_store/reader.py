@@ -48,6 +48,7 @@ class StoreInfo:
     garbage_rows: int  # stored rows that the view does not reference
     shards: tuple[dict, ...]  # file, rows, failed, versions of each committed shard
     features_layout: str
+    stopped: str = ""  # why the last extraction stopped where a re-run stops again ("" when it did not)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,9 @@ class _View:
             if writer_running(self.store):  # "re-run to resume" would start a second writer, refused
                 raise StoreIncompleteError(f"{self.store} is being extracted now ({done}); wait for the extraction to "
                                            "finish, or stop it and re-run the same `featurehead extract` to resume.")
+            if self.manifest.stopped:  # a re-run stops again: the note says why and what to do instead
+                raise StoreIncompleteError(f"{self.store} is incomplete ({done}): its extraction stopped, and a re-run "
+                                           f"stops again: {self.manifest.stopped}")
             raise StoreIncompleteError(f"{self.store} is incomplete ({done}); re-run the extraction to resume it.")
         self.check_shards()
         return np.flatnonzero(~pending)
@@ -277,7 +281,7 @@ class _View:
             attrs={k: _str(v) for k, v in a.items() if k not in schema.VIEW_ATTRS}, dtype=m.dtype,
             split_counts={str(n): int(k) for n, k in zip(names, counts)}, stored_rows=m.stored_rows,
             garbage_rows=m.stored_rows - stored_live, shards=tuple(shards),
-            features_layout=_str(a.get("features_layout", "")),
+            features_layout=_str(a.get("features_layout", "")), stopped=m.stopped,
         )
 
 

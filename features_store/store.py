@@ -12,6 +12,7 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,19 @@ class StoreSession:
         self.manifest = manifest
         if self._locations is not None:
             self._add_shard(len(manifest.shards) - 1, record)
+
+    def record_stop(self, reason: str) -> None:
+        """Keep in the manifest why this extraction stopped where a re-run stops again (features the store cannot
+        hold), so that its readers do not advise resuming; "" clears it (a new run). Nothing for a store without a
+        manifest yet."""
+        if self.manifest is None or self.manifest.stopped == reason:
+            return
+        manifest = replace(self.manifest, stopped=reason)
+        try:
+            commit_manifest(self.store, manifest)
+        except OSError as err:
+            raise durable.write_error(err, store=self.store, what="the manifest") from err
+        self.manifest = manifest
 
     def adopt(self, manifest) -> None:
         """Use `manifest` (not committed here) for what follows, e.g. the view written next; the key -> row cache

@@ -608,21 +608,54 @@ def test_predict_reuses_a_float16_store(csv_index, tmp_path):
     assert (result.n_rows, result.n_failed) == (8, 0) and features_store.read_info(half).dtype == "float16"
 
 
-def test_predict_into_a_float16_store_that_cannot_hold_the_features_names_its_own_option(tmp_path, capsys):
-    """Features beyond float16's range stop predict too; its store option is --store, and it has no --dtype."""
+def _dark_and_bright(tmp_path, folders=(("dark", (10, 20)), ("bright", (200, 210)))) -> list[str]:
+    """Class folders of 8x8 images under `tmp_path`, and the extract options of a saved model whose features are
+    the mean pixel value x 1000: dark images fit float16, bright ones do not."""
     import keras
-    from PIL import Image
 
-    model = tmp_path / "scale.keras"  # features = mean pixel value x 1000: dark images fit float16, bright ones not
+    model = tmp_path / "scale.keras"
     inputs = keras.Input((8, 8, 3))
     keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1000.0)(inputs))).save(model)
-    for folder, values in (("dark", (10, 20)), ("bright", (200, 210))):
+    for folder, values in folders:
         for i, v in enumerate(values):
             (tmp_path / folder / f"c{i}").mkdir(parents=True)
             for j in range(2):
                 Image.fromarray(np.full((8, 8, 3), v + j, np.uint8)).save(tmp_path / folder / f"c{i}" / f"{j}.png")
+    return ["--model", "keras", "--weights", str(model), "--input-size", "8"]
+
+
+def test_a_store_stopped_by_float16s_range_says_a_re_run_stops_again(tmp_path, capsys):
+    """An extract stopped by features beyond float16's range left a store that `inspect` and `train` said to
+    resume by re-running extract, which stopped the same way again."""
+    args = _dark_and_bright(tmp_path, (("mixed", (10, 200)),))  # c0 fits float16, c1 does not
     half = tmp_path / "half"
-    args = ["--model", "keras", "--weights", str(model), "--input-size", "8"]
+    code, _, err = run(capsys, "extract", tmp_path / "mixed", "--out", half, "--dtype", "float16", "--batch-size", "2",
+                       *args)
+    assert code == 2 and err.count("\n") == 0 and "beyond float16's range" in err
+    way_out = "extract with --dtype float32 into another --out"
+    code, lines, _ = run(capsys, "inspect", half)
+    (status,) = [line for line in lines if line.startswith("status:")]
+    assert code == 0 and "a re-run stops again" in status and status.endswith(way_out), status
+    assert "resume" not in status
+    code, lines, _ = run(capsys, "inspect", half, "--json")
+    assert json.loads("\n".join(lines))["stopped"].endswith(way_out)
+    code, _, err = run(capsys, "train", half, "--out", tmp_path / "head")
+    assert code == 2 and err.count("\n") == 0 and "a re-run stops again" in err and err.endswith(way_out), err
+    assert "resume" not in err
+    assert run(capsys, "extract", tmp_path / "mixed", "--out", tmp_path / "full", *args)[0] == 0  # the way out works
+    # a run that does not stop so clears the note: here an index of the images that fit float16
+    dark = tmp_path / "dark.csv"
+    dark.write_text("filename,label\nc0/0.png,c0\nc0/1.png,c0\n")
+    assert run(capsys, "extract", dark, "--images-root", tmp_path / "mixed", "--out", half, *args)[0] == 0
+    code, lines, _ = run(capsys, "inspect", half, "--json")
+    summary = json.loads("\n".join(lines))
+    assert (summary["complete"], summary["stopped"]) == (True, "")
+
+
+def test_predict_into_a_float16_store_that_cannot_hold_the_features_names_its_own_option(tmp_path, capsys):
+    """Features beyond float16's range stop predict too; its store option is --store, and it has no --dtype."""
+    args = _dark_and_bright(tmp_path)
+    half = tmp_path / "half"
     assert main(["-q", "extract", str(tmp_path / "dark"), "--out", str(half), "--dtype", "float16", *args]) == 0
     assert main(["-q", "train", str(half), "--out", str(tmp_path / "head"), "--validation-fraction", "0"]) == 0
     unlabelled = tmp_path / "dark.csv"  # a float16 store of unlabelled images: predict may make its view its own

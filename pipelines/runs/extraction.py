@@ -11,6 +11,8 @@ in `filling`.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +112,8 @@ def run_extract(
     if strict and any(plan.reasons):
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)
         raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
-    with features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session:
+    with (features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session,
+          _stop_recorded(session)):
         target = Target(session, session.missing(plan.keys), shard_rows, plan.n_keys)
         args = view_args(index, plan, views)
         if client is not None:
@@ -152,6 +155,25 @@ def run_extract(
     return ExtractResult(out, info.n_rows, info.n_failed, n_extracted, n_extracted == 0, fp, info.garbage_rows,
                          plan.n_repeated, len(failed_keys(out, target.missing)) if n_extracted else 0,
                          plan.n_unreadable)
+
+
+@contextmanager
+def _stop_recorded(session):
+    """Clear the note of an earlier run that stopped where a re-run stops again, and keep one for this run when it
+    does (features the store's dtype cannot hold, or inf or NaN out of the model): `inspect` and the readers then
+    say why, instead of advising to resume."""
+    session.record_stop("")
+    try:
+        yield
+    except features_store.FeatureRangeError as err:
+        reason = str(err)
+        for prefix in (f"{session.store}: ", f"{os.path.abspath(session.store)}: "):  # a Dask task's is absolute
+            reason = reason.removeprefix(prefix)
+        try:
+            session.record_stop(reason)
+        except features_store.StoreWriteError as note_err:  # the run's own error is the one to report
+            logger.warning("could not record why the extraction stopped: %s", note_err)
+        raise
 
 
 def failed_keys(out: Path, keys: list[str]) -> set[str]:

@@ -30,7 +30,7 @@ def store_summary(store, *, max_failures: int = MAX_FAILURES) -> dict:
         "extractor": info.extractor, "n_features": info.n_features, "dtype": info.dtype,
         "classes": list(info.classes), "splits": info.split_counts, "features_layout": info.features_layout,
         "versions": info.versions, "shard_versions": [s["versions"] for s in info.shards],
-        "created": info.created,
+        "created": info.created, "stopped": info.stopped,
         "datasets": {name: {"shape": list(shape), "dtype": dtype} for name, shape, dtype in _datasets(store)},
         "failures": [{"filename": i, "error": reason} for i, reason in features_store.read_errors(store)[:max_failures]],
     }
@@ -80,6 +80,9 @@ def _status(info, pending: int) -> str:
         return "complete"
     if pending == 0:  # a run stopped after its last shard, before rewriting the view
         return "INCOMPLETE (every row is extracted; re-run extract to rewrite the view)"
+    if info.stopped:  # "re-run extract to resume" would stop the same way
+        return (f"INCOMPLETE ({pending} of {info.n_rows} rows not extracted yet): the last extract stopped, and a "
+                f"re-run stops again: {info.stopped}")
     resumable = _resumable_rows(info, _unlisted_shards(info))
     on_disk = (f", {resumable} of them on disk in the shards of an unfinished run (running now, or interrupted: a "
                "re-run resumes them)" if resumable else "")
