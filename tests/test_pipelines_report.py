@@ -360,6 +360,29 @@ def test_failed_rows_on_the_training_store_are_those_of_the_evaluated_selection(
     assert (f"1 row of {failed_of} failed at extraction; the page lists each with its reason" in lines) == bool(listed)
 
 
+def test_failed_rows_without_a_label_are_listed_too(run, capsys, tmp_path):
+    """A row whose image could not be read and that has no label was left out of the failed rows. (A CSV refuses a
+    blank label: such rows come from the Python API's index.)"""
+    import pandas as pd
+
+    from extract import ImageIndex, get_extractor, read_index
+    from pipelines.runs.extraction import run_extract
+
+    shutil.copytree(run / "feats", tmp_path / "feats")
+    index = read_index(run / "imgs" / "index.csv")
+    gone = pd.DataFrame({"id": ["c0/gone.png"], "label": [""], "split": ["test"]})  # no such file, no label
+    index = ImageIndex(index.root, pd.concat([index.frame, gone], ignore_index=True), index.source)
+    extractor = get_extractor("vgg16", weights="none", input_size=32, pooling="avg", batch_size=16)
+    assert run_extract(index, extractor, tmp_path / "feats").n_failed == 2
+    code, lines, _ = cli(capsys, "report", run / "head", tmp_path / "feats", "--split", "test", "--out", tmp_path / "r",
+                         "--mistakes", "0")
+    assert code == 0, lines
+    page = parse(lines[-1])
+    assert [t for t in page.text if t in ("c0/gone.png", "c0/broken.png")] == ["c0/broken.png", "c0/gone.png"]
+    assert "Failed rows (2)" in page.text
+    assert "2 rows of split 'test' failed at extraction; the page lists each with its reason" in lines
+
+
 def test_labels_the_head_never_learned_are_named_on_the_page(run, capsys, monkeypatch, tmp_path):
     """metrics.json named them (unknown_labels) and scored them as misses; the page did not say so."""
     shutil.copytree(run / "feats", tmp_path / "feats")

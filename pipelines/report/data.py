@@ -47,11 +47,12 @@ def evaluated_rows(meta, manifest: dict, *, split: str | None, on_training_store
 def failed_rows(meta, manifest: dict, *, split: str | None, on_training_store: bool) -> tuple[np.ndarray, str]:
     """The failed rows of the selection that `evaluated_rows` draws from, and that selection in words.
 
-    A failed row is in no metric; the page lists those that the evaluation would have scored had they been read:
-    the labelled originals of `split`; on the training store without `split`, of the rows its held-out validation
-    rows come from (the 'val' split, or the 'train' split or the whole store they were held out of: a failed row
-    there was neither fitted on nor held out); else of the whole store. Never another split's: a report on the
-    held-out rows listed the failed test rows too.
+    A failed row is in no metric; the page lists the originals of the selection the evaluation draws from, labelled
+    or not (an image that cannot be read is worth knowing of either way; unlabelled ones were left out): those of
+    `split`; on the training store without `split`, of the rows its held-out validation rows come from (the 'val'
+    split, or the 'train' split or the whole store they were held out of: a failed row there was neither fitted on
+    nor held out); else of the whole store. Never another split's: a report on the held-out rows listed the failed
+    test rows too.
 
     Returns
     -------
@@ -59,7 +60,7 @@ def failed_rows(meta, manifest: dict, *, split: str | None, on_training_store: b
     selection : str
         Words that follow "of": "split 'test'", "the store", ...
     """
-    failed = ~meta.ok & (meta.view == 0) & (meta.labels != "")
+    failed = ~meta.ok & (meta.view == 0)
     if split is not None:
         return np.flatnonzero(failed & (meta.split == split)), f"split {split!r}"
     if not on_training_store:
