@@ -2,7 +2,10 @@
 
 A path's key is its resolved path, size and mtime (an edited file misses); an in-memory image's key is its bytes.
 Processes share a file through a `filelock` lock file; the row counter moves only after the rows are flushed. A
-lookup only reads, so a read-only cache (a shared, mounted one) serves hits.
+lookup only reads, so a read-only cache (a shared, mounted one) serves hits. An append that cannot write (a
+read-only folder, a full disk, a quota, a file-size limit) is one `StoreWriteError` that keeps the rows already
+cached; the cache's user, `ImageFeatureExtractor`, then returns the features it extracted all the same and logs a
+warning that says why they are not cached: a cache saves work, so failing to grow it loses none, and says so.
 """
 
 from __future__ import annotations

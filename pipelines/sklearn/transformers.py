@@ -18,7 +18,7 @@ from sklearn.utils.validation import _check_feature_names, _check_feature_names_
 from extract import ImageReadError, get_extractor, read_batch
 from extract.batches import default_workers
 from extract.images import resize_image
-from features_store import cache
+from features_store import StoreWriteError, cache
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     seed : int, default=0
         Seed of the random init when ``weights="none"``.
     cache_dir : str or path-like, default=None
-        Root of the feature cache (one file per extractor fingerprint); None extracts every time.
+        Root of the feature cache (one file per extractor fingerprint); None extracts every time. A cache that
+        cannot store new rows (a read-only folder, a full disk) costs nothing but a logged warning.
     on_error : {"raise", "nan"}, default="raise"
         An unreadable image raises `extract.ImageReadError`, or gives a row of NaN.
 
@@ -194,18 +195,29 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         _, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
         fresh = self._extract(kind, items, missing[first])
         good = np.flatnonzero(np.isfinite(fresh).all(axis=1) & (keys[missing[first]] != b""))
-        if len(good) and not cache.writable(self.cache_dir):
-            logger.info("feature cache %s is read-only: %d extracted rows are not stored", self.cache_dir, len(good))
-        elif len(good):
+        if len(good):
             names = [str(items[i]) if kind == "paths" else "" for i in missing[first][good]]
-            cache.append(self.cache_dir, fp, keys[missing[first][good]], fresh[good],
-                         extractor=self.extractor_.spec(), names=names)
+            self._store(fp, keys[missing[first][good]], fresh[good], names)
         logger.info("feature cache: %d hits, %d extracted", int(found.sum()), len(first))
         out = np.empty((len(items), fresh.shape[1]), dtype=np.float32)
         if found.any():
             out[found] = hits
         out[missing] = fresh[inverse.reshape(-1)]
         return out
+
+    def _store(self, fp: str, keys: np.ndarray, x: np.ndarray, names: list[str]) -> None:
+        """Append freshly extracted rows to the cache. A cache that cannot store them (a read-only folder, a full
+        disk, a quota, a file-size limit) costs this transform nothing: its features are returned all the same, and
+        a warning says why they are not cached (they are extracted again until it can store them)."""
+        if not cache.writable(self.cache_dir):
+            why = f"{self.cache_dir}: the folder is read-only"
+        else:
+            try:
+                cache.append(self.cache_dir, fp, keys, x, extractor=self.extractor_.spec(), names=names)
+                return
+            except StoreWriteError as err:  # the rows cached before are kept (`cache.append`)
+                why = str(err)
+        logger.warning("feature cache: %d extracted rows are not cached, only returned (%s)", len(keys), why)
 
     def _extract(self, kind: str, items: Any, rows: np.ndarray) -> np.ndarray:
         """Features of `items[rows]`, extracted one batch of `batch_size` at a time.
