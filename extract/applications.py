@@ -296,9 +296,12 @@ class KerasApplicationExtractor(Extractor):
                     f"Copy a good file there, or {todo} where it can be downloaded; or use --weights PATH or "
                     f"--weights none (random init, not pretrained)"
                 ) from err
+            exact = keras_weights_file(self.name, self._config["input_size"])
+            copy = (f"the {self.application} no-top weights file" if exact is None else
+                    f"Keras's {self.application} no-top weights file for this input size, {exact},")
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
-                f"downloaded ({_short_reason(err)}); copy the {self.application} no-top weights file into {cache}, "
+                f"downloaded ({_short_reason(err)}); copy {copy} into {cache}, "
                 "or use --weights PATH (a .weights.h5, .keras or Keras's own .h5 file of the same include_top=False "
                 "model) or --weights none (random init, not pretrained)"
             ) from err
@@ -355,23 +358,33 @@ def _weights_file_problem(err: Exception) -> str:
 MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
 
 
+def keras_weights_file(name: str, input_size: int | None = None) -> str | None:
+    """The exact name of the no-top ImageNet weights file that Keras loads for a MobileNet at `input_size`, as
+    keras/src/applications/mobilenet_v2.py and mobilenet_v3.py name it: one file per width (alpha: featurehead
+    builds 1.0), MobileNetV2's also per input size (the 224 one for any other size), MobileNetV3's the 224 one at
+    every size; None for the other models, whose single file `_weights_cached` finds by its family's name."""
+    if name == "mobilenetv2":
+        rows = input_size if input_size in MOBILENET_V2_SIZES else 224
+        return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    if name.startswith("mobilenetv3"):
+        return f"weights_mobilenet_v3_{name[len('mobilenetv3'):]}_224_1.0_float_no_top_v2.h5"
+    return None
+
+
 def _weights_cached(cache: Path, name: str, input_size: int | None = None) -> bool:
     """Whether the Keras cache holds the no-top weights file Keras loads for this model at `input_size` (Keras
     names them per family: vgg16_..._notop.h5, mobilenet_v2_..._1.0_224_no_top.h5, efficientnetv2-b0_notop.h5,
-    convnext_tiny_notop.h5, ...). The MobileNets' files are also named by their width (alpha: featurehead builds
-    1.0) and MobileNetV2's by the input size; a file of another width, size or MobileNetV3's minimalistic variant
-    is not this model's."""
+    convnext_tiny_notop.h5, ...). A MobileNet's is the one file `keras_weights_file` names: a file of another
+    width, size or MobileNetV3's minimalistic variant is not this model's."""
     if not cache.is_dir():
         return False
+    exact = keras_weights_file(name, input_size)
+    if exact is not None:
+        return (cache / exact).is_file()
     own = re.compile(re.escape(name) + r"(?!v)")  # resnet50 is not resnet50v2
-    variant = None  # the part of a MobileNet's file name that says its width (and size)
-    if name == "mobilenetv2":
-        variant = f"_1.0_{input_size if input_size in MOBILENET_V2_SIZES else 224}_no_top"
-    elif name.startswith("mobilenetv3"):
-        variant = f"_{name[len('mobilenetv3'):]}_224_1.0_float_no_top"
     for f in cache.iterdir():
         flat = re.sub(r"[_\-]", "", f.name.lower())
-        if "notop" in flat and own.search(flat) and (variant is None or variant in f.name.lower()):
+        if "notop" in flat and own.search(flat):
             return True
     return False
 

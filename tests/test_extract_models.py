@@ -226,6 +226,22 @@ def test_offline_imagenet_fails_fast_with_alternatives(keras_home, tmp_path, mon
     assert "--weights PATH (a .weights.h5, .keras or Keras's own .h5 file" in message and "--weights none" in message
 
 
+@pytest.mark.parametrize("name, file", [
+    ("mobilenetv2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"),  # one file per size
+    ("mobilenetv3large", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),  # the 224 one at every size
+])
+def test_offline_imagenet_names_the_mobilenets_file_of_the_size_built(keras_home, monkeypatch, name, file):
+    """Keras keeps a MobileNet's weights in one file per width (and MobileNetV2's per input size); offline at a
+    non-default size, the message said only "the MobileNetV2 no-top weights file", not which one to copy."""
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # offline, as in the test above
+    with pytest.raises(WeightsUnavailableError) as info:
+        get_extractor(name, weights="imagenet", input_size=160).model  # noqa: B018
+    message = str(info.value)
+    assert f"no-top weights file for this input size, {file}, into {keras_home / 'models'}," in message, message
+    assert "--weights none" in message and message.count("\n") == 0
+
+
 def test_a_corrupt_file_in_the_keras_cache_is_named_as_such(keras_home, tmp_path, monkeypatch):
     """It passed only after the test above (Keras looked in that test's folder); run alone, Keras removed the
     corrupt file after its failed download, and the message said the file was not in the cache."""
