@@ -360,6 +360,10 @@ def test_a_float16_overflow_is_an_error(tmp_path, batch, caplog, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("featurehead extract: error: vgg16: the network overflowed")
         assert features_store.load(tmp_path / "store", allow_incomplete=True)[0].shape[0] == 0
+        # a re-run would overflow again: inspect says so, and where the way out goes (precision is in the fingerprint)
+        assert main(["inspect", str(tmp_path / "store")]) == 0
+        (status,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
+        assert "a re-run stops again" in status and status.endswith("or float32 into another --out"), status
     else:
         assert keras.backend.backend() == "tensorflow" and not any(o.any() for o in out)
         assert [r.getMessage() for r in caplog.records if "exactly 0" in r.getMessage()]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import features_store
-from extract import ImageIndex, ImageReadError
+from extract import ImageIndex, ImageReadError, PrecisionOverflowError
 from features_store.plan import positive_int
 from features_store.reader import open_view
 
@@ -160,13 +160,15 @@ def run_extract(
 @contextmanager
 def _stop_recorded(session):
     """Clear the note of an earlier run that stopped where a re-run stops again, and keep one for this run when it
-    does (features the store's dtype cannot hold, or inf or NaN out of the model): `inspect` and the readers then
-    say why, instead of advising to resume."""
+    does (features the store's dtype cannot hold, inf or NaN out of the model, or an overflow inside the network
+    under float16 precision): `inspect` and the readers then say why, instead of advising to resume."""
     session.record_stop("")
     try:
         yield
-    except features_store.FeatureRangeError as err:
+    except (features_store.FeatureRangeError, PrecisionOverflowError) as err:
         reason = str(err)
+        if isinstance(err, PrecisionOverflowError):  # precision is in the fingerprint: not into this store
+            reason += " into another --out"
         for prefix in (f"{session.store}: ", f"{os.path.abspath(session.store)}: "):  # a Dask task's is absolute
             reason = reason.removeprefix(prefix)
         try:
