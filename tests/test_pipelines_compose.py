@@ -140,6 +140,33 @@ def test_train_sgd_head_out_of_core_from_the_cli(store, tmp_path, capsys):
     assert bundle.predict_proba(X).shape == (len(X), 2)
 
 
+def test_an_sgd_head_is_scored_and_predicted_by_its_own_decision_where_its_probabilities_saturate(tmp_path, capsys):
+    import json
+
+    rng = np.random.default_rng(0)
+    n, d, k = 160, 64, 4
+    labels = np.repeat(np.arange(k), n // k)
+    X = (rng.normal(size=(n, d)) + 0.5 * rng.normal(size=(k, d))[labels]).astype(np.float32)
+    split = np.where(np.arange(n) % 4 == 0, "val", "train")
+    path, keys = tmp_path / "feats", [f"{i:064x}" for i in range(n)]
+    with features_store.StoreSession.open(path, fingerprint="f" * 64, extractor={"name": "t"}) as session:
+        with session.shard_writer(keys, n_features=d) as w:
+            w.write(X, np.ones(n, bool))
+            session.commit(w)
+        session.write_view(ids=[f"{i}.png" for i in range(n)], keys=keys, labels=labels, classes=list("abcd"),
+                           split=split.tolist())
+    assert main(["-q", "train", str(path), "--head", "sgd", "--out", str(tmp_path / "sgd")]) == 0
+    assert main(["-q", "evaluate", str(tmp_path / "sgd"), str(path), "--out", str(tmp_path / "eval")]) == 0
+    bundle, val = load_bundle(tmp_path / "sgd"), X[split == "val"]
+    proba = bundle.predict_proba(val)
+    assert ((proba == proba.max(axis=1, keepdims=True)).sum(axis=1) > 1).any()  # one-vs-rest ties at 1.0
+    assert (bundle.predict(val) == bundle.estimator.predict(val)).all()  # the head's own decision
+    trained = bundle.manifest["metrics"]["validation"]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+    assert evaluated["accuracy"] == pytest.approx(trained["accuracy"], rel=1e-5)
+
+
 def test_sgd_out_of_core_mixes_classes_of_a_class_sorted_store(tmp_path):
     import classify
     from pipelines.runs.training import _fit_sgd_out_of_core

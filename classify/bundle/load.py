@@ -98,15 +98,10 @@ class Bundle:
         X = np.asarray(X)  # no copy: only the shape is checked here
         if self.kind == "full":
             return _full_predict_proba(self.estimator, X, tuple(self.manifest["input_shape"]))
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(
-                f"`X` must have shape (n_samples, {self.n_features}), the head's n_features. "
-                f"Received: X.shape={X.shape}"
-            )
-        return self.estimator.predict_proba(X)
+        return self.estimator.predict_proba(self._features(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        """Most probable class names.
+        """The head's predicted class names (see `predict_with_proba`).
 
         Parameters
         ----------
@@ -118,7 +113,52 @@ class Bundle:
         y_pred : ndarray of shape (n_samples,)
             Class names from `classes`.
         """
-        return np.asarray(self.classes)[np.argmax(self.predict_proba(X), axis=1)]
+        if self._linear():
+            return self._own_prediction(self._features(X))
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def predict_with_proba(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` and `predict_proba` of `X` at once (the MLP's network runs once).
+
+        A linear head (logreg, sgd) predicts by its own decision function, not by the largest probability: the
+        one-vs-rest probabilities of the sgd head saturate, several classes at 1.0, where its scores are large,
+        and the first of the tied columns is not its prediction.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features from the bundle's extractor.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Class names from `classes`.
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of `classes`.
+        """
+        proba = self.predict_proba(X)
+        if self._linear():
+            return self._own_prediction(self._features(X)), proba
+        return self.classes_[np.argmax(proba, axis=1)], proba
+
+    def _features(self, X: Any) -> np.ndarray:
+        X = np.asarray(X)  # no copy: only the shape is checked here
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"`X` must have shape (n_samples, {self.n_features}), the head's n_features. "
+                f"Received: X.shape={X.shape}"
+            )
+        return X
+
+    def _linear(self) -> bool:
+        """Whether the head decides by a score of its own (logreg, sgd: ``decision_function``)."""
+        return self.kind == "sklearn" and hasattr(self.estimator, "decision_function")
+
+    def _own_prediction(self, X: np.ndarray) -> np.ndarray:
+        """The head's `predict`, named by the manifest (a head fitted on codes 0..k-1 has those as its classes_)."""
+        position = {c: i for i, c in enumerate(np.asarray(self.estimator.classes_).tolist())}
+        return self.classes_[np.array([position[c] for c in np.asarray(self.estimator.predict(X)).tolist()],
+                                      dtype=np.intp)]
 
 
 def _full_predict_proba(model: Any, X: np.ndarray, input_shape: tuple) -> np.ndarray:

@@ -178,10 +178,9 @@ def _predict(bundle, store, rows: np.ndarray, slab_bytes: int = 64 << 20) -> tup
     preds = [np.empty(0, dtype=str)]
     probas = [np.empty((0, len(bundle.classes)))]
     for lo in range(0, len(rows), step):
-        proba = np.asarray(bundle.predict_proba(features_store.read_features(store, rows[lo : lo + step])),
-                           dtype=np.float64)
-        preds.append(np.asarray(bundle.classes)[np.argmax(proba, axis=1)])  # `Bundle.predict`: the manifest's names
-        probas.append(proba)
+        pred, proba = bundle.predict_with_proba(features_store.read_features(store, rows[lo : lo + step]))
+        preds.append(pred)  # the manifest's names, as `evaluate` scores them
+        probas.append(np.asarray(proba, dtype=np.float64))
     return np.concatenate(preds), np.concatenate(probas)
 
 

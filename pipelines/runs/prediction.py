@@ -292,11 +292,10 @@ def run_predict(bundle_path, index_source, out_csv, *, images_root=None, store=N
         raise ValueError(f"{bundle_path} is a fine-tuned whole model, which predicts from the images and keeps no "
                          "features: leave out --store")
     if bundle.kind == "full":  # a fine-tuned model: images in, probabilities out; no store
-        ids, ok, errors, proba = _predict_images(bundle, index, progress)
+        ids, ok, errors, proba, best = _predict_images(bundle, index, progress)
     else:
-        ids, ok, errors, proba = _predict_features(bundle, index, store, progress, weights)
+        ids, ok, errors, proba, best = _predict_features(bundle, index, store, progress, weights)
     frame = pd.DataFrame({"filename": ids, "ok": ok})
-    best = np.nanargmax(np.where(np.isnan(proba), -1, proba), axis=1)
     frame["predicted"] = np.where(frame["ok"], np.asarray(classes, dtype=object)[best], "")
     frame["probability"] = np.where(frame["ok"], proba[np.arange(len(ids)), best], np.nan)
     for j, c in enumerate(classes):
@@ -399,9 +398,17 @@ def _predict_features(bundle, index, store, progress, weights=None):
     rows = np.flatnonzero(meta.view == 0)
     ok_rows = rows[meta.ok[rows]]
     proba = np.full((len(rows), len(bundle.classes)), np.nan)
+    best = np.zeros(len(rows), dtype=np.intp)  # the predicted class's column (0 on a failed row: not written)
     if len(ok_rows):
-        proba[meta.ok[rows]] = bundle.predict_proba(features_store.read_features(store, ok_rows))
-    return meta.ids[rows], meta.ok[rows], meta.errors[rows], proba
+        pred, proba[meta.ok[rows]] = bundle.predict_with_proba(features_store.read_features(store, ok_rows))
+        best[meta.ok[rows]] = _columns(pred, bundle.classes)
+    return meta.ids[rows], meta.ok[rows], meta.errors[rows], proba, best
+
+
+def _columns(predicted: np.ndarray, classes: list) -> np.ndarray:
+    """The column of each predicted class name among `classes`."""
+    position = {c: i for i, c in enumerate(classes)}
+    return np.array([position[c] for c in predicted.tolist()], dtype=np.intp)
 
 
 def _keep_a_labelled_view(store: Path, index, extractor) -> None:
@@ -431,14 +438,16 @@ def _predict_images(bundle, index, progress, batch_size: int = 32):
     resize = (bundle.manifest.get("extractor") or {}).get("config", {}).get("resize", "squash")  # as extracted
     paths = index.paths
     proba = np.full((len(paths), len(bundle.classes)), np.nan)
+    best = np.zeros(len(paths), dtype=np.intp)
     ok, errors = np.zeros(len(paths), bool), [""] * len(paths)
     bar = progress(total=len(paths), initial=0) if progress else None
     for lo, hi in features_store.batch_plan(len(paths), batch_size):
         images, ok[lo:hi], errors[lo:hi] = read_batch(paths[lo:hi], size, resize=resize)
         if ok[lo:hi].any():
-            proba[lo:hi][ok[lo:hi]] = bundle.predict_proba(images[ok[lo:hi]])
+            pred, proba[lo:hi][ok[lo:hi]] = bundle.predict_with_proba(images[ok[lo:hi]])
+            best[lo:hi][ok[lo:hi]] = _columns(pred, bundle.classes)
         if bar is not None:
             bar.update(hi - lo)
     if bar is not None:
         bar.close()
-    return np.asarray(index.ids), ok, np.asarray(errors), proba
+    return np.asarray(index.ids), ok, np.asarray(errors), proba, best
