@@ -487,6 +487,22 @@ def test_evaluate_a_split_of_a_store_without_a_split_column_says_so(store, tmp_p
                                       "in split 'test': evaluate without --split, or give the index a split column")
 
 
+def test_evaluate_a_split_that_the_index_does_not_name_says_so(image_folder, tmp_path, capsys):
+    """It said "has no labelled ok rows in split 'test'", as if its test images had failed or lost their labels."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.*"))
+    index = image_folder / "index.csv"
+    index.write_text("filename,label,split\n" + "".join(
+        f"{r},{r.split('/')[0]},{'train' if r[2] in '01' else 'val'}\n" for r in rows))
+    store, bundle = tmp_path / "feats", tmp_path / "h"
+    assert run(capsys, "extract", index, *FAST, "--out", store)[0] == 0
+    assert run(capsys, "train", store, "--out", bundle)[0] == 0
+    for command in ("evaluate", "report"):
+        code, _, err = run(capsys, command, bundle, store, "--split", "test", "--out", tmp_path / "e")
+        assert code == 2 and err.endswith(f"{store} has no rows in split 'test' (its index names only 'train' and "
+                                          "'val' rows): evaluate another --split, or on a store whose index has "
+                                          "such rows"), err
+
+
 def test_evaluate_of_a_head_fitted_on_every_row_of_a_store_without_a_split_column_says_to_use_another_store(
         store, tmp_path, capsys):
     """Its hints went in a circle: without --split "evaluate with --split test", with --split test "evaluate without

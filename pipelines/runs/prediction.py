@@ -95,6 +95,10 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
                 raise ValueError(_none_held_out(bundle_path, store, meta))
             raise ValueError(f"{store} has no split column (its index named no train, val or test rows), so no row is "
                              f"in split {split!r}: evaluate without --split, or give the index a split column")
+        if split and not (meta.split == split).any():  # not failed or unlabelled rows: the index names none
+            named = " and ".join(repr(s) for s in ("train", "val", "test") if (meta.split == s).any())
+            raise ValueError(f"{store} has no rows in split {split!r} (its index names only {named} rows): evaluate "
+                             "another --split, or on a store whose index has such rows")
         raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
     classes = [str(c) for c in bundle.manifest["classes"]]
     if not set(map(str, y[keep])) & set(classes):
