@@ -101,6 +101,27 @@ def test_a_cache_that_cannot_store_the_rows_returns_them_and_says_why(images, re
     assert t.cache_info().n_rows == 0
 
 
+def test_a_cache_dir_that_is_a_file_or_a_store_is_refused_at_fit(images, tmp_path):
+    """A file gave a raw FileExistsError at the first transform; a feature store took the cache's files among its
+    own."""
+    import features_store
+
+    paths = images[0][:2]
+    (tmp_path / "a.txt").write_text("mine")
+    keys = ["a" * 64, "b" * 64]
+    with features_store.StoreSession.open(tmp_path / "store", fingerprint="f" * 64, extractor={"name": "t"}) as session:
+        with session.shard_writer(keys, n_features=2) as w:
+            w.write(np.ones((2, 2), np.float32), np.ones(2, bool))
+            session.commit(w)
+    assert features_store.is_store(tmp_path / "store")
+    before = sorted(p.name for p in (tmp_path / "store").iterdir())
+    for folder, words in ((tmp_path / "a.txt", "must be a folder"), (tmp_path / "store", "must not be a feature store")):
+        with pytest.raises(ValueError, match=f"`cache_dir` {words}.*Received: cache_dir="):
+            ImageFeatureExtractor(**SMALL, cache_dir=folder).fit(paths)
+    assert (tmp_path / "a.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == before
+
+
 def test_a_list_of_layers_concatenates_them_in_one_model(images):
     paths = images[0][:3]
     layers = ["block4_pool", "block3_pool"]

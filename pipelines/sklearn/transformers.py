@@ -18,7 +18,7 @@ from sklearn.utils.validation import _check_feature_names, _check_feature_names_
 from extract import ImageReadError, get_extractor, read_batch
 from extract.batches import default_workers
 from extract.images import resize_image
-from features_store import StoreWriteError, cache
+from features_store import StoreWriteError, cache, is_store
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     seed : int, default=0
         Seed of the random init when ``weights="none"``.
     cache_dir : str or path-like, default=None
-        Root of the feature cache (one file per extractor fingerprint); None extracts every time. A cache that
+        Root of the feature cache (one file per extractor fingerprint), a folder made when missing (a file or a
+        feature store is refused at `fit`); None extracts every time. A cache that
         cannot store new rows (a read-only folder, a full disk) costs nothing but a logged warning.
     on_error : {"raise", "nan"}, default="raise"
         An unreadable image raises `extract.ImageReadError`, or gives a row of NaN.
@@ -110,6 +111,12 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
             raise ValueError(f"`on_error` must be one of 'raise', 'nan'. Received: on_error={self.on_error!r}")
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise ValueError(f"`cache_dir` must be None or a path. Received: cache_dir={self.cache_dir!r}")
+        if self.cache_dir is not None and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            raise ValueError(f"`cache_dir` must be a folder (made when missing), not a file. Received: "
+                             f"cache_dir={os.fspath(self.cache_dir)!r}")
+        if self.cache_dir is not None and is_store(self.cache_dir):  # its files would land among the store's
+            raise ValueError(f"`cache_dir` must not be a feature store (`featurehead extract`'s --out): the cache keeps "
+                             f"its own files. Received: cache_dir={os.fspath(self.cache_dir)!r}")
         layer = list(self.layer) if isinstance(self.layer, tuple) else self.layer
         extractor = get_extractor(self.model, weights=self.weights, layer=layer, pooling=self.pooling,
                                   input_size=self.input_size, resize=self.resize, batch_size=self.batch_size,
