@@ -261,6 +261,33 @@ def test_a_keras_network_with_code_is_refused_and_never_run(tmp_path, data):
     assert not marker.exists()
 
 
+def test_a_pickled_estimator_that_is_not_a_linear_head_predicts_its_most_probable_class(tmp_path, data):
+    """Only logreg and sgd heads predict by their own decision (their probabilities tie where sgd's saturate); an
+    SVC's `predict` disagrees with its Platt-scaled `predict_proba` on many rows, and a bundle of one predicted its
+    most probable class before that change, as `predictions.csv`'s `probability` column assumes."""
+    from sklearn.svm import SVC
+
+    X, y = data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in scikit-learn 1.9, removed in 1.11
+            svc = SVC(probability=True, random_state=0).fit(X, y)
+    except TypeError:
+        pytest.skip("this scikit-learn has no SVC(probability=True)")
+    with pytest.warns(PickleBundleWarning):
+        path = _save(svc, tmp_path / "svc", model_format="joblib")
+    with pytest.warns(PickleBundleWarning):
+        bundle = load_bundle(path, trust_pickle=True)
+    X = np.random.default_rng(0).normal(size=(200, X.shape[1])).astype(np.float32)  # new points, off the fit's
+    proba = svc.predict_proba(X)
+    most_probable = np.asarray(CLASSES)[proba.argmax(axis=1)]
+    assert (most_probable != np.asarray(CLASSES)[svc.predict(X)]).any()  # the two disagree here
+    pred, p = bundle.predict_with_proba(X)
+    np.testing.assert_array_equal(bundle.predict(X), most_probable)
+    np.testing.assert_array_equal(pred, most_probable)
+    np.testing.assert_allclose(p, proba, rtol=1e-5)
+
+
 def test_a_pickle_bundle_is_an_explicit_opt_in_with_warnings(tmp_path, data, head):
     X, _ = data
     with pytest.warns(PickleBundleWarning, match=r"head-[0-9a-f]{12}\.joblib is a pickle: loading a pickle runs any code"):

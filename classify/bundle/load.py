@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 from classify.bundle.manifest import MANIFEST, read_manifest, reordered, verified
 from classify.bundle.save import networks
@@ -151,8 +152,13 @@ class Bundle:
         return X
 
     def _linear(self) -> bool:
-        """Whether the head decides by a score of its own (logreg, sgd: ``decision_function``)."""
-        return self.kind == "sklearn" and hasattr(self.estimator, "decision_function")
+        """Whether the head is a linear classifier (logreg, sgd; a pipeline's last step), whose own prediction is the
+        largest probability's class but at ties. Another estimator (a user's pickled SVC, say) keeps the largest
+        probability: its `predict` may disagree with its `predict_proba` on many rows, not only at ties."""
+        if self.kind != "sklearn":
+            return False
+        final = self.estimator.steps[-1][1] if hasattr(self.estimator, "steps") else self.estimator
+        return isinstance(final, (LogisticRegression, SGDClassifier))
 
     def _own_prediction(self, X: np.ndarray) -> np.ndarray:
         """The head's `predict`, named by the manifest (a head fitted on codes 0..k-1 has those as its classes_)."""
