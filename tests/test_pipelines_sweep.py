@@ -180,3 +180,23 @@ def test_sweep_says_which_images_it_could_not_read_and_exits_1(csv_index, tmp_pa
     assert out[-1] == str(tmp_path / "sweep" / "sweep.csv")
     assert out[-3].startswith("extracted 8 rows, 2 failed, in one forward pass over 1 of the 1 layers"), out[-3]
     assert out[-2].startswith("2 images could not be read and are left out of every layer's probe")
+
+
+def test_a_layer_store_stopped_by_inf_out_of_the_model_says_a_re_run_stops_again(csv_index, tmp_path, capsys):
+    """As extract's: a store stopped by features it cannot hold (here inf out of the network) said to resume."""
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for layer in base.layers:  # positive kernels x 1e4 over 13 convolutions: past float32's range by block5
+        if layer.weights:
+            layer.kernel.assign(keras.ops.abs(layer.kernel) * 1e4)
+            layer.bias.assign(keras.ops.ones_like(layer.bias))
+    base.save_weights(tmp_path / "huge.weights.h5")
+    argv = ["-q", "sweep", str(csv_index), "--weights", str(tmp_path / "huge.weights.h5"), "--input-size", "32",
+            "--batch-size", "3", "--layers", "block5_pool", "--cv", "2", "--out", str(tmp_path / "sweep")]
+    assert main(argv) == 2
+    assert "inf or NaN" in capsys.readouterr().err
+    (store,) = csv_index.parent.glob("index.vgg16-*")
+    assert main(["inspect", str(store)]) == 0
+    (status,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
+    assert "a re-run stops again" in status and "inf or NaN" in status, status

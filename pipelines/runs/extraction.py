@@ -113,7 +113,7 @@ def run_extract(
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)
         raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
     with (features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session,
-          _stop_recorded(session)):
+          stop_recorded(session)):
         target = Target(session, session.missing(plan.keys), shard_rows, plan.n_keys)
         args = view_args(index, plan, views)
         if client is not None:
@@ -158,7 +158,7 @@ def run_extract(
 
 
 @contextmanager
-def _stop_recorded(session):
+def stop_recorded(session):
     """Clear the note of an earlier run that stopped where a re-run stops again, and keep one for this run when it
     does (features the store's dtype cannot hold, inf or NaN out of the model, or an overflow inside the network
     under float16 precision): `inspect` and the readers then say why, instead of advising to resume."""

@@ -20,7 +20,7 @@ from extract import ImageIndex
 from features_store.durable import check_writable
 from features_store.lock import folder_lock
 
-from ..runs.extraction import failed_keys
+from ..runs.extraction import failed_keys, stop_recorded
 from ..runs.filling import Target, fill_stores
 from ..runs.planning import default_store_path, plan_rows, view_args
 from ..runs.prediction import NOT_PRETRAINED, OUTPUT_LOCK, random_init, write_output
@@ -191,6 +191,8 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
                 stores[layer], fingerprint=single.fingerprint(), extractor=single.spec()))
             for layer, single in singles.items()
         }
+        for session in sessions.values():  # a store stopped where a re-run stops again says why, as extract's
+            stack.enter_context(stop_recorded(session))
         targets = {layer: Target(session, session.missing(plan.keys), None, plan.n_keys)
                    for layer, session in sessions.items()}
         todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
