@@ -4,8 +4,8 @@ A path's key is its resolved path, size and mtime (an edited file misses); an in
 Processes share a file through a `filelock` lock file; the row counter moves only after the rows are flushed. A
 lookup only reads, so a read-only cache (a shared, mounted one) serves hits. An append that cannot write (a
 read-only folder, a full disk, a quota, a file-size limit) is one `StoreWriteError` that keeps the rows already
-cached; the cache's user, `ImageFeatureExtractor`, then returns the features it extracted all the same and logs a
-warning that says why they are not cached: a cache saves work, so failing to grow it loses none, and says so.
+cached; the cache's user, `ImageFeatureExtractor`, then returns the features it extracted all the same and logs why
+they are not cached (a warning; an info line for a read-only folder, a shared cache's usual setup): a cache saves work, so failing to grow it loses none, and says so.
 """
 
 from __future__ import annotations

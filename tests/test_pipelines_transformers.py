@@ -84,18 +84,19 @@ def test_a_read_only_cache_serves_hits_and_extracts_the_misses_without_storing_t
 
 @pytest.mark.parametrize("where", ["read_only_folder", "small_disk"])
 def test_a_cache_that_cannot_store_the_rows_returns_them_and_says_why(images, request, caplog, where):
-    """A full disk raised StoreWriteError, losing the features just extracted, while a read-only folder only logged
-    at INFO: both now return the features and log a warning that says why they are not cached."""
+    """A full disk raised StoreWriteError, losing the features just extracted: it now returns them and logs a warning
+    that says why they are not cached; a read-only folder (a shared cache's usual setup) says so at INFO."""
     paths, _, _ = images
     folder = request.getfixturevalue(where)
     if where == "small_disk":
         folder.fill()
         folder = folder.path
-    caplog.set_level("WARNING", logger="pipelines")
+    caplog.set_level("INFO", logger="pipelines")
     t = ImageFeatureExtractor(**SMALL, cache_dir=folder).fit(paths)
     out = t.transform(paths[:4])
     np.testing.assert_allclose(out, ImageFeatureExtractor(**SMALL).fit_transform(paths[:4]), rtol=1e-5, atol=1e-6)
-    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    level = "INFO" if where == "read_only_folder" else "WARNING"  # a shared cache's usual setup; a failed write
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == level and "not cached" in r.getMessage()]
     assert said.startswith("feature cache: 4 extracted rows are not cached, only returned"), said
     assert ("read-only" if where == "read_only_folder" else "No space left on device") in said
     assert t.cache_info().n_rows == 0

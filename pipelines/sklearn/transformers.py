@@ -53,7 +53,7 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     cache_dir : str or path-like, default=None
         Root of the feature cache (one file per extractor fingerprint), a folder made when missing (a file or a
         feature store is refused at `fit`); None extracts every time. A cache that
-        cannot store new rows (a read-only folder, a full disk) costs nothing but a logged warning.
+        cannot store new rows (a read-only folder, a full disk) costs nothing but a log line.
     on_error : {"raise", "nan"}, default="raise"
         An unreadable image raises `extract.ImageReadError`, or gives a row of NaN.
 
@@ -215,16 +215,17 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
     def _store(self, fp: str, keys: np.ndarray, x: np.ndarray, names: list[str]) -> None:
         """Append freshly extracted rows to the cache. A cache that cannot store them (a read-only folder, a full
         disk, a quota, a file-size limit) costs this transform nothing: its features are returned all the same, and
-        a warning says why they are not cached (they are extracted again until it can store them)."""
+        a log line says why they are not cached (they are extracted again until it can store them): a warning for a
+        failed write, an info line for a read-only folder, a shared cache's usual setup (a grid search's every fold
+        would warn)."""
         if not cache.writable(self.cache_dir):
-            why = f"{self.cache_dir}: the folder is read-only"
-        else:
-            try:
-                cache.append(self.cache_dir, fp, keys, x, extractor=self.extractor_.spec(), names=names)
-                return
-            except StoreWriteError as err:  # the rows cached before are kept (`cache.append`)
-                why = str(err)
-        logger.warning("feature cache: %d extracted rows are not cached, only returned (%s)", len(keys), why)
+            logger.info("feature cache: %d extracted rows are not cached, only returned (%s: the folder is read-only)",
+                        len(keys), self.cache_dir)
+            return
+        try:
+            cache.append(self.cache_dir, fp, keys, x, extractor=self.extractor_.spec(), names=names)
+        except StoreWriteError as err:  # the rows cached before are kept (`cache.append`)
+            logger.warning("feature cache: %d extracted rows are not cached, only returned (%s)", len(keys), err)
 
     def _extract(self, kind: str, items: Any, rows: np.ndarray) -> np.ndarray:
         """Features of `items[rows]`, extracted one batch of `batch_size` at a time.
