@@ -94,7 +94,8 @@ def _kernel(seed: int | None, i: int) -> dict:
 
 def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, dense_units: int = 128,
                    dropout: float = 0.5, seed: int | None = None):
-    """`base` cut at `feature_layer` (by name) and frozen, topped with a new classification block.
+    """`base` cut at `feature_layer` (by name) and frozen, topped with a new classification block (a feature map
+    is flattened first).
 
     Returns
     -------
@@ -115,8 +116,10 @@ def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, 
     features.trainable = False
     inputs = keras.Input(tuple(base.inputs[0].shape[1:]), name="image")
     # training=False keeps the frozen block's dropout off, as a frozen extractor sees it
-    outputs = classification_block(features(inputs, training=False), n_classes, dense_units=dense_units, dropout=dropout,
-                                   seed=seed)
+    x = features(inputs, training=False)
+    if len(x.shape) > 2:  # a feature map (a CAE's `bottleneck`): flattened, as `extract --model keras` does by default
+        x = keras.layers.Flatten(name="transfer_flatten")(x)
+    outputs = classification_block(x, n_classes, dense_units=dense_units, dropout=dropout, seed=seed)
     return keras.Model(inputs, outputs, name="transfer_cnn")
 
 

@@ -271,3 +271,22 @@ def test_cli_pretrain_cae_on_images_it_cannot_read_is_one_line(csv_index, tmp_pa
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "none of the images of batch 0 could be read" in err and "file not found" in err
     assert not (tmp_path / "cae.keras").exists()
+
+
+def test_pretrain_cnn_on_a_base_cut_at_a_feature_map_flattens_it(csv_index, tmp_path, capsys):
+    """A CAE's `bottleneck` (a 4x4x2 map at 16 px) as --feature-layer: the new head's Dense went over the map's last
+    axis and the run stopped at the first batch with Keras's rank error, exit 2."""
+    import keras
+
+    import extract.layers  # noqa: F401  (registers the CAE's layers for loading)
+
+    cae = tmp_path / "cae.keras"
+    build_autoencoder(input_size=16, filters=(4, 2)).save(cae)
+    out = tmp_path / "transfer.keras"
+    code = main(["-q", "pretrain-cnn", str(csv_index), "--base", str(cae), "--feature-layer", "bottleneck",
+                 "--epochs", "1", "--batch-size", "4", "--workers", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert last_line(capsys) == str(out)
+    model = keras.saving.load_model(out)
+    assert model.get_layer("transfer_flatten").output.shape[1:] == (4 * 4 * 2,)
+    assert model.predict(np.zeros((3, 16, 16, 3), np.float32), verbose=0).shape == (3, 2)

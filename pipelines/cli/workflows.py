@@ -57,7 +57,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--base", default=None,
                    help="a saved model whose feature block is frozen; only a new head trains (default: none, the "
                    "small CNN trains from scratch)")
-    p.add_argument("--feature-layer", default="features_flatten", help="where --base is cut (default: features_flatten)")
+    p.add_argument("--feature-layer", default="features_flatten", help="where --base is cut, by name; a feature map (a CAE's "
+                   "bottleneck) is flattened (default: features_flatten)")
     p.set_defaults(func=cmd_pretrain_cnn)
 
 
