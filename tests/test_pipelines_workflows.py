@@ -149,6 +149,8 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
                      r"`--filters` must be comma-separated integers\. Received: --filters '8,x'", id="filters"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
                      r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'z'\]", id="classes"),
+        pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,b,a"],  # trained 3 units
+                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'b', 'a'\]", id="classes-repeated"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "0"],  # was taken as 28
                      r"`--input-size` must be an integer >= 6 .*Received: --input-size 0", id="cnn-size-0"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "5"],  # was Keras's shape error

@@ -53,7 +53,7 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
                          f"{list(index.classes)}")
     classes = list(index.classes if classes is None else classes)
     unknown = [c for c in classes if c not in set(index.classes)]
-    if unknown or len(set(classes)) < 2:
+    if unknown or len(set(classes)) < 2 or len(set(classes)) != len(classes):  # a repeat was a dead output unit
         raise ValueError(
             f"`classes` must be at least 2 distinct labels of the index {index.classes}. Received: classes={classes}"
         )
