@@ -16,6 +16,7 @@ from .errors import ExtractorConfigError
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 _SEED_MODULUS = 2**31 - 1
+MAX_VIEWS = int(np.iinfo(np.int16).max)  # views per image: a store's `view` column is int16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +159,10 @@ def view_layout(split: Sequence[str], k: int, *, splits: Sequence[str] = ("train
     view : ndarray of shape (n_rows,), int16
         0 for originals, 1..k for views.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ExtractorConfigError(f"`k` must be a non-negative integer. Received: k={k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_VIEWS:
+        # past int16's range a view number wrapped: view 65536 was stored as 0, an original
+        raise ExtractorConfigError(f"`k` must be a non-negative integer of at most {MAX_VIEWS} (the store's `view` "
+                                   f"column is int16). Received: k={k!r}")
     n = len(split)
     augmented = np.flatnonzero(np.isin(np.asarray(split, dtype=str), list(splits))) if k else np.array([], int)
     source = np.concatenate([np.arange(n), np.repeat(augmented, k)]).astype(np.int64)

@@ -76,9 +76,13 @@ def test_view_layout(split, k, source, view):
     assert s.tolist() == source and v.tolist() == view
 
 
-def test_view_layout_rejects_negative_k():
-    with pytest.raises(ExtractorConfigError, match=r"`k` must be a non-negative integer. Received: k=-1"):
-        view_layout(["train"], -1)
+@pytest.mark.parametrize("k", [-1, 32768, 65536])
+def test_view_layout_rejects_k_outside_the_view_column(k):
+    """Past int16, the store's `view` column, view numbers wrapped: k=65536 stored its last view as 0, an original."""
+    with pytest.raises(ExtractorConfigError, match=rf"`k` must be a non-negative integer of at most 32767 \(the "
+                       rf"store's `view` column is int16\)\. Received: k={k}"):
+        view_layout(["train"], k)
+    assert view_layout(["train"], 32767)[1][-1] == 32767
 
 
 def test_grid_image_tiles_rows():

@@ -347,3 +347,10 @@ def test_assign_split_counts_no_unreadable_row():
     for seed in range(20):
         split = assign_split(["a", "a", "b", "b"], random_state=seed, keys=["ka", "", "kb", "kc"])
         assert split[:2] == ["train", "train"] and sorted(split[2:]) == ["train", "val"]
+
+
+@pytest.mark.parametrize("k", [0, 32768])
+def test_augmented_views_refuse_k_outside_the_view_column(k):
+    with pytest.raises(ValueError, match=rf"`k` \(--augment\) must be a positive integer of at most 32767 \(the "
+                       rf"store's `view` column is int16\)\. Received: k={k}"):
+        AugmentedViews(k).validate()

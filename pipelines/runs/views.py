@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from extract import ImageIndex, ImageReadError, canonical_json, read_batch
-from extract.augment import Augmentation, grid_image, row_views
+from extract.augment import MAX_VIEWS, Augmentation, grid_image, row_views
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class AugmentedViews:
         return cls(**{**config, "augmentation": Augmentation.from_dict(config["augmentation"])})
 
     def validate(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"`k` (--augment) must be a positive integer. Received: k={self.k!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_VIEWS:
+            raise ValueError(f"`k` (--augment) must be a positive integer of at most {MAX_VIEWS} (the store's `view` "
+                             f"column is int16). Received: k={self.k!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"`validation_fraction` must be in (0, 1). Received: validation_fraction={self.validation_fraction!r}"
