@@ -334,3 +334,28 @@ def test_finetune_refuses_to_guess_the_heads_validation_rows_from_another_index(
     finetune_rows(plain_bundle, index, None)  # the very index it was trained on: the same hold-out, drawn again
     with pytest.raises(ValueError, match=r"validation rows .* unknown"):
         finetune_rows(plain_bundle, read_index(relabelled), None)
+
+
+def test_cli_finetune_of_a_head_without_validation_rows_says_so_and_writes_strict_json(csv_index, tmp_path, capsys):
+    """A head trained with --validation-fraction 0 on a store without split: it printed 'validation accuracy on 0
+    images: before nan, after nan' and wrote NaN into manifest.json, which strict JSON parsers refuse."""
+    import json
+
+    store = run_extract(read_index(csv_index), small_vgg(), tmp_path / "s").store
+    assert main(["-q", "train", str(store), "--head", "mlp", "--hidden", "8", "--epochs", "1",
+                 "--validation-fraction", "0", "--out", str(tmp_path / "head")]) == 0
+    capsys.readouterr()
+    code = main(["-q", "finetune", str(tmp_path / "head"), "--unfreeze", "0", "--epochs", "1", "--batch-size", "4",
+                 "--out", str(tmp_path / "ft")])
+    out = capsys.readouterr().out
+    assert code == 0 and "nan" not in out
+    assert ("no validation accuracy: the head held out no validation rows (trained with --validation-fraction 0 on a "
+            "store without 'val' rows)\n") in out
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["validation"] == {"source": "none", "rows": 0}
+    assert manifest["metrics"]["validation_accuracy_before"] is None
+    assert manifest["metrics"]["validation_accuracy_after"] is None

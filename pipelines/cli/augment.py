@@ -163,8 +163,12 @@ def cmd_finetune(args) -> int:
                           random_state=args.random_state, progress=progress(args, "finetune"))
     print(f"trained {len(result.unfrozen)} base layers + the head on {result.n_train} images "
           f"in {result.fit_seconds:.1f}s")
-    print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "
-          f"after {result.accuracy_after:.4f}")
+    if result.n_val:
+        print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "
+              f"after {result.accuracy_after:.4f}")
+    else:  # it printed "before nan, after nan"
+        print("no validation accuracy: the head held out no validation rows (trained with --validation-fraction 0 on "
+              "a store without 'val' rows)")
     note = not_pretrained_note(result.bundle)
     if note:
         print(f"NOTE: {note}")

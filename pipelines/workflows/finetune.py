@@ -227,7 +227,7 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
     The images come from `index` (default: the `index_source`/`images_root` of the store the head was trained
     on, its manifest's `trained_on`). Train/validation rows are the head's own (`finetune_rows`: the store's
     "val" whenever it has one, never "test"). Accuracy is measured on the validation rows before and after
-    training (NaN when the head held none out), and the bundle's manifest records ``validation: {source, rows}``.
+    training (NaN when the head held none out; null in the manifest), and the bundle's manifest records ``validation: {source, rows}``.
     `progress(total=...)` (tqdm fits), when given, counts the images of every epoch.
     """
     from classify.bundle.manifest import check_target
@@ -271,7 +271,9 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
         history = model.fit(train_data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
     fit_seconds = time.perf_counter() - t0
     after = classify.model_accuracy(model, val_data)
-    metrics = {"validation_accuracy_before": before, "validation_accuracy_after": after, "n_train": len(train),
+    # no validation rows: null, not NaN, which strict JSON parsers (jq, JSON.parse) refuse in manifest.json
+    metrics = {"validation_accuracy_before": _json_number(before), "validation_accuracy_after": _json_number(after),
+               "n_train": len(train),
                "n_val": len(val), "fit_seconds": round(fit_seconds, 3),
                "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
     params = {"unfreeze": unfreeze, "unfreeze_from": unfreeze_from, "unfrozen": unfrozen,
@@ -284,6 +286,10 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
                "images_root": os.path.abspath(frame.root),
                "validation": {"source": source, "rows": int(len(val))}})
     return FinetuneResult(Path(path), before, after, len(train), len(val), tuple(unfrozen), fit_seconds)
+
+
+def _json_number(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def _image_source(bundle, store, index, images_root):
