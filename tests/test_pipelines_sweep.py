@@ -1,6 +1,8 @@
 """The layer sweep: one multi-output forward pass, one store per layer with the single-layer fingerprint."""
 
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,16 +189,24 @@ def test_a_layer_store_stopped_by_inf_out_of_the_model_says_a_re_run_stops_again
     import keras
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    for layer in base.layers:  # positive kernels x 1e4 over 13 convolutions: past float32's range by block5
+    for layer in base.layers:  # positive kernels x 1e3: finite at block3 (7 convolutions), past float32's at block5
         if layer.weights:
-            layer.kernel.assign(keras.ops.abs(layer.kernel) * 1e4)
+            layer.kernel.assign(keras.ops.abs(layer.kernel) * 1e3)
             layer.bias.assign(keras.ops.ones_like(layer.bias))
-    base.save_weights(tmp_path / "huge.weights.h5")
-    argv = ["-q", "sweep", str(csv_index), "--weights", str(tmp_path / "huge.weights.h5"), "--input-size", "32",
-            "--batch-size", "3", "--layers", "block5_pool", "--cv", "2", "--out", str(tmp_path / "sweep")]
+    weights = tmp_path / "huge.weights.h5"
+    base.save_weights(weights)
+    argv = ["-q", "sweep", str(csv_index), "--weights", str(weights), "--input-size", "32", "--batch-size", "3",
+            "--layers", "block3_pool,block5_pool", "--cv", "2", "--out", str(tmp_path / "sweep")]
     assert main(argv) == 2
     assert "inf or NaN" in capsys.readouterr().err
-    (store,) = csv_index.parent.glob("index.vgg16-*")
-    assert main(["inspect", str(store)]) == 0
-    (status,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
-    assert "a re-run stops again" in status and "inf or NaN" in status, status
+
+    def summary(layer):
+        single = get_extractor("vgg16", weights=str(weights), input_size=32, batch_size=3, layer=layer)
+        (store,) = csv_index.parent.glob(f"index.vgg16-{single.fingerprint()[:10]}*")
+        assert main(["inspect", str(store), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    stopped = summary("block5_pool")  # the store whose features were inf
+    assert not stopped["complete"] and stopped["stopped"].startswith("the model gave"), stopped["stopped"]
+    fine = summary("block3_pool")  # stopped by block5's error, but its own features fit: a re-run resumes it
+    assert not fine["complete"] and fine["stopped"] == ""

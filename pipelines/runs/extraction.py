@@ -167,9 +167,13 @@ def stop_recorded(session):
         yield
     except (features_store.FeatureRangeError, PrecisionOverflowError) as err:
         reason = str(err)
-        if isinstance(err, PrecisionOverflowError):  # precision is in the fingerprint: not into this store
-            reason += " into another --out"
-        for prefix in (f"{session.store}: ", f"{os.path.abspath(session.store)}: "):  # a Dask task's is absolute
+        if isinstance(err, PrecisionOverflowError):  # the whole network's: every store it fills stops again
+            reason += " into another --out"  # precision is in the fingerprint: not into this store
+        else:  # one store's shard (a sweep fills several): only the store the error names
+            mine = [f"{session.store}: ", f"{os.path.abspath(session.store)}: "]  # a Dask task's is absolute
+            prefix = next((p for p in mine if reason.startswith(p)), None)
+            if prefix is None:
+                raise
             reason = reason.removeprefix(prefix)
         try:
             session.record_stop(reason)

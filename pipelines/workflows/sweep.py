@@ -191,11 +191,11 @@ def extract_layers(index: ImageIndex, extractor, singles: dict, stores: dict, *,
                 stores[layer], fingerprint=single.fingerprint(), extractor=single.spec()))
             for layer, single in singles.items()
         }
-        for session in sessions.values():  # a store stopped where a re-run stops again says why, as extract's
-            stack.enter_context(stop_recorded(session))
         targets = {layer: Target(session, session.missing(plan.keys), None, plan.n_keys)
                    for layer, session in sessions.items()}
         todo = [layer for layer in singles if targets[layer].missing or sessions[layer].manifest is None]
+        for layer in todo:  # a store stopped where a re-run stops again says why, as extract's
+            stack.enter_context(stop_recorded(sessions[layer]))
         done = 0
         if todo:
             multi = type(extractor).from_config({**extractor.get_config(), "layer": todo})
