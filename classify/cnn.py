@@ -93,7 +93,7 @@ def _kernel(seed: int | None, i: int) -> dict:
 
 
 def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, dense_units: int = 128,
-                   dropout: float = 0.5, seed: int | None = None):
+                   dropout: float = 0.5, seed: int | None = None, input_size: int | None = None):
     """`base` cut at `feature_layer` (by name) and frozen, topped with a new classification block (a feature map
     is flattened first).
 
@@ -114,7 +114,10 @@ def build_transfer(base, n_classes: int, *, feature_layer: str = FEATURE_LAYER, 
                              f"Received: feature_layer={feature_layer!r}{meant}")
     features = keras.Model(base.inputs, base.get_layer(feature_layer).output, name="frozen_features")
     features.trainable = False
-    inputs = keras.Input(tuple(base.inputs[0].shape[1:]), name="image")
+    shape = tuple(base.inputs[0].shape[1:])
+    if input_size is not None:  # a base of any input size: a feature map flattened needs a fixed one
+        shape = (input_size, input_size, *shape[2:])
+    inputs = keras.Input(shape, name="image")
     # training=False keeps the frozen block's dropout off, as a frozen extractor sees it
     x = features(inputs, training=False)
     if len(x.shape) > 2:  # a feature map (a CAE's `bottleneck`): flattened, as `extract --model keras` does by default

@@ -148,9 +148,9 @@ def test_pretrain_cnn_on_some_classes_then_transfer_and_extract(csv_index, tmp_p
         pytest.param(["pretrain-cae", "{index}", "--out", "{tmp}/cae.keras", "--filters", "8,x"],
                      r"`--filters` must be comma-separated integers\. Received: --filters '8,x'", id="filters"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,z"],
-                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'z'\]", id="classes"),
+                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\], none repeated\. Received: --classes \['a', 'z'\]", id="classes"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--classes", "a,b,a"],  # trained 3 units
-                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\]\. Received: --classes \['a', 'b', 'a'\]", id="classes-repeated"),
+                     r"`--classes` must be at least 2 distinct labels of the index \['a', 'b'\], none repeated\. Received: --classes \['a', 'b', 'a'\]", id="classes-repeated"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "0"],  # was taken as 28
                      r"`--input-size` must be an integer >= 6 .*Received: --input-size 0", id="cnn-size-0"),
         pytest.param(["pretrain-cnn", "{index}", "--out", "{tmp}/cnn.keras", "--input-size", "5"],  # was Keras's shape error
@@ -292,3 +292,20 @@ def test_pretrain_cnn_on_a_base_cut_at_a_feature_map_flattens_it(csv_index, tmp_
     model = keras.saving.load_model(out)
     assert model.get_layer("transfer_flatten").output.shape[1:] == (4 * 4 * 2,)
     assert model.predict(np.zeros((3, 16, 16, 3), np.float32), verbose=0).shape == (3, 2)
+
+
+def test_pretrain_cnn_on_a_base_of_any_input_size_cut_at_a_feature_map_builds_at_input_size(csv_index, tmp_path,
+                                                                                             capsys):
+    """A base whose input is (None, None, 3) gave a Flatten of unknown width, and Keras's error at the Dense."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(2, 3, strides=4, padding="same", name="map")(inputs)
+    base = tmp_path / "any_size.keras"
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv)).save(base)
+    out = tmp_path / "transfer.keras"
+    code = main(["-q", "pretrain-cnn", str(csv_index), "--base", str(base), "--feature-layer", "map", "--input-size",
+                 "16", "--epochs", "1", "--batch-size", "4", "--workers", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    model = keras.saving.load_model(out)
+    assert model.get_layer("transfer_flatten").output.shape[1:] == (4 * 4 * 2,)

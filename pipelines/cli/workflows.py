@@ -18,7 +18,8 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: i
     p.add_argument("--out", required=True, help="the .keras model file to write (plots go next to it)")
     # None: not given (pretrain-cnn --base takes both from its base and refuses them given)
     of_base = "; with --base, the base's own" if base else ""
-    p.add_argument("--input-size", type=int, default=None, help=f"square input side in pixels (default: 28{of_base})")
+    p.add_argument("--input-size", type=int, default=None, help=f"square input side in pixels (default: 28{of_base}"
+                   f"{', given only for a base of any input size' if base else ''})")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3],
                    help=f"1: grayscale inside the model (default{of_base}), 3: RGB")
     p.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the training images (default: "
@@ -102,7 +103,7 @@ def cmd_pretrain_cnn(args) -> int:
         from extract.saved_model import load_saved_model, model_input_size
 
         have = model_input_size(load_saved_model(args.base))
-        if args.channels is not None or args.input_size != have:
+        if args.channels is not None or (have is not None and args.input_size != have):  # any size: --input-size
             raise ValueError(f"--input-size and --channels come from --base {args.base} (its input: {have} px); "
                              "leave them out")
     index = read_index(args.index, args.images_root)

@@ -55,7 +55,8 @@ def class_rows(index: ImageIndex, classes=None) -> tuple[list, dict]:
     unknown = [c for c in classes if c not in set(index.classes)]
     if unknown or len(set(classes)) < 2 or len(set(classes)) != len(classes):  # a repeat was a dead output unit
         raise ValueError(
-            f"`classes` must be at least 2 distinct labels of the index {index.classes}. Received: classes={classes}"
+            f"`classes` must be at least 2 distinct labels of the index {index.classes}, none repeated. Received: "
+            f"classes={classes}"
         )
     chosen = np.isin(labels, classes)
     split = np.asarray(index.split, dtype=object)
@@ -120,7 +121,7 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
     else:
         base_model = load_saved_model(base)
         size = model_input_size(base_model) or config.input_size
-        model = build_transfer(base_model, len(classes), feature_layer=feature_layer, seed=config.seed)
+        model = build_transfer(base_model, len(classes), feature_layer=feature_layer, seed=config.seed, input_size=size)
     check_room(out, weights_nbytes(model), what="the trained CNN")  # a full disk was found after the training
     paths = index.paths
 
