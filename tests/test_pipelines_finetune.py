@@ -349,8 +349,8 @@ def test_cli_finetune_of_a_head_without_validation_rows_says_so_and_writes_stric
                  "--out", str(tmp_path / "ft")])
     out = capsys.readouterr().out
     assert code == 0 and "nan" not in out
-    assert ("no validation accuracy: the head held out no validation rows (trained with --validation-fraction 0 on a "
-            "store without 'val' rows)\n") in out
+    assert ("no validation accuracy: the head held out no validation rows (a store without 'val' rows, and "
+            "--validation-fraction 0 or no class with two images to hold one out)\n") in out
 
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")

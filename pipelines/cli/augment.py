@@ -15,7 +15,7 @@ def add_augment_args(p: argparse.ArgumentParser, *, views: bool = False) -> None
     g = p.add_argument_group("augmentation")
     if views:
         g.add_argument("--augment", type=non_negative_int, default=0, metavar="K",
-                       help="also store K augmented views of each 'train' row (default: 0, none)")
+                       help="also store K augmented views of each 'train' row, at most 32767 (default: 0, none)")
         g.add_argument("--augment-seed", type=non_negative_int, default=None,
                        help="seed of the views, with each image's content (so they follow the image; default: 0)")
         g.add_argument("--validation-fraction", type=float, default=None,
@@ -167,8 +167,8 @@ def cmd_finetune(args) -> int:
         print(f"validation accuracy on {result.n_val} images: before {result.accuracy_before:.4f}, "
               f"after {result.accuracy_after:.4f}")
     else:  # it printed "before nan, after nan"
-        print("no validation accuracy: the head held out no validation rows (trained with --validation-fraction 0 on "
-              "a store without 'val' rows)")
+        print("no validation accuracy: the head held out no validation rows (a store without 'val' rows, and "
+              "--validation-fraction 0 or no class with two images to hold one out)")
     note = not_pretrained_note(result.bundle)
     if note:
         print(f"NOTE: {note}")

@@ -271,11 +271,11 @@ def run_finetune(bundle_path, out, *, unfreeze=None, unfreeze_from=None, index=N
         history = model.fit(train_data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
     fit_seconds = time.perf_counter() - t0
     after = classify.model_accuracy(model, val_data)
-    # no validation rows: null, not NaN, which strict JSON parsers (jq, JSON.parse) refuse in manifest.json
+    # no validation rows (or a diverged loss): null, not NaN, which strict JSON parsers (jq, JSON.parse) refuse
     metrics = {"validation_accuracy_before": _json_number(before), "validation_accuracy_after": _json_number(after),
                "n_train": len(train),
                "n_val": len(val), "fit_seconds": round(fit_seconds, 3),
-               "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
+               "history": {k: [_json_number(v) for v in vals] for k, vals in history.history.items()}}
     params = {"unfreeze": unfreeze, "unfreeze_from": unfreeze_from, "unfrozen": unfrozen,
               "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size,
               "random_state": random_state, "augmentation": augmentation.to_dict() if augmentation else None}
