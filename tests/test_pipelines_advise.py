@@ -52,9 +52,12 @@ def test_images_per_class_counts_the_smallest_training_class():
         images_per_class(["", ""], ["", ""])
     with pytest.raises(ValueError, match=r"Received: classes \['a'\]"):  # one class: there is nothing to classify
         images_per_class(["a", "a"], ["", ""])
-    # with a split column, val and test rows are not training data: none in train counts 0 (were all counted)
-    assert images_per_class(["a", "a", "b", "b"], ["val", "test", "val", "test"]) == 0
-    assert images_per_class(["a", "a", "b", "b"], ["train", "train", "val", "test"]) == 0  # b: none to train on
+    # with a split column, val and test rows are not training data (they were all counted); a class without train
+    # rows is refused: advice "for 0 images" led to commands that train without it, or refuse
+    with pytest.raises(ValueError, match=r"no 'train' rows of 2 of its 2 classes \('a', 'b'\): the heads train on"):
+        images_per_class(["a", "a", "b", "b"], ["val", "test", "val", "test"])
+    with pytest.raises(ValueError, match=r"no 'train' rows of 1 of its 2 classes \('b'\)"):
+        images_per_class(["a", "a", "b", "b"], ["train", "train", "val", "test"])
 
 
 def test_run_advise_needs_exactly_one_source():
@@ -88,6 +91,17 @@ def test_cli_advise_threshold_and_errors(capsys):
         assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", model]) == 2
         assert "`--model` must be a keras.applications backbone" in capsys.readouterr().err
     assert main(["advise", "--n-images", "5", "--similarity", "high", "--model", "resnet50"]) == 0
+    capsys.readouterr()
+    assert main(["advise", "--n-images", "1", "--similarity", "high"]) == 0
+    assert "(1 image in the smallest class;" in capsys.readouterr().out  # was "1 images"
+
+
+def test_cli_advise_refuses_an_index_with_a_class_it_cannot_train(tmp_path, capsys):
+    index = tmp_path / "index.csv"
+    index.write_text("filename,label,split\na.png,x,train\nb.png,y,val\nc.png,y,test\n")
+    assert main(["advise", "--index", str(index), "--similarity", "high"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no 'train' rows of 1 of its 2 classes ('y')" in err, err
 
 
 def test_cli_advise_evaluates_on_the_test_split_when_the_index_has_one(csv_index, capsys):

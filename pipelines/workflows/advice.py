@@ -118,7 +118,12 @@ def images_per_class(labels, split) -> int:
     has_split = np.isin(split, ("train", "val", "test")).any()
     keep = (labels != "") & ((split == "train") if has_split else True)  # val/test never count as training data
     counts = dict(zip(*np.unique(labels[keep], return_counts=True)))
-    return int(min(counts.get(c, 0) for c in classes))
+    empty = [str(c) for c in classes if counts.get(c, 0) == 0]
+    if empty:  # advice "for 0 images" led to commands that train without those classes, or refuse
+        raise ValueError(f"the index has no 'train' rows of {len(empty)} of its {len(classes)} classes "
+                         f"({', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''}): the heads train on "
+                         "'train' rows only (val and test rows never count); give those classes training images")
+    return int(min(counts[c] for c in classes))
 
 
 def run_advise(*, n_images: int | None = None, similarity: str, index=None, images_root=None, model: str = "vgg16",
@@ -148,7 +153,8 @@ def run_advise(*, n_images: int | None = None, similarity: str, index=None, imag
 
 def format_advice(advice: Advice, small_threshold: int = SMALL_PER_CLASS) -> str:
     """Human-readable advice: the scenario, the strategy, why, and the commands."""
-    lines = [f"scenario: {advice.size} dataset ({advice.n_per_class} images in the smallest class; small means "
+    images = "image" if advice.n_per_class == 1 else "images"
+    lines = [f"scenario: {advice.size} dataset ({advice.n_per_class} {images} in the smallest class; small means "
              f"< {small_threshold} per class), {advice.similarity} similarity to ImageNet",
              f"strategy: {advice.strategy}", f"why: {advice.reason}", "commands:"]
     return "\n".join(lines + [f"  {c}" for c in advice.commands])
