@@ -309,3 +309,7 @@ def test_pretrain_cnn_on_a_base_of_any_input_size_cut_at_a_feature_map_builds_at
     assert code == 0, capsys.readouterr().err
     model = keras.saving.load_model(out)
     assert model.get_layer("transfer_flatten").output.shape[1:] == (4 * 4 * 2,)
+    code = main(["-q", "pretrain-cnn", str(csv_index), "--base", str(base), "--feature-layer", "map", "--input-size",
+                 "0", "--out", str(tmp_path / "zero.keras")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "`--input-size` must be a positive integer for a base of any input size" in err, err

@@ -121,6 +121,9 @@ def run_pretrain_cnn(index: ImageIndex, out, config: CNNConfig = CNNConfig(), *,
     else:
         base_model = load_saved_model(base)
         size = model_input_size(base_model) or config.input_size
+        if size < 1:  # a base of any input size is built at `input_size`
+            raise ValueError(f"`input_size` must be a positive integer for a base of any input size. Received: "
+                             f"input_size={size}")
         model = build_transfer(base_model, len(classes), feature_layer=feature_layer, seed=config.seed, input_size=size)
     check_room(out, weights_nbytes(model), what="the trained CNN")  # a full disk was found after the training
     paths = index.paths
