@@ -126,7 +126,8 @@ def test_malformed_csv_is_exit_2_with_one_line(image_folder, tmp_path, capsys, t
     ("filename,label,split\na/0.png,a,train\nb/0.png,b,\na/2.png,a,\n", "note: 2 rows with a label but no split "
      "value are in no split: `train` and `evaluate --split` leave them out"),
     ("filename,label\na/0.png,a\nb/0.png,nan\na/2.png,NaN\n", "note: 2 rows are labelled 'NaN' or 'nan', a class of "
-     "its own for `train`; if that marks a missing label, leave the cell empty (unlabelled)"),
+     "its own for `train`; if that marks a missing label, write the label, or leave the row out (a blank label is "
+     "refused; an index without a `label` column is unlabelled)"),
     ("filename,label\na/0.png,a\nb/0.png,b\n", None),
 ])
 def test_extract_says_what_train_will_not_use(image_folder, tmp_path, capsys, text, note):

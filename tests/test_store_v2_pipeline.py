@@ -323,8 +323,11 @@ def test_a_failure_that_was_not_the_contents_fault_is_tried_again_after_compact_
     assert first.n_failed == 2 and "too large" in features_store.read_errors(store)[0][1]
     assert run_extract(read_index(csv), vgg, store).n_failed == 2  # the same content: failed as stored
     capsys.readouterr()
+    listed = store.with_name(store.name + ".failed.csv")  # extract's list of the failed rows, as the CLI writes it
+    listed.write_text("id,reason\na/big.png,too large\n")
     assert main(["-q", "compact", str(store), "--failed"]) == 0
     assert capsys.readouterr().out.startswith("compacted: 10 -> 8 stored rows")
+    assert not listed.exists()  # it listed rows that no longer fail (they are gone, to be tried again)
     assert not features_store.read_info(store).complete
     again = run_extract(read_index(csv), vgg, store)
     assert (again.n_extracted, again.n_failed) == (2, 0)

@@ -142,7 +142,8 @@ def _index_notes(index) -> list[str]:
     if missing:  # a label column written by pandas after astype(str): its empty cells became the word "nan"
         n = sum(1 for label in labels if label in missing)
         notes.append(f"note: {_rows(n)} {'is' if n == 1 else 'are'} labelled {' or '.join(map(repr, missing))}, a "
-                     "class of its own for `train`; if that marks a missing label, leave the cell empty (unlabelled)")
+                     "class of its own for `train`; if that marks a missing label, write the label, or leave the row "
+                     "out (a blank label is refused; an index without a `label` column is unlabelled)")
     loose = sum(1 for label, s in zip(labels, split) if label and not s)
     if loose and any(split):
         one = loose == 1
@@ -164,9 +165,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from ..runs.inspection import compact_store
+    from ..runs.inspection import compact_store, failures_csv_path
 
     counts = compact_store(args.store, shard_rows=args.shard_rows, failed=args.failed)
+    if args.failed:  # extract's list of the failed rows, which are gone now (the next extract tries them again)
+        failures_csv_path(args.store).unlink(missing_ok=True)
     print(f"compacted: {counts['rows_before']} -> {counts['rows_after']} stored rows, "
           f"{counts['shards_before']} -> {counts['shards_after']} shards")
     print(args.store)
