@@ -6,7 +6,20 @@ class FeatureStoreError(Exception):
 
 
 class FeatureRangeError(FeatureStoreError, ValueError):
-    """Features that the store's dtype cannot hold: finite values beyond float16's range would be stored as inf."""
+    """Features that the store's dtype cannot hold: finite values beyond float16's range would be stored as inf.
+
+    `store` (the store whose shard refused them) and `reason` (the message without it) are set where it is raised;
+    attributes, not constructor arguments, so that the error pickles as it is (from a Dask worker)."""
+
+    store: str | None = None
+    reason: str | None = None
+
+
+def feature_range_error(store, reason: str) -> FeatureRangeError:
+    """A FeatureRangeError of `store`: "STORE: reason", with `store` and `reason` set."""
+    err = FeatureRangeError(f"{store}: {reason}")
+    err.store, err.reason = str(store), reason
+    return err
 
 
 class StoreNotFoundError(FeatureStoreError, FileNotFoundError):

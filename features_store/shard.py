@@ -25,11 +25,11 @@ import numpy as np
 
 from features_store import durable, schema
 from features_store.errors import (
-    FeatureRangeError,
     StoreDamagedError,
     StoreLockedError,
     StoreMismatchError,
     StoreWriteError,
+    feature_range_error,
 )
 from features_store.lock import hold_shard_lock
 from features_store.plan import plan_shards
@@ -317,8 +317,8 @@ class ShardWriter:
         if overflow is not None and overflow.any():
             rows = np.flatnonzero(overflow.any(axis=1))
             advice = "; extract with --dtype float32 into another --out" if self._dtype == np.float16 else ""
-            raise FeatureRangeError(
-                f"{self.store}: {int(overflow.sum())} features of {len(rows)} rows (the first: row "
+            raise feature_range_error(
+                self.store, f"{int(overflow.sum())} features of {len(rows)} rows (the first: row "
                 f"{self._n_done + rows[0]} of shard {self.name}) are beyond {self._dtype.name}'s range (largest |x| "
                 f"{float(np.abs(x[overflow]).max()):.4g} > {float(np.finfo(self._dtype).max):.6g}), the dtype of this "
                 f"store{advice}"
@@ -326,8 +326,8 @@ class ShardWriter:
         nonfinite = ok[:, None] & ~is_finite if finite else None  # stored, they failed training later
         if nonfinite is not None and nonfinite.any():
             rows = np.flatnonzero(nonfinite.any(axis=1))
-            raise FeatureRangeError(
-                f"{self.store}: the model gave {int(nonfinite.sum())} features of {len(rows)} rows that are inf or NaN "
+            raise feature_range_error(
+                self.store, f"the model gave {int(nonfinite.sum())} features of {len(rows)} rows that are inf or NaN "
                 f"(the first: row {self._n_done + rows[0]} of shard {self.name}), so nothing of that batch is stored: "
                 "an overflow (--precision float16 overflows past 65504; bfloat16 and float32 do not) or a model "
                 "that outputs them"

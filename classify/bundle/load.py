@@ -102,21 +102,9 @@ class Bundle:
         return self.estimator.predict_proba(self._features(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        """The head's predicted class names (see `predict_with_proba`).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features from the bundle's extractor.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_samples,)
-            Class names from `classes`.
-        """
-        if self._linear():
-            return self._own_prediction(self._features(X))
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        """The head's predicted class names: `predict_with_proba(X)[0]` (its parameters; class names from
+        `classes`)."""
+        return self.predict_with_proba(X)[0]
 
     def predict_with_proba(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """`predict` and `predict_proba` of `X` at once (the MLP's network runs once).

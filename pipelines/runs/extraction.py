@@ -169,12 +169,10 @@ def stop_recorded(session):
         reason = str(err)
         if isinstance(err, PrecisionOverflowError):  # the whole network's: every store it fills stops again
             reason += " into another --out"  # precision is in the fingerprint: not into this store
-        else:  # one store's shard (a sweep fills several): only the store the error names
-            mine = [f"{session.store}: ", f"{os.path.abspath(session.store)}: "]  # a Dask task's is absolute
-            prefix = next((p for p in mine if reason.startswith(p)), None)
-            if prefix is None:
-                raise
-            reason = reason.removeprefix(prefix)
+        elif err.store is None or os.path.abspath(err.store) != os.path.abspath(session.store):
+            raise  # another store's shard (a sweep fills several; a Dask task's path is absolute): not this one's
+        else:
+            reason = err.reason
         try:
             session.record_stop(reason)
         except features_store.StoreWriteError as note_err:  # the run's own error is the one to report

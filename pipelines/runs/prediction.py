@@ -15,6 +15,7 @@ import classify
 import features_store
 from extract import WeightsUnavailableError, extractor_from_spec, read_index
 from features_store.durable import atomic_write, remove_dead_writers_files, write_error
+from features_store.errors import feature_range_error
 from features_store.loader import selected_rows
 from features_store.manifest import foreign_files, some
 from features_store.reader import digest_keys, open_view
@@ -395,7 +396,7 @@ def _predict_features(bundle, index, store, progress, weights=None):
     except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
         raise features_store.StoreMismatchError(str(err).replace("use another --out", "use another --store")) from err
     except features_store.FeatureRangeError as err:  # a float16 store: predict has no --dtype; a new store is float32
-        raise features_store.FeatureRangeError(str(err).replace(
+        raise feature_range_error(err.store, err.reason.replace(
             "extract with --dtype float32 into another --out", "use another --store (a new one is float32)")) from err
     bundle.check_fingerprint(result.fingerprint)
     meta = features_store.read_meta(store)
