@@ -296,9 +296,16 @@ class KerasApplicationExtractor(Extractor):
                     f"Copy a good file there, or {todo} where it can be downloaded; or use --weights PATH or "
                     f"--weights none (random init, not pretrained)"
                 ) from err
-            exact = keras_weights_file(self.name, self._config["input_size"])
-            copy = (f"the {self.application} no-top weights file" if exact is None else
-                    f"Keras's {self.application} no-top weights file for this input size, {exact},")
+            file = keras_weights_file(self.name, self._config["input_size"])
+            if (cache / file).is_file():  # Keras found it and could not read it (MobileNetV2's has no hash check)
+                raise WeightsUnavailableError(
+                    f"ImageNet weights for {self.name} are in the Keras cache ({cache / file}) but cannot be read "
+                    f"({_short_reason(err)}): a cut-off or corrupt download. Copy a good file there, or delete it and "
+                    "re-run where it can be downloaded; or use --weights PATH or --weights none (random init, not "
+                    "pretrained)"
+                ) from err
+            copy = (f"Keras's {self.application} no-top weights file"
+                    + (" for this input size" if self.name.startswith("mobilenet") else "") + f", {file},")
             raise WeightsUnavailableError(
                 f"ImageNet weights for {self.name} are not in the Keras cache ({cache}) and could not be "
                 f"downloaded ({_short_reason(err)}); copy {copy} into {cache}, "
@@ -358,35 +365,33 @@ def _weights_file_problem(err: Exception) -> str:
 MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
 
 
-def keras_weights_file(name: str, input_size: int | None = None) -> str | None:
-    """The exact name of the no-top ImageNet weights file that Keras loads for a MobileNet at `input_size`, as
-    keras/src/applications/mobilenet_v2.py and mobilenet_v3.py name it: one file per width (alpha: featurehead
-    builds 1.0), MobileNetV2's also per input size (the 224 one for any other size), MobileNetV3's the 224 one at
-    every size; None for the other models, whose single file `_weights_cached` finds by its family's name."""
+def keras_weights_file(name: str, input_size: int | None = None) -> str:
+    """The exact name of the no-top ImageNet weights file that Keras loads for backbone `name` at `input_size`, as
+    keras/src/applications names them: `{name}_weights_tf_dim_ordering_tf_kernels_notop.h5` for VGG, ResNet,
+    DenseNet, Inception and Xception, the model's own Keras name + `_notop.h5` for EfficientNet(V2) and ConvNeXt
+    (`efficientnetv2-s_notop.h5`, `convnext_tiny_notop.h5`), and one file per width for a MobileNet (featurehead
+    builds alpha 1.0): MobileNetV2's also per input size (the 224 one for any other size), MobileNetV3's the 224
+    one at every size. `tests/test_extract_models.py` checks every name against the file Keras asks for."""
     if name == "mobilenetv2":
         rows = input_size if input_size in MOBILENET_V2_SIZES else 224
         return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
     if name.startswith("mobilenetv3"):
         return f"weights_mobilenet_v3_{name[len('mobilenetv3'):]}_224_1.0_float_no_top_v2.h5"
-    return None
+    if name.startswith("efficientnetv2"):
+        return f"efficientnetv2-{name[len('efficientnetv2'):]}_notop.h5"
+    if name.startswith("efficientnet"):
+        return f"{name}_notop.h5"
+    if name.startswith("convnext"):
+        return f"convnext_{name[len('convnext'):]}_notop.h5"
+    stem = "inception_v3" if name == "inceptionv3" else name
+    return f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def _weights_cached(cache: Path, name: str, input_size: int | None = None) -> bool:
-    """Whether the Keras cache holds the no-top weights file Keras loads for this model at `input_size` (Keras
-    names them per family: vgg16_..._notop.h5, mobilenet_v2_..._1.0_224_no_top.h5, efficientnetv2-b0_notop.h5,
-    convnext_tiny_notop.h5, ...). A MobileNet's is the one file `keras_weights_file` names: a file of another
-    width, size or MobileNetV3's minimalistic variant is not this model's."""
-    if not cache.is_dir():
-        return False
-    exact = keras_weights_file(name, input_size)
-    if exact is not None:
-        return (cache / exact).is_file()
-    own = re.compile(re.escape(name) + r"(?!v)")  # resnet50 is not resnet50v2
-    for f in cache.iterdir():
-        flat = re.sub(r"[_\-]", "", f.name.lower())
-        if "notop" in flat and own.search(flat):
-            return True
-    return False
+    """Whether the Keras cache holds the no-top weights file Keras loads for this model at `input_size`
+    (`keras_weights_file`): a MobileNet's file of another width, size or MobileNetV3's minimalistic variant is not
+    this model's."""
+    return (cache / keras_weights_file(name, input_size)).is_file()
 
 
 def _reachable(url: str) -> None:
