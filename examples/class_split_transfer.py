@@ -76,8 +76,8 @@ def main(argv=None) -> None:
                              f"{np.mean(sec):.3f} ± {np.std(sec):.3f} |")
     table = "\n".join(lines)
     rate = "Keras-default learning rates" if args.learning_rate is None else f"learning rate {args.learning_rate}"
-    summary = (f"mean ± std over {seeds} seed(s), batch size {args.batch_size}, {rate}; "
-               f"s / epoch excludes the first epoch; whole run {time.perf_counter() - start:.0f}s")
+    summary = (f"mean ± std over {seeds} seed(s), batch size {args.batch_size}, {rate}; s / epoch excludes the "
+               f"first epoch (of a 1-epoch budget, it is that epoch); whole run {time.perf_counter() - start:.0f}s")
     (workdir / "results.md").write_text(table + "\n\n" + summary + "\n")
     print(table)
     print(summary)
