@@ -502,6 +502,16 @@ def test_evaluate_a_split_that_the_index_does_not_name_says_so(image_folder, tmp
         assert code == 2 and err.endswith(f"{store} has no rows in split 'test' (its index names only 'train' and "
                                           "'val' rows): evaluate another --split, or on a store whose index has "
                                           "such rows"), err
+    # --split '' is the rows without a split value: it said "has no labelled ok rows", of a store of 8 such rows
+    code, _, err = run(capsys, "evaluate", bundle, store, "--split", "", "--out", tmp_path / "e")
+    assert code == 2 and err.endswith(f"{store} has no rows without a split value (--split '') (its index names only "
+                                      "'train' and 'val' rows): evaluate another --split, or on a store whose index "
+                                      "has such rows"), err
+    # and where some rows have no split value, those are what it evaluates (it said "all rows")
+    index.write_text(index.read_text().replace(",val\n", ",\n", 1))
+    assert run(capsys, "extract", index, *FAST, "--out", store)[0] == 0  # the view only: nothing extracted
+    code, lines, _ = run(capsys, "evaluate", bundle, store, "--split", "", "--out", tmp_path / "e")
+    assert code == 0 and lines[0] == "evaluated on the rows without a split value (1 images)", lines
 
 
 def test_evaluate_of_a_head_fitted_on_every_row_of_a_store_without_a_split_column_says_to_use_another_store(

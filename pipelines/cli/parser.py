@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None,
                    help="evaluate only this split (train/val/test); default: on the store the head was trained on "
                    "(or a copy of it: the same index over the same images), its held-out validation rows, "
-                   "else every row; --split '' is every row of any store, the rows the head was fitted on included")
+                   "else every row; --split '' is the rows without a split value: every row of a store without a split "
+                   "column, the rows the head was fitted on included")
 
     p = sub.add_parser("models", help="list the backbones: default size, preprocessing, features per pooling",
                        description="Without NAME: every keras.applications backbone featurehead names, with its "

@@ -86,6 +86,8 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
     else:
         X, y, _ = features_store.load(store, split=split, views=False, fingerprint=info.fingerprint)
         evaluated = f"split {split!r}" if split else "all rows"
+        if split == "" and _has_split_column(features_store.read_meta(store)):  # '' is the rows of no split
+            evaluated = "the rows without a split value"
         seen = _fitted_images(bundle.manifest, store, split, info)
     keep = y != ""
     if not keep.any():
@@ -96,11 +98,12 @@ def evaluation(bundle_path, store, out_dir, *, split: str | None = None) -> dict
                 raise ValueError(_none_held_out(bundle_path, store, meta))
             raise ValueError(f"{store} has no split column (its index named no train, val or test rows), so no row is "
                              f"in split {split!r}: evaluate without --split, or give the index a split column")
-        if split and not (meta.split == split).any():  # not failed or unlabelled rows: the index names none
+        if split is not None and not (meta.split == split).any():  # not failed or unlabelled: the index names none
             named = " and ".join(repr(s) for s in ("train", "val", "test") if (meta.split == s).any())
-            raise ValueError(f"{store} has no rows in split {split!r} (its index names only {named} rows): evaluate "
+            which = f"rows in split {split!r}" if split else "rows without a split value (--split '')"
+            raise ValueError(f"{store} has no {which} (its index names only {named} rows): evaluate "
                              "another --split, or on a store whose index has such rows")
-        raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split else ""))
+        raise ValueError(f"{store} has no labelled ok rows" + (f" in split {split!r}" if split is not None else ""))
     classes = [str(c) for c in bundle.manifest["classes"]]
     if not set(map(str, y[keep])) & set(classes):
         found = sorted(set(map(str, y[keep])))
