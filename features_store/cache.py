@@ -5,7 +5,7 @@ Processes share a file through a `filelock` lock file; the row counter moves onl
 lookup only reads, so a read-only cache (a shared, mounted one) serves hits. An append that cannot write (a
 read-only folder, a full disk, a quota, a file-size limit) is one `StoreWriteError` that keeps the rows already
 cached; the cache's user, `ImageFeatureExtractor`, then returns the features it extracted all the same and logs why
-they are not cached (a warning; an info line for a read-only folder, a shared cache's usual setup): a cache saves work, so failing to grow it loses none, and says so.
+they are not cached (a warning; an info line for a read-only folder or file, a shared cache's usual setup): a cache saves work, so failing to grow it loses none, and says so.
 """
 
 from __future__ import annotations
@@ -215,8 +215,12 @@ def lookup(cache_dir: str | os.PathLike, fingerprint: str, keys: np.ndarray) -> 
     return features, found
 
 
-def writable(cache_dir: str | os.PathLike) -> bool:
-    """Whether `append` may write under `cache_dir`: it (or the nearest folder above it that exists) is writable."""
+def writable(cache_dir: str | os.PathLike, fingerprint: str | None = None) -> bool:
+    """Whether `append` may write under `cache_dir`: it (or the nearest folder above it that exists) is writable,
+    and so is the fingerprint's cache file when one is given and that file exists (a read-only file in a writable
+    folder, a published cache copied with its permissions, cannot grow either)."""
+    if fingerprint is not None and cache_path(cache_dir, fingerprint).exists():
+        return os.access(cache_path(cache_dir, fingerprint), os.W_OK) and writable(cache_dir)
     path = Path(cache_dir).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent

@@ -82,10 +82,29 @@ def test_a_read_only_cache_serves_hits_and_extracts_the_misses_without_storing_t
     assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
 
 
-@pytest.mark.parametrize("where", ["read_only_folder", "small_disk"])
+@pytest.fixture
+def read_only_cache_file(images, tmp_path):
+    """A writable folder whose cache file (of `SMALL`, 2 rows) this process cannot write: a read-only bind mount
+    of the file over itself for root, a 0o444 file otherwise; skipped where root cannot mount."""
+    folder = tmp_path / "cache"
+    ImageFeatureExtractor(**SMALL, cache_dir=folder).fit_transform(images[0][-2:])
+    (path,) = folder.glob("*.h5")
+    if os.geteuid() != 0:
+        os.chmod(path, 0o444)
+        yield folder
+        os.chmod(path, 0o644)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True).returncode:
+        pytest.skip("root, and cannot bind-mount read-only here")
+    yield folder
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("where", ["read_only_folder", "read_only_cache_file", "small_disk"])
 def test_a_cache_that_cannot_store_the_rows_returns_them_and_says_why(images, request, caplog, where):
     """A full disk raised StoreWriteError, losing the features just extracted: it now returns them and logs a warning
-    that says why they are not cached; a read-only folder (a shared cache's usual setup) says so at INFO."""
+    that says why they are not cached; a read-only folder or cache file (a shared cache's usual setup) says so at
+    INFO (a read-only file in a writable folder warned on every transform)."""
     paths, _, _ = images
     folder = request.getfixturevalue(where)
     if where == "small_disk":
@@ -95,11 +114,16 @@ def test_a_cache_that_cannot_store_the_rows_returns_them_and_says_why(images, re
     t = ImageFeatureExtractor(**SMALL, cache_dir=folder).fit(paths)
     out = t.transform(paths[:4])
     np.testing.assert_allclose(out, ImageFeatureExtractor(**SMALL).fit_transform(paths[:4]), rtol=1e-5, atol=1e-6)
-    level = "INFO" if where == "read_only_folder" else "WARNING"  # a shared cache's usual setup; a failed write
+    level = "WARNING" if where == "small_disk" else "INFO"  # a failed write; a shared cache's usual setup
     (said,) = [r.getMessage() for r in caplog.records if r.levelname == level and "not cached" in r.getMessage()]
     assert said.startswith("feature cache: 4 extracted rows are not cached, only returned"), said
-    assert ("read-only" if where == "read_only_folder" else "No space left on device") in said
-    assert t.cache_info().n_rows == 0
+    why = {"read_only_folder": "the folder is read-only", "read_only_cache_file": ".h5 is read-only",
+           "small_disk": "No space left on device"}[where]
+    assert why in said
+    assert t.cache_info().n_rows == (2 if where == "read_only_cache_file" else 0)
+    if where != "small_disk":
+        t.transform(paths[:4])
+        assert not [r for r in caplog.records if r.levelno >= 30 and "not cached" in r.getMessage()]
 
 
 def test_a_cache_dir_that_is_a_file_or_a_store_is_refused_at_fit(images, tmp_path):

@@ -216,11 +216,13 @@ class ImageFeatureExtractor(TransformerMixin, BaseEstimator):
         """Append freshly extracted rows to the cache. A cache that cannot store them (a read-only folder, a full
         disk, a quota, a file-size limit) costs this transform nothing: its features are returned all the same, and
         a log line says why they are not cached (they are extracted again until it can store them): a warning for a
-        failed write, an info line for a read-only folder, a shared cache's usual setup (a grid search's every fold
-        would warn)."""
-        if not cache.writable(self.cache_dir):
-            logger.info("feature cache: %d extracted rows are not cached, only returned (%s: the folder is read-only)",
-                        len(keys), self.cache_dir)
+        failed write, an info line for a read-only folder or cache file, a shared cache's usual setup (a grid search's
+        every fold would warn)."""
+        if not cache.writable(self.cache_dir, fp):
+            name = cache.cache_path(self.cache_dir, fp).name
+            what = "the folder" if not cache.writable(self.cache_dir) else f"its file {name}"
+            logger.info("feature cache: %d extracted rows are not cached, only returned (%s: %s is read-only)",
+                        len(keys), self.cache_dir, what)
             return
         try:
             cache.append(self.cache_dir, fp, keys, x, extractor=self.extractor_.spec(), names=names)
