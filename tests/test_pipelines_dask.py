@@ -515,6 +515,21 @@ def test_cli_closes_its_local_cluster_when_a_plugin_fails(index, monkeypatch, ca
     assert _worker_pids() - before == set()
 
 
+def test_cli_refuses_augment_past_the_view_column_before_a_local_cluster_starts(index, monkeypatch, capsys):
+    """`--augment 32768 --dask local:N` started the cluster (seconds, N processes), then was refused."""
+    from pipelines.cli import main
+
+    def started(*args, **kwargs):
+        raise AssertionError("a LocalCluster started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", started)
+    assert main(["-q", "extract", str(index.root / "index.csv"), "--weights", "none", "--input-size", "32",
+                 "--augment", "32768", "--dask", "local:1", "--out", str(index.root.parent / "never")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "`k` (--augment) must be a positive integer of at most 32767" in err, err
+    assert not (index.root.parent / "never").exists()
+
+
 # The tests below kill the module cluster's workers (their nannies start fresh ones, which import TensorFlow again
 # when they get a shard): they come last in the file, so that on one test process they usually run last (a test
 # stolen by the other process may run after them: slower, on fresh workers, not wrong; no test here depends on order).

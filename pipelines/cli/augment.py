@@ -62,14 +62,17 @@ def augmentation_from_args(args):
 
 
 def views_from_args(args):
-    """The extract command's AugmentedViews, or None without --augment."""
+    """The extract command's AugmentedViews, validated (before a `--dask local:N` cluster starts), or None without
+    --augment."""
     if not args.augment:
         check_augment_given(args)
         return None
     from ..runs.views import AugmentedViews
 
-    return AugmentedViews(args.augment, augmentation_from_args(args), seed=_value(args, "augment_seed"),
-                          validation_fraction=_value(args, "validation_fraction"))
+    views = AugmentedViews(args.augment, augmentation_from_args(args), seed=_value(args, "augment_seed"),
+                           validation_fraction=_value(args, "validation_fraction"))
+    views.validate()
+    return views
 
 
 def _unfreeze(value: str):
