@@ -1,4 +1,5 @@
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from extract import get_extractor, read_index
 from extract.augment import Augmentation
 from pipelines.cli import main
 from pipelines.runs.extraction import run_extract
-from pipelines.runs.planning import default_store_path
+from pipelines.runs.planning import default_store_path, views_identity
 from pipelines.runs.training import run_train, split_rows
 from pipelines.runs.views import AugmentedViews, assign_split
 
@@ -349,8 +350,19 @@ def test_assign_split_counts_no_unreadable_row():
         assert split[:2] == ["train", "train"] and sorted(split[2:]) == ["train", "val"]
 
 
-@pytest.mark.parametrize("k", [0, 32768])
+@pytest.mark.parametrize("k", [0, 32768, True, np.bool_(True), 3.0])
 def test_augmented_views_refuse_k_outside_the_view_column(k):
     with pytest.raises(ValueError, match=rf"`k` \(--augment\) must be a positive integer of at most 32767 \(the "
-                       rf"store's `view` column is int16\)\. Received: k={k}"):
+                       rf"store's `view` column is int16\)\. Received: k={re.escape(repr(k))}"):
         AugmentedViews(k).validate()
+
+
+def test_augmented_views_take_numpy_integers_as_the_same_views():
+    """np.int64(3) was refused as k (scikit-learn's parameter validation takes any integral number), and a numpy
+    seed made the store's identity fail (not JSON)."""
+    plain = AugmentedViews(3, seed=7, validation_fraction=0.25)
+    numpy = AugmentedViews(np.int64(3), seed=np.uint8(7), validation_fraction=np.float32(0.25))
+    numpy.validate()
+    assert views_identity(numpy) == views_identity(plain)
+    with pytest.raises(ValueError, match=r"`seed` \(--augment-seed\) must be an integer\. Received: seed=0\.5"):
+        AugmentedViews(3, seed=0.5).validate()

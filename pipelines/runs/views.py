@@ -7,6 +7,7 @@ run, a relabel or a reordered index gives the same views. `pipelines.runs.fillin
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +34,36 @@ class AugmentedViews:
     validation_fraction: float = 0.2
 
     def to_dict(self) -> dict:
-        return {"k": self.k, "augmentation": self.augmentation.to_dict(), "seed": self.seed,
-                "validation_fraction": self.validation_fraction}
+        # numpy's numbers as Python's (the JSON of the store's identity): np.int64(3) is k=3, the same store
+        return {"k": _plain(self.k), "augmentation": self.augmentation.to_dict(), "seed": _plain(self.seed),
+                "validation_fraction": _plain(self.validation_fraction)}
 
     @classmethod
     def from_dict(cls, config: dict) -> AugmentedViews:
         return cls(**{**config, "augmentation": Augmentation.from_dict(config["augmentation"])})
 
     def validate(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_VIEWS:
+        # any integral number, numpy's too (a parameter grid built with numpy hands them out), as scikit-learn's
+        # parameter validation takes them; never a bool
+        if not _integral(self.k) or not 1 <= self.k <= MAX_VIEWS:
             raise ValueError(f"`k` (--augment) must be a positive integer of at most {MAX_VIEWS} (the store's `view` "
                              f"column is int16). Received: k={self.k!r}")
+        if not _integral(self.seed):
+            raise ValueError(f"`seed` (--augment-seed) must be an integer. Received: seed={self.seed!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"`validation_fraction` must be in (0, 1). Received: validation_fraction={self.validation_fraction!r}"
             )
         self.augmentation.validate()
+
+
+def _integral(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _plain(value):
+    """A numpy scalar as the Python number it holds; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def store_identity(index: ImageIndex, views: AugmentedViews | None) -> str:
