@@ -34,7 +34,13 @@ class ExtractorConfigError(ExtractError, ValueError):
 
 
 class PrecisionOverflowError(ExtractError, FloatingPointError):
-    """The network overflowed under `precision="float16"`: features at float16's largest value, inf or NaN."""
+    """The network overflowed under `precision="float16"`: features at float16's largest value, inf or NaN.
+
+    `what` (the message without its advice, which is extract's) is set where it is raised, for a caller whose advice
+    differs (predict: its head fixes the precision); an attribute, so that the error pickles as it is (from a Dask
+    worker)."""
+
+    what: str | None = None
 
 
 def not_a_file(path) -> str:

@@ -211,10 +211,11 @@ class Extractor:
             saturated = ~(np.abs(out) < _FLOAT16_MAX)  # NaN too
             if saturated.any():
                 n = int(saturated.any(axis=1).sum())
-                raise PrecisionOverflowError(
-                    f"{self.name}: the network overflowed under --precision float16 (features of {n} of {len(out)} "
-                    f"images reached float16's largest value, {_FLOAT16_MAX:g}, or inf or NaN); extract with "
-                    "--precision bfloat16 (float32's range) or float32")
+                what = (f"{self.name}: the network overflowed under --precision float16 (features of {n} of "
+                        f"{len(out)} images reached float16's largest value, {_FLOAT16_MAX:g}, or inf or NaN)")
+                err = PrecisionOverflowError(f"{what}; extract with --precision bfloat16 (float32's range) or float32")
+                err.what = what
+                raise err
             if out.size and not out.any() and not self.__dict__.get("_zeros_said"):
                 self.__dict__["_zeros_said"] = True  # until the model is rebuilt (_follow_weights_file)
                 logger.warning("%s: every feature of %d images is exactly 0 under --precision float16: an overflow "

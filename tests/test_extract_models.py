@@ -407,6 +407,44 @@ def test_a_float16_overflow_is_an_error(tmp_path, batch, caplog, capsys):
     assert not [r for r in caplog.records if r.name.startswith("extract")]
 
 
+def test_predict_says_its_own_way_out_of_a_float16_overflow(tmp_path, batch, capsys):
+    """predict's error and its store's note advised extract's way out ("extract with --precision bfloat16 ... into
+    another --out"): predict has no --precision, and its head fixes the precision. Weights 3x VGG16's random init keep
+    images near the caffe mean under float16's largest value (a head trains on them) and overflow on noise."""
+    from PIL import Image
+
+    from pipelines.cli import main
+
+    path = _vgg16_weights(tmp_path / "w.weights.h5", 3)
+    for c, label in enumerate("ab"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            image = np.broadcast_to(np.array([124, 117, 104], np.uint8), (32, 32, 3)).copy()
+            image[..., c] += i + 1
+            Image.fromarray(image).save(tmp_path / "train" / label / f"{i}.png")
+    (tmp_path / "new").mkdir()
+    for i, image in enumerate(batch):
+        Image.fromarray(image).save(tmp_path / "new" / f"{i}.png")
+    common = ["--model", "vgg16", "--weights", path, "--input-size", "32", "--pooling", "avg", "--precision", "float16"]
+    assert main(["-q", "extract", str(tmp_path / "train"), *common, "--out", str(tmp_path / "st")]) == 0
+    assert main(["-q", "train", str(tmp_path / "st"), "--head", "logreg", "--out", str(tmp_path / "head")]) == 0
+    capsys.readouterr()
+    code = main(["-q", "predict", str(tmp_path / "head"), str(tmp_path / "new"), "--store", str(tmp_path / "ps"),
+                 "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    if code == 0 and "exactly 0" in err:
+        pytest.skip("no overflow error on this backend and CPU (tensorflow's zeros): nothing for predict to say")
+    assert code == 2, err
+    advice = ("this head's extractor runs at that precision: predict with a head trained on features extracted with "
+              "--precision bfloat16 (float32's range) or float32")
+    assert err.count("\n") == 1 and err.startswith("featurehead predict: error: vgg16: the network overflowed"), err
+    assert err.rstrip().endswith(advice) and "--out" not in err, err
+    assert main(["inspect", str(tmp_path / "ps")]) == 0
+    (status,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
+    assert "a re-run stops again" in status and status.endswith(advice), status
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_float16_features_all_zero_are_said_once_on_a_line_of_their_own(tmp_path, batch, caplog, capsys):
     """Features that are all exactly 0 under float16 (tensorflow's overflow on some CPUs, or a model that gives
     zeros: here VGG16 with every weight 0) are a warning, once per model; under the CLI's progress bar it gets a

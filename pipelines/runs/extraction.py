@@ -60,6 +60,7 @@ def run_extract(
     shard_rows: int | None = None,
     dtype: str | None = None,
     client=None,
+    overflow_advice: str | None = None,
 ) -> ExtractResult:
     """Bring the store `out` up to date with `index`: extract only the images it lacks, then rewrite its view.
 
@@ -86,6 +87,10 @@ def run_extract(
     client : distributed.Client, optional
         Extract the shards as Dask tasks on this client's workers (see `pipelines.scale.distributed`); the workers must
         see `out` and the images at the same paths (a shared filesystem on a real cluster).
+    overflow_advice : str, optional
+        What the error and the store's note advise after an overflow inside the network under float16 precision,
+        instead of extract's "extract with --precision bfloat16 (float32's range) or float32 into another --out"
+        (`run_predict`'s: its head fixes the precision).
 
     Returns
     -------
@@ -113,7 +118,7 @@ def run_extract(
         bad = next(i for i, reason in enumerate(plan.reasons) if reason)
         raise ImageReadError(f"{index.ids[plan.source[bad]]}: {plan.reasons[bad]} (--strict stops at the first failure)")
     with (features_store.StoreSession.open(out, fingerprint=fp, extractor=extractor.spec(), dtype=dtype) as session,
-          stop_recorded(session)):
+          stop_recorded(session, overflow_advice=overflow_advice)):
         target = Target(session, session.missing(plan.keys), shard_rows, plan.n_keys)
         args = view_args(index, plan, views)
         if client is not None:
@@ -158,16 +163,22 @@ def run_extract(
 
 
 @contextmanager
-def stop_recorded(session):
+def stop_recorded(session, *, overflow_advice: str | None = None):
     """Clear the note of an earlier run that stopped where a re-run stops again, and keep one for this run when it
     does (features the store's dtype cannot hold, inf or NaN out of the model, or an overflow inside the network
-    under float16 precision): `inspect` and the readers then say why, instead of advising to resume."""
+    under float16 precision): `inspect` and the readers then say why, instead of advising to resume.
+
+    `overflow_advice` replaces extract's advice after an overflow, in the note and in the error raised."""
     session.record_stop("")
     try:
         yield
     except (features_store.FeatureRangeError, PrecisionOverflowError) as err:
-        reason = str(err)
-        if isinstance(err, PrecisionOverflowError):  # the whole network's: every store it fills stops again
+        reason, reworded = str(err), None
+        if isinstance(err, PrecisionOverflowError) and overflow_advice is not None and err.what:
+            reason = f"{err.what}; {overflow_advice}"
+            reworded = PrecisionOverflowError(reason)
+            reworded.what = err.what
+        elif isinstance(err, PrecisionOverflowError):  # the whole network's: every store it fills stops again
             reason += " into another --out"  # precision is in the fingerprint: not into this store
         elif err.store is None or os.path.abspath(err.store) != os.path.abspath(session.store):
             raise  # another store's shard (a sweep fills several; a Dask task's path is absolute): not this one's
@@ -177,6 +188,8 @@ def stop_recorded(session):
             session.record_stop(reason)
         except features_store.StoreWriteError as note_err:  # the run's own error is the one to report
             logger.warning("could not record why the extraction stopped: %s", note_err)
+        if reworded is not None:
+            raise reworded from err
         raise
 
 

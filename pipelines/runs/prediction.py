@@ -388,6 +388,11 @@ def bundle_extractor(bundle, weights=None):
     return extractor
 
 
+# the head fixes its extractor's precision (the fingerprint): predict has no option that changes it
+PREDICT_OVERFLOW_ADVICE = ("this head's extractor runs at that precision: predict with a head trained on features "
+                           "extracted with --precision bfloat16 (float32's range) or float32")
+
+
 def _predict_features(bundle, index, store, progress, weights=None):
     extractor = bundle_extractor(bundle, weights)
     bundle.check_fingerprint(extractor.fingerprint())  # an edited spec: refused before anything is extracted
@@ -395,7 +400,8 @@ def _predict_features(bundle, index, store, progress, weights=None):
         _keep_a_labelled_view(Path(store), index, extractor)
     store = Path(store) if store is not None else default_store_path(index, extractor)
     try:
-        result = run_extract(index, extractor, store, progress=progress)  # an existing store keeps its own dtype
+        # an existing store keeps its own dtype; an overflow's way out is another head, not extract's another --out
+        result = run_extract(index, extractor, store, progress=progress, overflow_advice=PREDICT_OVERFLOW_ADVICE)
     except features_store.StoreMismatchError as err:  # predict's store option is --store (its --out is the CSV)
         raise features_store.StoreMismatchError(str(err).replace("use another --out", "use another --store")) from err
     except features_store.FeatureRangeError as err:  # a float16 store: predict has no --dtype; a new store is float32
