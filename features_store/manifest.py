@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from features_store import schema
 from features_store.durable import atomic_write_bytes
 from features_store.errors import StoreDamagedError, StoreMismatchError, StoreNotFoundError, StoreVersionError
+from features_store.shard import shard_of
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,23 @@ def foreign_files(path: str | os.PathLike, ours=STORE_NAMES) -> list[str]:
     return sorted(n for n in names if n not in ours and not n.startswith("."))
 
 
+def store_foreign_files(path: str | os.PathLike) -> list[str]:
+    """`foreign_files(path)`, and the names in its `shards/` folder other than a store's shard files (a shard, its
+    lock file, its temporary file), as "shards/NAME": a folder of the user's own `shards/` (a WebDataset's tar files)
+    is not a store's, and a store written there would delete them as unlisted shard files."""
+    foreign = foreign_files(path)
+    shards = os.path.join(os.fspath(path), schema.SHARDS_DIR)
+    if os.path.lexists(shards) and not os.path.isdir(shards):
+        return sorted([*foreign, schema.SHARDS_DIR])
+    inner = foreign_files(shards, ours=frozenset())
+    return sorted([*foreign, *(f"{schema.SHARDS_DIR}/{n}" for n in inner if not _a_shard_file(n))])
+
+
+def _a_shard_file(name: str) -> bool:
+    shard = shard_of(name)
+    return shard.startswith("shard-") and shard.endswith(".h5")
+
+
 def some(names: list[str], most: int = 3) -> str:
     """A few of `names` for a message: "a.jpg, b.jpg, c.jpg and 4 more"."""
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
@@ -177,13 +195,20 @@ def some(names: list[str], most: int = 3) -> str:
 
 def is_store(path: str | os.PathLike) -> bool:
     """Whether `path` is a store directory: one whose `manifest.json` is a store's (of any schema version, readable
-    or not as one). Writers of other outputs (head bundles, reports) refuse such a directory."""
+    or not as one), or a new store's before its first commit (a first run killed, or still running): shard files in
+    its `shards/` folder, and nothing that is not a store's (`store_foreign_files`), which `extract` resumes. Writers
+    of other outputs (head bundles, reports, the feature cache) refuse such a directory."""
     target = os.path.join(os.fspath(path), schema.MANIFEST_FILE)
     try:
         with open(target, "rb") as f:
             body = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError):
-        return os.path.isdir(os.path.join(os.fspath(path), schema.SHARDS_DIR))
+        shards = os.path.join(os.fspath(path), schema.SHARDS_DIR)
+        try:
+            holds_shards = any(_a_shard_file(n) for n in os.listdir(shards))
+        except OSError:
+            return False
+        return holds_shards and not store_foreign_files(path)
     return isinstance(body, dict) and "schema_version" in body
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from features_store import schema
 from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
 from features_store.lock import writer_running
-from features_store.manifest import Manifest, ShardRecord, check_store_path, foreign_files, read_manifest, some
+from features_store.manifest import Manifest, ShardRecord, check_store_path, read_manifest, some, store_foreign_files
 from features_store.shard import read_shard, shard_path, shard_versions
 from features_store.view import stored_labels, take_rows, view_columns
 
@@ -77,7 +77,7 @@ class _View:
         self.store = check_store_path(store)
         self.manifest: Manifest | None = read_manifest(self.store)
         path = os.path.join(self.store, schema.VIEW_FILE)
-        foreign = foreign_files(self.store) if self.manifest is None else []
+        foreign = store_foreign_files(self.store) if self.manifest is None else []
         if foreign:  # e.g. the images' folder
             raise StoreNotFoundError(f"{self.store} is not a feature store (it holds {some(foreign)}); "
                                      "give the --out of `featurehead extract`")

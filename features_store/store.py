@@ -27,11 +27,11 @@ from features_store.manifest import (
     check_identity,
     check_store_path,
     commit_manifest,
-    foreign_files,
     manifest_path,
     new_manifest,
     read_manifest,
     some,
+    store_foreign_files,
 )
 from features_store.shard import (
     ShardWriter,
@@ -335,9 +335,10 @@ class StoreSession:
 
 
 def _refuse_foreign_folder(store: str) -> None:
-    """A folder that holds files of its own (the images, a project's files) is not made a store: its features,
-    manifest and shards would be written among them, and a store's parent would list them."""
-    foreign = foreign_files(store)
+    """A folder that holds files of its own (the images, a project's files, a `shards/` folder of other files) is not
+    made a store: its features, manifest and shards would be written among them (and the other files of `shards/`
+    deleted as unlisted shard files), and a store's parent would list them."""
+    foreign = store_foreign_files(store)
     if foreign:
         raise StoreWriteError(f"{store} is a folder of other files ({some(foreign)}), not a feature store; refusing to "
                               "write a store among them: give --out a new or empty folder")

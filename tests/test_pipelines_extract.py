@@ -502,6 +502,13 @@ def test_a_folder_of_other_files_is_not_made_a_store(csv_index, tmp_path, capsys
     assert code == 2 and len(err.splitlines()) == 1
     assert f"{folder} is a folder of other files (a.jpg), not a feature store; refusing" in err
     assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "a.jpg"]
+    theirs = tmp_path / "theirs" / "shards"  # a shards folder of other files (a WebDataset's): it deleted them, exit 0
+    theirs.mkdir(parents=True)
+    (theirs / "train-000.tar").write_bytes(b"mine")
+    code = main(["extract", str(csv_index), "--weights", "none", "--input-size", "32", "--out", str(theirs.parent)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{theirs.parent} is a folder of other files (shards/train-000.tar), not a feature " in err
+    assert [p.name for p in theirs.parent.iterdir()] == ["shards"] and (theirs / "train-000.tar").read_bytes() == b"mine"
     (folder / "a.jpg").unlink()  # only hidden files left: a store may be made there
     assert run_extract(read_index(csv_index), small_vgg(), folder).n_extracted == len(read_index(csv_index).ids)
     (folder / "README.txt").write_text("my notes")  # a store's own folder may hold a user's file

@@ -313,6 +313,33 @@ def test_a_new_store_before_its_first_view_is_being_written_while_its_writer_hol
         fs.read_info(store)
 
 
+def test_a_folder_is_a_store_by_its_manifest_or_by_shard_files_alone_in_its_shards_folder(tmp_path):
+    """Any `shards/` folder made a store of its folder (a WebDataset's tar files): the feature cache refused it as
+    "a feature store", and readers said to extract into it, which then deleted those files as unlisted shards."""
+    theirs = tmp_path / "theirs"
+    (theirs / "shards").mkdir(parents=True)
+    assert not fs.is_store(theirs)  # an empty shards folder: nothing a run would resume
+    (theirs / "shards" / "train-000.tar").write_bytes(b"mine")
+    assert not fs.is_store(theirs)
+    with pytest.raises(fs.StoreNotFoundError, match=r"is not a feature store \(it holds shards/train-000\.tar\)"):
+        fs.read_info(theirs)
+    with pytest.raises(fs.StoreWriteError, match=r"is a folder of other files \(shards/train-000\.tar\), not a "):
+        fill(theirs, keys(2), 2)
+    assert sorted(p.name for p in (theirs / "shards").iterdir()) == ["train-000.tar"]
+    # a new store's first run, stopped before its first commit: its shard's rows, which a re-run resumes
+    store, k = tmp_path / "store", keys(4)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        with s.shard_writer(k, n_features=3) as w:
+            w.write(rows(k[:2]), np.ones(2, bool))
+    assert not (store / "manifest.json").exists() and fs.is_store(store)
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:  # resumed, nothing refused
+        with s.shard_writer(k, n_features=3) as w:
+            assert w.n_done == 2
+            w.write(rows(k[2:]), np.ones(2, bool))
+            s.commit(w)
+    assert fs.is_store(store)
+
+
 def test_a_reader_probing_the_lock_does_not_refuse_a_writer_starting_then(tmp_path):
     """`writer_running` takes the lock shared for an instant; a writer that starts in it waits, not "is being
     written by another process". The probe's hold is stretched here to 0.1 s (a real shared flock on the file)."""
