@@ -172,16 +172,42 @@ def test_what_sweep_cannot_do_is_one_line_before_any_forward_pass(csv_index, tmp
 def test_sweep_says_which_images_it_could_not_read_and_exits_1(csv_index, tmp_path, capsys):
     """It printed "extracted N rows" and exited 0, the unreadable images silently left out of the probe; then it
     counted the unreadable one among the rows extracted (as `extract` says: N new rows, K failed), but not a file it
-    could not read at all (missing: no content key)."""
+    could not read at all (missing: no content key). A class of one image stopped the sweep, where `train` trains on
+    it: the probe now trains on it in every fold, and says so."""
+    from PIL import Image
+
     (csv_index.parent / "broken.png").write_bytes(b"not a png")
-    csv_index.write_text(csv_index.read_text() + "broken.png,a\nmissing.png,b\n")
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(csv_index.parent / "c.png")
+    csv_index.write_text(csv_index.read_text() + "broken.png,a\nmissing.png,b\nc.png,c\n")
     argv = ["-q", "sweep", str(csv_index), "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
             "--cv", "2", "--store-dir", str(tmp_path / "stores"), "--out", str(tmp_path / "sweep")]
     assert main(argv) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(tmp_path / "sweep" / "sweep.csv")
-    assert out[-3].startswith("extracted 8 rows, 2 failed, in one forward pass over 1 of the 1 layers"), out[-3]
+    assert out[-4].startswith("extracted 9 rows, 2 failed, in one forward pass over 1 of the 1 layers"), out[-4]
+    assert out[-3] == ("class 'c' has one image: the probe trains on it in every fold and never tests it (the "
+                       "accuracy is of the other classes' images)"), out[-3]
     assert out[-2].startswith("2 images could not be read and are left out of every layer's probe")
+
+
+def test_the_probe_trains_on_a_class_of_one_image_in_every_fold_and_never_tests_it():
+    from sklearn.model_selection import StratifiedKFold
+
+    from pipelines.workflows.sweep import probe_counts, probe_folds
+
+    y = np.array(list("aabcabbab"))  # row 3: the one 'c'
+    folds = probe_folds(y, 3, 0)
+    assert len(folds) == 3 and all(3 in train and 3 not in test for train, test in folds)
+    assert sorted(np.concatenate([test for _, test in folds]).tolist()) == [0, 1, 2, 4, 5, 6, 7, 8]
+    assert all(sorted(set(y[test])) == ["a", "b"] for _, test in folds)  # stratified
+    plain = y[y != "c"]  # without a class of one: scikit-learn's own folds
+    expected = list(StratifiedKFold(3, shuffle=True, random_state=0).split(np.zeros(len(plain)), plain))
+    got = probe_folds(plain, 3, 0)
+    assert [(a.tolist(), b.tolist()) for a, b in got] == [(a.tolist(), b.tolist()) for a, b in expected]
+    assert probe_counts(y, where="x").tolist() == [4, 4, 1]
+    with pytest.raises(ValueError, match=r"x: the probe needs 2 classes with at least 2 images each\. Received: "
+                                         r"counts \[4, 1\]"):
+        probe_counts(np.array(list("aaaac")), where="x")
 
 
 def test_a_layer_store_stopped_by_inf_out_of_the_model_says_a_re_run_stops_again(csv_index, tmp_path, capsys):

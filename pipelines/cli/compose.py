@@ -48,6 +48,12 @@ def cmd_sweep(args) -> int:
               f"{len(done)} of the {len(layers)} layers{which}; plot: {result.png}")
     else:
         print(f"every layer's store was up to date (nothing extracted); plot: {result.png}")
+    if result.untested_classes:  # as `train`, which keeps a class of one image in training
+        one = len(result.untested_classes) == 1
+        names = ", ".join(map(repr, result.untested_classes))
+        print(f"{'class' if one else 'classes'} {names} {'has' if one else 'have'} one image: the probe trains on "
+              f"{'it' if one else 'them'} in every fold and never tests {'it' if one else 'them'} (the accuracy is "
+              "of the other classes' images)")
     code = 0
     first = next(iter(result.stores.values()))  # every layer's store lists the same images
     failed = features_store.read_info(first).n_failed

@@ -45,6 +45,7 @@ class SweepResult:
     # rows whose file could not be read at all (no content key: never stored, so every run tries them), counted
     # when this run extracted rows, as `extract` counts them
     n_unreadable: int = 0
+    untested_classes: list = field(default_factory=list)  # of one image: trained on in every fold, never tested
 
 
 def layer_extractors(extractor, layers: list[str]) -> dict:
@@ -120,9 +121,12 @@ def run_sweep(
         n_extracted, extracted_layers, n_failed, n_unreadable = extract_layers(index, extractor, singles, stores,
                                                                                workers=workers, progress=progress)
         rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
+        untested = rows[0].pop("untested_classes")  # every layer's store lists the same images
+        for row in rows[1:]:
+            row.pop("untested_classes")
         table = pd.DataFrame(rows, columns=list(COLUMNS))
         csv, png = _write_table(table, extractor, out_dir)
-    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable)
+    return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable, untested)
 
 
 def _output_lock(out_dir: Path):
@@ -160,14 +164,29 @@ def probe_splits(split: np.ndarray) -> tuple[str, str] | None:
 
 
 def probe_counts(labels: np.ndarray, *, where, splits=None) -> np.ndarray:
-    """The images per class among the labelled `labels` (of `splits`, when the index has a split column); 2
-    classes of at least 2 images each, or one line."""
+    """The images per class among the labelled `labels` (of `splits`, when the index has a split column): 2 classes
+    of at least 2 images each (to cross-validate on; a class of one image is trained on in every fold, as `train`
+    trains on it, `probe_folds`), or one line."""
     _, counts = np.unique(labels[labels != ""], return_counts=True)
-    if len(counts) < 2 or counts.min() < 2:
+    if (counts >= 2).sum() < 2:
         among = "" if splits is None else f" among its {' and '.join(splits)} rows (the test rows never choose a layer)"
         raise ValueError(f"{where}: the probe needs 2 classes with at least 2 images each{among}. "
                          f"Received: counts {counts.tolist()}")
     return counts
+
+
+def probe_folds(y: np.ndarray, cv: int, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The probe's (train, test) rows of `y` (pure): stratified, shuffled folds over the classes of 2 images or
+    more, `cv` of them or as many as their smallest class has images; the images of a class of one are in every
+    training fold and never tested, as `train` keeps such an image in training (its validation never holds it)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    classes, counts = np.unique(y, return_counts=True)
+    single = np.isin(y, classes[counts < 2])
+    rows = np.flatnonzero(~single)
+    folds = StratifiedKFold(min(cv, int(counts[counts >= 2].min())), shuffle=True, random_state=random_state)
+    return [(np.sort(np.concatenate([rows[train], np.flatnonzero(single)])), rows[test])
+            for train, test in folds.split(np.zeros(len(rows)), y[rows])]
 
 
 def _default_out_dir(index: ImageIndex) -> Path:
@@ -233,8 +252,9 @@ def _with_sweep_attr(args: dict, store: Path, layer: str, todo: list[str]) -> di
 
 
 def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
-    """Cross-validated accuracy of the logistic-regression head on a store's ok, labelled original rows."""
-    from sklearn.model_selection import StratifiedKFold, cross_validate
+    """Cross-validated accuracy of the logistic-regression head on a store's ok, labelled original rows (a class of
+    one image is trained on in every fold, never tested: `probe_folds`; `untested_classes` names them)."""
+    from sklearn.model_selection import cross_validate
 
     import classify
 
@@ -242,14 +262,15 @@ def probe(store, *, cv: int = 5, random_state: int = 0) -> dict:
     # never choose a layer on the test images: with a split column, probe on train + val only
     splits = probe_splits(meta.split)
     X, y, _ = features_store.load(store, views=False, split=splits)
-    counts = probe_counts(y, where=store, splits=splits)
+    classes, counts = np.unique(y[y != ""], return_counts=True)
+    probe_counts(y, where=store, splits=splits)
     X, y = X[y != ""], y[y != ""]
-    folds = StratifiedKFold(min(cv, int(counts.min())), shuffle=True, random_state=random_state)
     t0 = time.perf_counter()
-    scores = cross_validate(classify.make_head("logreg"), X, y, cv=folds)
+    scores = cross_validate(classify.make_head("logreg"), X, y, cv=probe_folds(y, cv, random_state))
     logger.info("probed %s in %.1fs", store, time.perf_counter() - t0)
     return {"dimension": int(X.shape[1]), "accuracy": float(np.mean(scores["test_score"])),
-            "accuracy_std": float(np.std(scores["test_score"])), "fit_seconds": float(np.mean(scores["fit_time"]))}
+            "accuracy_std": float(np.std(scores["test_score"])), "fit_seconds": float(np.mean(scores["fit_time"])),
+            "untested_classes": classes[counts < 2].tolist()}
 
 
 def plot_sweep(table: pd.DataFrame, path, *, title: str = "layer sweep", note: str = "") -> Path:
