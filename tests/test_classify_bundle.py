@@ -370,6 +370,10 @@ def test_missing_pieces(tmp_path, head):
         pytest.param(lambda m: m.update(classes="cat"), BundleFormatError, "`classes` \\(list\\)", id="classes-str"),
         pytest.param(lambda m: [m.pop("network_file"), m.pop("network_sha256")], BundleFormatError,
                      "names no network file", id="no-network"),
+        # it called the skops file "a pickle" (and with trust_pickle=True, unpickled it: an UnpicklingError)
+        pytest.param(lambda m: m.update(model_format="joblib"), BundleFormatError,
+                     r"says model_format 'joblib' \(a pickle\), but .*head-[0-9a-f]{12}\.skops is a skops file \(a "
+                     r"zip archive\), as saved with model_format 'skops': the manifest was edited", id="format-joblib"),
     ],
 )
 def test_an_edited_manifest_is_refused_in_one_line(tmp_path, data, edit, error, match):
@@ -386,6 +390,8 @@ def test_an_edited_manifest_is_refused_in_one_line(tmp_path, data, edit, error, 
     with pytest.raises(error, match=match) as caught:
         load_bundle(path)
     assert "\n" not in str(caught.value)
+    with pytest.raises(error, match=match):
+        load_bundle(path, trust_pickle=True)
 
 
 def test_a_head_whose_classes_the_caller_named_still_loads(tmp_path, data, head):

@@ -209,6 +209,9 @@ def load_bundle(path: str | os.PathLike, *, trust_pickle: bool = False) -> Bundl
         return _load(path, again, trust_pickle)
 
 
+_ZIP = b"PK\x03\x04"  # how a skops file begins (a zip archive); joblib writes a pickle stream
+
+
 def _load(path: Path, manifest: dict, trust_pickle: bool) -> Bundle:
     data = verified(path, manifest["model_file"], manifest["model_sha256"])
     if manifest["kind"] == "full":  # custom layers of the model must be registered by the caller
@@ -216,6 +219,12 @@ def _load(path: Path, manifest: dict, trust_pickle: bool) -> Bundle:
         _check_outputs(path, manifest, int(model.output_shape[-1]))
         return Bundle(estimator=model, manifest=manifest, path=path)
     if manifest["model_format"] == "joblib":
+        if data.startswith(_ZIP):  # a skops file: not a pickle, whatever the (edited) manifest says
+            raise BundleFormatError(
+                f"{path / MANIFEST} says model_format 'joblib' (a pickle), but {path / manifest['model_file']} is a "
+                "skops file (a zip archive), as saved with model_format 'skops': the manifest was edited, and the "
+                "bundle is not loaded"
+            )
         estimator = load_pickle(path / manifest["model_file"], data, trust_pickle)
     else:
         estimator = load_skops(path / manifest["model_file"], data)
