@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +20,11 @@ from features_store.errors import StoreLockedError
 
 _WRITER_WAIT_S = 0.5
 _SHARD_POLL_S = 0.1  # how soon a wait for a shard's lock sees `stop`
+# How long a wait for a shard's lock goes on while its holder writes nothing to the shard: a legitimate holder writes a
+# batch of rows every few seconds (minutes for the largest models on a CPU); one silent for longer is stuck, or gone
+# while its lock stayed. `SHARD_WAIT_ENV` overrides it (in the environment of the process that waits: a Dask worker's).
+_SHARD_STALL_S = 600.0
+SHARD_WAIT_ENV = "FEATUREHEAD_SHARD_LOCK_WAIT"
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +74,81 @@ def writer_running(store: str | os.PathLike) -> bool:
     return False
 
 
-def hold_shard_lock(path: str | os.PathLike, what: str, *, stop: threading.Event | None = None) -> filelock.BaseFileLock:
+def shard_lock_wait() -> float:
+    """Seconds a wait for a shard's lock goes on while its holder writes nothing: `SHARD_WAIT_ENV`, else 600."""
+    value = os.environ.get(SHARD_WAIT_ENV, "").strip()
+    if not value:
+        return _SHARD_STALL_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"`{SHARD_WAIT_ENV}` must be a positive number of seconds. Received: "
+                         f"{SHARD_WAIT_ENV}={value!r}")
+    return seconds
+
+
+class _Progress:
+    """Whether the holder of a shard's lock has stopped writing the shard: the file `watch` (its stat: a batch of rows
+    written and fsynced changes its mtime) has not changed for `wait` seconds of `clock`."""
+
+    def __init__(self, watch: str | None, wait: float, clock=time.monotonic):
+        self._watch, self._wait, self._clock = watch, wait, clock
+        self._seen, self._since = self._stat(), clock()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self._watch is None:
+            return None
+        try:
+            st = os.stat(self._watch)
+        except OSError:  # not created yet, or gone
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def stalled(self) -> bool:
+        now, seen = self._clock(), self._stat()
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+        return now - self._since >= self._wait
+
+
+def hold_shard_lock(path: str | os.PathLike, what: str, *, stop: threading.Event | None = None,
+                    watch: str | os.PathLike | None = None) -> filelock.BaseFileLock:
     """Acquire and return the lock file `path` of one shard, waiting (with a warning naming `what`) while another
-    process holds it, until `stop` is set: then raise StoreLockedError (the lock never taken).
+    process holds it and writes the shard `watch`; raise StoreLockedError (the lock never taken) when `stop` is set,
+    or when that holder has written nothing for `shard_lock_wait()` seconds.
 
     The store's lock does not cover a Dask worker: a task of a stopped run goes on writing its shard after its driver
     died (a running thread cannot be stopped), and a second writer would resume that shard from rows that the first is
-    still writing. No timeout: the holder lets go when its shard is done, or when its process dies. `stop` is for a
-    wait on a thread that a Ctrl-C does not reach (a run's writer thread, whose run is stopping). Not per thread: a
-    run's writer thread opens a shard that the run's main thread may close (after an error)."""
+    still writing. So a writer waits for as long as the holder writes (it lets go when its shard is done, or when its
+    process dies), but not for ever: a stuck holder, or a lock left by a process on a machine that is gone (a
+    filesystem without `flock`, where `filelock` falls back to a lock file whose owner it cannot check from here),
+    ends the wait in one line, on a Dask worker too, whose warning only its log shows. `stop` is for a wait on a
+    thread that a Ctrl-C does not reach (a run's writer thread, whose run is stopping). Not per thread: a run's writer
+    thread opens a shard that the run's main thread may close (after an error)."""
     lock = filelock.FileLock(os.fspath(path), timeout=0, thread_local=False)
     try:
         lock.acquire()
         return lock
     except filelock.Timeout:
-        logger.warning("%s is being written by another process (a Dask task of a stopped run?); waiting for it to "
-                       "finish", what)
+        pass
+    wait = shard_lock_wait()
+    logger.warning("%s is being written by another process (a Dask task of a stopped run?); waiting for it to "
+                   "finish, for up to %g s without a row written", what, wait)
+    progress = _Progress(None if watch is None else os.fspath(watch), wait)
     while stop is None or not stop.is_set():
         try:
             lock.acquire(timeout=_SHARD_POLL_S)
             return lock
         except filelock.Timeout:
             pass
+        if progress.stalled():
+            raise StoreLockedError(
+                f"{what} is locked by another process that has written nothing to it for {wait:g} s (stuck, or gone "
+                f"and its lock left behind): stop that process, or delete the lock file {os.fspath(path)} when none "
+                f"runs, then re-run the same command to resume ({SHARD_WAIT_ENV} sets the wait, in seconds)"
+            )
     raise StoreLockedError(f"{what} is being written by another process; stopped waiting for it (the run is "
                            "stopping): re-run once it has finished to resume")
 

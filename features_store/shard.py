@@ -5,8 +5,8 @@ renamed into place. Rows are then written in order; each batch is flushed and fs
 counter `n_done` moves, so a crash at any moment leaves a shard that resumes from its durable rows. A complete
 shard is never opened for writing again. Its name is a hash of the fingerprint and its keys, so planning the same
 keys twice names the same file: a shard is an idempotent unit of work (the Dask issue builds on this). Its writer
-holds the shard's lock file (`.NAME.lock`) from open to close: a second writer of that shard waits, then resumes it
-from where the first one left it.
+holds the shard's lock file (`.NAME.lock`) from open to close: a second writer of that shard waits (while the first one
+writes rows), then resumes it from where the first one left it.
 """
 
 from __future__ import annotations
@@ -231,6 +231,13 @@ class ShardWriter:
         stop : threading.Event, default=None
             Ends a wait for the shard's lock, which another process holds, with StoreLockedError once set.
 
+        Raises
+        ------
+        StoreLockedError
+            When `stop` is set during a wait for the shard's lock, or when the process that holds it writes nothing
+            to the shard for `features_store.lock.shard_lock_wait()` seconds (600 unless
+            ``FEATUREHEAD_SHARD_LOCK_WAIT`` says otherwise).
+
         Returns
         -------
         ShardWriter
@@ -245,7 +252,8 @@ class ShardWriter:
         except OSError as err:
             raise durable.write_error(err, store=store, what="the shards folder") from err
         try:
-            lock = hold_shard_lock(shard_lock_path(store, name), f"{store}: shard {name}", stop=stop)
+            lock = hold_shard_lock(shard_lock_path(store, name), f"{store}: shard {name}", stop=stop,
+                                   watch=shard_path(store, name))
         except StoreLockedError:
             raise
         except OSError as err:

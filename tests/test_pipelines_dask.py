@@ -185,6 +185,50 @@ def test_a_rerun_waits_for_a_stopped_runs_shard_task_and_stores_its_rows_once(vg
     assert_same_store(store, clean.store)
 
 
+def test_a_shard_task_that_waits_for_a_stuck_holder_is_one_line_and_the_store_resumes(client, vgg16, index, tmp_path):
+    """A worker waited for a shard's lock with no end: a stuck holder of it (or one gone with its lock left behind, on
+    a filesystem without flock) left the run waiting for ever, its warning only in the worker's log. The holder here
+    is another process that holds the lock and writes nothing."""
+    import subprocess
+    import sys
+
+    from features_store.lock import SHARD_WAIT_ENV
+    from features_store.shard import shard_lock_path
+    from pipelines.runs.versions import library_versions
+
+    extractor = get_extractor("vgg16", **SMALL)
+    store = tmp_path / "dask"
+    plan = plan_rows(index, store, None, None)
+    shards = features_store.plan_shards(list(dict.fromkeys(plan.keys)), 8)  # the run's plan (shard_rows=8)
+    name = features_store.shard_name(extractor.fingerprint(), shards[1], features_store.runtime_tag(library_versions()))
+    lock = shard_lock_path(store, name)
+    os.makedirs(os.path.dirname(lock))
+    hold = (f"import filelock, time; held = filelock.FileLock({lock!r}); held.acquire(); print('held', flush=True); "
+            "time.sleep(600)")
+
+    def set_wait(value):
+        if value is None:
+            os.environ.pop(SHARD_WAIT_ENV, None)
+        else:
+            os.environ[SHARD_WAIT_ENV] = value
+
+    with subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            client.run(set_wait, "0.5")  # in the workers' environment, where the wait is
+            with pytest.raises(features_store.StoreLockedError) as caught:
+                run_extract(index, extractor, store, shard_rows=8, client=client)
+        finally:
+            client.run(set_wait, None)
+            holder.kill()
+    assert str(caught.value).startswith(f"{store}: shard {name} is locked by another process that has written "
+                                        "nothing to it for 0.5 s")
+    assert f"delete the lock file {lock} when none runs" in str(caught.value) and "\n" not in str(caught.value)
+    resumed = run_extract(index, get_extractor("vgg16", **SMALL), store, shard_rows=8, client=client)
+    clean = run_extract(index, vgg16, tmp_path / "clean", shard_rows=8)
+    assert_same_store(resumed.store, clean.store)
+
+
 def test_cli_joins_a_running_scheduler_by_address(client, index, tmp_path, capsys):
     from pipelines.cli import main
 

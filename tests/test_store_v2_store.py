@@ -396,6 +396,54 @@ def test_a_second_writer_of_a_shard_waits_for_the_first_and_finds_it_where_that_
     assert os.listdir(store / "shards") == [first.name]  # a complete shard's lock file goes with its writer
 
 
+def test_a_wait_for_a_shard_whose_holder_writes_nothing_ends_in_one_line(tmp_path, monkeypatch):
+    """The wait had no end: a stuck holder of a shard's lock (or one gone with its lock left behind, on a filesystem
+    without flock) left a re-run, or a Dask worker whose warning only its log shows, waiting for ever."""
+    from features_store.lock import SHARD_WAIT_ENV
+    from features_store.shard import shard_lock_path
+
+    store, k = tmp_path / "store", keys(4)
+    stuck = fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)  # another process's writer: never writes again
+    stuck.write(rows(k[:1]), np.ones(1, bool))
+    lock = shard_lock_path(store, stuck.name)
+    try:
+        monkeypatch.setenv(SHARD_WAIT_ENV, "0.3")
+        with pytest.raises(fs.StoreLockedError) as err:
+            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+        assert str(err.value) == (
+            f"{store}: shard {stuck.name} is locked by another process that has written nothing to it for 0.3 s "
+            f"(stuck, or gone and its lock left behind): stop that process, or delete the lock file {lock} when none "
+            f"runs, then re-run the same command to resume ({SHARD_WAIT_ENV} sets the wait, in seconds)")
+        monkeypatch.setenv(SHARD_WAIT_ENV, "soon")
+        with pytest.raises(ValueError, match=f"^`{SHARD_WAIT_ENV}` must be a positive number of seconds. Received: "
+                                             f"{SHARD_WAIT_ENV}='soon'$"):
+            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+    finally:
+        stuck.close()  # its process stopped
+    with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3) as w:
+        assert w.n_done == 1  # resumed from its durable row
+
+
+def test_a_wait_for_a_shard_lasts_while_its_holder_writes_rows(tmp_path):
+    """The wait's end is counted from the holder's last write to the shard file, not from the wait's start: a holder
+    that writes a batch now and then (a large model on a CPU) is waited for however long its shard takes."""
+    from features_store.lock import _Progress
+
+    shard, now = tmp_path / "shard.h5", [0.0]
+    shard.write_bytes(b"rows")
+    progress = _Progress(str(shard), 10, clock=lambda: now[0])
+    now[0] = 9.9
+    assert not progress.stalled()
+    os.utime(shard, ns=(1, 1))  # a batch written: the file's mtime moves
+    now[0] = 15
+    assert not progress.stalled()
+    now[0] = 24.9
+    assert not progress.stalled()
+    now[0] = 25
+    assert progress.stalled()  # 10 s without a write
+    assert not _Progress(str(tmp_path / "not yet"), 10, clock=lambda: now[0]).stalled()
+
+
 def test_orphans_that_another_process_writes_are_kept_until_it_lets_go(tmp_path):
     """A re-run with another plan (another index, another --shard-rows) removed as an orphan the shard that a Dask
     task of a stopped run still wrote: that task's work was lost (it went on writing a deleted file)."""
