@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-import h5py
 import numpy as np
 
-from features_store import schema
+from features_store import durable, schema
 from features_store.manifest import commit_manifest
 from features_store.plan import default_shard_rows, plan_shards
 from features_store.shard import read_shard, shard_path, unlisted_shards
@@ -90,7 +89,7 @@ def _resumable(session, pending: set[str]) -> list[str]:
     keep = []
     for name in unlisted_shards(session.store, (s.file for s in session.manifest.shards)):
         try:
-            with h5py.File(shard_path(session.store, name), "r", locking=False) as f:
+            with durable.h5_reading(shard_path(session.store, name)) as f:
                 if pending.intersection(f["keys"].asstr()[:].tolist()):
                     keep.append(name)
         except (OSError, KeyError, RuntimeError, ValueError):
@@ -105,7 +104,7 @@ def _gather(store: str, picked) -> tuple[np.ndarray, np.ndarray, list[str]]:
         by_file.setdefault(record.file, []).append(r)
     order = []
     for file, rows in by_file.items():
-        with h5py.File(shard_path(store, file), "r") as f:
+        with durable.h5_reading(shard_path(store, file)) as f:
             rows_a = np.asarray(rows)
             xs.append(take_rows(f["features"], rows_a))
             oks.append(f["ok"][:][rows_a].astype(bool))

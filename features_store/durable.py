@@ -6,7 +6,8 @@
   forbidden folder would refuse; `check_room`: a training whose model's weights alone the free space cannot hold.
 - `write_error`: a failed write (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES; an `OSError`, or h5py's `RuntimeError`
   when HDF5 fails to flush or close a file) as one `StoreWriteError`.
-- `h5_writing`: an h5py file for writing whose failure never crashes the process.
+- `h5_writing`: an h5py file for writing whose failure never crashes the process; `h5_reading`: one for reading,
+  without HDF5's file lock.
 """
 
 from __future__ import annotations
@@ -282,6 +283,36 @@ def _too_large(store: str, what: str, why: str) -> StoreWriteError:
         f"{store}: {why} while writing {what}: it passes the largest file that this filesystem holds. Nothing "
         "unwritten is claimed: use a folder on another filesystem."
     )
+
+
+def h5_reading(path: str | os.PathLike):
+    """`h5py.File(path, "r")` without HDF5's own file lock, for every read of a store's files.
+
+    Nothing a reader opens is ever written under that name: a shard is read once the manifest lists it (complete,
+    closed before it was listed: never written again), and a view file or an export is written under a temporary
+    name and renamed into place. So the lock guards nothing, and with it a read failed where `flock` fails (NFS
+    without its lock daemon: ENOLCK; HDF5 tolerates only ENOSYS) or while another process held the file open for
+    writing (a Dask task run twice reopens its complete shard; any tool opening the view in "r+"), each said as a
+    damaged file to extract again. (An ``HDF5_USE_FILE_LOCKING`` set in the environment still overrides this: HDF5
+    lets it.)
+
+    A file that this process already holds open (the caller's own `h5py.File(view)`, or the shards that its virtual
+    `features` opened) is opened with that open's locking flags, HDF5's rule for a second open of one file: it takes
+    no new lock then."""
+    import h5py
+
+    for locking in _LOCKING_FLAGS[:-1]:
+        try:
+            return h5py.File(path, "r", locking=locking)
+        except OSError as err:
+            if "flag values don't match" not in str(err):
+                raise
+    return h5py.File(path, "r", locking=_LOCKING_FLAGS[-1])
+
+
+# h5py's `locking=`: ours, then those of an open already in this process (h5py's default, HDF5's: locking on, a
+# filesystem without flock ignored; then locking on)
+_LOCKING_FLAGS = (False, None, True)
 
 
 @contextmanager

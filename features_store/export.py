@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import h5py
 import numpy as np
 
 from features_store import durable, schema
@@ -29,7 +28,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike) -> int:
     source_file = os.path.join(view.store, schema.VIEW_FILE)
 
     def write(tmp: str) -> None:
-        with h5py.File(source_file, "r") as src, durable.h5_writing(tmp) as f:
+        with durable.h5_reading(source_file) as src, durable.h5_writing(tmp) as f:
             if view.replaced():  # the columns copied below must be the rows whose features are read
                 raise StoreDamagedError(f"{view.store} changed while it was exported (a writer replaced its view); "
                                         "export it again.")
@@ -76,7 +75,7 @@ def _is_export(path: str) -> bool:
     try:
         if os.path.getsize(path) == 0:
             return True
-        with h5py.File(path, "r") as f:
+        with durable.h5_reading(path) as f:
             return f.attrs.get("features_layout") == "exported"
     except (OSError, ValueError):
         return False

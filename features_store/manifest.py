@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from features_store import schema
-from features_store.durable import atomic_write_bytes
+from features_store.durable import atomic_write_bytes, h5_reading
 from features_store.errors import StoreDamagedError, StoreMismatchError, StoreNotFoundError, StoreVersionError
 from features_store.shard import shard_of
 
@@ -99,10 +99,9 @@ def check_store_path(store: str | os.PathLike) -> str:
 def _single_file_kind(path: str) -> str:
     """"v1" (a single-file store of featurehead v1), "exported" (`export`'s file), "view" (a v2 store's view file,
     given in place of its directory) or "" (any other file)."""
-    import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5_reading(path) as f:
             if "schema_version" not in f.attrs:
                 return ""
             layout = f.attrs.get("features_layout", "")

@@ -13,10 +13,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from features_store import schema
+from features_store.durable import h5_reading
 from features_store.errors import StoreDamagedError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
 from features_store.lock import writer_running
 from features_store.manifest import Manifest, ShardRecord, check_store_path, read_manifest, some, store_foreign_files
@@ -116,7 +116,7 @@ class _View:
                 raise StoreDamagedError(f"{self.store}: the shard {files[s]} that the view uses is missing; "
                                         "re-run the extraction to rebuild it.")
             try:
-                with h5py.File(path, "r") as f:
+                with h5_reading(path) as f:
                     complete = bool(f.attrs.get("complete", False))
             except OSError as err:
                 raise StoreDamagedError(f"{self.store}: the shard {files[s]} cannot be read ({err}); "
@@ -215,7 +215,7 @@ class _View:
         for s in np.unique(shard[shard >= 0]):
             mine = np.flatnonzero(shard == s)
             path = shard_path(self.store, self.cols["shard_files"][s])
-            with h5py.File(path, "r") as f:
+            with h5_reading(path) as f:
                 if shard_row[mine].max() >= len(f["features"]):
                     raise StoreDamagedError(
                         f"{os.path.join(self.store, schema.VIEW_FILE)} is not a readable store view (its `shard_row` "

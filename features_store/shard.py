@@ -118,7 +118,7 @@ def durable_rows(store: str | os.PathLike, name: str) -> int:
     if not os.path.exists(path):
         return 0
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with durable.h5_reading(path) as f:
             return int(f.attrs["n_done"]) if _is_shard(f) else 0
     except _READ_ERRORS:
         return 0
@@ -147,7 +147,7 @@ def _opens(path: str) -> bool:
     shard's datasets); one that another process holds (a Dask worker may) counts as one, and opening it for writing
     then says why."""
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with durable.h5_reading(path) as f:
             return _is_shard(f)
     except _READ_ERRORS as err:
         return not _bad_file(err)
@@ -413,7 +413,7 @@ def _let_go(lock, store: str, name: str, *, done: bool) -> None:
 def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The keys, ok flags and error reasons of a complete shard; refuse a missing, unreadable or incomplete one."""
     try:
-        with h5py.File(path, "r") as f:
+        with durable.h5_reading(path) as f:
             complete = bool(f.attrs.get("complete", False))
             keys = f["keys"].asstr()[:].tolist()
             ok, errors = f["ok"][:].astype(bool), f["errors"].asstr()[:].astype(str)
@@ -431,7 +431,7 @@ def read_shard(path: str, expected_rows: int | None = None) -> tuple[list[str], 
 
 
 def shard_versions(path: str) -> dict:
-    with h5py.File(path, "r") as f:
+    with durable.h5_reading(path) as f:
         return json.loads(f.attrs["versions"])
 
 

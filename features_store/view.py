@@ -174,7 +174,7 @@ def _materialised_features(f, store, manifest, shard, row, n, d) -> None:
         mine = np.flatnonzero(shard == s)
         if not len(mine):
             continue
-        with h5py.File(shard_path(store, record.file), "r") as src:
+        with durable.h5_reading(shard_path(store, record.file)) as src:
             values = take_rows(src["features"], row[mine])
         for lo in range(0, len(mine), rows_per_chunk):  # a slab at a time keeps the memory bounded
             part = mine[lo : lo + rows_per_chunk]
@@ -213,7 +213,7 @@ def view_columns(path: str) -> dict[str, Any]:
 
 
 def _read_columns(path: str) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
+    with durable.h5_reading(path) as f:
         cols: dict[str, Any] = {
             "ids": _strings(f, "ids"),
             "keys": _strings(f, "keys"),

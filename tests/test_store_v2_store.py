@@ -235,30 +235,84 @@ def test_a_reader_that_opened_the_view_before_a_compaction_reads_its_summary(tmp
     np.testing.assert_array_equal(stale.features(np.arange(7)), rows(live))
 
 
-def test_a_listed_shard_that_another_process_holds_is_never_unlisted(tmp_path):
-    """Only a shard that is gone or certainly damaged is unlisted (and extracted again); one that cannot be opened
-    right now (HDF5's lock, held by another process) is reported, and the manifest is left as it is."""
+def test_a_store_that_another_process_holds_open_for_writing_is_read_and_never_unlisted(tmp_path, monkeypatch):
+    """Readers took HDF5's file lock: while another process held the view or a listed shard open for writing (a Dask
+    task run twice reopens its complete shard; any tool opening the view in "r+"), every read said the file "cannot be
+    read" or "is not a readable store view; re-run the extraction". The store's files are never written under the
+    names readers open, so readers take no HDF5 lock. A shard that cannot be opened right now (HDF5's lock, when the
+    environment insists on it) is reported, and never unlisted (and extracted again)."""
     import subprocess
     import sys
 
+    from pipelines.runs.inspection import describe_store
+
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)  # HDF5 lets it override the program's choice
     store, k = tmp_path / "store", keys(8)
     fill(store, k, 4)
+    view(store, k)
     manifest = (store / "manifest.json").read_bytes()
     shard = store / "shards" / fs.read_manifest(store).shards[0].file
-    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time; f = h5py.File({str(shard)!r}, 'r+'); "
-                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    hold = ("import h5py, sys, time; files = [h5py.File(p, 'r+') for p in sys.argv[1:]]; print('open', flush=True); "
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(shard), str(store / "features.h5")],
+                              stdout=subprocess.PIPE, text=True)
+    locked = ("import sys, features_store as fs\n"
+              "with fs.StoreSession.open(sys.argv[1], fingerprint='f' * 64, extractor={'name': 't'}) as s:\n"
+              "    s.missing([])")
     try:
         assert holder.stdout.readline().strip() == "open"
+        np.testing.assert_array_equal(fs.load(store)[0], rows(k))
+        assert fs.read_info(store).n_done == 8 and "status:      complete" in describe_store(store)
+        fs.export(store, tmp_path / "one.h5")
         with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
-            with pytest.raises(fs.StoreDamagedError, match="cannot be read"):
-                s.missing(k)
+            assert s.missing(k) == []
+        refused = subprocess.run([sys.executable, "-c", locked, str(store)], capture_output=True, text=True,
+                                 env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+        assert "StoreDamagedError" in refused.stderr and "cannot be read" in refused.stderr, refused.stderr[-600:]
         assert (store / "manifest.json").read_bytes() == manifest
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
-        assert s.missing(k) == []
+    with h5py.File(tmp_path / "one.h5", "r") as f:
+        np.testing.assert_array_equal(f["features"][:], rows(k))
+    # the view open here with h5py's own flags, its virtual `features` holding the shards open: HDF5 refuses a second
+    # open of a file with other flags, so a reader takes those
+    with h5py.File(store / "features.h5", "r") as f, h5py.File(shard, "r"):
+        np.testing.assert_array_equal(f["features"][:], fs.read_features(store))
+
+
+_NO_FLOCK = """
+#include <errno.h>
+int flock(int fd, int operation) { errno = ENOLCK; return -1; }
+"""
+
+
+def test_a_store_on_a_filesystem_without_flock_is_read(tmp_path, monkeypatch):
+    """On NFS without its lock daemon `flock` fails with ENOLCK (HDF5 tolerates only ENOSYS): every read said the view
+    "is not a readable store view ... re-run the extraction to rewrite it", which a re-run could not mend. Such a
+    filesystem is stood for by a C shim, preloaded into the reader, whose `flock` fails so."""
+    import shutil
+    import subprocess
+    import sys
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs a C compiler and LD_PRELOAD (Linux)")
+    (tmp_path / "noflock.c").write_text(_NO_FLOCK)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "noflock.so"), str(tmp_path / "noflock.c")],
+                   check=True)
+    store, k = tmp_path / "store", keys(8)
+    fill(store, k, 4)
+    view(store, k)
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)  # HDF5 lets it override the program's choice
+    reader = ("import sys, features_store as fs; from pipelines.cli import main; X, y, ids = fs.load(sys.argv[1]); "
+              "print(X.sum()); sys.exit(main(['-q', 'inspect', sys.argv[1]]))")
+    done = subprocess.run([sys.executable, "-c", reader, str(store)], capture_output=True, text=True,
+                          env={**os.environ, "LD_PRELOAD": str(tmp_path / "noflock.so")})
+    assert done.returncode == 0, done.stderr[-600:]
+    assert float(done.stdout.split()[0]) == pytest.approx(float(rows(k).sum()), rel=1e-5)
+    assert "status:      complete" in done.stdout
 
 
 def test_a_partial_shard_that_another_process_writes_is_never_started_again(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 
 import features_store
-from features_store.durable import atomic_write_bytes
+from features_store.durable import atomic_write_bytes, h5_reading
 
 MAX_FAILURES = 20  # failed rows that inspect lists (text and JSON); the errors dataset holds them all
 
@@ -38,7 +38,7 @@ def store_summary(store, *, max_failures: int = MAX_FAILURES) -> dict:
 
 def _datasets(store) -> list[tuple[str, tuple, str]]:
     """(name, shape, dtype) of each dataset of the view file."""
-    with h5py.File(Path(store) / "features.h5", "r") as f:
+    with h5_reading(Path(store) / "features.h5") as f:
         return [(name, obj.shape, str(obj.dtype)) for name, obj in f.items() if isinstance(obj, h5py.Dataset)]
 
 
