@@ -12,7 +12,6 @@ import os
 import numpy as np
 
 from features_store import durable, schema
-from features_store.manifest import commit_manifest
 from features_store.plan import default_shard_rows, plan_shards
 from features_store.shard import read_shard, shard_path, unlisted_shards
 from features_store.view import take_rows, view_columns
@@ -75,7 +74,7 @@ def compact(session, shard_rows: int | None = None, *, failed: bool = False) -> 
                        stats={name: cols[name] for name in schema.STAT_COLUMNS}, reasons=cols["errors"], attrs=attrs,
                        index_sha256=str(cols["attrs"].get("index_sha256", "")),
                        versions=_json_attr(cols["attrs"].get("versions")))
-    commit_manifest(session.store, session.manifest)  # only now are the rewritten shards unlisted
+    session.write_manifest()  # only now are the rewritten shards unlisted
     session.remove_orphans(keep=_resumable(session, live - seen - dropped))  # never a dropped failure's old shard
     return {"rows_before": before.stored_rows, "rows_after": session.manifest.stored_rows,
             "shards_before": len(before.shards), "shards_after": len(session.manifest.shards)}

@@ -34,7 +34,8 @@ def writer_lock(store: str | os.PathLike) -> Iterator[None]:
     """Hold the store's writer lock, or raise StoreLockedError when another process holds it (after
     `_WRITER_WAIT_S`: a reader's `writer_running` probe holds it for microseconds, which must not refuse a writer)."""
     store = os.fspath(store)
-    lock = filelock.FileLock(os.path.join(store, schema.LOCK_FILE), timeout=_WRITER_WAIT_S)
+    # not per thread: a session that closes during a write of its run's writer thread lets that thread release it
+    lock = filelock.FileLock(os.path.join(store, schema.LOCK_FILE), timeout=_WRITER_WAIT_S, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout as err:

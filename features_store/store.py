@@ -19,7 +19,7 @@ import numpy as np
 
 from features_store import durable, schema
 from features_store.compaction import compact
-from features_store.errors import StoreDamagedError, StoreWriteError
+from features_store.errors import StoreDamagedError, StoreLockedError, StoreWriteError
 from features_store.lock import unless_locked, writer_lock
 from features_store.manifest import (
     Manifest,
@@ -64,6 +64,11 @@ class StoreSession:
         self.store, self.manifest = store, manifest
         self.fingerprint, self.extractor, self.dtype = fingerprint, extractor, dtype
         self._locations: dict[str, tuple[int, int, bool, str]] | None = None
+        # The manifest and the view are written only while the store's lock is held, from any thread (a run's writer
+        # thread commits shards, and may still be in a write when a second Ctrl-C has ended the run): `_writing`
+        # counts those writes, and the lock is let go by the last of them when the session closes during one.
+        self._gate = threading.Lock()  # held for an instant, never across a write
+        self._holding, self._writes, self._let_go = True, 0, None
 
     @classmethod
     @contextmanager
@@ -105,19 +110,54 @@ class StoreSession:
             if isinstance(err, BlockingIOError):
                 raise
             raise durable.write_error(err, store=store, what="the lock file") from err
+        session = None
         try:
             manifest = read_manifest(store)
             if manifest is not None and not manifest.shards and manifest.dtype != dtype:
                 manifest = None  # it lists no rows: the store starts again as `dtype` (a re-run with --dtype)
             if manifest is not None:
                 check_identity(store, manifest, fingerprint, None, dtype, extractor)
-            yield cls(store, manifest, fingerprint, extractor, dtype)
+            session = cls(store, manifest, fingerprint, extractor, dtype)
+            yield session
         except BaseException:
             if created and _holds_nothing(store):
                 shutil.rmtree(store, ignore_errors=True)  # a run that failed before its first row leaves nothing
             raise
         finally:
-            lock.__exit__(None, None, None)
+            release = lambda: lock.__exit__(None, None, None)  # noqa: E731
+            if session is None:
+                release()
+            else:
+                session._close(release)
+
+    # --- the lock ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Write `what` (the manifest, the view) under the store's lock: refused once the session has closed."""
+        with self._gate:
+            if not self._holding:
+                raise StoreLockedError(f"{self.store}: {what} not written: this writer has let go of the store's lock "
+                                       "(its run stopped); re-run the same command to resume")
+            self._writes += 1
+        try:
+            yield
+        finally:
+            release = None
+            with self._gate:
+                self._writes -= 1
+                if not self._writes:
+                    release, self._let_go = self._let_go, None
+            if release is not None:  # the session closed during this write: the lock goes now
+                release()
+
+    def _close(self, release) -> None:
+        """End the session: no write from now on; the lock let go now, or by the write under way as it ends."""
+        with self._gate:
+            self._holding = False
+            if self._writes:
+                self._let_go = release
+                return
+        release()
 
     # --- what is stored ---------------------------------------------------------------------------------
     def locations(self) -> dict[str, tuple[int, int, bool, str]]:
@@ -140,10 +180,11 @@ class StoreSession:
                 readable.append(record)
             if damaged:
                 manifest = self.manifest.with_shards(readable)
-                try:
-                    commit_manifest(self.store, manifest)
-                except OSError as err:
-                    raise durable.write_error(err, store=self.store, what="the manifest") from err
+                with self._writing("the manifest"):
+                    try:
+                        commit_manifest(self.store, manifest)
+                    except OSError as err:
+                        raise durable.write_error(err, store=self.store, what="the manifest") from err
                 self.manifest = manifest
                 for record, err in damaged:
                     logger.warning("%s: %s; its %d rows are extracted again", self.store,
@@ -207,13 +248,18 @@ class StoreSession:
         self._append(record)
 
     def _append(self, record: ShardRecord) -> None:
-        """List one more shard: the manifest committed atomically, then this session's manifest and key cache."""
-        manifest = self.manifest.with_shards([*self.manifest.shards, record])
-        try:
-            commit_manifest(self.store, manifest)
-        except OSError as err:
-            raise durable.write_error(err, store=self.store, what="the manifest") from err
-        self.manifest = manifest
+        """List one more shard: the manifest committed atomically, then this session's manifest and key cache.
+
+        Refused (StoreLockedError) once the session has closed: a run's writer thread that a second Ctrl-C left
+        writing finishes its shard, which the next run lists (as after a kill between a shard's last row and its
+        commit), and never commits a manifest that another writer, holding the lock by then, would not expect."""
+        with self._writing(f"the manifest listing shard {record.file}"):
+            manifest = self.manifest.with_shards([*self.manifest.shards, record])
+            try:
+                commit_manifest(self.store, manifest)
+            except OSError as err:
+                raise durable.write_error(err, store=self.store, what="the manifest") from err
+            self.manifest = manifest
         if self._locations is not None:
             self._add_shard(len(manifest.shards) - 1, record)
 
@@ -224,11 +270,17 @@ class StoreSession:
         if self.manifest is None or self.manifest.stopped == reason:
             return
         manifest = replace(self.manifest, stopped=reason)
-        try:
-            commit_manifest(self.store, manifest)
-        except OSError as err:
-            raise durable.write_error(err, store=self.store, what="the manifest") from err
+        with self._writing("the manifest"):
+            try:
+                commit_manifest(self.store, manifest)
+            except OSError as err:
+                raise durable.write_error(err, store=self.store, what="the manifest") from err
         self.manifest = manifest
+
+    def write_manifest(self) -> None:
+        """Commit this session's manifest as it is (a compaction's, once the view no longer uses the shards it drops)."""
+        with self._writing("the manifest"):
+            commit_manifest(self.store, self.manifest)
 
     def adopt(self, manifest) -> None:
         """Use `manifest` (not committed here) for what follows, e.g. the view written next; the key -> row cache
@@ -238,8 +290,10 @@ class StoreSession:
     def ensure_manifest(self, n_features: int) -> None:
         """Commit an empty manifest for a new store that has nothing to extract (every image failed)."""
         if self.manifest is None:
-            self.manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
-            commit_manifest(self.store, self.manifest)
+            manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
+            with self._writing("the manifest"):
+                commit_manifest(self.store, manifest)
+            self.manifest = manifest
 
     def remove_orphans(self, keep: Sequence[str] = ()) -> int:
         """Delete shard files that no manifest lists (partial shards of another plan, temporary files), and the
@@ -322,8 +376,9 @@ class StoreSession:
                    "source": np.arange(n) if source is None else source, "ok": ok, "errors": errors,
                    "shard": shard, "shard_row": row,
                    **{name: (stats or {}).get(name, unset) for name in schema.STAT_COLUMNS}}
-        layout = write_view(self.store, self.manifest, columns, complete=pending == 0, attrs=dict(attrs or {}),
-                            index_sha256=index_sha256, versions=dict(versions or {}))
+        with self._writing(f"the view {schema.VIEW_FILE}"):
+            layout = write_view(self.store, self.manifest, columns, complete=pending == 0, attrs=dict(attrs or {}),
+                                index_sha256=index_sha256, versions=dict(versions or {}))
         return {"rows": n, "failed": int(np.count_nonzero(~ok)) - pending, "pending": pending,
                 "complete": pending == 0, "layout": layout}
 

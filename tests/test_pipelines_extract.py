@@ -368,28 +368,35 @@ def test_a_ctrl_c_in_the_writers_close_still_waits_for_the_write_under_way():
 def test_a_second_ctrl_c_never_closes_a_shard_under_the_writer_thread(tmp_path, monkeypatch):
     """A second Ctrl-C cut short the wait of fill_stores' error path for the write under way (the first Ctrl-C's
     drain), and that path then closed the shard that the writer thread was writing and let its lock go: another
-    process could take the shard while this one still wrote it. Its shards are now closed as that thread ends."""
+    process could take the shard while this one still wrote it. Its shards are now closed as that thread ends. And
+    that write, the last of its shard, then committed the shard to the manifest after the run had let go of the store's
+    lock (a writer holding it by then would have had its commits overwritten): it is left complete on disk, for the
+    next run to list."""
     import threading
 
-    from features_store.lock import unless_locked
+    from features_store.lock import unless_locked, writer_running
     from features_store.shard import ShardWriter, shard_lock_path
     from pipelines.runs.filling import Target
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("a SIGINT reaches only the main thread")
     csv = _many_images(tmp_path, 14)
+    out = tmp_path / "out"
     stopping, seen, calls = threading.Event(), [], []
     main_thread = threading.main_thread().ident
     write, stop_waiting = ShardWriter.write, Target.stop_waiting
 
-    def slow_write(self, *args, **kwargs):  # a slow disk: both Ctrl-Cs come during the second write
+    def slow_write(self, *args, **kwargs):  # a slow disk: both Ctrl-Cs come during the second write, a shard's last
         calls.append(self.name)
         if len(calls) == 2:
             signal.pthread_kill(main_thread, signal.SIGINT)
             assert stopping.wait(30)  # fill_stores' error path has begun: it then waits for this write
             time.sleep(0.5)
             signal.pthread_kill(main_thread, signal.SIGINT)
-            time.sleep(0.5)  # the main thread goes on, out of the run
+            deadline = time.monotonic() + 30  # a guard against a hang, not a timing assertion
+            while writer_running(out):  # the main thread goes on, out of the run, and lets go of the store's lock
+                assert time.monotonic() < deadline, "the run kept the store's lock"
+                time.sleep(0.05)
             seen.append((bool(self._file.id.valid), self._lock is not None))
         return write(self, *args, **kwargs)
 
@@ -402,18 +409,22 @@ def test_a_second_ctrl_c_never_closes_a_shard_under_the_writer_thread(tmp_path, 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "out", shard_rows=8)
+            run_extract(read_index(csv), small_vgg(batch_size=2), out, shard_rows=4)
     finally:
         signal.signal(signal.SIGINT, previous)
     for thread in threading.enumerate():
         if thread.name == "featurehead-writer":
             thread.join(30)
     assert seen == [(True, True)]  # the shard still open and locked while its writer thread wrote it
-    with unless_locked(shard_lock_path(tmp_path / "out", calls[1])) as free:
+    with unless_locked(shard_lock_path(out, calls[1])) as free:
         assert free  # and let go once that thread ended
+    assert not features_store.read_manifest(out).shards  # its shard complete on disk, not listed after the lock went
+    assert features_store.durable_rows(out, calls[1]) == 4
     monkeypatch.undo()
-    again = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "out", shard_rows=8)
-    assert features_store.read_info(again.store).stored_rows == 14
+    again = run_extract(read_index(csv), small_vgg(batch_size=2), out, shard_rows=4)
+    assert (again.n_extracted, features_store.read_info(again.store).stored_rows) == (10, 14)
+    clean = run_extract(read_index(csv), small_vgg(batch_size=2), tmp_path / "clean", shard_rows=4)
+    np.testing.assert_allclose(features_store.read_features(out), features_store.read_features(clean.store), rtol=1e-5)
 
 
 def test_same_images_under_another_root_extract_nothing(csv_index, tmp_path):

@@ -498,6 +498,53 @@ def test_a_wait_for_a_shard_lasts_while_its_holder_writes_rows(tmp_path):
     assert not _Progress(str(tmp_path / "not yet"), 10, clock=lambda: now[0]).stalled()
 
 
+def test_a_session_writes_nothing_once_it_has_let_go_of_the_lock(tmp_path, monkeypatch):
+    """A run's writer thread that a second Ctrl-C left writing committed its shard to the manifest after the run had let
+    go of the store's lock: a writer that took the lock meanwhile had its commits overwritten by a manifest it did not
+    expect. A commit under way as the session closes now ends before the lock goes, and a commit after it is refused;
+    the next run lists that shard, complete on disk."""
+    import threading
+
+    from features_store import store as store_module
+    from features_store.lock import writer_running
+
+    store, k = tmp_path / "store", keys(12)
+    fill(store, k[:4], 4)
+    entered, go = threading.Event(), threading.Event()
+    commit = store_module.commit_manifest
+
+    def slow_commit(*args):  # a slow disk
+        entered.set()
+        assert go.wait(30)
+        commit(*args)
+
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        under_way, late = (s.shard_writer(part, n_features=3) for part in (k[4:8], k[8:]))
+        for writer, part in ((under_way, k[4:8]), (late, k[8:])):
+            writer.write(rows(part), np.ones(4, bool))
+        monkeypatch.setattr(store_module, "commit_manifest", slow_commit)
+        thread = threading.Thread(target=s.commit, args=(under_way,), daemon=True)
+        thread.start()
+        assert entered.wait(30)
+    assert writer_running(store)  # the session has closed; its lock stays with the commit under way
+    go.set()
+    thread.join(30)
+    assert not writer_running(store)  # and goes with it
+    monkeypatch.undo()
+    with pytest.raises(fs.StoreLockedError, match=f"the manifest listing shard {late.name} not written: this writer "
+                                                  "has let go of the store's lock"):
+        s.commit(late)
+    listed = [r.file for r in fs.read_manifest(store).shards]
+    assert listed[-1] == under_way.name and late.name not in listed and len(listed) == 2
+    with fs.StoreSession.open(store, fingerprint=FP, extractor={"name": "t"}) as s:
+        assert s.missing(k) == k[8:]
+        with s.shard_writer(k[8:], n_features=3) as writer:
+            assert writer.complete
+            s.commit(writer)
+    view(store, k)
+    np.testing.assert_array_equal(fs.load(store)[0], rows(k))
+
+
 def test_orphans_that_another_process_writes_are_kept_until_it_lets_go(tmp_path):
     """A re-run with another plan (another index, another --shard-rows) removed as an orphan the shard that a Dask
     task of a stopped run still wrote: that task's work was lost (it went on writing a deleted file)."""
