@@ -84,8 +84,8 @@ def shard_lock_wait() -> float:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"`{SHARD_WAIT_ENV}` must be a positive number of seconds. Received: "
+    if not seconds > 0:  # NaN too; inf waits for as long as the lock is held, as before the wait had an end
+        raise ValueError(f"`{SHARD_WAIT_ENV}` must be a positive number of seconds (inf: no end). Received: "
                          f"{SHARD_WAIT_ENV}={value!r}")
     return seconds
 
@@ -136,7 +136,7 @@ def hold_shard_lock(path: str | os.PathLike, what: str, *, stop: threading.Event
         pass
     wait = shard_lock_wait()
     logger.warning("%s is being written by another process (a Dask task of a stopped run?); waiting for it to "
-                   "finish, for up to %g s without a row written", what, wait)
+                   "finish%s", what, "" if math.isinf(wait) else f", for up to {wait:g} s without a row written")
     progress = _Progress(None if watch is None else os.fspath(watch), wait)
     while stop is None or not stop.is_set():
         try:

@@ -453,12 +453,14 @@ def test_a_second_writer_of_a_shard_waits_for_the_first_and_finds_it_where_that_
 def test_a_wait_for_a_shard_whose_holder_writes_nothing_ends_in_one_line(tmp_path, monkeypatch):
     """The wait had no end: a stuck holder of a shard's lock (or one gone with its lock left behind, on a filesystem
     without flock) left a re-run, or a Dask worker whose warning only its log shows, waiting for ever."""
-    from features_store.lock import SHARD_WAIT_ENV
+    from features_store.lock import SHARD_WAIT_ENV, shard_lock_wait
     from features_store.shard import shard_lock_path
 
     store, k = tmp_path / "store", keys(4)
     stuck = fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)  # another process's writer: never writes again
+    os.utime(stuck.path, ns=(1, 1))
     stuck.write(rows(k[:1]), np.ones(1, bool))
+    assert os.stat(stuck.path).st_mtime_ns != 1  # a batch written moves what a waiter watches (the shard's stat)
     lock = shard_lock_path(store, stuck.name)
     try:
         monkeypatch.setenv(SHARD_WAIT_ENV, "0.3")
@@ -468,10 +470,13 @@ def test_a_wait_for_a_shard_whose_holder_writes_nothing_ends_in_one_line(tmp_pat
             f"{store}: shard {stuck.name} is locked by another process that has written nothing to it for 0.3 s "
             f"(stuck, or gone and its lock left behind): stop that process, or delete the lock file {lock} when none "
             f"runs, then re-run the same command to resume ({SHARD_WAIT_ENV} sets the wait, in seconds)")
-        monkeypatch.setenv(SHARD_WAIT_ENV, "soon")
-        with pytest.raises(ValueError, match=f"^`{SHARD_WAIT_ENV}` must be a positive number of seconds. Received: "
-                                             f"{SHARD_WAIT_ENV}='soon'$"):
-            fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+        for value in ("soon", "nan", "0"):
+            monkeypatch.setenv(SHARD_WAIT_ENV, value)
+            with pytest.raises(ValueError, match=rf"^`{SHARD_WAIT_ENV}` must be a positive number of seconds \(inf: no "
+                                                 f"end\\). Received: {SHARD_WAIT_ENV}='{value}'$"):
+                fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3)
+        monkeypatch.setenv(SHARD_WAIT_ENV, "inf")
+        assert shard_lock_wait() == float("inf")  # the wait without an end, as before it had one
     finally:
         stuck.close()  # its process stopped
     with fs.ShardWriter.open(store, k, fingerprint=FP, n_features=3) as w:
