@@ -297,7 +297,9 @@ class KerasApplicationExtractor(Extractor):
                     f"--weights none (random init, not pretrained)"
                 ) from err
             file = keras_weights_file(self.name, self._config["input_size"])
-            if (cache / file).is_file():  # Keras found it and could not read it (MobileNetV2's has no hash check)
+            # Keras found it and could not read it (MobileNetV2's has no hash check): what h5py and Keras's loading
+            # raise for a cut-off or foreign file, not any failure of the build (memory) that would say to delete it
+            if (cache / file).is_file() and isinstance(err, (OSError, ValueError, KeyError)):
                 raise WeightsUnavailableError(
                     f"ImageNet weights for {self.name} are in the Keras cache ({cache / file}) but cannot be read "
                     f"({_short_reason(err)}): a cut-off or corrupt download. Copy a good file there, or delete it and "
