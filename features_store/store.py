@@ -179,13 +179,7 @@ class StoreSession:
                 _index(locations, len(readable), keys, ok, errors)  # its place among the readable shards
                 readable.append(record)
             if damaged:
-                manifest = self.manifest.with_shards(readable)
-                with self._writing("the manifest"):
-                    try:
-                        commit_manifest(self.store, manifest)
-                    except OSError as err:
-                        raise durable.write_error(err, store=self.store, what="the manifest") from err
-                self.manifest = manifest
+                self._commit(self.manifest.with_shards(readable))
                 for record, err in damaged:
                     logger.warning("%s: %s; its %d rows are extracted again", self.store,
                                    str(err).split(";")[0], record.rows)
@@ -253,15 +247,10 @@ class StoreSession:
         Refused (StoreLockedError) once the session has closed: a run's writer thread that a second Ctrl-C left
         writing finishes its shard, which the next run lists (as after a kill between a shard's last row and its
         commit), and never commits a manifest that another writer, holding the lock by then, would not expect."""
-        with self._writing(f"the manifest listing shard {record.file}"):
-            manifest = self.manifest.with_shards([*self.manifest.shards, record])
-            try:
-                commit_manifest(self.store, manifest)
-            except OSError as err:
-                raise durable.write_error(err, store=self.store, what="the manifest") from err
-            self.manifest = manifest
+        self._commit(self.manifest.with_shards([*self.manifest.shards, record]),
+                     f"the manifest listing shard {record.file}")
         if self._locations is not None:
-            self._add_shard(len(manifest.shards) - 1, record)
+            self._add_shard(len(self.manifest.shards) - 1, record)
 
     def record_stop(self, reason: str) -> None:
         """Keep in the manifest why this extraction stopped where a re-run stops again (features the store cannot
@@ -269,18 +258,21 @@ class StoreSession:
         manifest yet."""
         if self.manifest is None or self.manifest.stopped == reason:
             return
-        manifest = replace(self.manifest, stopped=reason)
-        with self._writing("the manifest"):
+        self._commit(replace(self.manifest, stopped=reason))
+
+    def write_manifest(self) -> None:
+        """Commit this session's manifest as it is (a compaction's, once the view no longer uses the shards it drops)."""
+        self._commit(self.manifest)
+
+    def _commit(self, manifest: Manifest, what: str = "the manifest") -> None:
+        """Replace `manifest.json` by `manifest` (atomically, under the store's lock: `_writing`), then use it; a
+        failed write is one StoreWriteError."""
+        with self._writing(what):
             try:
                 commit_manifest(self.store, manifest)
             except OSError as err:
                 raise durable.write_error(err, store=self.store, what="the manifest") from err
-        self.manifest = manifest
-
-    def write_manifest(self) -> None:
-        """Commit this session's manifest as it is (a compaction's, once the view no longer uses the shards it drops)."""
-        with self._writing("the manifest"):
-            commit_manifest(self.store, self.manifest)
+            self.manifest = manifest
 
     def adopt(self, manifest) -> None:
         """Use `manifest` (not committed here) for what follows, e.g. the view written next; the key -> row cache
@@ -290,10 +282,7 @@ class StoreSession:
     def ensure_manifest(self, n_features: int) -> None:
         """Commit an empty manifest for a new store that has nothing to extract (every image failed)."""
         if self.manifest is None:
-            manifest = new_manifest(self.fingerprint, self.extractor, n_features, self.dtype)
-            with self._writing("the manifest"):
-                commit_manifest(self.store, manifest)
-            self.manifest = manifest
+            self._commit(new_manifest(self.fingerprint, self.extractor, n_features, self.dtype))
 
     def remove_orphans(self, keep: Sequence[str] = ()) -> int:
         """Delete shard files that no manifest lists (partial shards of another plan, temporary files), and the

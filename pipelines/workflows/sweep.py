@@ -121,10 +121,8 @@ def run_sweep(
         n_extracted, extracted_layers, n_failed, n_unreadable = extract_layers(index, extractor, singles, stores,
                                                                                workers=workers, progress=progress)
         rows = [dict(layer=layer, **probe(stores[layer], cv=cv, random_state=random_state)) for layer in singles]
-        untested = rows[0].pop("untested_classes")  # every layer's store lists the same images
-        for row in rows[1:]:
-            row.pop("untested_classes")
-        table = pd.DataFrame(rows, columns=list(COLUMNS))
+        untested = rows[0]["untested_classes"]  # every layer's store lists the same images
+        table = pd.DataFrame(rows, columns=list(COLUMNS))  # the columns of COLUMNS only
         csv, png = _write_table(table, extractor, out_dir)
     return SweepResult(table, csv, png, stores, n_extracted, extracted_layers, n_failed, n_unreadable, untested)
 
